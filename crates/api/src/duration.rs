@@ -1,0 +1,113 @@
+//! Durations as Istio YAML writes them: protobuf form (`3s`, `0.5s`) and Go form (`100ms`, `1m30s`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A non-negative duration decoded from `"3s"`, `"0.5s"`, `"250ms"`, `"1m"`, `"1h30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Duration(pub std::time::Duration);
+
+/// Why a duration string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {input:?}: expected a number with a unit (s, ms, m, h), e.g. \"3s\" or \"0.5s\"")]
+pub struct DurationError {
+    pub input: String,
+}
+
+impl FromStr for Duration {
+    type Err = DurationError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let err = || DurationError {
+            input: input.to_string(),
+        };
+        let s = input.trim();
+        if s.is_empty() {
+            return Err(err());
+        }
+        // Sequence of <number><unit> pairs, as Go's time.ParseDuration accepts.
+        let mut total = 0f64;
+        let mut rest = s;
+        while !rest.is_empty() {
+            let num_len = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .ok_or_else(err)?;
+            if num_len == 0 {
+                return Err(err());
+            }
+            let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
+            rest = &rest[num_len..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
+            let secs_per_unit = match &rest[..unit_len] {
+                "ns" => 1e-9,
+                "us" | "µs" => 1e-6,
+                "ms" => 1e-3,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return Err(err()),
+            };
+            rest = &rest[unit_len..];
+            total += value * secs_per_unit;
+        }
+        if !total.is_finite() || total < 0.0 {
+            return Err(err());
+        }
+        Ok(Duration(std::time::Duration::from_secs_f64(total)))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Protobuf JSON form: seconds with up to nanosecond precision.
+        let secs = self.0.as_secs_f64();
+        if self.0.subsec_nanos() == 0 {
+            write!(f, "{}s", self.0.as_secs())
+        } else {
+            write!(f, "{}s", format!("{secs:.9}").trim_end_matches('0'))
+        }
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_protobuf_and_go_forms() {
+        let ms = |s: &str| s.parse::<Duration>().unwrap().0.as_millis();
+        assert_eq!(ms("3s"), 3000);
+        assert_eq!(ms("0.5s"), 500);
+        assert_eq!(ms("250ms"), 250);
+        assert_eq!(ms("1m30s"), 90_000);
+        assert_eq!(ms("1h"), 3_600_000);
+        assert!("3".parse::<Duration>().is_err());
+        assert!("s".parse::<Duration>().is_err());
+        assert!("3 seconds".parse::<Duration>().is_err());
+        assert_eq!(
+            Duration(std::time::Duration::from_millis(500)).to_string(),
+            "0.5s"
+        );
+        assert_eq!(
+            Duration(std::time::Duration::from_secs(3)).to_string(),
+            "3s"
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! What users write: the Istio networking API and the Kubernetes objects that go with it, decoded
+//! from YAML with the line of every field, and validated as Istio's admission webhook does.
+
+pub mod decode;
+pub mod duration;
+pub mod kube;
+pub mod mesh;
+pub mod networking;
+pub mod resource;
+pub mod validate;
+
+pub use decode::{decode_file, decode_str, load_paths, LoadResult};
+pub use resource::{Diagnostic, Kind, ObjectMeta, Origin, Resource, Severity, Spec};
+pub use validate::validate;

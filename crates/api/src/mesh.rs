@@ -1,0 +1,78 @@
+//! MeshConfig: the `mesh` key of the `istio` ConfigMap in `istio-system`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::networking::OutboundTrafficPolicy;
+
+/// The MeshConfig fields sluice acts on. Decoded leniently: a real mesh config carries dozens of
+/// fields for istiod, and operators paste the whole ConfigMap.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfig {
+    #[serde(
+        default,
+        alias = "outbound_traffic_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    #[serde(
+        default,
+        alias = "access_log_file",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub access_log_file: Option<String>,
+    #[serde(
+        default,
+        alias = "access_log_encoding",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub access_log_encoding: Option<String>,
+    #[serde(
+        default,
+        alias = "access_log_format",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub access_log_format: Option<String>,
+    #[serde(
+        default,
+        alias = "root_namespace",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_namespace: Option<String>,
+    #[serde(
+        default,
+        alias = "ingress_class",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ingress_class: Option<String>,
+    #[serde(
+        default,
+        alias = "ingress_selector",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ingress_selector: Option<String>,
+    #[serde(
+        default,
+        alias = "ingress_service",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ingress_service: Option<String>,
+    #[serde(
+        default,
+        alias = "ingress_controller_mode",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ingress_controller_mode: Option<String>,
+    #[serde(
+        default,
+        alias = "connect_timeout",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<crate::duration::Duration>,
+    #[serde(
+        default,
+        alias = "default_http_retry_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_http_retry_policy: Option<crate::networking::HttpRetry>,
+}

@@ -1,0 +1,893 @@
+//! Istio `networking.istio.io` resource specs, as users write them.
+//!
+//! Field names follow the protobuf JSON mapping (camelCase); every multi-word field also accepts its
+//! protobuf (snake_case) spelling through `alias`, because Istio's own decoder accepts both and
+//! seed 000 writes `sni_hosts`. Unknown fields are rejected so typos are caught at load time; every
+//! field of Istio's schema is declared even where sluice does not act on it yet, so valid Istio YAML
+//! is never refused.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// A map of label or header names to values, ordered so output is deterministic.
+pub type Labels = BTreeMap<String, String>;
+
+/// `StringMatch`: exactly one of `exact`, `prefix` or `regex` (checked by validation).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StringMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// `Percent`: a double between 0 and 100.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Percent {
+    #[serde(default)]
+    pub value: f64,
+}
+
+/// `PortSelector`: the port of a destination service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSelector {
+    #[serde(default)]
+    pub number: u32,
+    /// Removed from Istio's API long ago; kept so old YAML decodes, ignored with a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+// === VirtualService ===
+
+/// `VirtualService` spec.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualService {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub http: Vec<HttpRoute>,
+    #[serde(default)]
+    pub tls: Vec<TlsRoute>,
+    #[serde(default)]
+    pub tcp: Vec<TcpRoute>,
+    #[serde(default, alias = "export_to")]
+    pub export_to: Vec<String>,
+}
+
+/// `HTTPRoute`: one ordered rule of a VirtualService.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRoute {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, rename = "match")]
+    pub matches: Vec<HttpMatchRequest>,
+    #[serde(default)]
+    pub route: Vec<HttpRouteDestination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<HttpRedirect>,
+    #[serde(
+        default,
+        alias = "direct_response",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub direct_response: Option<HttpDirectResponse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate: Option<Delegate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<HttpRewrite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<HttpRetry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<HttpFaultInjection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Destination>,
+    #[serde(default)]
+    pub mirrors: Vec<HttpMirrorPolicy>,
+    #[serde(
+        default,
+        alias = "mirror_percentage",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mirror_percentage: Option<Percent>,
+    /// Deprecated integer form of `mirrorPercentage`.
+    #[serde(
+        default,
+        alias = "mirror_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mirror_percent: Option<u32>,
+    #[serde(
+        default,
+        alias = "cors_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cors_policy: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
+    /// Pre-1.0 forms (`appendHeaders`, `removeResponseHeaders`, …) are not accepted; see validation.
+    #[serde(
+        default,
+        alias = "websocket_upgrade",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub websocket_upgrade: Option<bool>,
+}
+
+/// `HTTPMatchRequest`: conditions ANDed inside one block; blocks are ORed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpMatchRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<StringMatch>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub port: u32,
+    #[serde(default, alias = "source_labels")]
+    pub source_labels: Labels,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default, alias = "query_params")]
+    pub query_params: BTreeMap<String, StringMatch>,
+    #[serde(default, alias = "ignore_uri_case")]
+    pub ignore_uri_case: bool,
+    #[serde(default, alias = "without_headers")]
+    pub without_headers: BTreeMap<String, StringMatch>,
+    #[serde(
+        default,
+        alias = "source_namespace",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_namespace: Option<String>,
+    #[serde(
+        default,
+        alias = "stat_prefix",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stat_prefix: Option<String>,
+}
+
+/// `Destination`: a registry host, optional subset and port.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Destination {
+    #[serde(default)]
+    pub host: String,
+    /// Pre-1.0 spelling of `host` (seed 003). Accepted with a deprecation warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortSelector>,
+}
+
+impl Destination {
+    /// The destination host, taking the deprecated `name` form into account.
+    pub fn host_name(&self) -> &str {
+        if self.host.is_empty() {
+            self.name.as_deref().unwrap_or("")
+        } else {
+            &self.host
+        }
+    }
+}
+
+/// `HTTPRouteDestination`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteDestination {
+    pub destination: Destination,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
+}
+
+/// `RouteDestination` (TLS and TCP routes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteDestination {
+    pub destination: Destination,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
+}
+
+/// `HTTPRedirect`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRedirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(
+        default,
+        alias = "prefix_rewrite",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    #[serde(
+        default,
+        alias = "derive_port",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub derive_port: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(
+        default,
+        alias = "redirect_code",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub redirect_code: Option<u32>,
+}
+
+/// `HTTPDirectResponse`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpDirectResponse {
+    pub status: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<HttpBody>,
+}
+
+/// `HTTPBody`: `string` or base64 `bytes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub string: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<String>,
+}
+
+/// `Delegate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delegate {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// `HTTPRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    #[serde(
+        default,
+        alias = "uri_regex_rewrite",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+/// `RegexRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegexRewrite {
+    #[serde(default, rename = "match")]
+    pub pattern: String,
+    #[serde(default)]
+    pub rewrite: String,
+}
+
+/// `HTTPRetry`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRetry {
+    #[serde(default)]
+    pub attempts: i32,
+    #[serde(
+        default,
+        alias = "per_try_timeout",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default, alias = "retry_on", skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<String>,
+    #[serde(
+        default,
+        alias = "retry_remote_localities",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_remote_localities: Option<bool>,
+    #[serde(
+        default,
+        alias = "retry_ignore_previous_hosts",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_ignore_previous_hosts: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Duration>,
+}
+
+/// `HTTPFaultInjection`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpFaultInjection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+/// `HTTPFaultInjection.Delay`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultDelay {
+    #[serde(
+        default,
+        alias = "fixed_delay",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fixed_delay: Option<Duration>,
+    #[serde(
+        default,
+        alias = "exponential_delay",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exponential_delay: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+    /// Deprecated integer percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i32>,
+}
+
+/// `HTTPFaultInjection.Abort`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultAbort {
+    #[serde(
+        default,
+        alias = "http_status",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_status: Option<i32>,
+    #[serde(
+        default,
+        alias = "grpc_status",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grpc_status: Option<String>,
+    #[serde(
+        default,
+        alias = "http2_error",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http2_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+}
+
+/// `HTTPMirrorPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpMirrorPolicy {
+    pub destination: Destination,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+}
+
+/// `Headers`: request and response manipulation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Headers {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<HeaderOperations>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<HeaderOperations>,
+}
+
+/// `Headers.HeaderOperations`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderOperations {
+    #[serde(default)]
+    pub set: Labels,
+    #[serde(default)]
+    pub add: Labels,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `TLSRoute`: SNI routing without terminating TLS.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<TlsMatchAttributes>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// `TLSMatchAttributes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsMatchAttributes {
+    #[serde(default, alias = "sni_hosts")]
+    pub sni_hosts: Vec<String>,
+    #[serde(default, alias = "destination_subnets")]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: u32,
+    #[serde(default, alias = "source_labels")]
+    pub source_labels: Labels,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(
+        default,
+        alias = "source_namespace",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_namespace: Option<String>,
+}
+
+/// `TCPRoute`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<L4MatchAttributes>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// `L4MatchAttributes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4MatchAttributes {
+    #[serde(default, alias = "destination_subnets")]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: u32,
+    #[serde(
+        default,
+        alias = "source_subnet",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_subnet: Option<String>,
+    #[serde(default, alias = "source_labels")]
+    pub source_labels: Labels,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(
+        default,
+        alias = "source_namespace",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_namespace: Option<String>,
+}
+
+// === ServiceEntry ===
+
+/// `ServiceEntry` spec.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntry {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntry>,
+    #[serde(
+        default,
+        alias = "workload_selector",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub workload_selector: Option<WorkloadSelector>,
+    #[serde(default, alias = "export_to")]
+    pub export_to: Vec<String>,
+    #[serde(default, alias = "subject_alt_names")]
+    pub subject_alt_names: Vec<String>,
+}
+
+/// `ServicePort` (ServiceEntry and Gateway servers).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    #[serde(default)]
+    pub number: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(
+        default,
+        alias = "target_port",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub target_port: Option<u32>,
+}
+
+/// `WorkloadSelector`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+// === WorkloadEntry ===
+
+/// `WorkloadEntry` spec (also a ServiceEntry endpoint).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadEntry {
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(
+        default,
+        alias = "service_account",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_account: Option<String>,
+}
+
+// === DestinationRule ===
+
+/// `DestinationRule` spec.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationRule {
+    #[serde(default)]
+    pub host: String,
+    #[serde(
+        default,
+        alias = "traffic_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub traffic_policy: Option<TrafficPolicy>,
+    #[serde(default)]
+    pub subsets: Vec<Subset>,
+    #[serde(default, alias = "export_to")]
+    pub export_to: Vec<String>,
+    #[serde(
+        default,
+        alias = "workload_selector",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub workload_selector: Option<WorkloadSelector>,
+}
+
+/// `Subset`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subset {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(
+        default,
+        alias = "traffic_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// `TrafficPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicy {
+    #[serde(
+        default,
+        alias = "load_balancer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub load_balancer: Option<serde_json::Value>,
+    #[serde(
+        default,
+        alias = "connection_pool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connection_pool: Option<serde_json::Value>,
+    #[serde(
+        default,
+        alias = "outlier_detection",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outlier_detection: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
+    #[serde(default, alias = "port_level_settings")]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<serde_json::Value>,
+    #[serde(
+        default,
+        alias = "proxy_protocol",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub proxy_protocol: Option<serde_json::Value>,
+    #[serde(
+        default,
+        alias = "retry_budget",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_budget: Option<serde_json::Value>,
+}
+
+/// `TrafficPolicy.PortTrafficPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortSelector>,
+    #[serde(
+        default,
+        alias = "load_balancer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub load_balancer: Option<serde_json::Value>,
+    #[serde(
+        default,
+        alias = "connection_pool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connection_pool: Option<serde_json::Value>,
+    #[serde(
+        default,
+        alias = "outlier_detection",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outlier_detection: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// `ClientTLSSettings`: TLS origination towards the upstream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTlsSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(
+        default,
+        alias = "client_certificate",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_certificate: Option<String>,
+    #[serde(
+        default,
+        alias = "private_key",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_key: Option<String>,
+    #[serde(
+        default,
+        alias = "ca_certificates",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ca_certificates: Option<String>,
+    #[serde(default, alias = "ca_crl", skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
+    #[serde(
+        default,
+        alias = "credential_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub credential_name: Option<String>,
+    #[serde(default, alias = "subject_alt_names")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(
+        default,
+        alias = "insecure_skip_verify",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+// === Gateway ===
+
+/// `Gateway` spec.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Gateway {
+    #[serde(default)]
+    pub servers: Vec<Server>,
+    #[serde(default)]
+    pub selector: Labels,
+}
+
+/// `Server`: one listening port of a Gateway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Server {
+    #[serde(default)]
+    pub port: ServicePort,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    /// Pre-1.0 Gateways (seed 003) have no `hosts`; accepted as `*` with a deprecation warning.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsSettings>,
+    #[serde(
+        default,
+        alias = "default_endpoint",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `ServerTLSSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    #[serde(default, alias = "https_redirect")]
+    pub https_redirect: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(
+        default,
+        alias = "server_certificate",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub server_certificate: Option<String>,
+    #[serde(
+        default,
+        alias = "private_key",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_key: Option<String>,
+    #[serde(
+        default,
+        alias = "ca_certificates",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ca_certificates: Option<String>,
+    #[serde(default, alias = "ca_crl", skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
+    #[serde(
+        default,
+        alias = "credential_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub credential_name: Option<String>,
+    #[serde(default, alias = "credential_names")]
+    pub credential_names: Vec<String>,
+    #[serde(default, alias = "tls_certificates")]
+    pub tls_certificates: Vec<serde_json::Value>,
+    #[serde(
+        default,
+        alias = "ca_cert_credential_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ca_cert_credential_name: Option<String>,
+    #[serde(default, alias = "subject_alt_names")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default, alias = "verify_certificate_spki")]
+    pub verify_certificate_spki: Vec<String>,
+    #[serde(default, alias = "verify_certificate_hash")]
+    pub verify_certificate_hash: Vec<String>,
+    #[serde(
+        default,
+        alias = "min_protocol_version",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_protocol_version: Option<String>,
+    #[serde(
+        default,
+        alias = "max_protocol_version",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_protocol_version: Option<String>,
+    #[serde(default, alias = "cipher_suites")]
+    pub cipher_suites: Vec<String>,
+}
+
+// === Sidecar ===
+
+/// `Sidecar` spec: decoded and validated now, enforced in a later release.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sidecar {
+    #[serde(
+        default,
+        alias = "workload_selector",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub workload_selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub ingress: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub egress: Vec<IstioEgressListener>,
+    #[serde(
+        default,
+        alias = "inbound_connection_pool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inbound_connection_pool: Option<serde_json::Value>,
+    #[serde(
+        default,
+        alias = "outbound_traffic_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+/// `IstioEgressListener`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioEgressListener {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<ServicePort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    #[serde(
+        default,
+        alias = "capture_mode",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capture_mode: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// `OutboundTrafficPolicy` (Sidecar and MeshConfig).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundTrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(
+        default,
+        alias = "egress_proxy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub egress_proxy: Option<serde_json::Value>,
+}
