@@ -1,1 +1,15 @@
-//! placeholder
+//! What proxies obey: the service registry, DestinationRule policy, compiled VirtualService routes,
+//! and the routing decisions the data path asks for. Everything here is pure: no I/O, no clocks.
+
+pub mod cluster;
+pub mod host;
+pub mod mesh;
+pub mod registry;
+pub mod route;
+pub mod snapshot;
+
+pub use cluster::{Cluster, UpstreamAddress, UpstreamTls, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+pub use mesh::{AccessLogSettings, LogEncoding, MeshSettings, OutboundPolicy};
+pub use registry::{Protocol, Service};
+pub use route::{HttpRequestFacts, HttpRouteRule, RouteAction, StreamRule, WeightedTarget};
+pub use snapshot::{compile, HttpDecision, ProxyIdentity, Snapshot, StreamDecision};

@@ -1,1 +1,15 @@
-//! placeholder
+//! The data plane: listeners, protocol detection, HTTP and TCP/TLS proxying, upstream connections,
+//! the config store, telemetry and the admin API.
+
+pub mod admin;
+pub mod context;
+pub mod detect;
+pub mod http_proxy;
+pub mod io;
+pub mod outbound;
+pub mod resolve;
+pub mod sidecar;
+pub mod store;
+pub mod stream;
+pub mod telemetry;
+pub mod upstream;

@@ -1,1 +1,130 @@
-fn main() {}
+//! The `sluice` command line.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::{demo, init, validate_cmd};
+use sluice_proxy::sidecar::{self, SidecarOptions};
+
+/// Istio's traffic control (sidecar, gateways) as one small, fast binary that reads the Istio
+/// networking API as you already write it.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    /// Log level for sluice's own logs on stderr (error, warn, info, debug, trace), or a
+    /// tracing filter such as `sluice_proxy=debug`. Access logs go where the mesh config says.
+    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run next to an application: captured outbound traffic (iptables → 15001) and an explicit
+    /// forward proxy (15080), with the policy of the Istio config in --config.
+    Sidecar(SidecarArgs),
+    /// Set up iptables capture as istio-iptables does (same flags, chains and rule order).
+    Init(init::InitArgs),
+    /// Check Istio and Kubernetes YAML as Istio's admission webhook would; one line per problem
+    /// ("file:line: Kind ns/name: field: message"), exit 1 if any is an error.
+    Validate(validate_cmd::ValidateArgs),
+    /// A self-contained tour (no root, no network): an httpbin-like upstream, a sidecar in
+    /// explicit-proxy mode, and curl commands that show allow, block and timeout.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SidecarArgs {
+    /// Directory of Istio/Kubernetes YAML (watched; changes apply within a second).
+    #[arg(long)]
+    config: PathBuf,
+    /// Namespace of this workload (for exportTo and telemetry).
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Labels of this workload, k=v,k=v (for sourceLabels, workloadSelector and telemetry).
+    #[arg(long, value_delimiter = ',', value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Service account of this workload.
+    #[arg(long)]
+    service_account: Option<String>,
+    /// Port that iptables redirects outbound traffic to.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Port for captured inbound traffic (reserved; inbound capture arrives in a later release).
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Port of the explicit forward proxy (absolute-URI HTTP and CONNECT).
+    #[arg(long, default_value_t = 15080)]
+    proxy_port: u16,
+    /// Address the explicit proxy binds to.
+    #[arg(long, default_value = "127.0.0.1")]
+    proxy_bind: IpAddr,
+    /// Admin API port (127.0.0.1 only): /config_dump, /clusters, /ready, /stats.
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// Health port: /healthz/ready.
+    #[arg(long, default_value_t = 15021)]
+    status_port: u16,
+    /// Prometheus port: /stats/prometheus.
+    #[arg(long, default_value_t = 15090)]
+    stats_port: u16,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("label {s:?} is not k=v")),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::Validate(args) => return ExitCode::from(validate_cmd::run(&args) as u8),
+        Command::Init(args) => init::run(&args),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
+        Command::Sidecar(args) => {
+            let _ = args.inbound_port;
+            let opts = SidecarOptions {
+                config_dir: args.config,
+                namespace: args.namespace,
+                labels: args.labels.into_iter().collect(),
+                service_account: args.service_account,
+                outbound_port: args.outbound_port,
+                proxy_port: args.proxy_port,
+                proxy_bind: args.proxy_bind,
+                admin_port: args.admin_port,
+                status_port: args.status_port,
+                stats_port: args.stats_port,
+            };
+            runtime().and_then(|rt| rt.block_on(sidecar::run(opts)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Clusters (`outbound|port|subset|host`): a service port, optionally narrowed to a subset, with the
+//! DestinationRule policy that applies to it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sluice_api::networking::{ClientTlsSettings, DestinationRule, TrafficPolicy};
+
+use crate::registry::{Endpoint, EndpointAddress, Resolution, Service, ServicePort};
+
+/// Name of the cluster that forwards unknown destinations to their original address.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// Name of the cluster with no endpoints used for blocked destinations.
+pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+
+/// TLS the proxy originates towards the upstream (DestinationRule `tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct UpstreamTls {
+    pub mutual: bool,
+    /// SNI to send; `None` = the request's Host (Envoy auto SNI), else the service host.
+    pub sni: Option<String>,
+    pub ca_certificates: Option<PathBuf>,
+    pub client_certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    pub subject_alt_names: Vec<String>,
+}
+
+impl UpstreamTls {
+    /// TLS origination from `ClientTLSSettings`; `None` for DISABLE or an unset mode.
+    /// ISTIO_MUTUAL needs mesh identities (a later release) and is treated as plaintext for now.
+    pub fn from_settings(tls: &ClientTlsSettings) -> Option<UpstreamTls> {
+        let mode = tls
+            .mode
+            .as_deref()
+            .unwrap_or("DISABLE")
+            .to_ascii_uppercase();
+        let mutual = match mode.as_str() {
+            "SIMPLE" => false,
+            "MUTUAL" => true,
+            _ => return None,
+        };
+        Some(UpstreamTls {
+            mutual,
+            sni: tls.sni.clone().filter(|s| !s.is_empty()),
+            ca_certificates: tls.ca_certificates.as_ref().map(PathBuf::from),
+            client_certificate: tls.client_certificate.as_ref().map(PathBuf::from),
+            private_key: tls.private_key.as_ref().map(PathBuf::from),
+            insecure_skip_verify: tls.insecure_skip_verify.unwrap_or(false),
+            subject_alt_names: tls.subject_alt_names.clone(),
+        })
+    }
+}
+
+/// An upstream cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    /// `outbound|80||httpbin.org`.
+    pub name: Arc<str>,
+    #[serde(skip)]
+    pub service: Arc<Service>,
+    pub port: ServicePort,
+    pub subset: Option<Arc<str>>,
+    /// The service's endpoints, narrowed to the subset's labels.
+    pub endpoints: Vec<Endpoint>,
+    pub tls: Option<Arc<UpstreamTls>>,
+    pub connect_timeout: Duration,
+    /// `DestinationRule ns/name` that set the policy, for explanations.
+    pub policy_source: Option<Arc<str>>,
+}
+
+/// How to reach a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddress {
+    /// Connect to where the client was going (`resolution: NONE`).
+    OriginalDestination,
+    /// These endpoints; names are resolved by DNS at connect time.
+    Endpoints(Vec<(EndpointAddress, u16, u32)>),
+}
+
+impl Cluster {
+    /// Istio's cluster name.
+    pub fn name_for(port: u16, subset: Option<&str>, host: &str) -> String {
+        format!("outbound|{port}|{}|{host}", subset.unwrap_or(""))
+    }
+
+    /// The port to connect to on an endpoint: the endpoint's own port for this port name, else
+    /// the service's `targetPort`, else the service port.
+    pub fn endpoint_port(&self, ep: &Endpoint) -> u16 {
+        ep.ports
+            .get(self.port.name.as_ref())
+            .copied()
+            .or(self.port.target_port)
+            .unwrap_or(self.port.number)
+    }
+
+    /// Where connections for this cluster go.
+    pub fn upstream(&self) -> UpstreamAddress {
+        let target = self.port.target_port.unwrap_or(self.port.number);
+        match self.service.resolution {
+            Resolution::None => UpstreamAddress::OriginalDestination,
+            Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin
+                if !self.endpoints.is_empty() || self.subset.is_some() =>
+            {
+                let mut eps: Vec<_> = self
+                    .endpoints
+                    .iter()
+                    .map(|ep| (ep.address.clone(), self.endpoint_port(ep), ep.weight))
+                    .collect();
+                if self.service.resolution == Resolution::DnsRoundRobin {
+                    eps.truncate(1);
+                }
+                UpstreamAddress::Endpoints(eps)
+            }
+            Resolution::Static => UpstreamAddress::Endpoints(Vec::new()),
+            // DNS without endpoints resolves the host itself; a wildcard host cannot be resolved
+            // and behaves like DYNAMIC_DNS (the request's own host is used by the proxy).
+            Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns => {
+                if self.service.hostname.starts_with('*') {
+                    UpstreamAddress::OriginalDestination
+                } else {
+                    UpstreamAddress::Endpoints(vec![(
+                        EndpointAddress::Name(self.service.hostname.clone()),
+                        target,
+                        1,
+                    )])
+                }
+            }
+        }
+    }
+}
+
+/// The DestinationRules that apply to one host, merged as Istio does: the first definition of a
+/// subset wins and the first top-level traffic policy wins (oldest first).
+#[derive(Debug, Clone, Default)]
+pub struct MergedRule<'a> {
+    pub sources: Vec<String>,
+    pub traffic_policy: Option<&'a TrafficPolicy>,
+    pub subsets: Vec<&'a sluice_api::networking::Subset>,
+}
+
+impl<'a> MergedRule<'a> {
+    /// Adds one DestinationRule (call oldest first).
+    pub fn merge(&mut self, source: String, dr: &'a DestinationRule) {
+        self.sources.push(source);
+        if self.traffic_policy.is_none() {
+            self.traffic_policy = dr.traffic_policy.as_ref();
+        }
+        for s in &dr.subsets {
+            if !self.subsets.iter().any(|x| x.name == s.name) {
+                self.subsets.push(s);
+            }
+        }
+    }
+
+    /// The TLS settings for `port` of subset `subset`: subset policy over top-level policy, and
+    /// port-level settings over the policy they sit in.
+    pub fn tls_for(&self, port: u16, subset: Option<&str>) -> Option<&'a ClientTlsSettings> {
+        fn from_policy(p: &TrafficPolicy, port: u16) -> Option<&ClientTlsSettings> {
+            let port_level = p.port_level_settings.iter().find(|pl| {
+                pl.port
+                    .as_ref()
+                    .is_some_and(|s| s.number == u32::from(port))
+            });
+            match port_level {
+                Some(pl) => pl.tls.as_ref(),
+                None => p.tls.as_ref(),
+            }
+        }
+        let subset_policy = subset
+            .and_then(|name| self.subsets.iter().find(|s| s.name == name))
+            .and_then(|s| s.traffic_policy.as_ref())
+            .and_then(|p| from_policy(p, port));
+        subset_policy.or_else(|| self.traffic_policy.and_then(|p| from_policy(p, port)))
+    }
+}

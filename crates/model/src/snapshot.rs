@@ -1,0 +1,873 @@
+//! `compile(resources, proxy) → Snapshot`: everything one proxy obeys, built once per config change,
+//! and the lookups the data path makes against it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use sluice_api::networking::{self, Destination, HttpRoute, Labels};
+use sluice_api::{Diagnostic, Resource, Severity, Spec};
+
+use crate::cluster::{Cluster, MergedRule, UpstreamTls};
+use crate::host;
+use crate::mesh::{MeshSettings, OutboundPolicy};
+use crate::registry::{self, ExportTo, Protocol, Service};
+use crate::route::{
+    operation_for, ClusterRef, Fault, HeaderOps, HttpRequestFacts, HttpRouteRule, Mirror, Redirect,
+    RequestMatch, RetryOn, RetryPolicy, Rewrite, RouteAction, StrMatcher, StreamMatch, StreamRule,
+    VirtualHost, WeightedTarget,
+};
+
+/// Which proxy a snapshot is compiled for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProxyIdentity {
+    pub namespace: String,
+    pub labels: Labels,
+    pub service_account: Option<String>,
+}
+
+/// The result of routing an HTTP request.
+#[derive(Debug)]
+pub enum HttpDecision<'a> {
+    /// A route was chosen.
+    Route {
+        rule: &'a Arc<HttpRouteRule>,
+        matched: Option<&'a RequestMatch>,
+        /// The virtual host's domain, e.g. `httpbin.org`.
+        vhost: &'a str,
+    },
+    /// A VirtualService owns the host but none of its rules matched: 404 NR.
+    NoRoute { vhost: &'a str },
+    /// Unknown host under ALLOW_ANY: forward to the original destination (route `allow_any`).
+    Passthrough,
+    /// Unknown host under REGISTRY_ONLY: 502 (route `block_all`).
+    Blocked,
+}
+
+/// The result of routing a TLS or TCP connection.
+#[derive(Debug)]
+pub enum StreamDecision<'a> {
+    /// A service's own cluster (no VirtualService rule).
+    Cluster(&'a Arc<Cluster>),
+    /// A VirtualService `tls`/`tcp` rule; pick one of its weighted targets.
+    Rule(&'a StreamRule),
+    /// Unknown destination under ALLOW_ANY.
+    Passthrough,
+    /// Unknown destination under REGISTRY_ONLY.
+    Blocked,
+}
+
+/// Everything one proxy needs to route, compiled from one consistent set of resources.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases with every compile; shown in the config dump.
+    pub generation: u64,
+    pub proxy: ProxyIdentity,
+    pub mesh: MeshSettings,
+    /// Services visible to this proxy, oldest first.
+    pub services: Vec<Arc<Service>>,
+    /// Every cluster, by name.
+    pub clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
+    vhosts_exact: HashMap<Arc<str>, Arc<VirtualHost>>,
+    /// Wildcard virtual hosts, most specific first.
+    vhosts_wildcard: Vec<Arc<VirtualHost>>,
+    /// Services by exact host, and wildcard services most specific first (indexes into `services`).
+    services_exact: HashMap<Arc<str>, Vec<usize>>,
+    services_wildcard: Vec<usize>,
+    default_routes: HashMap<(usize, u16), Arc<HttpRouteRule>>,
+    pub tls_rules: Vec<StreamRule>,
+    pub tcp_rules: Vec<StreamRule>,
+    /// Problems found while compiling (dropped duplicates, unknown references).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Creation order for resources of one kind: `creationTimestamp`, then the order the store first
+/// saw them, then name and namespace (Istio's `configCompareByCreationTime`). Callers pass
+/// resources already sorted this way.
+pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -> Snapshot {
+    let mesh = MeshSettings::from_resources(resources);
+    let mut snap = Snapshot {
+        generation,
+        proxy: proxy.clone(),
+        mesh,
+        ..Snapshot::default()
+    };
+    snap.services = registry::services_from(resources)
+        .into_iter()
+        .filter(|s| s.export_to.visible_to(&proxy.namespace))
+        .collect();
+    for (i, svc) in snap.services.iter().enumerate() {
+        if svc.hostname.starts_with('*') {
+            snap.services_wildcard.push(i);
+        } else {
+            snap.services_exact
+                .entry(svc.hostname.clone())
+                .or_default()
+                .push(i);
+        }
+    }
+    {
+        let services = &snap.services;
+        snap.services_wildcard
+            .sort_by(|a, b| host::specificity(&services[*a].hostname, &services[*b].hostname));
+    }
+    build_clusters(&mut snap, resources);
+    build_default_routes(&mut snap);
+    build_virtual_services(&mut snap, resources);
+    snap
+}
+
+fn destination_rules_for<'a>(
+    resources: &'a [Resource],
+    proxy: &ProxyIdentity,
+    root_ns: &str,
+    svc: &Service,
+) -> MergedRule<'a> {
+    let namespaces = [proxy.namespace.as_str(), svc.namespace.as_ref(), root_ns];
+    for ns in namespaces {
+        let candidates: Vec<(&Resource, &networking::DestinationRule, String)> = resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::DestinationRule(dr) if r.meta.namespace == ns => Some((r, dr)),
+                _ => None,
+            })
+            .filter(|(r, dr)| {
+                ExportTo::parse(&dr.export_to, &r.meta.namespace).visible_to(&proxy.namespace)
+                    && dr.workload_selector.as_ref().is_none_or(|sel| {
+                        r.meta.namespace == proxy.namespace
+                            && labels_subset(&sel.labels, &proxy.labels)
+                    })
+            })
+            .map(|(r, dr)| (r, dr, host::resolve_short_name(&dr.host, &r.meta.namespace)))
+            .filter(|(_, _, h)| host::matches(h, &svc.hostname))
+            .collect();
+        let Some(best) = candidates
+            .iter()
+            .map(|(_, _, h)| h.as_str())
+            .min_by(|a, b| host::specificity(a, b))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let mut merged = MergedRule::default();
+        for (r, dr, h) in &candidates {
+            if *h == best {
+                merged.merge(format!("DestinationRule {}", r.key()), dr);
+            }
+        }
+        return merged;
+    }
+    MergedRule::default()
+}
+
+fn labels_subset(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
+    let root_ns = snap.mesh.root_namespace.clone();
+    for svc in &snap.services {
+        let rule = destination_rules_for(resources, &snap.proxy, &root_ns, svc);
+        let policy_source: Option<Arc<str>> =
+            (!rule.sources.is_empty()).then(|| rule.sources.join(", ").into());
+        for port in &svc.ports {
+            let mut add = |subset: Option<&networking::Subset>| {
+                let subset_name = subset.map(|s| s.name.as_str());
+                let name: Arc<str> =
+                    Cluster::name_for(port.number, subset_name, &svc.hostname).into();
+                let endpoints = svc
+                    .endpoints
+                    .iter()
+                    .filter(|ep| subset.is_none_or(|s| labels_subset(&s.labels, &ep.labels)))
+                    .cloned()
+                    .collect();
+                let tls = rule
+                    .tls_for(port.number, subset_name)
+                    .and_then(UpstreamTls::from_settings)
+                    .map(Arc::new);
+                let cluster = Cluster {
+                    name: name.clone(),
+                    service: svc.clone(),
+                    port: port.clone(),
+                    subset: subset_name.map(Arc::from),
+                    endpoints,
+                    tls,
+                    connect_timeout: snap.mesh.connect_timeout,
+                    policy_source: policy_source.clone(),
+                };
+                // The oldest service wins a duplicate host:port, as in Istio's registry merge.
+                snap.clusters
+                    .entry(name)
+                    .or_insert_with(|| Arc::new(cluster));
+            };
+            add(None);
+            for s in &rule.subsets {
+                add(Some(s));
+            }
+        }
+    }
+}
+
+fn build_default_routes(snap: &mut Snapshot) {
+    for (i, svc) in snap.services.iter().enumerate() {
+        for port in &svc.ports {
+            let name = Cluster::name_for(port.number, None, &svc.hostname);
+            let Some(cluster) = snap.clusters.get(name.as_str()) else {
+                continue;
+            };
+            let rule = HttpRouteRule {
+                name: Some("default".into()),
+                source: svc.source.clone(),
+                matches: Vec::new(),
+                action: RouteAction::Forward(vec![WeightedTarget {
+                    cluster: ClusterRef::Found(cluster.clone()),
+                    weight: 100,
+                    request_headers: HeaderOps::default(),
+                    response_headers: HeaderOps::default(),
+                }]),
+                timeout: None,
+                retry: RetryPolicy::default(),
+                fault: None,
+                mirrors: Vec::new(),
+                request_headers: HeaderOps::default(),
+                response_headers: HeaderOps::default(),
+                rewrite: None,
+                operation: crate::route::Operation::Fixed(
+                    format!("{}:{}/*", svc.hostname, port.number).into(),
+                ),
+            };
+            snap.default_routes.insert((i, port.number), Arc::new(rule));
+        }
+    }
+}
+
+/// True if a VirtualService (or one of its match blocks, via `gateways`) applies to sidecars.
+fn binds_to_mesh(gateways: &[String]) -> bool {
+    gateways.is_empty() || gateways.iter().any(|g| g == "mesh")
+}
+
+fn build_virtual_services(snap: &mut Snapshot, resources: &[Resource]) {
+    for res in resources {
+        let Spec::VirtualService(vs) = &res.spec else {
+            continue;
+        };
+        if !binds_to_mesh(&vs.gateways)
+            || !ExportTo::parse(&vs.export_to, &res.meta.namespace)
+                .visible_to(&snap.proxy.namespace)
+        {
+            continue;
+        }
+        let ns = res.meta.namespace.as_str();
+        let source: Arc<str> = format!("VirtualService {}", res.key()).into();
+        let hosts: Vec<Arc<str>> = vs
+            .hosts
+            .iter()
+            .map(|h| Arc::from(host::resolve_short_name(h, ns)))
+            .collect();
+
+        if !vs.http.is_empty() {
+            let rules: Vec<Arc<HttpRouteRule>> = vs
+                .http
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| compile_http_rule(snap, res, &source, i, r))
+                .map(Arc::new)
+                .collect();
+            for h in &hosts {
+                let vhost = Arc::new(VirtualHost {
+                    domain: h.clone(),
+                    source: source.clone(),
+                    rules: rules.clone(),
+                });
+                let existing = if h.starts_with('*') {
+                    snap.vhosts_wildcard
+                        .iter()
+                        .find(|v| v.domain == *h)
+                        .map(|v| v.source.clone())
+                } else {
+                    snap.vhosts_exact.get(h).map(|v| v.source.clone())
+                };
+                if let Some(owner) = existing {
+                    // Sidecars do not merge hosts: the oldest VirtualService keeps it (IST0109).
+                    snap.diagnostics.push(Diagnostic::at(
+                        res,
+                        Severity::Warning,
+                        "spec.hosts",
+                        format!("host {h} is already defined by {owner}, which is older; this VirtualService's http rules for it are ignored"),
+                    ));
+                    continue;
+                }
+                if h.starts_with('*') {
+                    snap.vhosts_wildcard.push(vhost);
+                } else {
+                    snap.vhosts_exact.insert(h.clone(), vhost);
+                }
+            }
+        }
+        for (i, r) in vs.tls.iter().enumerate() {
+            let matches = r
+                .matches
+                .iter()
+                .filter(|m| {
+                    binds_to_mesh(&m.gateways)
+                        && applies_to_proxy(snap, &m.source_labels, m.source_namespace.as_deref())
+                })
+                .map(|m| StreamMatch {
+                    sni_hosts: m
+                        .sni_hosts
+                        .iter()
+                        .map(|s| Arc::from(s.to_ascii_lowercase()))
+                        .collect(),
+                    destination_subnets: m
+                        .destination_subnets
+                        .iter()
+                        .filter_map(|s| registry::parse_net(s))
+                        .collect(),
+                    port: port_u16(m.port),
+                })
+                .collect::<Vec<_>>();
+            if matches.is_empty() {
+                continue;
+            }
+            let targets = r
+                .route
+                .iter()
+                .map(|d| stream_target(snap, res, &d.destination, d.weight))
+                .collect();
+            snap.tls_rules.push(StreamRule {
+                source: format!("{source} tls[{i}]").into(),
+                vs_hosts: hosts.clone(),
+                matches,
+                targets,
+            });
+        }
+        for (i, r) in vs.tcp.iter().enumerate() {
+            let matches: Vec<StreamMatch> = if r.matches.is_empty() {
+                vec![StreamMatch::default()]
+            } else {
+                r.matches
+                    .iter()
+                    .filter(|m| {
+                        binds_to_mesh(&m.gateways)
+                            && applies_to_proxy(
+                                snap,
+                                &m.source_labels,
+                                m.source_namespace.as_deref(),
+                            )
+                    })
+                    .map(|m| StreamMatch {
+                        sni_hosts: Vec::new(),
+                        destination_subnets: m
+                            .destination_subnets
+                            .iter()
+                            .filter_map(|s| registry::parse_net(s))
+                            .collect(),
+                        port: port_u16(m.port),
+                    })
+                    .collect()
+            };
+            if matches.is_empty() {
+                continue;
+            }
+            let targets = r
+                .route
+                .iter()
+                .map(|d| stream_target(snap, res, &d.destination, d.weight))
+                .collect();
+            snap.tcp_rules.push(StreamRule {
+                source: format!("{source} tcp[{i}]").into(),
+                vs_hosts: hosts.clone(),
+                matches,
+                targets,
+            });
+        }
+    }
+    snap.vhosts_wildcard
+        .sort_by(|a, b| host::specificity(&a.domain, &b.domain));
+}
+
+fn port_u16(p: u32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|p| *p != 0)
+}
+
+fn applies_to_proxy(snap: &Snapshot, source_labels: &Labels, source_ns: Option<&str>) -> bool {
+    labels_subset(source_labels, &snap.proxy.labels)
+        && source_ns.is_none_or(|ns| ns.is_empty() || ns == snap.proxy.namespace)
+}
+
+/// Resolves a route destination to a cluster reference, as Istio's `GetDestinationCluster`: an
+/// explicit port, else the service's only port, else the port the request arrived on.
+fn cluster_ref(
+    snap: &mut Snapshot,
+    res: &Resource,
+    dest: &Destination,
+) -> (ClusterRef, Option<(String, u16)>) {
+    let host = host::resolve_short_name(dest.host_name(), &res.meta.namespace);
+    let subset = dest.subset.as_deref().filter(|s| !s.is_empty());
+    let explicit_port = dest.port.as_ref().and_then(|p| port_u16(p.number));
+    let svc = snap
+        .services_exact
+        .get(host.as_str())
+        .and_then(|v| v.first())
+        .map(|i| snap.services[*i].clone())
+        .or_else(|| snap.services.iter().find(|s| *s.hostname == *host).cloned());
+    let port = explicit_port.or_else(|| {
+        svc.as_ref()
+            .filter(|s| s.ports.len() == 1)
+            .map(|s| s.ports[0].number)
+    });
+    let Some(svc) = svc else {
+        let name = Cluster::name_for(port.unwrap_or(0), subset, &host);
+        snap.diagnostics.push(Diagnostic::at(
+            res,
+            Severity::Warning,
+            "spec",
+            format!("destination host {host} is not in the service registry (no ServiceEntry or Service); requests routed to it get 503 NC"),
+        ));
+        return (ClusterRef::Missing(name.into()), port.map(|p| (host, p)));
+    };
+    match port {
+        Some(p) => {
+            let name = Cluster::name_for(p, subset, &host);
+            match snap.clusters.get(name.as_str()) {
+                Some(c) => (ClusterRef::Found(c.clone()), Some((host, p))),
+                None => (ClusterRef::Missing(name.into()), Some((host, p))),
+            }
+        }
+        None => {
+            let map = svc
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    let name = Cluster::name_for(p.number, subset, &host);
+                    snap.clusters
+                        .get(name.as_str())
+                        .map(|c| (p.number, c.clone()))
+                })
+                .collect();
+            (ClusterRef::ByListenerPort(map, host.into()), None)
+        }
+    }
+}
+
+fn stream_target(
+    snap: &mut Snapshot,
+    res: &Resource,
+    dest: &Destination,
+    weight: Option<i32>,
+) -> WeightedTarget {
+    let (cluster, _) = cluster_ref(snap, res, dest);
+    WeightedTarget {
+        cluster,
+        weight: weight.map_or(100, |w| w.max(0) as u32),
+        request_headers: HeaderOps::default(),
+        response_headers: HeaderOps::default(),
+    }
+}
+
+fn compile_match(m: &networking::HttpMatchRequest) -> RequestMatch {
+    let hdrs = |map: &BTreeMap<String, networking::StringMatch>| {
+        map.iter()
+            .filter_map(|(k, v)| {
+                let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok()?;
+                Some((name, StrMatcher::compile(v)))
+            })
+            .collect()
+    };
+    RequestMatch {
+        uri: m.uri.as_ref().and_then(StrMatcher::compile),
+        ignore_uri_case: m.ignore_uri_case,
+        scheme: m.scheme.as_ref().and_then(StrMatcher::compile),
+        method: m.method.as_ref().and_then(StrMatcher::compile),
+        authority: m.authority.as_ref().and_then(StrMatcher::compile),
+        headers: hdrs(&m.headers),
+        without_headers: hdrs(&m.without_headers),
+        query_params: m
+            .query_params
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), StrMatcher::compile(v)?)))
+            .collect(),
+        port: port_u16(m.port),
+    }
+}
+
+fn percent(p: Option<&networking::Percent>) -> f64 {
+    p.map_or(0.0, |p| p.value.clamp(0.0, 100.0))
+}
+
+fn compile_http_rule(
+    snap: &mut Snapshot,
+    res: &Resource,
+    vs_source: &Arc<str>,
+    index: usize,
+    r: &HttpRoute,
+) -> Option<HttpRouteRule> {
+    let mut matches = Vec::new();
+    for m in &r.matches {
+        if binds_to_mesh(&m.gateways)
+            && applies_to_proxy(snap, &m.source_labels, m.source_namespace.as_deref())
+        {
+            matches.push(compile_match(m));
+        }
+    }
+    if !r.matches.is_empty() && matches.is_empty() {
+        // Every match block is for other proxies.
+        return None;
+    }
+    let mut single = None;
+    let action = if let Some(d) = &r.direct_response {
+        let body: Arc<[u8]> = match &d.body {
+            Some(b) => match (&b.string, &b.bytes) {
+                (Some(s), _) => s.as_bytes().into(),
+                (None, Some(b64)) => {
+                    use base64::Engine;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .unwrap_or_default()
+                        .into()
+                }
+                _ => Arc::from(&[][..]),
+            },
+            None => Arc::from(&[][..]),
+        };
+        RouteAction::DirectResponse {
+            status: u16::try_from(d.status).unwrap_or(500),
+            body,
+        }
+    } else if let Some(rd) = &r.redirect {
+        let derive = rd.derive_port.as_deref().unwrap_or("");
+        RouteAction::Redirect(Redirect {
+            uri: rd.uri.clone(),
+            prefix_rewrite: rd.prefix_rewrite.clone(),
+            authority: rd.authority.clone(),
+            scheme: rd.scheme.clone(),
+            port: rd.port.and_then(port_u16),
+            port_from_request: derive.eq_ignore_ascii_case("FROM_REQUEST_PORT"),
+            port_from_protocol: derive.eq_ignore_ascii_case("FROM_PROTOCOL_DEFAULT"),
+            code: rd
+                .redirect_code
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(301),
+        })
+    } else {
+        let mut targets = Vec::new();
+        for d in &r.route {
+            let (cluster, host_port) = cluster_ref(snap, res, &d.destination);
+            if r.route.len() == 1 {
+                single = host_port;
+            }
+            let headers = d.headers.as_ref();
+            targets.push(WeightedTarget {
+                cluster,
+                // A single destination gets everything whatever its weight says.
+                weight: if r.route.len() == 1 {
+                    100
+                } else {
+                    d.weight.unwrap_or(0).max(0) as u32
+                },
+                request_headers: HeaderOps::compile(headers.and_then(|h| h.request.as_ref())),
+                response_headers: HeaderOps::compile(headers.and_then(|h| h.response.as_ref())),
+            });
+        }
+        RouteAction::Forward(targets)
+    };
+    let retry = match &r.retries {
+        None => RetryPolicy::default(),
+        Some(rt) => RetryPolicy {
+            attempts: rt.attempts.max(0) as u32,
+            per_try_timeout: rt.per_try_timeout.map(|d| d.0),
+            retry_on: RetryOn::parse(rt.retry_on.as_deref().unwrap_or(
+                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+            )),
+        },
+    };
+    let fault = r.fault.as_ref().map(|f| Fault {
+        delay: f.delay.as_ref().and_then(|d| {
+            let pct = d
+                .percentage
+                .as_ref()
+                .map(|p| p.value.clamp(0.0, 100.0))
+                .or(d.percent.map(|p| f64::from(p.clamp(0, 100))));
+            Some((d.fixed_delay?.0, pct.unwrap_or(0.0)))
+        }),
+        abort: f.abort.as_ref().and_then(|a| {
+            Some((
+                u16::try_from(a.http_status?).ok()?,
+                percent(a.percentage.as_ref()),
+            ))
+        }),
+    });
+    let mut mirrors = Vec::new();
+    if let Some(m) = &r.mirror {
+        let pct = r
+            .mirror_percentage
+            .as_ref()
+            .map(|p| p.value.clamp(0.0, 100.0))
+            .or(r.mirror_percent.map(|p| f64::from(p.min(100))))
+            .unwrap_or(100.0);
+        mirrors.push(Mirror {
+            target: cluster_ref(snap, res, m).0,
+            percent: pct,
+        });
+    }
+    for m in &r.mirrors {
+        let pct = m
+            .percentage
+            .as_ref()
+            .map_or(100.0, |p| p.value.clamp(0.0, 100.0));
+        mirrors.push(Mirror {
+            target: cluster_ref(snap, res, &m.destination).0,
+            percent: pct,
+        });
+    }
+    let rewrite = r.rewrite.as_ref().map(|rw| Rewrite {
+        uri: rw.uri.clone(),
+        authority: rw.authority.clone(),
+        uri_regex: rw
+            .uri_regex_rewrite
+            .as_ref()
+            .and_then(|rr| Some((regex::Regex::new(&rr.pattern).ok()?, rr.rewrite.clone()))),
+    });
+    let headers = r.headers.as_ref();
+    let operation = operation_for(
+        matches.first(),
+        single.as_ref().map(|(h, p)| (h.as_str(), *p)),
+        &res.meta.name,
+    );
+    Some(HttpRouteRule {
+        name: r.name.as_deref().map(Arc::from),
+        source: format!("{vs_source} http[{index}]").into(),
+        matches,
+        action,
+        timeout: r.timeout.map(|d| d.0).filter(|d| !d.is_zero()),
+        retry,
+        fault,
+        mirrors,
+        request_headers: HeaderOps::compile(headers.and_then(|h| h.request.as_ref())),
+        response_headers: HeaderOps::compile(headers.and_then(|h| h.response.as_ref())),
+        rewrite,
+        operation,
+    })
+}
+
+impl Snapshot {
+    /// The most specific virtual host for `host` (lowercase, no port).
+    fn vhost_for(&self, host: &str) -> Option<&Arc<VirtualHost>> {
+        self.vhosts_exact.get(host).or_else(|| {
+            self.vhosts_wildcard
+                .iter()
+                .find(|v| host::matches(&v.domain, host))
+        })
+    }
+
+    /// The most specific service for `host` that declares `port`.
+    pub fn service_for(&self, host: &str, port: u16) -> Option<(usize, &Arc<Service>)> {
+        let exact = self
+            .services_exact
+            .get(host)
+            .into_iter()
+            .flatten()
+            .find(|i| self.services[**i].port(port).is_some());
+        let idx = exact.or_else(|| {
+            self.services_wildcard.iter().find(|i| {
+                let s = &self.services[**i];
+                host::matches(&s.hostname, host) && s.port(port).is_some()
+            })
+        })?;
+        Some((*idx, &self.services[*idx]))
+    }
+
+    /// Routes an HTTP request by Host/:authority (port ignored) and the port the client addressed.
+    pub fn route_http<'a>(&'a self, req: &HttpRequestFacts<'_>) -> HttpDecision<'a> {
+        let raw = host::strip_port(req.authority);
+        let lowered;
+        let host = if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = raw.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            raw
+        };
+        let vhost = self.vhost_for(host);
+        let service = self.service_for(host, req.port);
+        // Envoy picks the most specific domain; a VirtualService wins a tie with its service.
+        let use_vhost = match (vhost, service) {
+            (Some(v), Some((_, s))) => {
+                host::specificity(&v.domain, &s.hostname) != std::cmp::Ordering::Greater
+            }
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if let (true, Some(v)) = (use_vhost, vhost) {
+            for rule in &v.rules {
+                if let Some(i) = rule.matched(req) {
+                    return HttpDecision::Route {
+                        rule,
+                        matched: rule.matches.get(i),
+                        vhost: &v.domain,
+                    };
+                }
+            }
+            return HttpDecision::NoRoute { vhost: &v.domain };
+        }
+        if let Some((i, s)) = service {
+            if let Some(rule) = self.default_routes.get(&(i, req.port)) {
+                return HttpDecision::Route {
+                    rule,
+                    matched: None,
+                    vhost: &s.hostname,
+                };
+            }
+        }
+        self.unknown_http()
+    }
+
+    fn unknown_http(&self) -> HttpDecision<'_> {
+        match self.mesh.outbound_policy {
+            OutboundPolicy::AllowAny => HttpDecision::Passthrough,
+            OutboundPolicy::RegistryOnly => HttpDecision::Blocked,
+        }
+    }
+
+    fn unknown_stream(&self) -> StreamDecision<'_> {
+        match self.mesh.outbound_policy {
+            OutboundPolicy::AllowAny => StreamDecision::Passthrough,
+            OutboundPolicy::RegistryOnly => StreamDecision::Blocked,
+        }
+    }
+
+    fn cluster_of(&self, svc: &Service, port: u16) -> Option<&Arc<Cluster>> {
+        self.clusters
+            .get(Cluster::name_for(port, None, &svc.hostname).as_str())
+    }
+
+    /// A service whose `addresses` contain `ip` and that declares `port`.
+    fn service_by_address(&self, ip: IpAddr, port: u16) -> Option<&Arc<Service>> {
+        self.services
+            .iter()
+            .find(|s| s.has_address(ip) && s.port(port).is_some())
+    }
+
+    /// Routes a TLS connection by SNI (when the client sent one) and destination.
+    pub fn route_tls(&self, sni: Option<&str>, dst: SocketAddr) -> StreamDecision<'_> {
+        let sni = sni.map(str::to_ascii_lowercase);
+        if let Some(sni) = sni.as_deref() {
+            for rule in &self.tls_rules {
+                let hit = rule.matches.iter().any(|m| {
+                    m.sni_hosts.iter().any(|p| host::matches(p, sni))
+                        && m.port.is_none_or(|p| p == dst.port())
+                        && (m.destination_subnets.is_empty()
+                            || m.destination_subnets.iter().any(|n| n.contains(&dst.ip())))
+                });
+                if hit {
+                    return StreamDecision::Rule(rule);
+                }
+            }
+            if let Some((_, svc)) = self.service_for(sni, dst.port()) {
+                let declared = svc.port(dst.port()).map(|p| p.protocol);
+                if !declared.is_some_and(Protocol::is_http) {
+                    if let Some(c) = self.cluster_of(svc, dst.port()) {
+                        return StreamDecision::Cluster(c);
+                    }
+                }
+            }
+        }
+        if let Some(svc) = self.service_by_address(dst.ip(), dst.port()) {
+            if let Some(c) = self.cluster_of(svc, dst.port()) {
+                return StreamDecision::Cluster(c);
+            }
+        }
+        self.unknown_stream()
+    }
+
+    /// Routes an opaque TCP connection by destination address and port.
+    pub fn route_tcp(&self, dst: SocketAddr) -> StreamDecision<'_> {
+        for rule in &self.tcp_rules {
+            let owns = rule.vs_hosts.iter().any(|h| {
+                self.services.iter().any(|s| {
+                    host::matches(h, &s.hostname)
+                        && s.port(dst.port()).is_some()
+                        && (s.addresses.is_empty() || s.has_address(dst.ip()))
+                })
+            });
+            let hit = owns
+                && rule.matches.iter().any(|m| {
+                    m.port.is_none_or(|p| p == dst.port())
+                        && (m.destination_subnets.is_empty()
+                            || m.destination_subnets.iter().any(|n| n.contains(&dst.ip())))
+                });
+            if hit {
+                return StreamDecision::Rule(rule);
+            }
+        }
+        if let Some(svc) = self.service_by_address(dst.ip(), dst.port()) {
+            if let Some(c) = self.cluster_of(svc, dst.port()) {
+                return StreamDecision::Cluster(c);
+            }
+        }
+        // A service without addresses owns its TCP port on every IP (Istio's 0.0.0.0:port listener).
+        let by_port = self.services.iter().find(|s| {
+            s.addresses.is_empty()
+                && s.port(dst.port()).is_some_and(|p| {
+                    !p.protocol.is_http() && !p.protocol.is_tls() && p.protocol != Protocol::Unknown
+                })
+        });
+        if let Some(svc) = by_port {
+            if let Some(c) = self.cluster_of(svc, dst.port()) {
+                return StreamDecision::Cluster(c);
+            }
+        }
+        self.unknown_stream()
+    }
+
+    /// The protocol declared for a destination, when declaration (not sniffing) decides it: a
+    /// service that owns the address, or services without addresses that all declare the port as
+    /// opaque TCP. Server-first protocols need this, since they send nothing to sniff.
+    pub fn declared_protocol(&self, dst: SocketAddr) -> Option<Protocol> {
+        if let Some(p) = self
+            .service_by_address(dst.ip(), dst.port())
+            .and_then(|s| s.port(dst.port()))
+            .map(|p| p.protocol)
+            .filter(|p| *p != Protocol::Unknown)
+        {
+            return Some(p);
+        }
+        let mut declared = self
+            .services
+            .iter()
+            .filter(|s| s.addresses.is_empty())
+            .filter_map(|s| s.port(dst.port()))
+            .map(|p| p.protocol);
+        let first = declared.next()?;
+        let opaque = |p: Protocol| !p.is_http() && !p.is_tls() && p != Protocol::Unknown;
+        (opaque(first) && declared.all(opaque)).then_some(Protocol::Tcp)
+    }
+
+    /// All virtual hosts, for the config dump.
+    pub fn virtual_hosts(&self) -> impl Iterator<Item = &Arc<VirtualHost>> {
+        self.vhosts_exact
+            .values()
+            .chain(self.vhosts_wildcard.iter())
+    }
+
+    /// Counts resources compiled in, for logs.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} services, {} clusters, {} virtual hosts, {} tls rules, {} tcp rules, outbound policy {:?}",
+            self.services.len(),
+            self.clusters.len(),
+            self.vhosts_exact.len() + self.vhosts_wildcard.len(),
+            self.tls_rules.len(),
+            self.tcp_rules.len(),
+            self.mesh.outbound_policy
+        )
+    }
+}
+
+/// Re-exported so callers can sort resources for [`compile`].
+pub fn creation_order(a: &Resource, b: &Resource) -> std::cmp::Ordering {
+    a.meta
+        .creation_timestamp
+        .is_none()
+        .cmp(&b.meta.creation_timestamp.is_none())
+        .then_with(|| a.meta.creation_timestamp.cmp(&b.meta.creation_timestamp))
+}

@@ -1,0 +1,118 @@
+//! State shared by every connection of one proxy, and the small conversions from routing results
+//! to telemetry labels.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use sluice_api::networking::Labels;
+use sluice_model::{Cluster, Snapshot, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+
+use crate::resolve::Resolver;
+use crate::telemetry::accesslog::AccessLogger;
+use crate::telemetry::metrics::{Metrics, PeerLabels, ServiceLabels};
+use crate::upstream::HttpClients;
+
+/// Everything the data path shares: the current snapshot, DNS, upstream pools and telemetry.
+pub struct Proxy {
+    pub snapshots: Arc<ArcSwap<Snapshot>>,
+    pub resolver: Resolver,
+    pub clients: HttpClients,
+    pub access_log: AccessLogger,
+    pub metrics: Arc<Metrics>,
+    /// This workload's identity labels (`source_*` in metrics).
+    pub workload: Arc<PeerLabels>,
+    /// Labels for destinations sluice cannot identify.
+    pub unknown_peer: Arc<PeerLabels>,
+    pub passthrough_labels: Arc<ServiceLabels>,
+    pub blackhole_labels: Arc<ServiceLabels>,
+    /// `server` header on responses: `envoy` for a sidecar's outbound side.
+    pub server_header: http::HeaderValue,
+}
+
+impl Proxy {
+    /// Builds the shared state for a workload in `namespace` with `labels`.
+    pub fn new(
+        snapshots: Arc<ArcSwap<Snapshot>>,
+        access_log: AccessLogger,
+        metrics: Arc<Metrics>,
+        namespace: &str,
+        labels: &Labels,
+    ) -> Proxy {
+        Proxy {
+            snapshots,
+            resolver: Resolver::from_system(),
+            clients: HttpClients::default(),
+            access_log,
+            metrics,
+            workload: Arc::new(workload_labels(namespace, labels)),
+            unknown_peer: Arc::new(PeerLabels::unknown()),
+            passthrough_labels: Arc::new(ServiceLabels::special_cluster(PASSTHROUGH_CLUSTER)),
+            blackhole_labels: Arc::new(ServiceLabels::special_cluster(BLACKHOLE_CLUSTER)),
+            server_header: http::HeaderValue::from_static("envoy"),
+        }
+    }
+
+    /// `destination_service*` labels for a cluster.
+    pub fn service_labels(&self, cluster: &Cluster) -> Arc<ServiceLabels> {
+        let svc = &cluster.service;
+        // Istio names a ServiceEntry destination by its host; a Kubernetes service by its short name.
+        let name = svc
+            .hostname
+            .strip_suffix(&format!(
+                ".{}.{}",
+                svc.namespace,
+                sluice_model::host::CLUSTER_DOMAIN
+            ))
+            .unwrap_or(&svc.hostname)
+            .to_string();
+        Arc::new(ServiceLabels::new(
+            svc.hostname.clone(),
+            name,
+            svc.namespace.clone(),
+        ))
+    }
+}
+
+/// `source_*` labels for this workload, from its Kubernetes-style labels.
+pub fn workload_labels(namespace: &str, labels: &Labels) -> PeerLabels {
+    let get = |k: &str| labels.get(k).map(String::as_str);
+    let app = get("app").or(get("app.kubernetes.io/name"));
+    let version = get("version").or(get("app.kubernetes.io/version"));
+    let canonical = get("service.istio.io/canonical-name").or(app);
+    let revision = get("service.istio.io/canonical-revision")
+        .or(version)
+        .unwrap_or("latest");
+    let unknown = "unknown";
+    PeerLabels {
+        workload: Arc::from(app.unwrap_or(unknown)),
+        workload_namespace: Arc::from(namespace),
+        principal: Arc::from(unknown),
+        app: Arc::from(app.unwrap_or(unknown)),
+        version: Arc::from(version.unwrap_or(unknown)),
+        canonical_service: Arc::from(canonical.unwrap_or(unknown)),
+        canonical_revision: Arc::from(revision),
+        cluster: Arc::from("Kubernetes"),
+    }
+}
+
+/// Where a downstream connection was going.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The original destination (captured), or the resolved address of the requested host
+    /// (explicit proxy; unspecified when resolution failed).
+    pub addr: SocketAddr,
+    /// The host the client named to the explicit proxy (CONNECT authority), if any.
+    pub host: Option<Arc<str>>,
+}
+
+/// Addresses of a downstream connection.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    pub remote: SocketAddr,
+    /// Captured: where the client was going. Explicit proxy: the proxy's own listener address.
+    pub local: SocketAddr,
+    /// Set for captured connections and CONNECT tunnels; `None` for explicit-proxy HTTP, where each
+    /// request names its own target.
+    pub target: Option<Target>,
+}

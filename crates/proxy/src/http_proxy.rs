@@ -1,0 +1,1053 @@
+//! HTTP proxying: route each request with the snapshot it arrived under, carry out the decision
+//! (forward with timeouts and retries, fault, redirect, direct response, block), and account for it
+//! in the access log and metrics once the response body has been sent.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use sluice_model::registry::EndpointAddress;
+use sluice_model::route::{
+    pick_weighted, HttpRequestFacts, Operation, RequestMatch, WeightedTarget,
+};
+use sluice_model::{Cluster, HttpDecision, HttpRouteRule, RouteAction, Snapshot, UpstreamAddress};
+
+use crate::context::{Downstream, Proxy};
+use crate::io::ByteCounter;
+use crate::telemetry::accesslog::{protocol_name, AccessLogRecord};
+use crate::telemetry::metrics::{
+    HttpLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
+};
+use crate::upstream::{BoxError, ProxyBody, UpstreamConnInfo};
+
+/// Largest request body buffered so it can be retried or mirrored; larger bodies are streamed once.
+const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+static X_ENVOY_DECORATOR_OPERATION: HeaderName =
+    HeaderName::from_static("x-envoy-decorator-operation");
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        PROXY_CONNECTION.clone(),
+        KEEP_ALIVE.clone(),
+    ] {
+        headers.remove(n);
+    }
+}
+
+/// A locally generated response and how the access log describes it.
+struct LocalReply {
+    status: StatusCode,
+    body: Bytes,
+    flags: &'static str,
+    details: Cow<'static, str>,
+    extra_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl LocalReply {
+    fn new(
+        status: StatusCode,
+        body: &'static str,
+        flags: &'static str,
+        details: &'static str,
+    ) -> Self {
+        LocalReply {
+            status,
+            body: Bytes::from_static(body.as_bytes()),
+            flags,
+            details: Cow::Borrowed(details),
+            extra_headers: Vec::new(),
+        }
+    }
+}
+
+/// Why forwarding failed, mapped to Envoy's local replies.
+enum UpstreamFailure {
+    NoCluster,
+    NoHealthyUpstream,
+    ConnectFailure { tls_error: Option<String> },
+    Reset,
+    Timeout { per_try: bool },
+    BadRequest,
+}
+
+impl UpstreamFailure {
+    fn reply(&self, retries_exhausted: bool) -> LocalReply {
+        let mut r = match self {
+            UpstreamFailure::NoCluster => LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "", "NC", "cluster_not_found"),
+            UpstreamFailure::NoHealthyUpstream => LocalReply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                "UH",
+                "no_healthy_upstream",
+            ),
+            UpstreamFailure::ConnectFailure { tls_error } => {
+                let mut r = LocalReply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                    "UF",
+                    "upstream_reset_before_response_started{connection_failure}",
+                );
+                if let Some(e) = tls_error {
+                    r.details = Cow::Owned(format!(
+                        "upstream_reset_before_response_started{{connection_failure,{}}}",
+                        e.replace(' ', "_")
+                    ));
+                }
+                r
+            }
+            UpstreamFailure::Reset => LocalReply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                "UC",
+                "upstream_reset_before_response_started{connection_termination}",
+            ),
+            UpstreamFailure::Timeout { per_try } => LocalReply::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                "UT",
+                if *per_try { "upstream_per_try_timeout" } else { "upstream_response_timeout" },
+            ),
+            UpstreamFailure::BadRequest => LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "-", "invalid_request"),
+        };
+        if retries_exhausted {
+            r.flags = match r.flags {
+                "UF" => "UF,URX",
+                "UC" => "UC,URX",
+                "UH" => "UH,URX",
+                "UT" => "UT,URX",
+                other => other,
+            };
+        }
+        r
+    }
+}
+
+/// What the access log and metrics need to know about how a request was handled.
+struct Outcome {
+    flags: Cow<'static, str>,
+    details: Cow<'static, str>,
+    route_name: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+    service: Arc<ServiceLabels>,
+    upstream: Option<UpstreamConnInfo>,
+    upstream_service_time: Option<u64>,
+}
+
+/// Everything known about the request being handled.
+struct RequestCtx {
+    authority: String,
+    port: u16,
+    downstream: Arc<Downstream>,
+    /// Explicit-proxy target parsed from an absolute URI: host and port.
+    uri_target: Option<(String, u16)>,
+}
+
+/// Handles one request arriving on the outbound side.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    downstream: Arc<Downstream>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let start_time = SystemTime::now();
+    let snap = proxy.snapshots.load_full();
+    let (mut parts, body) = req.into_parts();
+
+    // Absolute-form (explicit proxy) names the target in the URI; otherwise Host/:authority does.
+    let uri_target = parts.uri.host().map(|h| {
+        let port = parts
+            .uri
+            .port_u16()
+            .unwrap_or(if parts.uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        (h.to_string(), port)
+    });
+    let authority = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
+        (Some(a), _) => a.as_str().to_string(),
+        (None, Some(h)) => h.to_str().unwrap_or("").to_string(),
+        (None, None) => String::new(),
+    };
+    let port = match (&uri_target, &downstream.target) {
+        (Some((_, p)), _) => *p,
+        (None, Some(t)) => t.addr.port(),
+        (None, None) => downstream.local.port(),
+    };
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            parts.headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+
+    let mut rec = AccessLogRecord::new(start_time);
+    rec.method = Some(parts.method.clone());
+    rec.path = Some(
+        parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+    );
+    rec.protocol = Some(protocol_name(parts.version));
+    rec.user_agent = parts.headers.get(header::USER_AGENT).cloned();
+    rec.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
+    rec.request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+    rec.authority = HeaderValue::from_str(&authority).ok();
+    rec.downstream_remote_address = Some(downstream.remote);
+    rec.downstream_local_address = Some(match (&downstream.target, &uri_target) {
+        (Some(t), _) => t.addr,
+        _ => downstream.local,
+    });
+    if proxy.access_log.needs_request_headers() {
+        rec.request_headers = Some(parts.headers.clone());
+    }
+
+    let received = ByteCounter::default();
+    let body = CountingBody::new(body, received.clone());
+    let ctx = RequestCtx {
+        authority,
+        port,
+        downstream,
+        uri_target,
+    };
+    let (response, outcome) = route_and_forward(&proxy, &snap, &ctx, parts, body).await;
+
+    rec.response_code = response.status().as_u16();
+    rec.response_flags = outcome.flags.clone();
+    rec.response_code_details = Some(outcome.details.clone());
+    rec.route_name = outcome.route_name.clone();
+    rec.upstream_cluster = outcome.cluster.clone();
+    rec.upstream_host = outcome.upstream.map(|u| u.remote);
+    rec.upstream_local_address = outcome.upstream.map(|u| u.local);
+    rec.upstream_service_time = outcome.upstream_service_time;
+    if proxy.access_log.needs_response_headers() {
+        rec.response_headers = Some(response.headers().clone());
+    }
+    let labels = HttpLabels {
+        reporter: Reporter::Source,
+        source: proxy.workload.clone(),
+        destination: proxy.unknown_peer.clone(),
+        destination_service: outcome.service.clone(),
+        request_protocol: RequestProtocol::Http,
+        response_flags: outcome.flags.clone(),
+        connection_security_policy: SecurityPolicy::Unknown,
+        response_code: response.status().as_u16(),
+        grpc_response_status: None,
+    };
+    let (parts, body) = response.into_parts();
+    let logged = LoggedBody {
+        inner: body,
+        sent: 0,
+        finish: Some(Finish {
+            proxy: proxy.clone(),
+            rec,
+            labels,
+            start,
+            received,
+        }),
+    };
+    Ok(Response::from_parts(parts, logged.boxed_unsync()))
+}
+
+fn local_response(proxy: &Proxy, reply: &LocalReply) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(reply.body.clone())
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = reply.status;
+    let h = resp.headers_mut();
+    if !reply.body.is_empty() {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+    h.insert(header::DATE, date_header());
+    h.insert(header::SERVER, proxy.server_header.clone());
+    for (k, v) in &reply.extra_headers {
+        h.insert(k.clone(), v.clone());
+    }
+    resp
+}
+
+fn date_header() -> HeaderValue {
+    HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
+        .unwrap_or(HeaderValue::from_static(""))
+}
+
+fn outcome_local(
+    reply: &LocalReply,
+    route_name: Option<Arc<str>>,
+    service: Arc<ServiceLabels>,
+) -> Outcome {
+    Outcome {
+        flags: Cow::Borrowed(reply.flags),
+        details: reply.details.clone(),
+        route_name,
+        cluster: None,
+        service,
+        upstream: None,
+        upstream_service_time: None,
+    }
+}
+
+async fn route_and_forward(
+    proxy: &Arc<Proxy>,
+    snap: &Arc<Snapshot>,
+    ctx: &RequestCtx,
+    parts: http::request::Parts,
+    body: CountingBody,
+) -> (Response<ProxyBody>, Outcome) {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let scheme = parts.uri.scheme_str().unwrap_or("http").to_string();
+    let facts = HttpRequestFacts {
+        method: parts.method.as_str(),
+        scheme: &scheme,
+        authority: &ctx.authority,
+        path_and_query: &path_and_query,
+        headers: &parts.headers,
+        port: ctx.port,
+    };
+    match snap.route_http(&facts) {
+        HttpDecision::Blocked => {
+            let reply = LocalReply::new(StatusCode::BAD_GATEWAY, "", "-", "direct_response");
+            let resp = local_response(proxy, &reply);
+            (
+                resp,
+                outcome_local(
+                    &reply,
+                    Some("block_all".into()),
+                    proxy.blackhole_labels.clone(),
+                ),
+            )
+        }
+        HttpDecision::NoRoute { .. } => {
+            let reply = LocalReply::new(StatusCode::NOT_FOUND, "", "NR", "route_not_found");
+            let resp = local_response(proxy, &reply);
+            (
+                resp,
+                outcome_local(&reply, None, Arc::new(ServiceLabels::unknown())),
+            )
+        }
+        HttpDecision::Passthrough => {
+            let passthrough = Forward {
+                cluster: None,
+                route_name: Some("allow_any".into()),
+                operation: None,
+                timeout: None,
+                retry: sluice_model::route::RetryPolicy::default(),
+                target: None,
+                rule: None,
+                matched: None,
+            };
+            forward(proxy, ctx, parts, body, passthrough).await
+        }
+        HttpDecision::Route { rule, matched, .. } => {
+            let route_name = rule.name.clone();
+            if let Some(fault) = &rule.fault {
+                if let Some((delay, pct)) = fault.delay {
+                    if roll_percent(pct) {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+                if let Some((status, pct)) = fault.abort {
+                    if roll_percent(pct) {
+                        let mut reply = LocalReply::new(
+                            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                            "fault filter abort",
+                            "FI",
+                            "fault_filter_abort",
+                        );
+                        reply.details = Cow::Borrowed("fault_filter_abort");
+                        let resp = local_response(proxy, &reply);
+                        return (
+                            resp,
+                            outcome_local(&reply, route_name, Arc::new(ServiceLabels::unknown())),
+                        );
+                    }
+                }
+            }
+            match &rule.action {
+                RouteAction::DirectResponse {
+                    status,
+                    body: content,
+                } => {
+                    let mut reply = LocalReply::new(
+                        StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
+                        "",
+                        "-",
+                        "direct_response",
+                    );
+                    reply.body = Bytes::copy_from_slice(content);
+                    let mut resp = local_response(proxy, &reply);
+                    rule.response_headers.apply(resp.headers_mut());
+                    (
+                        resp,
+                        outcome_local(&reply, route_name, Arc::new(ServiceLabels::unknown())),
+                    )
+                }
+                RouteAction::Redirect(rd) => {
+                    let location = redirect_location(
+                        rd,
+                        &scheme,
+                        &ctx.authority,
+                        ctx.port,
+                        &path_and_query,
+                        matched,
+                    );
+                    let mut reply = LocalReply::new(
+                        StatusCode::from_u16(rd.code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                        "",
+                        "-",
+                        "direct_response",
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&location) {
+                        reply.extra_headers.push((header::LOCATION, v));
+                    }
+                    let resp = local_response(proxy, &reply);
+                    (
+                        resp,
+                        outcome_local(&reply, route_name, Arc::new(ServiceLabels::unknown())),
+                    )
+                }
+                RouteAction::Forward(targets) => {
+                    let Some(target) = pick_weighted(targets, rand::random::<f64>()) else {
+                        let reply = UpstreamFailure::NoCluster.reply(false);
+                        let resp = local_response(proxy, &reply);
+                        return (
+                            resp,
+                            outcome_local(&reply, route_name, Arc::new(ServiceLabels::unknown())),
+                        );
+                    };
+                    let cluster = match target.cluster.resolve(ctx.port) {
+                        Ok(c) => c.clone(),
+                        Err(missing) => {
+                            tracing::debug!(
+                                "route {} points at missing cluster {missing}",
+                                rule.source
+                            );
+                            let reply = UpstreamFailure::NoCluster.reply(false);
+                            let resp = local_response(proxy, &reply);
+                            let mut o = outcome_local(
+                                &reply,
+                                route_name,
+                                Arc::new(ServiceLabels::unknown()),
+                            );
+                            o.cluster = Some(missing.into());
+                            return (resp, o);
+                        }
+                    };
+                    let fwd = Forward {
+                        operation: Some(&rule.operation),
+                        timeout: rule.timeout,
+                        retry: rule.retry.clone(),
+                        cluster: Some(cluster),
+                        route_name,
+                        target: Some(target),
+                        rule: Some(rule),
+                        matched,
+                    };
+                    forward(proxy, ctx, parts, body, fwd).await
+                }
+            }
+        }
+    }
+}
+
+fn roll_percent(pct: f64) -> bool {
+    pct >= 100.0 || (pct > 0.0 && rand::random::<f64>() * 100.0 < pct)
+}
+
+fn redirect_location(
+    rd: &sluice_model::route::Redirect,
+    scheme: &str,
+    authority: &str,
+    request_port: u16,
+    path_and_query: &str,
+    matched: Option<&RequestMatch>,
+) -> String {
+    let scheme = rd.scheme.as_deref().unwrap_or(scheme);
+    let host = rd
+        .authority
+        .clone()
+        .unwrap_or_else(|| sluice_model::host::strip_port(authority).to_string());
+    let port = if let Some(p) = rd.port {
+        Some(p)
+    } else if rd.port_from_request {
+        Some(request_port)
+    } else if rd.port_from_protocol {
+        None
+    } else {
+        // Keep an explicit port from the request's authority.
+        authority
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+    };
+    let port =
+        port.filter(|p| !((scheme == "http" && *p == 80) || (scheme == "https" && *p == 443)));
+    let path = if let Some(uri) = &rd.uri {
+        uri.clone()
+    } else if let (Some(prefix), Some(sluice_model::route::StrMatcher::Prefix(p))) =
+        (&rd.prefix_rewrite, matched.and_then(|m| m.uri.as_ref()))
+    {
+        let rest = path_and_query.get(p.len()..).unwrap_or("");
+        format!("{prefix}{rest}")
+    } else {
+        path_and_query.to_string()
+    };
+    match port {
+        Some(p) => format!("{scheme}://{host}:{p}{path}"),
+        None => format!("{scheme}://{host}{path}"),
+    }
+}
+
+/// A forwarding decision: the cluster (None = passthrough to the original destination) and the
+/// route settings that shape the upstream call.
+struct Forward<'a> {
+    cluster: Option<Arc<Cluster>>,
+    route_name: Option<Arc<str>>,
+    operation: Option<&'a Operation>,
+    timeout: Option<Duration>,
+    retry: sluice_model::route::RetryPolicy,
+    target: Option<&'a WeightedTarget>,
+    rule: Option<&'a Arc<HttpRouteRule>>,
+    matched: Option<&'a RequestMatch>,
+}
+
+/// The request body, either buffered (retryable, mirrorable) or streamed once.
+enum RequestBody {
+    Buffered(Bytes),
+    Streaming(Option<CountingBody>),
+}
+
+impl RequestBody {
+    fn take(&mut self) -> Option<ProxyBody> {
+        match self {
+            RequestBody::Buffered(b) => {
+                Some(Full::new(b.clone()).map_err(|e| match e {}).boxed_unsync())
+            }
+            RequestBody::Streaming(s) => s.take().map(|b| b.boxed_unsync()),
+        }
+    }
+}
+
+async fn buffer_body(body: CountingBody) -> Result<RequestBody, BoxError> {
+    if body.is_end_stream() {
+        return Ok(RequestBody::Buffered(Bytes::new()));
+    }
+    let small = body
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= MAX_BUFFERED_BODY);
+    if small {
+        Ok(RequestBody::Buffered(body.collect().await?.to_bytes()))
+    } else {
+        Ok(RequestBody::Streaming(Some(body)))
+    }
+}
+
+/// Picks an endpoint address for one try.
+async fn endpoint_addr(
+    proxy: &Proxy,
+    ctx: &RequestCtx,
+    cluster: Option<&Cluster>,
+    attempt: u32,
+) -> Result<SocketAddr, UpstreamFailure> {
+    let original = || -> Option<(Option<String>, SocketAddr)> {
+        if let Some((host, port)) = &ctx.uri_target {
+            return Some((
+                Some(host.clone()),
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port),
+            ));
+        }
+        let t = ctx.downstream.target.as_ref()?;
+        Some((t.host.as_deref().map(str::to_string), t.addr))
+    };
+    let upstream = cluster.map_or(UpstreamAddress::OriginalDestination, Cluster::upstream);
+    match upstream {
+        UpstreamAddress::OriginalDestination => {
+            let (host, addr) = original().ok_or(UpstreamFailure::NoHealthyUpstream)?;
+            match host {
+                // Explicit proxy: the client named a host; resolve it ourselves.
+                Some(h) => {
+                    let addrs = proxy
+                        .resolver
+                        .resolve(&h, addr.port())
+                        .await
+                        .map_err(|_| UpstreamFailure::NoHealthyUpstream)?;
+                    Ok(addrs[attempt as usize % addrs.len()])
+                }
+                None => Ok(addr),
+            }
+        }
+        UpstreamAddress::Endpoints(eps) => {
+            if eps.is_empty() {
+                return Err(UpstreamFailure::NoHealthyUpstream);
+            }
+            // Weighted random choice; a retry moves to the next endpoint (retry_ignore_previous_hosts).
+            let total: u64 = eps.iter().map(|e| u64::from(e.2)).sum::<u64>().max(1);
+            let mut point = rand::random::<u64>() % total;
+            let mut idx = 0;
+            for (i, e) in eps.iter().enumerate() {
+                if point < u64::from(e.2) {
+                    idx = i;
+                    break;
+                }
+                point -= u64::from(e.2);
+            }
+            let (address, port, _) = &eps[(idx + attempt as usize) % eps.len()];
+            match address {
+                EndpointAddress::Ip(ip) => Ok(SocketAddr::new(*ip, *port)),
+                EndpointAddress::Name(name) => {
+                    let addrs = proxy
+                        .resolver
+                        .resolve(name, *port)
+                        .await
+                        .map_err(|_| UpstreamFailure::NoHealthyUpstream)?;
+                    Ok(addrs[attempt as usize % addrs.len()])
+                }
+            }
+        }
+    }
+}
+
+fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
+    if e.is_connect() {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = source {
+            let msg = s.to_string();
+            if let Some(tls) = msg.strip_prefix("TLS_error: ") {
+                return UpstreamFailure::ConnectFailure {
+                    tls_error: Some(format!("TLS_error:{tls}")),
+                };
+            }
+            source = s.source();
+        }
+        UpstreamFailure::ConnectFailure { tls_error: None }
+    } else {
+        UpstreamFailure::Reset
+    }
+}
+
+async fn forward(
+    proxy: &Arc<Proxy>,
+    ctx: &RequestCtx,
+    mut parts: http::request::Parts,
+    body: CountingBody,
+    fwd: Forward<'_>,
+) -> (Response<ProxyBody>, Outcome) {
+    let cluster_name: Arc<str> = fwd.cluster.as_ref().map_or_else(
+        || Arc::from(sluice_model::PASSTHROUGH_CLUSTER),
+        |c| c.name.clone(),
+    );
+    let service = fwd.cluster.as_ref().map_or_else(
+        || proxy.passthrough_labels.clone(),
+        |c| proxy.service_labels(c),
+    );
+    let fail = |failure: UpstreamFailure, exhausted: bool| {
+        let reply = failure.reply(exhausted);
+        let resp = local_response(proxy, &reply);
+        let mut o = outcome_local(&reply, fwd.route_name.clone(), service.clone());
+        o.cluster = Some(cluster_name.clone());
+        (resp, o)
+    };
+
+    // Build the upstream request head once; each try clones it.
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers);
+    if !headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&ctx.authority) {
+            headers.insert(header::HOST, v);
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if let Some(op) = fwd.operation {
+        if let Ok(v) = HeaderValue::from_str(&op.render(ctx.port)) {
+            headers.insert(X_ENVOY_DECORATOR_OPERATION.clone(), v);
+        }
+    }
+    let mut upstream_path = path_and_query.clone();
+    if let Some(rule) = fwd.rule {
+        if let Some(new_path) = rule.rewritten_path(fwd.matched, &path_and_query) {
+            if let Ok(v) = HeaderValue::from_str(&path_and_query) {
+                headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+            }
+            upstream_path = new_path;
+        }
+        if let Some(auth) = rule.rewrite.as_ref().and_then(|r| r.authority.as_deref()) {
+            if let Ok(v) = HeaderValue::from_str(auth) {
+                headers.insert(header::HOST, v);
+            }
+        }
+        rule.request_headers.apply(&mut headers);
+    }
+    if let Some(t) = fwd.target {
+        t.request_headers.apply(&mut headers);
+    }
+
+    let client = {
+        let connect_timeout = fwd
+            .cluster
+            .as_ref()
+            .map_or(Duration::from_secs(10), |c| c.connect_timeout);
+        let tls = fwd.cluster.as_ref().and_then(|c| c.tls.as_ref());
+        // SNI: the DestinationRule's, else the request's host (Envoy's auto SNI).
+        let sni = tls.map(|t| {
+            t.sni
+                .clone()
+                .unwrap_or_else(|| sluice_model::host::strip_port(&ctx.authority).to_string())
+        });
+        match proxy.clients.get(tls.zip(sni.as_deref()), connect_timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("TLS origination for {cluster_name} is misconfigured: {e}");
+                return fail(
+                    UpstreamFailure::ConnectFailure {
+                        tls_error: Some(format!("TLS_error:{e}")),
+                    },
+                    false,
+                );
+            }
+        }
+    };
+
+    let mut body = match buffer_body(body).await {
+        Ok(b) => b,
+        Err(_) => return fail(UpstreamFailure::BadRequest, false),
+    };
+    let retryable = matches!(body, RequestBody::Buffered(_));
+    if let (Some(rule), RequestBody::Buffered(bytes)) = (fwd.rule, &body) {
+        for m in &rule.mirrors {
+            if roll_percent(m.percent) {
+                spawn_mirror(
+                    proxy,
+                    ctx,
+                    m,
+                    &parts.method,
+                    &upstream_path,
+                    &headers,
+                    bytes.clone(),
+                );
+            }
+        }
+    }
+
+    let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
+    let max_tries = if retryable { 1 + fwd.retry.attempts } else { 1 };
+    let mut last_failure = UpstreamFailure::NoHealthyUpstream;
+    for attempt in 0..max_tries {
+        let addr = match endpoint_addr(proxy, ctx, fwd.cluster.as_deref(), attempt).await {
+            Ok(a) => a,
+            Err(f) => return fail(f, false),
+        };
+        let uri: Uri = match format!("http://{addr}{upstream_path}").parse() {
+            Ok(u) => u,
+            Err(_) => return fail(UpstreamFailure::BadRequest, false),
+        };
+        let Some(req_body) = body.take() else {
+            break;
+        };
+        let mut req = Request::new(req_body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers.clone();
+        req.headers_mut().insert(
+            X_ENVOY_ATTEMPT_COUNT.clone(),
+            HeaderValue::from(attempt + 1),
+        );
+        let try_start = Instant::now();
+        let call = client.request(req);
+        let per_try = fwd.retry.per_try_timeout;
+        let result = match (deadline, per_try) {
+            (None, None) => Ok(call.await),
+            (d, p) => {
+                let now = tokio::time::Instant::now();
+                let per_try_deadline = p.map(|p| now + p);
+                let effective = match (d, per_try_deadline) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (Some(a), None) => a,
+                    (None, Some(b)) => b,
+                    (None, None) => unreachable!("handled above"),
+                };
+                let per_try_fired = per_try_deadline.is_some_and(|p| d.is_none_or(|d| p < d));
+                tokio::time::timeout_at(effective, call)
+                    .await
+                    .map_err(|_| per_try_fired)
+            }
+        };
+        match result {
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                let more = attempt + 1 < max_tries;
+                if more && fwd.retry.retry_on.retries_status(status) {
+                    last_failure = UpstreamFailure::Reset;
+                    continue;
+                }
+                let service_time = try_start.elapsed().as_millis() as u64;
+                let info = resp.extensions().get::<UpstreamConnInfo>().copied();
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                rparts
+                    .headers
+                    .insert(header::SERVER, proxy.server_header.clone());
+                rparts.headers.insert(
+                    X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                    HeaderValue::from(service_time),
+                );
+                if let Some(rule) = fwd.rule {
+                    rule.response_headers.apply(&mut rparts.headers);
+                }
+                if let Some(t) = fwd.target {
+                    t.response_headers.apply(&mut rparts.headers);
+                }
+                let resp = Response::from_parts(
+                    rparts,
+                    rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                );
+                let outcome = Outcome {
+                    flags: Cow::Borrowed("-"),
+                    details: Cow::Borrowed("via_upstream"),
+                    route_name: fwd.route_name.clone(),
+                    cluster: Some(cluster_name.clone()),
+                    service: service.clone(),
+                    upstream: info,
+                    upstream_service_time: Some(service_time),
+                };
+                return (resp, outcome);
+            }
+            Ok(Err(e)) => {
+                let failure = classify_error(&e);
+                tracing::debug!("upstream {addr} for {cluster_name} failed: {e:?}");
+                let retry = match failure {
+                    UpstreamFailure::ConnectFailure { .. } => fwd.retry.retry_on.connect_failure,
+                    UpstreamFailure::Reset => fwd.retry.retry_on.reset,
+                    _ => false,
+                };
+                if !retry {
+                    return fail(failure, false);
+                }
+                last_failure = failure;
+            }
+            Err(per_try_fired) => {
+                if !per_try_fired {
+                    return fail(UpstreamFailure::Timeout { per_try: false }, false);
+                }
+                last_failure = UpstreamFailure::Timeout { per_try: true };
+            }
+        }
+    }
+    fail(last_failure, max_tries > 1)
+}
+
+fn spawn_mirror(
+    proxy: &Arc<Proxy>,
+    ctx: &RequestCtx,
+    mirror: &sluice_model::route::Mirror,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) {
+    let Ok(cluster) = mirror.target.resolve(ctx.port) else {
+        return;
+    };
+    let cluster = cluster.clone();
+    let proxy = proxy.clone();
+    let method = method.clone();
+    let path = path.to_string();
+    let headers = headers.clone();
+    let eps = cluster.upstream();
+    tokio::spawn(async move {
+        let UpstreamAddress::Endpoints(eps) = eps else {
+            return;
+        };
+        let Some((address, port, _)) = eps.first().cloned() else {
+            return;
+        };
+        let addr = match address {
+            EndpointAddress::Ip(ip) => SocketAddr::new(ip, port),
+            EndpointAddress::Name(n) => match proxy.resolver.resolve(&n, port).await {
+                Ok(a) => a[0],
+                Err(_) => return,
+            },
+        };
+        let Ok(client) = proxy.clients.get(None, cluster.connect_timeout) else {
+            return;
+        };
+        let Ok(uri) = format!("http://{addr}{path}").parse::<Uri>() else {
+            return;
+        };
+        let mut req = Request::new(Full::new(body).map_err(|e| match e {}).boxed_unsync());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        // The shadow's response is ignored; only drain it so the connection can be reused.
+        if let Ok(resp) = client.request(req).await {
+            let _ = resp.into_body().collect().await;
+        }
+    });
+}
+
+/// A request body that counts the bytes it passes (`%BYTES_RECEIVED%`).
+pub struct CountingBody {
+    inner: Incoming,
+    counter: ByteCounter,
+}
+
+impl CountingBody {
+    fn new(inner: Incoming, counter: ByteCounter) -> Self {
+        CountingBody { inner, counter }
+    }
+}
+
+impl Body for CountingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.counter.add(d.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct Finish {
+    proxy: Arc<Proxy>,
+    rec: AccessLogRecord,
+    labels: HttpLabels,
+    start: Instant,
+    received: ByteCounter,
+}
+
+/// A response body that writes the access log line and records metrics when it ends (or is dropped
+/// because the client went away).
+struct LoggedBody {
+    inner: ProxyBody,
+    sent: u64,
+    finish: Option<Finish>,
+}
+
+impl LoggedBody {
+    fn complete(&mut self, client_gone: bool) {
+        let Some(mut f) = self.finish.take() else {
+            return;
+        };
+        f.rec.bytes_sent = self.sent;
+        f.rec.bytes_received = f.received.get();
+        f.rec.duration = f.start.elapsed();
+        if client_gone && f.rec.response_flags == "-" {
+            f.rec.response_flags = Cow::Borrowed("DC");
+            f.labels.response_flags = Cow::Borrowed("DC");
+        }
+        f.proxy
+            .metrics
+            .record_http(&f.labels, f.rec.duration, f.rec.bytes_received, self.sent);
+        f.proxy.access_log.log(f.rec);
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.sent += d.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.complete(false);
+                }
+            }
+            Poll::Ready(None) => self.complete(false),
+            Poll::Ready(Some(Err(_))) => self.complete(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // An empty body may never be polled; a body dropped mid-way means the client left.
+        let ended = self.inner.is_end_stream();
+        self.complete(!ended);
+    }
+}

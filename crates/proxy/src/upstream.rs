@@ -1,0 +1,366 @@
+//! Connections to upstreams: plain TCP with a connect timeout, TLS origination from DestinationRule
+//! settings, and pooled keep-alive HTTP/1.1 clients.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use sluice_model::UpstreamTls;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Error type carried by request and response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type sent upstream and back to clients.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why TLS origination could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("{path}: no PEM certificate found")]
+    NoCertificate { path: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(
+    path: &std::path::Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let pem = std::fs::read(path).map_err(|source| TlsSetupError::Read {
+        what,
+        path: path.display().to_string(),
+        source,
+    })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsSetupError::NoCertificate {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Builds a rustls client configuration for TLS origination.
+pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, TlsSetupError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Invalid {
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+    let builder = if tls.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.ca_certificates {
+            Some(path) => {
+                for cert in read_certs(path, "caCertificates")? {
+                    roots.add(cert).map_err(|e| TlsSetupError::Invalid {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                }
+            }
+            None => {
+                // Envoy (and so Istio) trusts the operating system's CAs when none are given.
+                let native = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(native.certs);
+                if added == 0 {
+                    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                }
+            }
+        }
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match (&tls.client_certificate, &tls.private_key) {
+        (Some(cert), Some(key)) if tls.mutual => {
+            let chain = read_certs(cert, "clientCertificate")?;
+            let key_pem = std::fs::read(key).map_err(|source| TlsSetupError::Read {
+                what: "privateKey",
+                path: key.display().to_string(),
+                source,
+            })?;
+            let key_der =
+                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsSetupError::Invalid {
+                    path: key.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| TlsSetupError::Invalid {
+                    path: cert.display().to_string(),
+                    message: e.to_string(),
+                })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// `insecureSkipVerify: true`: accept any server certificate.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Opens a TCP connection with a deadline and `TCP_NODELAY`.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {addr} timed out"),
+            )
+        })??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Addresses of an upstream connection, for `%UPSTREAM_LOCAL_ADDRESS%` and `%UPSTREAM_HOST%`.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamConnInfo {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+enum Transport {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+/// A connection made by [`UpstreamConnector`].
+pub struct UpstreamStream {
+    transport: Transport,
+    info: UpstreamConnInfo,
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        Connected::new().extra(self.info)
+    }
+}
+
+impl Read for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().transport {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl Write for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().transport {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().transport {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().transport {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connects to the `ip:port` in a request URI, originating TLS when configured. The pool of the
+/// client it belongs to is keyed by that `ip:port`, so keep-alive connections are per endpoint.
+#[derive(Clone)]
+pub struct UpstreamConnector {
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for UpstreamConnector {
+    type Response = UpstreamStream;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<UpstreamStream>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authority = uri.authority().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "upstream URI without authority",
+                )
+            })?;
+            let addr: SocketAddr = authority.as_str().parse().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "upstream URI authority is not ip:port",
+                )
+            })?;
+            let tcp = connect_tcp(addr, this.connect_timeout).await?;
+            let info = UpstreamConnInfo {
+                local: tcp.local_addr()?,
+                remote: addr,
+            };
+            let transport = match this.tls {
+                None => Transport::Plain(TokioIo::new(tcp)),
+                Some((connector, name)) => {
+                    let tls = connector.connect(name, tcp).await.map_err(|e| {
+                        io::Error::new(io::ErrorKind::ConnectionAborted, format!("TLS_error: {e}"))
+                    })?;
+                    Transport::Tls(Box::new(TokioIo::new(tls)))
+                }
+            };
+            Ok(UpstreamStream { transport, info })
+        })
+    }
+}
+
+/// A pooled HTTP/1.1 client for one TLS identity.
+pub type HttpClient = Client<UpstreamConnector, ProxyBody>;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    tls: Option<(Arc<UpstreamTls>, String)>,
+    connect_timeout: Duration,
+}
+
+/// HTTP clients by TLS settings and connect timeout, created on first use and kept for reuse.
+#[derive(Default)]
+pub struct HttpClients {
+    clients: Mutex<HashMap<ClientKey, HttpClient>>,
+}
+
+impl HttpClients {
+    /// The client for plaintext (`tls: None`) or TLS with `sni`.
+    pub fn get(
+        &self,
+        tls: Option<(&Arc<UpstreamTls>, &str)>,
+        connect_timeout: Duration,
+    ) -> Result<HttpClient, TlsSetupError> {
+        let key = ClientKey {
+            tls: tls.map(|(t, sni)| (t.clone(), sni.to_string())),
+            connect_timeout,
+        };
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let tls = match tls {
+            None => None,
+            Some((settings, sni)) => {
+                let config = client_config(settings)?;
+                let name =
+                    ServerName::try_from(sni.to_string()).map_err(|e| TlsSetupError::Invalid {
+                        path: "sni".into(),
+                        message: e.to_string(),
+                    })?;
+                Some((TlsConnector::from(Arc::new(config)), name))
+            }
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .set_host(false)
+            .build(UpstreamConnector {
+                tls,
+                connect_timeout,
+            });
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Forgets clients (and their pools) after a config change, so new TLS settings apply.
+    pub fn clear(&self) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
