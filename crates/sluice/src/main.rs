@@ -27,7 +27,7 @@ enum Command {
     /// forward proxy (15080), with the policy of the Istio config in --config.
     Sidecar(SidecarArgs),
     /// Set up iptables capture as istio-iptables does (same flags, chains and rule order).
-    Init(init::InitArgs),
+    Init(Box<init::InitArgs>),
     /// Check Istio and Kubernetes YAML as Istio's admission webhook would; one line per problem
     /// ("file:line: Kind ns/name: field: message"), exit 1 if any is an error.
     Validate(validate_cmd::ValidateArgs),

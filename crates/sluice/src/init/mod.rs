@@ -6,9 +6,9 @@
 //! injector passes, in the same spelling, and produces the same chains and rules in the same order,
 //! so `iptables-save` of a sluice pod reads like an Istio pod's.
 //!
-//! - [`config`]: the flags, validated into a [`config::CaptureConfig`].
-//! - [`rules`]: the rules, generated in istio-iptables order; printed as iptables-restore input.
-//! - [`system`]: applying them (`iptables-restore --noflush`, `ip rule`/`ip route` for TPROXY) and
+//! - `config`: the flags, validated into a `CaptureConfig`.
+//! - `rules`: the rules, generated in istio-iptables order; printed as iptables-restore input.
+//! - `system`: applying them (`iptables-restore --noflush`, `ip rule`/`ip route` for TPROXY) and
 //!   removing them (`--cleanup`, and before every apply so that re-running is idempotent).
 
 mod config;
@@ -27,14 +27,15 @@ use rules::{IpFamily, RuleSet};
 /// Every flag can also come from the environment variable istio-iptables reads (its long name in
 /// upper case, `-` → `_`, e.g. `ISTIO_SERVICE_CIDR`; booleans accept `true`/`1`/`yes`…). Values
 /// are kept as written (`-x ""` is valid) and validated by [`run`].
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct InitArgs {
     /// Port to which all outbound TCP traffic is redirected (ISTIO_REDIRECT).
     #[arg(
         short = 'p',
         long = "envoy-port",
         env = "ENVOY_PORT",
-        default_value = "15001"
+        default_value = "15001",
+        value_name = "PORT"
     )]
     pub envoy_port: String,
 
@@ -43,7 +44,8 @@ pub struct InitArgs {
         short = 'z',
         long = "inbound-capture-port",
         env = "INBOUND_CAPTURE_PORT",
-        default_value = "15006"
+        default_value = "15006",
+        value_name = "PORT"
     )]
     pub inbound_capture_port: String,
 
@@ -52,17 +54,32 @@ pub struct InitArgs {
         short = 'e',
         long = "inbound-tunnel-port",
         env = "INBOUND_TUNNEL_PORT",
-        default_value = "15008"
+        default_value = "15008",
+        value_name = "PORT"
     )]
     pub inbound_tunnel_port: String,
 
     /// UIDs (comma-separated) whose traffic is not redirected, typically the proxy's
     /// [default: uid of $ENVOY_USER, else 1337].
-    #[arg(short = 'u', long = "proxy-uid", env = "PROXY_UID", default_value = "")]
+    #[arg(
+        short = 'u',
+        long = "proxy-uid",
+        env = "PROXY_UID",
+        default_value = "",
+        hide_default_value = true,
+        value_name = "UIDS"
+    )]
     pub proxy_uid: String,
 
     /// GIDs (comma-separated) whose traffic is not redirected [default: same as -u].
-    #[arg(short = 'g', long = "proxy-gid", env = "PROXY_GID", default_value = "")]
+    #[arg(
+        short = 'g',
+        long = "proxy-gid",
+        env = "PROXY_GID",
+        default_value = "",
+        hide_default_value = true,
+        value_name = "GIDS"
+    )]
     pub proxy_gid: String,
 
     /// How inbound connections are captured: REDIRECT or TPROXY [default: REDIRECT].
@@ -70,7 +87,9 @@ pub struct InitArgs {
         short = 'm',
         long = "istio-inbound-interception-mode",
         env = "ISTIO_INBOUND_INTERCEPTION_MODE",
-        default_value = ""
+        default_value = "",
+        hide_default_value = true,
+        value_name = "MODE"
     )]
     pub interception_mode: String,
 
@@ -79,7 +98,9 @@ pub struct InitArgs {
         short = 'b',
         long = "istio-inbound-ports",
         env = "ISTIO_INBOUND_PORTS",
-        default_value = ""
+        default_value = "",
+        hide_default_value = true,
+        value_name = "PORTS"
     )]
     pub inbound_ports: String,
 
@@ -88,7 +109,9 @@ pub struct InitArgs {
         short = 'd',
         long = "istio-local-exclude-ports",
         env = "ISTIO_LOCAL_EXCLUDE_PORTS",
-        default_value = ""
+        default_value = "",
+        hide_default_value = true,
+        value_name = "PORTS"
     )]
     pub inbound_ports_exclude: String,
 
@@ -97,7 +120,9 @@ pub struct InitArgs {
         short = 'i',
         long = "istio-service-cidr",
         env = "ISTIO_SERVICE_CIDR",
-        default_value = ""
+        default_value = "",
+        hide_default_value = true,
+        value_name = "CIDRS"
     )]
     pub outbound_cidrs: String,
 
@@ -106,7 +131,9 @@ pub struct InitArgs {
         short = 'x',
         long = "istio-service-exclude-cidr",
         env = "ISTIO_SERVICE_EXCLUDE_CIDR",
-        default_value = ""
+        default_value = "",
+        hide_default_value = true,
+        value_name = "CIDRS"
     )]
     pub outbound_cidrs_exclude: String,
 
@@ -115,7 +142,9 @@ pub struct InitArgs {
         short = 'q',
         long = "istio-outbound-ports",
         env = "ISTIO_OUTBOUND_PORTS",
-        default_value = ""
+        default_value = "",
+        hide_default_value = true,
+        value_name = "PORTS"
     )]
     pub outbound_ports: String,
 
@@ -124,7 +153,9 @@ pub struct InitArgs {
         short = 'o',
         long = "istio-local-outbound-ports-exclude",
         env = "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
-        default_value = ""
+        default_value = "",
+        hide_default_value = true,
+        value_name = "PORTS"
     )]
     pub outbound_ports_exclude: String,
 
@@ -133,7 +164,9 @@ pub struct InitArgs {
         short = 'c',
         long = "istio-exclude-interfaces",
         env = "ISTIO_EXCLUDE_INTERFACES",
-        default_value = ""
+        default_value = "",
+        hide_default_value = true,
+        value_name = "NICS"
     )]
     pub exclude_interfaces: String,
 
@@ -142,7 +175,9 @@ pub struct InitArgs {
         short = 'k',
         long = "kube-virt-interfaces",
         env = "KUBE_VIRT_INTERFACES",
-        default_value = ""
+        default_value = "",
+        hide_default_value = true,
+        value_name = "NICS"
     )]
     pub kube_virt_interfaces: String,
 
@@ -151,7 +186,8 @@ pub struct InitArgs {
         short = 't',
         long = "istio-inbound-tproxy-mark",
         env = "ISTIO_INBOUND_TPROXY_MARK",
-        default_value = "1337"
+        default_value = "1337",
+        value_name = "MARK"
     )]
     pub tproxy_mark: String,
 
@@ -160,7 +196,8 @@ pub struct InitArgs {
         short = 'r',
         long = "istio-inbound-tproxy-route-table",
         env = "ISTIO_INBOUND_TPROXY_ROUTE_TABLE",
-        default_value = "133"
+        default_value = "133",
+        value_name = "TABLE"
     )]
     pub tproxy_route_table: String,
 
@@ -187,7 +224,8 @@ pub struct InitArgs {
         long = "ipv4-loopback-cidr",
         env = "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
         default_value = "127.0.0.1/32",
-        hide = true
+        hide = true,
+        value_name = "CIDR"
     )]
     pub ipv4_loopback_cidr: String,
 
@@ -196,7 +234,8 @@ pub struct InitArgs {
         long = "outbound-owner-groups",
         env = "ISTIO_OUTBOUND_OWNER_GROUPS",
         default_value = "*",
-        hide = true
+        hide = true,
+        value_name = "GROUPS"
     )]
     pub owner_groups_include: String,
 
@@ -205,7 +244,9 @@ pub struct InitArgs {
         long = "outbound-owner-groups-exclude",
         env = "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
         default_value = "",
-        hide = true
+        hide_default_value = true,
+        hide = true,
+        value_name = "GROUPS"
     )]
     pub owner_groups_exclude: String,
 
@@ -220,7 +261,11 @@ pub struct InitArgs {
 
 /// Parses `InitArgs` alone, for tests and embedding (the binary gets them through its own CLI).
 #[derive(Parser, Debug)]
-#[command(name = "sluice-init", no_binary_name = true)]
+#[command(
+    name = "sluice-init",
+    about = "Set up iptables rules for the sluice sidecar (istio-iptables flags)",
+    no_binary_name = true
+)]
 struct StandaloneInit {
     #[command(flatten)]
     args: InitArgs,

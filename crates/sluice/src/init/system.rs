@@ -48,7 +48,6 @@ fn require(program: &'static str, package: &'static str) -> Result<PathBuf, Init
 
 /// The iptables programs of one address family.
 struct Iptables {
-    family: IpFamily,
     iptables: PathBuf,
     save: PathBuf,
     restore: PathBuf,
@@ -63,7 +62,6 @@ impl Iptables {
         // Look up restore first: it is the one the error message of a bare system should name.
         let restore = require(restore, "iptables")?;
         Ok(Iptables {
-            family,
             iptables: require(iptables, "iptables")?,
             save: require(save, "iptables")?,
             restore,
@@ -117,11 +115,18 @@ fn run_command(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<Out
         .stderr(Stdio::piped())
         .spawn()
         .map_err(spawn_error)?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // The pipe is dropped (closed) at the end of this block, which ends the program's input.
-        pipe.write_all(input.as_bytes()).map_err(spawn_error)?;
+    let written = match (stdin, child.stdin.take()) {
+        // The pipe is dropped (closed) at the end of this arm, which ends the program's input.
+        (Some(input), Some(mut pipe)) => pipe.write_all(input.as_bytes()),
+        _ => Ok(()),
+    };
+    let output = child.wait_with_output().map_err(spawn_error)?;
+    match written {
+        // A program that exits early breaks the pipe: its own exit status and stderr say why.
+        Err(_) if !output.status.success() => Ok(output),
+        Err(e) => Err(spawn_error(e)),
+        Ok(()) => Ok(output),
     }
-    child.wait_with_output().map_err(spawn_error)
 }
 
 /// Runs a command that must succeed; returns its stdout.
@@ -429,9 +434,9 @@ pub(crate) fn cleanup(cfg: &CaptureConfig) -> Result<(), InitError> {
 /// routing when inbound capture uses TPROXY.
 pub(crate) fn apply(cfg: &CaptureConfig, sets: &[RuleSet]) -> Result<(), InitError> {
     // Find every program before changing anything, so a missing one leaves the pod untouched.
-    let tools: Vec<Iptables> = families(cfg)
-        .into_iter()
-        .map(Iptables::locate)
+    let tools: Vec<Iptables> = sets
+        .iter()
+        .map(|set| Iptables::locate(set.family))
         .collect::<Result<_, _>>()?;
     let tproxy_routing =
         cfg.mode == InterceptionMode::Tproxy && cfg.inbound_ports != InboundPorts::None;
@@ -445,15 +450,7 @@ pub(crate) fn apply(cfg: &CaptureConfig, sets: &[RuleSet]) -> Result<(), InitErr
     };
 
     cleanup(cfg)?;
-    for set in sets {
-        let tools =
-            tools
-                .iter()
-                .find(|t| t.family == set.family)
-                .ok_or(InitError::MissingProgram {
-                    program: "ip6tables-restore",
-                    package: "iptables",
-                })?;
+    for (set, tools) in sets.iter().zip(&tools) {
         tools.restore(&set.to_restore())?;
     }
 
