@@ -6,19 +6,27 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use sluice_model::route::{ClusterRef, HttpRequestFacts, Operation};
-use sluice_model::{compile, HttpDecision, OutboundPolicy, ProxyIdentity, RouteAction, Snapshot, StreamDecision};
+use sluice_model::{
+    compile, HttpDecision, OutboundPolicy, ProxyIdentity, RouteAction, Snapshot, StreamDecision,
+};
 
 fn snapshot_in(ns: &str, labels: &[(&str, &str)], yaml: &str) -> Snapshot {
     let loaded = sluice_api::decode_str(Path::new("test.yaml"), yaml);
     let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
     assert!(errors.is_empty(), "test config does not decode: {errors:?}");
     for r in &loaded.resources {
-        let errs: Vec<_> = sluice_api::validate(r).into_iter().filter(|d| d.is_error()).collect();
+        let errs: Vec<_> = sluice_api::validate(r)
+            .into_iter()
+            .filter(|d| d.is_error())
+            .collect();
         assert!(errs.is_empty(), "test config does not validate: {errs:?}");
     }
     let proxy = ProxyIdentity {
         namespace: ns.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         service_account: None,
     };
     compile(&loaded.resources, &proxy, 1)
@@ -104,15 +112,27 @@ spec:
 fn unknown_host_follows_outbound_policy() {
     let allow = snapshot("");
     assert_eq!(allow.mesh.outbound_policy, OutboundPolicy::AllowAny);
-    assert!(matches!(route(&allow, &get("example.com", "/", 80)), HttpDecision::Passthrough));
+    assert!(matches!(
+        route(&allow, &get("example.com", "/", 80)),
+        HttpDecision::Passthrough
+    ));
     let dst: SocketAddr = "1.2.3.4:443".parse().unwrap();
-    assert!(matches!(allow.route_tls(Some("www.google.com"), dst), StreamDecision::Passthrough));
+    assert!(matches!(
+        allow.route_tls(Some("www.google.com"), dst),
+        StreamDecision::Passthrough
+    ));
     assert!(matches!(allow.route_tcp(dst), StreamDecision::Passthrough));
 
     let block = snapshot(MESH_REGISTRY_ONLY);
     assert_eq!(block.mesh.outbound_policy, OutboundPolicy::RegistryOnly);
-    assert!(matches!(route(&block, &get("example.com", "/", 80)), HttpDecision::Blocked));
-    assert!(matches!(block.route_tls(Some("www.google.com"), dst), StreamDecision::Blocked));
+    assert!(matches!(
+        route(&block, &get("example.com", "/", 80)),
+        HttpDecision::Blocked
+    ));
+    assert!(matches!(
+        block.route_tls(Some("www.google.com"), dst),
+        StreamDecision::Blocked
+    ));
     assert!(matches!(block.route_tcp(dst), StreamDecision::Blocked));
 }
 
@@ -122,8 +142,14 @@ fn service_entry_gives_default_route_with_decorator() {
     // The port in the Host header is ignored when matching.
     for authority in ["httpbin.org", "httpbin.org:80", "HTTPBIN.org"] {
         let d = route(&snap, &get(authority, "/headers", 80));
-        assert_eq!(clusters(&d, 80), ["outbound|80||httpbin.org"], "{authority}");
-        let HttpDecision::Route { rule, .. } = d else { panic!() };
+        assert_eq!(
+            clusters(&d, 80),
+            ["outbound|80||httpbin.org"],
+            "{authority}"
+        );
+        let HttpDecision::Route { rule, .. } = d else {
+            panic!()
+        };
         assert_eq!(rule.name.as_deref(), Some("default"));
         assert_eq!(rule.operation.render(80), "httpbin.org:80/*");
         assert_eq!(rule.retry.attempts, 2, "Istio's default retry policy");
@@ -131,7 +157,10 @@ fn service_entry_gives_default_route_with_decorator() {
         assert_eq!(rule.timeout, None);
     }
     // Same host, undeclared port: unknown → blocked.
-    assert!(matches!(route(&snap, &get("httpbin.org", "/", 8080)), HttpDecision::Blocked));
+    assert!(matches!(
+        route(&snap, &get("httpbin.org", "/", 8080)),
+        HttpDecision::Blocked
+    ));
 }
 
 #[test]
@@ -154,13 +183,17 @@ spec:
     let snap = snapshot(&format!("{HTTPBIN_SE}\n---\n{vs}"));
     let d = route(&snap, &get("httpbin.org", "/delay/5", 80));
     assert_eq!(clusters(&d, 80), ["outbound|80||httpbin.org"]);
-    let HttpDecision::Route { rule, .. } = d else { panic!() };
+    let HttpDecision::Route { rule, .. } = d else {
+        panic!()
+    };
     assert_eq!(rule.timeout, Some(Duration::from_secs(3)));
     assert_eq!(rule.operation.render(80), "httpbin.org:80/*");
 
     // Seed 002's half-second timeout.
     let snap = snapshot(&format!("{HTTPBIN_SE}\n---\n{}", vs.replace("3s", "0.5s")));
-    let HttpDecision::Route { rule, .. } = route(&snap, &get("httpbin.org", "/delay/1", 80)) else { panic!() };
+    let HttpDecision::Route { rule, .. } = route(&snap, &get("httpbin.org", "/delay/1", 80)) else {
+        panic!()
+    };
     assert_eq!(rule.timeout, Some(Duration::from_millis(500)));
 }
 
@@ -213,7 +246,9 @@ spec:
     let status = |r: &Req<'_>| -> Option<(String, u16)> {
         match route(&snap, r) {
             HttpDecision::Route { rule, .. } => match &rule.action {
-                RouteAction::DirectResponse { status, .. } => Some((rule.name.as_deref()?.to_string(), *status)),
+                RouteAction::DirectResponse { status, .. } => {
+                    Some((rule.name.as_deref()?.to_string(), *status))
+                }
                 _ => None,
             },
             _ => None,
@@ -224,28 +259,60 @@ spec:
         h.insert(k, v.parse().unwrap());
         h
     };
-    assert_eq!(status(&get("httpbin.org", "/status/200", 80)), Some(("exact".into(), 201)));
-    assert_eq!(status(&get("httpbin.org", "/status/500", 80)), Some(("prefix".into(), 202)));
-    assert_eq!(status(&get("httpbin.org", "/statusx", 80)), Some(("prefix".into(), 202)), "plain string prefix");
-    assert_eq!(status(&get("httpbin.org", "/delay/12", 80)), Some(("regex".into(), 203)));
-    assert_eq!(status(&get("httpbin.org", "/delay/12/x", 80)), None, "regex must match the whole path");
+    assert_eq!(
+        status(&get("httpbin.org", "/status/200", 80)),
+        Some(("exact".into(), 201))
+    );
+    assert_eq!(
+        status(&get("httpbin.org", "/status/500", 80)),
+        Some(("prefix".into(), 202))
+    );
+    assert_eq!(
+        status(&get("httpbin.org", "/statusx", 80)),
+        Some(("prefix".into(), 202)),
+        "plain string prefix"
+    );
+    assert_eq!(
+        status(&get("httpbin.org", "/delay/12", 80)),
+        Some(("regex".into(), 203))
+    );
+    assert_eq!(
+        status(&get("httpbin.org", "/delay/12/x", 80)),
+        None,
+        "regex must match the whole path"
+    );
     let mut r = get("httpbin.org", "/x", 80);
     r.headers = hdr("x-test", "yes");
     assert_eq!(status(&r), Some(("header".into(), 204)));
     r.headers = hdr("x-present", "anything");
     assert_eq!(status(&r), Some(("header-present".into(), 205)));
-    assert_eq!(status(&get("httpbin.org", "/x?q=abc&z=1", 80)), Some(("query".into(), 206)));
+    assert_eq!(
+        status(&get("httpbin.org", "/x?q=abc&z=1", 80)),
+        Some(("query".into(), 206))
+    );
     let mut r = get("httpbin.org", "/x", 80);
     r.method = "POST";
     assert_eq!(status(&r), Some(("method".into(), 207)));
-    assert_eq!(status(&get("httpbin.org", "/w", 80)), Some(("without".into(), 208)));
+    assert_eq!(
+        status(&get("httpbin.org", "/w", 80)),
+        Some(("without".into(), 208))
+    );
     let mut r = get("httpbin.org", "/w", 8080);
     r.headers = hdr("x-skip", "1");
     assert_eq!(status(&r), Some(("port".into(), 209)));
-    assert_eq!(status(&get("httpbin.org", "/a", 80)), Some(("authority".into(), 210)));
-    assert_eq!(status(&get("httpbin.org", "/CASE", 80)), Some(("ignorecase".into(), 211)));
+    assert_eq!(
+        status(&get("httpbin.org", "/a", 80)),
+        Some(("authority".into(), 210))
+    );
+    assert_eq!(
+        status(&get("httpbin.org", "/CASE", 80)),
+        Some(("ignorecase".into(), 211))
+    );
     // A VirtualService owns the host: nothing matched → 404 NR.
-    assert!(matches!(route(&snap, &get("httpbin.org", "/nothing", 80)), HttpDecision::NoRoute { .. }));
+    assert!(matches!(
+        route(&snap, &get("httpbin.org", "/nothing", 80)),
+        HttpDecision::NoRoute { .. }
+    ));
 }
 
 #[test]
@@ -292,13 +359,30 @@ spec:
 "#,
     );
     let d = route(&snap, &get("api.example.com", "/split", 80));
-    assert_eq!(clusters(&d, 80), ["outbound|80|v1|api.example.com", "outbound|80|v2|api.example.com"]);
-    let HttpDecision::Route { rule, .. } = d else { panic!() };
-    let RouteAction::Forward(targets) = &rule.action else { panic!() };
-    assert_eq!(targets.iter().map(|t| t.weight).collect::<Vec<_>>(), [75, 25]);
+    assert_eq!(
+        clusters(&d, 80),
+        [
+            "outbound|80|v1|api.example.com",
+            "outbound|80|v2|api.example.com"
+        ]
+    );
+    let HttpDecision::Route { rule, .. } = d else {
+        panic!()
+    };
+    let RouteAction::Forward(targets) = &rule.action else {
+        panic!()
+    };
+    assert_eq!(
+        targets.iter().map(|t| t.weight).collect::<Vec<_>>(),
+        [75, 25]
+    );
     // Weighted choice follows the weights.
     let picks: Vec<_> = (0..100)
-        .map(|i| sluice_model::route::pick_weighted(targets, f64::from(i) / 100.0).unwrap().weight)
+        .map(|i| {
+            sluice_model::route::pick_weighted(targets, f64::from(i) / 100.0)
+                .unwrap()
+                .weight
+        })
         .collect();
     assert_eq!(picks.iter().filter(|w| **w == 75).count(), 75);
     // Multiple destinations: Istio's decorator names the VirtualService.
@@ -308,12 +392,19 @@ spec:
     assert_eq!(v1.endpoints.len(), 1);
     // Unknown subset: a cluster that does not exist (503 NC at request time).
     let d = route(&snap, &get("api.example.com", "/nosubset", 80));
-    assert_eq!(clusters(&d, 80), ["MISSING outbound|80|missing|api.example.com"]);
+    assert_eq!(
+        clusters(&d, 80),
+        ["MISSING outbound|80|missing|api.example.com"]
+    );
     // No port on a multi-port service: the port the request arrived on.
     let d = route(&snap, &get("api.example.com", "/", 8080));
     assert_eq!(clusters(&d, 8080), ["outbound|8080||api.example.com"]);
-    let HttpDecision::Route { rule, .. } = d else { panic!() };
-    let RouteAction::Forward(t) = &rule.action else { panic!() };
+    let HttpDecision::Route { rule, .. } = d else {
+        panic!()
+    };
+    let RouteAction::Forward(t) = &rule.action else {
+        panic!()
+    };
     assert!(matches!(t[0].cluster, ClusterRef::ByListenerPort(..)));
     assert!(matches!(rule.operation, Operation::PerListenerPort { .. }));
 }
@@ -375,9 +466,17 @@ spec:
   http: [{directResponse: {status: 202}}]
 "#
     ));
-    let HttpDecision::Route { rule, .. } = route(&snap, &get("httpbin.org", "/", 80)) else { panic!() };
-    assert!(matches!(rule.action, RouteAction::DirectResponse { status: 201, .. }));
-    assert!(snap.diagnostics.iter().any(|d| d.message.contains("already defined")));
+    let HttpDecision::Route { rule, .. } = route(&snap, &get("httpbin.org", "/", 80)) else {
+        panic!()
+    };
+    assert!(matches!(
+        rule.action,
+        RouteAction::DirectResponse { status: 201, .. }
+    ));
+    assert!(snap
+        .diagnostics
+        .iter()
+        .any(|d| d.message.contains("already defined")));
 }
 
 #[test]
@@ -408,21 +507,38 @@ spec:
   http: [{directResponse: {status: 204}}]
 "#
     ));
-    let HttpDecision::Route { rule, .. } = route(&snap, &get("httpbin.org", "/", 80)) else { panic!() };
-    assert!(matches!(rule.action, RouteAction::DirectResponse { status: 203, .. }));
-    assert!(matches!(route(&snap, &get("other.org", "/", 80)), HttpDecision::Passthrough));
+    let HttpDecision::Route { rule, .. } = route(&snap, &get("httpbin.org", "/", 80)) else {
+        panic!()
+    };
+    assert!(matches!(
+        rule.action,
+        RouteAction::DirectResponse { status: 203, .. }
+    ));
+    assert!(matches!(
+        route(&snap, &get("other.org", "/", 80)),
+        HttpDecision::Passthrough
+    ));
 }
 
 #[test]
 fn export_to_hides_resources_from_other_namespaces() {
     let cfg = format!(
         "{}\n---\n{MESH_REGISTRY_ONLY}",
-        HTTPBIN_SE.replace("spec:\n", "  namespace: team-a\nspec:\n  exportTo: [\".\"]\n")
+        HTTPBIN_SE.replace(
+            "spec:\n",
+            "  namespace: team-a\nspec:\n  exportTo: [\".\"]\n"
+        )
     );
     let mine = snapshot_in("team-a", &[], &cfg);
-    assert!(matches!(route(&mine, &get("httpbin.org", "/", 80)), HttpDecision::Route { .. }));
+    assert!(matches!(
+        route(&mine, &get("httpbin.org", "/", 80)),
+        HttpDecision::Route { .. }
+    ));
     let theirs = snapshot_in("team-b", &[], &cfg);
-    assert!(matches!(route(&theirs, &get("httpbin.org", "/", 80)), HttpDecision::Blocked));
+    assert!(matches!(
+        route(&theirs, &get("httpbin.org", "/", 80)),
+        HttpDecision::Blocked
+    ));
 }
 
 #[test]
@@ -464,17 +580,35 @@ spec:
 "#;
     let dst: SocketAddr = "142.250.1.1:443".parse().unwrap();
     let se_only = snapshot(&format!("{MESH_REGISTRY_ONLY}\n---\n{google}"));
-    let StreamDecision::Cluster(c) = se_only.route_tls(Some("www.google.com"), dst) else { panic!() };
+    let StreamDecision::Cluster(c) = se_only.route_tls(Some("www.google.com"), dst) else {
+        panic!()
+    };
     assert_eq!(&*c.name, "outbound|443||www.google.com");
-    assert!(matches!(se_only.route_tls(Some("edition.cnn.com"), dst), StreamDecision::Blocked));
-    assert!(matches!(se_only.route_tls(None, dst), StreamDecision::Blocked));
+    assert!(matches!(
+        se_only.route_tls(Some("edition.cnn.com"), dst),
+        StreamDecision::Blocked
+    ));
+    assert!(matches!(
+        se_only.route_tls(None, dst),
+        StreamDecision::Blocked
+    ));
 
-    let with_vs = snapshot(&format!("{MESH_REGISTRY_ONLY}\n---\n{google}\n---\n{google_vs}"));
-    let StreamDecision::Rule(rule) = with_vs.route_tls(Some("www.google.com"), dst) else { panic!() };
-    assert_eq!(rule.targets[0].cluster.resolve(443).unwrap().name.as_ref(), "outbound|443||www.google.com");
+    let with_vs = snapshot(&format!(
+        "{MESH_REGISTRY_ONLY}\n---\n{google}\n---\n{google_vs}"
+    ));
+    let StreamDecision::Rule(rule) = with_vs.route_tls(Some("www.google.com"), dst) else {
+        panic!()
+    };
+    assert_eq!(
+        rule.targets[0].cluster.resolve(443).unwrap().name.as_ref(),
+        "outbound|443||www.google.com"
+    );
     // The rule's port must match.
     let other_port: SocketAddr = "142.250.1.1:8443".parse().unwrap();
-    assert!(matches!(with_vs.route_tls(Some("www.google.com"), other_port), StreamDecision::Blocked));
+    assert!(matches!(
+        with_vs.route_tls(Some("www.google.com"), other_port),
+        StreamDecision::Blocked
+    ));
 }
 
 #[test]
@@ -512,9 +646,16 @@ spec:
 "#
     ));
     let d = |a: &str| snap.route_tcp(a.parse().unwrap());
-    let StreamDecision::Rule(r) = d("10.1.2.3:5432") else { panic!() };
-    assert_eq!(r.targets[0].cluster.resolve(5432).unwrap().name.as_ref(), "outbound|5432||replica.internal");
-    let StreamDecision::Cluster(c) = d("10.1.9.9:5432") else { panic!() };
+    let StreamDecision::Rule(r) = d("10.1.2.3:5432") else {
+        panic!()
+    };
+    assert_eq!(
+        r.targets[0].cluster.resolve(5432).unwrap().name.as_ref(),
+        "outbound|5432||replica.internal"
+    );
+    let StreamDecision::Cluster(c) = d("10.1.9.9:5432") else {
+        panic!()
+    };
     assert_eq!(c.name.as_ref(), "outbound|5432||db.internal");
     assert!(matches!(d("10.3.0.1:5432"), StreamDecision::Blocked));
     assert!(matches!(d("10.1.9.9:5433"), StreamDecision::Blocked));
@@ -546,7 +687,10 @@ spec:
     let c = &snap.clusters["outbound|80||httpbin.org"];
     let tls = c.tls.as_ref().expect("TLS origination");
     assert_eq!(tls.sni.as_deref(), Some("secure.httpbin.org"));
-    assert_eq!(tls.ca_certificates.as_deref(), Some(Path::new("/etc/ca.pem")));
+    assert_eq!(
+        tls.ca_certificates.as_deref(),
+        Some(Path::new("/etc/ca.pem"))
+    );
     assert!(!tls.insecure_skip_verify);
 }
 
@@ -577,14 +721,23 @@ spec:
     route: [{destination: {host: httpbin.org}}]
 "#
     ));
-    let HttpDecision::Route { rule, .. } = route(&snap, &get("httpbin.org", "/old/x", 80)) else { panic!() };
-    let RouteAction::Redirect(rd) = &rule.action else { panic!() };
-    assert_eq!((rd.uri.as_deref(), rd.code), (Some("/new"), 302));
-
-    let HttpDecision::Route { rule, matched, .. } = route(&snap, &get("httpbin.org", "/api/v1/items?x=1", 80)) else {
+    let HttpDecision::Route { rule, .. } = route(&snap, &get("httpbin.org", "/old/x", 80)) else {
         panic!()
     };
-    assert_eq!(rule.rewritten_path(matched, "/api/v1/items?x=1").as_deref(), Some("/v2/items?x=1"));
+    let RouteAction::Redirect(rd) = &rule.action else {
+        panic!()
+    };
+    assert_eq!((rd.uri.as_deref(), rd.code), (Some("/new"), 302));
+
+    let HttpDecision::Route { rule, matched, .. } =
+        route(&snap, &get("httpbin.org", "/api/v1/items?x=1", 80))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        rule.rewritten_path(matched, "/api/v1/items?x=1").as_deref(),
+        Some("/v2/items?x=1")
+    );
     let fault = rule.fault.as_ref().unwrap();
     assert_eq!(fault.delay, Some((Duration::from_secs(2), 50.0)));
     assert_eq!(fault.abort, Some((418, 10.0)));
@@ -617,7 +770,16 @@ spec:
 "#
     ));
     let dst: SocketAddr = "9.9.9.9:443".parse().unwrap();
-    assert!(matches!(snap.route_tls(Some("a.example.com"), dst), StreamDecision::Cluster(_)));
-    assert!(matches!(snap.route_tls(Some("example.com"), dst), StreamDecision::Blocked));
-    assert!(matches!(route(&snap, &get("b.example.com", "/", 80)), HttpDecision::Route { .. }));
+    assert!(matches!(
+        snap.route_tls(Some("a.example.com"), dst),
+        StreamDecision::Cluster(_)
+    ));
+    assert!(matches!(
+        snap.route_tls(Some("example.com"), dst),
+        StreamDecision::Blocked
+    ));
+    assert!(matches!(
+        route(&snap, &get("b.example.com", "/", 80)),
+        HttpDecision::Route { .. }
+    ));
 }

@@ -257,7 +257,7 @@ pub async fn handle(
     rec.route_name = outcome.route_name.clone();
     rec.upstream_cluster = outcome.cluster.clone();
     rec.upstream_host = outcome.upstream.map(|u| u.remote);
-    rec.upstream_local_address = outcome.upstream.map(|u| u.local);
+    rec.upstream_local_address = outcome.upstream.map(|u| u.local).filter(|a| a.port() != 0);
     rec.upstream_service_time = outcome.upstream_service_time;
     if proxy.access_log.needs_response_headers() {
         rec.response_headers = Some(response.headers().clone());
@@ -686,11 +686,16 @@ async fn forward(
         || proxy.passthrough_labels.clone(),
         |c| proxy.service_labels(c),
     );
-    let fail = |failure: UpstreamFailure, exhausted: bool| {
+    let fail = |failure: UpstreamFailure, exhausted: bool, tried: Option<SocketAddr>| {
         let reply = failure.reply(exhausted);
         let resp = local_response(proxy, &reply);
         let mut o = outcome_local(&reply, fwd.route_name.clone(), service.clone());
         o.cluster = Some(cluster_name.clone());
+        // `%UPSTREAM_HOST%` names the endpoint that failed, as Envoy's log does.
+        o.upstream = tried.map(|remote| UpstreamConnInfo {
+            local: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            remote,
+        });
         (resp, o)
     };
 
@@ -755,6 +760,7 @@ async fn forward(
                         tls_error: Some(format!("TLS_error:{e}")),
                     },
                     false,
+                    None,
                 );
             }
         }
@@ -762,7 +768,7 @@ async fn forward(
 
     let mut body = match buffer_body(body).await {
         Ok(b) => b,
-        Err(_) => return fail(UpstreamFailure::BadRequest, false),
+        Err(_) => return fail(UpstreamFailure::BadRequest, false, None),
     };
     let retryable = matches!(body, RequestBody::Buffered(_));
     if let (Some(rule), RequestBody::Buffered(bytes)) = (fwd.rule, &body) {
@@ -784,14 +790,16 @@ async fn forward(
     let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
     let max_tries = if retryable { 1 + fwd.retry.attempts } else { 1 };
     let mut last_failure = UpstreamFailure::NoHealthyUpstream;
+    let mut tried = None;
     for attempt in 0..max_tries {
         let addr = match endpoint_addr(proxy, ctx, fwd.cluster.as_deref(), attempt).await {
             Ok(a) => a,
-            Err(f) => return fail(f, false),
+            Err(f) => return fail(f, false, tried),
         };
+        tried = Some(addr);
         let uri: Uri = match format!("http://{addr}{upstream_path}").parse() {
             Ok(u) => u,
-            Err(_) => return fail(UpstreamFailure::BadRequest, false),
+            Err(_) => return fail(UpstreamFailure::BadRequest, false, tried),
         };
         let Some(req_body) = body.take() else {
             break;
@@ -873,19 +881,19 @@ async fn forward(
                     _ => false,
                 };
                 if !retry {
-                    return fail(failure, false);
+                    return fail(failure, false, tried);
                 }
                 last_failure = failure;
             }
             Err(per_try_fired) => {
                 if !per_try_fired {
-                    return fail(UpstreamFailure::Timeout { per_try: false }, false);
+                    return fail(UpstreamFailure::Timeout { per_try: false }, false, tried);
                 }
                 last_failure = UpstreamFailure::Timeout { per_try: true };
             }
         }
     }
-    fail(last_failure, max_tries > 1)
+    fail(last_failure, max_tries > 1, tried)
 }
 
 fn spawn_mirror(

@@ -14,6 +14,7 @@ use sluice_model::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::context::{Proxy, Target};
+use crate::io::CountingStream;
 use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{Reporter, SecurityPolicy, ServiceLabels, TcpLabels};
 use crate::upstream::connect_tcp;
@@ -160,14 +161,11 @@ pub async fn proxy_stream<S>(
     rec.upstream_local_address = upstream.local_addr().ok();
     let labels = tcp_labels(&proxy, service, "-");
     proxy.metrics.tcp_opened(&labels);
-    let (received, sent) = match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
-    {
-        Ok(counts) => counts,
-        Err(e) => {
-            tracing::debug!("stream to {cluster_name} ended: {e}");
-            (0, 0)
-        }
-    };
+    let mut counted = CountingStream::new(&mut downstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await {
+        tracing::debug!("stream to {cluster_name} ended: {e}");
+    }
+    let (received, sent) = (counted.read, counted.written);
     proxy.metrics.tcp_closed(&labels, sent, received);
     rec.bytes_received = received;
     rec.bytes_sent = sent;

@@ -1,0 +1,605 @@
+//! One test's world: a pod namespace and an "external" namespace joined by a veth pair, dnsmasq,
+//! httpbin over HTTP and HTTPS, a per-test CA, and (once started) the sidecar. Everything is torn
+//! down on drop; when the test is failing, every log is printed first.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::accesslog::AccessLogEntry;
+use crate::config::ConfigDir;
+use crate::curl::{Curl, CurlResult};
+use crate::metrics;
+use crate::netns::Netns;
+use crate::pki::Pki;
+use crate::prereq::{sluice_bin, tools};
+use crate::process::{LogBook, Proc};
+use crate::sidecar::{
+    Sidecar, SidecarOpts, ADMIN_PORT, PROXY_PORT, PROXY_UID, READY_TIMEOUT, STATS_PORT, STATUS_PORT,
+};
+use crate::slot::Slot;
+use crate::wait::eventually;
+
+/// The addresses of one test's hosts (subnet `10.234.<slot>.0/24`).
+#[derive(Debug, Clone, Copy)]
+pub struct Hosts {
+    /// Third octet of the subnet.
+    pub subnet: u8,
+    /// The external namespace's own address; dnsmasq listens here.
+    pub dns: Ipv4Addr,
+    /// The pod (client + sidecar).
+    pub pod: Ipv4Addr,
+    /// `httpbin.org`: httpbin on :80 (plain HTTP) and :443 (TLS).
+    pub httpbin: Ipv4Addr,
+    /// `www.google.com`: httpbin over TLS on :443 only.
+    pub google: Ipv4Addr,
+    /// `edition.cnn.com`: httpbin over TLS on :443 only.
+    pub cnn: Ipv4Addr,
+}
+
+impl Hosts {
+    fn new(subnet: u8) -> Hosts {
+        let ip = |h: u8| Ipv4Addr::new(10, 234, subnet, h);
+        Hosts {
+            subnet,
+            dns: ip(1),
+            pod: ip(2),
+            httpbin: ip(10),
+            google: ip(20),
+            cnn: ip(21),
+        }
+    }
+
+    /// The whole test subnet, e.g. `10.234.7.0/24`.
+    pub fn cidr(&self) -> String {
+        format!("10.234.{}.0/24", self.subnet)
+    }
+
+    /// A range that holds the TLS hosts (www.google.com, edition.cnn.com) but not httpbin.org nor
+    /// the DNS server: `10.234.<n>.16/28`. Plays the "internal service range" of seed 000.
+    pub fn tls_hosts_cidr(&self) -> String {
+        format!("10.234.{}.16/28", self.subnet)
+    }
+}
+
+/// The names served by the test's DNS and their addresses.
+pub const HTTPBIN: &str = "httpbin.org";
+pub const GOOGLE: &str = "www.google.com";
+pub const CNN: &str = "edition.cnn.com";
+
+/// One end-to-end test's environment. Field order is teardown order.
+pub struct TestEnv {
+    pub name: String,
+    sidecar: Option<Sidecar>,
+    servers: Vec<Proc>,
+    /// The "pod": curl, iptables rules, the sidecar.
+    pub pod: Netns,
+    /// The external hosts.
+    pub ext: Netns,
+    pub hosts: Hosts,
+    /// The sidecar's `--config` directory.
+    pub config: ConfigDir,
+    /// The test CA and the server certificate of the HTTPS hosts.
+    pub pki: Pki,
+    pub logs: LogBook,
+    dir: Option<tempfile::TempDir>,
+    dir_path: PathBuf,
+    _slot: Slot,
+}
+
+impl TestEnv {
+    /// Builds the namespaces, DNS, httpbin (HTTP and HTTPS) and the CA; no sidecar yet.
+    pub fn new(test: &str) -> TestEnv {
+        let started = Instant::now();
+        let tools = tools();
+        let slot = Slot::acquire(test);
+        // Anything dead tests left behind, in this slot and in free ones.
+        slot.sweep_stale();
+        let short: String = test
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(24)
+            .collect();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("sluice-e2e-{short}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("create temp dir: {e}"));
+        let dir_path = dir.path().to_path_buf();
+        std::fs::set_permissions(&dir_path, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", dir_path.display()));
+        let hosts = Hosts::new(slot.index());
+        let logs = LogBook::default();
+
+        let pod = Netns::create(&format!("{}pod-{short}", slot.prefix()));
+        let ext = Netns::create(&format!("{}ext-{short}", slot.prefix()));
+        let (vp, ve) = (
+            format!("sl{:03}p", slot.index()),
+            format!("sl{:03}e", slot.index()),
+        );
+        crate::process::run_checked(
+            "create veth pair",
+            Command::new(&tools.ip).args([
+                "link",
+                "add",
+                &vp,
+                "netns",
+                pod.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &ve,
+                "netns",
+                ext.name(),
+            ]),
+        );
+        pod.ip(&["addr", "add", &format!("{}/24", hosts.pod), "dev", &vp]);
+        pod.ip(&["link", "set", &vp, "up"]);
+        ext.ip(&["addr", "add", &format!("{}/24", hosts.dns), "dev", &ve]);
+        for h in [hosts.httpbin, hosts.google, hosts.cnn] {
+            ext.ip(&["addr", "add", &format!("{h}/32"), "dev", &ve]);
+        }
+        ext.ip(&["link", "set", &ve, "up"]);
+        pod.set_resolv_conf(&format!(
+            "nameserver {}\noptions timeout:1 attempts:2\n",
+            hosts.dns
+        ));
+
+        let pki = Pki::generate(&dir_path, "test", &[GOOGLE, CNN, HTTPBIN]);
+        let config = ConfigDir::create(&dir_path.join("config"));
+
+        let mut env = TestEnv {
+            name: test.to_string(),
+            sidecar: None,
+            servers: Vec::new(),
+            pod,
+            ext,
+            hosts,
+            config,
+            pki,
+            logs,
+            dir: Some(dir),
+            dir_path,
+            _slot: slot,
+        };
+        env.start_dnsmasq();
+        env.start_httpbin();
+        env.wait_servers_ready();
+        eprintln!(
+            "[e2e {test}] environment ready in {:.1}s: pod netns {}, ext netns {}, subnet {}, dir {}",
+            started.elapsed().as_secs_f64(),
+            env.pod.name(),
+            env.ext.name(),
+            env.hosts.cidr(),
+            env.dir_path.display()
+        );
+        env
+    }
+
+    /// The test's temporary directory (logs, config, certificates).
+    pub fn dir(&self) -> &Path {
+        &self.dir_path
+    }
+
+    fn start_dnsmasq(&mut self) {
+        let h = self.hosts;
+        let mut cmd = self.ext.cmd(&tools().dnsmasq);
+        cmd.args([
+            "--keep-in-foreground",
+            "--log-facility=-",
+            "--log-queries",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            "--local=/#/",
+        ])
+        .arg(format!("--listen-address={}", h.dns))
+        .arg(format!(
+            "--pid-file={}",
+            self.dir_path.join("dnsmasq.pid").display()
+        ))
+        .arg(format!("--host-record={HTTPBIN},{}", h.httpbin))
+        .arg(format!("--host-record={GOOGLE},{}", h.google))
+        .arg(format!("--host-record={CNN},{}", h.cnn));
+        let p = Proc::spawn(
+            "dnsmasq",
+            cmd,
+            &self.dir_path,
+            &self.logs,
+            None,
+            libc::SIGTERM,
+        );
+        self.servers.push(p);
+    }
+
+    fn gunicorn(&self, binds: &[String], tls: bool) -> Command {
+        let t = tools();
+        let mut cmd = self.ext.cmd(&t.gunicorn);
+        for b in binds {
+            cmd.arg("--bind").arg(b);
+        }
+        cmd.args([
+            "--worker-class",
+            "gthread",
+            "--workers",
+            "1",
+            "--threads",
+            "32",
+            "--graceful-timeout",
+            "1",
+            "--timeout",
+            "120",
+            "--access-logfile",
+            "-",
+            "--error-logfile",
+            "-",
+            "--chdir",
+        ])
+        .arg(&self.dir_path);
+        if tls {
+            cmd.arg("--certfile")
+                .arg(&self.pki.server_cert)
+                .arg("--keyfile")
+                .arg(&self.pki.server_key);
+        }
+        cmd.arg("httpbin:app");
+        cmd.env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        cmd
+    }
+
+    fn start_httpbin(&mut self) {
+        let h = self.hosts;
+        let http = self.gunicorn(&[format!("{}:80", h.httpbin)], false);
+        let https = self.gunicorn(
+            &[
+                format!("{}:443", h.httpbin),
+                format!("{}:443", h.google),
+                format!("{}:443", h.cnn),
+            ],
+            true,
+        );
+        // SIGINT is gunicorn's quick shutdown.
+        self.servers.push(Proc::spawn(
+            "httpbin-http",
+            http,
+            &self.dir_path,
+            &self.logs,
+            None,
+            libc::SIGINT,
+        ));
+        self.servers.push(Proc::spawn(
+            "httpbin-https",
+            https,
+            &self.dir_path,
+            &self.logs,
+            None,
+            libc::SIGINT,
+        ));
+    }
+
+    fn wait_servers_ready(&mut self) {
+        let h = self.hosts;
+        let curl = tools().curl.clone();
+        let checks: Vec<(String, Vec<String>)> = vec![
+            (
+                format!("httpbin on {}:80", h.httpbin),
+                vec![format!("http://{}/status/204", h.httpbin)],
+            ),
+            (
+                format!("httpbin over TLS on {}:443", h.google),
+                vec!["-k".into(), format!("https://{}/status/204", h.google)],
+            ),
+        ];
+        for (what, args) in checks {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let out = self
+                    .ext
+                    .cmd(&curl)
+                    .args([
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--max-time",
+                        "2",
+                        "--noproxy",
+                        "*",
+                    ])
+                    .args(&args)
+                    .output();
+                if matches!(&out, Ok(o) if o.stdout == b"204") {
+                    break;
+                }
+                if let Some(dead) = self
+                    .servers
+                    .iter_mut()
+                    .find_map(|p| p.exited().map(|s| (p.label().to_string(), s)))
+                {
+                    panic!(
+                        "{} exited ({}) while starting\n{}",
+                        dead.0,
+                        dead.1,
+                        self.logs.dump(60)
+                    );
+                }
+                if Instant::now() > deadline {
+                    panic!("{what} did not answer within 30 s\n{}", self.logs.dump(60));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // DNS: answer for the test names.
+        let (ok, out) = self.pod.try_run("getent", &["hosts", HTTPBIN]);
+        assert!(
+            ok && out.contains(&h.httpbin.to_string()),
+            "dnsmasq does not answer {HTTPBIN} → {} inside {}: {out}\n{}",
+            h.httpbin,
+            self.pod.name(),
+            self.logs.dump(40)
+        );
+    }
+
+    /// What one of the external servers (`dnsmasq`, `httpbin-http`, `httpbin-https`) wrote to its
+    /// stdout and stderr so far (gunicorn logs each request on stdout).
+    pub fn server_log(&self, label: &str) -> String {
+        let p = self
+            .servers
+            .iter()
+            .find(|p| p.label() == label)
+            .unwrap_or_else(|| panic!("no server labelled {label}"));
+        let err = std::fs::read_to_string(p.stderr_path()).unwrap_or_default();
+        format!("{}{err}", p.stdout())
+    }
+
+    /// A curl run from the pod, trusting the test CA.
+    pub fn curl(&self, url: &str) -> Curl {
+        Curl::new(&self.pod, &self.dir_path, url).cacert(&self.pki.ca_cert)
+    }
+
+    /// A curl run from the pod through the sidecar's explicit proxy port.
+    pub fn curl_via_proxy(&self, url: &str) -> Curl {
+        self.curl(url)
+            .proxy(&format!("http://127.0.0.1:{PROXY_PORT}"))
+    }
+
+    /// `GET` on one of the sidecar's local ports (admin, status, stats) from inside the pod.
+    pub fn local_get(&self, port: u16, path: &str) -> CurlResult {
+        self.curl(&format!("http://127.0.0.1:{port}{path}"))
+            .max_time(5.0)
+            .run()
+    }
+
+    /// The sidecar's Prometheus metrics (`:15090/stats/prometheus`), parsed.
+    pub fn metrics(&self) -> Vec<metrics::Sample> {
+        let r = self.local_get(STATS_PORT, "/stats/prometheus");
+        r.expect_status(200);
+        metrics::parse(&r.body)
+    }
+
+    /// The admin API (`127.0.0.1:15000`).
+    pub fn admin_get(&self, path: &str) -> CurlResult {
+        self.local_get(ADMIN_PORT, path)
+    }
+
+    /// Runs `sluice init` (when `opts.capture` is set) and starts `sluice sidecar` as uid 1337 in the
+    /// pod, then waits for `/healthz/ready`. Panics with the sidecar's logs if it does not get ready.
+    pub fn start_sidecar(&mut self, opts: SidecarOpts) -> &mut Sidecar {
+        assert!(
+            self.sidecar.is_none(),
+            "a sidecar is already running in this environment"
+        );
+        let bin = sluice_bin();
+        if let Some(capture) = &opts.capture {
+            let args = SidecarOpts::init_args(capture);
+            let out = self
+                .pod
+                .cmd(&bin)
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {} init: {e}", bin.display()));
+            let log = self.dir_path.join("sluice-init.log");
+            let text = format!(
+                "$ sluice {}\nexit: {}\nstdout:\n{}\nstderr:\n{}",
+                args.iter()
+                    .map(|a| format!("'{a}'"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let _ = std::fs::write(&log, &text);
+            self.logs.add("sluice init", &log);
+            assert!(
+                out.status.success(),
+                "`sluice init` failed in {}:\n{text}",
+                self.pod.name()
+            );
+            let rules = self.iptables_nat();
+            let rules_log = self.dir_path.join("iptables-nat.txt");
+            let _ = std::fs::write(&rules_log, &rules);
+            self.logs
+                .add("iptables-save -t nat (after sluice init)", &rules_log);
+            assert!(
+                rules.contains("--to-ports 15001"),
+                "`sluice init` exited 0 but left no REDIRECT to 15001 in the pod's nat table:\n{rules}\n{text}"
+            );
+        }
+        let t = tools();
+        let mut cmd = self.pod.cmd(&t.setpriv);
+        cmd.args([
+            "--reuid",
+            &PROXY_UID.to_string(),
+            "--regid",
+            &PROXY_UID.to_string(),
+            "--clear-groups",
+            "--pdeathsig",
+            "KILL",
+            "--",
+        ])
+        .arg(&bin)
+        .args(opts.sidecar_args(&self.config.path().to_string_lossy()));
+        if let Some(level) = std::env::var_os("SLUICE_E2E_LOG") {
+            cmd.env("SLUICE_LOG", &level).env("RUST_LOG", level);
+        }
+        cmd.env("HOME", &self.dir_path);
+        let proc = Proc::spawn(
+            "sidecar",
+            cmd,
+            &self.dir_path,
+            &self.logs,
+            Some(PROXY_UID),
+            libc::SIGTERM,
+        );
+        self.sidecar = Some(Sidecar { proc, opts });
+        self.wait_ready();
+        self.sidecar.as_mut().expect("just set")
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let last = loop {
+            let r = self.local_get(STATUS_PORT, "/healthz/ready");
+            if r.exit_code == 0 && r.status == 200 {
+                return;
+            }
+            let last = format!("{r}");
+            let sc = self.sidecar.as_mut().expect("sidecar started");
+            if let Some(status) = sc.exited() {
+                panic!(
+                    "the sidecar exited ({status}) before it got ready; last readiness probe:\n{last}\n{}",
+                    self.logs.dump(80)
+                );
+            }
+            if Instant::now() > deadline {
+                break last;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        panic!(
+            "the sidecar did not answer 200 on http://127.0.0.1:{STATUS_PORT}/healthz/ready within {READY_TIMEOUT:?}; \
+             last probe:\n{last}\n{}",
+            self.logs.dump(80)
+        );
+    }
+
+    /// The running sidecar; panics if none was started.
+    pub fn sidecar(&self) -> &Sidecar {
+        self.sidecar
+            .as_ref()
+            .expect("no sidecar started: call start_sidecar first")
+    }
+
+    /// The TEXT access log lines so far.
+    pub fn access_log(&self) -> Vec<AccessLogEntry> {
+        self.sidecar().access_log()
+    }
+
+    /// Waits (up to 5 s; access logs may be flushed in batches) for an access log line that `pred`
+    /// accepts, and returns it; panics with every line seen otherwise.
+    #[track_caller]
+    pub fn wait_for_log(
+        &self,
+        what: &str,
+        pred: impl Fn(&AccessLogEntry) -> bool,
+    ) -> AccessLogEntry {
+        let sc = self.sidecar();
+        eventually(
+            &format!("access log line {what}"),
+            Duration::from_secs(5),
+            || {
+                let lines = sc.access_log();
+                lines.iter().find(|e| pred(e)).cloned().ok_or_else(|| {
+                    format!(
+                        "{} access log lines so far:\n{}",
+                        lines.len(),
+                        lines
+                            .iter()
+                            .map(|e| format!("  {}", e.raw))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                })
+            },
+        )
+    }
+
+    /// Waits for a JSON access log line that `pred` accepts.
+    #[track_caller]
+    pub fn wait_for_json_log(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Map<String, serde_json::Value>) -> bool,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let sc = self.sidecar();
+        eventually(
+            &format!("JSON access log line {what}"),
+            Duration::from_secs(5),
+            || {
+                let lines = sc.json_access_log();
+                lines.iter().find(|e| pred(e)).cloned().ok_or_else(|| {
+                    format!(
+                        "{} JSON access log lines so far; sidecar stdout:\n{}",
+                        lines.len(),
+                        sc.stdout_lines().join("\n")
+                    )
+                })
+            },
+        )
+    }
+
+    /// The pod's nat table.
+    pub fn iptables_nat(&self) -> String {
+        self.pod
+            .try_run(&tools().iptables_save.to_string_lossy(), &["-t", "nat"])
+            .1
+    }
+
+    /// Stops the sidecar (SIGTERM, then SIGKILL after 3 s).
+    pub fn stop_sidecar(&mut self) {
+        if let Some(mut sc) = self.sidecar.take() {
+            sc.proc.stop();
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut extra = String::new();
+            if let Some(sc) = self.sidecar.as_mut() {
+                if let Some(status) = sc.exited() {
+                    extra.push_str(&format!("!!! the sidecar had exited: {status}\n"));
+                }
+            }
+            eprintln!(
+                "\n════════ e2e test {} failed: logs (pod netns {}, ext netns {}, subnet {}) ════════\n{extra}{}\
+                 ════════ end of logs for {} ════════",
+                self.name,
+                self.pod.name(),
+                self.ext.name(),
+                self.hosts.cidr(),
+                self.logs.dump(200),
+                self.name
+            );
+            if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
+                if let Some(d) = self.dir.take() {
+                    eprintln!("keeping {}", d.keep().display());
+                }
+            }
+        } else if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
+            if let Some(d) = self.dir.take() {
+                let _ = d.keep();
+            }
+        }
+        // Fields drop next, in order: sidecar, servers, namespaces, temp dir, slot.
+    }
+}

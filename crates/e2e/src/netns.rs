@@ -1,0 +1,140 @@
+//! Network namespaces: created with `ip netns add`, loopback up, deleted on drop (also when the test
+//! panics), together with every process still inside and `/etc/netns/<name>/`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::prereq::tools;
+use crate::process::{run_checked, scrub_env};
+
+/// A named network namespace owned by the test.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates the namespace and brings its loopback up. An existing namespace of the same name
+    /// (left by a killed run of the same slot) is removed first.
+    pub fn create(name: &str) -> Netns {
+        assert!(name.len() < 64, "netns name too long: {name}");
+        if list().iter().any(|n| n == name) {
+            remove(name);
+        }
+        run_checked(
+            "create netns",
+            Command::new(&tools().ip).args(["netns", "add", name]),
+        );
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip netns exec <ns> <program> …`, with proxy variables scrubbed from the environment.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(&tools().ip);
+        c.args(["netns", "exec", &self.name]).arg(program);
+        scrub_env(&mut c);
+        c
+    }
+
+    /// Runs `ip -n <ns> <args>`; panics on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        run_checked(
+            &format!("ip -n {} {}", self.name, args.join(" ")),
+            Command::new(&tools().ip)
+                .arg("-n")
+                .arg(&self.name)
+                .args(args),
+        )
+    }
+
+    /// Runs a program inside the namespace to completion; panics on failure; returns stdout.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        run_checked(
+            &format!("{program} in {}", self.name),
+            self.cmd(program).args(args),
+        )
+    }
+
+    /// Runs a program inside the namespace; returns (success, stdout + stderr).
+    pub fn try_run(&self, program: &str, args: &[&str]) -> (bool, String) {
+        match self.cmd(program).args(args).stdin(Stdio::null()).output() {
+            Ok(o) => (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            ),
+            Err(e) => (false, format!("cannot run {program}: {e}")),
+        }
+    }
+
+    /// The directory whose files `ip netns exec` bind-mounts over `/etc` (e.g. `resolv.conf`).
+    pub fn etc_dir(&self) -> PathBuf {
+        PathBuf::from("/etc/netns").join(&self.name)
+    }
+
+    /// Writes `/etc/netns/<ns>/resolv.conf`.
+    pub fn set_resolv_conf(&self, content: &str) {
+        let dir = self.etc_dir();
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        remove(&self.name);
+    }
+}
+
+/// Names of all namespaces known to `ip netns`.
+pub fn list() -> Vec<String> {
+    let out = Command::new(&tools().ip).args(["netns", "list"]).output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// Kills every process inside the namespace (all started by this harness), deletes it and its
+/// `/etc/netns` directory. Errors are ignored: this runs in Drop and in stale-slot cleanup.
+pub fn remove(name: &str) {
+    for _ in 0..3 {
+        let out = Command::new(&tools().ip)
+            .args(["netns", "pids", name])
+            .output();
+        let pids: Vec<i32> = out
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: plain syscall; these pids are processes inside this test's own namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = Command::new(&tools().ip)
+        .args(["netns", "delete", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(name));
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a Debian 12 machine, non-interactively; does nothing that is
+# already done. Run as root (the end-to-end tests need root anyway).
+#   - Debian packages: iproute2 (ip netns), iptables, dnsmasq-base (the dnsmasq binary without a
+#     system service), curl, openssl, util-linux (setpriv), procps
+#   - a Python venv with httpbin + gunicorn (scripts/requirements-test.txt) at $SLUICE_TEST_VENV,
+#     default <repo>/.venv
+#   - cargo-nextest, rustfmt and clippy if the toolchain lacks them
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+venv="${SLUICE_TEST_VENV:-$repo/.venv}"
+export DEBIAN_FRONTEND=noninteractive PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+log() { printf '[install-test-deps] %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"
+    else log "need root to run: $*"; return 1
+    fi
+}
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+
+# --- Debian packages ------------------------------------------------------------------------------
+# command → package
+declare -A pkg_for=(
+    [ip]=iproute2 [iptables]=iptables [iptables-save]=iptables [dnsmasq]=dnsmasq-base [curl]=curl
+    [openssl]=openssl [setpriv]=util-linux [ps]=procps [sed]=sed
+)
+missing=()
+for cmd in "${!pkg_for[@]}"; do
+    have "$cmd" || missing+=("${pkg_for[$cmd]}")
+done
+# python3 -m venv needs ensurepip (Debian ships it as python3-venv).
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    log "installing Debian packages: ${missing[*]}"
+    as_root apt-get update -q
+    as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# --- Python venv with httpbin and gunicorn --------------------------------------------------------
+req="$repo/scripts/requirements-test.txt"
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [ ! -x "$venv/bin/gunicorn" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
+    || ! "$venv/bin/python" -c 'import httpbin, gunicorn' >/dev/null 2>&1; then
+    log "creating Python venv at $venv from $req"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q -r "$req"
+    "$venv/bin/python" -c 'import httpbin, gunicorn' >/dev/null
+    echo "$want" > "$stamp"
+fi
+
+# --- Rust tools -----------------------------------------------------------------------------------
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+        log "adding rustfmt and clippy"
+        rustup component add rustfmt clippy
+    fi
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest from crates.io"
+    cargo install --locked cargo-nextest
+fi
+log "ok"
