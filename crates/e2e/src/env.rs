@@ -107,6 +107,7 @@ impl TestEnv {
             .tempdir()
             .unwrap_or_else(|e| panic!("create temp dir: {e}"));
         let dir_path = dir.path().to_path_buf();
+        slot.record_dir(&dir_path);
         std::fs::set_permissions(&dir_path, std::fs::Permissions::from_mode(0o755))
             .unwrap_or_else(|e| panic!("chmod {}: {e}", dir_path.display()));
         let hosts = Hosts::new(slot.index());

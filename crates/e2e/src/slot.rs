@@ -15,7 +15,7 @@ pub const SLOTS: u16 = 256;
 /// A held slot; released when dropped.
 pub struct Slot {
     index: u8,
-    _lock: File,
+    lock: File,
 }
 
 impl Slot {
@@ -33,6 +33,7 @@ impl Slot {
             let path = PathBuf::from(format!("{LOCK_DIR}/slot-{index:03}.lock"));
             let Ok(mut file) = OpenOptions::new()
                 .create(true)
+                .read(true)
                 .truncate(false)
                 .write(true)
                 .open(&path)
@@ -42,9 +43,9 @@ impl Slot {
             // SAFETY: flock on a file descriptor we own.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if rc == 0 {
-                let _ = file.set_len(0);
+                remove_recorded_dirs(&file);
                 let _ = writeln!(file, "pid {} test {test}", std::process::id());
-                return Slot { index, _lock: file };
+                return Slot { index, lock: file };
             }
         }
         panic!("all {SLOTS} end-to-end test slots in {LOCK_DIR} are taken");
@@ -65,6 +66,7 @@ impl Slot {
             let path = PathBuf::from(format!("{LOCK_DIR}/slot-{index:03}.lock"));
             let Ok(file) = OpenOptions::new()
                 .create(true)
+                .read(true)
                 .truncate(false)
                 .write(true)
                 .open(&path)
@@ -75,6 +77,7 @@ impl Slot {
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
                 continue;
             }
+            remove_recorded_dirs(&file);
             let prefix = format!("sl{index:03}-");
             for ns in crate::netns::list()
                 .into_iter()
@@ -93,6 +96,12 @@ impl Slot {
         }
     }
 
+    /// Records the test's temporary directory in the lock file, so that a sweep after a crash can
+    /// remove it too.
+    pub fn record_dir(&self, dir: &std::path::Path) {
+        let _ = writeln!(&self.lock, "dir {}", dir.display());
+    }
+
     pub fn index(&self) -> u8 {
         self.index
     }
@@ -101,6 +110,27 @@ impl Slot {
     pub fn prefix(&self) -> String {
         format!("sl{:03}-", self.index)
     }
+}
+
+/// Removes the temporary directories that the previous holder of a slot lock recorded (it is dead:
+/// we hold its lock), then empties the lock file.
+fn remove_recorded_dirs(lock: &File) {
+    use std::io::{Read, Seek};
+    let mut recorded = String::new();
+    let mut f = lock;
+    let _ = f.seek(std::io::SeekFrom::Start(0));
+    let _ = f.read_to_string(&mut recorded);
+    for dir in recorded.lines().filter_map(|l| l.strip_prefix("dir ")) {
+        let dir = std::path::Path::new(dir);
+        let ours = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("sluice-e2e-"));
+        if ours && dir.is_dir() && std::env::var_os("SLUICE_E2E_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    let _ = lock.set_len(0);
+    let _ = f.seek(std::io::SeekFrom::Start(0));
 }
 
 /// The slot a namespace name belongs to (`sl042-pod-…` → 42).

@@ -1,0 +1,120 @@
+//! The `sluice` binary's user-facing commands: `validate` output and exit codes, and the demo's
+//! three promised behaviours (allowed, blocked, timeout) through its explicit proxy with curl.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("write test file");
+    path
+}
+
+#[test]
+fn validate_reports_file_line_resource_field_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata:\n  name: httpbin-ext\nspec:\n  hosts:\n  - httpbin.org\n  http:\n  - timeout: 3s\n    route:\n    - destination:\n        hots: httpbin.org\n",
+    );
+    let out = Command::new(SLUICE)
+        .arg("validate")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "stdout: {stdout}");
+    let expected_prefix = format!("{}:12: VirtualService default/httpbin-ext: ", bad.display());
+    assert!(stdout.contains(&expected_prefix), "stdout: {stdout}");
+    assert!(stdout.contains("did you mean"), "stdout: {stdout}");
+
+    let good = write(
+        dir.path(),
+        "good.yaml",
+        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata:\n  name: httpbin-ext\nspec:\n  hosts:\n  - httpbin.org\n  ports:\n  - number: 80\n    name: http\n    protocol: HTTP\n  resolution: DNS\n  location: MESH_EXTERNAL\n",
+    );
+    let out = Command::new(SLUICE)
+        .arg("validate")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Kills the demo when the test ends, however it ends.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> (String, Duration) {
+    let start = Instant::now();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .args(args)
+        .output()
+        .expect("curl is required (apt-get install curl)");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        start.elapsed(),
+    )
+}
+
+#[test]
+fn demo_shows_allowed_blocked_and_timeout() {
+    let proxy_port = "15480";
+    let admin_port = "15400";
+    let demo = Child(
+        Command::new(SLUICE)
+            .args([
+                "demo",
+                "--proxy-port",
+                proxy_port,
+                "--admin-port",
+                admin_port,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curl(&["-x", &proxy, "http://httpbin.demo/headers"]).0 != "200" {
+        assert!(
+            Instant::now() < deadline,
+            "the demo never served httpbin.demo"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(curl(&["-x", &proxy, "http://blocked.example/"]).0, "502");
+    let (code, took) = curl(&["-x", &proxy, "http://httpbin.demo/delay/3"]);
+    assert_eq!(code, "504");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    drop(demo);
+}
