@@ -37,8 +37,18 @@ impl Netns {
 
     /// `ip netns exec <ns> <program> …`, with proxy variables scrubbed from the environment.
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let program = program.as_ref();
+        // Bare names are resolved here (PATH plus the sbin directories), not by `ip`.
+        let resolved = match program.to_str() {
+            Some(name) if !name.contains('/') => crate::prereq::which(name),
+            _ => None,
+        };
         let mut c = Command::new(&tools().ip);
-        c.args(["netns", "exec", &self.name]).arg(program);
+        c.args(["netns", "exec", &self.name]);
+        match resolved {
+            Some(p) => c.arg(p),
+            None => c.arg(program),
+        };
         scrub_env(&mut c);
         c
     }

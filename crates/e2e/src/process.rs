@@ -222,5 +222,21 @@ pub fn scrub_env(cmd: &mut Command) -> &mut Command {
     ] {
         cmd.env_remove(v);
     }
+    // Programs started inside a namespace find root's tools even when PATH lacks the sbin dirs.
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut dirs: Vec<&str> = path.split(':').filter(|d| !d.is_empty()).collect();
+    for d in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    cmd.env("PATH", dirs.join(":"));
     cmd
 }

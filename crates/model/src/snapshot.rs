@@ -308,82 +308,111 @@ fn build_virtual_services(snap: &mut Snapshot, resources: &[Resource]) {
             let matches = r
                 .matches
                 .iter()
-                .filter(|m| {
-                    binds_to_mesh(&m.gateways)
-                        && applies_to_proxy(snap, &m.source_labels, m.source_namespace.as_deref())
+                .map(|m| L4Match {
+                    sni_hosts: &m.sni_hosts,
+                    destination_subnets: &m.destination_subnets,
+                    port: m.port,
+                    source_labels: &m.source_labels,
+                    source_namespace: m.source_namespace.as_deref(),
+                    gateways: &m.gateways,
                 })
-                .map(|m| StreamMatch {
-                    sni_hosts: m
-                        .sni_hosts
-                        .iter()
-                        .map(|s| Arc::from(s.to_ascii_lowercase()))
-                        .collect(),
-                    destination_subnets: m
-                        .destination_subnets
-                        .iter()
-                        .filter_map(|s| registry::parse_net(s))
-                        .collect(),
-                    port: port_u16(m.port),
-                })
-                .collect::<Vec<_>>();
-            if matches.is_empty() {
-                continue;
-            }
-            let targets = r
-                .route
-                .iter()
-                .map(|d| stream_target(snap, res, &d.destination, d.weight))
                 .collect();
-            snap.tls_rules.push(StreamRule {
-                source: format!("{source} tls[{i}]").into(),
-                vs_hosts: hosts.clone(),
+            let rule = compile_stream_rule(
+                snap,
+                res,
+                &source,
+                &hosts,
+                format!("tls[{i}]"),
                 matches,
-                targets,
-            });
+                &r.route,
+            );
+            snap.tls_rules.extend(rule);
         }
         for (i, r) in vs.tcp.iter().enumerate() {
-            let matches: Vec<StreamMatch> = if r.matches.is_empty() {
-                vec![StreamMatch::default()]
-            } else {
-                r.matches
-                    .iter()
-                    .filter(|m| {
-                        binds_to_mesh(&m.gateways)
-                            && applies_to_proxy(
-                                snap,
-                                &m.source_labels,
-                                m.source_namespace.as_deref(),
-                            )
-                    })
-                    .map(|m| StreamMatch {
-                        sni_hosts: Vec::new(),
-                        destination_subnets: m
-                            .destination_subnets
-                            .iter()
-                            .filter_map(|s| registry::parse_net(s))
-                            .collect(),
-                        port: port_u16(m.port),
-                    })
-                    .collect()
-            };
-            if matches.is_empty() {
-                continue;
-            }
-            let targets = r
-                .route
+            let matches = r
+                .matches
                 .iter()
-                .map(|d| stream_target(snap, res, &d.destination, d.weight))
+                .map(|m| L4Match {
+                    sni_hosts: &[],
+                    destination_subnets: &m.destination_subnets,
+                    port: m.port,
+                    source_labels: &m.source_labels,
+                    source_namespace: m.source_namespace.as_deref(),
+                    gateways: &m.gateways,
+                })
                 .collect();
-            snap.tcp_rules.push(StreamRule {
-                source: format!("{source} tcp[{i}]").into(),
-                vs_hosts: hosts.clone(),
+            let rule = compile_stream_rule(
+                snap,
+                res,
+                &source,
+                &hosts,
+                format!("tcp[{i}]"),
                 matches,
-                targets,
-            });
+                &r.route,
+            );
+            snap.tcp_rules.extend(rule);
         }
     }
     snap.vhosts_wildcard
         .sort_by(|a, b| host::specificity(&a.domain, &b.domain));
+}
+
+/// The fields TLS and TCP match blocks share.
+struct L4Match<'a> {
+    sni_hosts: &'a [String],
+    destination_subnets: &'a [String],
+    port: u32,
+    source_labels: &'a Labels,
+    source_namespace: Option<&'a str>,
+    gateways: &'a [String],
+}
+
+/// Compiles a `tls` or `tcp` rule; `None` when every match block is for other proxies. A TCP rule
+/// without match blocks matches every connection.
+fn compile_stream_rule(
+    snap: &mut Snapshot,
+    res: &Resource,
+    vs_source: &str,
+    hosts: &[Arc<str>],
+    index: String,
+    matches: Vec<L4Match<'_>>,
+    route: &[networking::RouteDestination],
+) -> Option<StreamRule> {
+    let had_matches = !matches.is_empty();
+    let compiled: Vec<StreamMatch> = matches
+        .into_iter()
+        .filter(|m| {
+            binds_to_mesh(m.gateways) && applies_to_proxy(snap, m.source_labels, m.source_namespace)
+        })
+        .map(|m| StreamMatch {
+            sni_hosts: m
+                .sni_hosts
+                .iter()
+                .map(|s| Arc::from(s.to_ascii_lowercase()))
+                .collect(),
+            destination_subnets: m
+                .destination_subnets
+                .iter()
+                .filter_map(|s| registry::parse_net(s))
+                .collect(),
+            port: port_u16(m.port),
+        })
+        .collect();
+    let compiled = match (had_matches, compiled.is_empty()) {
+        (true, true) => return None,
+        (false, _) => vec![StreamMatch::default()],
+        (true, false) => compiled,
+    };
+    let targets = route
+        .iter()
+        .map(|d| stream_target(snap, res, &d.destination, d.weight))
+        .collect();
+    Some(StreamRule {
+        source: format!("{vs_source} {index}").into(),
+        vs_hosts: hosts.to_vec(),
+        matches: compiled,
+        targets,
+    })
 }
 
 fn port_u16(p: u32) -> Option<u16> {

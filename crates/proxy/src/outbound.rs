@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::context::{Downstream, Proxy, Target};
 use crate::detect::{detect, Detected};
@@ -23,6 +23,27 @@ use crate::http_proxy;
 use crate::io::{original_dst, PrefixedStream};
 use crate::stream::{proxy_stream, StreamConn};
 use crate::upstream::ProxyBody;
+
+/// The next connection, or `None` once `shutdown` resolves. Accept errors (such as running out of
+/// file descriptors) are logged and retried after a pause instead of spinning.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    what: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!("accept on the {what} listener failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
 
 /// Accepts redirected connections until `shutdown` resolves.
 pub async fn serve_captured(
@@ -32,17 +53,7 @@ pub async fn serve_captured(
 ) {
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accept on outbound listener failed: {e}");
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, remote)) = accept(&listener, &mut shutdown, "outbound").await {
         let dst = match original_dst(&stream) {
             Ok(d) => d,
             Err(e) => {
@@ -143,17 +154,7 @@ pub async fn serve_forward_proxy(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accept on proxy listener failed: {e}");
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, remote)) = accept(&listener, &mut shutdown, "proxy").await {
         let _ = stream.set_nodelay(true);
         let local = stream
             .local_addr()
