@@ -24,7 +24,9 @@ use crate::resource::{Diagnostic, Resource, Severity};
 /// other documents of the same file are still returned. Warnings never drop a resource.
 #[derive(Debug, Default, Clone)]
 pub struct LoadResult {
+    /// Decoded resources, in file order (files sorted by path).
     pub resources: Vec<Resource>,
+    /// Errors and warnings, in the order they were found.
     pub diagnostics: Vec<Diagnostic>,
 }
 

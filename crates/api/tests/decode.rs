@@ -608,3 +608,20 @@ fn load_paths_walks_directories_in_order_and_skips_what_is_not_config() {
     assert!(d.diagnostics[0].message.starts_with("cannot read file: "));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn same_kind_name_in_another_api_group_is_ignored() {
+    let d = only_diagnostic(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: a}\nspec: {gatewayClassName: istio}\n",
+    );
+    assert_eq!(
+        d.to_string(),
+        "t.yaml:1: Gateway default/a: apiVersion: warning: kind Gateway of \
+         gateway.networking.k8s.io/v1 is not used by sluice; ignored"
+    );
+    let d = only_diagnostic("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n");
+    assert_eq!(
+        d.message,
+        "kind ServiceAccount is not used by sluice; ignored"
+    );
+}

@@ -64,6 +64,9 @@ fn load_clean(name: &str) -> Resource {
     resources.into_iter().next().expect("one resource")
 }
 
+/// An Ingress backend as `IngressBackend::service` reads it.
+type Backend<'a> = Option<(&'a str, Option<IntOrString>)>;
+
 fn names(resources: &[Resource]) -> Vec<(Kind, String)> {
     resources.iter().map(|r| (r.kind, r.key())).collect()
 }
@@ -408,7 +411,7 @@ fn seed_003_ingresses() {
         let Spec::Ingress(ing) = &r.spec else {
             panic!()
         };
-        let paths: Vec<(Option<&str>, Option<(&str, Option<IntOrString>)>)> = ing.rules[0]
+        let paths: Vec<(Option<&str>, Backend<'_>)> = ing.rules[0]
             .http
             .as_ref()
             .expect("http")

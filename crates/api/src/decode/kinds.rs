@@ -173,7 +173,10 @@ fn decode_object(
     d.label = Some(raw_label(&kind_name, &root));
 
     let Some(kind) = Kind::parse(&kind_name) else {
-        let hint = suggest(&kind_name, &Kind::ALL.map(Kind::as_str))
+        // Only near-identical names: `ServiceAccount` is not a misspelled `Service`.
+        let hint = Kind::ALL
+            .into_iter()
+            .find(|k| strsim::damerau_levenshtein(&kind_name, k.as_str()) <= 2)
             .map(|k| format!(" (did you mean {k}?)"))
             .unwrap_or_default();
         d.warn(
@@ -184,6 +187,16 @@ fn decode_object(
     };
 
     let accepted = kind.api_versions();
+    // Same kind name, another API group (the Gateway API's `Gateway`): a different object that
+    // sluice does not read, rather than a wrong version of one it does.
+    let group = |v: &str| v.rsplit_once('/').map_or("", |(g, _)| g).to_string();
+    if !api_version.is_empty() && !accepted.iter().any(|v| group(v) == group(&api_version)) {
+        d.warn(
+            "apiVersion",
+            format!("kind {kind_name} of {api_version} is not used by sluice; ignored"),
+        );
+        return None;
+    }
     if !accepted.contains(&api_version.as_str()) {
         let list = accepted.join(", ");
         if api_version.is_empty() {
@@ -402,11 +415,16 @@ fn decode_mesh(text: &str, d: &mut Doc) -> Option<MeshConfig> {
         Ok(mesh) => Some(mesh),
         Err(e) => {
             let inner = line_of(&doc.positions, doc.line, &e.path);
+            let at = if e.path.is_empty() {
+                String::new()
+            } else {
+                format!(" at {}", e.path)
+            };
             d.error(
                 "data.mesh",
                 format!(
-                    "invalid mesh config at {} (line {inner} of the mesh text): {}",
-                    e.path, e.message
+                    "invalid mesh config{at} (line {inner} of the mesh text): {}",
+                    e.message
                 ),
             );
             None

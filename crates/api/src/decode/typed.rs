@@ -223,12 +223,15 @@ fn translate(path: &Path, message: &str, base: &str) -> FieldError {
             } else {
                 join(&here, field)
             };
-            let message = match suggest(field, &candidates) {
-                Some(s) => format!("unknown field `{field}`; did you mean `{s}`?"),
-                None if candidates.is_empty() => {
+            let message = match (removed_field(field), suggest(field, &candidates)) {
+                (Some(instead), _) => {
+                    format!("field `{field}` was removed from Istio's API; use `{instead}`")
+                }
+                (None, Some(s)) => format!("unknown field `{field}`; did you mean `{s}`?"),
+                (None, None) if candidates.is_empty() => {
                     format!("unknown field `{field}`; no fields are allowed here")
                 }
-                None => format!(
+                (None, None) => format!(
                     "unknown field `{field}`; expected one of {}",
                     candidates
                         .iter()
@@ -299,6 +302,18 @@ fn friendly_found(found: &str) -> String {
     }
 }
 
+/// HTTPRoute header fields removed in Istio 1.x, and what replaced them.
+fn removed_field(field: &str) -> Option<&'static str> {
+    let camel = field.replace('_', "").to_ascii_lowercase();
+    Some(match camel.as_str() {
+        "appendheaders" | "appendrequestheaders" => "headers.request.add",
+        "appendresponseheaders" => "headers.response.add",
+        "removerequestheaders" => "headers.request.remove",
+        "removeresponseheaders" => "headers.response.remove",
+        _ => return None,
+    })
+}
+
 /// The names between backticks in serde's "expected one of `a`, `b`" tail.
 fn backticked(s: &str) -> Vec<&str> {
     s.split('`').skip(1).step_by(2).collect()
@@ -341,6 +356,17 @@ mod tests {
         assert_eq!(
             err.message,
             "unknown field `sni_host`; did you mean `sni_hosts`?"
+        );
+    }
+
+    #[test]
+    fn removed_fields_say_what_replaced_them() {
+        let v = json!({"http": [{"appendHeaders": {"x": "1"}}]});
+        let err = from_json::<VirtualService>(v, "spec").unwrap_err();
+        assert_eq!(err.path, "spec.http[0].appendHeaders");
+        assert_eq!(
+            err.message,
+            "field `appendHeaders` was removed from Istio's API; use `headers.request.add`"
         );
     }
 

@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of sluice against nginx and HAProxy as plain HTTP/1.1 reverse proxies, in
+# one run, on the same upstream, on loopback only. See bench/README.md.
+#
+#   bench/run.sh                 # everything, ~2 minutes after the builds
+#   DURATION=5 bench/run.sh      # shorter runs
+#   TARGETS="direct nginx" bench/run.sh
+#
+# Knobs (environment): DURATION (s, per measurement, default 10), RATE (fixed-rate req/s, 1000),
+# CONNS (saturation connections, 32), RATE_CONNS (fixed-rate connections, 16), THREADS (worker
+# threads/processes per proxy, 1), TARGETS (default "direct nginx haproxy sluice"), PIN (1: pin the
+# proxy to CPU 1 and the load generator + upstream to CPU 0, when the machine has ≥2 CPUs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+out=$repo/bench/out
+mkdir -p "$out"
+run_dir=$(mktemp -d "$out/run-XXXXXX")
+
+DURATION=${DURATION:-10}
+RATE=${RATE:-1000}
+CONNS=${CONNS:-32}
+RATE_CONNS=${RATE_CONNS:-16}
+THREADS=${THREADS:-1}
+TARGETS=${TARGETS:-"direct nginx haproxy sluice"}
+PIN=${PIN:-1}
+
+UP_PORT=18080      # upstream: nginx serving a 1 KiB body
+NGINX_PORT=18081
+HAPROXY_PORT=18082
+SLUICE_PORT=18083  # sluice's explicit proxy (--proxy-port)
+HOST=upstream.bench
+# Every target gets the same absolute-form request, as a client of a forward proxy sends it.
+REQ_TARGET="http://$HOST/"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+# ---- dependencies ---------------------------------------------------------------------------------
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+if [ "${#need[@]}" -gt 0 ]; then
+    log "installing ${need[*]}"
+    # Packages must not start their system services (nginx would take port 80).
+    created_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+    [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+PATH=$PATH:/usr/sbin:/sbin
+
+# ---- builds ---------------------------------------------------------------------------------------
+if [[ " $TARGETS " == *" sluice "* ]]; then
+    log "building sluice (release, LTO)"
+    cargo build --release -p sluice
+fi
+log "building the load generator"
+cargo build --release --quiet --manifest-path bench/loadgen/Cargo.toml --target-dir "$out/target"
+loadgen=$out/target/release/sluice-loadgen
+
+# ---- helpers --------------------------------------------------------------------------------------
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+ncpu=$(nproc)
+proxy_cpu=() load_cpu=()
+if [ "$PIN" = 1 ] && [ "$ncpu" -ge 2 ]; then
+    proxy_cpu=(taskset -c 1)
+    load_cpu=(taskset -c 0)
+fi
+
+# start NAME CMD... : runs CMD in the background, logs to $run_dir/NAME.log, sets $started_pid
+start() {
+    local name=$1; shift
+    "$@" > "$run_dir/$name.log" 2>&1 &
+    started_pid=$!
+    pids+=("$started_pid")
+}
+
+wait_http() { # URL [HOST]
+    for _ in $(seq 1 100); do
+        if curl -s -o /dev/null --noproxy '*' --max-time 1 -H "Host: ${2:-$HOST}" "$1"; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+cpu_ticks() { # PID → utime+stime in clock ticks
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+clk_tck=$(getconf CLK_TCK)
+
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+
+# ---- upstream -------------------------------------------------------------------------------------
+body=$(head -c 1024 /dev/zero | tr '\0' 'x')
+cat > "$run_dir/upstream.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+error_log stderr warn;
+pid $run_dir/upstream.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $run_dir/tmp;
+    proxy_temp_path $run_dir/tmp;
+    fastcgi_temp_path $run_dir/tmp;
+    uwsgi_temp_path $run_dir/tmp;
+    scgi_temp_path $run_dir/tmp;
+    server {
+        listen 127.0.0.1:$UP_PORT default_server;
+        location / { default_type text/plain; return 200 "$body"; }
+    }
+}
+CONF
+mkdir -p "$run_dir/tmp"
+start upstream "${load_cpu[@]}" nginx -c "$run_dir/upstream.conf" -e stderr
+upstream_pid=$started_pid
+wait_http "http://127.0.0.1:$UP_PORT/" || { log "upstream did not start"; cat "$run_dir/upstream.log"; exit 1; }
+
+# ---- proxies --------------------------------------------------------------------------------------
+start_nginx() {
+    cat > "$run_dir/nginx.conf" <<CONF
+daemon off;
+master_process $( [ "$THREADS" = 1 ] && echo off || echo on );
+worker_processes $THREADS;
+error_log stderr warn;
+pid $run_dir/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $run_dir/tmp;
+    proxy_temp_path $run_dir/tmp;
+    fastcgi_temp_path $run_dir/tmp;
+    uwsgi_temp_path $run_dir/tmp;
+    scgi_temp_path $run_dir/tmp;
+    upstream up { server 127.0.0.1:$UP_PORT; keepalive 128; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT default_server;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+        }
+    }
+}
+CONF
+    start nginx "${proxy_cpu[@]}" nginx -c "$run_dir/nginx.conf" -e stderr
+    proxy_pid=$started_pid
+    proxy_port=$NGINX_PORT
+}
+
+start_haproxy() {
+    cat > "$run_dir/haproxy.cfg" <<CONF
+global
+    nbthread $THREADS
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend be
+backend be
+    server up 127.0.0.1:$UP_PORT
+CONF
+    start haproxy "${proxy_cpu[@]}" haproxy -db -f "$run_dir/haproxy.cfg"
+    proxy_pid=$started_pid
+    proxy_port=$HAPROXY_PORT
+}
+
+start_sluice() {
+    mkdir -p "$run_dir/sluice-config"
+    # The upstream as a ServiceEntry with a static endpoint; access log off, as for nginx/HAProxy.
+    cat > "$run_dir/sluice-config/bench.yaml" <<CONF
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: upstream
+spec:
+  hosts:
+  - $HOST
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints:
+  - address: 127.0.0.1
+    ports:
+      http: $UP_PORT
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: istio
+  namespace: istio-system
+data:
+  mesh: |-
+    accessLogFile: ""
+    outboundTrafficPolicy:
+      mode: REGISTRY_ONLY
+CONF
+    TOKIO_WORKER_THREADS=$THREADS start sluice "${proxy_cpu[@]}" "$repo/target/release/sluice" sidecar \
+        --config "$run_dir/sluice-config" --proxy-port "$SLUICE_PORT" --outbound-port 18084 \
+        --admin-port 18085 --status-port 18086 --stats-port 18087 --log-level warn
+    proxy_pid=$started_pid
+    proxy_port=$SLUICE_PORT
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null --max-time 1 --noproxy '*' http://127.0.0.1:18086/healthz/ready && break
+        sleep 0.1
+    done
+}
+
+# ---- measurements ---------------------------------------------------------------------------------
+cat > "$run_dir/absolute.lua" <<LUA
+wrk.method = "GET"
+wrk.path = "$REQ_TARGET"
+wrk.headers["Host"] = "$HOST"
+LUA
+
+results=()
+failed=()
+measure() { # NAME
+    local name=$1 port pid
+    proxy_pid=""
+    case $name in
+        direct) proxy_port=$UP_PORT ;;
+        nginx) start_nginx ;;
+        haproxy) start_haproxy ;;
+        sluice) start_sluice ;;
+        *) log "unknown target $name"; return 1 ;;
+    esac
+    port=$proxy_port pid=$proxy_pid
+    local check=""
+    for _ in $(seq 1 100); do
+        check=$(curl -s --noproxy '*' --max-time 2 -o /dev/null -w '%{http_code} %{size_download}' \
+            -H "Host: $HOST" --request-target "$REQ_TARGET" "http://127.0.0.1:$port/" || true)
+        [ "$check" = "200 1024" ] && break
+        sleep 0.1
+    done
+    if [ "$check" != "200 1024" ]; then
+        log "$name: a request through 127.0.0.1:$port gave '$check', not '200 1024'; skipping (log: $run_dir/$name.log)"
+        tail -n 20 "$run_dir/$name.log" >&2 || true
+        failed+=("$name")
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null
+        return 0
+    fi
+
+    log "$name: saturation, wrk -t1 -c$CONNS -d${DURATION}s"
+    "${load_cpu[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$run_dir/absolute.lua" "http://127.0.0.1:$port/" \
+        > "$run_dir/$name.wrk.txt" 2>&1
+    local rps
+    rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$run_dir/$name.wrk.txt")
+    local non2xx
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$run_dir/$name.wrk.txt")
+
+    log "$name: fixed rate $RATE req/s over $RATE_CONNS connections for ${DURATION}s"
+    local t0=0 t1=0
+    [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+    "${load_cpu[@]}" "$loadgen" --addr "127.0.0.1:$port" --target "$REQ_TARGET" --host "$HOST" \
+        --rate "$RATE" --duration "$DURATION" --warmup 0 --connections "$RATE_CONNS" \
+        > "$run_dir/$name.rate.txt" 2> "$run_dir/$name.rate.err"
+    [ -n "$pid" ] && t1=$(cpu_ticks "$pid")
+    local line sent p50 p99 errors
+    line=$(grep '^RESULT' "$run_dir/$name.rate.txt")
+    sent=$(sed -E 's/.* sent=([0-9]+).*/\1/' <<<"$line")
+    errors=$(sed -E 's/.* errors=([0-9]+).*/\1/' <<<"$line")
+    p50=$(sed -E 's/.* p50_ms=([0-9.]+).*/\1/' <<<"$line")
+    p99=$(sed -E 's/.* p99_ms=([0-9.]+).*/\1/' <<<"$line")
+    local cpu="-" rss="-"
+    if [ -n "$pid" ]; then
+        cpu=$(awk -v d=$((t1 - t0)) -v hz="$clk_tck" -v n="$sent" 'BEGIN { printf "%.1f", d * 1000 / hz / n * 1000 }')
+        rss=$(awk -v kb="$(hwm_kb "$pid")" 'BEGIN { printf "%.1f", kb / 1024 }')
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+    results+=("$name $rps $p50 $p99 $cpu $rss ${errors:-0} ${non2xx:-0}")
+}
+
+for t in $TARGETS; do measure "$t"; done
+
+# ---- report ---------------------------------------------------------------------------------------
+report=$run_dir/report.txt
+{
+    echo "sluice bench $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+    echo "upstream: nginx, 1 KiB body on 127.0.0.1:$UP_PORT; proxies with $THREADS worker(s); pinned: $([ ${#proxy_cpu[@]} -gt 0 ] && echo 'proxy CPU 1, load+upstream CPU 0' || echo no)"
+    echo "saturation: wrk -t1 -c$CONNS ${DURATION}s; latency + CPU: $RATE req/s fixed rate, $RATE_CONNS connections, ${DURATION}s (latency from the scheduled send time)"
+    echo
+    printf '%-8s %10s %9s %9s %12s %9s %8s %8s %8s %8s %6s\n' target "req/s" "p50 ms" "p99 ms" "CPU ms/1k" "RSS MiB" \
+        "rps/ngx" "p99/ngx" "cpu/ngx" "rss/ngx" errors
+    ngx=""
+    for r in "${results[@]}"; do [ "${r%% *}" = nginx ] && ngx=$r; done
+    for r in "${results[@]}"; do
+        read -r name rps p50 p99 cpu rss errors non2xx <<<"$r"
+        ratio() { # value nginx-value
+            if [ -n "$ngx" ] && [ "$1" != "-" ] && [ "$2" != "-" ]; then
+                awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'
+            else printf -- "-"; fi
+        }
+        read -r _ nrps _ np99 ncpu nrss _ _ <<<"${ngx:-x - - - - - - -}"
+        printf '%-8s %10s %9s %9s %12s %9s %8s %8s %8s %8s %6s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "$rss" \
+            "$(ratio "$rps" "$nrps")" "$(ratio "$p99" "$np99")" "$(ratio "$cpu" "$ncpu")" "$(ratio "$rss" "$nrss")" \
+            "$((errors + non2xx))"
+    done
+    if [ "${#failed[@]}" -gt 0 ]; then echo; echo "not measured (did not serve the test request): ${failed[*]}"; fi
+    echo
+    echo "raw outputs: $run_dir"
+} | tee "$report"
+cp "$report" "$out/latest.txt"
+[ "${#failed[@]}" -eq 0 ]
