@@ -25,10 +25,10 @@ THREADS=${THREADS:-1}
 TARGETS=${TARGETS:-"direct nginx haproxy sluice"}
 PIN=${PIN:-1}
 
-UP_PORT=18080      # upstream: nginx serving a 1 KiB body
-NGINX_PORT=18081
-HAPROXY_PORT=18082
-SLUICE_PORT=18083  # sluice's explicit proxy (--proxy-port)
+UP_PORT=28080      # upstream: nginx serving a 1 KiB body
+NGINX_PORT=28081
+HAPROXY_PORT=28082
+SLUICE_PORT=28083  # sluice's explicit proxy (--proxy-port)
 HOST=upstream.bench
 # Every target gets the same absolute-form request, as a client of a forward proxy sends it.
 REQ_TARGET="http://$HOST/"
@@ -224,12 +224,12 @@ data:
       mode: REGISTRY_ONLY
 CONF
     TOKIO_WORKER_THREADS=$THREADS start sluice "${proxy_cpu[@]}" "$repo/target/release/sluice" sidecar \
-        --config "$run_dir/sluice-config" --proxy-port "$SLUICE_PORT" --outbound-port 18084 \
-        --admin-port 18085 --status-port 18086 --stats-port 18087 --log-level warn
+        --config "$run_dir/sluice-config" --proxy-port "$SLUICE_PORT" --outbound-port 28084 \
+        --admin-port 28085 --status-port 28086 --stats-port 28087 --log-level warn
     proxy_pid=$started_pid
     proxy_port=$SLUICE_PORT
     for _ in $(seq 1 100); do
-        curl -s -o /dev/null --max-time 1 --noproxy '*' http://127.0.0.1:18086/healthz/ready && break
+        curl -s -o /dev/null --max-time 1 --noproxy '*' http://127.0.0.1:28086/healthz/ready && break
         sleep 0.1
     done
 }

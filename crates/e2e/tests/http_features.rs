@@ -129,6 +129,7 @@ ip, port, status, body = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.ar
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def answer(self):
         n = int(self.headers.get("content-length") or 0)

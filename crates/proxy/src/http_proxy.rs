@@ -249,7 +249,12 @@ pub async fn handle(
         downstream,
         uri_target,
     };
-    let (response, outcome) = route_and_forward(&proxy, &snap, &ctx, parts, body).await;
+    let mut delayed = false;
+    let (response, mut outcome) =
+        route_and_forward(&proxy, &snap, &ctx, parts, body, &mut delayed).await;
+    if delayed {
+        outcome.flags = with_flag(&outcome.flags, "DI");
+    }
 
     rec.response_code = response.status().as_u16();
     rec.response_flags = outcome.flags.clone();
@@ -335,6 +340,7 @@ async fn route_and_forward(
     ctx: &RequestCtx,
     parts: http::request::Parts,
     body: CountingBody,
+    delayed: &mut bool,
 ) -> (Response<ProxyBody>, Outcome) {
     let path_and_query = parts
         .uri
@@ -390,6 +396,7 @@ async fn route_and_forward(
                 if let Some((delay, pct)) = fault.delay {
                     if roll_percent(pct) {
                         tokio::time::sleep(delay).await;
+                        *delayed = true;
                     }
                 }
                 if let Some((status, pct)) = fault.abort {
@@ -494,6 +501,28 @@ async fn route_and_forward(
             }
         }
     }
+}
+
+/// Envoy prints response flags in this order, comma-joined.
+const FLAG_ORDER: [&str; 16] = [
+    "UH", "UF", "UO", "NR", "URX", "NC", "DT", "DC", "LH", "UT", "LR", "UR", "UC", "DI", "FI", "RL",
+];
+
+/// `flags` with `add` included, in Envoy's order.
+fn with_flag(flags: &str, add: &'static str) -> Cow<'static, str> {
+    let mut all: Vec<&str> = flags
+        .split(',')
+        .filter(|f| !f.is_empty() && *f != "-")
+        .collect();
+    all.push(add);
+    all.sort_by_key(|f| {
+        FLAG_ORDER
+            .iter()
+            .position(|o| o == f)
+            .unwrap_or(FLAG_ORDER.len())
+    });
+    all.dedup();
+    Cow::Owned(all.join(","))
 }
 
 fn roll_percent(pct: f64) -> bool {
@@ -861,8 +890,10 @@ async fn forward(
                     rparts,
                     rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
                 );
+                // The last try still failed in a retriable way: Envoy's UpstreamRetryLimitExceeded.
+                let exhausted = max_tries > 1 && fwd.retry.retry_on.retries_status(status);
                 let outcome = Outcome {
-                    flags: Cow::Borrowed("-"),
+                    flags: Cow::Borrowed(if exhausted { "URX" } else { "-" }),
                     details: Cow::Borrowed("via_upstream"),
                     route_name: fwd.route_name.clone(),
                     cluster: Some(cluster_name.clone()),
