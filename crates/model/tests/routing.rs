@@ -783,3 +783,68 @@ spec:
         HttpDecision::Route { .. }
     ));
 }
+
+#[test]
+fn resolution_decides_where_connections_go() {
+    use sluice_model::registry::EndpointAddress;
+    use sluice_model::UpstreamAddress;
+    let snap = snapshot(
+        r#"
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: dns}
+spec:
+  hosts: [httpbin.org]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: rr}
+spec:
+  hosts: [rr.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS_ROUND_ROBIN
+  endpoints: [{address: a.example.com}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: static}
+spec:
+  hosts: [static.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1, ports: {http: 9000}}, {address: 10.0.0.2, weight: 3}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: none}
+spec:
+  hosts: [none.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: NONE
+"#,
+    );
+    let up = |name: &str| snap.clusters[name].upstream();
+    assert_eq!(
+        up("outbound|80||httpbin.org"),
+        UpstreamAddress::Endpoints(vec![(EndpointAddress::Name("httpbin.org".into()), 8080, 1)]),
+        "DNS without endpoints resolves the host, on the targetPort"
+    );
+    assert_eq!(
+        up("outbound|80||rr.example.com"),
+        UpstreamAddress::Endpoints(vec![(EndpointAddress::Name("a.example.com".into()), 80, 1)])
+    );
+    assert_eq!(
+        up("outbound|80||static.example.com"),
+        UpstreamAddress::Endpoints(vec![
+            (EndpointAddress::Ip("10.0.0.1".parse().unwrap()), 9000, 1),
+            (EndpointAddress::Ip("10.0.0.2".parse().unwrap()), 80, 3),
+        ]),
+        "endpoint port by port name, weights kept"
+    );
+    assert_eq!(
+        up("outbound|80||none.example.com"),
+        UpstreamAddress::OriginalDestination
+    );
+}
