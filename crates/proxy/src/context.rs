@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use sluice_api::networking::Labels;
+use sluice_model::registry::EndpointAddress;
 use sluice_model::{Cluster, Snapshot, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 
 use crate::resolve::Resolver;
@@ -50,6 +51,23 @@ impl Proxy {
             passthrough_labels: Arc::new(ServiceLabels::special_cluster(PASSTHROUGH_CLUSTER)),
             blackhole_labels: Arc::new(ServiceLabels::special_cluster(BLACKHOLE_CLUSTER)),
             server_header: http::HeaderValue::from_static("envoy"),
+        }
+    }
+
+    /// The socket address of an endpoint: an IP as is, a name through DNS (the `pick`-th address,
+    /// so retries move on to another one). `None` when the name does not resolve.
+    pub async fn endpoint_socket(
+        &self,
+        address: &EndpointAddress,
+        port: u16,
+        pick: usize,
+    ) -> Option<SocketAddr> {
+        match address {
+            EndpointAddress::Ip(ip) => Some(SocketAddr::new(*ip, port)),
+            EndpointAddress::Name(name) => {
+                let addrs = self.resolver.resolve(name, port).await.ok()?;
+                Some(addrs[pick % addrs.len()])
+            }
         }
     }
 

@@ -16,7 +16,6 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use sluice_model::registry::EndpointAddress;
 use sluice_model::route::{
     pick_weighted, HttpRequestFacts, Operation, RequestMatch, WeightedTarget,
 };
@@ -667,17 +666,10 @@ async fn endpoint_addr(
                 point -= u64::from(e.2);
             }
             let (address, port, _) = &eps[(idx + attempt as usize) % eps.len()];
-            match address {
-                EndpointAddress::Ip(ip) => Ok(SocketAddr::new(*ip, *port)),
-                EndpointAddress::Name(name) => {
-                    let addrs = proxy
-                        .resolver
-                        .resolve(name, *port)
-                        .await
-                        .map_err(|_| UpstreamFailure::NoHealthyUpstream)?;
-                    Ok(addrs[attempt as usize % addrs.len()])
-                }
-            }
+            proxy
+                .endpoint_socket(address, *port, attempt as usize)
+                .await
+                .ok_or(UpstreamFailure::NoHealthyUpstream)
         }
     }
 }
@@ -952,12 +944,8 @@ fn spawn_mirror(
         let Some((address, port, _)) = eps.first().cloned() else {
             return;
         };
-        let addr = match address {
-            EndpointAddress::Ip(ip) => SocketAddr::new(ip, port),
-            EndpointAddress::Name(n) => match proxy.resolver.resolve(&n, port).await {
-                Ok(a) => a[0],
-                Err(_) => return,
-            },
+        let Some(addr) = proxy.endpoint_socket(&address, port, 0).await else {
+            return;
         };
         let Ok(client) = proxy.clients.get(None, cluster.connect_timeout) else {
             return;

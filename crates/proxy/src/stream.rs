@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use sluice_model::registry::EndpointAddress;
 use sluice_model::route::pick_weighted;
 use sluice_model::{
     Cluster, Snapshot, StreamDecision, UpstreamAddress, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER,
@@ -91,12 +90,7 @@ async fn upstream_addr(
             let (address, port, _) = eps
                 .get((rand::random::<u64>() % eps.len().max(1) as u64) as usize)?
                 .clone();
-            match address {
-                EndpointAddress::Ip(ip) => Some(SocketAddr::new(ip, port)),
-                EndpointAddress::Name(n) => {
-                    proxy.resolver.resolve(&n, port).await.ok().map(|a| a[0])
-                }
-            }
+            proxy.endpoint_socket(&address, port, 0).await
         }
     }
 }
