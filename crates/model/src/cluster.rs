@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sluice_api::networking::{ClientTlsSettings, DestinationRule, TrafficPolicy};
 
+use crate::policy::{LbPolicy, OutlierPolicy, PoolLimits};
 use crate::registry::{Endpoint, EndpointAddress, Resolution, Service, ServicePort};
 
 /// Name of the cluster that forwards unknown destinations to their original address.
@@ -67,6 +68,12 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     pub tls: Option<Arc<UpstreamTls>>,
     pub connect_timeout: Duration,
+    /// `loadBalancer` for this cluster.
+    pub lb: LbPolicy,
+    /// `connectionPool` limits (circuit breakers); `limits.connect_timeout` == `connect_timeout`.
+    pub limits: PoolLimits,
+    /// `outlierDetection`; `None` when the DestinationRule does not enable it.
+    pub outlier: Option<OutlierPolicy>,
     /// `DestinationRule ns/name` that set the policy, for explanations.
     pub policy_source: Option<Arc<str>>,
 }

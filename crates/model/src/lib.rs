@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod host;
 pub mod mesh;
+pub mod policy;
 pub mod registry;
 pub mod route;
 pub mod snapshot;
@@ -12,4 +13,7 @@ pub use cluster::{Cluster, UpstreamAddress, UpstreamTls, BLACKHOLE_CLUSTER, PASS
 pub use mesh::{AccessLogSettings, LogEncoding, MeshSettings, OutboundPolicy};
 pub use registry::{Protocol, Service};
 pub use route::{HttpRequestFacts, HttpRouteRule, RouteAction, StreamRule, WeightedTarget};
-pub use snapshot::{compile, HttpDecision, ProxyIdentity, Snapshot, StreamDecision};
+pub use snapshot::{
+    compile, HttpDecision, InboundPort, ProxyIdentity, Snapshot, StreamDecision, Workload,
+    INBOUND_PASSTHROUGH_CLUSTER,
+};

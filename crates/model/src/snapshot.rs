@@ -57,6 +57,33 @@ pub enum StreamDecision<'a> {
     Blocked,
 }
 
+/// A workload the registry knows by address (a WorkloadEntry, an `Endpoints` address, a
+/// ServiceEntry endpoint with labels), so telemetry can name the peer of a connection.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Workload {
+    /// WorkloadEntry name, else the `app` label, else the address.
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub labels: Labels,
+    pub service_account: Option<Arc<str>>,
+}
+
+/// Name of the inbound cluster for ports no service of this workload declares.
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughClusterIpv4";
+
+/// How the inbound side treats one port of this workload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InboundPort {
+    /// `inbound|8080||` for a port some service of this workload targets, else
+    /// [`INBOUND_PASSTHROUGH_CLUSTER`].
+    pub cluster_name: Arc<str>,
+    /// Declared by the service port (name prefix or `appProtocol`); `Unknown` = sniff.
+    pub protocol: Protocol,
+    /// The service whose port targets this one (`destination_service*` labels), if any.
+    #[serde(skip)]
+    pub service: Option<Arc<Service>>,
+}
+
 /// Everything one proxy needs to route, compiled from one consistent set of resources.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -79,6 +106,10 @@ pub struct Snapshot {
     pub tcp_rules: Vec<StreamRule>,
     /// Problems found while compiling (dropped duplicates, unknown references).
     pub diagnostics: Vec<Diagnostic>,
+    /// Known workloads by IP, for telemetry peers.
+    pub workloads: HashMap<IpAddr, Arc<Workload>>,
+    /// Inbound ports of this workload declared by the services that select it, by target port.
+    pub inbound_ports: HashMap<u16, InboundPort>,
 }
 
 /// Creation order for resources of one kind: `creationTimestamp`, then the order the store first
@@ -193,6 +224,9 @@ fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                     endpoints,
                     tls,
                     connect_timeout: snap.mesh.connect_timeout,
+                    lb: crate::policy::LbPolicy::default(),
+                    limits: crate::policy::PoolLimits::istio_default(snap.mesh.connect_timeout),
+                    outlier: None,
                     policy_source: policy_source.clone(),
                 };
                 // The oldest service wins a duplicate host:port, as in Istio's registry merge.
@@ -869,6 +903,23 @@ impl Snapshot {
         let first = declared.next()?;
         let opaque = |p: Protocol| !p.is_http() && !p.is_tls() && p != Protocol::Unknown;
         (opaque(first) && declared.all(opaque)).then_some(Protocol::Tcp)
+    }
+
+    /// The workload at `ip`, if the registry knows one.
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.workloads.get(&ip)
+    }
+
+    /// How inbound traffic to `port` (the workload's own port) is handled.
+    pub fn inbound_port(&self, port: u16) -> InboundPort {
+        self.inbound_ports
+            .get(&port)
+            .cloned()
+            .unwrap_or_else(|| InboundPort {
+                cluster_name: Arc::from(INBOUND_PASSTHROUGH_CLUSTER),
+                protocol: Protocol::Unknown,
+                service: None,
+            })
     }
 
     /// All virtual hosts, for the config dump.
