@@ -624,19 +624,19 @@ pub struct TrafficPolicy {
         alias = "load_balancer",
         skip_serializing_if = "Option::is_none"
     )]
-    pub load_balancer: Option<serde_json::Value>,
+    pub load_balancer: Option<LoadBalancerSettings>,
     #[serde(
         default,
         alias = "connection_pool",
         skip_serializing_if = "Option::is_none"
     )]
-    pub connection_pool: Option<serde_json::Value>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
     #[serde(
         default,
         alias = "outlier_detection",
         skip_serializing_if = "Option::is_none"
     )]
-    pub outlier_detection: Option<serde_json::Value>,
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
     #[serde(default, alias = "port_level_settings")]
@@ -657,7 +657,7 @@ pub struct TrafficPolicy {
     pub retry_budget: Option<serde_json::Value>,
 }
 
-/// `TrafficPolicy.PortTrafficPolicy`.
+/// `TrafficPolicy.PortTrafficPolicy`: replaces the policy it sits in for one port.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortTrafficPolicy {
@@ -668,21 +668,300 @@ pub struct PortTrafficPolicy {
         alias = "load_balancer",
         skip_serializing_if = "Option::is_none"
     )]
-    pub load_balancer: Option<serde_json::Value>,
+    pub load_balancer: Option<LoadBalancerSettings>,
     #[serde(
         default,
         alias = "connection_pool",
         skip_serializing_if = "Option::is_none"
     )]
-    pub connection_pool: Option<serde_json::Value>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
     #[serde(
         default,
         alias = "outlier_detection",
         skip_serializing_if = "Option::is_none"
     )]
-    pub outlier_detection: Option<serde_json::Value>,
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
+}
+
+/// `LoadBalancerSettings`: `simple` or `consistentHash`, plus locality and warm-up settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancerSettings {
+    /// `UNSPECIFIED`, `ROUND_ROBIN`, `LEAST_REQUEST`, `LEAST_CONN`, `RANDOM` or `PASSTHROUGH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simple: Option<String>,
+    #[serde(
+        default,
+        alias = "consistent_hash",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consistent_hash: Option<ConsistentHashLb>,
+    #[serde(
+        default,
+        alias = "locality_lb_setting",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub locality_lb_setting: Option<serde_json::Value>,
+    #[serde(
+        default,
+        alias = "warmup_duration_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub warmup_duration_secs: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<serde_json::Value>,
+}
+
+/// `LoadBalancerSettings.ConsistentHashLB`: one hash key, and the ring-hash or Maglev table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHashLb {
+    #[serde(
+        default,
+        alias = "http_header_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_header_name: Option<String>,
+    #[serde(
+        default,
+        alias = "http_cookie",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_cookie: Option<HttpCookie>,
+    #[serde(
+        default,
+        alias = "use_source_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub use_source_ip: Option<bool>,
+    #[serde(
+        default,
+        alias = "http_query_parameter_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_query_parameter_name: Option<String>,
+    #[serde(default, alias = "ring_hash", skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RingHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<MagLev>,
+    /// Deprecated: use `ringHash.minimumRingSize`.
+    #[serde(
+        default,
+        alias = "minimum_ring_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// `ConsistentHashLB.HTTPCookie`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpCookie {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    #[serde(default)]
+    pub attributes: Vec<serde_json::Value>,
+}
+
+/// `ConsistentHashLB.RingHash`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHash {
+    #[serde(
+        default,
+        alias = "minimum_ring_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// `ConsistentHashLB.MagLev`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MagLev {
+    #[serde(default, alias = "table_size", skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u64>,
+}
+
+/// `ConnectionPoolSettings`: per-upstream-host limits (circuit breakers). Counts are `int32` in
+/// Istio's schema, so negative values decode and are refused by validation with Istio's message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPoolSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSettings>,
+}
+
+/// `ConnectionPoolSettings.TCPSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpSettings {
+    #[serde(
+        default,
+        alias = "max_connections",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connections: Option<i32>,
+    #[serde(
+        default,
+        alias = "connect_timeout",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    #[serde(
+        default,
+        alias = "tcp_keepalive",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    #[serde(
+        default,
+        alias = "max_connection_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connection_duration: Option<Duration>,
+    #[serde(
+        default,
+        alias = "idle_timeout",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// `TCPSettings.TcpKeepalive`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+}
+
+/// `ConnectionPoolSettings.HTTPSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSettings {
+    #[serde(
+        default,
+        rename = "http1MaxPendingRequests",
+        alias = "http1_max_pending_requests",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http1_max_pending_requests: Option<i32>,
+    #[serde(
+        default,
+        rename = "http2MaxRequests",
+        alias = "http2_max_requests",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http2_max_requests: Option<i32>,
+    #[serde(
+        default,
+        alias = "max_requests_per_connection",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_requests_per_connection: Option<i32>,
+    #[serde(
+        default,
+        alias = "max_retries",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_retries: Option<i32>,
+    #[serde(
+        default,
+        alias = "idle_timeout",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// `DEFAULT`, `DO_NOT_UPGRADE` or `UPGRADE`.
+    #[serde(
+        default,
+        rename = "h2UpgradePolicy",
+        alias = "h2_upgrade_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub h2_upgrade_policy: Option<String>,
+    #[serde(
+        default,
+        alias = "use_client_protocol",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub use_client_protocol: Option<bool>,
+    #[serde(
+        default,
+        alias = "max_concurrent_streams",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_concurrent_streams: Option<i32>,
+}
+
+/// `OutlierDetection`: passive health checking.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(
+        default,
+        alias = "split_external_local_origin_errors",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub split_external_local_origin_errors: Option<bool>,
+    #[serde(
+        default,
+        alias = "consecutive_local_origin_failures",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_local_origin_failures: Option<u32>,
+    #[serde(
+        default,
+        alias = "consecutive_gateway_errors",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(
+        default,
+        rename = "consecutive5xxErrors",
+        alias = "consecutive_5xx_errors",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_5xx_errors: Option<u32>,
+    /// Deprecated: use `consecutive5xxErrors` or `consecutiveGatewayErrors`.
+    #[serde(
+        default,
+        alias = "consecutive_errors",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_errors: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(
+        default,
+        alias = "base_ejection_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub base_ejection_time: Option<Duration>,
+    #[serde(
+        default,
+        alias = "max_ejection_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection_percent: Option<i32>,
+    #[serde(
+        default,
+        alias = "min_health_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_health_percent: Option<i32>,
 }
 
 /// `ClientTLSSettings`: TLS origination towards the upstream.

@@ -1088,3 +1088,172 @@ fn mesh_config_values() {
     );
     assert!(check(&text("REGISTRY_ONLY")).is_empty());
 }
+
+#[test]
+fn destination_rule_traffic_policy_components() {
+    run(&[
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  connectionPool:\n    tcp: {maxConnections: -1}\n",
+            severity: Error,
+            field: "spec.trafficPolicy.connectionPool.tcp.maxConnections",
+            line: 4,
+            message: "max connections must be non-negative",
+            good: "host: a\ntrafficPolicy:\n  connectionPool:\n    tcp: {maxConnections: 100, connectTimeout: 30ms}\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  connectionPool: {}\n",
+            severity: Error,
+            field: "spec.trafficPolicy.connectionPool",
+            line: 3,
+            message: "connection pool must have at least one field",
+            good: "host: a\ntrafficPolicy:\n  connectionPool:\n    http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  portLevelSettings:\n  - port: {number: 80}\n    connectionPool:\n      http: {http2MaxRequests: -5}\n",
+            severity: Error,
+            field: "spec.trafficPolicy.portLevelSettings[0].connectionPool.http.http2MaxRequests",
+            line: 6,
+            message: "http2 max requests must be non-negative",
+            good: "host: a\ntrafficPolicy:\n  portLevelSettings:\n  - port: {number: 80}\n    connectionPool:\n      http: {http2MaxRequests: 5}\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  connectionPool:\n    http:\n      h2UpgradePolicy: UPGRADE\n      useClientProtocol: true\n",
+            severity: Error,
+            field: "spec.trafficPolicy.connectionPool.http.useClientProtocol",
+            line: 6,
+            message: "use client protocol must not be true when H2UpgradePolicy is UPGRADE",
+            good: "host: a\ntrafficPolicy:\n  connectionPool:\n    http:\n      h2UpgradePolicy: UPGRADE\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  connectionPool:\n    tcp:\n      tcpKeepalive: {time: 0.5ms}\n",
+            severity: Error,
+            field: "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time",
+            line: 5,
+            message: "duration must be greater than 1ms",
+            good: "host: a\ntrafficPolicy:\n  connectionPool:\n    tcp:\n      tcpKeepalive: {time: 7200s, interval: 75s, probes: 9}\n      idleTimeout: 0s\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  outlierDetection:\n    interval: 0.5ms\n",
+            severity: Error,
+            field: "spec.trafficPolicy.outlierDetection.interval",
+            line: 4,
+            message: "duration must be greater than 1ms",
+            good: "host: a\ntrafficPolicy:\n  outlierDetection:\n    interval: 1s\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  outlierDetection:\n    maxEjectionPercent: 150\n",
+            severity: Error,
+            field: "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+            line: 4,
+            message: "percentage 150 is not in range 0..100",
+            good: "host: a\ntrafficPolicy:\n  outlierDetection:\n    maxEjectionPercent: 100\n    minHealthPercent: 0\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  outlierDetection:\n    consecutiveLocalOriginFailures: 3\n",
+            severity: Error,
+            field: "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
+            line: 4,
+            message: "outlier detection consecutive local origin failures is specified, but split external local origin errors is set to false",
+            good: "host: a\ntrafficPolicy:\n  outlierDetection:\n    splitExternalLocalOriginErrors: true\n    consecutiveLocalOriginFailures: 3\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  outlierDetection:\n    consecutiveErrors: 7\n",
+            severity: Warning,
+            field: "spec.trafficPolicy.outlierDetection.consecutiveErrors",
+            line: 4,
+            message: "outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead",
+            good: "host: a\ntrafficPolicy:\n  outlierDetection:\n    consecutive5xxErrors: 7\n    consecutiveGatewayErrors: 2\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      maglev: {tableSize: 1000}\n",
+            severity: Error,
+            field: "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize",
+            line: 5,
+            message: "tableSize must be a prime number for maglev",
+            good: "host: a\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      maglev: {tableSize: 65537}\n      useSourceIp: true\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      maglev: {tableSize: 5000011}\n",
+            severity: Error,
+            field: "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize",
+            line: 5,
+            message: "tableSize must be less than 5000011 for maglev",
+            good: "host: a\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      maglev: {tableSize: 4999999}\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      httpCookie: {ttl: 0s}\n",
+            severity: Error,
+            field: "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.name",
+            line: 5,
+            message: "name required for HttpCookie",
+            good: "host: a\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      httpCookie: {name: user, ttl: 0s, path: /}\n      ringHash: {minimumRingSize: 2048}\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      httpHeaderName: x-user\n      minimumRingSize: 100\n      ringHash: {minimumRingSize: 200}\n",
+            severity: Error,
+            field: "spec.trafficPolicy.loadBalancer.consistentHash.minimumRingSize",
+            line: 6,
+            message: "only one of MinimumRingSize or Maglev/Ringhash can be specified",
+            good: "host: a\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      httpHeaderName: x-user\n      ringHash: {minimumRingSize: 200}\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      httpQueryParameterName: u\n      minimumRingSize: 100\n",
+            severity: Warning,
+            field: "spec.trafficPolicy.loadBalancer.consistentHash.minimumRingSize",
+            line: 6,
+            message: "consistent hash MinimumRingSize is deprecated, use ConsistentHashLB's RingHash configuration instead",
+            good: "host: a\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      httpQueryParameterName: u\n",
+        },
+        Case {
+            kind: "DestinationRule",
+            bad: "host: a\nsubsets:\n- name: v1\n  trafficPolicy:\n    loadBalancer: {simple: FASTEST}\n",
+            severity: Error,
+            field: "spec.subsets[0].trafficPolicy.loadBalancer.simple",
+            line: 5,
+            message: "invalid load balancer FASTEST; expected one of UNSPECIFIED, LEAST_CONN, RANDOM, PASSTHROUGH, ROUND_ROBIN, LEAST_REQUEST",
+            good: "host: a\nsubsets:\n- name: v1\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 10s}\n",
+        },
+    ]);
+}
+
+#[test]
+fn destination_rule_policy_decodes_typed_and_snake_case() {
+    let res = decode_one(&doc(
+        "DestinationRule",
+        "host: a\ntraffic_policy:\n  outlier_detection: {consecutive_5xx_errors: 3, base_ejection_time: 1m}\n  connection_pool:\n    http: {http1_max_pending_requests: 2, max_retries: 0}\n  load_balancer:\n    consistent_hash: {http_header_name: x-user, maglev: {table_size: 65537}}\n",
+    ));
+    let Spec::DestinationRule(dr) = &res.spec else {
+        panic!("not a DestinationRule");
+    };
+    let tp = dr.traffic_policy.as_ref().expect("trafficPolicy");
+    let od = tp.outlier_detection.as_ref().expect("outlierDetection");
+    assert_eq!(od.consecutive_5xx_errors, Some(3));
+    assert_eq!(
+        od.base_ejection_time.map(|d| d.0),
+        Some(std::time::Duration::from_secs(60))
+    );
+    let http = tp.connection_pool.as_ref().and_then(|p| p.http.as_ref());
+    assert_eq!(http.and_then(|h| h.http1_max_pending_requests), Some(2));
+    let ch = tp
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.consistent_hash.as_ref())
+        .expect("consistentHash");
+    assert_eq!(ch.http_header_name.as_deref(), Some("x-user"));
+    assert_eq!(ch.maglev.as_ref().and_then(|m| m.table_size), Some(65537));
+    assert!(validate(&res).is_empty(), "{:?}", validate(&res));
+}

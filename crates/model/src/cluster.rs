@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sluice_api::networking::{ClientTlsSettings, DestinationRule, TrafficPolicy};
+use sluice_api::networking::{
+    ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
+    OutlierDetection, TrafficPolicy,
+};
 
 use crate::policy::{LbPolicy, OutlierPolicy, PoolLimits};
 use crate::registry::{Endpoint, EndpointAddress, Resolution, Service, ServicePort};
@@ -162,24 +165,89 @@ impl<'a> MergedRule<'a> {
         }
     }
 
-    /// The TLS settings for `port` of subset `subset`: subset policy over top-level policy, and
-    /// port-level settings over the policy they sit in.
-    pub fn tls_for(&self, port: u16, subset: Option<&str>) -> Option<&'a ClientTlsSettings> {
-        fn from_policy(p: &TrafficPolicy, port: u16) -> Option<&ClientTlsSettings> {
-            let port_level = p.port_level_settings.iter().find(|pl| {
-                pl.port
-                    .as_ref()
-                    .is_some_and(|s| s.number == u32::from(port))
-            });
-            match port_level {
-                Some(pl) => pl.tls.as_ref(),
-                None => p.tls.as_ref(),
-            }
-        }
+    /// The policy components for `port` of subset `subset` (`None` = the default cluster), as
+    /// Istio's `MergeSubsetTrafficPolicy`: a `portLevelSettings` entry for the port replaces all
+    /// four components of the policy it sits in (unset ones fall back to defaults, not to the
+    /// enclosing policy); then each component the subset's policy sets replaces the top-level one,
+    /// and a subset port-level entry replaces all four.
+    pub fn policy_for(&self, port: u16, subset: Option<&str>) -> PolicyComponents<'a> {
+        let top = self
+            .traffic_policy
+            .map(|p| PolicyComponents::of(p, port).0)
+            .unwrap_or_default();
         let subset_policy = subset
             .and_then(|name| self.subsets.iter().find(|s| s.name == name))
-            .and_then(|s| s.traffic_policy.as_ref())
-            .and_then(|p| from_policy(p, port));
-        subset_policy.or_else(|| self.traffic_policy.and_then(|p| from_policy(p, port)))
+            .and_then(|s| s.traffic_policy.as_ref());
+        let Some(sp) = subset_policy else {
+            return top;
+        };
+        let (sub, port_level) = PolicyComponents::of(sp, port);
+        PolicyComponents {
+            load_balancer: if port_level || sub.load_balancer.is_some() {
+                sub.load_balancer
+            } else {
+                top.load_balancer
+            },
+            connection_pool: if port_level || sub.connection_pool.is_some() {
+                sub.connection_pool
+            } else {
+                top.connection_pool
+            },
+            outlier_detection: if port_level || sub.outlier_detection.is_some() {
+                sub.outlier_detection
+            } else {
+                top.outlier_detection
+            },
+            tls: if port_level || sub.tls.is_some() {
+                sub.tls
+            } else {
+                top.tls
+            },
+        }
+    }
+
+    /// The TLS settings for `port` of subset `subset` (see [`MergedRule::policy_for`]).
+    pub fn tls_for(&self, port: u16, subset: Option<&str>) -> Option<&'a ClientTlsSettings> {
+        self.policy_for(port, subset).tls
+    }
+}
+
+/// The four components of a traffic policy that apply to one cluster, after merging.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PolicyComponents<'a> {
+    pub load_balancer: Option<&'a LoadBalancerSettings>,
+    pub connection_pool: Option<&'a ConnectionPoolSettings>,
+    pub outlier_detection: Option<&'a OutlierDetection>,
+    pub tls: Option<&'a ClientTlsSettings>,
+}
+
+impl<'a> PolicyComponents<'a> {
+    /// The components of `p` for `port`, and whether a port-level entry supplied them.
+    fn of(p: &'a TrafficPolicy, port: u16) -> (PolicyComponents<'a>, bool) {
+        let port_level = p.port_level_settings.iter().find(|pl| {
+            pl.port
+                .as_ref()
+                .is_some_and(|s| s.number == u32::from(port))
+        });
+        match port_level {
+            Some(pl) => (
+                PolicyComponents {
+                    load_balancer: pl.load_balancer.as_ref(),
+                    connection_pool: pl.connection_pool.as_ref(),
+                    outlier_detection: pl.outlier_detection.as_ref(),
+                    tls: pl.tls.as_ref(),
+                },
+                true,
+            ),
+            None => (
+                PolicyComponents {
+                    load_balancer: p.load_balancer.as_ref(),
+                    connection_pool: p.connection_pool.as_ref(),
+                    outlier_detection: p.outlier_detection.as_ref(),
+                    tls: p.tls.as_ref(),
+                },
+                false,
+            ),
+        }
     }
 }

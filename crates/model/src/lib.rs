@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod host;
 pub mod mesh;
 pub mod policy;
+pub mod references;
 pub mod registry;
 pub mod route;
 pub mod snapshot;

@@ -6,6 +6,9 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use sluice_api::networking::{
+    ConnectionPoolSettings, ConsistentHashLb, LoadBalancerSettings, OutlierDetection,
+};
 
 /// How an endpoint is chosen for each request or connection (`loadBalancer`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
@@ -133,6 +136,175 @@ impl Default for OutlierPolicy {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_percent: 10,
             min_health_percent: 0,
+        }
+    }
+}
+
+/// Default `ringHash.minimumRingSize` (Envoy's).
+pub const DEFAULT_RING_SIZE: u64 = 1024;
+/// Default `maglev.tableSize` (Envoy's).
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
+
+impl LbPolicy {
+    /// The policy a `loadBalancer` block asks for; `None` (unset) is Istio's default.
+    ///
+    /// `LEAST_CONN` (deprecated) and `UNSPECIFIED` are Envoy `LEAST_REQUEST`, as in Istio. A
+    /// `consistentHash` without any key hashes nothing, so Envoy picks at random.
+    pub fn from_settings(lb: Option<&LoadBalancerSettings>) -> LbPolicy {
+        let Some(lb) = lb else {
+            return LbPolicy::default();
+        };
+        if let Some(ch) = &lb.consistent_hash {
+            return HashPolicy::from_settings(ch)
+                .map_or(LbPolicy::Random, LbPolicy::ConsistentHash);
+        }
+        match lb
+            .simple
+            .as_deref()
+            .unwrap_or("UNSPECIFIED")
+            .to_ascii_uppercase()
+            .as_str()
+        {
+            "ROUND_ROBIN" => LbPolicy::RoundRobin,
+            "RANDOM" => LbPolicy::Random,
+            "PASSTHROUGH" => LbPolicy::Passthrough,
+            _ => LbPolicy::LeastRequest,
+        }
+    }
+}
+
+impl HashPolicy {
+    /// `consistentHash` settings; `None` when no hash key is set.
+    pub fn from_settings(ch: &ConsistentHashLb) -> Option<HashPolicy> {
+        let key = if let Some(h) = ch.http_header_name.as_deref().filter(|h| !h.is_empty()) {
+            HashKey::Header(h.to_ascii_lowercase())
+        } else if let Some(c) = &ch.http_cookie {
+            HashKey::Cookie {
+                name: c.name.clone(),
+                path: c.path.clone().filter(|p| !p.is_empty()),
+                ttl: c.ttl.map(|d| d.0),
+            }
+        } else if ch.use_source_ip == Some(true) {
+            HashKey::SourceIp
+        } else if let Some(q) = ch
+            .http_query_parameter_name
+            .as_deref()
+            .filter(|q| !q.is_empty())
+        {
+            HashKey::QueryParameter(q.to_string())
+        } else {
+            return None;
+        };
+        let (table_size, maglev) = match (&ch.maglev, &ch.ring_hash) {
+            (Some(m), _) => (
+                m.table_size
+                    .filter(|n| *n != 0)
+                    .unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE),
+                true,
+            ),
+            (None, Some(r)) => (
+                r.minimum_ring_size
+                    .filter(|n| *n != 0)
+                    .unwrap_or(DEFAULT_RING_SIZE),
+                false,
+            ),
+            (None, None) => (
+                ch.minimum_ring_size
+                    .filter(|n| *n != 0)
+                    .unwrap_or(DEFAULT_RING_SIZE),
+                false,
+            ),
+        };
+        Some(HashPolicy {
+            key,
+            table_size,
+            maglev,
+        })
+    }
+}
+
+/// A positive `int32` limit, or "unlimited" when unset or not positive (Istio only passes
+/// values > 0 to Envoy).
+fn limit(v: Option<i32>) -> u32 {
+    v.and_then(|v| u32::try_from(v).ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(u32::MAX)
+}
+
+impl PoolLimits {
+    /// The limits a `connectionPool` block sets; unset fields keep Istio's defaults.
+    pub fn from_settings(
+        pool: Option<&ConnectionPoolSettings>,
+        mesh_connect_timeout: Duration,
+    ) -> PoolLimits {
+        let mut out = PoolLimits::istio_default(mesh_connect_timeout);
+        let Some(pool) = pool else {
+            return out;
+        };
+        if let Some(tcp) = &pool.tcp {
+            out.max_connections = limit(tcp.max_connections);
+            if let Some(t) = tcp.connect_timeout {
+                out.connect_timeout = t.0;
+            }
+            out.tcp_keepalive = tcp.tcp_keepalive.as_ref().map(|ka| TcpKeepalive {
+                time: ka.time.map(|d| d.0),
+                interval: ka.interval.map(|d| d.0),
+                probes: ka.probes,
+            });
+            out.max_connection_duration = tcp
+                .max_connection_duration
+                .map(|d| d.0)
+                .filter(|d| !d.is_zero());
+        }
+        let http_idle = pool.http.as_ref().and_then(|h| h.idle_timeout);
+        let tcp_idle = pool.tcp.as_ref().and_then(|t| t.idle_timeout);
+        if let Some(idle) = http_idle.or(tcp_idle) {
+            out.idle_timeout = Some(idle.0).filter(|d| !d.is_zero());
+        }
+        if let Some(http) = &pool.http {
+            out.max_pending_requests = limit(http.http1_max_pending_requests);
+            out.max_requests = limit(http.http2_max_requests);
+            out.max_requests_per_connection = http
+                .max_requests_per_connection
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(0);
+            out.max_retries = limit(http.max_retries);
+        }
+        out
+    }
+}
+
+impl OutlierPolicy {
+    /// `outlierDetection` with Istio's defaults for unset fields (`applyOutlierDetection`).
+    pub fn from_settings(od: &OutlierDetection) -> OutlierPolicy {
+        let d = OutlierPolicy::default();
+        let consecutive_5xx = match od.consecutive_5xx_errors {
+            Some(n) => Some(n).filter(|n| *n > 0),
+            None => match od.consecutive_errors.and_then(|n| u32::try_from(n).ok()) {
+                Some(n) if n > 0 => Some(n),
+                _ => d.consecutive_5xx,
+            },
+        };
+        let consecutive_local_origin = if od.split_external_local_origin_errors == Some(true) {
+            Some(od.consecutive_local_origin_failures.unwrap_or(5)).filter(|n| *n > 0)
+        } else {
+            None
+        };
+        OutlierPolicy {
+            consecutive_5xx,
+            consecutive_gateway: od.consecutive_gateway_errors.filter(|n| *n > 0),
+            consecutive_local_origin,
+            interval: od.interval.map_or(d.interval, |i| i.0),
+            base_ejection_time: od.base_ejection_time.map_or(d.base_ejection_time, |b| b.0),
+            max_ejection_percent: od
+                .max_ejection_percent
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p > 0)
+                .map_or(d.max_ejection_percent, |p| p.min(100)),
+            min_health_percent: od
+                .min_health_percent
+                .and_then(|p| u32::try_from(p).ok())
+                .map_or(d.min_health_percent, |p| p.min(100)),
         }
     }
 }

@@ -1,12 +1,16 @@
-//! The service registry: every destination host a proxy knows, from ServiceEntries (and, in later
-//! releases, Kubernetes Services and WorkloadEntries), with ports, protocols, endpoints and visibility.
+//! The service registry: every destination host a proxy knows, from ServiceEntries and Kubernetes
+//! Services, with ports, protocols, endpoints (ServiceEntry endpoints, WorkloadEntries selected by
+//! a Service `selector` or a ServiceEntry `workloadSelector`, `Endpoints` objects) and visibility.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Serialize;
+
+use crate::host::CLUSTER_DOMAIN;
+use sluice_api::kube::{IntOrString, ServiceSpec};
 use sluice_api::networking::{self, Labels};
 use sluice_api::{Kind, Resource, Spec};
 
@@ -193,18 +197,104 @@ impl Service {
     }
 }
 
-/// Builds the services declared by the given resources (one per ServiceEntry host, as Istio does).
+/// Builds the services declared by the given resources, oldest first: one per ServiceEntry host
+/// (as Istio does) and one per Kubernetes Service (`name.ns.svc.cluster.local`).
+///
+/// A ServiceEntry host equal to a Kubernetes Service's host only decorates that Service in
+/// Istio; here the Service is kept and the ServiceEntry's copy of the host is dropped.
 pub fn services_from(resources: &[Resource]) -> Vec<Arc<Service>> {
+    let workloads = workload_entries(resources);
     let mut out = Vec::new();
+    let mut kube_hosts = HashSet::new();
     for res in resources {
-        if let (Kind::ServiceEntry, Spec::ServiceEntry(se)) = (res.kind, &res.spec) {
-            out.extend(from_service_entry(res, se));
+        match &res.spec {
+            Spec::ServiceEntry(se) if res.kind == Kind::ServiceEntry => {
+                out.extend(from_service_entry(res, se, &workloads));
+            }
+            Spec::Service(spec) if res.kind == Kind::Service => {
+                let svc = from_kube_service(res, spec, &workloads, resources);
+                kube_hosts.insert(svc.hostname.clone());
+                out.push(svc);
+            }
+            _ => {}
         }
+    }
+    if !kube_hosts.is_empty() {
+        out.retain(|s| {
+            !(s.source.starts_with("ServiceEntry ") && kube_hosts.contains(&s.hostname))
+        });
     }
     out
 }
 
-fn from_service_entry(res: &Resource, se: &networking::ServiceEntry) -> Vec<Arc<Service>> {
+/// A standalone WorkloadEntry with its effective labels (metadata labels, overridden by the
+/// spec's), as Service and ServiceEntry selectors see it.
+#[derive(Debug, Clone)]
+pub struct WorkloadEntryRef<'a> {
+    pub resource: &'a Resource,
+    pub entry: &'a networking::WorkloadEntry,
+    pub labels: Labels,
+}
+
+impl WorkloadEntryRef<'_> {
+    /// The entry's address as an IP, when it is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.entry.address.parse().ok()
+    }
+}
+
+/// Every standalone WorkloadEntry, in resource order.
+pub fn workload_entries(resources: &[Resource]) -> Vec<WorkloadEntryRef<'_>> {
+    resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::WorkloadEntry(we) => {
+                let mut labels = r.meta.labels.clone();
+                labels.extend(we.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Some(WorkloadEntryRef {
+                    resource: r,
+                    entry: we,
+                    labels,
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// True if every label of `selector` is in `labels` (an empty selector selects everything).
+pub fn labels_subset(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn endpoint_address(address: &str) -> EndpointAddress {
+    match address.parse::<IpAddr>() {
+        Ok(ip) => EndpointAddress::Ip(ip),
+        Err(_) => EndpointAddress::Name(address.into()),
+    }
+}
+
+fn u16_ports(ports: &BTreeMap<String, u32>) -> BTreeMap<String, u16> {
+    ports
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), u16::try_from(*v).ok().filter(|p| *p != 0)?)))
+        .collect()
+}
+
+fn endpoint_from_entry(we: &networking::WorkloadEntry, labels: Labels) -> Endpoint {
+    Endpoint {
+        address: endpoint_address(&we.address),
+        ports: u16_ports(&we.ports),
+        labels,
+        weight: we.weight.unwrap_or(1).max(1),
+    }
+}
+
+fn from_service_entry(
+    res: &Resource,
+    se: &networking::ServiceEntry,
+    workloads: &[WorkloadEntryRef<'_>],
+) -> Vec<Arc<Service>> {
     let ns: Arc<str> = res.meta.namespace.as_str().into();
     let source: Arc<str> = format!("ServiceEntry {}", res.key()).into();
     let addresses: Vec<IpNet> = se.addresses.iter().filter_map(|a| parse_net(a)).collect();
@@ -223,23 +313,23 @@ fn from_service_entry(res: &Resource, se: &networking::ServiceEntry) -> Vec<Arc<
             })
         })
         .collect();
-    let endpoints: Vec<Endpoint> = se
+    let mut endpoints: Vec<Endpoint> = se
         .endpoints
         .iter()
-        .map(|we| Endpoint {
-            address: match we.address.parse::<IpAddr>() {
-                Ok(ip) => EndpointAddress::Ip(ip),
-                Err(_) => EndpointAddress::Name(we.address.as_str().into()),
-            },
-            ports: we
-                .ports
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), u16::try_from(*v).ok()?)))
-                .collect(),
-            labels: we.labels.clone(),
-            weight: we.weight.unwrap_or(1).max(1),
-        })
+        .map(|we| endpoint_from_entry(we, we.labels.clone()))
         .collect();
+    if let Some(sel) = &se.workload_selector {
+        // WorkloadEntries of the same namespace; their `ports` are keyed by the SE port name.
+        endpoints.extend(
+            workloads
+                .iter()
+                .filter(|w| {
+                    w.resource.meta.namespace == res.meta.namespace
+                        && labels_subset(&sel.labels, &w.labels)
+                })
+                .map(|w| endpoint_from_entry(w.entry, w.labels.clone())),
+        );
+    }
     let export_to = ExportTo::parse(&se.export_to, &res.meta.namespace);
     se.hosts
         .iter()
@@ -261,6 +351,234 @@ fn from_service_entry(res: &Resource, se: &networking::ServiceEntry) -> Vec<Arc<
         })
         .collect()
 }
+
+/// The protocol of a Kubernetes Service port: `appProtocol`, else the name's prefix
+/// (`http-web` → HTTP, `grpc-web` → gRPC-Web), else unknown (sniffed).
+pub fn kube_port_protocol(app_protocol: Option<&str>, name: &str) -> Protocol {
+    if let Some(ap) = app_protocol.filter(|a| !a.is_empty()) {
+        let p = match ap.to_ascii_lowercase().as_str() {
+            "kubernetes.io/h2c" => Protocol::Http2,
+            "kubernetes.io/ws" => Protocol::Http,
+            "kubernetes.io/wss" => Protocol::Https,
+            _ => Protocol::parse(ap),
+        };
+        if p != Protocol::Unknown {
+            return p;
+        }
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower == "grpc-web" || lower.starts_with("grpc-web-") {
+        return Protocol::GrpcWeb;
+    }
+    Protocol::of_port(None, &lower)
+}
+
+/// A Service port's `targetPort`: a number, or the name of a container/endpoint port.
+enum TargetPort {
+    Number(u16),
+    Name(String),
+    Unset,
+}
+
+fn target_port(tp: Option<&IntOrString>) -> TargetPort {
+    match tp {
+        Some(IntOrString::Int(n)) => u16::try_from(*n)
+            .ok()
+            .filter(|n| *n != 0)
+            .map_or(TargetPort::Unset, TargetPort::Number),
+        Some(IntOrString::String(s)) if !s.is_empty() => match s.parse::<u16>() {
+            Ok(n) if n != 0 => TargetPort::Number(n),
+            _ => TargetPort::Name(s.clone()),
+        },
+        _ => TargetPort::Unset,
+    }
+}
+
+fn from_kube_service(
+    res: &Resource,
+    spec: &ServiceSpec,
+    workloads: &[WorkloadEntryRef<'_>],
+    resources: &[Resource],
+) -> Arc<Service> {
+    let ns = res.meta.namespace.as_str();
+    let name = res.meta.name.as_str();
+    let external_name = spec
+        .service_type
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case("ExternalName"))
+        .then(|| spec.external_name.as_deref().unwrap_or(""))
+        .filter(|n| !n.is_empty());
+    let mut addresses: Vec<IpNet> = Vec::new();
+    if external_name.is_none() {
+        for ip in spec.cluster_ip.iter().chain(spec.cluster_ips.iter()) {
+            if let Ok(ip) = ip.trim().parse::<IpAddr>() {
+                let net = IpNet::from(ip);
+                if !addresses.contains(&net) {
+                    addresses.push(net);
+                }
+            }
+        }
+    }
+    let headless = spec
+        .cluster_ip
+        .iter()
+        .chain(spec.cluster_ips.iter())
+        .any(|ip| ip.eq_ignore_ascii_case("None"));
+    // (service port, named targetPort) for ports whose target is resolved per endpoint.
+    let mut named_targets: Vec<(Arc<str>, String)> = Vec::new();
+    let ports: Vec<ServicePort> = spec
+        .ports
+        .iter()
+        .filter(|p| {
+            p.protocol
+                .as_deref()
+                .is_none_or(|proto| proto.eq_ignore_ascii_case("TCP"))
+        })
+        .filter_map(|p| {
+            let port_name: Arc<str> = p.name.as_deref().unwrap_or("").into();
+            let target = match target_port(p.target_port.as_ref()) {
+                TargetPort::Number(n) => Some(n),
+                TargetPort::Name(t) => {
+                    named_targets.push((port_name.clone(), t));
+                    None
+                }
+                TargetPort::Unset => None,
+            };
+            Some(ServicePort {
+                number: u16::try_from(p.port).ok().filter(|n| *n != 0)?,
+                protocol: kube_port_protocol(p.app_protocol.as_deref(), &port_name),
+                name: port_name,
+                target_port: target,
+            })
+        })
+        .collect();
+    // The endpoint port of each service port that has a named target, looked up in `lookup`
+    // by the target's name and then by the service port's name.
+    let resolve = |lookup: &dyn Fn(&str) -> Option<u16>| -> BTreeMap<String, u16> {
+        ports
+            .iter()
+            .filter_map(|sp| {
+                let target = named_targets
+                    .iter()
+                    .find(|(n, _)| *n == sp.name)
+                    .map(|(_, t)| t.as_str());
+                let found = target
+                    .and_then(lookup)
+                    .or_else(|| (!sp.name.is_empty()).then(|| lookup(&sp.name)).flatten())?;
+                Some((sp.name.to_string(), found))
+            })
+            .collect()
+    };
+
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    let resolution = if let Some(ext) = external_name {
+        endpoints.push(Endpoint {
+            address: EndpointAddress::Name(ext.to_ascii_lowercase().into()),
+            ports: BTreeMap::new(),
+            labels: Labels::new(),
+            weight: 1,
+        });
+        Resolution::Dns
+    } else {
+        if !spec.selector.is_empty() {
+            for w in workloads.iter().filter(|w| {
+                w.resource.meta.namespace == ns && labels_subset(&spec.selector, &w.labels)
+            }) {
+                let mut ep = endpoint_from_entry(w.entry, w.labels.clone());
+                let we_ports = &ep.ports;
+                let resolved = resolve(&|n: &str| we_ports.get(n).copied());
+                ep.ports.extend(resolved);
+                endpoints.push(ep);
+            }
+        }
+        for r in resources {
+            let Spec::Endpoints(subsets) = &r.spec else {
+                continue;
+            };
+            if r.meta.name != name || r.meta.namespace != ns {
+                continue;
+            }
+            for subset in subsets {
+                let single = (subset.ports.len() == 1).then(|| &subset.ports[0]);
+                let by_name = |n: &str| {
+                    subset
+                        .ports
+                        .iter()
+                        .find(|p| p.name.as_deref().unwrap_or("") == n)
+                        .and_then(|p| u16::try_from(p.port).ok())
+                };
+                let mut port_map = resolve(&by_name);
+                for sp in &ports {
+                    if port_map.contains_key(sp.name.as_ref()) {
+                        continue;
+                    }
+                    let p = by_name(&sp.name).or_else(|| {
+                        single
+                            .filter(|_| ports.len() == 1)
+                            .and_then(|p| u16::try_from(p.port).ok())
+                    });
+                    if let Some(p) = p.filter(|p| *p != 0) {
+                        port_map.insert(sp.name.to_string(), p);
+                    }
+                }
+                for addr in &subset.addresses {
+                    let Ok(ip) = addr.ip.parse::<IpAddr>() else {
+                        continue;
+                    };
+                    if endpoints
+                        .iter()
+                        .any(|e| e.address == EndpointAddress::Ip(ip))
+                    {
+                        continue;
+                    }
+                    let labels = workloads
+                        .iter()
+                        .find(|w| w.ip() == Some(ip))
+                        .map(|w| w.labels.clone())
+                        .unwrap_or_default();
+                    endpoints.push(Endpoint {
+                        address: EndpointAddress::Ip(ip),
+                        ports: port_map.clone(),
+                        labels,
+                        weight: 1,
+                    });
+                }
+            }
+        }
+        if headless && addresses.is_empty() {
+            Resolution::None
+        } else {
+            Resolution::Static
+        }
+    };
+    let export_to = match res.meta.annotations.get(EXPORT_TO_ANNOTATION) {
+        Some(list) => {
+            let list: Vec<String> = list
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            ExportTo::parse(&list, ns)
+        }
+        None => ExportTo::All,
+    };
+    Arc::new(Service {
+        hostname: format!("{name}.{ns}.{CLUSTER_DOMAIN}")
+            .to_ascii_lowercase()
+            .into(),
+        namespace: ns.into(),
+        source: format!("Service {}", res.key()).into(),
+        addresses,
+        ports,
+        mesh_external: false,
+        resolution,
+        endpoints,
+        export_to,
+    })
+}
+
+/// Annotation that sets a Kubernetes Service's visibility, as `exportTo` does for Istio kinds.
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 
 /// Parses `1.2.3.4` or `1.2.3.0/24`.
 pub fn parse_net(s: &str) -> Option<IpNet> {

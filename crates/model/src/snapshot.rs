@@ -8,10 +8,12 @@ use std::sync::Arc;
 use sluice_api::networking::{self, Destination, HttpRoute, Labels};
 use sluice_api::{Diagnostic, Resource, Severity, Spec};
 
-use crate::cluster::{Cluster, MergedRule, UpstreamTls};
+use crate::cluster::{Cluster, MergedRule, UpstreamAddress, UpstreamTls};
 use crate::host;
 use crate::mesh::{MeshSettings, OutboundPolicy};
-use crate::registry::{self, ExportTo, Protocol, Service};
+use crate::policy::{LbPolicy, OutlierPolicy, PoolLimits};
+use crate::references;
+use crate::registry::{self, labels_subset, ExportTo, Protocol, Service};
 use crate::route::{
     operation_for, ClusterRef, Fault, HeaderOps, HttpRequestFacts, HttpRouteRule, Mirror, Redirect,
     RequestMatch, RetryOn, RetryPolicy, Rewrite, RouteAction, StrMatcher, StreamMatch, StreamRule,
@@ -102,6 +104,8 @@ pub struct Snapshot {
     services_exact: HashMap<Arc<str>, Vec<usize>>,
     services_wildcard: Vec<usize>,
     default_routes: HashMap<(usize, u16), Arc<HttpRouteRule>>,
+    /// Short names and VIPs a Host header may use for a service or virtual host, to its FQDN.
+    host_aliases: HashMap<Arc<str>, Arc<str>>,
     pub tls_rules: Vec<StreamRule>,
     pub tcp_rules: Vec<StreamRule>,
     /// Problems found while compiling (dropped duplicates, unknown references).
@@ -123,9 +127,11 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
         mesh,
         ..Snapshot::default()
     };
-    snap.services = registry::services_from(resources)
-        .into_iter()
+    let all_services = registry::services_from(resources);
+    snap.services = all_services
+        .iter()
         .filter(|s| s.export_to.visible_to(&proxy.namespace))
+        .cloned()
         .collect();
     for (i, svc) in snap.services.iter().enumerate() {
         if svc.hostname.starts_with('*') {
@@ -145,7 +151,171 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
     build_clusters(&mut snap, resources);
     build_default_routes(&mut snap);
     build_virtual_services(&mut snap, resources);
+    build_host_aliases(&mut snap);
+    build_workloads(&mut snap, resources);
+    build_inbound_ports(&mut snap, resources, &all_services);
     snap
+}
+
+/// Other names Envoy's virtual hosts carry for a service (Istio's `generateVirtualHostDomains`):
+/// for `name.ns.svc.cluster.local`, `name.ns.svc` and `name.ns` everywhere and `name` in the
+/// proxy's own namespace; and each single-IP address (VIP) of a service.
+fn build_host_aliases(snap: &mut Snapshot) {
+    let suffix = format!(".{}", host::CLUSTER_DOMAIN);
+    let mut aliases: HashMap<Arc<str>, Arc<str>> = HashMap::new();
+    let names = snap
+        .services
+        .iter()
+        .map(|s| &s.hostname)
+        .chain(snap.vhosts_exact.keys());
+    for fqdn in names {
+        let Some(short) = fqdn.strip_suffix(suffix.as_str()) else {
+            continue;
+        };
+        let Some((name, ns)) = short.split_once('.') else {
+            continue;
+        };
+        if name.is_empty() || ns.is_empty() || ns.contains('.') {
+            continue;
+        }
+        let mut add = |alias: String| {
+            aliases.entry(alias.into()).or_insert_with(|| fqdn.clone());
+        };
+        add(format!("{short}.svc"));
+        add(short.to_string());
+        if ns == snap.proxy.namespace {
+            add(name.to_string());
+        }
+    }
+    for svc in &snap.services {
+        for net in &svc.addresses {
+            if net.prefix_len() != net.max_prefix_len() {
+                continue;
+            }
+            let alias = match net.addr() {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            };
+            aliases
+                .entry(alias.into())
+                .or_insert_with(|| svc.hostname.clone());
+        }
+    }
+    // A name that is itself a host keeps its own meaning.
+    aliases.retain(|alias, _| {
+        !snap.vhosts_exact.contains_key(alias) && !snap.services_exact.contains_key(alias)
+    });
+    snap.host_aliases = aliases;
+}
+
+/// Workloads by IP: every WorkloadEntry (any namespace), then `Endpoints` addresses and
+/// ServiceEntry endpoints with labels, so telemetry can name a peer.
+fn build_workloads(snap: &mut Snapshot, resources: &[Resource]) {
+    let entries = registry::workload_entries(resources);
+    for w in &entries {
+        let Some(ip) = w.ip() else {
+            continue;
+        };
+        let workload = Workload {
+            name: w.resource.meta.name.as_str().into(),
+            namespace: w.resource.meta.namespace.as_str().into(),
+            labels: w.labels.clone(),
+            service_account: w
+                .entry
+                .service_account
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(Arc::from),
+        };
+        snap.workloads
+            .entry(ip)
+            .or_insert_with(|| Arc::new(workload));
+    }
+    let named = |labels: &Labels, ip: IpAddr| -> Arc<str> {
+        labels
+            .get("app")
+            .map_or_else(|| Arc::from(ip.to_string()), |a| Arc::from(a.as_str()))
+    };
+    for r in resources {
+        match &r.spec {
+            Spec::Endpoints(subsets) => {
+                for addr in subsets.iter().flat_map(|s| s.addresses.iter()) {
+                    let Ok(ip) = addr.ip.parse::<IpAddr>() else {
+                        continue;
+                    };
+                    snap.workloads.entry(ip).or_insert_with(|| {
+                        let labels = Labels::new();
+                        Arc::new(Workload {
+                            name: named(&labels, ip),
+                            namespace: r.meta.namespace.as_str().into(),
+                            labels,
+                            service_account: None,
+                        })
+                    });
+                }
+            }
+            Spec::ServiceEntry(se) => {
+                for ep in se.endpoints.iter().filter(|e| !e.labels.is_empty()) {
+                    let Ok(ip) = ep.address.parse::<IpAddr>() else {
+                        continue;
+                    };
+                    snap.workloads.entry(ip).or_insert_with(|| {
+                        Arc::new(Workload {
+                            name: named(&ep.labels, ip),
+                            namespace: r.meta.namespace.as_str().into(),
+                            labels: ep.labels.clone(),
+                            service_account: ep.service_account.as_deref().map(Arc::from),
+                        })
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The ports of this workload that services selecting it target: Kubernetes Services in the
+/// proxy's namespace whose `selector` matches the proxy's labels, and MESH_INTERNAL
+/// ServiceEntries in the proxy's namespace whose `workloadSelector` does.
+fn build_inbound_ports(snap: &mut Snapshot, resources: &[Resource], services: &[Arc<Service>]) {
+    let proxy = &snap.proxy;
+    for r in resources {
+        if r.meta.namespace != proxy.namespace {
+            continue;
+        }
+        let (source, selects) = match &r.spec {
+            Spec::Service(spec) => (
+                format!("Service {}", r.key()),
+                !spec.selector.is_empty() && labels_subset(&spec.selector, &proxy.labels),
+            ),
+            Spec::ServiceEntry(se) => (
+                format!("ServiceEntry {}", r.key()),
+                se.workload_selector
+                    .as_ref()
+                    .is_some_and(|sel| labels_subset(&sel.labels, &proxy.labels))
+                    && se
+                        .location
+                        .as_deref()
+                        .is_some_and(|l| l.eq_ignore_ascii_case("MESH_INTERNAL")),
+            ),
+            _ => continue,
+        };
+        if !selects {
+            continue;
+        }
+        for svc in services.iter().filter(|s| *s.source == *source) {
+            for port in &svc.ports {
+                let target = port.target_port.unwrap_or(port.number);
+                snap.inbound_ports
+                    .entry(target)
+                    .or_insert_with(|| InboundPort {
+                        cluster_name: format!("inbound|{target}||").into(),
+                        protocol: port.protocol,
+                        service: Some(svc.clone()),
+                    });
+            }
+        }
+    }
 }
 
 fn destination_rules_for<'a>(
@@ -191,10 +361,6 @@ fn destination_rules_for<'a>(
     MergedRule::default()
 }
 
-fn labels_subset(selector: &Labels, labels: &Labels) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
 fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
     let root_ns = snap.mesh.root_namespace.clone();
     for svc in &snap.services {
@@ -212,10 +378,13 @@ fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                     .filter(|ep| subset.is_none_or(|s| labels_subset(&s.labels, &ep.labels)))
                     .cloned()
                     .collect();
-                let tls = rule
-                    .tls_for(port.number, subset_name)
+                let policy = rule.policy_for(port.number, subset_name);
+                let tls = policy
+                    .tls
                     .and_then(UpstreamTls::from_settings)
                     .map(Arc::new);
+                let limits =
+                    PoolLimits::from_settings(policy.connection_pool, snap.mesh.connect_timeout);
                 let cluster = Cluster {
                     name: name.clone(),
                     service: svc.clone(),
@@ -223,10 +392,10 @@ fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                     subset: subset_name.map(Arc::from),
                     endpoints,
                     tls,
-                    connect_timeout: snap.mesh.connect_timeout,
-                    lb: crate::policy::LbPolicy::default(),
-                    limits: crate::policy::PoolLimits::istio_default(snap.mesh.connect_timeout),
-                    outlier: None,
+                    connect_timeout: limits.connect_timeout,
+                    lb: LbPolicy::from_settings(policy.load_balancer),
+                    limits,
+                    outlier: policy.outlier_detection.map(OutlierPolicy::from_settings),
                     policy_source: policy_source.clone(),
                 };
                 // The oldest service wins a duplicate host:port, as in Istio's registry merge.
@@ -439,7 +608,11 @@ fn compile_stream_rule(
     };
     let targets = route
         .iter()
-        .map(|d| stream_target(snap, res, &d.destination, d.weight))
+        .enumerate()
+        .map(|(j, d)| {
+            let field = format!("spec.{index}.route[{j}].destination");
+            stream_target(snap, res, &field, &d.destination, d.weight)
+        })
         .collect();
     Some(StreamRule {
         source: format!("{vs_source} {index}").into(),
@@ -460,9 +633,14 @@ fn applies_to_proxy(snap: &Snapshot, source_labels: &Labels, source_ns: Option<&
 
 /// Resolves a route destination to a cluster reference, as Istio's `GetDestinationCluster`: an
 /// explicit port, else the service's only port, else the port the request arrived on.
+///
+/// References that cannot work are reported as warnings on `field` (the destination's path):
+/// an unknown host, a subset no DestinationRule defines (503 NC), a subset that selects no
+/// endpoint (503 UH).
 fn cluster_ref(
     snap: &mut Snapshot,
     res: &Resource,
+    field: &str,
     dest: &Destination,
 ) -> (ClusterRef, Option<(String, u16)>) {
     let host = host::resolve_short_name(dest.host_name(), &res.meta.namespace);
@@ -484,11 +662,36 @@ fn cluster_ref(
         snap.diagnostics.push(Diagnostic::at(
             res,
             Severity::Warning,
-            "spec",
-            format!("destination host {host} is not in the service registry (no ServiceEntry or Service); requests routed to it get 503 NC"),
+            format!("{field}.host"),
+            references::unknown_host_message(&host),
         ));
         return (ClusterRef::Missing(name.into()), port.map(|p| (host, p)));
     };
+    if let Some(subset) = subset {
+        let clusters: Vec<&Arc<Cluster>> = svc
+            .ports
+            .iter()
+            .filter_map(|p| {
+                snap.clusters
+                    .get(Cluster::name_for(p.number, Some(subset), &host).as_str())
+            })
+            .collect();
+        let message = match clusters.first() {
+            None => Some(references::undefined_subset_message(&host, subset)),
+            Some(c) if matches!(c.upstream(), UpstreamAddress::Endpoints(e) if e.is_empty()) => {
+                Some(references::empty_subset_message(&host, subset))
+            }
+            Some(_) => None,
+        };
+        if let Some(message) = message {
+            snap.diagnostics.push(Diagnostic::at(
+                res,
+                Severity::Warning,
+                format!("{field}.subset"),
+                message,
+            ));
+        }
+    }
     match port {
         Some(p) => {
             let name = Cluster::name_for(p, subset, &host);
@@ -516,10 +719,11 @@ fn cluster_ref(
 fn stream_target(
     snap: &mut Snapshot,
     res: &Resource,
+    field: &str,
     dest: &Destination,
     weight: Option<i32>,
 ) -> WeightedTarget {
-    let (cluster, _) = cluster_ref(snap, res, dest);
+    let (cluster, _) = cluster_ref(snap, res, field, dest);
     WeightedTarget {
         cluster,
         weight: weight.map_or(100, |w| w.max(0) as u32),
@@ -614,8 +818,9 @@ fn compile_http_rule(
         })
     } else {
         let mut targets = Vec::new();
-        for d in &r.route {
-            let (cluster, host_port) = cluster_ref(snap, res, &d.destination);
+        for (j, d) in r.route.iter().enumerate() {
+            let field = format!("spec.http[{index}].route[{j}].destination");
+            let (cluster, host_port) = cluster_ref(snap, res, &field, &d.destination);
             if r.route.len() == 1 {
                 single = host_port;
             }
@@ -669,17 +874,23 @@ fn compile_http_rule(
             .or(r.mirror_percent.map(|p| f64::from(p.min(100))))
             .unwrap_or(100.0);
         mirrors.push(Mirror {
-            target: cluster_ref(snap, res, m).0,
+            target: cluster_ref(snap, res, &format!("spec.http[{index}].mirror"), m).0,
             percent: pct,
         });
     }
-    for m in &r.mirrors {
+    for (k, m) in r.mirrors.iter().enumerate() {
         let pct = m
             .percentage
             .as_ref()
             .map_or(100.0, |p| p.value.clamp(0.0, 100.0));
         mirrors.push(Mirror {
-            target: cluster_ref(snap, res, &m.destination).0,
+            target: cluster_ref(
+                snap,
+                res,
+                &format!("spec.http[{index}].mirrors[{k}].destination"),
+                &m.destination,
+            )
+            .0,
             percent: pct,
         });
     }
@@ -723,6 +934,16 @@ impl Snapshot {
         })
     }
 
+    /// The FQDN a Host header names: itself when it is a known host, else the service or virtual
+    /// host it is a short name or VIP of (`reviews` from the proxy's namespace, `reviews.ns`,
+    /// `reviews.ns.svc`, `10.96.0.12`), else itself. No allocation.
+    pub fn canonical_host<'s>(&'s self, host: &'s str) -> &'s str {
+        if self.vhosts_exact.contains_key(host) || self.services_exact.contains_key(host) {
+            return host;
+        }
+        self.host_aliases.get(host).map_or(host, |fqdn| fqdn)
+    }
+
     /// The most specific service for `host` that declares `port`.
     pub fn service_for(&self, host: &str, port: u16) -> Option<(usize, &Arc<Service>)> {
         let exact = self
@@ -750,6 +971,7 @@ impl Snapshot {
         } else {
             raw
         };
+        let host = self.canonical_host(host);
         let vhost = self.vhost_for(host);
         let service = self.service_for(host, req.port);
         // Envoy picks the most specific domain; a VirtualService wins a tie with its service.

@@ -12,13 +12,21 @@ pub struct ValidateArgs {
     pub paths: Vec<PathBuf>,
 }
 
-/// Every problem found in `paths`, errors and warnings, in file order.
+/// Every problem found in `paths`, errors and warnings, in file order: decoding, each
+/// resource's own validation, then references between the resources that would be served
+/// (routes to unknown hosts or undefined subsets, …), which are warnings.
 pub fn check(paths: &[PathBuf]) -> Vec<Diagnostic> {
     let loaded = load_paths(paths);
     let mut out = loaded.diagnostics;
-    for res in &loaded.resources {
-        out.extend(validate(res));
+    let mut served = Vec::with_capacity(loaded.resources.len());
+    for res in loaded.resources {
+        let diags = validate(&res);
+        if !diags.iter().any(Diagnostic::is_error) {
+            served.push(res);
+        }
+        out.extend(diags);
     }
+    out.extend(sluice_model::references::check(&served));
     out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     out
 }
