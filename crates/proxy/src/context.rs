@@ -9,6 +9,7 @@ use sluice_api::networking::Labels;
 use sluice_model::registry::EndpointAddress;
 use sluice_model::{Cluster, Snapshot, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 
+use crate::balancer::{Balancers, ClusterRuntime};
 use crate::resolve::Resolver;
 use crate::telemetry::accesslog::AccessLogger;
 use crate::telemetry::metrics::{Metrics, PeerLabels, ServiceLabels};
@@ -19,6 +20,8 @@ pub struct Proxy {
     pub snapshots: Arc<ArcSwap<Snapshot>>,
     pub resolver: Resolver,
     pub clients: HttpClients,
+    /// Per-cluster load-balancing, circuit-breaker and outlier state, kept across reloads.
+    pub balancers: Arc<Balancers>,
     pub access_log: AccessLogger,
     pub metrics: Arc<Metrics>,
     /// This workload's identity labels (`source_*` in metrics).
@@ -44,6 +47,7 @@ impl Proxy {
             snapshots,
             resolver: Resolver::from_system(),
             clients: HttpClients::default(),
+            balancers: Arc::new(Balancers::default()),
             access_log,
             metrics,
             workload: Arc::new(workload_labels(namespace, labels)),
@@ -69,6 +73,12 @@ impl Proxy {
                 Some(addrs[pick % addrs.len()])
             }
         }
+    }
+
+    /// The runtime state of `cluster`, reconciled with the current snapshot first.
+    pub fn cluster_runtime(&self, cluster: &Arc<Cluster>) -> Arc<ClusterRuntime> {
+        self.balancers.sync(&self.snapshots.load());
+        self.balancers.runtime(cluster)
     }
 
     /// `destination_service*` labels for a cluster.

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,15 +20,19 @@ use hyper::body::Incoming;
 use sluice_model::route::{
     pick_weighted, HttpRequestFacts, Operation, RequestMatch, WeightedTarget,
 };
-use sluice_model::{Cluster, HttpDecision, HttpRouteRule, RouteAction, Snapshot, UpstreamAddress};
+use sluice_model::{Cluster, HttpDecision, HttpRouteRule, RouteAction, Snapshot};
 
+use crate::balancer::{
+    request_hash, CallResult, ClusterRuntime, EndpointGuard, EndpointState, HashInput, RequestHash,
+    RetryPermit,
+};
 use crate::context::{Downstream, Proxy};
 use crate::io::ByteCounter;
 use crate::telemetry::accesslog::{protocol_name, AccessLogRecord};
 use crate::telemetry::metrics::{
     HttpLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
 };
-use crate::upstream::{BoxError, ProxyBody, UpstreamConnInfo};
+use crate::upstream::{BoxError, ConnectionUseHandle, ProxyBody, UpstreamConnInfo};
 
 /// Largest request body buffered so it can be retried or mirrored; larger bodies are streamed once.
 const MAX_BUFFERED_BODY: u64 = 64 * 1024;
@@ -39,6 +44,7 @@ static X_ENVOY_DECORATOR_OPERATION: HeaderName =
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -100,10 +106,16 @@ impl LocalReply {
 enum UpstreamFailure {
     NoCluster,
     NoHealthyUpstream,
-    ConnectFailure { tls_error: Option<String> },
+    ConnectFailure {
+        tls_error: Option<String>,
+    },
     Reset,
-    Timeout { per_try: bool },
+    Timeout {
+        per_try: bool,
+    },
     BadRequest,
+    /// A circuit breaker (`connectionPool` limit) tripped.
+    Overflow,
 }
 
 impl UpstreamFailure {
@@ -144,6 +156,16 @@ impl UpstreamFailure {
                 if *per_try { "upstream_per_try_timeout" } else { "upstream_response_timeout" },
             ),
             UpstreamFailure::BadRequest => LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "-", "invalid_request"),
+            UpstreamFailure::Overflow => {
+                let mut r = LocalReply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                    "UO",
+                    "upstream_reset_before_response_started{overflow}",
+                );
+                r.extra_headers.push((X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true")));
+                r
+            }
         };
         if retries_exhausted {
             r.flags = match r.flags {
@@ -616,13 +638,17 @@ async fn buffer_body(body: CountingBody) -> Result<RequestBody, BoxError> {
     }
 }
 
-/// Picks an endpoint address for one try.
+/// Picks an endpoint address for one try: the cluster's balancer over its healthy endpoints (a
+/// retry moves on to an endpoint not tried yet, like `retry_ignore_previous_hosts`), or the
+/// original destination. The guard counts the try as active on the endpoint.
 async fn endpoint_addr(
     proxy: &Proxy,
     ctx: &RequestCtx,
-    cluster: Option<&Cluster>,
+    runtime: Option<&Arc<ClusterRuntime>>,
+    hash: Option<u64>,
+    tried: &[Arc<EndpointState>],
     attempt: u32,
-) -> Result<SocketAddr, UpstreamFailure> {
+) -> Result<(SocketAddr, Option<EndpointGuard>), UpstreamFailure> {
     let original = || -> Option<(Option<String>, SocketAddr)> {
         if let Some((host, port)) = &ctx.uri_target {
             return Some((
@@ -633,43 +659,37 @@ async fn endpoint_addr(
         let t = ctx.downstream.target.as_ref()?;
         Some((t.host.as_deref().map(str::to_string), t.addr))
     };
-    let upstream = cluster.map_or(UpstreamAddress::OriginalDestination, Cluster::upstream);
-    match upstream {
-        UpstreamAddress::OriginalDestination => {
+    match runtime.filter(|rt| !rt.is_original_destination()) {
+        None => {
             let (host, addr) = original().ok_or(UpstreamFailure::NoHealthyUpstream)?;
+            // A route to a `resolution: NONE` service goes to the address the client called, on
+            // the cluster's port: a virtual host spans every port, so a route whose destination
+            // names no port sends a call made on :80 to the service's only port (seed 004's
+            // ServiceEntry on 81 breaks the call exactly this way).
+            let port = runtime.map_or(addr.port(), |rt| rt.cluster().port.number);
             match host {
                 // Explicit proxy: the client named a host; resolve it ourselves.
                 Some(h) => {
                     let addrs = proxy
                         .resolver
-                        .resolve(&h, addr.port())
+                        .resolve(&h, port)
                         .await
                         .map_err(|_| UpstreamFailure::NoHealthyUpstream)?;
-                    Ok(addrs[attempt as usize % addrs.len()])
+                    Ok((addrs[attempt as usize % addrs.len()], None))
                 }
-                None => Ok(addr),
+                None => Ok((SocketAddr::new(addr.ip(), port), None)),
             }
         }
-        UpstreamAddress::Endpoints(eps) => {
-            if eps.is_empty() {
-                return Err(UpstreamFailure::NoHealthyUpstream);
-            }
-            // Weighted random choice; a retry moves to the next endpoint (retry_ignore_previous_hosts).
-            let total: u64 = eps.iter().map(|e| u64::from(e.2)).sum::<u64>().max(1);
-            let mut point = rand::random::<u64>() % total;
-            let mut idx = 0;
-            for (i, e) in eps.iter().enumerate() {
-                if point < u64::from(e.2) {
-                    idx = i;
-                    break;
-                }
-                point -= u64::from(e.2);
-            }
-            let (address, port, _) = &eps[(idx + attempt as usize) % eps.len()];
-            proxy
-                .endpoint_socket(address, *port, attempt as usize)
+        Some(rt) => {
+            let guard = rt
+                .pick(hash, tried)
+                .ok_or(UpstreamFailure::NoHealthyUpstream)?;
+            let ep = guard.endpoint();
+            let addr = proxy
+                .endpoint_socket(&ep.address, ep.port, attempt as usize)
                 .await
-                .ok_or(UpstreamFailure::NoHealthyUpstream)
+                .ok_or(UpstreamFailure::NoHealthyUpstream)?;
+            Ok((addr, Some(guard)))
         }
     }
 }
@@ -760,11 +780,29 @@ async fn forward(
         t.request_headers.apply(&mut headers);
     }
 
+    // Circuit breakers: the request counts as active (and maybe pending) until its response
+    // body has been sent.
+    let runtime = fwd.cluster.as_ref().map(|c| proxy.cluster_runtime(c));
+    let request_permit = match runtime.as_ref().map(|rt| rt.admit_request()).transpose() {
+        Ok(p) => p,
+        Err(overflow) => {
+            tracing::debug!("{cluster_name}: circuit breaker {overflow:?} overflowed");
+            return fail(UpstreamFailure::Overflow, false, None);
+        }
+    };
+    let hash = match runtime.as_ref().and_then(|rt| rt.hash_policy()) {
+        Some(policy) => request_hash(
+            &policy.key,
+            &HashInput {
+                headers: &headers,
+                path_and_query: &path_and_query,
+                source: ctx.downstream.remote,
+            },
+        ),
+        None => RequestHash::None,
+    };
+
     let client = {
-        let connect_timeout = fwd
-            .cluster
-            .as_ref()
-            .map_or(Duration::from_secs(10), |c| c.connect_timeout);
         let tls = fwd.cluster.as_ref().and_then(|c| c.tls.as_ref());
         // SNI: the DestinationRule's, else the request's host (Envoy's auto SNI).
         let sni = tls.map(|t| {
@@ -772,7 +810,12 @@ async fn forward(
                 .clone()
                 .unwrap_or_else(|| sluice_model::host::strip_port(&ctx.authority).to_string())
         });
-        match proxy.clients.get(tls.zip(sni.as_deref()), connect_timeout) {
+        let tls = tls.zip(sni.as_deref());
+        let client = match &runtime {
+            Some(rt) => proxy.clients.for_cluster(rt, tls),
+            None => proxy.clients.get(tls, Duration::from_secs(10)),
+        };
+        match client {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("TLS origination for {cluster_name} is misconfigured: {e}");
@@ -786,6 +829,9 @@ async fn forward(
             }
         }
     };
+    let limits = runtime.as_ref().map(|rt| rt.limits());
+    let per_connection = limits.as_ref().map_or(0, |l| l.max_requests_per_connection);
+    let max_duration = limits.as_ref().and_then(|l| l.max_connection_duration);
 
     let mut body = match buffer_body(body).await {
         Ok(b) => b,
@@ -812,11 +858,35 @@ async fn forward(
     let max_tries = if retryable { 1 + fwd.retry.attempts } else { 1 };
     let mut last_failure = UpstreamFailure::NoHealthyUpstream;
     let mut tried = None;
+    // Endpoints tried so far, so retries move on (only kept when there can be retries).
+    let mut tried_endpoints: Vec<Arc<EndpointState>> = Vec::new();
+    let mut retry_permit: Option<RetryPermit> = None;
+    // `maxRetries`: a retry is only made while the cluster has room for one more.
+    let may_retry = |runtime: &Option<Arc<ClusterRuntime>>| -> Result<Option<RetryPermit>, ()> {
+        match runtime {
+            Some(rt) => rt.try_retry().map(Some).map_err(|_| ()),
+            None => Ok(None),
+        }
+    };
     for attempt in 0..max_tries {
-        let addr = match endpoint_addr(proxy, ctx, fwd.cluster.as_deref(), attempt).await {
+        let (addr, endpoint) = match endpoint_addr(
+            proxy,
+            ctx,
+            runtime.as_ref(),
+            hash.value(),
+            &tried_endpoints,
+            attempt,
+        )
+        .await
+        {
             Ok(a) => a,
             Err(f) => return fail(f, false, tried),
         };
+        if max_tries > 1 {
+            if let Some(g) = &endpoint {
+                tried_endpoints.push(g.endpoint().clone());
+            }
+        }
         tried = Some(addr);
         let uri: Uri = match format!("http://{addr}{upstream_path}").parse() {
             Ok(u) => u,
@@ -833,6 +903,8 @@ async fn forward(
             X_ENVOY_ATTEMPT_COUNT.clone(),
             HeaderValue::from(attempt + 1),
         );
+        let captured = (per_connection > 0 || max_duration.is_some())
+            .then(|| hyper_util::client::legacy::connect::capture_connection(&mut req));
         let try_start = Instant::now();
         let call = client.request(req);
         let per_try = fwd.retry.per_try_timeout;
@@ -856,10 +928,29 @@ async fn forward(
         match result {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
+                if let Some(g) = &endpoint {
+                    g.report(CallResult::Status(status));
+                }
+                if let (Some(captured), Some(usage)) =
+                    (&captured, resp.extensions().get::<ConnectionUseHandle>())
+                {
+                    // maxRequestsPerConnection / maxConnectionDuration: retire the connection
+                    // once this response is done.
+                    let served = usage.0.requests.fetch_add(1, Ordering::Relaxed) + 1;
+                    let too_old = max_duration.is_some_and(|d| usage.0.opened.elapsed() >= d);
+                    if (per_connection > 0 && served >= per_connection) || too_old {
+                        if let Some(conn) = captured.connection_metadata().as_ref() {
+                            conn.poison();
+                        }
+                    }
+                }
                 let more = attempt + 1 < max_tries;
                 if more && fwd.retry.retry_on.retries_status(status) {
-                    last_failure = UpstreamFailure::Reset;
-                    continue;
+                    if let Ok(permit) = may_retry(&runtime) {
+                        retry_permit = permit;
+                        last_failure = UpstreamFailure::Reset;
+                        continue;
+                    }
                 }
                 let service_time = try_start.elapsed().as_millis() as u64;
                 let info = resp.extensions().get::<UpstreamConnInfo>().copied();
@@ -872,16 +963,28 @@ async fn forward(
                     X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
                     HeaderValue::from(service_time),
                 );
+                if let RequestHash::NewCookie { set_cookie, .. } = &hash {
+                    if let Ok(v) = HeaderValue::from_str(set_cookie) {
+                        rparts.headers.append(header::SET_COOKIE, v);
+                    }
+                }
                 if let Some(rule) = fwd.rule {
                     rule.response_headers.apply(&mut rparts.headers);
                 }
                 if let Some(t) = fwd.target {
                     t.response_headers.apply(&mut rparts.headers);
                 }
-                let resp = Response::from_parts(
-                    rparts,
-                    rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-                );
+                let rbody = rbody.map_err(|e| Box::new(e) as BoxError);
+                let rbody = if request_permit.is_some() || endpoint.is_some() {
+                    HeldBody {
+                        inner: rbody,
+                        _held: (request_permit, endpoint, retry_permit),
+                    }
+                    .boxed_unsync()
+                } else {
+                    rbody.boxed_unsync()
+                };
+                let resp = Response::from_parts(rparts, rbody);
                 // The last try still failed in a retriable way: Envoy's UpstreamRetryLimitExceeded.
                 let exhausted = max_tries > 1 && fwd.retry.retry_on.retries_status(status);
                 let outcome = Outcome {
@@ -898,25 +1001,74 @@ async fn forward(
             Ok(Err(e)) => {
                 let failure = classify_error(&e);
                 tracing::debug!("upstream {addr} for {cluster_name} failed: {e:?}");
+                if let Some(g) = &endpoint {
+                    g.report(match failure {
+                        UpstreamFailure::ConnectFailure { .. } => CallResult::ConnectFailed,
+                        _ => CallResult::Reset,
+                    });
+                }
                 let retry = match failure {
                     UpstreamFailure::ConnectFailure { .. } => fwd.retry.retry_on.connect_failure,
                     UpstreamFailure::Reset => fwd.retry.retry_on.reset,
                     _ => false,
                 };
-                if !retry {
+                if !retry || attempt + 1 >= max_tries {
+                    if retry {
+                        last_failure = failure;
+                        continue;
+                    }
                     return fail(failure, false, tried);
+                }
+                match may_retry(&runtime) {
+                    Ok(permit) => retry_permit = permit,
+                    Err(()) => return fail(failure, false, tried),
                 }
                 last_failure = failure;
             }
             Err(per_try_fired) => {
+                if let Some(g) = &endpoint {
+                    g.report(CallResult::Timeout);
+                }
                 if !per_try_fired {
                     return fail(UpstreamFailure::Timeout { per_try: false }, false, tried);
                 }
-                last_failure = UpstreamFailure::Timeout { per_try: true };
+                let timeout = UpstreamFailure::Timeout { per_try: true };
+                if attempt + 1 < max_tries {
+                    match may_retry(&runtime) {
+                        Ok(permit) => retry_permit = permit,
+                        Err(()) => return fail(timeout, false, tried),
+                    }
+                }
+                last_failure = timeout;
             }
         }
     }
     fail(last_failure, max_tries > 1, tried)
+}
+
+/// A response body that keeps the request's circuit-breaker permits and endpoint guard until it
+/// has been sent, so `rq_active` (and LEAST_REQUEST) see the whole exchange.
+struct HeldBody<B, H> {
+    inner: B,
+    _held: H,
+}
+
+impl<B: Body + Unpin, H: Unpin> Body for HeldBody<B, H> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn spawn_mirror(
@@ -936,18 +1088,19 @@ fn spawn_mirror(
     let method = method.clone();
     let path = path.to_string();
     let headers = headers.clone();
-    let eps = cluster.upstream();
     tokio::spawn(async move {
-        let UpstreamAddress::Endpoints(eps) = eps else {
+        let runtime = proxy.cluster_runtime(&cluster);
+        if runtime.is_original_destination() {
+            return;
+        }
+        let Some(endpoint) = runtime.pick(None, &[]) else {
             return;
         };
-        let Some((address, port, _)) = eps.first().cloned() else {
+        let ep = endpoint.endpoint();
+        let Some(addr) = proxy.endpoint_socket(&ep.address, ep.port, 0).await else {
             return;
         };
-        let Some(addr) = proxy.endpoint_socket(&address, port, 0).await else {
-            return;
-        };
-        let Ok(client) = proxy.clients.get(None, cluster.connect_timeout) else {
+        let Ok(client) = proxy.clients.for_cluster(&runtime, None) else {
             return;
         };
         let Ok(uri) = format!("http://{addr}{path}").parse::<Uri>() else {
@@ -959,6 +1112,7 @@ fn spawn_mirror(
         *req.headers_mut() = headers;
         // The shadow's response is ignored; only drain it so the connection can be reused.
         if let Ok(resp) = client.request(req).await {
+            endpoint.report(CallResult::Status(resp.status().as_u16()));
             let _ = resp.into_body().collect().await;
         }
     });

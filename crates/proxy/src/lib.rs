@@ -2,9 +2,11 @@
 //! the config store, telemetry and the admin API.
 
 pub mod admin;
+pub mod balancer;
 pub mod context;
 pub mod detect;
 pub mod http_proxy;
+pub mod inbound;
 pub mod io;
 pub mod outbound;
 pub mod resolve;

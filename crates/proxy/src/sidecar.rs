@@ -1,4 +1,5 @@
-//! `sluice sidecar`: wires the config store, the outbound listeners, telemetry and the admin ports.
+//! `sluice sidecar`: wires the config store, the outbound and inbound listeners, telemetry and the
+//! admin ports.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::{serve_admin, serve_stats, serve_status, AdminSource, QuitSignal};
 use crate::context::Proxy;
+use crate::inbound::serve_captured_inbound;
 use crate::outbound::{serve_captured, serve_forward_proxy};
 use crate::store::{ConfigStore, StoreStatus};
 use crate::telemetry::accesslog::{AccessLogConfig, AccessLogEncoding, AccessLogger};
@@ -25,6 +27,9 @@ pub struct SidecarOptions {
     pub labels: Labels,
     pub service_account: Option<String>,
     pub outbound_port: u16,
+    /// Port for captured inbound traffic (Istio's `virtualInbound`, 15006); `None` = no inbound
+    /// listener.
+    pub inbound_port: Option<u16>,
     pub proxy_port: u16,
     /// Address the explicit proxy listens on (loopback unless told otherwise: an open forward
     /// proxy on the pod network would let anyone egress through this workload).
@@ -51,6 +56,8 @@ struct SidecarAdmin {
     snapshots: Arc<ArcSwap<Snapshot>>,
     status: Arc<ArcSwap<StoreStatus>>,
     listeners: Vec<(String, SocketAddr)>,
+    /// Runtime endpoint state (load, ejections) for `/clusters`.
+    balancers: Arc<crate::balancer::Balancers>,
 }
 
 impl AdminSource for SidecarAdmin {
@@ -92,40 +99,11 @@ impl AdminSource for SidecarAdmin {
     }
 
     fn clusters_text(&self) -> String {
-        let snap = self.snapshots.load();
-        let mut out = String::new();
-        for name in [
-            sluice_model::PASSTHROUGH_CLUSTER,
-            sluice_model::BLACKHOLE_CLUSTER,
-        ] {
-            out.push_str(&format!("{name}::added_via_api::false\n"));
-        }
-        for c in snap.clusters.values() {
-            out.push_str(&format!("{}::added_via_api::true\n", c.name));
-            if let sluice_model::UpstreamAddress::Endpoints(eps) = c.upstream() {
-                for (addr, port, weight) in eps {
-                    let host = match &addr {
-                        sluice_model::registry::EndpointAddress::Ip(ip) => {
-                            SocketAddr::new(*ip, port).to_string()
-                        }
-                        sluice_model::registry::EndpointAddress::Name(n) => format!("{n}:{port}"),
-                    };
-                    out.push_str(&format!("{}::{host}::health_flags::healthy\n", c.name));
-                    out.push_str(&format!("{}::{host}::weight::{weight}\n", c.name));
-                }
-            }
-        }
-        out
+        crate::balancer::clusters_text(&self.snapshots.load(), &self.balancers)
     }
 
     fn clusters_json(&self) -> serde_json::Value {
-        let snap = self.snapshots.load();
-        serde_json::json!({
-            "cluster_statuses": snap.clusters.values().map(|c| serde_json::json!({
-                "name": c.name.as_ref(),
-                "added_via_api": true,
-            })).collect::<Vec<_>>()
-        })
+        crate::balancer::clusters_json(&self.snapshots.load(), &self.balancers)
     }
 
     fn listeners_text(&self) -> String {
@@ -190,6 +168,18 @@ pub async fn run(opts: SidecarOptions) -> anyhow::Result<()> {
     let status_addr = SocketAddr::new(any, opts.status_port);
     let stats_addr = SocketAddr::new(any, opts.stats_port);
     let outbound = bind(outbound_addr, "captured outbound traffic").await?;
+    let inbound = match opts.inbound_port {
+        Some(port) => {
+            let addr = SocketAddr::new(any, port);
+            Some(bind(addr, "captured inbound traffic").await?)
+        }
+        None => None,
+    };
+    // Port 0 lets the OS choose: show the real one in /listeners.
+    let inbound_addr = match &inbound {
+        Some(l) => Some(l.local_addr().context("inbound listener address")?),
+        None => None,
+    };
     let forward = bind(proxy_addr, "explicit proxy").await?;
     let admin_l = bind(admin_addr, "admin").await?;
     let status_l = bind(status_addr, "health").await?;
@@ -198,10 +188,15 @@ pub async fn run(opts: SidecarOptions) -> anyhow::Result<()> {
     let admin: Arc<dyn AdminSource> = Arc::new(SidecarAdmin {
         snapshots: snapshots.clone(),
         status,
-        listeners: vec![
-            ("virtualOutbound".into(), outbound_addr),
-            ("explicitProxy".into(), proxy_addr),
-        ],
+        balancers: proxy.balancers.clone(),
+        listeners: [
+            Some(("virtualOutbound".to_string(), outbound_addr)),
+            inbound_addr.map(|a| ("virtualInbound".to_string(), a)),
+            Some(("explicitProxy".to_string(), proxy_addr)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     });
     let quit = QuitSignal::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -242,6 +237,9 @@ pub async fn run(opts: SidecarOptions) -> anyhow::Result<()> {
 
     tokio::spawn(store.watch(stopped()));
     tokio::spawn(serve_captured(outbound, proxy.clone(), stopped()));
+    if let Some(inbound) = inbound {
+        tokio::spawn(serve_captured_inbound(inbound, proxy.clone(), stopped()));
+    }
     tokio::spawn(serve_forward_proxy(forward, proxy.clone(), stopped()));
     tokio::spawn(serve_admin(
         admin_l,
@@ -252,8 +250,9 @@ pub async fn run(opts: SidecarOptions) -> anyhow::Result<()> {
     ));
     tokio::spawn(serve_status(status_l, admin.clone(), stopped()));
     tokio::spawn(serve_stats(stats_l, metrics.clone(), stopped()));
+    let inbound_desc = inbound_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(
-        "sidecar ready: outbound {outbound_addr}, proxy {proxy_addr}, admin {admin_addr}, health {status_addr}, stats {stats_addr}"
+        "sidecar ready: outbound {outbound_addr}, inbound {inbound_desc}, proxy {proxy_addr}, admin {admin_addr}, health {status_addr}, stats {stats_addr}"
     );
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -6,17 +6,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use sluice_model::policy::HashKey;
 use sluice_model::route::pick_weighted;
-use sluice_model::{
-    Cluster, Snapshot, StreamDecision, UpstreamAddress, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER,
-};
+use sluice_model::{Cluster, Snapshot, StreamDecision, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::balancer::{source_ip_hash, CallResult, ClusterRuntime, EndpointGuard};
 use crate::context::{Proxy, Target};
 use crate::io::CountingStream;
 use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{Reporter, SecurityPolicy, ServiceLabels, TcpLabels};
-use crate::upstream::connect_tcp;
+use crate::upstream::{connect_tcp, set_keepalive};
 
 /// A connection to proxy as bytes.
 pub struct StreamConn {
@@ -68,29 +68,32 @@ fn plan(proxy: &Proxy, snap: &Snapshot, conn: &StreamConn) -> Plan {
     }
 }
 
+/// Where a connection goes: the cluster's balancer (`useSourceIp` hashing works for TCP too),
+/// or the original destination. The guard counts the connection as active on the endpoint.
 async fn upstream_addr(
     proxy: &Proxy,
     conn: &StreamConn,
-    cluster: Option<&Cluster>,
-) -> Option<SocketAddr> {
-    let original = async {
-        match &conn.target.host {
+    runtime: Option<&Arc<ClusterRuntime>>,
+) -> Option<(SocketAddr, Option<EndpointGuard>)> {
+    match runtime.filter(|rt| !rt.is_original_destination()) {
+        None => match &conn.target.host {
             Some(h) => proxy
                 .resolver
                 .resolve(h, conn.target.addr.port())
                 .await
                 .ok()
-                .map(|a| a[0]),
-            None => Some(conn.target.addr),
-        }
-    };
-    match cluster.map_or(UpstreamAddress::OriginalDestination, Cluster::upstream) {
-        UpstreamAddress::OriginalDestination => original.await,
-        UpstreamAddress::Endpoints(eps) => {
-            let (address, port, _) = eps
-                .get((rand::random::<u64>() % eps.len().max(1) as u64) as usize)?
-                .clone();
-            proxy.endpoint_socket(&address, port, 0).await
+                .map(|a| (a[0], None)),
+            None => Some((conn.target.addr, None)),
+        },
+        Some(rt) => {
+            let hash = match rt.hash_policy().map(|h| h.key) {
+                Some(HashKey::SourceIp) => Some(source_ip_hash(conn.remote.ip())),
+                _ => None,
+            };
+            let guard = rt.pick(hash, &[])?;
+            let ep = guard.endpoint();
+            let addr = proxy.endpoint_socket(&ep.address, ep.port, 0).await?;
+            Some((addr, Some(guard)))
         }
     }
 }
@@ -128,22 +131,53 @@ pub async fn proxy_stream<S>(
         }
     };
     rec.upstream_cluster = Some(cluster_name.clone());
-    let connect_timeout = cluster
+    let runtime = cluster.as_ref().map(|c| proxy.cluster_runtime(c));
+    let connect_timeout = runtime
         .as_ref()
-        .map_or(snap.mesh.connect_timeout, |c| c.connect_timeout);
-    let upstream = match upstream_addr(&proxy, &conn, cluster.as_deref()).await {
-        Some(addr) => {
+        .map_or(snap.mesh.connect_timeout, |rt| rt.limits().connect_timeout);
+    let mut flags = "UH";
+    let mut held = None;
+    let upstream = match upstream_addr(&proxy, &conn, runtime.as_ref()).await {
+        Some((addr, endpoint)) => {
             rec.upstream_host = Some(addr);
-            connect_tcp(addr, connect_timeout).await.ok()
+            // maxConnections: a TCP connection over the limit is refused (UO).
+            match runtime
+                .as_ref()
+                .map(|rt| rt.try_acquire_connection(addr))
+                .transpose()
+            {
+                Err(_) => {
+                    flags = "UO";
+                    None
+                }
+                Ok(slot) => {
+                    flags = "UF";
+                    let connected = connect_tcp(addr, connect_timeout).await;
+                    if let Some(ep) = &endpoint {
+                        // Connect failures and timeouts are local-origin errors for outlier
+                        // detection; an established connection is the stream's success.
+                        ep.report(match &connected {
+                            Ok(_) => CallResult::Connected,
+                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                                CallResult::Timeout
+                            }
+                            Err(_) => CallResult::ConnectFailed,
+                        });
+                    }
+                    let keepalive = runtime.as_ref().and_then(|rt| rt.limits().tcp_keepalive);
+                    if let (Ok(tcp), Some(ka)) = (&connected, keepalive) {
+                        if let Err(e) = set_keepalive(tcp, &ka) {
+                            tracing::debug!("cannot set TCP keepalive towards {addr}: {e}");
+                        }
+                    }
+                    held = Some((slot, endpoint));
+                    connected.ok()
+                }
+            }
         }
         None => None,
     };
     let Some(mut upstream) = upstream else {
-        let flags = if rec.upstream_host.is_some() {
-            "UF"
-        } else {
-            "UH"
-        };
         let labels = tcp_labels(&proxy, service, flags);
         proxy.metrics.tcp_opened(&labels);
         proxy.metrics.tcp_closed(&labels, 0, 0);
@@ -160,6 +194,7 @@ pub async fn proxy_stream<S>(
         tracing::debug!("stream to {cluster_name} ended: {e}");
     }
     let (received, sent) = (counted.read, counted.written);
+    drop(held);
     proxy.metrics.tcp_closed(&labels, sent, received);
     rec.bytes_received = received;
     rec.bytes_sent = sent;

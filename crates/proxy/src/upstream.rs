@@ -6,7 +6,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,15 +17,18 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use sluice_model::policy::TcpKeepalive;
 use sluice_model::UpstreamTls;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+use crate::balancer::{ClusterRuntime, ConnectionGuard};
 
 /// Error type carried by request and response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -206,11 +210,14 @@ enum Transport {
 pub struct UpstreamStream {
     transport: Transport,
     info: UpstreamConnInfo,
+    usage: ConnectionUseHandle,
+    /// Counts the connection in its cluster while it is open.
+    _guard: Option<ConnectionGuard>,
 }
 
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        Connected::new().extra(self.info)
+        Connected::new().extra(self.info).extra(self.usage.clone())
     }
 }
 
@@ -252,12 +259,44 @@ impl Write for UpstreamStream {
     }
 }
 
+/// Per-connection use, shared with every response served on the connection (as a response
+/// extension), so the proxy can retire a connection after `maxRequestsPerConnection` requests or
+/// once it is older than `maxConnectionDuration`.
+#[derive(Debug)]
+pub struct ConnectionUse {
+    pub requests: AtomicU32,
+    pub opened: std::time::Instant,
+}
+
+/// Response extension carrying the [`ConnectionUse`] of the connection that served it.
+#[derive(Debug, Clone)]
+pub struct ConnectionUseHandle(pub Arc<ConnectionUse>);
+
 /// Connects to the `ip:port` in a request URI, originating TLS when configured. The pool of the
 /// client it belongs to is keyed by that `ip:port`, so keep-alive connections are per endpoint.
+/// With a cluster runtime, connections count against its `maxConnections` (waiting for a free
+/// slot) and in `cx_active`.
 #[derive(Clone)]
 pub struct UpstreamConnector {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
+    keepalive: Option<TcpKeepalive>,
+    runtime: Option<Arc<ClusterRuntime>>,
+}
+
+/// Applies `tcp.tcpKeepalive` to an upstream socket.
+pub fn set_keepalive(tcp: &TcpStream, keepalive: &TcpKeepalive) -> io::Result<()> {
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = keepalive.time {
+        ka = ka.with_time(t);
+    }
+    if let Some(i) = keepalive.interval {
+        ka = ka.with_interval(i);
+    }
+    if let Some(p) = keepalive.probes {
+        ka = ka.with_retries(p);
+    }
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&ka)
 }
 
 impl tower_service::Service<Uri> for UpstreamConnector {
@@ -284,7 +323,17 @@ impl tower_service::Service<Uri> for UpstreamConnector {
                     "upstream URI authority is not ip:port",
                 )
             })?;
+            // Waiting here for a free slot is what makes a request "pending".
+            let guard = match &this.runtime {
+                Some(rt) => Some(rt.acquire_connection(addr).await),
+                None => None,
+            };
             let tcp = connect_tcp(addr, this.connect_timeout).await?;
+            if let Some(ka) = &this.keepalive {
+                if let Err(e) = set_keepalive(&tcp, ka) {
+                    tracing::debug!("cannot set TCP keepalive towards {addr}: {e}");
+                }
+            }
             let info = UpstreamConnInfo {
                 local: tcp.local_addr()?,
                 remote: addr,
@@ -298,24 +347,40 @@ impl tower_service::Service<Uri> for UpstreamConnector {
                     Transport::Tls(Box::new(TokioIo::new(tls)))
                 }
             };
-            Ok(UpstreamStream { transport, info })
+            Ok(UpstreamStream {
+                transport,
+                info,
+                usage: ConnectionUseHandle(Arc::new(ConnectionUse {
+                    requests: AtomicU32::new(0),
+                    opened: std::time::Instant::now(),
+                })),
+                _guard: guard,
+            })
         })
     }
 }
 
-/// A pooled HTTP/1.1 client for one TLS identity.
+/// A pooled HTTP/1.1 client for one TLS identity (and, for clusters, one pool policy).
 pub type HttpClient = Client<UpstreamConnector, ProxyBody>;
+
+/// A cached client and the cluster runtime its pool belongs to (dropped with it).
+type ClientEntry = (HttpClient, Option<Weak<ClusterRuntime>>);
+
+type KeepaliveKey = (Option<Duration>, Option<Duration>, Option<u32>);
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
     tls: Option<(Arc<UpstreamTls>, String)>,
     connect_timeout: Duration,
+    /// The cluster runtime (by address) whose limits the pool applies, and its pool settings.
+    cluster: Option<(usize, Option<Duration>, Option<KeepaliveKey>)>,
 }
 
-/// HTTP clients by TLS settings and connect timeout, created on first use and kept for reuse.
+/// HTTP clients by TLS settings and connect timeout (and cluster, for per-cluster pools), created
+/// on first use and kept for reuse.
 #[derive(Default)]
 pub struct HttpClients {
-    clients: Mutex<HashMap<ClientKey, HttpClient>>,
+    clients: Mutex<HashMap<ClientKey, ClientEntry>>,
 }
 
 impl HttpClients {
@@ -325,12 +390,45 @@ impl HttpClients {
         tls: Option<(&Arc<UpstreamTls>, &str)>,
         connect_timeout: Duration,
     ) -> Result<HttpClient, TlsSetupError> {
+        self.client(tls, connect_timeout, None)
+    }
+
+    /// The client for one cluster: its pool applies the cluster's `connectionPool` settings
+    /// (connect timeout, `maxConnections`, idle timeout, TCP keepalive) and counts connections in
+    /// the cluster's runtime.
+    pub fn for_cluster(
+        &self,
+        runtime: &Arc<ClusterRuntime>,
+        tls: Option<(&Arc<UpstreamTls>, &str)>,
+    ) -> Result<HttpClient, TlsSetupError> {
+        self.client(tls, Duration::ZERO, Some(runtime))
+    }
+
+    fn client(
+        &self,
+        tls: Option<(&Arc<UpstreamTls>, &str)>,
+        connect_timeout: Duration,
+        runtime: Option<&Arc<ClusterRuntime>>,
+    ) -> Result<HttpClient, TlsSetupError> {
+        let limits = runtime.map(|rt| rt.limits());
+        let connect_timeout = limits
+            .as_ref()
+            .map_or(connect_timeout, |l| l.connect_timeout);
         let key = ClientKey {
             tls: tls.map(|(t, sni)| (t.clone(), sni.to_string())),
             connect_timeout,
+            cluster: runtime.zip(limits.as_ref()).map(|(rt, l)| {
+                (
+                    Arc::as_ptr(rt) as usize,
+                    l.idle_timeout,
+                    l.tcp_keepalive
+                        .as_ref()
+                        .map(|k| (k.time, k.interval, k.probes)),
+                )
+            }),
         };
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&key) {
+        if let Some((c, _)) = clients.get(&key) {
             return Ok(c.clone());
         }
         let tls = match tls {
@@ -345,14 +443,24 @@ impl HttpClients {
                 Some((TlsConnector::from(Arc::new(config)), name))
             }
         };
+        // Istio's `idleTimeout` default is 1 h; `0s` (None) keeps idle connections forever.
+        let idle = match &limits {
+            Some(l) => l.idle_timeout,
+            None => Some(Duration::from_secs(90)),
+        };
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(idle)
             .set_host(false)
             .build(UpstreamConnector {
                 tls,
                 connect_timeout,
+                keepalive: limits.as_ref().and_then(|l| l.tcp_keepalive.clone()),
+                runtime: runtime.cloned(),
             });
-        clients.insert(key, client.clone());
+        // Clusters that went away take their pools with them.
+        clients.retain(|_, (_, rt)| rt.as_ref().is_none_or(|w| w.strong_count() > 0));
+        clients.insert(key, (client.clone(), runtime.map(Arc::downgrade)));
         Ok(client)
     }
 

@@ -183,6 +183,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         service_account: None,
         // Nothing is captured in the demo; let the OS pick free ports for the unused listeners.
         outbound_port: 0,
+        inbound_port: None,
         proxy_port: args.proxy_port,
         proxy_bind: std::net::IpAddr::from([127, 0, 0, 1]),
         admin_port: args.admin_port,

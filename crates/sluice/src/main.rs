@@ -23,8 +23,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run next to an application: captured outbound traffic (iptables → 15001) and an explicit
-    /// forward proxy (15080), with the policy of the Istio config in --config.
+    /// Run next to an application: captured outbound traffic (iptables → 15001), captured inbound
+    /// traffic (iptables → 15006) and an explicit forward proxy (15080), with the policy of the
+    /// Istio config in --config.
     Sidecar(SidecarArgs),
     /// Set up iptables capture as istio-iptables does (same flags, chains and rule order).
     Init(Box<init::InitArgs>),
@@ -53,7 +54,9 @@ struct SidecarArgs {
     /// Port that iptables redirects outbound traffic to.
     #[arg(long, default_value_t = 15001)]
     outbound_port: u16,
-    /// Port for captured inbound traffic (reserved; inbound capture arrives in a later release).
+    /// Port that iptables redirects inbound traffic to (`sluice init -b '*'` or `-b PORTS`);
+    /// connections are forwarded to the application at their original destination, from
+    /// 127.0.0.6. 0 disables the inbound listener.
     #[arg(long, default_value_t = 15006)]
     inbound_port: u16,
     /// Port of the explicit forward proxy (absolute-URI HTTP and CONNECT).
@@ -104,13 +107,13 @@ fn main() -> ExitCode {
         Command::Init(args) => init::run(&args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Sidecar(args) => {
-            let _ = args.inbound_port;
             let opts = SidecarOptions {
                 config_dir: args.config,
                 namespace: args.namespace,
                 labels: args.labels.into_iter().collect(),
                 service_account: args.service_account,
                 outbound_port: args.outbound_port,
+                inbound_port: (args.inbound_port != 0).then_some(args.inbound_port),
                 proxy_port: args.proxy_port,
                 proxy_bind: args.proxy_bind,
                 admin_port: args.admin_port,

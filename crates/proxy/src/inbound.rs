@@ -1,0 +1,793 @@
+//! The inbound side of a sidecar: Istio's `virtualInbound` listener (15006).
+//!
+//! istio-iptables REDIRECTs TCP arriving for the pod to this listener. For each connection the
+//! original destination (`SO_ORIGINAL_DST`, the pod's own `ip:port`) names the application port; the
+//! snapshot's [`InboundPort`](sluice_model::InboundPort) says which cluster (`inbound|8080||`, or
+//! `InboundPassthroughClusterIpv4`) and protocol apply. HTTP (1.1 and h2c) is served with hyper and
+//! each request forwarded to the application over pooled keep-alive connections; anything else is
+//! copied as bytes. Upstream connections leave from `127.0.0.6`, which istio-iptables exempts from
+//! capture, so the application's answers are not redirected back to the sidecar (Istio ≥ 1.10).
+//!
+//! Telemetry is the server side's: `reporter="destination"`, this workload as `destination_*`, the
+//! client's workload (when the registry knows its IP) as `source_*`.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpInfo;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sluice_model::registry::{Protocol, Service};
+use sluice_model::{Snapshot, Workload, INBOUND_PASSTHROUGH_CLUSTER};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::context::{workload_labels, Proxy};
+use crate::detect::{detect, Detected};
+use crate::io::{original_dst, ByteCounter, CountingStream, PrefixedStream};
+use crate::telemetry::accesslog::{protocol_name, AccessLogRecord};
+use crate::telemetry::metrics::{
+    HttpLabels, PeerLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels, TcpLabels,
+};
+use crate::upstream::{BoxError, ProxyBody};
+
+/// The source address of the sidecar's connections to its own application (Istio's
+/// `InboundPassthroughBindIpv4`). istio-iptables has `-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN`,
+/// so these connections (and the application's replies) are not captured again.
+pub const INBOUND_BIND_IPV4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+
+/// The IPv6 counterpart (`InboundPassthroughBindIpv6`); `sluice init` adds it to `lo`.
+pub const INBOUND_BIND_IPV6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+
+/// Envoy's connect timeout for inbound clusters when the mesh does not set one.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`INBOUND_PASSTHROUGH_CLUSTER`]'s name for IPv6 destinations.
+const INBOUND_PASSTHROUGH_CLUSTER_IPV6: &str = "InboundPassthroughClusterIpv6";
+
+/// Istio's inbound HTTP route is always named `default`.
+const ROUTE_NAME: &str = "default";
+
+/// Inbound listeners and gateways answer as `istio-envoy` (outbound: `envoy`).
+static SERVER_ISTIO_ENVOY: HeaderValue = HeaderValue::from_static("istio-envoy");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+const CONNECT_FAILURE_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+const RESET_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+
+// === Accepting ===
+
+/// The inbound listener's shared state: the proxy and the pooled clients to the application.
+struct Inbound {
+    proxy: Arc<Proxy>,
+    /// HTTP/1.1 keep-alive connections to the application, pooled per `ip:port`.
+    http1: Client<AppConnector, ProxyBody>,
+    /// HTTP/2 (prior knowledge) for ports declared `http2`/`grpc`: gRPC needs trailers.
+    http2: Client<AppConnector, ProxyBody>,
+}
+
+impl Inbound {
+    fn new(proxy: Arc<Proxy>) -> Self {
+        // Pooled connections outlive snapshots; new ones use the timeout in force at startup.
+        let connect_timeout = connect_timeout(&proxy.snapshots.load());
+        let connector = AppConnector { connect_timeout };
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .set_host(false)
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(true)
+            .set_host(false)
+            .build(connector);
+        Inbound {
+            proxy,
+            http1,
+            http2,
+        }
+    }
+}
+
+/// The mesh's `connectTimeout`, or Envoy's default when unset.
+fn connect_timeout(snap: &Snapshot) -> Duration {
+    if snap.mesh.connect_timeout.is_zero() {
+        DEFAULT_CONNECT_TIMEOUT
+    } else {
+        snap.mesh.connect_timeout
+    }
+}
+
+/// Accepts captured inbound connections until `shutdown` resolves, reading each one's original
+/// destination with `SO_ORIGINAL_DST`.
+pub async fn serve_captured_inbound(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_inbound(listener, proxy, original_dst, shutdown).await;
+}
+
+/// Accepts inbound connections until `shutdown` resolves; `original_dst` says where each one was
+/// going (the application's `ip:port`). A connection whose destination cannot be read, or is the
+/// inbound port itself (someone connected to 15006 directly, which would loop), is closed.
+///
+/// Tests pass their own `original_dst` to run without iptables.
+pub async fn serve_inbound<F>(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    original_dst: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(&TcpStream) -> io::Result<SocketAddr>,
+{
+    let inbound = Arc::new(Inbound::new(proxy));
+    let listen_port = listener.local_addr().map_or(0, |a| a.port());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.as_mut() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept on the inbound listener failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let dst = match original_dst(&stream) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("closing inbound connection from {remote}: cannot read its original destination: {e}");
+                continue;
+            }
+        };
+        if dst.port() == listen_port {
+            tracing::debug!(
+                "closing inbound connection from {remote} to {dst}: addressed to the inbound port itself"
+            );
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let inbound = inbound.clone();
+        tokio::spawn(async move { handle_connection(inbound, stream, remote, dst).await });
+    }
+}
+
+/// What every request and stream of one inbound connection shares.
+struct ConnCtx {
+    /// The client.
+    remote: SocketAddr,
+    /// The original destination: the application's `ip:port` (`%DOWNSTREAM_LOCAL_ADDRESS%`, and
+    /// where we connect).
+    dst: SocketAddr,
+    cluster: Arc<str>,
+    /// `destination_service*`.
+    service: Arc<ServiceLabels>,
+    /// `source_*`: the workload at the client's IP, if known.
+    source: Arc<PeerLabels>,
+    /// `destination_*`: this workload.
+    destination: Arc<PeerLabels>,
+    declared: Protocol,
+    connect_timeout: Duration,
+}
+
+impl ConnCtx {
+    fn tcp_labels(&self, flags: &'static str) -> TcpLabels {
+        TcpLabels {
+            reporter: Reporter::Destination,
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            destination_service: self.service.clone(),
+            response_flags: Cow::Borrowed(flags),
+            connection_security_policy: SecurityPolicy::None,
+        }
+    }
+}
+
+/// `source_*` labels for a workload the registry knows by IP.
+pub fn peer_labels(w: &Workload) -> PeerLabels {
+    let mut p = workload_labels(&w.namespace, &w.labels);
+    p.workload = w.name.clone();
+    p
+}
+
+/// `destination_service*` labels for the service whose port targets an inbound port; Istio names a
+/// Kubernetes service by its short name and a ServiceEntry by its host.
+pub fn inbound_service_labels(svc: &Service) -> ServiceLabels {
+    let suffix = format!(".{}.{}", svc.namespace, sluice_model::host::CLUSTER_DOMAIN);
+    let name = svc
+        .hostname
+        .strip_suffix(suffix.as_str())
+        .unwrap_or(&svc.hostname)
+        .to_string();
+    ServiceLabels::new(svc.hostname.clone(), name, svc.namespace.clone())
+}
+
+async fn handle_connection(
+    inbound: Arc<Inbound>,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    dst: SocketAddr,
+) {
+    let snap = inbound.proxy.snapshots.load_full();
+    let port = snap.inbound_port(dst.port());
+    let source = snap.workload_by_ip(remote.ip()).map_or_else(
+        || inbound.proxy.unknown_peer.clone(),
+        |w| Arc::new(peer_labels(w)),
+    );
+    let service = port.service.as_deref().map_or_else(
+        || Arc::new(ServiceLabels::unknown()),
+        |s| Arc::new(inbound_service_labels(s)),
+    );
+    // Istio before 1.23 names the passthrough cluster per family.
+    let cluster = if dst.is_ipv6() && &*port.cluster_name == INBOUND_PASSTHROUGH_CLUSTER {
+        Arc::from(INBOUND_PASSTHROUGH_CLUSTER_IPV6)
+    } else {
+        port.cluster_name.clone()
+    };
+    let ctx = Arc::new(ConnCtx {
+        remote,
+        dst,
+        cluster,
+        service,
+        source,
+        destination: inbound.proxy.workload.clone(),
+        declared: port.protocol,
+        connect_timeout: connect_timeout(&snap),
+    });
+    drop(snap);
+
+    // A declared opaque port is never sniffed: server-first protocols send nothing first.
+    let (prefix, detected) = if port.protocol.is_http() {
+        (Bytes::new(), Detected::Http1)
+    } else if port.protocol != Protocol::Unknown && !port.protocol.is_tls() {
+        (Bytes::new(), Detected::Tcp)
+    } else {
+        match detect(&mut stream).await {
+            // TLS to a port declared TLS or sniffed: opaque either way, but the SNI is logged.
+            Ok((p, d))
+                if port.protocol.is_tls() && matches!(d, Detected::Http1 | Detected::Http2) =>
+            {
+                (p, Detected::Tcp)
+            }
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!("inbound connection from {remote} failed during detection: {e}");
+                return;
+            }
+        }
+    };
+    let stream = PrefixedStream::new(prefix, stream);
+    match detected {
+        Detected::Http1 | Detected::Http2 => serve_http(inbound, ctx, stream).await,
+        Detected::Tls { sni } => copy_to_app(&inbound.proxy, &ctx, stream, sni).await,
+        Detected::Tcp => copy_to_app(&inbound.proxy, &ctx, stream, None).await,
+    }
+}
+
+// === Opaque TCP / TLS ===
+
+/// Copies a TCP/TLS connection to the application and logs one line when it closes.
+async fn copy_to_app<S>(proxy: &Proxy, ctx: &ConnCtx, mut downstream: S, sni: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let mut rec = AccessLogRecord::new(SystemTime::now());
+    rec.downstream_remote_address = Some(ctx.remote);
+    rec.downstream_local_address = Some(ctx.dst);
+    rec.requested_server_name = sni.as_deref().map(Arc::from);
+    rec.upstream_cluster = Some(ctx.cluster.clone());
+    rec.upstream_host = Some(ctx.dst);
+    let mut upstream = match connect_app(ctx.dst, ctx.connect_timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(
+                "inbound: cannot connect to the application at {}: {e}",
+                ctx.dst
+            );
+            let labels = ctx.tcp_labels("UF");
+            proxy.metrics.tcp_opened(&labels);
+            proxy.metrics.tcp_closed(&labels, 0, 0);
+            rec.response_flags = Cow::Borrowed("UF");
+            rec.duration = start.elapsed();
+            proxy.access_log.log(rec);
+            return;
+        }
+    };
+    rec.upstream_local_address = upstream.local_addr().ok();
+    let labels = ctx.tcp_labels("-");
+    proxy.metrics.tcp_opened(&labels);
+    let mut counted = CountingStream::new(&mut downstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await {
+        tracing::debug!("inbound stream to {} ended: {e}", ctx.dst);
+    }
+    let (received, sent) = (counted.read, counted.written);
+    proxy.metrics.tcp_closed(&labels, sent, received);
+    rec.bytes_received = received;
+    rec.bytes_sent = sent;
+    rec.duration = start.elapsed();
+    proxy.access_log.log(rec);
+}
+
+// === Connecting to the application ===
+
+static BIND_FAILURE_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Connects to the application at `addr` from [`INBOUND_BIND_IPV4`] (or [`INBOUND_BIND_IPV6`]),
+/// with a deadline and `TCP_NODELAY`. If that address cannot be bound (say `::6` was never added
+/// to `lo`), logs once and connects from the default address instead.
+pub async fn connect_app(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let connect = async {
+        let (socket, source) = if addr.is_ipv4() {
+            (TcpSocket::new_v4()?, IpAddr::V4(INBOUND_BIND_IPV4))
+        } else {
+            (TcpSocket::new_v6()?, IpAddr::V6(INBOUND_BIND_IPV6))
+        };
+        if let Err(e) = socket.bind(SocketAddr::new(source, 0)) {
+            if !BIND_FAILURE_LOGGED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cannot bind {source} for connections to the application ({e}); \
+                     connecting from the default address, which iptables may capture again"
+                );
+            }
+        }
+        socket.connect(addr).await
+    };
+    let stream = tokio::time::timeout(timeout, connect).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect to {addr} timed out"),
+        )
+    })??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The hyper client's connector: the request URI's authority is the application's `ip:port`.
+#[derive(Clone)]
+struct AppConnector {
+    connect_timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for AppConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let timeout = self.connect_timeout;
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "inbound upstream URI authority is not ip:port",
+                    )
+                })?;
+            // `TcpStream`'s `Connection` impl puts `HttpInfo` (both addresses) on each response.
+            connect_app(addr, timeout).await.map(TokioIo::new)
+        })
+    }
+}
+
+// === HTTP ===
+
+async fn serve_http<S>(inbound: Arc<Inbound>, ctx: Arc<ConnCtx>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = ctx.remote;
+    let svc =
+        service_fn(move |req: Request<Incoming>| handle_request(inbound.clone(), ctx.clone(), req));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+        tracing::debug!("inbound HTTP connection from {remote} ended: {e}");
+    }
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1). `te: trailers` is
+/// kept: gRPC needs it end to end.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for n in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        PROXY_CONNECTION.clone(),
+        KEEP_ALIVE.clone(),
+    ] {
+        headers.remove(n);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// How a request ended, for the access log and metrics.
+struct Outcome {
+    flags: &'static str,
+    details: &'static str,
+    upstream_local: Option<SocketAddr>,
+    upstream_service_time: Option<u64>,
+}
+
+async fn handle_request(
+    inbound: Arc<Inbound>,
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let start_time = SystemTime::now();
+    let proxy = &inbound.proxy;
+    let (mut parts, body) = req.into_parts();
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            parts.headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+    let authority = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
+        (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
+        (None, Some(h)) => Some(h.clone()),
+        (None, None) => None,
+    };
+
+    let mut rec = AccessLogRecord::new(start_time);
+    rec.method = Some(parts.method.clone());
+    rec.path = Some(
+        parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+    );
+    rec.protocol = Some(protocol_name(parts.version));
+    rec.user_agent = parts.headers.get(header::USER_AGENT).cloned();
+    rec.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
+    rec.request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+    rec.authority = authority.clone();
+    rec.downstream_remote_address = Some(ctx.remote);
+    rec.downstream_local_address = Some(ctx.dst);
+    rec.upstream_cluster = Some(ctx.cluster.clone());
+    rec.upstream_host = Some(ctx.dst);
+    rec.route_name = Some(Arc::from(ROUTE_NAME));
+    if proxy.access_log.needs_request_headers() {
+        rec.request_headers = Some(parts.headers.clone());
+    }
+    let grpc = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+
+    let received = ByteCounter::default();
+    let body = CountingBody {
+        inner: body,
+        counter: received.clone(),
+    };
+    let (response, outcome) = forward(&inbound, &ctx, parts, body.boxed_unsync(), authority).await;
+
+    rec.response_code = response.status().as_u16();
+    rec.response_flags = Cow::Borrowed(outcome.flags);
+    rec.response_code_details = Some(Cow::Borrowed(outcome.details));
+    rec.upstream_local_address = outcome.upstream_local;
+    rec.upstream_service_time = outcome.upstream_service_time;
+    if proxy.access_log.needs_response_headers() {
+        rec.response_headers = Some(response.headers().clone());
+    }
+    let labels = HttpLabels {
+        reporter: Reporter::Destination,
+        source: ctx.source.clone(),
+        destination: ctx.destination.clone(),
+        destination_service: ctx.service.clone(),
+        request_protocol: if grpc {
+            RequestProtocol::Grpc
+        } else {
+            RequestProtocol::Http
+        },
+        response_flags: Cow::Borrowed(outcome.flags),
+        connection_security_policy: SecurityPolicy::None,
+        response_code: response.status().as_u16(),
+        grpc_response_status: None,
+    };
+    let (parts, body) = response.into_parts();
+    let logged = LoggedBody {
+        inner: body,
+        sent: 0,
+        finish: Some(Finish {
+            proxy: proxy.clone(),
+            rec,
+            labels,
+            start,
+            received,
+        }),
+    };
+    Ok(Response::from_parts(parts, logged.boxed_unsync()))
+}
+
+async fn forward(
+    inbound: &Inbound,
+    ctx: &ConnCtx,
+    parts: http::request::Parts,
+    body: ProxyBody,
+    authority: Option<HeaderValue>,
+) -> (Response<ProxyBody>, Outcome) {
+    let downstream_version = parts.version;
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    if !headers.contains_key(header::HOST) {
+        if let Some(a) = authority {
+            headers.insert(header::HOST, a);
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = match format!("http://{}{path}", ctx.dst).parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return local_reply(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                "-",
+                "invalid_request",
+            )
+        }
+    };
+    let h2 = matches!(
+        ctx.declared,
+        Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb
+    );
+    let (client, version) = if h2 {
+        (&inbound.http2, Version::HTTP_2)
+    } else {
+        (&inbound.http1, Version::HTTP_11)
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+
+    let sent_at = Instant::now();
+    match client.request(req).await {
+        Ok(resp) => {
+            let service_time = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let upstream_local = resp
+                .extensions()
+                .get::<HttpInfo>()
+                .map(HttpInfo::local_addr);
+            let (mut rparts, rbody) = resp.into_parts();
+            // Answer in the client's HTTP version, whatever the app spoke (an HTTP/1.0 app would
+            // otherwise turn the client's keep-alive connection into a one-shot).
+            rparts.version = downstream_version;
+            strip_hop_by_hop(&mut rparts.headers);
+            // Envoy overwrites the application's Server header on the inbound side.
+            rparts
+                .headers
+                .insert(header::SERVER, SERVER_ISTIO_ENVOY.clone());
+            rparts.headers.insert(
+                X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                HeaderValue::from(service_time),
+            );
+            let resp = Response::from_parts(
+                rparts,
+                rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+            );
+            let outcome = Outcome {
+                flags: "-",
+                details: "via_upstream",
+                upstream_local,
+                upstream_service_time: Some(service_time),
+            };
+            (resp, outcome)
+        }
+        Err(e) if e.is_connect() => {
+            tracing::debug!(
+                "inbound: cannot connect to the application at {}: {e:?}",
+                ctx.dst
+            );
+            local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                CONNECT_FAILURE_BODY,
+                "UF",
+                "upstream_reset_before_response_started{connection_failure}",
+            )
+        }
+        Err(e) => {
+            tracing::debug!("inbound: the application at {} reset: {e:?}", ctx.dst);
+            local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                RESET_BODY,
+                "UC",
+                "upstream_reset_before_response_started{connection_termination}",
+            )
+        }
+    }
+}
+
+/// A locally generated response (`server: istio-envoy`) and its outcome.
+fn local_reply(
+    status: StatusCode,
+    body: &'static str,
+    flags: &'static str,
+    details: &'static str,
+) -> (Response<ProxyBody>, Outcome) {
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if !body.is_empty() {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
+        h.insert(header::DATE, date);
+    }
+    h.insert(header::SERVER, SERVER_ISTIO_ENVOY.clone());
+    let outcome = Outcome {
+        flags,
+        details,
+        upstream_local: None,
+        upstream_service_time: None,
+    };
+    (resp, outcome)
+}
+
+// === Bodies that account for themselves ===
+
+/// A request body that counts the bytes it passes (`%BYTES_RECEIVED%`).
+struct CountingBody {
+    inner: Incoming,
+    counter: ByteCounter,
+}
+
+impl Body for CountingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.counter.add(d.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct Finish {
+    proxy: Arc<Proxy>,
+    rec: AccessLogRecord,
+    labels: HttpLabels,
+    start: Instant,
+    received: ByteCounter,
+}
+
+/// A response body that writes the access log line and records metrics when it ends, or when it
+/// is dropped because the client went away (`DC`).
+struct LoggedBody {
+    inner: ProxyBody,
+    sent: u64,
+    finish: Option<Finish>,
+}
+
+impl LoggedBody {
+    fn complete(&mut self, client_gone: bool) {
+        let Some(mut f) = self.finish.take() else {
+            return;
+        };
+        f.rec.bytes_sent = self.sent;
+        f.rec.bytes_received = f.received.get();
+        f.rec.duration = f.start.elapsed();
+        if client_gone && f.rec.response_flags == "-" {
+            f.rec.response_flags = Cow::Borrowed("DC");
+            f.labels.response_flags = Cow::Borrowed("DC");
+        }
+        f.proxy
+            .metrics
+            .record_http(&f.labels, f.rec.duration, f.rec.bytes_received, self.sent);
+        f.proxy.access_log.log(f.rec);
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.sent += d.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.complete(false);
+                }
+            }
+            Poll::Ready(None) => self.complete(false),
+            Poll::Ready(Some(Err(_))) => self.complete(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let ended = self.inner.is_end_stream();
+        self.complete(!ended);
+    }
+}
