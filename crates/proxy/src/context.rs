@@ -1,13 +1,15 @@
 //! State shared by every connection of one proxy, and the small conversions from routing results
 //! to telemetry labels.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use sluice_api::networking::Labels;
 use sluice_model::registry::EndpointAddress;
-use sluice_model::{Cluster, Snapshot, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+use sluice_model::{
+    Cluster, Service, Snapshot, Workload, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER,
+};
 
 use crate::balancer::{Balancers, ClusterRuntime};
 use crate::resolve::Resolver;
@@ -83,23 +85,34 @@ impl Proxy {
 
     /// `destination_service*` labels for a cluster.
     pub fn service_labels(&self, cluster: &Cluster) -> Arc<ServiceLabels> {
-        let svc = &cluster.service;
-        // Istio names a ServiceEntry destination by its host; a Kubernetes service by its short name.
-        let name = svc
-            .hostname
-            .strip_suffix(&format!(
-                ".{}.{}",
-                svc.namespace,
-                sluice_model::host::CLUSTER_DOMAIN
-            ))
-            .unwrap_or(&svc.hostname)
-            .to_string();
-        Arc::new(ServiceLabels::new(
-            svc.hostname.clone(),
-            name,
-            svc.namespace.clone(),
-        ))
+        Arc::new(service_labels(&cluster.service))
     }
+
+    /// Labels for the workload at `ip` when the registry knows it (a WorkloadEntry), else
+    /// `unknown`: the peer of a connection, as Istio's metadata exchange would name it.
+    pub fn peer_at(&self, snap: &Snapshot, ip: IpAddr) -> Arc<PeerLabels> {
+        snap.workload_by_ip(ip)
+            .map_or_else(|| self.unknown_peer.clone(), |w| Arc::new(peer_labels(w)))
+    }
+}
+
+/// `destination_service*` labels for a service: Istio names a ServiceEntry destination by its
+/// host and a Kubernetes service by its short name.
+pub fn service_labels(svc: &Service) -> ServiceLabels {
+    let suffix = format!(".{}.{}", svc.namespace, sluice_model::host::CLUSTER_DOMAIN);
+    let name = svc
+        .hostname
+        .strip_suffix(suffix.as_str())
+        .unwrap_or(&svc.hostname)
+        .to_string();
+    ServiceLabels::new(svc.hostname.clone(), name, svc.namespace.clone())
+}
+
+/// `source_*`/`destination_*` labels for a workload the registry knows.
+pub fn peer_labels(w: &Workload) -> PeerLabels {
+    let mut p = workload_labels(&w.namespace, &w.labels);
+    p.workload = w.name.clone();
+    p
 }
 
 /// `source_*` labels for this workload, from its Kubernetes-style labels.

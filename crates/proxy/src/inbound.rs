@@ -33,12 +33,12 @@ use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use sluice_model::registry::{Protocol, Service};
-use sluice_model::{Snapshot, Workload, INBOUND_PASSTHROUGH_CLUSTER};
+use sluice_model::registry::Protocol;
+use sluice_model::{Snapshot, INBOUND_PASSTHROUGH_CLUSTER};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::context::{workload_labels, Proxy};
+use crate::context::{service_labels, Proxy};
 use crate::detect::{detect, Detected};
 use crate::io::{original_dst, ByteCounter, CountingStream, PrefixedStream};
 use crate::telemetry::accesslog::{protocol_name, AccessLogRecord};
@@ -208,24 +208,6 @@ impl ConnCtx {
     }
 }
 
-/// `source_*` labels for a workload the registry knows by IP.
-pub fn peer_labels(w: &Workload) -> PeerLabels {
-    let mut p = workload_labels(&w.namespace, &w.labels);
-    p.workload = w.name.clone();
-    p
-}
-
-/// `destination_service*` labels for the service whose port targets an inbound port; Istio names a
-/// Kubernetes service by its short name and a ServiceEntry by its host.
-pub fn inbound_service_labels(svc: &Service) -> ServiceLabels {
-    let suffix = format!(".{}.{}", svc.namespace, sluice_model::host::CLUSTER_DOMAIN);
-    let name = svc
-        .hostname
-        .strip_suffix(suffix.as_str())
-        .unwrap_or(&svc.hostname)
-        .to_string();
-    ServiceLabels::new(svc.hostname.clone(), name, svc.namespace.clone())
-}
 
 async fn handle_connection(
     inbound: Arc<Inbound>,
@@ -235,13 +217,10 @@ async fn handle_connection(
 ) {
     let snap = inbound.proxy.snapshots.load_full();
     let port = snap.inbound_port(dst.port());
-    let source = snap.workload_by_ip(remote.ip()).map_or_else(
-        || inbound.proxy.unknown_peer.clone(),
-        |w| Arc::new(peer_labels(w)),
-    );
+    let source = inbound.proxy.peer_at(&snap, remote.ip());
     let service = port.service.as_deref().map_or_else(
         || Arc::new(ServiceLabels::unknown()),
-        |s| Arc::new(inbound_service_labels(s)),
+        |s| Arc::new(service_labels(s)),
     );
     // Istio before 1.23 names the passthrough cluster per family.
     let cluster = if dst.is_ipv6() && &*port.cluster_name == INBOUND_PASSTHROUGH_CLUSTER {

@@ -187,7 +187,10 @@ pub async fn proxy_stream<S>(
         return;
     };
     rec.upstream_local_address = upstream.local_addr().ok();
-    let labels = tcp_labels(&proxy, service, "-");
+    let mut labels = tcp_labels(&proxy, service, "-");
+    if let Some(addr) = rec.upstream_host {
+        labels.destination = proxy.peer_at(&snap, addr.ip());
+    }
     proxy.metrics.tcp_opened(&labels);
     let mut counted = CountingStream::new(&mut downstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await {
