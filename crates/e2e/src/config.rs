@@ -189,6 +189,102 @@ pub fn vs_httpbin_timeout(timeout: &str) -> String {
     VS_HTTPBIN_TIMEOUT_3S.replace("timeout: 3s", &format!("timeout: {timeout}"))
 }
 
+/// Puts every resource of a (multi-document) YAML text into namespace `ns`, as `kubectl apply -n NS`
+/// does: a `namespace:` line is inserted after each top-level `metadata:` line that has none. The
+/// rest of the text is left exactly as written.
+pub fn in_namespace(yaml: &str, ns: &str) -> String {
+    let mut out = String::new();
+    for doc in yaml.split_inclusive("\n---\n") {
+        let has_ns = doc.lines().any(|l| l.starts_with("  namespace:"));
+        for line in doc.split_inclusive('\n') {
+            out.push_str(line);
+            if !has_ns && line.trim_end() == "metadata:" {
+                out.push_str(&format!("  namespace: {ns}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// Seed 004: the DestinationRule with subset version-v3, exactly as written.
+pub const DR_RECOMMENDATION_V3: &str = "\
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: recommendation
+spec:
+  host: recommendation
+  subsets:
+  - labels:
+      version: v3
+    name: version-v3
+";
+
+/// Seed 004: 100 % of recommendation's traffic to subset version-v3, exactly as written.
+pub const VS_RECOMMENDATION_V3: &str = "\
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: recommendation
+spec:
+  hosts:
+  - recommendation
+  http:
+  - route:
+    - destination:
+        host: recommendation
+        subset: version-v3
+      weight: 100
+";
+
+/// Seed 004: the ServiceEntry for worldclockapi.com with the wrong port 81 (on purpose), exactly
+/// as written.
+pub const SE_WORLDCLOCK_PORT81: &str = "\
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata:
+  name: worldclockapi-egress-rule
+spec:
+  hosts:
+  - worldclockapi.com
+  ports:
+  - name: http-80
+    number: 81
+    protocol: http
+";
+
+/// Seed 004: the ServiceEntry fixed to port 80, exactly as written.
+pub const SE_WORLDCLOCK_PORT80: &str = "\
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata:
+  name: worldclockapi-egress-rule
+spec:
+  hosts:
+  - worldclockapi.com
+  ports:
+  - name: http-80
+    number: 80
+    protocol: http
+";
+
+/// Seed 004: the 3 s timeout towards worldclockapi.com, exactly as written.
+pub const VS_WORLDCLOCK_TIMEOUT: &str = "\
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: worldclockapi-timeout
+spec:
+  hosts:
+  - worldclockapi.com
+  http:
+  - timeout: 3s
+    route:
+    - destination:
+        host: worldclockapi.com
+      weight: 100
+";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +296,24 @@ mod tests {
             y,
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\n  namespace: istio-system\ndata:\n  mesh: |-\n    \
              accessLogFile: /dev/stdout\n    outboundTrafficPolicy:\n      mode: REGISTRY_ONLY\n    accessLogEncoding: JSON\n"
+        );
+    }
+
+    #[test]
+    fn namespace_inserted_once_per_document() {
+        let two = format!("{DR_RECOMMENDATION_V3}---\n{VS_RECOMMENDATION_V3}");
+        let y = in_namespace(&two, "tutorial");
+        assert_eq!(
+            y.matches("metadata:\n  namespace: tutorial\n  name: recommendation\n")
+                .count(),
+            2,
+            "{y}"
+        );
+        assert_eq!(in_namespace(&y, "other"), y);
+        assert_eq!(
+            y.replace("  namespace: tutorial\n", ""),
+            two,
+            "nothing else changes"
         );
     }
 

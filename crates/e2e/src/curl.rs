@@ -25,8 +25,13 @@ pub struct Curl {
 
 impl Curl {
     pub fn new(ns: &Netns, workdir: &Path, url: &str) -> Curl {
+        Curl::in_netns(ns.name(), workdir, url)
+    }
+
+    /// Like [`Curl::new`], for a namespace known by name.
+    pub fn in_netns(ns: &str, workdir: &Path, url: &str) -> Curl {
         Curl {
-            ns: ns.name().to_string(),
+            ns: ns.to_string(),
             url: url.to_string(),
             args: Vec::new(),
             workdir: workdir.to_path_buf(),

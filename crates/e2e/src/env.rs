@@ -14,11 +14,9 @@ use crate::curl::{Curl, CurlResult};
 use crate::metrics;
 use crate::netns::Netns;
 use crate::pki::Pki;
-use crate::prereq::{sluice_bin, tools};
+use crate::prereq::tools;
 use crate::process::{LogBook, Proc};
-use crate::sidecar::{
-    Sidecar, SidecarOpts, ADMIN_PORT, PROXY_PORT, PROXY_UID, READY_TIMEOUT, STATS_PORT, STATUS_PORT,
-};
+use crate::sidecar::{Sidecar, SidecarOpts, ADMIN_PORT, PROXY_PORT, STATS_PORT};
 use crate::slot::Slot;
 use crate::wait::eventually;
 
@@ -69,6 +67,71 @@ pub const HTTPBIN: &str = "httpbin.org";
 pub const GOOGLE: &str = "www.google.com";
 pub const CNN: &str = "edition.cnn.com";
 
+/// What every environment starts from: a slot (with what dead tests left behind swept away), a
+/// short form of the test name for namespace names, and a world-readable temporary directory
+/// recorded in the slot's lock file.
+pub(crate) struct Workspace {
+    pub slot: Slot,
+    pub short: String,
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Workspace {
+    pub fn new(test: &str) -> Workspace {
+        let slot = Slot::acquire(test);
+        // Anything dead tests left behind, in this slot and in free ones.
+        slot.sweep_stale();
+        let short: String = test
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(24)
+            .collect();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("sluice-e2e-{short}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("create temp dir: {e}"));
+        let path = dir.path().to_path_buf();
+        slot.record_dir(&path);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        Workspace {
+            slot,
+            short,
+            dir,
+            path,
+        }
+    }
+}
+
+/// dnsmasq in `ns`, in the foreground, logging every query to stdout, answering only for
+/// `records` (and whatever `--addn-hosts` files the caller adds) and NXDOMAIN for every other name.
+pub(crate) fn dnsmasq_command(
+    ns: &Netns,
+    listen: Ipv4Addr,
+    dir: &Path,
+    records: &[(&str, Ipv4Addr)],
+) -> Command {
+    let mut cmd = ns.cmd(&tools().dnsmasq);
+    cmd.args([
+        "--keep-in-foreground",
+        "--log-facility=-",
+        "--log-queries",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--user=root",
+        "--local=/#/",
+    ])
+    .arg(format!("--listen-address={listen}"))
+    .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
+    for (name, ip) in records {
+        cmd.arg(format!("--host-record={name},{ip}"));
+    }
+    cmd
+}
+
 /// One end-to-end test's environment. Field order is teardown order.
 pub struct TestEnv {
     pub name: String,
@@ -94,22 +157,12 @@ impl TestEnv {
     pub fn new(test: &str) -> TestEnv {
         let started = Instant::now();
         let tools = tools();
-        let slot = Slot::acquire(test);
-        // Anything dead tests left behind, in this slot and in free ones.
-        slot.sweep_stale();
-        let short: String = test
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .take(24)
-            .collect();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("sluice-e2e-{short}-"))
-            .tempdir()
-            .unwrap_or_else(|e| panic!("create temp dir: {e}"));
-        let dir_path = dir.path().to_path_buf();
-        slot.record_dir(&dir_path);
-        std::fs::set_permissions(&dir_path, std::fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("chmod {}: {e}", dir_path.display()));
+        let Workspace {
+            slot,
+            short,
+            dir,
+            path: dir_path,
+        } = Workspace::new(test);
         let hosts = Hosts::new(slot.index());
         let logs = LogBook::default();
 
@@ -186,26 +239,12 @@ impl TestEnv {
 
     fn start_dnsmasq(&mut self) {
         let h = self.hosts;
-        let mut cmd = self.ext.cmd(&tools().dnsmasq);
-        cmd.args([
-            "--keep-in-foreground",
-            "--log-facility=-",
-            "--log-queries",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-            "--local=/#/",
-        ])
-        .arg(format!("--listen-address={}", h.dns))
-        .arg(format!(
-            "--pid-file={}",
-            self.dir_path.join("dnsmasq.pid").display()
-        ))
-        .arg(format!("--host-record={HTTPBIN},{}", h.httpbin))
-        .arg(format!("--host-record={GOOGLE},{}", h.google))
-        .arg(format!("--host-record={CNN},{}", h.cnn));
+        let cmd = dnsmasq_command(
+            &self.ext,
+            h.dns,
+            &self.dir_path,
+            &[(HTTPBIN, h.httpbin), (GOOGLE, h.google), (CNN, h.cnn)],
+        );
         let p = Proc::spawn(
             "dnsmasq",
             cmd,
@@ -396,100 +435,15 @@ impl TestEnv {
             self.sidecar.is_none(),
             "a sidecar is already running in this environment"
         );
-        let bin = sluice_bin();
-        if let Some(capture) = &opts.capture {
-            let args = SidecarOpts::init_args(capture);
-            let out = self
-                .pod
-                .cmd(&bin)
-                .args(&args)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run {} init: {e}", bin.display()));
-            let log = self.dir_path.join("sluice-init.log");
-            let text = format!(
-                "$ sluice {}\nexit: {}\nstdout:\n{}\nstderr:\n{}",
-                args.iter()
-                    .map(|a| format!("'{a}'"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let _ = std::fs::write(&log, &text);
-            self.logs.add("sluice init", &log);
-            assert!(
-                out.status.success(),
-                "`sluice init` failed in {}:\n{text}",
-                self.pod.name()
-            );
-            let rules = self.iptables_nat();
-            let rules_log = self.dir_path.join("iptables-nat.txt");
-            let _ = std::fs::write(&rules_log, &rules);
-            self.logs
-                .add("iptables-save -t nat (after sluice init)", &rules_log);
-            assert!(
-                rules.contains("--to-ports 15001"),
-                "`sluice init` exited 0 but left no REDIRECT to 15001 in the pod's nat table:\n{rules}\n{text}"
-            );
-        }
-        let t = tools();
-        let mut cmd = self.pod.cmd(&t.setpriv);
-        cmd.args([
-            "--reuid",
-            &PROXY_UID.to_string(),
-            "--regid",
-            &PROXY_UID.to_string(),
-            "--clear-groups",
-            "--pdeathsig",
-            "KILL",
-            "--",
-        ])
-        .arg(&bin)
-        .args(opts.sidecar_args(&self.config.path().to_string_lossy()));
-        if let Some(level) = std::env::var_os("SLUICE_E2E_LOG") {
-            cmd.env("SLUICE_LOG", &level).env("RUST_LOG", level);
-        }
-        cmd.env("HOME", &self.dir_path);
-        let proc = Proc::spawn(
-            "sidecar",
-            cmd,
+        let sc = crate::sidecar::launch(
+            &self.pod,
             &self.dir_path,
             &self.logs,
-            Some(PROXY_UID),
-            libc::SIGTERM,
+            "sidecar",
+            self.config.path(),
+            opts,
         );
-        self.sidecar = Some(Sidecar { proc, opts });
-        self.wait_ready();
-        self.sidecar.as_mut().expect("just set")
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let last = loop {
-            let r = self.local_get(STATUS_PORT, "/healthz/ready");
-            if r.exit_code == 0 && r.status == 200 {
-                return;
-            }
-            let last = format!("{r}");
-            let sc = self.sidecar.as_mut().expect("sidecar started");
-            if let Some(status) = sc.exited() {
-                panic!(
-                    "the sidecar exited ({status}) before it got ready; last readiness probe:\n{last}\n{}",
-                    self.logs.dump(80)
-                );
-            }
-            if Instant::now() > deadline {
-                break last;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        panic!(
-            "the sidecar did not answer 200 on http://127.0.0.1:{STATUS_PORT}/healthz/ready within {READY_TIMEOUT:?}; \
-             last probe:\n{last}\n{}",
-            self.logs.dump(80)
-        );
+        self.sidecar.insert(sc)
     }
 
     /// The running sidecar; panics if none was started.
@@ -559,9 +513,7 @@ impl TestEnv {
 
     /// The pod's nat table.
     pub fn iptables_nat(&self) -> String {
-        self.pod
-            .try_run(&tools().iptables_save.to_string_lossy(), &["-t", "nat"])
-            .1
+        crate::sidecar::iptables_nat(&self.pod)
     }
 
     /// Stops the sidecar (SIGTERM, then SIGKILL after 3 s).

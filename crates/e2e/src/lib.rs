@@ -17,6 +17,10 @@
 //! in the pod namespace (curl, the sidecar) use via `/etc/netns/<pod>/resolv.conf`. The HTTPS hosts
 //! present a certificate from a per-test CA ([`Pki`]); curl trusts it through `--cacert`.
 //!
+//! The "services inside the mesh" scenarios (seed 004) use [`MeshEnv`] instead: several pods on
+//! one bridge, Kubernetes Services with cluster IPs, and the tutorial's chain of apps
+//! (`apps/chain.py`); see [`mesh`].
+//!
 //! Each test gets a slot N (0..=255) held by a lock file in `/run/sluice-e2e/`, so parallel tests,
 //! in one process or many, never share names or subnets; a slot left behind by a killed run is
 //! cleaned up by the next test that takes it.
@@ -34,6 +38,7 @@ pub mod accesslog;
 pub mod config;
 pub mod curl;
 pub mod env;
+pub mod mesh;
 pub mod metrics;
 pub mod netns;
 pub mod pki;
@@ -47,6 +52,7 @@ pub use accesslog::AccessLogEntry;
 pub use config::ConfigDir;
 pub use curl::{Curl, CurlResult};
 pub use env::{Hosts, TestEnv};
+pub use mesh::{MeshEnv, Pod, PodSpec};
 pub use netns::Netns;
 pub use pki::Pki;
 pub use sidecar::{Sidecar, SidecarOpts};

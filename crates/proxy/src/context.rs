@@ -7,9 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use sluice_api::networking::Labels;
 use sluice_model::registry::EndpointAddress;
-use sluice_model::{
-    Cluster, Service, Snapshot, Workload, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER,
-};
+use sluice_model::{Cluster, Service, Snapshot, Workload, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 
 use crate::balancer::{Balancers, ClusterRuntime};
 use crate::resolve::Resolver;

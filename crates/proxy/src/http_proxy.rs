@@ -291,9 +291,10 @@ pub async fn handle(
     let labels = HttpLabels {
         reporter: Reporter::Source,
         source: proxy.workload.clone(),
-        destination: outcome
-            .upstream
-            .map_or_else(|| proxy.unknown_peer.clone(), |u| proxy.peer_at(&snap, u.remote.ip())),
+        destination: outcome.upstream.map_or_else(
+            || proxy.unknown_peer.clone(),
+            |u| proxy.peer_at(&snap, u.remote.ip()),
+        ),
         destination_service: outcome.service.clone(),
         request_protocol: RequestProtocol::Http,
         response_flags: outcome.flags.clone(),

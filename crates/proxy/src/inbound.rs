@@ -208,7 +208,6 @@ impl ConnCtx {
     }
 }
 
-
 async fn handle_connection(
     inbound: Arc<Inbound>,
     mut stream: TcpStream,
