@@ -3,40 +3,16 @@
 //! table of a snapshot, and reference warnings.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_api::{Resource, Severity};
 use sluice_model::cluster::Cluster;
 use sluice_model::policy::{HashKey, HashPolicy, LbPolicy, OutlierPolicy, PoolLimits};
-use sluice_model::{compile, Protocol, ProxyIdentity, Snapshot, INBOUND_PASSTHROUGH_CLUSTER};
+use sluice_model::{Protocol, Snapshot, INBOUND_PASSTHROUGH_CLUSTER};
 
-fn resources(yaml: &str) -> Vec<Resource> {
-    let loaded = sluice_api::decode_str(Path::new("test.yaml"), yaml);
-    let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
-    assert!(errors.is_empty(), "test config does not decode: {errors:?}");
-    for r in &loaded.resources {
-        let errs: Vec<_> = sluice_api::validate(r)
-            .into_iter()
-            .filter(|d| d.is_error())
-            .collect();
-        assert!(errs.is_empty(), "test config does not validate: {errs:?}");
-    }
-    loaded.resources
-}
-
-fn snapshot_in(ns: &str, labels: &[(&str, &str)], yaml: &str) -> Snapshot {
-    let proxy = ProxyIdentity {
-        namespace: ns.into(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        service_account: None,
-    };
-    compile(&resources(yaml), &proxy, 1)
-}
+mod common;
+use common::{resources, snapshot_in};
 
 fn cluster<'a>(snap: &'a Snapshot, name: &str) -> &'a Arc<Cluster> {
     snap.clusters

@@ -2,40 +2,15 @@
 //! VIPs and short names reach those services.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 
 use http::HeaderMap;
-use sluice_api::Resource;
 use sluice_model::cluster::UpstreamAddress;
 use sluice_model::registry::{services_from, EndpointAddress, Resolution};
 use sluice_model::route::HttpRequestFacts;
-use sluice_model::{compile, HttpDecision, Protocol, ProxyIdentity, Snapshot, StreamDecision};
+use sluice_model::{HttpDecision, Protocol, Snapshot, StreamDecision};
 
-fn resources(yaml: &str) -> Vec<Resource> {
-    let loaded = sluice_api::decode_str(Path::new("test.yaml"), yaml);
-    let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
-    assert!(errors.is_empty(), "test config does not decode: {errors:?}");
-    for r in &loaded.resources {
-        let errs: Vec<_> = sluice_api::validate(r)
-            .into_iter()
-            .filter(|d| d.is_error())
-            .collect();
-        assert!(errs.is_empty(), "test config does not validate: {errs:?}");
-    }
-    loaded.resources
-}
-
-fn snapshot_in(ns: &str, labels: &[(&str, &str)], yaml: &str) -> Snapshot {
-    let proxy = ProxyIdentity {
-        namespace: ns.into(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        service_account: None,
-    };
-    compile(&resources(yaml), &proxy, 1)
-}
+mod common;
+use common::{resources, snapshot_in};
 
 /// The cluster an HTTP request to `authority` on `port` is forwarded to, or a description of
 /// the decision.

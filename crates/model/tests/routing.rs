@@ -6,31 +6,10 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use sluice_model::route::{ClusterRef, HttpRequestFacts, Operation};
-use sluice_model::{
-    compile, HttpDecision, OutboundPolicy, ProxyIdentity, RouteAction, Snapshot, StreamDecision,
-};
+use sluice_model::{HttpDecision, OutboundPolicy, RouteAction, Snapshot, StreamDecision};
 
-fn snapshot_in(ns: &str, labels: &[(&str, &str)], yaml: &str) -> Snapshot {
-    let loaded = sluice_api::decode_str(Path::new("test.yaml"), yaml);
-    let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
-    assert!(errors.is_empty(), "test config does not decode: {errors:?}");
-    for r in &loaded.resources {
-        let errs: Vec<_> = sluice_api::validate(r)
-            .into_iter()
-            .filter(|d| d.is_error())
-            .collect();
-        assert!(errs.is_empty(), "test config does not validate: {errs:?}");
-    }
-    let proxy = ProxyIdentity {
-        namespace: ns.into(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        service_account: None,
-    };
-    compile(&loaded.resources, &proxy, 1)
-}
+mod common;
+use common::snapshot_in;
 
 fn snapshot(yaml: &str) -> Snapshot {
     snapshot_in("default", &[("app", "sleep")], yaml)

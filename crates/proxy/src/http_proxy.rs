@@ -26,6 +26,7 @@ use crate::balancer::{
     request_hash, CallResult, ClusterRuntime, EndpointGuard, EndpointState, HashInput, RequestHash,
     RetryPermit,
 };
+use crate::body::{CountingBody, Finish, LoggedBody};
 use crate::context::{Downstream, Proxy};
 use crate::io::ByteCounter;
 use crate::telemetry::accesslog::{protocol_name, AccessLogRecord};
@@ -303,17 +304,16 @@ pub async fn handle(
         grpc_response_status: None,
     };
     let (parts, body) = response.into_parts();
-    let logged = LoggedBody {
-        inner: body,
-        sent: 0,
-        finish: Some(Finish {
+    let logged = LoggedBody::new(
+        body,
+        Finish {
             proxy: proxy.clone(),
             rec,
             labels,
             start,
             received,
-        }),
-    };
+        },
+    );
     Ok(Response::from_parts(parts, logged.boxed_unsync()))
 }
 
@@ -1119,119 +1119,4 @@ fn spawn_mirror(
             let _ = resp.into_body().collect().await;
         }
     });
-}
-
-/// A request body that counts the bytes it passes (`%BYTES_RECEIVED%`).
-pub struct CountingBody {
-    inner: Incoming,
-    counter: ByteCounter,
-}
-
-impl CountingBody {
-    fn new(inner: Incoming, counter: ByteCounter) -> Self {
-        CountingBody { inner, counter }
-    }
-}
-
-impl Body for CountingBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    self.counter.add(d.len() as u64);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-struct Finish {
-    proxy: Arc<Proxy>,
-    rec: AccessLogRecord,
-    labels: HttpLabels,
-    start: Instant,
-    received: ByteCounter,
-}
-
-/// A response body that writes the access log line and records metrics when it ends (or is dropped
-/// because the client went away).
-struct LoggedBody {
-    inner: ProxyBody,
-    sent: u64,
-    finish: Option<Finish>,
-}
-
-impl LoggedBody {
-    fn complete(&mut self, client_gone: bool) {
-        let Some(mut f) = self.finish.take() else {
-            return;
-        };
-        f.rec.bytes_sent = self.sent;
-        f.rec.bytes_received = f.received.get();
-        f.rec.duration = f.start.elapsed();
-        if client_gone && f.rec.response_flags == "-" {
-            f.rec.response_flags = Cow::Borrowed("DC");
-            f.labels.response_flags = Cow::Borrowed("DC");
-        }
-        f.proxy
-            .metrics
-            .record_http(&f.labels, f.rec.duration, f.rec.bytes_received, self.sent);
-        f.proxy.access_log.log(f.rec);
-    }
-}
-
-impl Body for LoggedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    self.sent += d.len() as u64;
-                }
-                if self.inner.is_end_stream() {
-                    self.complete(false);
-                }
-            }
-            Poll::Ready(None) => self.complete(false),
-            Poll::Ready(Some(Err(_))) => self.complete(true),
-            Poll::Pending => {}
-        }
-        polled
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for LoggedBody {
-    fn drop(&mut self) {
-        // An empty body may never be polled; a body dropped mid-way means the client left.
-        let ended = self.inner.is_end_stream();
-        self.complete(!ended);
-    }
 }

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -38,6 +37,7 @@ use sluice_model::{Snapshot, INBOUND_PASSTHROUGH_CLUSTER};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use crate::body::{CountingBody, Finish, LoggedBody};
 use crate::context::{service_labels, Proxy};
 use crate::detect::{detect, Detected};
 use crate::io::{original_dst, ByteCounter, CountingStream, PrefixedStream};
@@ -483,10 +483,7 @@ async fn handle_request(
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
 
     let received = ByteCounter::default();
-    let body = CountingBody {
-        inner: body,
-        counter: received.clone(),
-    };
+    let body = CountingBody::new(body, received.clone());
     let (response, outcome) = forward(&inbound, &ctx, parts, body.boxed_unsync(), authority).await;
 
     rec.response_code = response.status().as_u16();
@@ -513,17 +510,16 @@ async fn handle_request(
         grpc_response_status: None,
     };
     let (parts, body) = response.into_parts();
-    let logged = LoggedBody {
-        inner: body,
-        sent: 0,
-        finish: Some(Finish {
+    let logged = LoggedBody::new(
+        body,
+        Finish {
             proxy: proxy.clone(),
             rec,
             labels,
             start,
             received,
-        }),
-    };
+        },
+    );
     Ok(Response::from_parts(parts, logged.boxed_unsync()))
 }
 
@@ -658,114 +654,4 @@ fn local_reply(
         upstream_service_time: None,
     };
     (resp, outcome)
-}
-
-// === Bodies that account for themselves ===
-
-/// A request body that counts the bytes it passes (`%BYTES_RECEIVED%`).
-struct CountingBody {
-    inner: Incoming,
-    counter: ByteCounter,
-}
-
-impl Body for CountingBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    self.counter.add(d.len() as u64);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-struct Finish {
-    proxy: Arc<Proxy>,
-    rec: AccessLogRecord,
-    labels: HttpLabels,
-    start: Instant,
-    received: ByteCounter,
-}
-
-/// A response body that writes the access log line and records metrics when it ends, or when it
-/// is dropped because the client went away (`DC`).
-struct LoggedBody {
-    inner: ProxyBody,
-    sent: u64,
-    finish: Option<Finish>,
-}
-
-impl LoggedBody {
-    fn complete(&mut self, client_gone: bool) {
-        let Some(mut f) = self.finish.take() else {
-            return;
-        };
-        f.rec.bytes_sent = self.sent;
-        f.rec.bytes_received = f.received.get();
-        f.rec.duration = f.start.elapsed();
-        if client_gone && f.rec.response_flags == "-" {
-            f.rec.response_flags = Cow::Borrowed("DC");
-            f.labels.response_flags = Cow::Borrowed("DC");
-        }
-        f.proxy
-            .metrics
-            .record_http(&f.labels, f.rec.duration, f.rec.bytes_received, self.sent);
-        f.proxy.access_log.log(f.rec);
-    }
-}
-
-impl Body for LoggedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    self.sent += d.len() as u64;
-                }
-                if self.inner.is_end_stream() {
-                    self.complete(false);
-                }
-            }
-            Poll::Ready(None) => self.complete(false),
-            Poll::Ready(Some(Err(_))) => self.complete(true),
-            Poll::Pending => {}
-        }
-        polled
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for LoggedBody {
-    fn drop(&mut self) {
-        let ended = self.inner.is_end_stream();
-        self.complete(!ended);
-    }
 }

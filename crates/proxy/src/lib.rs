@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod balancer;
+pub mod body;
 pub mod context;
 pub mod detect;
 pub mod http_proxy;
