@@ -357,6 +357,20 @@ fn chain_through_sidecars_with_inbound_capture() {
         ],
     );
     assert!(sent >= 12.0, "client metrics: {sent} requests to customer");
+    // The registry knows customer's address (its WorkloadEntry), so the source side names the
+    // destination workload, as Istio's metadata exchange would.
+    let named = metrics::sum(
+        &m,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service", &fqdn("customer")),
+            ("destination_app", "customer"),
+            ("destination_version", "v1"),
+            ("destination_workload_namespace", "tutorial"),
+        ],
+    );
+    assert_eq!(named, sent, "client metrics name the customer workload");
 
     // Inbound on recommendation v1 (it served at least one request through preference's sidecar,
     // or gets one now).
@@ -394,6 +408,20 @@ fn chain_through_sidecars_with_inbound_capture() {
         "inbound forwards from 127.0.0.6: {}",
         e.raw
     );
+    // `sluice init -d 15090,...`: an excluded port is not captured. The hub reaches the
+    // sidecar's own stats port directly; the inbound listener neither answers nor logs it.
+    let r = mesh
+        .hub_curl(&format!("http://{rec_v1_ip}:15090/stats/prometheus"))
+        .run();
+    r.expect_status(200);
+    assert_ne!(r.header("server"), Some("istio-envoy"), "{r}");
+    let stats_dst = format!("{rec_v1_ip}:15090");
+    assert!(
+        !v1.access_log()
+            .iter()
+            .any(|e| e.downstream_local_address == stats_dst),
+        "port 15090 is excluded from inbound capture (-d) and must not be proxied"
+    );
     // From preference's sidecar, the inbound line names the Service authority.
     let served_v1 = versions.get("v1").copied().unwrap_or(0);
     if served_v1 > 0 {
@@ -426,6 +454,23 @@ fn chain_through_sidecars_with_inbound_capture() {
             ("destination_app", "recommendation"),
         ],
     );
+    if served_v1 > 0 {
+        // Calls from preference's pod: its WorkloadEntry names the source.
+        let from_preference = metrics::sum(
+            &m,
+            "istio_requests_total",
+            &[
+                ("reporter", "destination"),
+                ("source_app", "preference"),
+                ("source_workload_namespace", "tutorial"),
+                ("destination_app", "recommendation"),
+            ],
+        );
+        assert!(
+            from_preference >= served_v1 as f64,
+            "inbound metrics name preference as the source: {from_preference}"
+        );
+    }
     assert!(
         received >= 1.0 + served_v1 as f64,
         "recommendation-v1 counted {received} inbound requests (reporter=destination), expected ≥ {}:\n{}",
