@@ -2,6 +2,7 @@
 //! and the routing decisions the data path asks for. Everything here is pure: no I/O, no clocks.
 
 pub mod cluster;
+pub mod gateway;
 pub mod host;
 pub mod mesh;
 pub mod policy;
@@ -15,6 +16,6 @@ pub use mesh::{AccessLogSettings, LogEncoding, MeshSettings, OutboundPolicy};
 pub use registry::{Protocol, Service};
 pub use route::{HttpRequestFacts, HttpRouteRule, RouteAction, StreamRule, WeightedTarget};
 pub use snapshot::{
-    compile, HttpDecision, InboundPort, ProxyIdentity, Snapshot, StreamDecision, Workload,
+    compile, HttpDecision, InboundPort, ProxyIdentity, ProxyKind, Snapshot, StreamDecision, Workload,
     INBOUND_PASSTHROUGH_CLUSTER,
 };

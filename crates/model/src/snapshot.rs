@@ -9,6 +9,7 @@ use sluice_api::networking::{self, Destination, HttpRoute, Labels};
 use sluice_api::{Diagnostic, Resource, Severity, Spec};
 
 use crate::cluster::{Cluster, MergedRule, UpstreamAddress, UpstreamTls};
+use crate::gateway::{GatewayPort, GatewayServer};
 use crate::host;
 use crate::mesh::{MeshSettings, OutboundPolicy};
 use crate::policy::{LbPolicy, OutlierPolicy, PoolLimits};
@@ -26,6 +27,17 @@ pub struct ProxyIdentity {
     pub namespace: String,
     pub labels: Labels,
     pub service_account: Option<String>,
+    pub kind: ProxyKind,
+}
+
+/// A sidecar next to one workload, or a standalone gateway (Istio's "router").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub enum ProxyKind {
+    #[default]
+    Sidecar,
+    /// `sluice gateway`: serves the Gateways whose selector matches its labels; VirtualServices
+    /// bind through `gateways`, not `mesh`; `resolution: NONE` services have no endpoints.
+    Gateway,
 }
 
 /// The result of routing an HTTP request.
@@ -114,6 +126,8 @@ pub struct Snapshot {
     pub workloads: HashMap<IpAddr, Arc<Workload>>,
     /// Inbound ports of this workload declared by the services that select it, by target port.
     pub inbound_ports: HashMap<u16, InboundPort>,
+    /// Gateway proxies: the ports to listen on and their servers (empty for sidecars).
+    pub gateway_ports: Vec<GatewayPort>,
 }
 
 /// Creation order for resources of one kind: `creationTimestamp`, then the order the store first
@@ -1125,6 +1139,47 @@ impl Snapshot {
         let first = declared.next()?;
         let opaque = |p: Protocol| !p.is_http() && !p.is_tls() && p != Protocol::Unknown;
         (opaque(first) && declared.all(opaque)).then_some(Protocol::Tcp)
+    }
+
+    /// Gateway proxies: every port to listen on, with its servers.
+    pub fn gateway_ports(&self) -> &[GatewayPort] {
+        &self.gateway_ports
+    }
+
+    /// Gateway proxies: the server on `port` that handles a connection with this SNI (TLS) —
+    /// the server whose hosts match it most specifically, else the first server on the port
+    /// (a client without SNI, or plain HTTP).
+    pub fn gateway_server(&self, port: u16, sni: Option<&str>) -> Option<&Arc<GatewayServer>> {
+        let _ = sni;
+        self.gateway_ports
+            .iter()
+            .find(|p| p.number == port)
+            .and_then(|p| p.servers.first())
+    }
+
+    /// Gateway proxies: routes an HTTP request that arrived on `port` (Host port ignored). Never
+    /// Passthrough/Blocked: an unknown host or unmatched path is `NoRoute` (404 NR).
+    pub fn route_gateway_http<'a>(
+        &'a self,
+        port: u16,
+        req: &HttpRequestFacts<'_>,
+    ) -> HttpDecision<'a> {
+        let _ = (port, req);
+        HttpDecision::NoRoute { vhost: "blackhole" }
+    }
+
+    /// Gateway proxies: routes a PASSTHROUGH TLS connection on `port` by SNI with VirtualService
+    /// `tls` routes bound to the gateway; `Blocked` when nothing matches.
+    pub fn route_gateway_tls(&self, port: u16, sni: Option<&str>) -> StreamDecision<'_> {
+        let _ = (port, sni);
+        StreamDecision::Blocked
+    }
+
+    /// Gateway proxies: routes a TCP connection on `port` with VirtualService `tcp` routes bound
+    /// to the gateway; `Blocked` when nothing matches.
+    pub fn route_gateway_tcp(&self, port: u16) -> StreamDecision<'_> {
+        let _ = port;
+        StreamDecision::Blocked
     }
 
     /// The workload at `ip`, if the registry knows one.

@@ -14,5 +14,6 @@ pub mod resolve;
 pub mod sidecar;
 pub mod store;
 pub mod stream;
+pub mod tls_server;
 pub mod telemetry;
 pub mod upstream;

@@ -135,6 +135,7 @@ pub async fn run(opts: SidecarOptions) -> anyhow::Result<()> {
         namespace: opts.namespace.clone(),
         labels: opts.labels.clone(),
         service_account: opts.service_account.clone(),
+        kind: sluice_model::ProxyKind::Sidecar,
     };
     let mut store = ConfigStore::new(opts.config_dir.clone(), identity);
     store.rescan();

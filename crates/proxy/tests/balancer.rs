@@ -40,6 +40,7 @@ spec:
         namespace: "default".into(),
         labels: Default::default(),
         service_account: None,
+        kind: sluice_model::ProxyKind::Sidecar,
     };
     compile(&loaded.resources, &proxy, generation)
 }
@@ -426,6 +427,7 @@ fn reload_keeps_state_of_remaining_endpoints() {
             namespace: "default".into(),
             labels: Default::default(),
             service_account: None,
+            kind: sluice_model::ProxyKind::Sidecar,
         },
         3,
     );

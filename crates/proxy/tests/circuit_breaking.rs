@@ -110,6 +110,7 @@ spec:
         namespace: "default".into(),
         labels: Default::default(),
         service_account: None,
+        kind: sluice_model::ProxyKind::Sidecar,
     };
     let snap = compile(&loaded.resources, &identity, 1);
     let log = tempfile::NamedTempFile::new().unwrap();

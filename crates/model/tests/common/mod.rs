@@ -31,6 +31,7 @@ pub fn snapshot_in(ns: &str, labels: &[(&str, &str)], yaml: &str) -> Snapshot {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         service_account: None,
+        kind: sluice_model::ProxyKind::Sidecar,
     };
     compile(&resources(yaml), &proxy, 1)
 }
