@@ -4,12 +4,16 @@
 //! Compiled into the [`Snapshot`](crate::Snapshot) of a proxy whose kind is
 //! [`ProxyKind::Gateway`](crate::snapshot::ProxyKind).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
+use sluice_api::kube::SecretData;
+use sluice_api::networking::{Labels, ServerTlsSettings};
+use sluice_api::{Diagnostic, Resource, Severity, Spec};
 
-use crate::registry::Protocol;
+use crate::registry::{labels_subset, Protocol};
 
 /// One listening port of the gateway and the servers (of any selected Gateway) on it.
 #[derive(Debug, Clone, Serialize)]
@@ -149,4 +153,303 @@ pub struct ServerTls {
     pub cipher_suites: Vec<String>,
     /// `subjectAltNames` a client certificate must carry (MUTUAL).
     pub subject_alt_names: Vec<String>,
+}
+
+/// `ns/name` of the Gateway a VirtualService `gateways` entry names, as Istio's
+/// `resolveGatewayName`: `ns/name` (`./name` = the VirtualService's namespace), a legacy
+/// `name.ns[.svc.cluster.local]`, or a bare `name` in the VirtualService's namespace. `None` for
+/// `mesh`.
+pub fn resolve_gateway_name(entry: &str, vs_namespace: &str) -> Option<String> {
+    let entry = entry.trim();
+    if entry == "mesh" || entry.is_empty() {
+        return None;
+    }
+    Some(match entry.split_once('/') {
+        Some((".", name)) => format!("{vs_namespace}/{name}"),
+        Some((ns, name)) => format!("{ns}/{name}"),
+        None => match entry.split_once('.') {
+            Some((name, rest)) => {
+                let ns = rest.split('.').next().unwrap_or(vs_namespace);
+                format!("{ns}/{name}")
+            }
+            None => format!("{vs_namespace}/{entry}"),
+        },
+    })
+}
+
+impl GatewayHost {
+    /// Parses a server host `[ns/]dnsName` of a Gateway in `gateway_ns`.
+    pub fn parse(written: &str, gateway_ns: &str) -> GatewayHost {
+        let (ns, host) = match written.split_once('/') {
+            Some((".", h)) => (Some(gateway_ns), h),
+            Some(("*", h)) => (None, h),
+            Some((ns, h)) => (Some(ns), h),
+            None => (None, written),
+        };
+        GatewayHost {
+            namespace: ns.map(Arc::from),
+            host: host.to_ascii_lowercase().into(),
+        }
+    }
+
+    /// True if this server host admits the VirtualService host `vs_host` of a VirtualService
+    /// in `vs_namespace` (Istio's `pickMatchingGatewayHosts`).
+    pub fn admits(&self, vs_host: &str, vs_namespace: &str) -> bool {
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| ns == vs_namespace)
+            && crate::host::intersects(&self.host, vs_host)
+    }
+}
+
+impl TlsVersion {
+    /// Parses `TLSV1_0` … `TLSV1_3`; `TLS_AUTO` (and anything else) is `None`.
+    pub fn parse(s: &str) -> Option<TlsVersion> {
+        match s.to_ascii_uppercase().as_str() {
+            "TLSV1_0" => Some(TlsVersion::Tls10),
+            "TLSV1_1" => Some(TlsVersion::Tls11),
+            "TLSV1_2" => Some(TlsVersion::Tls12),
+            "TLSV1_3" => Some(TlsVersion::Tls13),
+            _ => None,
+        }
+    }
+}
+
+impl ServerTlsMode {
+    /// Parses `tls.mode`; an absent mode is PASSTHROUGH, the enum's zero value.
+    pub fn parse(s: Option<&str>) -> ServerTlsMode {
+        match s.unwrap_or("").to_ascii_uppercase().as_str() {
+            "SIMPLE" => ServerTlsMode::Simple,
+            "MUTUAL" => ServerTlsMode::Mutual,
+            "OPTIONAL_MUTUAL" => ServerTlsMode::OptionalMutual,
+            "AUTO_PASSTHROUGH" => ServerTlsMode::AutoPassthrough,
+            "ISTIO_MUTUAL" => ServerTlsMode::IstioMutual,
+            _ => ServerTlsMode::Passthrough,
+        }
+    }
+}
+
+/// The `<name>-cacert` suffix of a Secret holding only the client CA (Istio's `SdsCaSuffix`).
+pub const CA_SECRET_SUFFIX: &str = "-cacert";
+
+fn secret_data<'a>(resources: &'a [Resource], ns: &str, name: &str) -> Option<&'a SecretData> {
+    resources.iter().find_map(|r| match &r.spec {
+        Spec::Secret { data, .. } if r.meta.namespace == ns && r.meta.name == name => Some(data),
+        _ => None,
+    })
+}
+
+fn non_empty<'a>(data: &'a SecretData, key: &str) -> Option<&'a [u8]> {
+    data.get(key).map(Vec::as_slice).filter(|v| !v.is_empty())
+}
+
+/// Resolves a `credentialName` (also `kubernetes://[ns/]name`) to the Secret's certificate, key
+/// and CA, looked up in `proxy_ns` (the gateway workload's namespace) as Istio's SDS does. The
+/// generic keys `cert`/`key`/`cacert` are tried before `tls.crt`/`tls.key`/`ca.crt`; the CA of
+/// `<name>-cacert` wins over the Secret's own. `Err` carries the reason, in Istio's words.
+pub fn resolve_credential(
+    resources: &[Resource],
+    proxy_ns: &str,
+    credential_name: &str,
+) -> Result<Credential, String> {
+    let reference = credential_name
+        .strip_prefix("kubernetes://")
+        .unwrap_or(credential_name);
+    let (ns, name) = reference.split_once('/').unwrap_or((proxy_ns, reference));
+    let Some(data) = secret_data(resources, ns, name) else {
+        return Err(format!(
+            "Secret {ns}/{name} not found (credentialName is looked up in the gateway proxy's namespace, {proxy_ns})"
+        ));
+    };
+    let pair = [("cert", "key"), ("tls.crt", "tls.key")]
+        .into_iter()
+        .find(|(c, k)| data.contains_key(*c) && data.contains_key(*k));
+    let Some((cert_key, key_key)) = pair else {
+        let found: Vec<&str> = data.keys().map(String::as_str).collect();
+        return Err(format!(
+            "Secret {ns}/{name} has neither \"cert\" and \"key\" nor \"tls.crt\" and \"tls.key\"; found keys: {}",
+            found.join(", ")
+        ));
+    };
+    let (Some(cert), Some(key)) = (non_empty(data, cert_key), non_empty(data, key_key)) else {
+        return Err(format!(
+            "Secret {ns}/{name}: found keys \"{cert_key}\" and \"{key_key}\", but they were empty"
+        ));
+    };
+    let ca = secret_data(resources, ns, &format!("{name}{CA_SECRET_SUFFIX}"))
+        .and_then(|d| non_empty(d, "cacert").or_else(|| non_empty(d, "ca.crt")))
+        .or_else(|| non_empty(data, "cacert").or_else(|| non_empty(data, "ca.crt")));
+    Ok(Credential::Secret {
+        name: format!("{ns}/{name}").into(),
+        cert: Arc::from(cert),
+        key: Arc::from(key),
+        ca: ca.map(Arc::from),
+    })
+}
+
+/// Resolves a server's `tls` block. `Err` is a problem to report on `tls.credentialName` (the
+/// server keeps a [`Credential::Missing`]).
+fn server_tls(
+    resources: &[Resource],
+    proxy_ns: &str,
+    protocol: Protocol,
+    tls: &ServerTlsSettings,
+) -> (ServerTls, Option<String>) {
+    let only_redirect = tls.mode.is_none()
+        && tls.https_redirect
+        && tls.server_certificate.is_none()
+        && tls.credential_name.is_none()
+        && tls.credential_names.is_empty();
+    let mode = if only_redirect && !protocol.is_tls() {
+        ServerTlsMode::HttpsRedirectOnly
+    } else {
+        ServerTlsMode::parse(tls.mode.as_deref())
+    };
+    let mut problem = None;
+    let credential = match mode {
+        ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
+            let name = tls
+                .credential_name
+                .as_deref()
+                .or(tls.credential_names.first().map(String::as_str))
+                .filter(|n| !n.is_empty());
+            match (name, &tls.server_certificate, &tls.private_key) {
+                (Some(name), _, _) => match resolve_credential(resources, proxy_ns, name) {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        problem = Some(reason.clone());
+                        Credential::Missing {
+                            reason: reason.into(),
+                        }
+                    }
+                },
+                (None, Some(cert), Some(key)) => Credential::Files {
+                    cert: PathBuf::from(cert),
+                    key: PathBuf::from(key),
+                    ca: tls.ca_certificates.as_deref().map(PathBuf::from),
+                },
+                _ => Credential::Missing {
+                    reason: "no credentialName and no serverCertificate/privateKey".into(),
+                },
+            }
+        }
+        _ => Credential::None,
+    };
+    let tls = ServerTls {
+        mode,
+        https_redirect: tls.https_redirect,
+        credential,
+        min_version: tls
+            .min_protocol_version
+            .as_deref()
+            .and_then(TlsVersion::parse),
+        max_version: tls
+            .max_protocol_version
+            .as_deref()
+            .and_then(TlsVersion::parse),
+        cipher_suites: tls.cipher_suites.clone(),
+        subject_alt_names: tls.subject_alt_names.clone(),
+    };
+    (tls, problem)
+}
+
+/// The servers of every Gateway (any namespace) whose `selector` is a subset of `labels` (no
+/// selector: every gateway proxy), grouped by port number (ports ascending; servers in the order
+/// of `resources`, oldest Gateway first). Credential problems are reported as warnings.
+pub fn build_ports(
+    resources: &[Resource],
+    proxy_ns: &str,
+    labels: &Labels,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<GatewayPort> {
+    let mut ports: BTreeMap<u16, Vec<Arc<GatewayServer>>> = BTreeMap::new();
+    for res in resources {
+        let Spec::Gateway(gw) = &res.spec else {
+            continue;
+        };
+        if !labels_subset(&gw.selector, labels) {
+            continue;
+        }
+        let ns = res.meta.namespace.as_str();
+        let key = res.key();
+        for (i, server) in gw.servers.iter().enumerate() {
+            let Some(number) = u16::try_from(server.port.number).ok().filter(|n| *n != 0) else {
+                continue;
+            };
+            let protocol = Protocol::of_port(server.port.protocol.as_deref(), &server.port.name);
+            let tls = server.tls.as_ref().map(|t| {
+                let (tls, problem) = server_tls(resources, proxy_ns, protocol, t);
+                if let Some(reason) = problem {
+                    diagnostics.push(Diagnostic::at(
+                        res,
+                        Severity::Warning,
+                        format!("spec.servers[{i}].tls.credentialName"),
+                        format!("{reason}; this server refuses TLS handshakes"),
+                    ));
+                }
+                tls
+            });
+            let hosts = if server.hosts.is_empty() {
+                vec![GatewayHost::parse("*", ns)]
+            } else {
+                server
+                    .hosts
+                    .iter()
+                    .map(|h| GatewayHost::parse(h, ns))
+                    .collect()
+            };
+            let name = server
+                .name
+                .as_deref()
+                .or(Some(server.port.name.as_str()))
+                .filter(|n| !n.is_empty())
+                .map(Arc::from);
+            ports
+                .entry(number)
+                .or_default()
+                .push(Arc::new(GatewayServer {
+                    source: format!("Gateway {key} servers[{i}]").into(),
+                    gateway: key.as_str().into(),
+                    name,
+                    protocol,
+                    hosts,
+                    tls,
+                }));
+        }
+    }
+    ports
+        .into_iter()
+        .map(|(number, servers)| GatewayPort { number, servers })
+        .collect()
+}
+
+impl GatewayServer {
+    /// The most specific of this server's hosts that matches `name`, if any.
+    pub fn best_host_for(&self, name: &str) -> Option<&str> {
+        self.hosts
+            .iter()
+            .map(|h| h.host.as_ref())
+            .filter(|h| crate::host::matches(h, name))
+            .min_by(|a, b| crate::host::specificity(a, b))
+    }
+
+    /// True if the server answers plain HTTP requests or terminates TLS and then serves HTTP.
+    pub fn serves_http(&self) -> bool {
+        match &self.tls {
+            Some(t) if t.mode == ServerTlsMode::HttpsRedirectOnly => self.protocol.is_http(),
+            Some(_) if self.terminates_tls() => {
+                self.protocol.is_http() || self.protocol == Protocol::Https
+            }
+            Some(_) => false,
+            None => self.protocol.is_http(),
+        }
+    }
+
+    /// True if connections are routed on SNI without terminating TLS (VirtualService `tls`).
+    pub fn passes_tls_through(&self) -> bool {
+        match &self.tls {
+            Some(t) => t.mode == ServerTlsMode::Passthrough,
+            None => self.protocol.is_tls(),
+        }
+    }
 }

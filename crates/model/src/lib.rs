@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod gateway;
 pub mod host;
+pub mod ingress;
 pub mod mesh;
 pub mod policy;
 pub mod references;
@@ -12,10 +13,11 @@ pub mod route;
 pub mod snapshot;
 
 pub use cluster::{Cluster, UpstreamAddress, UpstreamTls, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
-pub use mesh::{AccessLogSettings, LogEncoding, MeshSettings, OutboundPolicy};
+pub use gateway::{Credential, GatewayHost, GatewayPort, GatewayServer, ServerTls, ServerTlsMode};
+pub use mesh::{AccessLogSettings, IngressMode, LogEncoding, MeshSettings, OutboundPolicy};
 pub use registry::{Protocol, Service};
 pub use route::{HttpRequestFacts, HttpRouteRule, RouteAction, StreamRule, WeightedTarget};
 pub use snapshot::{
-    compile, HttpDecision, InboundPort, ProxyIdentity, ProxyKind, Snapshot, StreamDecision, Workload,
-    INBOUND_PASSTHROUGH_CLUSTER,
+    compile, HttpDecision, InboundPort, ProxyIdentity, ProxyKind, Snapshot, StreamDecision,
+    Workload, INBOUND_PASSTHROUGH_CLUSTER,
 };

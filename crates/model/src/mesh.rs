@@ -42,6 +42,24 @@ pub struct MeshSettings {
     pub access_log: AccessLogSettings,
     pub connect_timeout: Duration,
     pub root_namespace: String,
+    /// `ingressClass`: the `kubernetes.io/ingress.class` annotation value Ingresses must carry.
+    pub ingress_class: String,
+    /// The `istio` label value of the gateway that serves Kubernetes Ingresses
+    /// (`ingressSelector`, else `ingressService` when it is not `istio-ingressgateway`).
+    pub ingress_selector: String,
+    /// `ingressControllerMode`.
+    pub ingress_mode: IngressMode,
+}
+
+/// `ingressControllerMode`: which Kubernetes Ingresses the ingress gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum IngressMode {
+    /// None.
+    Off,
+    /// Ingresses of the mesh's class, and Ingresses without any class.
+    Default,
+    /// Only Ingresses of the mesh's class (annotation or IngressClass).
+    Strict,
 }
 
 impl Default for MeshSettings {
@@ -57,6 +75,9 @@ impl Default for MeshSettings {
             },
             connect_timeout: Duration::from_secs(10),
             root_namespace: "istio-system".into(),
+            ingress_class: "istio".into(),
+            ingress_selector: "ingressgateway".into(),
+            ingress_mode: IngressMode::Strict,
         }
     }
 }
@@ -93,6 +114,27 @@ impl MeshSettings {
         }
         if let Some(ns) = cfg.root_namespace.as_ref().filter(|n| !n.is_empty()) {
             m.root_namespace = ns.clone();
+        }
+        if let Some(c) = cfg.ingress_class.as_ref().filter(|c| !c.is_empty()) {
+            m.ingress_class = c.clone();
+        }
+        if let Some(sel) = cfg.ingress_selector.as_ref().filter(|s| !s.is_empty()) {
+            m.ingress_selector = sel.clone();
+        } else if let Some(svc) = cfg
+            .ingress_service
+            .as_ref()
+            .filter(|s| !s.is_empty() && *s != "istio-ingressgateway")
+        {
+            m.ingress_selector = svc.clone();
+        }
+        match cfg
+            .ingress_controller_mode
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+        {
+            Some(mode) if mode == "OFF" => m.ingress_mode = IngressMode::Off,
+            Some(mode) if mode == "DEFAULT" => m.ingress_mode = IngressMode::Default,
+            _ => {}
         }
         m
     }

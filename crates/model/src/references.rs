@@ -12,6 +12,7 @@ use std::sync::Arc;
 use sluice_api::networking::{Destination, DestinationRule, Subset};
 use sluice_api::{Diagnostic, Resource, Severity, Spec};
 
+use crate::gateway;
 use crate::host;
 use crate::registry::{self, labels_subset, Protocol, Resolution, Service};
 
@@ -20,6 +21,11 @@ pub(crate) fn unknown_host_message(host: &str) -> String {
     format!(
         "destination host {host} is not in the service registry (no ServiceEntry or Service); requests routed to it get 503 NC"
     )
+}
+
+/// Warning for a VirtualService `gateways` entry naming no Gateway.
+pub(crate) fn unknown_gateway_message(gateway: &str) -> String {
+    format!("Gateway {gateway} does not exist; this VirtualService's routes for it are not applied")
 }
 
 /// Warning for a subset that no DestinationRule for the host defines.
@@ -86,6 +92,7 @@ pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
         })
         .collect();
     let mut out = Vec::new();
+    check_gateways(resources, &mut out);
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
@@ -132,6 +139,66 @@ pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// The namespace `sluice gateway` runs in unless told otherwise, where `credentialName` Secrets
+/// are looked up.
+pub const DEFAULT_GATEWAY_NAMESPACE: &str = "istio-system";
+
+/// VirtualService `gateways` entries naming no Gateway, and Gateway `credentialName`s whose
+/// Secret is not in the default gateway namespace.
+fn check_gateways(resources: &[Resource], out: &mut Vec<Diagnostic>) {
+    let known: std::collections::BTreeSet<String> = resources
+        .iter()
+        .filter(|r| matches!(r.spec, Spec::Gateway(_)))
+        .map(Resource::key)
+        .collect();
+    for res in resources {
+        match &res.spec {
+            Spec::VirtualService(vs) => {
+                for (i, g) in vs.gateways.iter().enumerate() {
+                    if let Some(n) = gateway::resolve_gateway_name(g, &res.meta.namespace) {
+                        if !known.contains(&n) {
+                            out.push(Diagnostic::at(
+                                res,
+                                Severity::Warning,
+                                format!("spec.gateways[{i}]"),
+                                unknown_gateway_message(&n),
+                            ));
+                        }
+                    }
+                }
+            }
+            Spec::Gateway(gw) => {
+                for (i, server) in gw.servers.iter().enumerate() {
+                    let Some(tls) = &server.tls else {
+                        continue;
+                    };
+                    let name = tls
+                        .credential_name
+                        .as_deref()
+                        .or(tls.credential_names.first().map(String::as_str))
+                        .filter(|n| !n.is_empty());
+                    let Some(name) = name else {
+                        continue;
+                    };
+                    if let Err(reason) =
+                        gateway::resolve_credential(resources, DEFAULT_GATEWAY_NAMESPACE, name)
+                    {
+                        out.push(Diagnostic::at(
+                            res,
+                            Severity::Warning,
+                            format!("spec.servers[{i}].tls.credentialName"),
+                            format!(
+                                "{reason}; {DEFAULT_GATEWAY_NAMESPACE} is the namespace of `sluice gateway` unless --namespace says otherwise"
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn check_destination(

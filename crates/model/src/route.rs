@@ -19,6 +19,9 @@ pub enum StrMatcher {
     Prefix(String),
     /// Anchored: Envoy's `safe_regex` must match the whole value.
     Regex(Regex),
+    /// Envoy's `path_separated_prefix` (Ingress `pathType: Prefix`, stored without a trailing
+    /// `/`): `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
+    PathSeparatedPrefix(String),
 }
 
 impl StrMatcher {
@@ -43,12 +46,12 @@ impl StrMatcher {
         match self {
             StrMatcher::Exact(e) if ignore_case => e.eq_ignore_ascii_case(value),
             StrMatcher::Exact(e) => e == value,
-            StrMatcher::Prefix(p) if ignore_case => {
-                value.len() >= p.len()
-                    && value.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
-            }
-            StrMatcher::Prefix(p) => value.starts_with(p.as_str()),
+            StrMatcher::Prefix(p) => has_prefix(value, p, ignore_case),
             StrMatcher::Regex(r) => r.is_match(value),
+            StrMatcher::PathSeparatedPrefix(p) => {
+                has_prefix(value, p, ignore_case)
+                    && matches!(value.as_bytes().get(p.len()), None | Some(b'/'))
+            }
         }
     }
 
@@ -56,7 +59,7 @@ impl StrMatcher {
     fn operation_path(&self) -> String {
         match self {
             StrMatcher::Exact(e) => e.clone(),
-            StrMatcher::Prefix(p) => format!("{p}*"),
+            StrMatcher::Prefix(p) | StrMatcher::PathSeparatedPrefix(p) => format!("{p}*"),
             StrMatcher::Regex(r) => {
                 let s = r.as_str();
                 s.strip_prefix("^(?:")
@@ -65,6 +68,15 @@ impl StrMatcher {
                     .to_string()
             }
         }
+    }
+}
+
+fn has_prefix(value: &str, prefix: &str, ignore_case: bool) -> bool {
+    if ignore_case {
+        value.len() >= prefix.len()
+            && value.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    } else {
+        value.starts_with(prefix)
     }
 }
 
@@ -135,6 +147,25 @@ fn header_matches(headers: &HeaderMap, cond: &HeaderCondition) -> bool {
 }
 
 impl RequestMatch {
+    /// True if this block matches every path and sets no header, query, method, scheme or
+    /// authority condition (Istio's `IsCatchAllRoute`: prefix `/` or regex `.*`). Gateways move
+    /// such routes after the others when they merge VirtualServices.
+    pub fn is_catch_all(&self) -> bool {
+        let any_path = match &self.uri {
+            None => true,
+            Some(StrMatcher::Prefix(p) | StrMatcher::PathSeparatedPrefix(p)) => p == "/",
+            Some(StrMatcher::Regex(r)) => matches!(r.as_str(), "^(?:.*)$" | "^(?:*)$"),
+            Some(StrMatcher::Exact(_)) => false,
+        };
+        any_path
+            && self.scheme.is_none()
+            && self.method.is_none()
+            && self.authority.is_none()
+            && self.headers.is_empty()
+            && self.without_headers.is_empty()
+            && self.query_params.is_empty()
+    }
+
     /// True if every condition of this match block holds for `req`.
     pub fn matches(&self, req: &HttpRequestFacts<'_>) -> bool {
         if self.port.is_some_and(|p| p != req.port) {
@@ -451,7 +482,9 @@ impl HttpRouteRule {
             let uri = rw.uri.as_ref()?;
             match matched.and_then(|m| m.uri.as_ref()) {
                 // A prefix match rewrites only the matched prefix.
-                Some(StrMatcher::Prefix(p)) if path.len() >= p.len() => {
+                Some(StrMatcher::Prefix(p) | StrMatcher::PathSeparatedPrefix(p))
+                    if path.len() >= p.len() =>
+                {
                     format!("{uri}{}", &path[p.len()..])
                 }
                 _ => uri.clone(),

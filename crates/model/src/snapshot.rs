@@ -1,7 +1,7 @@
 //! `compile(resources, proxy) → Snapshot`: everything one proxy obeys, built once per config change,
 //! and the lookups the data path makes against it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use sluice_api::networking::{self, Destination, HttpRoute, Labels};
 use sluice_api::{Diagnostic, Resource, Severity, Spec};
 
 use crate::cluster::{Cluster, MergedRule, UpstreamAddress, UpstreamTls};
-use crate::gateway::{GatewayPort, GatewayServer};
+use crate::gateway::{self, GatewayPort, GatewayServer};
 use crate::host;
 use crate::mesh::{MeshSettings, OutboundPolicy};
 use crate::policy::{LbPolicy, OutlierPolicy, PoolLimits};
@@ -128,24 +128,55 @@ pub struct Snapshot {
     pub inbound_ports: HashMap<u16, InboundPort>,
     /// Gateway proxies: the ports to listen on and their servers (empty for sidecars).
     pub gateway_ports: Vec<GatewayPort>,
+    /// Gateway proxies: the routes of each port.
+    gateway_routes: HashMap<u16, GatewayRoutes>,
 }
 
 /// Creation order for resources of one kind: `creationTimestamp`, then the order the store first
 /// saw them, then name and namespace (Istio's `configCompareByCreationTime`). Callers pass
 /// resources already sorted this way.
+///
+/// A gateway proxy whose labels carry `istio: <ingressSelector>` also serves the Kubernetes
+/// Ingresses of the mesh's ingress class, translated by [`crate::ingress::to_gateway_config`].
 pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -> Snapshot {
     let mesh = MeshSettings::from_resources(resources);
+    let mut ingress_diagnostics = Vec::new();
+    let with_ingress: Vec<Resource>;
+    let resources = if proxy.kind == ProxyKind::Gateway
+        && proxy.labels.get("istio") == Some(&mesh.ingress_selector)
+    {
+        let (generated, diags) =
+            crate::ingress::to_gateway_config(resources, &mesh, &proxy.namespace);
+        ingress_diagnostics = diags;
+        if generated.is_empty() {
+            resources
+        } else {
+            with_ingress = resources.iter().cloned().chain(generated).collect();
+            &with_ingress
+        }
+    } else {
+        resources
+    };
     let mut snap = Snapshot {
         generation,
         proxy: proxy.clone(),
         mesh,
+        diagnostics: ingress_diagnostics,
         ..Snapshot::default()
     };
     let all_services = registry::services_from(resources);
     snap.services = all_services
         .iter()
         .filter(|s| s.export_to.visible_to(&proxy.namespace))
-        .cloned()
+        .map(|s| match proxy.kind {
+            // A gateway cannot forward to the original destination: Istio gives such a
+            // service EDS instead, so it has only the endpoints the registry lists (503 UH).
+            ProxyKind::Gateway if s.resolution == registry::Resolution::None => Arc::new(Service {
+                resolution: registry::Resolution::Static,
+                ..(**s).clone()
+            }),
+            _ => s.clone(),
+        })
         .collect();
     for (i, svc) in snap.services.iter().enumerate() {
         if svc.hostname.starts_with('*') {
@@ -164,7 +195,13 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
     }
     build_clusters(&mut snap, resources);
     build_default_routes(&mut snap);
-    build_virtual_services(&mut snap, resources);
+    match proxy.kind {
+        ProxyKind::Sidecar => build_virtual_services(&mut snap, resources),
+        ProxyKind::Gateway => {
+            build_gateway(&mut snap, resources);
+            crate::ingress::attribute_diagnostics(resources, &mut snap.diagnostics);
+        }
+    }
     build_host_aliases(&mut snap);
     build_workloads(&mut snap, resources);
     build_inbound_ports(&mut snap, resources, &all_services);
@@ -463,6 +500,56 @@ fn binds_to_mesh(gateways: &[String]) -> bool {
     gateways.is_empty() || gateways.iter().any(|g| g == "mesh")
 }
 
+/// Which proxy a VirtualService's match blocks are compiled for.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Sidecars: blocks whose `gateways` are empty or include `mesh`, and whose `sourceLabels` /
+    /// `sourceNamespace` select this proxy.
+    Mesh,
+    /// A gateway proxy, for these Gateways (`ns/name`): blocks that name one of them, or that
+    /// name none and whose source selectors fit (Istio's `sourceMatchHTTP`).
+    Gateways {
+        names: &'a BTreeSet<String>,
+        vs_namespace: &'a str,
+        /// The VirtualService was generated from an Ingress (`route-semantics: ingress`).
+        ingress: bool,
+    },
+}
+
+impl Scope<'_> {
+    fn keeps(
+        &self,
+        snap: &Snapshot,
+        gateways: &[String],
+        source_labels: &Labels,
+        source_ns: Option<&str>,
+    ) -> bool {
+        match self {
+            Scope::Mesh => {
+                binds_to_mesh(gateways) && applies_to_proxy(snap, source_labels, source_ns)
+            }
+            Scope::Gateways {
+                names,
+                vs_namespace,
+                ..
+            } => {
+                if gateways.is_empty() {
+                    applies_to_proxy(snap, source_labels, source_ns)
+                } else {
+                    gateways.iter().any(|g| {
+                        gateway::resolve_gateway_name(g, vs_namespace)
+                            .is_some_and(|n| names.contains(&n))
+                    })
+                }
+            }
+        }
+    }
+
+    fn ingress_semantics(&self) -> bool {
+        matches!(self, Scope::Gateways { ingress: true, .. })
+    }
+}
+
 fn build_virtual_services(snap: &mut Snapshot, resources: &[Resource]) {
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
@@ -487,7 +574,7 @@ fn build_virtual_services(snap: &mut Snapshot, resources: &[Resource]) {
                 .http
                 .iter()
                 .enumerate()
-                .filter_map(|(i, r)| compile_http_rule(snap, res, &source, i, r))
+                .filter_map(|(i, r)| compile_http_rule(snap, res, &source, i, r, Scope::Mesh))
                 .map(Arc::new)
                 .collect();
             for h in &hosts {
@@ -542,6 +629,7 @@ fn build_virtual_services(snap: &mut Snapshot, resources: &[Resource]) {
                 format!("tls[{i}]"),
                 matches,
                 &r.route,
+                Scope::Mesh,
             );
             snap.tls_rules.extend(rule);
         }
@@ -566,6 +654,7 @@ fn build_virtual_services(snap: &mut Snapshot, resources: &[Resource]) {
                 format!("tcp[{i}]"),
                 matches,
                 &r.route,
+                Scope::Mesh,
             );
             snap.tcp_rules.extend(rule);
         }
@@ -586,6 +675,7 @@ struct L4Match<'a> {
 
 /// Compiles a `tls` or `tcp` rule; `None` when every match block is for other proxies. A TCP rule
 /// without match blocks matches every connection.
+#[allow(clippy::too_many_arguments)]
 fn compile_stream_rule(
     snap: &mut Snapshot,
     res: &Resource,
@@ -594,13 +684,12 @@ fn compile_stream_rule(
     index: String,
     matches: Vec<L4Match<'_>>,
     route: &[networking::RouteDestination],
+    scope: Scope<'_>,
 ) -> Option<StreamRule> {
     let had_matches = !matches.is_empty();
     let compiled: Vec<StreamMatch> = matches
         .into_iter()
-        .filter(|m| {
-            binds_to_mesh(m.gateways) && applies_to_proxy(snap, m.source_labels, m.source_namespace)
-        })
+        .filter(|m| scope.keeps(snap, m.gateways, m.source_labels, m.source_namespace))
         .map(|m| StreamMatch {
             sni_hosts: m
                 .sni_hosts
@@ -659,6 +748,15 @@ fn cluster_ref(
 ) -> (ClusterRef, Option<(String, u16)>) {
     let host = host::resolve_short_name(dest.host_name(), &res.meta.namespace);
     let subset = dest.subset.as_deref().filter(|s| !s.is_empty());
+    if crate::ingress::unresolved_port(res, dest) {
+        let port = dest
+            .port
+            .as_ref()
+            .and_then(|p| p.name.as_deref())
+            .unwrap_or("");
+        let name = format!("outbound|{port}|{}|{host}", subset.unwrap_or(""));
+        return (ClusterRef::Missing(name.into()), None);
+    }
     let explicit_port = dest.port.as_ref().and_then(|p| port_u16(p.number));
     let svc = snap
         .services_exact
@@ -782,13 +880,27 @@ fn compile_http_rule(
     vs_source: &Arc<str>,
     index: usize,
     r: &HttpRoute,
+    scope: Scope<'_>,
 ) -> Option<HttpRouteRule> {
     let mut matches = Vec::new();
     for m in &r.matches {
-        if binds_to_mesh(&m.gateways)
-            && applies_to_proxy(snap, &m.source_labels, m.source_namespace.as_deref())
-        {
-            matches.push(compile_match(m));
+        if scope.keeps(
+            snap,
+            &m.gateways,
+            &m.source_labels,
+            m.source_namespace.as_deref(),
+        ) {
+            let mut compiled = compile_match(m);
+            if scope.ingress_semantics() {
+                // Ingress prefixes are element-wise (Envoy `path_separated_prefix`), `/` aside.
+                if let Some(StrMatcher::Prefix(p)) = &compiled.uri {
+                    if p != "/" {
+                        let trimmed = p.trim_end_matches('/').to_string();
+                        compiled.uri = Some(StrMatcher::PathSeparatedPrefix(trimmed));
+                    }
+                }
+            }
+            matches.push(compiled);
         }
     }
     if !r.matches.is_empty() && matches.is_empty() {
@@ -1146,15 +1258,44 @@ impl Snapshot {
         &self.gateway_ports
     }
 
-    /// Gateway proxies: the server on `port` that handles a connection with this SNI (TLS) —
-    /// the server whose hosts match it most specifically, else the first server on the port
-    /// (a client without SNI, or plain HTTP).
+    /// Gateway proxies: the server on `port` that handles a connection with this SNI (TLS): the
+    /// server with the most specific host matching it; without SNI or without a match, the first
+    /// server with host `*`, else the port's only server; `None` when the port has several
+    /// servers and none fits (the handshake is refused).
     pub fn gateway_server(&self, port: u16, sni: Option<&str>) -> Option<&Arc<GatewayServer>> {
-        let _ = sni;
-        self.gateway_ports
+        let p = self.gateway_ports.iter().find(|p| p.number == port)?;
+        if let Some(sni) = sni.filter(|s| !s.is_empty()) {
+            let sni = sni.to_ascii_lowercase();
+            let best = p
+                .servers
+                .iter()
+                .filter_map(|s| s.best_host_for(&sni).map(|h| (h, s)))
+                .min_by(|a, b| host::specificity(a.0, b.0));
+            if let Some((_, s)) = best {
+                return Some(s);
+            }
+        }
+        p.servers
             .iter()
-            .find(|p| p.number == port)
-            .and_then(|p| p.servers.first())
+            .find(|s| s.hosts.iter().any(|h| &*h.host == "*"))
+            .or_else(|| (p.servers.len() == 1).then(|| &p.servers[0]))
+    }
+
+    /// Gateway proxies: true if a plain HTTP request for `authority` on `port` must be answered
+    /// with a 301 to https (`tls.httpsRedirect` on the server whose hosts cover it best).
+    pub fn gateway_https_redirect(&self, port: u16, authority: &str) -> bool {
+        let host = host::strip_port(authority).to_ascii_lowercase();
+        let Some(p) = self.gateway_ports.iter().find(|p| p.number == port) else {
+            return false;
+        };
+        let server = p
+            .servers
+            .iter()
+            .filter_map(|s| s.best_host_for(&host).map(|h| (h, s)))
+            .min_by(|a, b| host::specificity(a.0, b.0))
+            .map(|(_, s)| s)
+            .or_else(|| p.servers.first());
+        server.is_some_and(|s| s.tls.as_ref().is_some_and(|t| t.https_redirect))
     }
 
     /// Gateway proxies: routes an HTTP request that arrived on `port` (Host port ignored). Never
@@ -1164,22 +1305,86 @@ impl Snapshot {
         port: u16,
         req: &HttpRequestFacts<'_>,
     ) -> HttpDecision<'a> {
-        let _ = (port, req);
-        HttpDecision::NoRoute { vhost: "blackhole" }
+        let Some(routes) = self.gateway_routes.get(&port) else {
+            return HttpDecision::NoRoute { vhost: "blackhole" };
+        };
+        let raw = host::strip_port(req.authority);
+        let lowered;
+        let host = if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = raw.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            raw
+        };
+        let Some(v) = routes.vhost_for(host) else {
+            return HttpDecision::NoRoute {
+                vhost: &routes.blackhole,
+            };
+        };
+        for rule in &v.rules {
+            if let Some(i) = rule.matched(req) {
+                return HttpDecision::Route {
+                    rule,
+                    matched: rule.matches.get(i),
+                    vhost: &v.domain,
+                };
+            }
+        }
+        HttpDecision::NoRoute { vhost: &v.domain }
+    }
+
+    /// Gateway proxies: the virtual hosts of `port`, most specific first, for the config dump.
+    pub fn gateway_virtual_hosts(&self, port: u16) -> Vec<&Arc<VirtualHost>> {
+        let Some(routes) = self.gateway_routes.get(&port) else {
+            return Vec::new();
+        };
+        let mut v: Vec<&Arc<VirtualHost>> = routes.vhosts_exact.values().collect();
+        v.sort_by(|a, b| a.domain.cmp(&b.domain));
+        v.extend(routes.vhosts_wildcard.iter());
+        v
     }
 
     /// Gateway proxies: routes a PASSTHROUGH TLS connection on `port` by SNI with VirtualService
     /// `tls` routes bound to the gateway; `Blocked` when nothing matches.
     pub fn route_gateway_tls(&self, port: u16, sni: Option<&str>) -> StreamDecision<'_> {
-        let _ = (port, sni);
-        StreamDecision::Blocked
+        let (Some(routes), Some(sni)) = (self.gateway_routes.get(&port), sni) else {
+            return StreamDecision::Blocked;
+        };
+        let sni = sni.to_ascii_lowercase();
+        let served = self
+            .gateway_ports
+            .iter()
+            .filter(|p| p.number == port)
+            .flat_map(|p| p.servers.iter())
+            .any(|s| s.passes_tls_through() && s.covers_host(&sni));
+        if !served {
+            return StreamDecision::Blocked;
+        }
+        routes
+            .tls_rules
+            .iter()
+            .find(|rule| {
+                rule.matches.iter().any(|m| {
+                    m.sni_hosts.iter().any(|p| host::matches(p, &sni))
+                        && m.port.is_none_or(|p| p == port)
+                })
+            })
+            .map_or(StreamDecision::Blocked, StreamDecision::Rule)
     }
 
     /// Gateway proxies: routes a TCP connection on `port` with VirtualService `tcp` routes bound
     /// to the gateway; `Blocked` when nothing matches.
     pub fn route_gateway_tcp(&self, port: u16) -> StreamDecision<'_> {
-        let _ = port;
-        StreamDecision::Blocked
+        self.gateway_routes
+            .get(&port)
+            .and_then(|routes| {
+                routes.tcp_rules.iter().find(|rule| {
+                    rule.matches
+                        .iter()
+                        .any(|m| m.port.is_none_or(|p| p == port))
+                })
+            })
+            .map_or(StreamDecision::Blocked, StreamDecision::Rule)
     }
 
     /// The workload at `ip`, if the registry knows one.
@@ -1208,6 +1413,33 @@ impl Snapshot {
 
     /// Counts resources compiled in, for logs.
     pub fn summary(&self) -> String {
+        if self.proxy.kind == ProxyKind::Gateway {
+            let ports: Vec<String> = self
+                .gateway_ports
+                .iter()
+                .map(|p| {
+                    let vhosts = self
+                        .gateway_routes
+                        .get(&p.number)
+                        .map_or(0, |r| r.vhosts_exact.len() + r.vhosts_wildcard.len());
+                    format!(
+                        "{} ({} servers, {vhosts} virtual hosts)",
+                        p.number,
+                        p.servers.len()
+                    )
+                })
+                .collect();
+            return format!(
+                "{} services, {} clusters, gateway ports: {}",
+                self.services.len(),
+                self.clusters.len(),
+                if ports.is_empty() {
+                    "none (no Gateway selects this proxy's labels)".to_string()
+                } else {
+                    ports.join(", ")
+                }
+            );
+        }
         format!(
             "{} services, {} clusters, {} virtual hosts, {} tls rules, {} tcp rules, outbound policy {:?}",
             self.services.len(),
@@ -1227,4 +1459,352 @@ pub fn creation_order(a: &Resource, b: &Resource) -> std::cmp::Ordering {
         .is_none()
         .cmp(&b.meta.creation_timestamp.is_none())
         .then_with(|| a.meta.creation_timestamp.cmp(&b.meta.creation_timestamp))
+}
+
+/// The routes of one gateway port: virtual hosts of the HTTP servers (merged across
+/// VirtualServices), and the `tls` / `tcp` rules of the others.
+#[derive(Debug, Default)]
+struct GatewayRoutes {
+    vhosts_exact: HashMap<Arc<str>, Arc<VirtualHost>>,
+    /// Wildcard virtual hosts, most specific first (`*` last).
+    vhosts_wildcard: Vec<Arc<VirtualHost>>,
+    /// Short VirtualService hosts as written (`httpbin`) → the vhost domain they resolved to:
+    /// clients outside the mesh reach a gateway with such names.
+    aliases: HashMap<Arc<str>, Arc<str>>,
+    tls_rules: Vec<StreamRule>,
+    tcp_rules: Vec<StreamRule>,
+    /// `blackhole:<port>`: the virtual host name of a port no VirtualService binds to.
+    blackhole: Arc<str>,
+}
+
+impl GatewayRoutes {
+    fn vhost_for(&self, host: &str) -> Option<&Arc<VirtualHost>> {
+        let host = self.aliases.get(host).map_or(host, |d| d);
+        self.vhosts_exact.get(host).or_else(|| {
+            self.vhosts_wildcard
+                .iter()
+                .find(|v| host::matches(&v.domain, host))
+        })
+    }
+}
+
+/// A gateway virtual host being merged from several VirtualServices.
+#[derive(Default)]
+struct MergedVhost {
+    domain: Arc<str>,
+    sources: Vec<Arc<str>>,
+    rules: Vec<Arc<HttpRouteRule>>,
+}
+
+/// The narrower of two intersecting host patterns (server `*` + VS `a.com` → `a.com`).
+fn narrower<'a>(a: &'a str, b: &'a str) -> &'a str {
+    if host::specificity(a, b) == std::cmp::Ordering::Greater {
+        b
+    } else {
+        a
+    }
+}
+
+/// Every Gateway a VirtualService names (top level and match blocks), as `ns/name`.
+fn vs_gateway_names(vs: &networking::VirtualService, ns: &str) -> BTreeSet<String> {
+    vs.gateways
+        .iter()
+        .chain(
+            vs.http
+                .iter()
+                .flat_map(|h| h.matches.iter())
+                .flat_map(|m| &m.gateways),
+        )
+        .chain(
+            vs.tls
+                .iter()
+                .flat_map(|t| t.matches.iter())
+                .flat_map(|m| &m.gateways),
+        )
+        .chain(
+            vs.tcp
+                .iter()
+                .flat_map(|t| t.matches.iter())
+                .flat_map(|m| &m.gateways),
+        )
+        .filter_map(|g| gateway::resolve_gateway_name(g, ns))
+        .collect()
+}
+
+/// Moves catch-all routes (every path, no other condition) after the others, keeping their
+/// order, as Istio's `SortVHostRoutes` does for merged gateway virtual hosts. A rule with both
+/// kinds of match blocks is split, as Envoy has one route per block.
+fn catch_alls_last(rules: Vec<Arc<HttpRouteRule>>) -> Vec<Arc<HttpRouteRule>> {
+    let mut head = Vec::with_capacity(rules.len());
+    let mut tail = Vec::new();
+    for rule in rules {
+        if rule.matches.is_empty() || rule.matches.iter().all(RequestMatch::is_catch_all) {
+            tail.push(rule);
+        } else if rule.matches.iter().any(RequestMatch::is_catch_all) {
+            let (all, some): (Vec<_>, Vec<_>) = rule
+                .matches
+                .iter()
+                .cloned()
+                .partition(RequestMatch::is_catch_all);
+            let mut specific = (*rule).clone();
+            specific.matches = some;
+            let mut catch_all = (*rule).clone();
+            catch_all.matches = all;
+            head.push(Arc::new(specific));
+            tail.push(Arc::new(catch_all));
+        } else {
+            head.push(rule);
+        }
+    }
+    head.extend(tail);
+    head
+}
+
+/// Gateway proxies: servers by port, then per port the VirtualServices bound to its servers.
+fn build_gateway(snap: &mut Snapshot, resources: &[Resource]) {
+    let first_diagnostic = snap.diagnostics.len();
+    let (proxy_ns, labels) = (snap.proxy.namespace.clone(), snap.proxy.labels.clone());
+    snap.gateway_ports = gateway::build_ports(resources, &proxy_ns, &labels, &mut snap.diagnostics);
+    let known: BTreeSet<String> = resources
+        .iter()
+        .filter(|r| matches!(r.spec, Spec::Gateway(_)))
+        .map(Resource::key)
+        .collect();
+    let served: BTreeSet<&str> = snap
+        .gateway_ports
+        .iter()
+        .flat_map(|p| p.servers.iter())
+        .map(|s| s.gateway.as_ref())
+        .collect();
+    // A VirtualService naming a Gateway that does not exist, reported by the proxies it
+    // would otherwise concern (those serving one of its other Gateways).
+    for res in resources {
+        let Spec::VirtualService(vs) = &res.spec else {
+            continue;
+        };
+        let names = vs_gateway_names(vs, &res.meta.namespace);
+        if !names.iter().any(|n| served.contains(n.as_str())) {
+            continue;
+        }
+        for (i, g) in vs.gateways.iter().enumerate() {
+            if let Some(n) = gateway::resolve_gateway_name(g, &res.meta.namespace) {
+                if !known.contains(&n) {
+                    snap.diagnostics.push(Diagnostic::at(
+                        res,
+                        Severity::Warning,
+                        format!("spec.gateways[{i}]"),
+                        references::unknown_gateway_message(&n),
+                    ));
+                }
+            }
+        }
+    }
+    let ports = snap.gateway_ports.clone();
+    for port in &ports {
+        let routes = build_gateway_port(snap, resources, port);
+        snap.gateway_routes.insert(port.number, routes);
+    }
+    // Rules bound on several ports are compiled once per port; report their problems once.
+    let mut seen = std::collections::HashSet::new();
+    let mut i = 0;
+    snap.diagnostics.retain(|d| {
+        i += 1;
+        i <= first_diagnostic || seen.insert(d.to_string())
+    });
+}
+
+fn build_gateway_port(
+    snap: &mut Snapshot,
+    resources: &[Resource],
+    port: &GatewayPort,
+) -> GatewayRoutes {
+    let mut routes = GatewayRoutes {
+        blackhole: format!("blackhole:{}", port.number).into(),
+        ..GatewayRoutes::default()
+    };
+    // Virtual hosts in the order their domains first appear.
+    let mut vhosts: Vec<MergedVhost> = Vec::new();
+    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+    for res in resources {
+        let Spec::VirtualService(vs) = &res.spec else {
+            continue;
+        };
+        let ns = res.meta.namespace.as_str();
+        if !ExportTo::parse(&vs.export_to, ns).visible_to(&snap.proxy.namespace) {
+            continue;
+        }
+        let names = vs_gateway_names(vs, ns);
+        let bound: Vec<&Arc<GatewayServer>> = port
+            .servers
+            .iter()
+            .filter(|s| names.contains(s.gateway.as_ref()))
+            .collect();
+        if bound.is_empty() {
+            continue;
+        }
+        let scope_names: BTreeSet<String> = bound.iter().map(|s| s.gateway.to_string()).collect();
+        let scope = Scope::Gateways {
+            names: &scope_names,
+            vs_namespace: ns,
+            ingress: res
+                .meta
+                .annotations
+                .get(crate::ingress::ROUTE_SEMANTICS_ANNOTATION)
+                .is_some_and(|v| v == "ingress"),
+        };
+        let source: Arc<str> = format!("VirtualService {}", res.key()).into();
+        let hosts: Vec<(String, Arc<str>)> = vs
+            .hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.to_ascii_lowercase(),
+                    Arc::from(host::resolve_short_name(h, ns)),
+                )
+            })
+            .collect();
+        let resolved: Vec<Arc<str>> = hosts.iter().map(|(_, h)| h.clone()).collect();
+        let admitted = |servers: &[&Arc<GatewayServer>], h: &str| {
+            servers
+                .iter()
+                .flat_map(|s| s.hosts.iter())
+                .any(|gh| gh.admits(h, ns))
+        };
+
+        let http_servers: Vec<&Arc<GatewayServer>> =
+            bound.iter().copied().filter(|s| s.serves_http()).collect();
+        if !vs.http.is_empty() && !http_servers.is_empty() {
+            let mut domains: Vec<(Arc<str>, Option<&str>)> = Vec::new();
+            for (written, fqdn) in &hosts {
+                for gh in http_servers.iter().flat_map(|s| s.hosts.iter()) {
+                    if !gh.admits(fqdn, ns) {
+                        continue;
+                    }
+                    let domain: Arc<str> = Arc::from(narrower(&gh.host, fqdn));
+                    let alias = (domain == *fqdn && written.as_str() != &**fqdn)
+                        .then_some(written.as_str());
+                    if !domains.iter().any(|(d, _)| *d == domain) {
+                        domains.push((domain, alias));
+                    }
+                }
+            }
+            if !domains.is_empty() {
+                let rules: Vec<Arc<HttpRouteRule>> = vs
+                    .http
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| compile_http_rule(snap, res, &source, i, r, scope))
+                    .map(Arc::new)
+                    .collect();
+                for (domain, alias) in domains {
+                    let at = *index.entry(domain.clone()).or_insert_with(|| {
+                        vhosts.push(MergedVhost {
+                            domain: domain.clone(),
+                            ..MergedVhost::default()
+                        });
+                        vhosts.len() - 1
+                    });
+                    let entry = &mut vhosts[at];
+                    if !entry.sources.contains(&source) {
+                        entry.sources.push(source.clone());
+                        entry.rules.extend(rules.iter().cloned());
+                    }
+                    if let Some(a) = alias {
+                        routes
+                            .aliases
+                            .entry(Arc::from(a))
+                            .or_insert_with(|| domain.clone());
+                    }
+                }
+            }
+        }
+
+        let tls_servers: Vec<&Arc<GatewayServer>> = bound
+            .iter()
+            .copied()
+            .filter(|s| s.passes_tls_through())
+            .collect();
+        if resolved.iter().any(|h| admitted(&tls_servers, h)) {
+            for (i, r) in vs.tls.iter().enumerate() {
+                let matches = r
+                    .matches
+                    .iter()
+                    .map(|m| L4Match {
+                        sni_hosts: &m.sni_hosts,
+                        destination_subnets: &[],
+                        port: m.port,
+                        source_labels: &m.source_labels,
+                        source_namespace: m.source_namespace.as_deref(),
+                        gateways: &m.gateways,
+                    })
+                    .collect();
+                let rule = compile_stream_rule(
+                    snap,
+                    res,
+                    &source,
+                    &resolved,
+                    format!("tls[{i}]"),
+                    matches,
+                    &r.route,
+                    scope,
+                );
+                routes.tls_rules.extend(rule);
+            }
+        }
+        let tcp_servers: Vec<&Arc<GatewayServer>> = bound
+            .iter()
+            .copied()
+            .filter(|s| !s.serves_http() && !s.passes_tls_through())
+            .collect();
+        if resolved.iter().any(|h| admitted(&tcp_servers, h)) {
+            for (i, r) in vs.tcp.iter().enumerate() {
+                let matches = r
+                    .matches
+                    .iter()
+                    .map(|m| L4Match {
+                        sni_hosts: &[],
+                        destination_subnets: &[],
+                        port: m.port,
+                        source_labels: &m.source_labels,
+                        source_namespace: m.source_namespace.as_deref(),
+                        gateways: &m.gateways,
+                    })
+                    .collect();
+                let rule = compile_stream_rule(
+                    snap,
+                    res,
+                    &source,
+                    &resolved,
+                    format!("tcp[{i}]"),
+                    matches,
+                    &r.route,
+                    scope,
+                );
+                routes.tcp_rules.extend(rule);
+            }
+        }
+    }
+    for MergedVhost {
+        domain,
+        sources,
+        rules,
+    } in vhosts
+    {
+        let vhost = Arc::new(VirtualHost {
+            domain: domain.clone(),
+            source: sources.join(", ").into(),
+            rules: catch_alls_last(rules),
+        });
+        if domain.starts_with('*') {
+            routes.vhosts_wildcard.push(vhost);
+        } else {
+            routes.vhosts_exact.insert(domain, vhost);
+        }
+    }
+    routes
+        .vhosts_wildcard
+        .sort_by(|a, b| host::specificity(&a.domain, &b.domain));
+    let exact = &routes.vhosts_exact;
+    routes.aliases.retain(|alias, _| !exact.contains_key(alias));
+    routes
 }

@@ -19,8 +19,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use sluice_model::policy::TcpKeepalive;
 use sluice_model::UpstreamTls;
@@ -29,6 +28,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::balancer::{ClusterRuntime, ConnectionGuard};
+use crate::tls_server::{read_certs, read_key};
 
 /// Error type carried by request and response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -52,26 +52,6 @@ pub enum TlsSetupError {
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn read_certs(
-    path: &std::path::Path,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let pem = std::fs::read(path).map_err(|source| TlsSetupError::Read {
-        what,
-        path: path.display().to_string(),
-        source,
-    })?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-        .filter_map(Result::ok)
-        .collect();
-    if certs.is_empty() {
-        return Err(TlsSetupError::NoCertificate {
-            path: path.display().to_string(),
-        });
-    }
-    Ok(certs)
 }
 
 /// Builds a rustls client configuration for TLS origination.
@@ -111,16 +91,7 @@ pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, TlsSetupError> {
     let mut config = match (&tls.client_certificate, &tls.private_key) {
         (Some(cert), Some(key)) if tls.mutual => {
             let chain = read_certs(cert, "clientCertificate")?;
-            let key_pem = std::fs::read(key).map_err(|source| TlsSetupError::Read {
-                what: "privateKey",
-                path: key.display().to_string(),
-                source,
-            })?;
-            let key_der =
-                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsSetupError::Invalid {
-                    path: key.display().to_string(),
-                    message: e.to_string(),
-                })?;
+            let key_der = read_key(key, "privateKey")?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| TlsSetupError::Invalid {

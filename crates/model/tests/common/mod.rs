@@ -35,3 +35,38 @@ pub fn snapshot_in(ns: &str, labels: &[(&str, &str)], yaml: &str) -> Snapshot {
     };
     compile(&resources(yaml), &proxy, 1)
 }
+
+/// The snapshot of a gateway proxy (`sluice gateway`) in namespace `ns` with `labels`.
+pub fn gateway_snapshot(ns: &str, labels: &[(&str, &str)], yaml: &str) -> Snapshot {
+    gateway_snapshot_of(ns, labels, &resources(yaml))
+}
+
+/// The snapshot of a gateway proxy for already decoded resources.
+pub fn gateway_snapshot_of(ns: &str, labels: &[(&str, &str)], resources: &[Resource]) -> Snapshot {
+    let proxy = ProxyIdentity {
+        namespace: ns.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        service_account: None,
+        kind: sluice_model::ProxyKind::Gateway,
+    };
+    compile(resources, &proxy, 1)
+}
+
+/// Decodes files (such as the seed fixtures), keeping warnings, failing on errors.
+pub fn resources_from_files(paths: &[&Path]) -> Vec<Resource> {
+    let mut out = Vec::new();
+    for p in paths {
+        let loaded = sluice_api::decode_file(p);
+        let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
+        assert!(
+            errors.is_empty(),
+            "{} does not decode: {errors:?}",
+            p.display()
+        );
+        out.extend(loaded.resources);
+    }
+    out
+}
