@@ -52,6 +52,37 @@ impl Curl {
         self
     }
 
+    /// Trust no particular CA file (drops an earlier [`Curl::cacert`]; the system store applies).
+    pub fn no_cacert(mut self) -> Curl {
+        self.cacert = None;
+        self
+    }
+
+    /// `--resolve host:port:ip`: connect to `ip` for `host:port` without asking DNS (curl still
+    /// sends `host` as SNI and `Host`).
+    pub fn resolve(self, host: &str, port: u16, ip: std::net::Ipv4Addr) -> Curl {
+        self.arg("--resolve").arg(&format!("{host}:{port}:{ip}"))
+    }
+
+    /// `--cert cert --key key`: a client certificate for mutual TLS.
+    pub fn client_cert(self, cert: &Path, key: &Path) -> Curl {
+        self.arg("--cert")
+            .arg(&cert.to_string_lossy())
+            .arg("--key")
+            .arg(&key.to_string_lossy())
+    }
+
+    /// `-k`: do not verify the server's certificate (as the seeds' `curl -k`).
+    pub fn insecure(self) -> Curl {
+        self.arg("-k")
+    }
+
+    /// `-v`: curl's connection details (TLS handshake, the server certificate's subject and
+    /// issuer) go to [`CurlResult::stderr`].
+    pub fn verbose(self) -> Curl {
+        self.arg("-v")
+    }
+
     /// Use an explicit HTTP proxy (`-x`), e.g. `http://127.0.0.1:15080`.
     pub fn proxy(mut self, proxy: &str) -> Curl {
         self.proxy = Some(proxy.to_string());

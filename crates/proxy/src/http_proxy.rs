@@ -28,6 +28,7 @@ use crate::balancer::{
 };
 use crate::body::{CountingBody, Finish, LoggedBody};
 use crate::context::{Downstream, Proxy};
+use crate::gateway::edge::{self, GatewayConn};
 use crate::io::ByteCounter;
 use crate::telemetry::accesslog::{protocol_name, AccessLogRecord};
 use crate::telemetry::metrics::{
@@ -199,12 +200,35 @@ struct RequestCtx {
     downstream: Arc<Downstream>,
     /// Explicit-proxy target parsed from an absolute URI: host and port.
     uri_target: Option<(String, u16)>,
+    /// Set on gateway listeners: route by the listener's port and its Gateway servers.
+    gateway: Option<Arc<GatewayConn>>,
 }
 
-/// Handles one request arriving on the outbound side.
+/// Handles one request arriving on the outbound side of a sidecar.
 pub async fn handle(
     proxy: Arc<Proxy>,
     downstream: Arc<Downstream>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    handle_routed(proxy, downstream, None, req).await
+}
+
+/// Handles one request arriving on a gateway listener: edge headers (`x-forwarded-for`,
+/// `x-forwarded-proto`, `x-envoy-external-address`), `httpsRedirect`, 421 for misdirected
+/// HTTP/2 requests, then routing with the VirtualServices bound to the gateway on `gw.port`.
+pub async fn handle_gateway(
+    proxy: Arc<Proxy>,
+    downstream: Arc<Downstream>,
+    gw: Arc<GatewayConn>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    handle_routed(proxy, downstream, Some(gw), req).await
+}
+
+async fn handle_routed(
+    proxy: Arc<Proxy>,
+    downstream: Arc<Downstream>,
+    gateway: Option<Arc<GatewayConn>>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -213,7 +237,8 @@ pub async fn handle(
     let (mut parts, body) = req.into_parts();
 
     // Absolute-form (explicit proxy) names the target in the URI; otherwise Host/:authority does.
-    let uri_target = parts.uri.host().map(|h| {
+    // A gateway routes by its listener port only (HTTP/2 requests carry a full URI there too).
+    let uri_target = parts.uri.host().filter(|_| gateway.is_none()).map(|h| {
         let port = parts
             .uri
             .port_u16()
@@ -229,11 +254,15 @@ pub async fn handle(
         (None, Some(h)) => h.to_str().unwrap_or("").to_string(),
         (None, None) => String::new(),
     };
-    let port = match (&uri_target, &downstream.target) {
-        (Some((_, p)), _) => *p,
-        (None, Some(t)) => t.addr.port(),
-        (None, None) => downstream.local.port(),
+    let port = match (&gateway, &uri_target, &downstream.target) {
+        (Some(gw), _, _) => gw.port,
+        (None, Some((_, p)), _) => *p,
+        (None, None, Some(t)) => t.addr.port(),
+        (None, None, None) => downstream.local.port(),
     };
+    if let Some(gw) = &gateway {
+        edge::apply_edge_headers(&mut parts.headers, downstream.remote.ip(), gw.is_tls());
+    }
     if !parts.headers.contains_key(&X_REQUEST_ID) {
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
         if let Ok(v) = HeaderValue::from_str(&id) {
@@ -255,6 +284,7 @@ pub async fn handle(
     rec.request_id = parts.headers.get(&X_REQUEST_ID).cloned();
     rec.authority = HeaderValue::from_str(&authority).ok();
     rec.downstream_remote_address = Some(downstream.remote);
+    rec.requested_server_name = gateway.as_ref().and_then(|g| g.sni.clone());
     rec.downstream_local_address = Some(match (&downstream.target, &uri_target) {
         (Some(t), _) => t.addr,
         _ => downstream.local,
@@ -270,6 +300,7 @@ pub async fn handle(
         port,
         downstream,
         uri_target,
+        gateway,
     };
     let mut delayed = false;
     let (response, mut outcome) =
@@ -371,7 +402,16 @@ async fn route_and_forward(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let scheme = parts.uri.scheme_str().unwrap_or("http").to_string();
+    let default_scheme = match &ctx.gateway {
+        Some(gw) if gw.is_tls() => "https",
+        _ => "http",
+    };
+    let scheme = parts.uri.scheme_str().unwrap_or(default_scheme).to_string();
+    if let Some(gw) = &ctx.gateway {
+        if let Some(early) = gateway_local_reply(proxy, snap, gw, ctx, &parts, &path_and_query) {
+            return early;
+        }
+    }
     let facts = HttpRequestFacts {
         method: parts.method.as_str(),
         scheme: &scheme,
@@ -380,7 +420,11 @@ async fn route_and_forward(
         headers: &parts.headers,
         port: ctx.port,
     };
-    match snap.route_http(&facts) {
+    let decision = match &ctx.gateway {
+        Some(gw) => snap.route_gateway_http(gw.port, &facts),
+        None => snap.route_http(&facts),
+    };
+    match decision {
         HttpDecision::Blocked => {
             let reply = LocalReply::new(StatusCode::BAD_GATEWAY, "", "-", "direct_response");
             let resp = local_response(proxy, &reply);
@@ -525,6 +569,55 @@ async fn route_and_forward(
             }
         }
     }
+}
+
+/// Answers a gateway request before routing when the edge rules say so: 421 for a request on a
+/// TLS-terminated HTTP/2 connection whose host the handshake's server does not cover, and 301
+/// to HTTPS for hosts of a plain server with `httpsRedirect`.
+fn gateway_local_reply(
+    proxy: &Proxy,
+    snap: &Snapshot,
+    gw: &GatewayConn,
+    ctx: &RequestCtx,
+    parts: &http::request::Parts,
+    path_and_query: &str,
+) -> Option<(Response<ProxyBody>, Outcome)> {
+    if let Some(server) = &gw.tls_server {
+        if parts.version == http::Version::HTTP_2 && edge::is_misdirected(server, &ctx.authority) {
+            tracing::debug!(
+                "misdirected request for {} on a connection for {} (port {})",
+                ctx.authority,
+                server.source,
+                gw.port
+            );
+            let reply = LocalReply::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "Misdirected Request",
+                "-",
+                "misdirected_request",
+            );
+            let resp = local_response(proxy, &reply);
+            return Some((
+                resp,
+                outcome_local(&reply, None, Arc::new(ServiceLabels::unknown())),
+            ));
+        }
+        return None;
+    }
+    let port = snap.gateway_ports().iter().find(|p| p.number == gw.port)?;
+    if !edge::requires_https_redirect(port, &edge::request_host(&ctx.authority)) {
+        return None;
+    }
+    let mut reply = LocalReply::new(StatusCode::MOVED_PERMANENTLY, "", "-", "direct_response");
+    let location = edge::https_redirect_location(&ctx.authority, path_and_query);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        reply.extra_headers.push((header::LOCATION, v));
+    }
+    let resp = local_response(proxy, &reply);
+    Some((
+        resp,
+        outcome_local(&reply, None, Arc::new(ServiceLabels::unknown())),
+    ))
 }
 
 /// Envoy prints response flags in this order, comma-joined.

@@ -8,16 +8,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use sluice_api::networking::Labels;
-use sluice_model::{LogEncoding, ProxyIdentity, Snapshot};
-use tokio::net::TcpListener;
+use sluice_model::{ProxyIdentity, Snapshot};
 
-use crate::admin::{serve_admin, serve_stats, serve_status, AdminSource, QuitSignal};
+use crate::admin::AdminSource;
 use crate::context::Proxy;
 use crate::inbound::serve_captured_inbound;
 use crate::outbound::{serve_captured, serve_forward_proxy};
-use crate::store::{ConfigStore, StoreStatus};
-use crate::telemetry::accesslog::{AccessLogConfig, AccessLogEncoding, AccessLogger};
-use crate::telemetry::metrics::Metrics;
+use crate::runtime::{bind, OperatorListeners, OperatorPorts, Runtime};
+use crate::store::StoreStatus;
 
 /// Everything `sluice sidecar` is told on its command line.
 #[derive(Debug, Clone)]
@@ -37,18 +35,6 @@ pub struct SidecarOptions {
     pub admin_port: u16,
     pub status_port: u16,
     pub stats_port: u16,
-}
-
-fn access_log_config(snap: &Snapshot) -> AccessLogConfig {
-    let s = &snap.mesh.access_log;
-    AccessLogConfig {
-        path: s.file.as_ref().map(PathBuf::from),
-        encoding: match s.encoding {
-            LogEncoding::Text => AccessLogEncoding::Text,
-            LogEncoding::Json => AccessLogEncoding::Json,
-        },
-        format: s.format.clone(),
-    }
 }
 
 /// What the admin endpoints read.
@@ -118,46 +104,20 @@ impl AdminSource for SidecarAdmin {
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({what})"))
-}
-
 /// Runs the sidecar until Ctrl-C, SIGTERM or `POST /quitquitquit`.
 pub async fn run(opts: SidecarOptions) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        opts.config_dir.is_dir(),
-        "--config {}: not a directory",
-        opts.config_dir.display()
-    );
     let identity = ProxyIdentity {
         namespace: opts.namespace.clone(),
         labels: opts.labels.clone(),
         service_account: opts.service_account.clone(),
         kind: sluice_model::ProxyKind::Sidecar,
     };
-    let mut store = ConfigStore::new(opts.config_dir.clone(), identity);
-    store.rescan();
-    let snapshots = store.snapshot();
-    let status = store.status();
-
-    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
-    let access_log = AccessLogger::with_drop_counter(
-        access_log_config(&snapshots.load()),
-        metrics.accesslog_dropped(),
-    )
-    .or_else(|e| {
-        tracing::error!(
-            "access log configuration refused ({e}); logging to stdout in the default format"
-        );
-        AccessLogger::new(AccessLogConfig::default())
-    })
-    .context("cannot start the access log")?;
+    let mut rt = Runtime::load(&opts.config_dir, identity)?;
+    let snapshots = rt.snapshots.clone();
     let proxy = Arc::new(Proxy::new(
         snapshots.clone(),
-        access_log.clone(),
-        metrics.clone(),
+        rt.access_log.clone(),
+        rt.metrics.clone(),
         &opts.namespace,
         &opts.labels,
     ));
@@ -165,9 +125,6 @@ pub async fn run(opts: SidecarOptions) -> anyhow::Result<()> {
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let outbound_addr = SocketAddr::new(any, opts.outbound_port);
     let proxy_addr = SocketAddr::new(opts.proxy_bind, opts.proxy_port);
-    let admin_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), opts.admin_port);
-    let status_addr = SocketAddr::new(any, opts.status_port);
-    let stats_addr = SocketAddr::new(any, opts.stats_port);
     let outbound = bind(outbound_addr, "captured outbound traffic").await?;
     let inbound = match opts.inbound_port {
         Some(port) => {
@@ -182,13 +139,21 @@ pub async fn run(opts: SidecarOptions) -> anyhow::Result<()> {
         None => None,
     };
     let forward = bind(proxy_addr, "explicit proxy").await?;
-    let admin_l = bind(admin_addr, "admin").await?;
-    let status_l = bind(status_addr, "health").await?;
-    let stats_l = bind(stats_addr, "Prometheus stats").await?;
+    let operator = OperatorListeners::bind(OperatorPorts {
+        admin: opts.admin_port,
+        status: opts.status_port,
+        stats: opts.stats_port,
+    })
+    .await?;
+    let (admin_addr, status_addr, stats_addr) = (
+        operator.admin_addr,
+        operator.status_addr,
+        operator.stats_addr,
+    );
 
     let admin: Arc<dyn AdminSource> = Arc::new(SidecarAdmin {
         snapshots: snapshots.clone(),
-        status,
+        status: rt.status.clone(),
         balancers: proxy.balancers.clone(),
         listeners: [
             Some(("virtualOutbound".to_string(), outbound_addr)),
@@ -199,71 +164,17 @@ pub async fn run(opts: SidecarOptions) -> anyhow::Result<()> {
         .flatten()
         .collect(),
     });
-    let quit = QuitSignal::new();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
 
-    // Mesh config edits change the access log live.
-    {
-        let snapshots = snapshots.clone();
-        let access_log = access_log.clone();
-        let stop = stopped();
-        tokio::spawn(async move {
-            let mut applied = access_log_config(&snapshots.load());
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = tick.tick() => {}
-                }
-                let wanted = access_log_config(&snapshots.load());
-                if wanted != applied {
-                    match access_log.reconfigure(wanted.clone()) {
-                        Ok(()) => tracing::info!("access log reconfigured: {wanted:?}"),
-                        Err(e) => tracing::error!(
-                            "access log configuration refused, keeping the previous one: {e}"
-                        ),
-                    }
-                    applied = wanted;
-                }
-            }
-        });
-    }
-
-    tokio::spawn(store.watch(stopped()));
-    tokio::spawn(serve_captured(outbound, proxy.clone(), stopped()));
+    rt.spawn_config_watch();
+    tokio::spawn(serve_captured(outbound, proxy.clone(), rt.stopped()));
     if let Some(inbound) = inbound {
-        tokio::spawn(serve_captured_inbound(inbound, proxy.clone(), stopped()));
+        tokio::spawn(serve_captured_inbound(inbound, proxy.clone(), rt.stopped()));
     }
-    tokio::spawn(serve_forward_proxy(forward, proxy.clone(), stopped()));
-    tokio::spawn(serve_admin(
-        admin_l,
-        admin.clone(),
-        metrics.clone(),
-        quit.clone(),
-        stopped(),
-    ));
-    tokio::spawn(serve_status(status_l, admin.clone(), stopped()));
-    tokio::spawn(serve_stats(stats_l, metrics.clone(), stopped()));
+    tokio::spawn(serve_forward_proxy(forward, proxy.clone(), rt.stopped()));
+    rt.spawn_operator(operator, admin);
     let inbound_desc = inbound_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(
         "sidecar ready: outbound {outbound_addr}, inbound {inbound_desc}, proxy {proxy_addr}, admin {admin_addr}, health {status_addr}, stats {stats_addr}"
     );
-
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
-        _ = sigterm.recv() => tracing::info!("SIGTERM; shutting down"),
-        _ = quit.triggered() => tracing::info!("quitquitquit; shutting down"),
-    }
-    let _ = stop_tx.send(true);
-    access_log.flush(std::time::Duration::from_secs(1));
-    Ok(())
+    rt.run_until_shutdown().await
 }

@@ -34,6 +34,9 @@ enum Plan {
         service: Arc<ServiceLabels>,
     },
     Block,
+    /// A gateway connection no route claims: Istio builds no filter chain for it, so Envoy
+    /// closes it with `NR` (`filter_chain_not_found`) and no cluster.
+    NoFilterChain,
 }
 
 fn plan(proxy: &Proxy, snap: &Snapshot, conn: &StreamConn) -> Plan {
@@ -42,6 +45,25 @@ fn plan(proxy: &Proxy, snap: &Snapshot, conn: &StreamConn) -> Plan {
     } else {
         snap.route_tcp(conn.target.addr)
     };
+    plan_decision(proxy, decision, conn.target.addr.port())
+}
+
+/// A gateway's plan for a connection on its listener `port`: PASSTHROUGH TLS servers route by
+/// SNI with the `tls` routes bound to the gateway, TCP servers with its `tcp` routes. A gateway
+/// has no original destination to pass through to: what no route claims is closed (NR).
+fn plan_gateway(proxy: &Proxy, snap: &Snapshot, conn: &StreamConn, port: u16) -> Plan {
+    let decision = if conn.tls {
+        snap.route_gateway_tls(port, conn.sni.as_deref())
+    } else {
+        snap.route_gateway_tcp(port)
+    };
+    match decision {
+        StreamDecision::Passthrough | StreamDecision::Blocked => Plan::NoFilterChain,
+        d => plan_decision(proxy, d, port),
+    }
+}
+
+fn plan_decision(proxy: &Proxy, decision: StreamDecision<'_>, port: u16) -> Plan {
     let known = |c: &Arc<Cluster>| Plan::Connect {
         cluster: Some(c.clone()),
         cluster_name: c.name.clone(),
@@ -50,7 +72,7 @@ fn plan(proxy: &Proxy, snap: &Snapshot, conn: &StreamConn) -> Plan {
     match decision {
         StreamDecision::Cluster(c) => known(c),
         StreamDecision::Rule(rule) => match pick_weighted(&rule.targets, rand::random::<f64>())
-            .map(|t| t.cluster.resolve(conn.target.addr.port()))
+            .map(|t| t.cluster.resolve(port))
         {
             Some(Ok(c)) => known(c),
             Some(Err(missing)) => {
@@ -102,18 +124,49 @@ async fn upstream_addr(
 pub async fn proxy_stream<S>(
     proxy: Arc<Proxy>,
     snap: Arc<Snapshot>,
-    mut downstream: S,
+    downstream: S,
     conn: StreamConn,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
+    let plan = plan(&proxy, &snap, &conn);
+    carry_out(proxy, snap, downstream, conn, plan, start).await;
+}
+
+/// Proxies a connection accepted on gateway listener `port` (PASSTHROUGH / AUTO_PASSTHROUGH TLS
+/// servers, or TCP servers); `conn.target` is the listener's own address. Any peeked bytes must
+/// already be replayed by `downstream`.
+pub async fn proxy_gateway_stream<S>(
+    proxy: Arc<Proxy>,
+    snap: Arc<Snapshot>,
+    downstream: S,
+    conn: StreamConn,
+    port: u16,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let plan = plan_gateway(&proxy, &snap, &conn, port);
+    carry_out(proxy, snap, downstream, conn, plan, start).await;
+}
+
+async fn carry_out<S>(
+    proxy: Arc<Proxy>,
+    snap: Arc<Snapshot>,
+    mut downstream: S,
+    conn: StreamConn,
+    plan: Plan,
+    start: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut rec = AccessLogRecord::new(SystemTime::now());
     rec.downstream_remote_address = Some(conn.remote);
     rec.downstream_local_address = Some(conn.target.addr);
     // Unlike Istio, blocked TLS lines carry the SNI too: operators need the refused host (#33281).
     rec.requested_server_name = conn.sni.as_deref().map(Arc::from);
-    let (cluster, cluster_name, service) = match plan(&proxy, &snap, &conn) {
+    let (cluster, cluster_name, service) = match plan {
         Plan::Connect {
             cluster,
             cluster_name,
@@ -125,6 +178,13 @@ pub async fn proxy_stream<S>(
             proxy.metrics.tcp_closed(&labels, 0, 0);
             rec.response_flags = Cow::Borrowed("UH");
             rec.upstream_cluster = Some(Arc::from(BLACKHOLE_CLUSTER));
+            rec.duration = start.elapsed();
+            proxy.access_log.log(rec);
+            return;
+        }
+        Plan::NoFilterChain => {
+            rec.response_flags = Cow::Borrowed("NR");
+            rec.response_code_details = Some(Cow::Borrowed("filter_chain_not_found"));
             rec.duration = start.elapsed();
             proxy.access_log.log(rec);
             return;

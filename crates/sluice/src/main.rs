@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sluice::{demo, init, validate_cmd};
+use sluice_proxy::gateway::{self, GatewayOptions};
 use sluice_proxy::sidecar::{self, SidecarOptions};
 
 /// Istio's traffic control (sidecar, gateways) as one small, fast binary that reads the Istio
@@ -27,6 +28,10 @@ enum Command {
     /// traffic (iptables → 15006) and an explicit forward proxy (15080), with the policy of the
     /// Istio config in --config.
     Sidecar(SidecarArgs),
+    /// Run as an ingress or egress gateway: listen on the ports of the Gateway servers selected
+    /// by --labels, terminate or pass through TLS per server, and route with the VirtualServices
+    /// bound to those Gateways.
+    Gateway(GatewayArgs),
     /// Set up iptables capture as istio-iptables does (same flags, chains and rule order).
     Init(Box<init::InitArgs>),
     /// Check Istio and Kubernetes YAML as Istio's admission webhook would; one line per problem
@@ -76,6 +81,36 @@ struct SidecarArgs {
     stats_port: u16,
 }
 
+#[derive(clap::Args, Debug)]
+struct GatewayArgs {
+    /// Directory of Istio/Kubernetes YAML (watched; changes apply within a second).
+    #[arg(long)]
+    config: PathBuf,
+    /// Namespace of the gateway workload (TLS `credentialName` Secrets are read from it).
+    #[arg(long, default_value = "istio-system")]
+    namespace: String,
+    /// Labels of the gateway workload, k=v,k=v: Gateways whose selector is a subset are served.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = parse_label,
+        default_value = "istio=ingressgateway"
+    )]
+    labels: Vec<(String, String)>,
+    /// Admin API port (127.0.0.1 only): /config_dump, /clusters, /listeners, /ready, /stats.
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// Health port: /healthz/ready (ready once config is loaded and every gateway port is bound).
+    #[arg(long, default_value_t = 15021)]
+    status_port: u16,
+    /// Prometheus port: /stats/prometheus.
+    #[arg(long, default_value_t = 15090)]
+    stats_port: u16,
+    /// Address the gateway ports listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -121,6 +156,18 @@ fn main() -> ExitCode {
                 stats_port: args.stats_port,
             };
             runtime().and_then(|rt| rt.block_on(sidecar::run(opts)))
+        }
+        Command::Gateway(args) => {
+            let opts = GatewayOptions {
+                config_dir: args.config,
+                namespace: args.namespace,
+                labels: args.labels.into_iter().collect(),
+                admin_port: args.admin_port,
+                status_port: args.status_port,
+                stats_port: args.stats_port,
+                bind: args.bind,
+            };
+            runtime().and_then(|rt| rt.block_on(gateway::run(opts)))
         }
     };
     match result {

@@ -118,3 +118,102 @@ fn demo_shows_allowed_blocked_and_timeout() {
     );
     drop(demo);
 }
+
+#[test]
+fn gateway_help_lists_the_contract_flags() {
+    let out = Command::new(SLUICE)
+        .args(["gateway", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    for flag in [
+        "--config",
+        "--namespace",
+        "--labels",
+        "--admin-port",
+        "--status-port",
+        "--stats-port",
+        "--bind",
+        "istio-system",
+        "istio=ingressgateway",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.1 GET on loopback; returns the status line and body, or None if the port is
+/// not answering.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn gateway_starts_reports_ready_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, status, stats) = (free_port(), free_port(), free_port());
+    let child = Command::new(SLUICE)
+        .args(["gateway", "--config"])
+        .arg(dir.path())
+        .args([
+            "--admin-port",
+            &admin.to_string(),
+            "--status-port",
+            &status.to_string(),
+            "--stats-port",
+            &stats.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Child(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        if let Some(r) = http_get(status, "/healthz/ready") {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway never answered on {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let listeners = http_get(admin, "/listeners").unwrap();
+    assert!(listeners.starts_with("HTTP/1.1 200"), "{listeners}");
+
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            assert!(st.success(), "exit status {st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,192 @@
+//! One connection accepted on a gateway port. On a TLS port the ClientHello is peeked for its
+//! SNI, which picks the Gateway server: PASSTHROUGH servers proxy the bytes by SNI, terminating
+//! servers complete the handshake with the server's certificate and serve HTTP (HTTP/2 when the
+//! client negotiated `h2`). On a plain port, HTTP servers serve HTTP/1.1 and HTTP/2 prior
+//! knowledge, TCP servers proxy bytes.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sluice_model::gateway::GatewayServer;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::edge::GatewayConn;
+use super::Gateway;
+use crate::context::{Downstream, Proxy, Target};
+use crate::detect::{detect, Detected};
+use crate::http_proxy;
+use crate::io::PrefixedStream;
+use crate::stream::{proxy_gateway_stream, StreamConn};
+use crate::telemetry::accesslog::AccessLogRecord;
+
+/// Longest a client may take to complete a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one connection accepted on gateway `port`.
+pub async fn serve_connection(
+    gateway: Arc<Gateway>,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    port: u16,
+) {
+    let proxy = gateway.proxy.clone();
+    let snap = proxy.snapshots.load_full();
+    let Some(gport) = snap.gateway_ports().iter().find(|p| p.number == port) else {
+        // The port was removed between accept and now.
+        tracing::debug!("connection from {remote} on gateway port {port}: no servers any more");
+        log_no_filter_chain(&proxy, remote, local, None);
+        return;
+    };
+    let target = Target {
+        addr: local,
+        host: None,
+    };
+    if !gport.expects_tls() {
+        if gport.servers.iter().any(|s| s.protocol.is_http()) {
+            let gw = Arc::new(GatewayConn {
+                port,
+                tls_server: None,
+                sni: None,
+            });
+            serve_http(proxy, stream, remote, local, gw).await;
+        } else {
+            let conn = StreamConn {
+                remote,
+                target,
+                sni: None,
+                tls: false,
+            };
+            proxy_gateway_stream(proxy, snap, stream, conn, port).await;
+        }
+        return;
+    }
+
+    let (prefix, detected) = match detect(&mut stream).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!("connection from {remote} on gateway port {port} failed: {e}");
+            return;
+        }
+    };
+    let Detected::Tls { sni } = detected else {
+        tracing::debug!(
+            "connection from {remote} on TLS gateway port {port} did not start with a ClientHello; closed (NR)"
+        );
+        log_no_filter_chain(&proxy, remote, local, None);
+        gateway.count_tls_error(port, "not_tls");
+        return;
+    };
+    let Some(server) = snap.gateway_server(port, sni.as_deref()).cloned() else {
+        tracing::debug!(
+            "no Gateway server on port {port} for SNI {:?} from {remote}; closed (NR filter_chain_not_found)",
+            sni.as_deref().unwrap_or("-")
+        );
+        log_no_filter_chain(&proxy, remote, local, sni.as_deref());
+        gateway.count_tls_error(port, "no_server");
+        return;
+    };
+    let stream = PrefixedStream::new(prefix, stream);
+    if !server.terminates_tls() {
+        // PASSTHROUGH / AUTO_PASSTHROUGH: route on SNI, proxy the bytes untouched.
+        let conn = StreamConn {
+            remote,
+            target,
+            sni,
+            tls: true,
+        };
+        proxy_gateway_stream(proxy, snap, stream, conn, port).await;
+        return;
+    }
+    drop(snap);
+    terminate(gateway, stream, remote, local, port, server, sni).await;
+}
+
+async fn terminate(
+    gateway: Arc<Gateway>,
+    stream: PrefixedStream<TcpStream>,
+    remote: SocketAddr,
+    local: SocketAddr,
+    port: u16,
+    server: Arc<GatewayServer>,
+    sni: Option<String>,
+) {
+    let config = match gateway.tls.config_for(&server) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(
+                "cannot terminate TLS from {remote} on port {port} for {}: {e}",
+                server.source
+            );
+            gateway.count_tls_error(port, "no_certificate");
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(
+                "TLS handshake from {remote} on port {port} ({}) failed: {e}",
+                server.source
+            );
+            gateway.count_tls_error(port, "handshake");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake from {remote} on port {port} timed out");
+            gateway.count_tls_error(port, "handshake");
+            return;
+        }
+    };
+    let gw = Arc::new(GatewayConn {
+        port,
+        tls_server: Some(server),
+        sni: sni.map(Arc::from),
+    });
+    serve_http(gateway.proxy.clone(), tls, remote, local, gw).await;
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (by ALPN or prior knowledge) on a gateway connection.
+async fn serve_http<S>(
+    proxy: Arc<Proxy>,
+    stream: S,
+    remote: SocketAddr,
+    local: SocketAddr,
+    gw: Arc<GatewayConn>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let downstream = Arc::new(Downstream {
+        remote,
+        local,
+        target: None,
+    });
+    let svc = service_fn(move |req: Request<Incoming>| {
+        http_proxy::handle_gateway(proxy.clone(), downstream.clone(), gw.clone(), req)
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+        tracing::debug!("gateway HTTP connection from {remote} ended: {e}");
+    }
+}
+
+/// The listener access log line Istio writes when no filter chain matches a connection
+/// (`NR`, `filter_chain_not_found`), with the SNI the client asked for.
+fn log_no_filter_chain(proxy: &Proxy, remote: SocketAddr, local: SocketAddr, sni: Option<&str>) {
+    let mut rec = AccessLogRecord::new(SystemTime::now());
+    rec.downstream_remote_address = Some(remote);
+    rec.downstream_local_address = Some(local);
+    rec.requested_server_name = sni.map(Arc::from);
+    rec.response_flags = Cow::Borrowed("NR");
+    rec.response_code_details = Some(Cow::Borrowed("filter_chain_not_found"));
+    proxy.access_log.log(rec);
+}

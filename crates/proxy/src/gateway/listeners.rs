@@ -1,0 +1,246 @@
+//! The gateway's listening ports, kept equal to the ports of the current snapshot's Gateway
+//! servers: new ports are opened, removed ones closed (connections already accepted finish on
+//! their own), and a port that cannot be bound is reported and retried with the next snapshot
+//! while the others keep serving.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sluice_model::Snapshot;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::conn::serve_connection;
+use super::Gateway;
+
+/// How often the listener set looks for a new snapshot.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What `/listeners` and readiness report.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerStatus {
+    /// Open listeners by Envoy-style name (`0.0.0.0_80`), in port order.
+    pub bound: Vec<(String, SocketAddr)>,
+    /// Ports the snapshot wants that could not be bound, with the reason.
+    pub failed: Vec<(u16, String)>,
+    /// The snapshot generation these listeners were reconciled with.
+    pub generation: u64,
+}
+
+impl ListenerStatus {
+    /// Envoy's `/listeners` text: `<name>::<address>` lines.
+    pub fn listeners_text(&self) -> String {
+        self.bound
+            .iter()
+            .map(|(name, addr)| format!("{name}::{addr}\n"))
+            .collect()
+    }
+
+    /// Ready once the listeners have been reconciled with a loaded configuration and every
+    /// port it declares is bound. A later configuration change does not make the gateway
+    /// unready while its listeners catch up (within [`FOLLOW_INTERVAL`]).
+    pub fn is_ready(&self) -> bool {
+        self.generation > 0 && self.failed.is_empty()
+    }
+
+    /// Why [`is_ready`](Self::is_ready) is false.
+    pub fn not_ready_reason(&self) -> String {
+        if !self.failed.is_empty() {
+            let ports: Vec<String> = self
+                .failed
+                .iter()
+                .map(|(port, reason)| format!("{port} ({reason})"))
+                .collect();
+            return format!("gateway ports not bound: {}", ports.join("; "));
+        }
+        if self.generation == 0 {
+            return "gateway listeners not opened yet".to_string();
+        }
+        String::new()
+    }
+}
+
+/// Envoy's name for a gateway listener: `0.0.0.0_80`.
+pub fn listener_name(bind: IpAddr, port: u16) -> String {
+    format!("{bind}_{port}")
+}
+
+struct Open {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+/// The open gateway listeners.
+pub struct ListenerSet {
+    bind: IpAddr,
+    gateway: Arc<Gateway>,
+    open: BTreeMap<u16, Open>,
+    status: Arc<ArcSwap<ListenerStatus>>,
+}
+
+impl ListenerSet {
+    /// An empty set that binds on `bind`.
+    pub fn new(bind: IpAddr, gateway: Arc<Gateway>) -> ListenerSet {
+        ListenerSet {
+            bind,
+            gateway,
+            open: BTreeMap::new(),
+            status: Arc::new(ArcSwap::from_pointee(ListenerStatus::default())),
+        }
+    }
+
+    /// The handle the admin API reads.
+    pub fn status(&self) -> Arc<ArcSwap<ListenerStatus>> {
+        self.status.clone()
+    }
+
+    /// The open listeners: gateway port and bound address.
+    pub fn bound(&self) -> impl Iterator<Item = (u16, SocketAddr)> + '_ {
+        self.open.iter().map(|(port, o)| (*port, o.addr))
+    }
+
+    /// Opens the ports `snap` declares that are not open yet (including ones that failed
+    /// before) and closes the ones it no longer declares. Waits until closed listeners have
+    /// stopped accepting.
+    pub async fn reconcile(&mut self, snap: &Snapshot) {
+        let wanted: BTreeMap<u16, ()> = snap
+            .gateway_ports()
+            .iter()
+            .filter(|p| p.number != 0)
+            .map(|p| (p.number, ()))
+            .collect();
+        let removed: Vec<u16> = self
+            .open
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
+        for port in removed {
+            if let Some(mut open) = self.open.remove(&port) {
+                drop(open.stop.take());
+                let _ = (&mut open.task).await;
+                tracing::info!(
+                    "gateway port {port} closed ({} no longer declared)",
+                    open.addr
+                );
+            }
+        }
+        let mut failed = Vec::new();
+        for port in wanted.keys().copied() {
+            if self.open.contains_key(&port) {
+                continue;
+            }
+            let addr = SocketAddr::new(self.bind, port);
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let addr = listener.local_addr().unwrap_or(addr);
+                    let (stop, stopped) = oneshot::channel();
+                    let task =
+                        tokio::spawn(accept_loop(listener, self.gateway.clone(), port, stopped));
+                    tracing::info!("gateway port {port} listening on {addr}");
+                    self.open.insert(
+                        port,
+                        Open {
+                            addr,
+                            stop: Some(stop),
+                            task,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "cannot listen on {addr} for gateway port {port}: {e}; retrying with the next configuration change"
+                    );
+                    failed.push((port, e.to_string()));
+                }
+            }
+        }
+        self.status.store(Arc::new(ListenerStatus {
+            bound: self
+                .open
+                .iter()
+                .map(|(port, o)| (listener_name(self.bind, *port), o.addr))
+                .collect(),
+            failed,
+            generation: snap.generation,
+        }));
+    }
+
+    /// Reconciles with every new snapshot until `shutdown` resolves, then closes every listener.
+    pub async fn follow(
+        mut self,
+        snapshots: Arc<ArcSwap<Snapshot>>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
+        let mut applied = self.status.load().generation;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {}
+            }
+            let snap = snapshots.load_full();
+            if snap.generation != applied {
+                self.reconcile(&snap).await;
+                applied = snap.generation;
+            }
+        }
+        self.close_all().await;
+    }
+
+    /// Stops accepting on every port.
+    pub async fn close_all(&mut self) {
+        for (_, mut open) in std::mem::take(&mut self.open) {
+            drop(open.stop.take());
+            let _ = (&mut open.task).await;
+        }
+        self.status.rcu(|s| ListenerStatus {
+            bound: Vec::new(),
+            failed: Vec::new(),
+            generation: s.generation,
+        });
+    }
+}
+
+impl Drop for ListenerSet {
+    fn drop(&mut self) {
+        // Dropping the stop senders ends the accept loops.
+        for open in self.open.values_mut() {
+            drop(open.stop.take());
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    port: u16,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let fallback_local = listener.local_addr().ok();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    let Some(local) = stream.local_addr().ok().or(fallback_local) else {
+                        continue;
+                    };
+                    tokio::spawn(serve_connection(gateway.clone(), stream, remote, local, port));
+                }
+                Err(e) => {
+                    tracing::warn!("accept on gateway port {port} failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! What every sluice proxy process runs besides its data listeners, shared by `sluice sidecar`
+//! and `sluice gateway`: the config store and its watcher, the access log (reconfigured live
+//! from the mesh config), the admin, health and Prometheus ports, and shutdown on Ctrl-C,
+//! SIGTERM or `POST /quitquitquit`.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use sluice_model::{LogEncoding, ProxyIdentity, Snapshot};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{serve_admin, serve_stats, serve_status, AdminSource, QuitSignal};
+use crate::store::{ConfigStore, StoreStatus};
+use crate::telemetry::accesslog::{AccessLogConfig, AccessLogEncoding, AccessLogger};
+use crate::telemetry::metrics::Metrics;
+
+/// The access log the mesh config of `snap` asks for.
+pub fn access_log_config(snap: &Snapshot) -> AccessLogConfig {
+    let s = &snap.mesh.access_log;
+    AccessLogConfig {
+        path: s.file.as_ref().map(PathBuf::from),
+        encoding: match s.encoding {
+            LogEncoding::Text => AccessLogEncoding::Text,
+            LogEncoding::Json => AccessLogEncoding::Json,
+        },
+        format: s.format.clone(),
+    }
+}
+
+/// Binds `addr`, naming what the port is for when it fails.
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// The operator ports: admin (loopback only), health and Prometheus.
+#[derive(Debug, Clone, Copy)]
+pub struct OperatorPorts {
+    pub admin: u16,
+    pub status: u16,
+    pub stats: u16,
+}
+
+/// The operator listeners, bound (so a port conflict fails startup) but not yet serving.
+pub struct OperatorListeners {
+    pub admin_addr: SocketAddr,
+    pub status_addr: SocketAddr,
+    pub stats_addr: SocketAddr,
+    admin: TcpListener,
+    status: TcpListener,
+    stats: TcpListener,
+}
+
+impl OperatorListeners {
+    /// Binds the admin port on 127.0.0.1 and the health and stats ports on every address.
+    pub async fn bind(ports: OperatorPorts) -> anyhow::Result<OperatorListeners> {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let admin_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports.admin);
+        let status_addr = SocketAddr::new(any, ports.status);
+        let stats_addr = SocketAddr::new(any, ports.stats);
+        Ok(OperatorListeners {
+            admin: bind(admin_addr, "admin").await?,
+            status: bind(status_addr, "health").await?,
+            stats: bind(stats_addr, "Prometheus stats").await?,
+            admin_addr,
+            status_addr,
+            stats_addr,
+        })
+    }
+}
+
+/// The process-wide parts of a proxy: config, telemetry, operator ports and shutdown.
+pub struct Runtime {
+    pub snapshots: Arc<ArcSwap<Snapshot>>,
+    pub status: Arc<ArcSwap<StoreStatus>>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLogger,
+    pub quit: QuitSignal,
+    store: Option<ConfigStore>,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+}
+
+impl Runtime {
+    /// Loads `config_dir` once for `identity` and opens the access log its mesh config asks for
+    /// (stdout in the default format when that configuration is refused).
+    pub fn load(config_dir: &Path, identity: ProxyIdentity) -> anyhow::Result<Runtime> {
+        anyhow::ensure!(
+            config_dir.is_dir(),
+            "--config {}: not a directory",
+            config_dir.display()
+        );
+        let mut store = ConfigStore::new(config_dir.to_path_buf(), identity);
+        store.rescan();
+        let snapshots = store.snapshot();
+        let status = store.status();
+        let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
+        let access_log = AccessLogger::with_drop_counter(
+            access_log_config(&snapshots.load()),
+            metrics.accesslog_dropped(),
+        )
+        .or_else(|e| {
+            tracing::error!(
+                "access log configuration refused ({e}); logging to stdout in the default format"
+            );
+            AccessLogger::new(AccessLogConfig::default())
+        })
+        .context("cannot start the access log")?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        Ok(Runtime {
+            snapshots,
+            status,
+            metrics,
+            access_log,
+            quit: QuitSignal::new(),
+            store: Some(store),
+            stop_tx,
+            stop_rx,
+        })
+    }
+
+    /// A future that completes once shutdown starts. Call it once per task that must stop.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Starts watching the config directory and following mesh-config edits of the access log.
+    pub fn spawn_config_watch(&mut self) {
+        if let Some(store) = self.store.take() {
+            tokio::spawn(store.watch(self.stopped()));
+        }
+        let snapshots = self.snapshots.clone();
+        let access_log = self.access_log.clone();
+        let stop = self.stopped();
+        tokio::spawn(async move {
+            let mut applied = access_log_config(&snapshots.load());
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tick.tick() => {}
+                }
+                let wanted = access_log_config(&snapshots.load());
+                if wanted != applied {
+                    match access_log.reconfigure(wanted.clone()) {
+                        Ok(()) => tracing::info!("access log reconfigured: {wanted:?}"),
+                        Err(e) => tracing::error!(
+                            "access log configuration refused, keeping the previous one: {e}"
+                        ),
+                    }
+                    applied = wanted;
+                }
+            }
+        });
+    }
+
+    /// Serves the admin, health and stats ports from `admin` until shutdown.
+    pub fn spawn_operator(&self, listeners: OperatorListeners, admin: Arc<dyn AdminSource>) {
+        tokio::spawn(serve_admin(
+            listeners.admin,
+            admin.clone(),
+            self.metrics.clone(),
+            self.quit.clone(),
+            self.stopped(),
+        ));
+        tokio::spawn(serve_status(listeners.status, admin, self.stopped()));
+        tokio::spawn(serve_stats(
+            listeners.stats,
+            self.metrics.clone(),
+            self.stopped(),
+        ));
+    }
+
+    /// Waits for Ctrl-C, SIGTERM or `POST /quitquitquit`, then tells every task to stop and
+    /// flushes the access log.
+    pub async fn run_until_shutdown(self) -> anyhow::Result<()> {
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install the SIGTERM handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+            _ = sigterm.recv() => tracing::info!("SIGTERM; shutting down"),
+            _ = self.quit.triggered() => tracing::info!("quitquitquit; shutting down"),
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    /// Tells every task to stop and flushes the access log.
+    pub fn shutdown(&self) {
+        let _ = self.stop_tx.send(true);
+        self.access_log.flush(Duration::from_secs(1));
+    }
+}
