@@ -30,6 +30,10 @@ pub struct UpstreamTls {
     pub private_key: Option<PathBuf>,
     pub insecure_skip_verify: bool,
     pub subject_alt_names: Vec<String>,
+    /// `ISTIO_MUTUAL` (set explicitly or chosen by auto-mTLS): present this proxy's mesh
+    /// certificate and verify the peer against the mesh root; `subject_alt_names` then holds the
+    /// expected SPIFFE identities (`spiffe://cluster.local/ns/NS/sa/SA`).
+    pub istio_mutual: bool,
 }
 
 impl UpstreamTls {
@@ -54,6 +58,7 @@ impl UpstreamTls {
             private_key: tls.private_key.as_ref().map(PathBuf::from),
             insecure_skip_verify: tls.insecure_skip_verify.unwrap_or(false),
             subject_alt_names: tls.subject_alt_names.clone(),
+            istio_mutual: false,
         })
     }
 }

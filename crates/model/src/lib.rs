@@ -10,6 +10,7 @@ pub mod policy;
 pub mod references;
 pub mod registry;
 pub mod route;
+pub mod security;
 pub mod snapshot;
 
 pub use cluster::{Cluster, UpstreamAddress, UpstreamTls, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};

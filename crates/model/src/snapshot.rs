@@ -131,6 +131,12 @@ pub struct Snapshot {
     pub inbound_ports: HashMap<u16, InboundPort>,
     /// Gateway proxies: the ports to listen on and their servers (empty for sidecars).
     pub gateway_ports: Vec<GatewayPort>,
+    /// AuthorizationPolicies that apply to this proxy.
+    pub authorization: crate::security::Authorization,
+    /// PeerAuthentication for this workload: the mode for ports without a port-level setting.
+    pub mtls_mode: crate::security::MtlsMode,
+    /// PeerAuthentication `portLevelMtls`, by the workload's port.
+    pub mtls_ports: HashMap<u16, crate::security::MtlsMode>,
     /// Gateway proxies: the routes of each port.
     gateway_routes: HashMap<u16, GatewayRoutes>,
 }
@@ -1427,6 +1433,11 @@ impl Snapshot {
                 })
             })
             .map_or(StreamDecision::Blocked, StreamDecision::Rule)
+    }
+
+    /// The inbound mutual-TLS mode for the workload's `port` (PeerAuthentication).
+    pub fn inbound_mtls(&self, port: u16) -> crate::security::MtlsMode {
+        self.mtls_ports.get(&port).copied().unwrap_or(self.mtls_mode)
     }
 
     /// The workload at `ip`, if the registry knows one.

@@ -32,6 +32,9 @@ pub struct Proxy {
     pub blackhole_labels: Arc<ServiceLabels>,
     /// `server` header on responses: `envoy` for a sidecar's outbound side.
     pub server_header: http::HeaderValue,
+    /// This proxy's mesh identity, when it was given one (`--mesh-ca`): needed for ISTIO_MUTUAL
+    /// and for mutual TLS on the inbound side.
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 impl Proxy {
@@ -55,6 +58,7 @@ impl Proxy {
             passthrough_labels: Arc::new(ServiceLabels::special_cluster(PASSTHROUGH_CLUSTER)),
             blackhole_labels: Arc::new(ServiceLabels::special_cluster(BLACKHOLE_CLUSTER)),
             server_header: http::HeaderValue::from_static("envoy"),
+            identity: None,
         }
     }
 
