@@ -1,5 +1,6 @@
-//! What users write: the Istio networking API and the Kubernetes objects that go with it, decoded
-//! from YAML with the line of every field, and validated as Istio's admission webhook does.
+//! What users write: the Istio networking and security APIs and the Kubernetes objects that go
+//! with it, decoded from YAML with the line of every field, and validated as Istio's admission
+//! webhook does.
 
 pub mod decode;
 pub mod duration;
@@ -7,6 +8,7 @@ pub mod kube;
 pub mod mesh;
 pub mod networking;
 pub mod resource;
+pub mod security;
 pub mod validate;
 
 pub use decode::{decode_file, decode_str, load_paths, LoadResult};

@@ -75,4 +75,12 @@ pub struct MeshConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub default_http_retry_policy: Option<crate::networking::HttpRetry>,
+    /// Auto mutual TLS: ISTIO_MUTUAL towards workloads with a sidecar when no DestinationRule
+    /// sets `tls` (default true).
+    #[serde(
+        default,
+        alias = "enable_auto_mtls",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_auto_mtls: Option<bool>,
 }

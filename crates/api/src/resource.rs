@@ -12,6 +12,7 @@ use crate::mesh::MeshConfig;
 use crate::networking::{
     DestinationRule, Gateway, Labels, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
+use crate::security::{AuthorizationPolicy, PeerAuthentication};
 
 /// The kinds sluice reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -28,11 +29,13 @@ pub enum Kind {
     ConfigMap,
     Ingress,
     IngressClass,
+    PeerAuthentication,
+    AuthorizationPolicy,
 }
 
 impl Kind {
     /// Every kind, for "did you mean" suggestions and help text.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -45,6 +48,8 @@ impl Kind {
         Kind::ConfigMap,
         Kind::Ingress,
         Kind::IngressClass,
+        Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
     ];
 
     /// The `kind:` string.
@@ -62,6 +67,8 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::Ingress => "Ingress",
             Kind::IngressClass => "IngressClass",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -86,6 +93,9 @@ impl Kind {
                 "extensions/v1beta1",
             ],
             Kind::IngressClass => &["networking.k8s.io/v1", "networking.k8s.io/v1beta1"],
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
+                &["security.istio.io/v1", "security.istio.io/v1beta1"]
+            }
         }
     }
 
@@ -168,6 +178,8 @@ pub enum Spec {
     },
     Ingress(IngressSpec),
     IngressClass(IngressClassSpec),
+    PeerAuthentication(PeerAuthentication),
+    AuthorizationPolicy(AuthorizationPolicy),
 }
 
 /// One decoded and typed resource.

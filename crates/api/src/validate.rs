@@ -13,6 +13,7 @@ mod destination_rule;
 mod gateway;
 mod kube;
 mod names;
+mod security;
 mod service_entry;
 mod sidecar;
 mod virtual_service;
@@ -33,6 +34,8 @@ pub fn validate(res: &Resource) -> Vec<Diagnostic> {
         Spec::Service(svc) => kube::service(&mut r, svc),
         Spec::Endpoints(subsets) => kube::endpoints(&mut r, subsets),
         Spec::Ingress(ing) => kube::ingress(&mut r, ing),
+        Spec::PeerAuthentication(pa) => security::peer_authentication(&mut r, pa),
+        Spec::AuthorizationPolicy(ap) => security::authorization_policy(&mut r, ap),
         Spec::ConfigMap {
             mesh: Some(mesh), ..
         } => kube::mesh_config(&mut r, mesh),

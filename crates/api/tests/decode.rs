@@ -625,3 +625,130 @@ fn same_kind_name_in_another_api_group_is_ignored() {
         "kind ServiceAccount is not used by sluice; ignored"
     );
 }
+
+// === security.istio.io ===
+
+const SECURITY_KINDS: &str = "\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: foo}
+spec:
+  selector:
+    matchLabels: {app: httpbin}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    8080: {mode: DISABLE}
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: httpbin, namespace: foo}
+spec:
+  selector:
+    match_labels: {app: httpbin}
+  action: DENY
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/default/sa/sleep]
+        notNamespaces: [prod]
+        ipBlocks: [10.0.0.0/8]
+        not_remote_ip_blocks: [1.2.3.4]
+    to:
+    - operation:
+        hosts: [\"*.example.com\"]
+        ports: [\"8080\"]
+        methods: [GET]
+        notPaths: [/admin*]
+    when:
+    - key: request.headers[x-token]
+      notValues: [secret]
+";
+
+#[test]
+fn security_kinds_decode_in_both_versions_with_aliases() {
+    let out = decode(SECURITY_KINDS);
+    assert!(
+        out.diagnostics.is_empty(),
+        "unexpected diagnostics:\n{}",
+        render(&out.diagnostics)
+    );
+    assert_eq!(out.resources.len(), 2);
+    assert_eq!(out.resources[0].kind, Kind::PeerAuthentication);
+    let Spec::PeerAuthentication(pa) = &out.resources[0].spec else {
+        panic!("not a PeerAuthentication: {:?}", out.resources[0].spec);
+    };
+    assert_eq!(pa.selector.as_ref().map(|s| s.match_labels.len()), Some(1));
+    assert_eq!(
+        pa.mtls.as_ref().and_then(|m| m.mode.as_deref()),
+        Some("STRICT")
+    );
+    let ports = pa.port_level_mtls.as_ref().expect("portLevelMtls");
+    assert_eq!(ports["8080"].mode.as_deref(), Some("DISABLE"));
+
+    assert_eq!(out.resources[1].kind, Kind::AuthorizationPolicy);
+    assert_eq!(out.resources[1].api_version, "security.istio.io/v1beta1");
+    let Spec::AuthorizationPolicy(ap) = &out.resources[1].spec else {
+        panic!("not an AuthorizationPolicy");
+    };
+    assert_eq!(ap.action(), "DENY");
+    let rules = ap.rules.as_ref().expect("rules");
+    let src = rules[0].from.as_ref().expect("from")[0]
+        .source
+        .as_ref()
+        .expect("source");
+    assert_eq!(src.principals, ["cluster.local/ns/default/sa/sleep"]);
+    assert_eq!(src.not_namespaces, ["prod"]);
+    assert_eq!(src.not_remote_ip_blocks, ["1.2.3.4"]);
+    let op = rules[0].to.as_ref().expect("to")[0]
+        .operation
+        .as_ref()
+        .expect("operation");
+    assert_eq!(op.ports, ["8080"]);
+    assert_eq!(op.not_paths, ["/admin*"]);
+    assert_eq!(rules[0].when[0].key, "request.headers[x-token]");
+    assert_eq!(rules[0].when[0].not_values, ["secret"]);
+    // Field positions work for the new kinds too.
+    assert_eq!(
+        out.resources[1]
+            .origin
+            .line_of("spec.rules[0].to[0].operation.ports"),
+        28
+    );
+}
+
+#[test]
+fn security_kinds_reject_typos_and_wrong_versions() {
+    let d = only_diagnostic(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n\
+         spec:\n  rules:\n  - to:\n    - operation:\n        method: [GET]\n",
+    );
+    assert_eq!(d.severity, Severity::Error);
+    assert_eq!(d.line, 8);
+    assert_eq!(d.field, "spec.rules[0].to[0].operation.method");
+    assert!(
+        d.message.contains("did you mean `methods`?"),
+        "{}",
+        d.message
+    );
+
+    let d = only_diagnostic(
+        "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: a}\n",
+    );
+    assert_eq!(d.severity, Severity::Error);
+    assert_eq!(
+        d.message,
+        "apiVersion security.istio.io/v1alpha1 is not supported for PeerAuthentication; use one \
+         of security.istio.io/v1, security.istio.io/v1beta1"
+    );
+
+    // `spec: {}` is a valid ALLOW-nothing policy; a missing spec is the same.
+    let out = decode(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all}\nspec: {}\n",
+    );
+    assert!(out.diagnostics.is_empty(), "{}", render(&out.diagnostics));
+    let Spec::AuthorizationPolicy(ap) = &out.resources[0].spec else {
+        panic!("not an AuthorizationPolicy");
+    };
+    assert_eq!(ap.action(), "ALLOW");
+    assert!(ap.rules.is_none());
+}

@@ -1257,3 +1257,323 @@ fn destination_rule_policy_decodes_typed_and_snake_case() {
     assert_eq!(ch.maglev.as_ref().and_then(|m| m.table_size), Some(65537));
     assert!(validate(&res).is_empty(), "{:?}", validate(&res));
 }
+
+/// [`run`] for `security.istio.io/v1` kinds.
+fn run_security(cases: &[Case]) {
+    let mut failures = Vec::new();
+    let security_doc = |kind: &str, spec: &str| {
+        doc(kind, spec).replacen("networking.istio.io", "security.istio.io", 1)
+    };
+    for c in cases {
+        let line = HEADER_LINES + c.line;
+        let diags = check(&security_doc(c.kind, c.bad));
+        let warning = if c.severity == Warning {
+            "warning: "
+        } else {
+            ""
+        };
+        let rendered = format!(
+            "t.yaml:{line}: {} ns/t: {}: {warning}{}",
+            c.kind, c.field, c.message
+        );
+        let hit = diags
+            .iter()
+            .find(|d| d.severity == c.severity && d.field == c.field && d.message == c.message);
+        match hit {
+            None => failures.push(format!("{rendered}\n  missing from:\n{}", render(&diags))),
+            Some(d) if d.to_string() != rendered => {
+                failures.push(format!("expected: {rendered}\n     got: {d}"));
+            }
+            Some(_) => {}
+        }
+        let diags = check(&security_doc(c.kind, c.good));
+        let bad: Vec<_> = diags
+            .iter()
+            .filter(|d| d.is_error() || d.message == c.message)
+            .cloned()
+            .collect();
+        if !bad.is_empty() {
+            failures.push(format!(
+                "good input for `{}` still fails:\n{}",
+                c.message,
+                render(&bad)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn peer_authentication_rules() {
+    run_security(&[
+        Case {
+            kind: "PeerAuthentication",
+            bad: "mtls: {mode: STRICT}\nportLevelMtls:\n  8080: {mode: DISABLE}\n",
+            severity: Error,
+            field: "spec.portLevelMtls",
+            line: 2,
+            message: "mesh/namespace peer authentication cannot have port level mTLS",
+            good: "selector:\n  matchLabels: {app: a}\nportLevelMtls:\n  8080: {mode: DISABLE}\n",
+        },
+        Case {
+            kind: "PeerAuthentication",
+            bad: "selector:\n  matchLabels: {app: a}\nportLevelMtls:\n  70000: {mode: DISABLE}\n",
+            severity: Error,
+            field: "spec.portLevelMtls.70000",
+            line: 4,
+            message: "port must be in range 1..65535",
+            good: "selector:\n  matchLabels: {app: a}\nportLevelMtls:\n  7000: {mode: DISABLE}\n",
+        },
+        Case {
+            kind: "PeerAuthentication",
+            bad: "selector:\n  matchLabels: {app: a}\nportLevelMtls: {}\n",
+            severity: Error,
+            field: "spec.portLevelMtls",
+            line: 3,
+            message: "port level mTLS, if defined, must have at least one element",
+            good: "selector:\n  matchLabels: {app: a}\n",
+        },
+        Case {
+            kind: "PeerAuthentication",
+            bad: "mtls:\n  mode: STRICTT\n",
+            severity: Error,
+            field: "spec.mtls.mode",
+            line: 2,
+            message:
+                "invalid mTLS mode STRICTT; expected one of UNSET, DISABLE, PERMISSIVE, STRICT",
+            good: "mtls:\n  mode: UNSET\n",
+        },
+        Case {
+            kind: "PeerAuthentication",
+            bad: "selector: {}\nmtls: {mode: STRICT}\n",
+            severity: Warning,
+            field: "spec.selector",
+            line: 1,
+            message: "workload selector specified without labels",
+            good: "mtls: {mode: STRICT}\n",
+        },
+        Case {
+            kind: "PeerAuthentication",
+            bad: "selector:\n  matchLabels:\n    app: \"*\"\n",
+            severity: Error,
+            field: "spec.selector.matchLabels.app",
+            line: 3,
+            message: "wildcard is not supported in selector: \"app=*\"",
+            good: "selector:\n  matchLabels:\n    app: a\n",
+        },
+    ]);
+}
+
+#[test]
+fn authorization_policy_actions_and_selectors() {
+    run_security(&[
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "action: DENY\n",
+            severity: Error,
+            field: "spec",
+            line: 0,
+            message: "DENY action without `rules` is meaningless as it will never be triggered, \
+                      add an empty rule `{}` if you want it be triggered for every request",
+            good: "action: DENY\nrules:\n- {}\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "action: CUSTOM\nrules:\n- {}\n",
+            severity: Error,
+            field: "spec.provider",
+            line: 0,
+            message: "`provider.name` must not be empty",
+            good: "action: CUSTOM\nprovider: {name: ext-authz}\nrules:\n- {}\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "action: CUSTOM\nprovider: {name: ext-authz}\n",
+            severity: Error,
+            field: "spec",
+            line: 0,
+            message: "CUSTOM action without `rules` is meaningless as it will never be triggered, \
+                      add an empty rule `{}` if you want it be triggered for every request",
+            good: "action: CUSTOM\nprovider: {name: ext-authz}\nrules:\n- to:\n  - operation: {paths: [/admin]}\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "action: CUSTOM\nprovider: {name: ext}\nrules:\n- from:\n  - source:\n      namespaces: [foo]\n",
+            severity: Error,
+            field: "spec.rules[0].from[0].source.namespaces",
+            line: 6,
+            message: "From.Namespaces is currently not supported with CUSTOM action",
+            good: "action: CUSTOM\nprovider: {name: ext}\nrules:\n- from:\n  - source:\n      ipBlocks: [10.0.0.0/8]\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "provider: {name: ext}\nrules:\n- {}\n",
+            severity: Error,
+            field: "spec.provider",
+            line: 1,
+            message: "`provider` must not be with non CUSTOM action, found ALLOW",
+            good: "rules:\n- {}\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "action: DENNY\nrules:\n- {}\n",
+            severity: Error,
+            field: "spec.action",
+            line: 1,
+            message: "invalid action DENNY; expected one of ALLOW, DENY, AUDIT, CUSTOM",
+            good: "action: AUDIT\nrules:\n- {}\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "selector:\n  matchLabels: {app: a}\ntargetRefs:\n- {kind: Gateway, group: gateway.networking.k8s.io, name: gw}\n",
+            severity: Error,
+            field: "spec",
+            line: 0,
+            message: "only one of targetRefs or workloadSelector can be set",
+            good: "targetRefs:\n- {kind: Gateway, group: gateway.networking.k8s.io, name: gw}\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "targetRef:\n  kind: Deployment\n  name: gw\n",
+            severity: Error,
+            field: "spec.targetRef.kind",
+            line: 2,
+            message: "targetRef must be to one of core/Service, networking.istio.io/ServiceEntry, \
+                      gateway.networking.k8s.io/Gateway but was /Deployment",
+            good: "targetRef:\n  kind: Service\n  name: gw\n",
+        },
+    ]);
+}
+
+#[test]
+fn authorization_policy_rules() {
+    run_security(&[
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- to:\n  - operation:\n      ports: [http]\n",
+            severity: Error,
+            field: "spec.rules[0].to[0].operation.ports[0]",
+            line: 4,
+            message: "bad port (http): ports are written as strings of digits, e.g. \"8080\"",
+            good: "rules:\n- to:\n  - operation:\n      ports: [\"8080\"]\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- from:\n  - source:\n      ipBlocks: [10.0.0.0/33]\n",
+            severity: Error,
+            field: "spec.rules[0].from[0].source.ipBlocks[0]",
+            line: 4,
+            message: "bad CIDR range (10.0.0.0/33)",
+            good: "rules:\n- from:\n  - source:\n      ipBlocks: [10.0.0.0/8]\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- from:\n  - source: {}\n",
+            severity: Error,
+            field: "spec.rules[0].from[0].source",
+            line: 3,
+            message: "`from.source` must not be empty, found at rule 0",
+            good: "rules:\n- from:\n  - source: {namespaces: [foo]}\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- from:\n  - {}\n",
+            severity: Error,
+            field: "spec.rules[0].from[0]",
+            line: 3,
+            message: "`from.source` must not be nil, found at rule 0",
+            good: "rules:\n- from:\n  - source: {principals: [\"*\"]}\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- to: []\n",
+            severity: Error,
+            field: "spec.rules[0].to",
+            line: 2,
+            message: "`to` must not be empty, found at rule 0",
+            good: "rules:\n- to:\n  - operation: {methods: [GET]}\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- to:\n  - operation: {}\n",
+            severity: Error,
+            field: "spec.rules[0].to[0].operation",
+            line: 3,
+            message: "`to.operation` must not be empty, found at rule 0",
+            good: "rules:\n- to:\n  - operation: {hosts: [\"*.example.com\"]}\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- from:\n  - source:\n      principals: [\"\"]\n",
+            severity: Error,
+            field: "spec.rules[0].from[0].source.principals[0]",
+            line: 4,
+            message: "empty value not allowed, found in Principals",
+            good: "rules:\n- from:\n  - source:\n      principals: [cluster.local/ns/a/sa/b]\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- to:\n  - operation:\n      paths: [\"/{*}/foo/{bar}\"]\n",
+            severity: Error,
+            field: "spec.rules[0].to[0].operation.paths[0]",
+            line: 4,
+            message: "invalid or unsupported path template, found in Paths",
+            good: "rules:\n- to:\n  - operation:\n      paths: [\"/{*}/foo/{**}\"]\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- when:\n  - key: request.method\n    values: [GET]\n",
+            severity: Error,
+            field: "spec.rules[0].when[0].values",
+            line: 4,
+            message: "invalid `value` for `key` request.method: unknown attribute: request.method",
+            good: "rules:\n- when:\n  - key: request.headers[x-method]\n    values: [GET]\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- when:\n  - key: request.headers[]\n    values: [a]\n",
+            severity: Error,
+            field: "spec.rules[0].when[0].values",
+            line: 4,
+            message: "invalid `value` for `key` request.headers[]: bad key (request.headers[]): \
+                      should have format a[b]",
+            good: "rules:\n- when:\n  - key: connection.sni\n    values: [a.com]\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- when:\n  - key: destination.labels[app]\n    notValues: [a]\n",
+            severity: Error,
+            field: "spec.rules[0].when[0].notValues",
+            line: 4,
+            message: "invalid `notValue` for `key` destination.labels[app]: attribute \
+                      destination.labels[app] is replaced by the workload selector",
+            good: "rules:\n- when:\n  - key: destination.port\n    notValues: [\"9090\"]\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "rules:\n- when:\n  - key: source.ip\n",
+            severity: Error,
+            field: "spec.rules[0].when[0]",
+            line: 3,
+            message: "at least one of `values` or `notValues` must be set for key source.ip",
+            good: "rules:\n- when:\n  - key: source.ip\n    values: [10.1.2.3]\n",
+        },
+        Case {
+            kind: "AuthorizationPolicy",
+            bad: "action: DENY\nrules:\n- to:\n  - operation:\n      paths: [/admin]\n",
+            severity: Warning,
+            field: "spec.rules[0]",
+            line: 3,
+            message: "configured AuthorizationPolicy will deny all traffic to TCP ports under its \
+                      scope due to the use of only HTTP attributes in a DENY rule; it is \
+                      recommended to explicitly specify the port",
+            good: "action: DENY\nrules:\n- to:\n  - operation:\n      paths: [/admin]\n      ports: [\"8000\"]\n",
+        },
+    ]);
+}

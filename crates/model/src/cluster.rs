@@ -38,7 +38,10 @@ pub struct UpstreamTls {
 
 impl UpstreamTls {
     /// TLS origination from `ClientTLSSettings`; `None` for DISABLE or an unset mode.
-    /// ISTIO_MUTUAL needs mesh identities (a later release) and is treated as plaintext for now.
+    ///
+    /// For ISTIO_MUTUAL only `sni` and `subjectAltNames` count (Istio ignores the certificate
+    /// fields: the proxy's mesh certificate is used); the snapshot adds the SPIFFE identities of
+    /// the cluster's endpoints when the DestinationRule names no `subjectAltNames`.
     pub fn from_settings(tls: &ClientTlsSettings) -> Option<UpstreamTls> {
         let mode = tls
             .mode
@@ -48,6 +51,12 @@ impl UpstreamTls {
         let mutual = match mode.as_str() {
             "SIMPLE" => false,
             "MUTUAL" => true,
+            "ISTIO_MUTUAL" => {
+                let mut t = UpstreamTls::istio_mutual(tls.subject_alt_names.clone());
+                // Istio uses a `sni` the user gave (routing through a gateway needs it).
+                t.sni = tls.sni.clone().filter(|s| !s.is_empty());
+                return Some(t);
+            }
             _ => return None,
         };
         Some(UpstreamTls {
@@ -60,6 +69,22 @@ impl UpstreamTls {
             subject_alt_names: tls.subject_alt_names.clone(),
             istio_mutual: false,
         })
+    }
+
+    /// ISTIO_MUTUAL towards peers with these identities (`spiffe://…` or other SANs). With
+    /// `sni: None` the SNI is Istio's `outbound_.PORT_.SUBSET_.HOST`, which the proxy derives
+    /// from the cluster.
+    pub fn istio_mutual(subject_alt_names: Vec<String>) -> UpstreamTls {
+        UpstreamTls {
+            mutual: true,
+            sni: None,
+            ca_certificates: None,
+            client_certificate: None,
+            private_key: None,
+            insecure_skip_verify: false,
+            subject_alt_names,
+            istio_mutual: true,
+        }
     }
 }
 

@@ -4,12 +4,15 @@
 //! single port. `sluice validate` prints these as warnings; `compile` reports the same ones (with
 //! exportTo and sourceLabels applied) for the proxy it compiles for.
 //!
+//! Security settings that are accepted but have no effect are reported here too: AUDIT and
+//! CUSTOM AuthorizationPolicies, and certificate fields on an ISTIO_MUTUAL DestinationRule.
+//!
 //! Visibility (`exportTo`) and `sourceLabels` are ignored here: a reference is reported only
 //! when it fails for every proxy.
 
 use std::sync::Arc;
 
-use sluice_api::networking::{Destination, DestinationRule, Subset};
+use sluice_api::networking::{ClientTlsSettings, Destination, DestinationRule, Subset};
 use sluice_api::{Diagnostic, Resource, Severity, Spec};
 
 use crate::gateway;
@@ -93,6 +96,7 @@ pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
         .collect();
     let mut out = Vec::new();
     check_gateways(resources, &mut out);
+    check_security(resources, &mut out);
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
@@ -256,5 +260,102 @@ fn check_destination(
             empty_subset_message(&host, subset),
         )),
         Some(_) => {}
+    }
+}
+
+/// Warning for an AuthorizationPolicy whose action sluice does not enforce.
+pub(crate) fn unenforced_action_message(action: &str) -> String {
+    format!("{action} policies are not enforced by sluice; this policy is ignored")
+}
+
+/// Warning for ISTIO_MUTUAL settings that carry certificate fields, which Istio ignores.
+pub(crate) fn istio_mutual_fields_message(fields: &[&str]) -> String {
+    format!(
+        "{} ignored with ISTIO_MUTUAL, which uses the proxy's mesh certificate; use MUTUAL to \
+         present your own certificate",
+        fields.join(", ")
+    )
+}
+
+/// The certificate fields set on an ISTIO_MUTUAL `tls`, which "should be empty" in that mode.
+fn istio_mutual_extra_fields(tls: &ClientTlsSettings) -> Vec<&'static str> {
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    let mut fields = Vec::new();
+    if !tls
+        .mode
+        .as_deref()
+        .is_some_and(|m| m.eq_ignore_ascii_case("ISTIO_MUTUAL"))
+    {
+        return fields;
+    }
+    for (name, value) in [
+        ("clientCertificate", &tls.client_certificate),
+        ("privateKey", &tls.private_key),
+        ("caCertificates", &tls.ca_certificates),
+        ("caCrl", &tls.ca_crl),
+        ("credentialName", &tls.credential_name),
+    ] {
+        if set(value) {
+            fields.push(name);
+        }
+    }
+    if tls.insecure_skip_verify == Some(true) {
+        fields.push("insecureSkipVerify");
+    }
+    fields
+}
+
+/// AuthorizationPolicies sluice does not enforce (AUDIT, CUSTOM), and DestinationRule
+/// ISTIO_MUTUAL settings with certificate fields that have no effect.
+fn check_security(resources: &[Resource], out: &mut Vec<Diagnostic>) {
+    for res in resources {
+        match &res.spec {
+            Spec::AuthorizationPolicy(ap) => {
+                let action = ap.action();
+                if action == "AUDIT" || action == "CUSTOM" {
+                    out.push(Diagnostic::at(
+                        res,
+                        Severity::Warning,
+                        "spec.action",
+                        unenforced_action_message(&action),
+                    ));
+                }
+            }
+            Spec::DestinationRule(dr) => {
+                let mut policies = Vec::new();
+                if let Some(tp) = &dr.traffic_policy {
+                    policies.push(("spec.trafficPolicy".to_string(), tp));
+                }
+                for (i, s) in dr.subsets.iter().enumerate() {
+                    if let Some(tp) = &s.traffic_policy {
+                        policies.push((format!("spec.subsets[{i}].trafficPolicy"), tp));
+                    }
+                }
+                for (base, tp) in policies {
+                    let mut tls = vec![(format!("{base}.tls"), tp.tls.as_ref())];
+                    for (j, pl) in tp.port_level_settings.iter().enumerate() {
+                        tls.push((
+                            format!("{base}.portLevelSettings[{j}].tls"),
+                            pl.tls.as_ref(),
+                        ));
+                    }
+                    for (field, t) in tls {
+                        let Some(t) = t else {
+                            continue;
+                        };
+                        let extra = istio_mutual_extra_fields(t);
+                        if !extra.is_empty() {
+                            out.push(Diagnostic::at(
+                                res,
+                                Severity::Warning,
+                                field,
+                                istio_mutual_fields_message(&extra),
+                            ));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }

@@ -180,10 +180,16 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
         .map(|s| match proxy.kind {
             // A gateway cannot forward to the original destination: Istio gives such a
             // service EDS instead, so it has only the endpoints the registry lists (503 UH).
-            ProxyKind::Gateway if s.resolution == registry::Resolution::None => Arc::new(Service {
-                resolution: registry::Resolution::Static,
-                ..(**s).clone()
-            }),
+            // A wildcard host is the exception: sluice resolves the request's own SNI/Host
+            // there (the egress-gateway pattern for `*.example.com`), as DYNAMIC_DNS does.
+            ProxyKind::Gateway
+                if s.resolution == registry::Resolution::None && !s.hostname.starts_with('*') =>
+            {
+                Arc::new(Service {
+                    resolution: registry::Resolution::Static,
+                    ..(**s).clone()
+                })
+            }
             _ => s.clone(),
         })
         .collect();
@@ -214,7 +220,98 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
     build_host_aliases(&mut snap);
     build_workloads(&mut snap, resources);
     build_inbound_ports(&mut snap, resources, &all_services);
+    build_security(&mut snap, resources);
     snap
+}
+
+/// AuthorizationPolicies for this proxy (sidecars and gateways alike: a gateway is a workload
+/// of its namespace), and PeerAuthentication for sidecars (Istio does not apply it to gateways,
+/// which stay PERMISSIVE).
+fn build_security(snap: &mut Snapshot, resources: &[Resource]) {
+    let root = snap.mesh.root_namespace.clone();
+    let (authz, diags) = crate::security::Authorization::compile(
+        resources,
+        &snap.proxy.namespace,
+        &snap.proxy.labels,
+        &root,
+    );
+    snap.authorization = authz;
+    snap.diagnostics.extend(diags);
+    if snap.proxy.kind == ProxyKind::Sidecar {
+        let (mode, ports) = crate::security::peer_authentication(
+            resources,
+            &snap.proxy.namespace,
+            &snap.proxy.labels,
+            &root,
+        );
+        snap.mtls_mode = mode;
+        snap.mtls_ports = ports;
+    }
+}
+
+/// The label Istio's injector puts on workloads with a sidecar; auto mTLS sends ISTIO_MUTUAL
+/// only to endpoints that carry it.
+pub const TLS_MODE_LABEL: (&str, &str) = ("security.istio.io/tlsMode", "istio");
+
+/// The trust domain of the SPIFFE identities sluice expects (Istio's default).
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// `enableAutoMtls` of the mesh config (default true).
+fn auto_mtls_enabled(resources: &[Resource]) -> bool {
+    resources
+        .iter()
+        .find_map(|r| match &r.spec {
+            Spec::ConfigMap {
+                mesh: Some(mesh), ..
+            } if (r.meta.namespace.as_str(), r.meta.name.as_str())
+                == crate::mesh::MESH_CONFIGMAP =>
+            {
+                mesh.enable_auto_mtls
+            }
+            _ => None,
+        })
+        .unwrap_or(true)
+}
+
+/// Service accounts of workloads by `(namespace, address)`: WorkloadEntries and ServiceEntry
+/// endpoints that name one.
+fn service_accounts(resources: &[Resource]) -> HashMap<(String, String), String> {
+    let mut out = HashMap::new();
+    for r in resources {
+        let entries: Vec<&networking::WorkloadEntry> = match &r.spec {
+            Spec::WorkloadEntry(we) => vec![we],
+            Spec::ServiceEntry(se) => se.endpoints.iter().collect(),
+            _ => continue,
+        };
+        for we in entries {
+            if let Some(sa) = we.service_account.as_deref().filter(|s| !s.is_empty()) {
+                out.entry((r.meta.namespace.clone(), we.address.clone()))
+                    .or_insert_with(|| sa.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The identities ISTIO_MUTUAL expects from `endpoints` of `svc`: each endpoint's SPIFFE ID
+/// (`spiffe://cluster.local/ns/NS/sa/SA`, service account `default` when none is known), plus
+/// the ServiceEntry's `subjectAltNames`; sorted, without duplicates.
+fn expected_identities(
+    svc: &Service,
+    endpoints: &[registry::Endpoint],
+    accounts: &HashMap<(String, String), String>,
+    se_sans: &[String],
+) -> Vec<String> {
+    let mut out: BTreeSet<String> = se_sans.iter().cloned().collect();
+    for ep in endpoints {
+        let key = (svc.namespace.to_string(), ep.address.to_string());
+        let sa = accounts.get(&key).map_or("default", String::as_str);
+        out.insert(format!(
+            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{sa}",
+            svc.namespace
+        ));
+    }
+    out.into_iter().collect()
 }
 
 /// Other names Envoy's virtual hosts carry for a service (Istio's `generateVirtualHostDomains`):
@@ -423,8 +520,19 @@ fn destination_rules_for<'a>(
 
 fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
     let root_ns = snap.mesh.root_namespace.clone();
+    let auto_mtls = auto_mtls_enabled(resources);
+    let accounts = service_accounts(resources);
     for svc in &snap.services {
         let rule = destination_rules_for(resources, &snap.proxy, &root_ns, svc);
+        let se_sans: &[String] = resources
+            .iter()
+            .find_map(|r| match &r.spec {
+                Spec::ServiceEntry(se) if *svc.source == *format!("ServiceEntry {}", r.key()) => {
+                    Some(se.subject_alt_names.as_slice())
+                }
+                _ => None,
+            })
+            .unwrap_or(&[]);
         let policy_source: Option<Arc<str>> =
             (!rule.sources.is_empty()).then(|| rule.sources.join(", ").into());
         for port in &svc.ports {
@@ -432,17 +540,32 @@ fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                 let subset_name = subset.map(|s| s.name.as_str());
                 let name: Arc<str> =
                     Cluster::name_for(port.number, subset_name, &svc.hostname).into();
-                let endpoints = svc
+                let endpoints: Vec<registry::Endpoint> = svc
                     .endpoints
                     .iter()
                     .filter(|ep| subset.is_none_or(|s| labels_subset(&s.labels, &ep.labels)))
                     .cloned()
                     .collect();
                 let policy = rule.policy_for(port.number, subset_name);
-                let tls = policy
-                    .tls
-                    .and_then(UpstreamTls::from_settings)
-                    .map(Arc::new);
+                let identities = || expected_identities(svc, &endpoints, &accounts, se_sans);
+                let tls = match policy.tls {
+                    // The DestinationRule decides, DISABLE included. ISTIO_MUTUAL without
+                    // `subjectAltNames` expects the endpoints' identities (Istio's
+                    // `buildAutoMtlsSettings`: the user's SANs replace the service accounts).
+                    Some(settings) => UpstreamTls::from_settings(settings).map(|mut t| {
+                        if t.istio_mutual && t.subject_alt_names.is_empty() {
+                            t.subject_alt_names = identities();
+                        }
+                        t
+                    }),
+                    None if auto_mtls
+                        && auto_mtls_applies(resources, &root_ns, svc, port, &endpoints) =>
+                    {
+                        Some(UpstreamTls::istio_mutual(identities()))
+                    }
+                    None => None,
+                }
+                .map(Arc::new);
                 let limits =
                     PoolLimits::from_settings(policy.connection_pool, snap.mesh.connect_timeout);
                 let cluster = Cluster {
@@ -469,6 +592,39 @@ fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
             }
         }
     }
+}
+
+/// Auto mTLS for a cluster without DestinationRule TLS (Istio's `buildAutoMtlsSettings`): a
+/// mesh-internal service whose endpoints all run a sidecar (the `security.istio.io/tlsMode:
+/// istio` label), none of which disables mTLS with a PeerAuthentication.
+fn auto_mtls_applies(
+    resources: &[Resource],
+    root_ns: &str,
+    svc: &Service,
+    port: &registry::ServicePort,
+    endpoints: &[registry::Endpoint],
+) -> bool {
+    if svc.mesh_external || endpoints.is_empty() {
+        return false;
+    }
+    let (key, value) = TLS_MODE_LABEL;
+    endpoints.iter().all(|ep| {
+        ep.labels.get(key).is_some_and(|v| v == value) && {
+            let (mode, ports) = crate::security::peer_authentication(
+                resources,
+                &svc.namespace,
+                &ep.labels,
+                root_ns,
+            );
+            let target = ep
+                .ports
+                .get(port.name.as_ref())
+                .copied()
+                .or(port.target_port)
+                .unwrap_or(port.number);
+            ports.get(&target).copied().unwrap_or(mode) != crate::security::MtlsMode::Disable
+        }
+    })
 }
 
 fn build_default_routes(snap: &mut Snapshot) {
@@ -1437,7 +1593,10 @@ impl Snapshot {
 
     /// The inbound mutual-TLS mode for the workload's `port` (PeerAuthentication).
     pub fn inbound_mtls(&self, port: u16) -> crate::security::MtlsMode {
-        self.mtls_ports.get(&port).copied().unwrap_or(self.mtls_mode)
+        self.mtls_ports
+            .get(&port)
+            .copied()
+            .unwrap_or(self.mtls_mode)
     }
 
     /// The workload at `ip`, if the registry knows one.

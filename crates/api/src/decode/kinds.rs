@@ -15,6 +15,7 @@ use crate::networking::{
     DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 use crate::resource::{Diagnostic, Kind, ObjectMeta, Origin, Resource, Severity, Spec};
+use crate::security::{AuthorizationPolicy, PeerAuthentication};
 
 use super::typed::{from_json, suggest};
 use super::yaml::{self, Document, Positions};
@@ -332,6 +333,12 @@ fn decode_spec(
         Kind::Ingress => Spec::Ingress(d.typed::<IngressSpec>(take_spec(root), "spec")?),
         Kind::IngressClass => {
             Spec::IngressClass(d.typed::<IngressClassSpec>(take_spec(root), "spec")?)
+        }
+        Kind::PeerAuthentication => {
+            Spec::PeerAuthentication(d.typed::<PeerAuthentication>(take_spec(root), "spec")?)
+        }
+        Kind::AuthorizationPolicy => {
+            Spec::AuthorizationPolicy(d.typed::<AuthorizationPolicy>(take_spec(root), "spec")?)
         }
     })
 }
