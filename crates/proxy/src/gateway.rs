@@ -22,7 +22,8 @@ use sluice_model::{ProxyIdentity, ProxyKind, Snapshot};
 
 use crate::admin::AdminSource;
 use crate::context::{workload_labels, Proxy};
-use crate::runtime::{OperatorListeners, OperatorPorts, Runtime};
+use crate::identity::IdentityOptions;
+use crate::runtime::{load_identity, OperatorListeners, OperatorPorts, Runtime};
 use crate::store::StoreStatus;
 use crate::telemetry::accesslog::AccessLogger;
 use crate::telemetry::metrics::{Metrics, PeerLabels};
@@ -55,6 +56,9 @@ pub struct Gateway {
     pub tls: ServerTlsStore,
     /// `sluice_gateway_tls_errors_total{port,reason}`: handshakes that failed or could not start.
     pub tls_errors: Family<TlsFailureLabels, Counter>,
+    /// Configuration problems already logged (by server), so a misconfigured server does not log
+    /// once per connection.
+    warned: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 impl Gateway {
@@ -63,13 +67,22 @@ impl Gateway {
         let tls_errors = Family::<TlsFailureLabels, Counter>::default();
         metrics.register(
             "sluice_gateway_tls_errors",
-            "TLS connections a gateway closed before serving them, by port and reason (handshake, no_certificate, no_server)",
+            "TLS connections a gateway closed before serving them, by port and reason (handshake, no_certificate, no_identity, no_server, not_tls)",
             tls_errors.clone(),
         );
         Gateway {
             proxy,
             tls: ServerTlsStore::default(),
             tls_errors,
+            warned: Default::default(),
+        }
+    }
+
+    /// Logs `message` as a warning the first time `key` has a problem.
+    pub fn warn_once(&self, key: &Arc<str>, message: &str) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.insert(key.clone()) {
+            tracing::warn!("{message}");
         }
     }
 
@@ -193,23 +206,36 @@ impl AdminSource for GatewayAdmin {
     }
 }
 
-/// Runs the gateway until Ctrl-C, SIGTERM or `POST /quitquitquit`.
+/// Runs the gateway until Ctrl-C, SIGTERM or `POST /quitquitquit`, without a mesh identity.
 pub async fn run(opts: GatewayOptions) -> anyhow::Result<()> {
-    let identity = ProxyIdentity {
+    run_with_identity(opts, None).await
+}
+
+/// Runs the gateway with the mesh identity `identity` describes (`--mesh-ca`): ISTIO_MUTUAL
+/// servers and ISTIO_MUTUAL origination towards the mesh. A certificate that cannot be loaded
+/// fails startup, naming the file.
+pub async fn run_with_identity(
+    opts: GatewayOptions,
+    identity: Option<IdentityOptions>,
+) -> anyhow::Result<()> {
+    let mesh_identity = load_identity(identity.as_ref())?;
+    let proxy_identity = ProxyIdentity {
         namespace: opts.namespace.clone(),
         labels: opts.labels.clone(),
-        service_account: None,
+        service_account: identity.as_ref().map(|i| i.service_account.clone()),
         kind: ProxyKind::Gateway,
     };
-    let mut rt = Runtime::load(&opts.config_dir, identity)?;
+    let mut rt = Runtime::load(&opts.config_dir, proxy_identity)?;
     let snapshots = rt.snapshots.clone();
-    let proxy = Arc::new(gateway_proxy(
+    let mut proxy = gateway_proxy(
         snapshots.clone(),
         rt.access_log.clone(),
         rt.metrics.clone(),
         &opts.namespace,
         &opts.labels,
-    ));
+    );
+    proxy.identity = mesh_identity;
+    let proxy = Arc::new(proxy);
     let gateway = Arc::new(Gateway::new(proxy.clone(), &rt.metrics));
     let operator = OperatorListeners::bind(OperatorPorts {
         admin: opts.admin_port,

@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use sluice_model::route::{
     pick_weighted, HttpRequestFacts, Operation, RequestMatch, WeightedTarget,
 };
+use sluice_model::security::{AuthzDecision, AuthzRequest};
 use sluice_model::{Cluster, HttpDecision, HttpRouteRule, RouteAction, Snapshot};
 
 use crate::balancer::{
@@ -30,11 +31,14 @@ use crate::body::{CountingBody, Finish, LoggedBody};
 use crate::context::{Downstream, Proxy};
 use crate::gateway::edge::{self, GatewayConn};
 use crate::io::ByteCounter;
+use crate::stream::{rbac_denied_details, with_principal};
 use crate::telemetry::accesslog::{protocol_name, AccessLogRecord};
 use crate::telemetry::metrics::{
     HttpLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
 };
-use crate::upstream::{BoxError, ConnectionUseHandle, ProxyBody, UpstreamConnInfo};
+use crate::upstream::{
+    security_for, BoxError, ConnectionUseHandle, ProxyBody, UpstreamConnInfo, UpstreamSecurity,
+};
 
 /// Largest request body buffered so it can be retried or mirrored; larger bodies are streamed once.
 const MAX_BUFFERED_BODY: u64 = 64 * 1024;
@@ -191,6 +195,9 @@ struct Outcome {
     service: Arc<ServiceLabels>,
     upstream: Option<UpstreamConnInfo>,
     upstream_service_time: Option<u64>,
+    /// The identity the upstream had to prove (ISTIO_MUTUAL with one expected SAN):
+    /// `destination_principal`.
+    upstream_principal: Option<Arc<str>>,
 }
 
 /// Everything known about the request being handled.
@@ -285,6 +292,8 @@ async fn handle_routed(
     rec.authority = HeaderValue::from_str(&authority).ok();
     rec.downstream_remote_address = Some(downstream.remote);
     rec.requested_server_name = gateway.as_ref().and_then(|g| g.sni.clone());
+    let peer = gateway.as_ref().and_then(|g| g.peer.clone());
+    rec.downstream_peer_uri_san = peer.as_ref().and_then(|p| p.spiffe_id.clone());
     rec.downstream_local_address = Some(match (&downstream.target, &uri_target) {
         (Some(t), _) => t.addr,
         _ => downstream.local,
@@ -320,17 +329,26 @@ async fn handle_routed(
     if proxy.access_log.needs_response_headers() {
         rec.response_headers = Some(response.headers().clone());
     }
+    let mut destination = outcome.upstream.map_or_else(
+        || proxy.unknown_peer.clone(),
+        |u| proxy.peer_at(&snap, u.remote.ip()),
+    );
+    if let Some(p) = &outcome.upstream_principal {
+        destination = with_principal(&destination, p);
+    }
+    // A gateway that terminated mesh mTLS names its caller (as the inbound side does).
+    let (source, security) = match &peer {
+        Some(p) => (p.labels(&proxy.workload), SecurityPolicy::MutualTls),
+        None => (proxy.workload.clone(), SecurityPolicy::Unknown),
+    };
     let labels = HttpLabels {
         reporter: Reporter::Source,
-        source: proxy.workload.clone(),
-        destination: outcome.upstream.map_or_else(
-            || proxy.unknown_peer.clone(),
-            |u| proxy.peer_at(&snap, u.remote.ip()),
-        ),
+        source,
+        destination,
         destination_service: outcome.service.clone(),
         request_protocol: RequestProtocol::Http,
         response_flags: outcome.flags.clone(),
-        connection_security_policy: SecurityPolicy::Unknown,
+        connection_security_policy: security,
         response_code: response.status().as_u16(),
         grpc_response_status: None,
     };
@@ -386,7 +404,52 @@ fn outcome_local(
         service,
         upstream: None,
         upstream_service_time: None,
+        upstream_principal: None,
     }
+}
+
+/// Envoy's RBAC filter on a gateway listener: checks the request against the
+/// AuthorizationPolicies that apply to the gateway; a denial is answered with 403
+/// `RBAC: access denied` before routing.
+fn gateway_authz(
+    proxy: &Proxy,
+    snap: &Snapshot,
+    gw: &GatewayConn,
+    ctx: &RequestCtx,
+    parts: &http::request::Parts,
+) -> Option<(Response<ProxyBody>, Outcome)> {
+    if snap.authorization.is_empty() {
+        return None;
+    }
+    let host = sluice_model::host::strip_port(&ctx.authority);
+    let peer = gw.peer.as_ref();
+    let req = AuthzRequest {
+        source_principal: peer.and_then(|p| p.principal()),
+        source_namespace: peer.and_then(|p| p.namespace()),
+        source_ip: Some(ctx.downstream.remote.ip()),
+        host: Some(host).filter(|h| !h.is_empty()),
+        port: gw.port,
+        method: Some(parts.method.as_str()),
+        path: Some(parts.uri.path()),
+        sni: gw.sni.as_deref(),
+        headers: Some(&parts.headers),
+    };
+    let AuthzDecision::Deny { policy } = snap.authorization.check(&req) else {
+        return None;
+    };
+    tracing::debug!(
+        "request from {} for {}{} denied by {policy}",
+        ctx.downstream.remote,
+        ctx.authority,
+        parts.uri.path()
+    );
+    let mut reply = LocalReply::new(StatusCode::FORBIDDEN, "RBAC: access denied", "-", "");
+    reply.details = Cow::Owned(rbac_denied_details(&policy));
+    let resp = local_response(proxy, &reply);
+    Some((
+        resp,
+        outcome_local(&reply, None, Arc::new(ServiceLabels::unknown())),
+    ))
 }
 
 async fn route_and_forward(
@@ -408,6 +471,9 @@ async fn route_and_forward(
     };
     let scheme = parts.uri.scheme_str().unwrap_or(default_scheme).to_string();
     if let Some(gw) = &ctx.gateway {
+        if let Some(denied) = gateway_authz(proxy, snap, gw, ctx, &parts) {
+            return denied;
+        }
         if let Some(early) = gateway_local_reply(proxy, snap, gw, ctx, &parts, &path_and_query) {
             return early;
         }
@@ -756,6 +822,25 @@ async fn endpoint_addr(
         Some((t.host.as_deref().map(str::to_string), t.addr))
     };
     match runtime.filter(|rt| !rt.is_original_destination()) {
+        // A gateway has no original destination (the client connected to the gateway): an
+        // original-destination cluster (a wildcard or `resolution: NONE`/`DYNAMIC_DNS`
+        // ServiceEntry) is reached where the request's host resolves, on the service port's
+        // target, as Envoy's dynamic forward proxy would.
+        None if ctx.gateway.is_some() => {
+            let cluster = runtime.ok_or(UpstreamFailure::NoHealthyUpstream)?.cluster();
+            let port = cluster.port.target_port.unwrap_or(cluster.port.number);
+            let host = sluice_model::host::strip_port(&ctx.authority);
+            if host.is_empty() {
+                return Err(UpstreamFailure::NoHealthyUpstream);
+            }
+            let mut addrs = proxy.resolver.resolve(host, port).await.map_err(|e| {
+                tracing::debug!("{}: {e}", cluster.name);
+                UpstreamFailure::NoHealthyUpstream
+            })?;
+            // IPv4 preferred, as Istio's default DNS lookup family.
+            addrs.sort_by_key(SocketAddr::is_ipv6);
+            Ok((addrs[attempt as usize % addrs.len()], None))
+        }
         None => {
             let (host, addr) = original().ok_or(UpstreamFailure::NoHealthyUpstream)?;
             // A route to a `resolution: NONE` service goes to the address the client called, on
@@ -898,18 +983,16 @@ async fn forward(
         None => RequestHash::None,
     };
 
+    // SIMPLE/MUTUAL (SNI: the DestinationRule's, else the request's host, Envoy's auto SNI),
+    // ISTIO_MUTUAL with the mesh identity, or plaintext.
+    let security = fwd.cluster.as_ref().map_or(UpstreamSecurity::Plain, |c| {
+        security_for(proxy.identity.as_ref(), c, &ctx.authority)
+    });
+    let upstream_principal: Option<Arc<str>> = security.expected_principal().map(Arc::from);
     let client = {
-        let tls = fwd.cluster.as_ref().and_then(|c| c.tls.as_ref());
-        // SNI: the DestinationRule's, else the request's host (Envoy's auto SNI).
-        let sni = tls.map(|t| {
-            t.sni
-                .clone()
-                .unwrap_or_else(|| sluice_model::host::strip_port(&ctx.authority).to_string())
-        });
-        let tls = tls.zip(sni.as_deref());
         let client = match &runtime {
-            Some(rt) => proxy.clients.for_cluster(rt, tls),
-            None => proxy.clients.get(tls, Duration::from_secs(10)),
+            Some(rt) => proxy.clients.for_cluster(rt, &security),
+            None => proxy.clients.get(&security, Duration::from_secs(10)),
         };
         match client {
             Ok(c) => c,
@@ -1091,6 +1174,7 @@ async fn forward(
                     service: service.clone(),
                     upstream: info,
                     upstream_service_time: Some(service_time),
+                    upstream_principal: upstream_principal.clone(),
                 };
                 return (resp, outcome);
             }
@@ -1181,6 +1265,7 @@ fn spawn_mirror(
     };
     let cluster = cluster.clone();
     let proxy = proxy.clone();
+    let authority = ctx.authority.clone();
     let method = method.clone();
     let path = path.to_string();
     let headers = headers.clone();
@@ -1196,7 +1281,8 @@ fn spawn_mirror(
         let Some(addr) = proxy.endpoint_socket(&ep.address, ep.port, 0).await else {
             return;
         };
-        let Ok(client) = proxy.clients.for_cluster(&runtime, None) else {
+        let security = security_for(proxy.identity.as_ref(), &cluster, &authority);
+        let Ok(client) = proxy.clients.for_cluster(&runtime, &security) else {
             return;
         };
         let Ok(uri) = format!("http://{addr}{path}").parse::<Uri>() else {

@@ -2,10 +2,65 @@
 //! (`spiffe://cluster.local/ns/NS/sa/SA`) issued by the mesh root (`sluice ca`), and the rustls
 //! configurations for mutual TLS between proxies (ISTIO_MUTUAL origination, inbound and gateway
 //! termination).
+//!
+//! The certificate comes from one of two places:
+//! - **self-issued**: the mesh CA directory holds `root-key.pem`, so the proxy issues its own
+//!   certificate (EC P-256, valid from a minute ago for `cert_ttl`) and issues a new one at half
+//!   its lifetime, as istio-agent does with istiod;
+//! - **files**: `cert-chain.pem` + `key.pem` in an identity directory (`sluice ca issue`, or any
+//!   other tool), re-read when they change.
+//!
+//! Either way the current certificate sits in one `ArcSwap<CertifiedKey>` that every config
+//! handed out reads at handshake time: a rotation reaches the next handshake of configs built
+//! long ago, and established connections keep the keys they negotiated. The trust bundle
+//! (`root-cert.pem`) is swapped the same way when the file changes. A new certificate or root
+//! that cannot be used (half-written pair, key not matching) keeps the last good one.
+//!
+//! Mesh peers are authenticated as Istio does: the chain must lead to the mesh root, and the
+//! peer's SPIFFE URI SAN is what is checked (the SNI, `outbound_.80_._.svc.ns.svc.cluster.local`,
+//! is only a routing key and is never matched against the certificate's names).
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, ResolvesClientCert};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+
+use crate::tls_server::{parse_certs, parse_key};
+use crate::upstream::TlsSetupError;
+
+/// The mesh root certificate (trust bundle; may hold several roots during a root rotation).
+pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+/// The mesh root's private key (PKCS#8); present only where certificates are issued.
+pub const ROOT_KEY_FILE: &str = "root-key.pem";
+/// A workload's certificate chain, leaf first.
+pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
+/// A workload's private key (PKCS#8).
+pub const KEY_FILE: &str = "key.pem";
+
+/// How often the identity files are checked for changes.
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How far back a new certificate's validity starts, for peers whose clocks lag a little.
+const BACKDATE: Duration = Duration::from_secs(60);
+/// Self-issued certificates are renewed once this fraction of their lifetime has passed.
+const RENEW_FRACTION: f64 = 0.5;
 
 /// Where the identity comes from (command-line flags of `sluice sidecar` / `sluice gateway`).
 #[derive(Debug, Clone)]
@@ -23,15 +78,232 @@ pub struct IdentityOptions {
     pub cert_ttl: Duration,
 }
 
+/// Why an identity, a mesh root or a certificate could not be loaded, issued or written. Each
+/// names the file (or the PEM input) and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    /// PEM given as text rather than a file (library callers).
+    #[error("{what}: {message}")]
+    BadInput { what: &'static str, message: String },
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("{} already exists; not replacing an existing mesh root (--force replaces it)", path.display())]
+    Exists { path: PathBuf },
+    #[error(
+        "no workload certificate: {} has no {ROOT_KEY_FILE} to issue one, and no identity \
+         directory with {CERT_CHAIN_FILE} and {KEY_FILE} was given",
+        mesh_ca.display()
+    )]
+    NoSource { mesh_ca: PathBuf },
+    #[error("cannot issue a certificate for {subject}: {message}")]
+    Issue { subject: String, message: String },
+}
+
+/// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+pub fn spiffe_id_for(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
 /// The loaded identity, current certificate included (rotation swaps it in place).
 pub struct Identity {
     spiffe_id: String,
+    provider: Arc<CryptoProvider>,
+    cert: Arc<CurrentCert>,
+    trust: Arc<Trust>,
+    mesh_ca: PathBuf,
+    source: Source,
+    /// Touched only by [`Identity::refresh`] (the rotation task, or a caller forcing a rotation).
+    watch: Mutex<WatchState>,
+    client_configs: ConfigCache<(Vec<String>, Vec<Vec<u8>>), ClientConfig>,
+    server_configs: ConfigCache<(Vec<Vec<u8>>, bool), ServerConfig>,
+    rotating: AtomicBool,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("mesh_ca", &self.mesh_ca)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+enum Source {
+    SelfIssued { ttl: Duration },
+    Files { dir: PathBuf },
+}
+
+struct WatchState {
+    root_cert: Option<FileStamp>,
+    /// Self-issued: the root key's stamp, the CA that issues, and when to issue next.
+    root_key: Option<FileStamp>,
+    ca: Option<MeshCa>,
+    renew_at: Option<Instant>,
+    /// Files: the pair's stamps.
+    chain: Option<FileStamp>,
+    key: Option<FileStamp>,
 }
 
 impl Identity {
+    /// Loads the mesh root and the workload certificate (issuing it when `mesh_ca` holds the root
+    /// key). Call [`Identity::spawn_rotation`] to keep it current.
+    pub fn load(opts: &IdentityOptions) -> Result<Arc<Identity>, IdentityError> {
+        let spiffe_id = spiffe_id_for(&opts.trust_domain, &opts.namespace, &opts.service_account);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let root_path = opts.mesh_ca.join(ROOT_CERT_FILE);
+        let key_path = opts.mesh_ca.join(ROOT_KEY_FILE);
+        let mut watch = WatchState {
+            root_cert: FileStamp::of(&root_path),
+            root_key: None,
+            ca: None,
+            renew_at: None,
+            chain: None,
+            key: None,
+        };
+        let roots = load_roots(&root_path)?;
+        let trust = Arc::new(Trust {
+            current: ArcSwap::from_pointee(TrustState::new(roots, &provider, &root_path)?),
+        });
+
+        let (source, certified) = if key_path.exists() {
+            if let Some(dir) = &opts.identity_dir {
+                tracing::warn!(
+                    "{} holds {ROOT_KEY_FILE}: this proxy issues its own certificate and does \
+                     not read {}",
+                    opts.mesh_ca.display(),
+                    dir.display()
+                );
+            }
+            if opts.cert_ttl < Duration::from_secs(2) {
+                return Err(IdentityError::Issue {
+                    subject: spiffe_id,
+                    message: format!(
+                        "certificate lifetime {:?} is too short (at least 2s)",
+                        opts.cert_ttl
+                    ),
+                });
+            }
+            watch.root_key = FileStamp::of(&key_path);
+            let ca = MeshCa::load(&opts.mesh_ca)?;
+            let issued = ca.issue(&spiffe_id, opts.cert_ttl)?;
+            let certified = certified_key_from_pem(
+                issued.cert_pem.as_bytes(),
+                "issued certificate",
+                issued.key_pem.as_bytes(),
+                "issued key",
+                &provider,
+            )?;
+            watch.renew_at = Some(renew_time(opts.cert_ttl));
+            watch.ca = Some(ca);
+            tracing::info!(
+                "mesh identity {spiffe_id}: self-issued by {}, renewed every {:?}",
+                opts.mesh_ca.display(),
+                opts.cert_ttl.mul_f64(RENEW_FRACTION)
+            );
+            (Source::SelfIssued { ttl: opts.cert_ttl }, certified)
+        } else {
+            let Some(dir) = &opts.identity_dir else {
+                return Err(IdentityError::NoSource {
+                    mesh_ca: opts.mesh_ca.clone(),
+                });
+            };
+            let chain_path = dir.join(CERT_CHAIN_FILE);
+            let key_path = dir.join(KEY_FILE);
+            // Stamps before reading: a change while reading is seen at the next check.
+            watch.chain = FileStamp::of(&chain_path);
+            watch.key = FileStamp::of(&key_path);
+            let certified = load_pair(&chain_path, &key_path, &provider)?;
+            check_files_identity(&certified, &spiffe_id, &chain_path);
+            tracing::info!(
+                "mesh identity {spiffe_id}: certificate {}, watched",
+                chain_path.display()
+            );
+            (Source::Files { dir: dir.clone() }, certified)
+        };
+        Ok(Arc::new(Identity {
+            spiffe_id,
+            provider,
+            cert: Arc::new(CurrentCert {
+                current: ArcSwap::from_pointee(certified),
+            }),
+            trust,
+            mesh_ca: opts.mesh_ca.clone(),
+            source,
+            watch: Mutex::new(watch),
+            client_configs: ConfigCache::default(),
+            server_configs: ConfigCache::default(),
+            rotating: AtomicBool::new(false),
+        }))
+    }
+
+    /// Keeps the identity current on a tokio task (call from within a runtime; a second call
+    /// does nothing): re-issues a self-issued certificate at half its lifetime, re-reads the
+    /// identity files and the mesh root when they change (checked every second). The task ends
+    /// when the identity is dropped.
+    pub fn spawn_rotation(self: &Arc<Self>) {
+        if self.rotating.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let wait = match weak.upgrade() {
+                    Some(identity) => identity.refresh(),
+                    None => return,
+                };
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+
     /// `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
     pub fn spiffe_id(&self) -> &str {
         &self.spiffe_id
+    }
+
+    /// The certificate (chain and key) presented at the next handshake.
+    pub fn certificate(&self) -> Arc<CertifiedKey> {
+        self.cert.current.load_full()
+    }
+
+    /// When the current certificate expires.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        let cert = self.cert.current.load();
+        let leaf = cert.cert.first()?;
+        describe_der(leaf).ok().map(|s| s.not_after)
+    }
+
+    /// Issues a new certificate now (self-issued identities; files are re-read instead). For
+    /// tests and operators; the rotation task does this on its own at half the lifetime.
+    pub fn rotate_now(&self) -> Result<(), IdentityError> {
+        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        match &self.source {
+            Source::SelfIssued { ttl } => self.issue_into(&mut watch, *ttl),
+            Source::Files { dir } => {
+                let certified = load_pair(
+                    &dir.join(CERT_CHAIN_FILE),
+                    &dir.join(KEY_FILE),
+                    &self.provider,
+                )?;
+                self.cert.current.store(Arc::new(certified));
+                Ok(())
+            }
+        }
     }
 
     /// A client configuration for ISTIO_MUTUAL: presents the current workload certificate,
@@ -43,26 +315,866 @@ impl Identity {
         expected_sans: &[String],
         alpn: &[&[u8]],
     ) -> Arc<rustls::ClientConfig> {
-        let _ = (expected_sans, alpn);
-        unimplemented!("identity is being built")
+        let key = (
+            expected_sans.to_vec(),
+            alpn.iter().map(|p| p.to_vec()).collect::<Vec<_>>(),
+        );
+        self.client_configs.get_or_build(key, |(sans, alpn)| {
+            let verifier = Arc::new(MeshServerVerifier {
+                trust: self.trust.clone(),
+                expected_sans: sans.clone(),
+                provider: self.provider.clone(),
+            });
+            let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("the ring provider supports TLS 1.2 and 1.3")
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_client_cert_resolver(self.cert.clone());
+            config.alpn_protocols = alpn.clone();
+            config
+        })
     }
 
     /// A server configuration that presents the workload certificate and requires a client
     /// certificate from the mesh root (`optional_client` = accept clients without one too, for
     /// PERMISSIVE listeners that already sniffed TLS).
-    pub fn server_config(&self, alpn: &[&[u8]], optional_client: bool) -> Arc<rustls::ServerConfig> {
-        let _ = (alpn, optional_client);
-        unimplemented!("identity is being built")
+    pub fn server_config(
+        &self,
+        alpn: &[&[u8]],
+        optional_client: bool,
+    ) -> Arc<rustls::ServerConfig> {
+        let key = (
+            alpn.iter().map(|p| p.to_vec()).collect::<Vec<_>>(),
+            optional_client,
+        );
+        self.server_configs.get_or_build(key, |(alpn, optional)| {
+            let verifier = Arc::new(MeshClientVerifier {
+                trust: self.trust.clone(),
+                optional: *optional,
+            });
+            let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("the ring provider supports TLS 1.2 and 1.3")
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(self.cert.clone());
+            config.alpn_protocols = alpn.clone();
+            config
+        })
+    }
+
+    /// One round of upkeep; returns how long to wait before the next.
+    fn refresh(&self) -> Duration {
+        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let root_path = self.mesh_ca.join(ROOT_CERT_FILE);
+        let root_stamp = FileStamp::of(&root_path);
+        let root_changed = root_stamp != watch.root_cert;
+        if root_changed {
+            watch.root_cert = root_stamp;
+            match load_roots(&root_path)
+                .and_then(|roots| TrustState::new(roots, &self.provider, &root_path))
+            {
+                Ok(state) => {
+                    // Configs handed out keep their verifiers, which read this at handshake.
+                    self.trust.current.store(Arc::new(state));
+                    tracing::info!("mesh root {} reloaded", root_path.display());
+                }
+                Err(e) => tracing::warn!("keeping the previous mesh root: {e}"),
+            }
+        }
+        match &self.source {
+            Source::SelfIssued { ttl } => {
+                let key_path = self.mesh_ca.join(ROOT_KEY_FILE);
+                let key_stamp = FileStamp::of(&key_path);
+                let mut force = false;
+                if root_changed || key_stamp != watch.root_key {
+                    watch.root_key = key_stamp;
+                    match MeshCa::load(&self.mesh_ca) {
+                        Ok(ca) => {
+                            watch.ca = Some(ca);
+                            force = true;
+                        }
+                        Err(e) => tracing::warn!("keeping the previous mesh CA: {e}"),
+                    }
+                }
+                let due = watch.renew_at.is_none_or(|at| Instant::now() >= at);
+                if force || due {
+                    if let Err(e) = self.issue_into(&mut watch, *ttl) {
+                        tracing::warn!("{e}; retrying in {FILE_CHECK_INTERVAL:?}");
+                        watch.renew_at = Some(Instant::now() + FILE_CHECK_INTERVAL);
+                    }
+                }
+                let until_renewal = watch
+                    .renew_at
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .unwrap_or(FILE_CHECK_INTERVAL);
+                until_renewal.clamp(Duration::from_millis(10), FILE_CHECK_INTERVAL)
+            }
+            Source::Files { dir } => {
+                let chain_path = dir.join(CERT_CHAIN_FILE);
+                let key_path = dir.join(KEY_FILE);
+                let chain = FileStamp::of(&chain_path);
+                let key = FileStamp::of(&key_path);
+                if chain != watch.chain || key != watch.key {
+                    // Recorded even when the pair is unusable (a key written before its
+                    // certificate): it is read again once either file changes.
+                    watch.chain = chain;
+                    watch.key = key;
+                    match load_pair(&chain_path, &key_path, &self.provider) {
+                        Ok(certified) => {
+                            check_files_identity(&certified, &self.spiffe_id, &chain_path);
+                            self.cert.current.store(Arc::new(certified));
+                            tracing::info!("mesh certificate {} reloaded", chain_path.display());
+                        }
+                        Err(e) => tracing::warn!(
+                            "the new identity files are unusable, keeping the previous \
+                             certificate: {e}"
+                        ),
+                    }
+                }
+                FILE_CHECK_INTERVAL
+            }
+        }
+    }
+
+    fn issue_into(&self, watch: &mut WatchState, ttl: Duration) -> Result<(), IdentityError> {
+        let Some(ca) = &watch.ca else {
+            return Err(IdentityError::NoSource {
+                mesh_ca: self.mesh_ca.clone(),
+            });
+        };
+        let issued = ca.issue(&self.spiffe_id, ttl)?;
+        let certified = certified_key_from_pem(
+            issued.cert_pem.as_bytes(),
+            "issued certificate",
+            issued.key_pem.as_bytes(),
+            "issued key",
+            &self.provider,
+        )?;
+        self.cert.current.store(Arc::new(certified));
+        watch.renew_at = Some(renew_time(ttl));
+        tracing::debug!("mesh certificate for {} renewed", self.spiffe_id);
+        Ok(())
+    }
+}
+
+fn renew_time(ttl: Duration) -> Instant {
+    Instant::now() + ttl.mul_f64(RENEW_FRACTION)
+}
+
+/// Files issued for someone else still work (the peer sees their SPIFFE ID), but say so.
+fn check_files_identity(certified: &CertifiedKey, expected: &str, path: &Path) {
+    let found = peer_spiffe_id(&certified.cert);
+    if found.as_deref() != Some(expected) {
+        tracing::warn!(
+            "{}: the certificate's SPIFFE ID is {}, not {expected}; peers will see the former",
+            path.display(),
+            found.as_deref().unwrap_or("missing")
+        );
     }
 }
 
 /// The SPIFFE URI SAN of a peer's leaf certificate, if it has one.
 pub fn peer_spiffe_id(certs: &[rustls::pki_types::CertificateDer<'_>]) -> Option<String> {
-    let _ = certs;
-    None
+    let leaf = webpki::EndEntityCert::try_from(certs.first()?).ok()?;
+    leaf.valid_uri_names()
+        .find(|uri| uri.starts_with("spiffe://"))
+        .map(str::to_string)
 }
 
 /// `cluster.local/ns/NS/sa/SA` (Istio's principal form) from a SPIFFE ID.
 pub fn principal_of(spiffe_id: &str) -> &str {
     spiffe_id.strip_prefix("spiffe://").unwrap_or(spiffe_id)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates and verification at handshake time
+
+/// Serves whatever certificate is current, to servers and clients alike.
+#[derive(Debug)]
+struct CurrentCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl ResolvesClientCert for CurrentCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The mesh trust bundle and the client verifiers built from it, swapped together.
+#[derive(Debug)]
+struct Trust {
+    current: ArcSwap<TrustState>,
+}
+
+#[derive(Debug)]
+struct TrustState {
+    roots: Arc<RootCertStore>,
+    client_required: Arc<dyn ClientCertVerifier>,
+    client_optional: Arc<dyn ClientCertVerifier>,
+}
+
+impl TrustState {
+    fn new(
+        roots: RootCertStore,
+        provider: &Arc<CryptoProvider>,
+        origin: &Path,
+    ) -> Result<TrustState, IdentityError> {
+        let roots = Arc::new(roots);
+        let invalid = |e: rustls::server::VerifierBuilderError| IdentityError::Invalid {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        };
+        let client_required =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(invalid)?;
+        let client_optional =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(invalid)?;
+        Ok(TrustState {
+            roots,
+            client_required,
+            client_optional,
+        })
+    }
+}
+
+/// Chain to the mesh root (WebPKI semantics: validity, EKU serverAuth, signatures) and, when
+/// expected, a URI SAN among `expected_sans`; no DNS-name check.
+#[derive(Debug)]
+struct MeshServerVerifier {
+    trust: Arc<Trust>,
+    expected_sans: Vec<String>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.trust.current.load().roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        if self.expected_sans.is_empty() {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if cert
+            .valid_uri_names()
+            .any(|uri| self.expected_sans.iter().any(|s| s == uri))
+        {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let presented: Vec<&str> = cert.valid_uri_names().collect();
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(SanMismatch(format!(
+                "server certificate URI SANs {presented:?} match none of the expected {:?}",
+                self.expected_sans
+            )))),
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct SanMismatch(String);
+
+impl fmt::Display for SanMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SanMismatch {}
+
+/// A client certificate from the mesh root (required, or optional), through the current
+/// trust bundle.
+#[derive(Debug)]
+struct MeshClientVerifier {
+    trust: Arc<Trust>,
+    optional: bool,
+}
+
+impl MeshClientVerifier {
+    fn with<R>(&self, f: impl FnOnce(&dyn ClientCertVerifier) -> R) -> R {
+        let state = self.trust.current.load();
+        if self.optional {
+            f(state.client_optional.as_ref())
+        } else {
+            f(state.client_required.as_ref())
+        }
+    }
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        !self.optional
+    }
+
+    /// No CA names in the CertificateRequest: every mesh client has exactly one certificate,
+    /// and the bundle may change under a config that lives on.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.with(|v| v.verify_client_cert(end_entity, intermediates, now))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.with(|v| v.verify_tls12_signature(message, cert, dss))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.with(|v| v.verify_tls13_signature(message, cert, dss))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.with(|v| v.supported_verify_schemes())
+    }
+}
+
+/// Configs by what they were built from; read lock-free per connection, written (copy on
+/// write) once per new key. Keys come from configuration, so the map stays small.
+struct ConfigCache<K, V> {
+    map: ArcSwap<HashMap<K, Arc<V>>>,
+    writer: Mutex<()>,
+}
+
+impl<K, V> Default for ConfigCache<K, V> {
+    fn default() -> Self {
+        ConfigCache {
+            map: ArcSwap::from_pointee(HashMap::new()),
+            writer: Mutex::new(()),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> ConfigCache<K, V> {
+    fn get_or_build(&self, key: K, build: impl FnOnce(&K) -> V) -> Arc<V> {
+        if let Some(v) = self.map.load().get(&key) {
+            return v.clone();
+        }
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = self.map.load().get(&key) {
+            return v.clone();
+        }
+        let value = Arc::new(build(&key));
+        let mut map = HashMap::clone(&self.map.load());
+        map.insert(key, value.clone());
+        self.map.store(Arc::new(map));
+        value
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+fn load_roots(path: &Path) -> Result<RootCertStore, IdentityError> {
+    let pem = read_file(path, "mesh root certificate")?;
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certs(&pem, &path.display().to_string())? {
+        roots.add(cert).map_err(|e| IdentityError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("unusable root certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
+fn load_pair(
+    chain_path: &Path,
+    key_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, IdentityError> {
+    let chain = read_file(chain_path, "workload certificate")?;
+    let key = read_file(key_path, "workload key")?;
+    certified_key_from_pem(
+        &chain,
+        &chain_path.display().to_string(),
+        &key,
+        &key_path.display().to_string(),
+        provider,
+    )
+}
+
+fn certified_key_from_pem(
+    chain_pem: &[u8],
+    chain_origin: &str,
+    key_pem: &[u8],
+    key_origin: &str,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, IdentityError> {
+    let chain = parse_certs(chain_pem, chain_origin)?;
+    let key: PrivateKeyDer<'static> = parse_key(key_pem, key_origin)?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| IdentityError::Invalid {
+        path: PathBuf::from(key_origin),
+        message: match e {
+            rustls::Error::InconsistentKeys(_) => {
+                format!("the private key does not match the certificate {chain_origin}")
+            }
+            e => format!("unusable private key: {e}"),
+        },
+    })
+}
+
+fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, IdentityError> {
+    std::fs::read(path).map_err(|source| IdentityError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// What tells a file changed: a new modification time or size, or a new inode behind the same
+/// name (`mv`, Kubernetes volume updates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    dev: u64,
+    ino: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+/// Writes the mesh root (`root-cert.pem`, `root-key.pem` with mode 0600) into `dir`, creating
+/// it. Existing files are replaced only with `overwrite`.
+pub fn write_root_files(
+    dir: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+    overwrite: bool,
+) -> Result<(), IdentityError> {
+    let cert_path = dir.join(ROOT_CERT_FILE);
+    let key_path = dir.join(ROOT_KEY_FILE);
+    if !overwrite {
+        for path in [&cert_path, &key_path] {
+            if path.exists() {
+                return Err(IdentityError::Exists { path: path.clone() });
+            }
+        }
+    }
+    create_dir(dir)?;
+    write_atomically(&key_path, key_pem.as_bytes(), 0o600)?;
+    write_atomically(&cert_path, cert_pem.as_bytes(), 0o644)
+}
+
+/// Writes a workload identity (`cert-chain.pem`, `key.pem` with mode 0600, `root-cert.pem`)
+/// into `dir`, creating it. Each file is replaced by a rename, the certificate chain last, so
+/// a watching proxy never reads a half-written file (and keeps its last good pair if it reads
+/// the new key with the old certificate).
+pub fn write_workload_files(
+    dir: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+    root_pem: &str,
+) -> Result<(), IdentityError> {
+    create_dir(dir)?;
+    write_atomically(&dir.join(ROOT_CERT_FILE), root_pem.as_bytes(), 0o644)?;
+    write_atomically(&dir.join(KEY_FILE), key_pem.as_bytes(), 0o600)?;
+    write_atomically(&dir.join(CERT_CHAIN_FILE), cert_pem.as_bytes(), 0o644)
+}
+
+fn create_dir(dir: &Path) -> Result<(), IdentityError> {
+    std::fs::create_dir_all(dir).map_err(|source| IdentityError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp.{}", std::process::id()));
+    let write_err = |source| IdentityError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_err(e));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issuing
+
+/// A mesh CA that can sign workload certificates: the root certificate and its key.
+pub struct MeshCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    root_pem: String,
+}
+
+impl fmt::Debug for MeshCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshCa").finish_non_exhaustive()
+    }
+}
+
+/// A newly issued workload certificate.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// The leaf certificate (the root is the trust anchor, not part of the chain).
+    pub cert_pem: String,
+    /// Its PKCS#8 private key.
+    pub key_pem: String,
+    pub not_after: SystemTime,
+}
+
+impl MeshCa {
+    /// Reads `root-cert.pem` and `root-key.pem` from `dir`.
+    pub fn load(dir: &Path) -> Result<MeshCa, IdentityError> {
+        let cert_path = dir.join(ROOT_CERT_FILE);
+        let key_path = dir.join(ROOT_KEY_FILE);
+        let cert = read_file(&cert_path, "mesh root certificate")?;
+        let key = read_file(&key_path, "mesh root key")?;
+        let cert = String::from_utf8_lossy(&cert);
+        let key = String::from_utf8_lossy(&key);
+        Self::from_pem_parts(&cert, &key).map_err(|(which, message)| IdentityError::Invalid {
+            path: if which == Part::Key {
+                key_path
+            } else {
+                cert_path
+            },
+            message,
+        })
+    }
+
+    /// A CA from PEM text: the root certificate (a bundle is fine: the certificate matching the
+    /// key signs) and its PKCS#8 private key.
+    pub fn from_pem(root_cert_pem: &str, root_key_pem: &str) -> Result<MeshCa, IdentityError> {
+        Self::from_pem_parts(root_cert_pem, root_key_pem).map_err(|(which, message)| {
+            IdentityError::BadInput {
+                what: if which == Part::Key {
+                    "mesh root key"
+                } else {
+                    "mesh root certificate"
+                },
+                message,
+            }
+        })
+    }
+
+    fn from_pem_parts(root_cert_pem: &str, root_key_pem: &str) -> Result<MeshCa, (Part, String)> {
+        let key = rcgen::KeyPair::from_pem(root_key_pem).map_err(|e| {
+            let hint = if root_key_pem.contains("BEGIN RSA PRIVATE KEY")
+                || root_key_pem.contains("BEGIN EC PRIVATE KEY")
+            {
+                " (a PKCS#8 key is needed: openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8)"
+            } else {
+                ""
+            };
+            (Part::Key, format!("unusable private key: {e}{hint}"))
+        })?;
+        let certs = parse_certs(root_cert_pem.as_bytes(), "root")
+            .map_err(|e| (Part::Cert, strip_origin(&e.to_string(), "root")))?;
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let root = certs
+            .iter()
+            .find(|der| {
+                x509_parser::parse_x509_certificate(der)
+                    .is_ok_and(|(_, cert)| cert.public_key().raw == spki.as_slice())
+            })
+            .ok_or((
+                Part::Key,
+                "this key belongs to none of the root certificates".to_string(),
+            ))?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(root, key)
+            .map_err(|e| (Part::Cert, format!("unusable root certificate: {e}")))?;
+        Ok(MeshCa {
+            issuer,
+            root_pem: root_cert_pem.to_string(),
+        })
+    }
+
+    /// The root certificate(s), PEM, as read.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// A workload certificate for `spiffe_id`: a new EC P-256 key, the SPIFFE ID as the only
+    /// (critical) SAN and an empty subject as Istio issues them, EKU server and client auth,
+    /// valid from a minute ago for `ttl`.
+    pub fn issue(&self, spiffe_id: &str, ttl: Duration) -> Result<IssuedCert, IdentityError> {
+        let fail = |message: String| IdentityError::Issue {
+            subject: spiffe_id.to_string(),
+            message,
+        };
+        if !spiffe_id.starts_with("spiffe://") {
+            return Err(fail("a SPIFFE ID starts with spiffe://".into()));
+        }
+        let uri = rcgen::string::Ia5String::try_from(spiffe_id)
+            .map_err(|e| fail(format!("not an ASCII URI: {e}")))?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| fail(e.to_string()))?;
+        let now = SystemTime::now();
+        let not_after = now + ttl;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(random_serial());
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after,
+        })
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Part {
+    Cert,
+    Key,
+}
+
+fn strip_origin(message: &str, origin: &str) -> String {
+    message
+        .strip_prefix(origin)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(message)
+        .to_string()
+}
+
+/// A positive 128-bit serial number.
+fn random_serial() -> rcgen::SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    rcgen::SerialNumber::from_slice(&bytes)
+}
+
+/// A new mesh root: a self-signed CA certificate (EC P-256, CN "sluice mesh root", O the trust
+/// domain, valid from a minute ago for `ttl`) and its PKCS#8 key, both PEM.
+pub fn create_root(trust_domain: &str, ttl: Duration) -> Result<(String, String), IdentityError> {
+    let fail = |message: String| IdentityError::Issue {
+        subject: "the mesh root".into(),
+        message,
+    };
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| fail(e.to_string()))?;
+    let now = SystemTime::now();
+    let mut params = rcgen::CertificateParams::default();
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(rcgen::DnType::OrganizationName, trust_domain);
+    name.push(rcgen::DnType::CommonName, "sluice mesh root");
+    params.distinguished_name = name;
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = (now + ttl).into();
+    params.serial_number = Some(random_serial());
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A workload certificate for `spiffe_id` signed by the root: `(cert_pem, key_pem)`.
+pub fn issue_workload_cert(
+    root_cert_pem: &str,
+    root_key_pem: &str,
+    spiffe_id: &str,
+    ttl: Duration,
+) -> Result<(String, String), IdentityError> {
+    let issued = MeshCa::from_pem(root_cert_pem, root_key_pem)?.issue(spiffe_id, ttl)?;
+    Ok((issued.cert_pem, issued.key_pem))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Describing certificates
+
+/// What `sluice ca show` prints about a certificate.
+#[derive(Debug, Clone)]
+pub struct CertSummary {
+    /// RFC 4514-style, e.g. `O=cluster.local, CN=sluice mesh root`; empty for workload certs.
+    pub subject: String,
+    pub issuer: String,
+    /// The first organization (O) of the subject; the trust domain of a `sluice ca` root.
+    pub organization: Option<String>,
+    pub spiffe_id: Option<String>,
+    pub uri_sans: Vec<String>,
+    pub dns_sans: Vec<String>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub is_ca: bool,
+    /// Hex, colon-separated.
+    pub serial: String,
+}
+
+/// Every certificate of a PEM bundle, described. Errors say what is wrong (the caller names
+/// the file).
+pub fn describe_certs(pem: &[u8]) -> Result<Vec<CertSummary>, String> {
+    let certs = parse_certs(pem, "").map_err(|e| strip_origin(&e.to_string(), ""))?;
+    certs.iter().map(|der| describe_der(der)).collect()
+}
+
+/// One DER certificate, described.
+pub fn describe_der(der: &[u8]) -> Result<CertSummary, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let mut uri_sans = Vec::new();
+    let mut dns_sans = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::URI(uri) => uri_sans.push(uri.to_string()),
+                x509_parser::extensions::GeneralName::DNSName(dns) => {
+                    dns_sans.push(dns.to_string())
+                }
+                _ => {}
+            }
+        }
+    }
+    let time = |t: &x509_parser::time::ASN1Time| {
+        let secs = t.timestamp();
+        if secs >= 0 {
+            UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+        } else {
+            UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+        }
+    };
+    let organization = cert
+        .subject()
+        .iter_organization()
+        .next()
+        .and_then(|o| o.as_str().ok())
+        .map(str::to_string);
+    Ok(CertSummary {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        organization,
+        spiffe_id: uri_sans
+            .iter()
+            .find(|u| u.starts_with("spiffe://"))
+            .cloned(),
+        uri_sans,
+        dns_sans,
+        not_before: time(&cert.validity().not_before),
+        not_after: time(&cert.validity().not_after),
+        is_ca: cert.is_ca(),
+        serial: cert.raw_serial_as_string(),
+    })
 }

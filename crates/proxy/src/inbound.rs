@@ -10,6 +10,25 @@
 //!
 //! Telemetry is the server side's: `reporter="destination"`, this workload as `destination_*`, the
 //! client's workload (when the registry knows its IP) as `source_*`.
+//!
+//! PeerAuthentication decides, per connection and application port, whether the proxy terminates
+//! mesh mutual TLS first (with its `--mesh-ca` identity):
+//! - STRICT: the connection must start with a TLS ClientHello, any ClientHello (Envoy's STRICT
+//!   listener has a single TLS filter chain); the handshake requires a client certificate from
+//!   the mesh root. Anything else is closed and logged as `NR filter_chain_not_found`. Without a
+//!   mesh identity STRICT cannot be honoured, so every connection is refused (fail closed).
+//! - PERMISSIVE: mesh mTLS is terminated when the ClientHello offers ALPN `istio` (or an
+//!   `istio-*` protocol), Istio's marker for sidecar-originated mTLS; plaintext and the
+//!   application's own TLS pass as before. With an identity every port is sniffed, declared
+//!   opaque ones included (a server-first protocol then waits for the detection timeout, as
+//!   behind Envoy's TLS inspector).
+//! - DISABLE: never terminated.
+//!
+//! After termination the inner stream is served exactly like a plaintext one. The client's SPIFFE
+//! ID is `%DOWNSTREAM_PEER_URI_SAN%` and `source_principal`, with
+//! `connection_security_policy="mutual_tls"` (else `none`). AuthorizationPolicies, when any
+//! apply, are checked per HTTP request (403 `RBAC: access denied`) or per TCP connection (closed
+//! before connecting to the application).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -33,6 +52,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use sluice_model::registry::Protocol;
+use sluice_model::security::{AuthzDecision, AuthzRequest, MtlsMode};
 use sluice_model::{Snapshot, INBOUND_PASSTHROUGH_CLUSTER};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -40,7 +60,12 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use crate::body::{CountingBody, Finish, LoggedBody};
 use crate::context::{service_labels, Proxy};
 use crate::detect::{detect, Detected};
+use crate::identity::peer_spiffe_id;
 use crate::io::{original_dst, ByteCounter, CountingStream, PrefixedStream};
+use crate::stream::{
+    authorize_connection, log_connection_denied, rbac_denied_details, server_security_policy,
+    DownstreamPeer,
+};
 use crate::telemetry::accesslog::{protocol_name, AccessLogRecord};
 use crate::telemetry::metrics::{
     HttpLabels, PeerLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels, TcpLabels,
@@ -63,6 +88,20 @@ const INBOUND_PASSTHROUGH_CLUSTER_IPV6: &str = "InboundPassthroughClusterIpv6";
 
 /// Istio's inbound HTTP route is always named `default`.
 const ROUTE_NAME: &str = "default";
+
+/// Longest a client may take to complete the mesh mTLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// ALPN protocols the inbound side answers for mesh mTLS: Istio's markers, then the HTTP ones a
+/// non-Istio mesh client might offer instead.
+const MESH_ALPN: [&[u8]; 6] = [
+    b"istio",
+    b"istio-peer-exchange",
+    b"istio-http/1.1",
+    b"istio-h2",
+    b"h2",
+    b"http/1.1",
+];
 
 /// Inbound listeners and gateways answer as `istio-envoy` (outbound: `envoy`).
 static SERVER_ISTIO_ENVOY: HeaderValue = HeaderValue::from_static("istio-envoy");
@@ -193,6 +232,10 @@ struct ConnCtx {
     destination: Arc<PeerLabels>,
     declared: Protocol,
     connect_timeout: Duration,
+    /// The client's mesh identity when this proxy terminated its mutual TLS.
+    peer: Option<DownstreamPeer>,
+    /// The SNI of the terminated mTLS handshake (`outbound_.<port>_.<subset>_.<host>`).
+    sni: Option<Arc<str>>,
 }
 
 impl ConnCtx {
@@ -203,8 +246,22 @@ impl ConnCtx {
             destination: self.destination.clone(),
             destination_service: self.service.clone(),
             response_flags: Cow::Borrowed(flags),
-            connection_security_policy: SecurityPolicy::None,
+            connection_security_policy: self.security_policy(),
         }
+    }
+
+    fn security_policy(&self) -> SecurityPolicy {
+        server_security_policy(self.peer.as_ref())
+    }
+
+    /// The record every line of this connection starts from.
+    fn record(&self, start_time: SystemTime) -> AccessLogRecord {
+        let mut rec = AccessLogRecord::new(start_time);
+        rec.downstream_remote_address = Some(self.remote);
+        rec.downstream_local_address = Some(self.dst);
+        rec.downstream_peer_uri_san = self.peer.as_ref().and_then(|p| p.spiffe_id.clone());
+        rec.requested_server_name = self.sni.clone();
+        rec
     }
 }
 
@@ -216,6 +273,7 @@ async fn handle_connection(
 ) {
     let snap = inbound.proxy.snapshots.load_full();
     let port = snap.inbound_port(dst.port());
+    let mode = snap.inbound_mtls(dst.port());
     let source = inbound.proxy.peer_at(&snap, remote.ip());
     let service = port.service.as_deref().map_or_else(
         || Arc::new(ServiceLabels::unknown()),
@@ -227,7 +285,7 @@ async fn handle_connection(
     } else {
         port.cluster_name.clone()
     };
-    let ctx = Arc::new(ConnCtx {
+    let mut ctx = ConnCtx {
         remote,
         dst,
         cluster,
@@ -236,27 +294,117 @@ async fn handle_connection(
         destination: inbound.proxy.workload.clone(),
         declared: port.protocol,
         connect_timeout: connect_timeout(&snap),
-    });
+        peer: None,
+        sni: None,
+    };
     drop(snap);
 
+    let identity = inbound.proxy.identity.clone();
+    let sniff_for_mtls = match (mode, &identity) {
+        (MtlsMode::Disable, _) => false,
+        (MtlsMode::Strict, None) => {
+            warn_strict_without_identity(dst.port());
+            log_no_filter_chain(&inbound.proxy, &ctx);
+            return;
+        }
+        (MtlsMode::Strict, Some(_)) | (MtlsMode::Permissive, Some(_)) => true,
+        (MtlsMode::Permissive, None) => false,
+    };
+    if !sniff_for_mtls {
+        serve_stream(inbound, Arc::new(ctx), stream, None).await;
+        return;
+    }
+    let (prefix, detected) = match detect(&mut stream).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!("inbound connection from {remote} failed during detection: {e}");
+            return;
+        }
+    };
+    let terminate = match (&detected, mode) {
+        (Detected::Tls { .. }, MtlsMode::Strict) => true,
+        (Detected::Tls { .. }, _) => offers_mesh_alpn(&prefix),
+        (_, MtlsMode::Strict) => {
+            tracing::debug!(
+                "inbound connection from {remote} to port {} is not mutual TLS, which \
+                 PeerAuthentication STRICT requires; closed",
+                dst.port()
+            );
+            log_no_filter_chain(&inbound.proxy, &ctx);
+            return;
+        }
+        _ => false,
+    };
+    let stream = PrefixedStream::new(prefix.clone(), stream);
+    let Some(identity) = identity.filter(|_| terminate) else {
+        // PERMISSIVE plaintext or application TLS: replay what detection read.
+        let first = (Bytes::new(), detected);
+        serve_stream(inbound, Arc::new(ctx), stream, Some(first)).await;
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&MESH_ALPN, false));
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(
+                "inbound mTLS handshake from {remote} to port {} failed: {e}",
+                dst.port()
+            );
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("inbound mTLS handshake from {remote} timed out");
+            return;
+        }
+    };
+    let conn = tls.get_ref().1;
+    let peer = DownstreamPeer {
+        spiffe_id: conn
+            .peer_certificates()
+            .and_then(peer_spiffe_id)
+            .map(Arc::from),
+    };
+    ctx.sni = conn.server_name().map(Arc::from);
+    ctx.source = peer.labels(&ctx.source);
+    ctx.peer = Some(peer);
+    serve_stream(inbound, Arc::new(ctx), tls, None).await;
+}
+
+/// Serves a connection's plaintext stream (or the inside of terminated mTLS): HTTP when the port
+/// is declared HTTP or the first bytes say so, else bytes to the application. `first` is what
+/// protocol detection already read from `stream` and its verdict, if it ran.
+async fn serve_stream<S>(
+    inbound: Arc<Inbound>,
+    ctx: Arc<ConnCtx>,
+    mut stream: S,
+    first: Option<(Bytes, Detected)>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let declared = ctx.declared;
     // A declared opaque port is never sniffed: server-first protocols send nothing first.
-    let (prefix, detected) = if port.protocol.is_http() {
-        (Bytes::new(), Detected::Http1)
-    } else if port.protocol != Protocol::Unknown && !port.protocol.is_tls() {
-        (Bytes::new(), Detected::Tcp)
+    let (prefix, detected) = if declared.is_http() {
+        (first.map(|f| f.0).unwrap_or_default(), Detected::Http1)
+    } else if declared != Protocol::Unknown && !declared.is_tls() {
+        (first.map(|f| f.0).unwrap_or_default(), Detected::Tcp)
     } else {
-        match detect(&mut stream).await {
+        let sniffed = match first {
+            Some(f) => f,
+            None => match detect(&mut stream).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(
+                        "inbound connection from {} failed during detection: {e}",
+                        ctx.remote
+                    );
+                    return;
+                }
+            },
+        };
+        match sniffed {
             // TLS to a port declared TLS or sniffed: opaque either way, but the SNI is logged.
-            Ok((p, d))
-                if port.protocol.is_tls() && matches!(d, Detected::Http1 | Detected::Http2) =>
-            {
-                (p, Detected::Tcp)
-            }
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!("inbound connection from {remote} failed during detection: {e}");
-                return;
-            }
+            (p, Detected::Http1 | Detected::Http2) if declared.is_tls() => (p, Detected::Tcp),
+            d => d,
         }
     };
     let stream = PrefixedStream::new(prefix, stream);
@@ -267,6 +415,45 @@ async fn handle_connection(
     }
 }
 
+/// True when a ClientHello offers one of Istio's mesh ALPN protocols (`istio`, `istio-*`): the
+/// client is a sidecar originating mutual TLS, not an application speaking its own TLS.
+pub fn offers_mesh_alpn(client_hello: &[u8]) -> bool {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rd = client_hello;
+    while !rd.is_empty() {
+        match acceptor.read_tls(&mut rd) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    match acceptor.accept() {
+        Ok(Some(accepted)) => accepted.client_hello().alpn().is_some_and(|mut protocols| {
+            protocols.any(|p| p == b"istio" || p.starts_with(b"istio-"))
+        }),
+        _ => false,
+    }
+}
+
+static STRICT_WITHOUT_IDENTITY_LOGGED: AtomicBool = AtomicBool::new(false);
+
+fn warn_strict_without_identity(port: u16) {
+    if !STRICT_WITHOUT_IDENTITY_LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "PeerAuthentication STRICT applies to inbound port {port} but this sidecar has no \
+             mesh identity (start it with --mesh-ca): refusing inbound connections on STRICT ports"
+        );
+    }
+}
+
+/// The line Envoy writes when no inbound filter chain accepts a connection (plaintext to a
+/// STRICT port): `NR filter_chain_not_found`.
+fn log_no_filter_chain(proxy: &Proxy, ctx: &ConnCtx) {
+    let mut rec = ctx.record(SystemTime::now());
+    rec.response_flags = Cow::Borrowed("NR");
+    rec.response_code_details = Some(Cow::Borrowed("filter_chain_not_found"));
+    proxy.access_log.log(rec);
+}
+
 // === Opaque TCP / TLS ===
 
 /// Copies a TCP/TLS connection to the application and logs one line when it closes.
@@ -275,10 +462,22 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
-    let mut rec = AccessLogRecord::new(SystemTime::now());
-    rec.downstream_remote_address = Some(ctx.remote);
-    rec.downstream_local_address = Some(ctx.dst);
-    rec.requested_server_name = sni.as_deref().map(Arc::from);
+    let mut rec = ctx.record(SystemTime::now());
+    if let Some(sni) = sni.as_deref() {
+        rec.requested_server_name = Some(Arc::from(sni));
+    }
+    let denied = authorize_connection(
+        &proxy.snapshots.load(),
+        ctx.peer.as_ref(),
+        ctx.remote,
+        ctx.dst.port(),
+        rec.requested_server_name.as_deref(),
+    );
+    if let Some(details) = denied {
+        rec.duration = start.elapsed();
+        log_connection_denied(proxy, rec, details);
+        return;
+    }
     rec.upstream_cluster = Some(ctx.cluster.clone());
     rec.upstream_host = Some(ctx.dst);
     let mut upstream = match connect_app(ctx.dst, ctx.connect_timeout).await {
@@ -430,7 +629,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// How a request ended, for the access log and metrics.
 struct Outcome {
     flags: &'static str,
-    details: &'static str,
+    details: Cow<'static, str>,
     upstream_local: Option<SocketAddr>,
     upstream_service_time: Option<u64>,
 }
@@ -456,7 +655,7 @@ async fn handle_request(
         (None, None) => None,
     };
 
-    let mut rec = AccessLogRecord::new(start_time);
+    let mut rec = ctx.record(start_time);
     rec.method = Some(parts.method.clone());
     rec.path = Some(
         parts
@@ -469,8 +668,6 @@ async fn handle_request(
     rec.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
     rec.request_id = parts.headers.get(&X_REQUEST_ID).cloned();
     rec.authority = authority.clone();
-    rec.downstream_remote_address = Some(ctx.remote);
-    rec.downstream_local_address = Some(ctx.dst);
     rec.upstream_cluster = Some(ctx.cluster.clone());
     rec.upstream_host = Some(ctx.dst);
     rec.route_name = Some(Arc::from(ROUTE_NAME));
@@ -484,11 +681,33 @@ async fn handle_request(
 
     let received = ByteCounter::default();
     let body = CountingBody::new(body, received.clone());
-    let (response, outcome) = forward(&inbound, &ctx, parts, body.boxed_unsync(), authority).await;
+    let (response, outcome) = match authorize_request(proxy, &ctx, &parts, authority.as_ref()) {
+        Some(policy) => {
+            // Denied before the router: no upstream.
+            rec.upstream_cluster = None;
+            rec.upstream_host = None;
+            rec.route_name = None;
+            tracing::debug!(
+                "inbound request from {} to {}{} denied by {policy}",
+                ctx.remote,
+                ctx.dst,
+                parts.uri.path()
+            );
+            let (resp, mut outcome) = local_reply(
+                StatusCode::FORBIDDEN,
+                "RBAC: access denied",
+                "-",
+                "rbac_access_denied",
+            );
+            outcome.details = Cow::Owned(rbac_denied_details(&policy));
+            (resp, outcome)
+        }
+        None => forward(&inbound, &ctx, parts, body.boxed_unsync(), authority).await,
+    };
 
     rec.response_code = response.status().as_u16();
     rec.response_flags = Cow::Borrowed(outcome.flags);
-    rec.response_code_details = Some(Cow::Borrowed(outcome.details));
+    rec.response_code_details = Some(outcome.details);
     rec.upstream_local_address = outcome.upstream_local;
     rec.upstream_service_time = outcome.upstream_service_time;
     if proxy.access_log.needs_response_headers() {
@@ -505,7 +724,7 @@ async fn handle_request(
             RequestProtocol::Http
         },
         response_flags: Cow::Borrowed(outcome.flags),
-        connection_security_policy: SecurityPolicy::None,
+        connection_security_policy: ctx.security_policy(),
         response_code: response.status().as_u16(),
         grpc_response_status: None,
     };
@@ -521,6 +740,39 @@ async fn handle_request(
         },
     );
     Ok(Response::from_parts(parts, logged.boxed_unsync()))
+}
+
+/// Envoy's HTTP RBAC filter: `Some(policy)` when an AuthorizationPolicy denies the request.
+fn authorize_request(
+    proxy: &Proxy,
+    ctx: &ConnCtx,
+    parts: &http::request::Parts,
+    authority: Option<&HeaderValue>,
+) -> Option<Arc<str>> {
+    let snap = proxy.snapshots.load();
+    if snap.authorization.is_empty() {
+        return None;
+    }
+    let host = authority
+        .and_then(|a| a.to_str().ok())
+        .map(sluice_model::host::strip_port)
+        .filter(|h| !h.is_empty());
+    let peer = ctx.peer.as_ref();
+    let req = AuthzRequest {
+        source_principal: peer.and_then(DownstreamPeer::principal),
+        source_namespace: peer.and_then(DownstreamPeer::namespace),
+        source_ip: Some(ctx.remote.ip()),
+        host,
+        port: ctx.dst.port(),
+        method: Some(parts.method.as_str()),
+        path: Some(parts.uri.path()),
+        sni: ctx.sni.as_deref(),
+        headers: Some(&parts.headers),
+    };
+    match snap.authorization.check(&req) {
+        AuthzDecision::Allow => None,
+        AuthzDecision::Deny { policy } => Some(policy),
+    }
 }
 
 async fn forward(
@@ -595,7 +847,7 @@ async fn forward(
             );
             let outcome = Outcome {
                 flags: "-",
-                details: "via_upstream",
+                details: Cow::Borrowed("via_upstream"),
                 upstream_local,
                 upstream_service_time: Some(service_time),
             };
@@ -649,7 +901,7 @@ fn local_reply(
     h.insert(header::SERVER, SERVER_ISTIO_ENVOY.clone());
     let outcome = Outcome {
         flags,
-        details,
+        details: Cow::Borrowed(details),
         upstream_local: None,
         upstream_service_time: None,
     };

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{serve_admin, serve_stats, serve_status, AdminSource, QuitSignal};
+use crate::identity::{Identity, IdentityOptions};
 use crate::store::{ConfigStore, StoreStatus};
 use crate::telemetry::accesslog::{AccessLogConfig, AccessLogEncoding, AccessLogger};
 use crate::telemetry::metrics::Metrics;
@@ -38,6 +39,24 @@ pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Loads this proxy's mesh identity (`--mesh-ca`) and starts its rotation. `None` without
+/// options: the proxy then has no identity (no ISTIO_MUTUAL, no inbound mTLS). Errors name the
+/// file that could not be used.
+pub fn load_identity(opts: Option<&IdentityOptions>) -> anyhow::Result<Option<Arc<Identity>>> {
+    let Some(opts) = opts else {
+        return Ok(None);
+    };
+    let identity = Identity::load(opts).with_context(|| {
+        format!(
+            "cannot load the mesh identity (--mesh-ca {})",
+            opts.mesh_ca.display()
+        )
+    })?;
+    identity.spawn_rotation();
+    tracing::info!("mesh identity {}", identity.spiffe_id());
+    Ok(Some(identity))
 }
 
 /// The operator ports: admin (loopback only), health and Prometheus.

@@ -12,9 +12,10 @@ use sluice_model::{ProxyIdentity, Snapshot};
 
 use crate::admin::AdminSource;
 use crate::context::Proxy;
+use crate::identity::IdentityOptions;
 use crate::inbound::serve_captured_inbound;
 use crate::outbound::{serve_captured, serve_forward_proxy};
-use crate::runtime::{bind, OperatorListeners, OperatorPorts, Runtime};
+use crate::runtime::{bind, load_identity, OperatorListeners, OperatorPorts, Runtime};
 use crate::store::StoreStatus;
 
 /// Everything `sluice sidecar` is told on its command line.
@@ -104,8 +105,19 @@ impl AdminSource for SidecarAdmin {
     }
 }
 
-/// Runs the sidecar until Ctrl-C, SIGTERM or `POST /quitquitquit`.
+/// Runs the sidecar until Ctrl-C, SIGTERM or `POST /quitquitquit`, without a mesh identity.
 pub async fn run(opts: SidecarOptions) -> anyhow::Result<()> {
+    run_with_identity(opts, None).await
+}
+
+/// Runs the sidecar with the mesh identity `identity` describes (`--mesh-ca`): ISTIO_MUTUAL
+/// origination and PeerAuthentication on the inbound side. A certificate that cannot be loaded
+/// fails startup, naming the file.
+pub async fn run_with_identity(
+    opts: SidecarOptions,
+    identity: Option<IdentityOptions>,
+) -> anyhow::Result<()> {
+    let mesh_identity = load_identity(identity.as_ref())?;
     let identity = ProxyIdentity {
         namespace: opts.namespace.clone(),
         labels: opts.labels.clone(),
@@ -114,13 +126,15 @@ pub async fn run(opts: SidecarOptions) -> anyhow::Result<()> {
     };
     let mut rt = Runtime::load(&opts.config_dir, identity)?;
     let snapshots = rt.snapshots.clone();
-    let proxy = Arc::new(Proxy::new(
+    let mut proxy = Proxy::new(
         snapshots.clone(),
         rt.access_log.clone(),
         rt.metrics.clone(),
         &opts.namespace,
         &opts.labels,
-    ));
+    );
+    proxy.identity = mesh_identity;
+    let proxy = Arc::new(proxy);
 
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let outbound_addr = SocketAddr::new(any, opts.outbound_port);

@@ -1,5 +1,10 @@
 //! TCP and TLS (SNI) proxying without terminating anything: route the connection, connect to the
-//! chosen endpoint, copy bytes both ways, and log one line per connection.
+//! chosen endpoint (originating Istio mutual TLS when the cluster asks for it), copy bytes both
+//! ways, and log one line per connection.
+//!
+//! Also the connection-level security facts shared by every listener: the verified mesh peer of
+//! a downstream connection ([`DownstreamPeer`]) and how an AuthorizationPolicy denial is named
+//! in the access log.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -8,15 +13,124 @@ use std::time::{Instant, SystemTime};
 
 use sluice_model::policy::HashKey;
 use sluice_model::route::pick_weighted;
+use sluice_model::security::{AuthzDecision, AuthzRequest};
 use sluice_model::{Cluster, Snapshot, StreamDecision, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::balancer::{source_ip_hash, CallResult, ClusterRuntime, EndpointGuard};
 use crate::context::{Proxy, Target};
+use crate::identity::principal_of;
 use crate::io::CountingStream;
 use crate::telemetry::accesslog::AccessLogRecord;
-use crate::telemetry::metrics::{Reporter, SecurityPolicy, ServiceLabels, TcpLabels};
-use crate::upstream::{connect_tcp, set_keepalive};
+use crate::telemetry::metrics::{PeerLabels, Reporter, SecurityPolicy, ServiceLabels, TcpLabels};
+use crate::upstream::{
+    connect_tcp, istio_mutual_connect, security_for, set_keepalive, StreamUpstream,
+    UpstreamSecurity,
+};
+
+// === Downstream mTLS peer and authorization ===
+
+/// The verified mesh identity of a downstream connection whose mutual TLS this proxy
+/// terminated (inbound STRICT/PERMISSIVE, gateway ISTIO_MUTUAL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownstreamPeer {
+    /// `spiffe://cluster.local/ns/NS/sa/SA`; `None` when the certificate has no SPIFFE URI SAN.
+    pub spiffe_id: Option<Arc<str>>,
+}
+
+impl DownstreamPeer {
+    /// Istio's principal form, `cluster.local/ns/NS/sa/SA`.
+    pub fn principal(&self) -> Option<&str> {
+        self.spiffe_id.as_deref().map(principal_of)
+    }
+
+    /// The namespace in the peer's SPIFFE ID (`…/ns/NS/sa/SA`).
+    pub fn namespace(&self) -> Option<&str> {
+        let principal = self.principal()?;
+        let mut parts = principal.split('/');
+        while let Some(p) = parts.next() {
+            if p == "ns" {
+                return parts.next().filter(|n| !n.is_empty());
+            }
+        }
+        None
+    }
+
+    /// `source_principal` labels for this peer over `labels` (a registry workload or unknown).
+    pub fn labels(&self, labels: &Arc<PeerLabels>) -> Arc<PeerLabels> {
+        match &self.spiffe_id {
+            Some(id) => with_principal(labels, id),
+            None => labels.clone(),
+        }
+    }
+}
+
+/// `labels` with `*_principal` set.
+pub fn with_principal(labels: &Arc<PeerLabels>, principal: &str) -> Arc<PeerLabels> {
+    if &*labels.principal == principal {
+        return labels.clone();
+    }
+    let mut l = PeerLabels::clone(labels);
+    l.principal = Arc::from(principal);
+    Arc::new(l)
+}
+
+/// `connection_security_policy` at the server side of a connection.
+pub fn server_security_policy(peer: Option<&DownstreamPeer>) -> SecurityPolicy {
+    if peer.is_some() {
+        SecurityPolicy::MutualTls
+    } else {
+        SecurityPolicy::None
+    }
+}
+
+/// Envoy's RBAC details for a denial: `rbac_access_denied_matched_policy[<policy>]`
+/// (`%RESPONSE_CODE_DETAILS%` for HTTP, `%CONNECTION_TERMINATION_DETAILS%` for TCP).
+pub fn rbac_denied_details(policy: &str) -> String {
+    format!("rbac_access_denied_matched_policy[{policy}]")
+}
+
+/// Checks a TCP/TLS connection against the AuthorizationPolicies of `snap` (network RBAC: no
+/// HTTP attributes). `Some(details)` when it is denied.
+pub fn authorize_connection(
+    snap: &Snapshot,
+    peer: Option<&DownstreamPeer>,
+    remote: SocketAddr,
+    port: u16,
+    sni: Option<&str>,
+) -> Option<String> {
+    if snap.authorization.is_empty() {
+        return None;
+    }
+    let req = AuthzRequest {
+        source_principal: peer.and_then(DownstreamPeer::principal),
+        source_namespace: peer.and_then(DownstreamPeer::namespace),
+        source_ip: Some(remote.ip()),
+        host: None,
+        port,
+        method: None,
+        path: None,
+        sni,
+        headers: None,
+    };
+    match snap.authorization.check(&req) {
+        AuthzDecision::Allow => None,
+        AuthzDecision::Deny { policy } => Some(rbac_denied_details(&policy)),
+    }
+}
+
+/// Logs a connection closed by an AuthorizationPolicy: flag `-`, Envoy's network RBAC details
+/// in `%CONNECTION_TERMINATION_DETAILS%`.
+pub fn log_connection_denied(proxy: &Proxy, mut rec: AccessLogRecord, details: String) {
+    tracing::debug!(
+        "connection from {} denied: {details}",
+        rec.downstream_remote_address
+            .map_or_else(|| "-".to_string(), |a| a.to_string())
+    );
+    rec.response_flags = Cow::Borrowed("-");
+    rec.connection_termination_details = Some(Cow::Owned(details));
+    proxy.access_log.log(rec);
+}
 
 /// A connection to proxy as bytes.
 pub struct StreamConn {
@@ -92,12 +206,40 @@ fn plan_decision(proxy: &Proxy, decision: StreamDecision<'_>, port: u16) -> Plan
 
 /// Where a connection goes: the cluster's balancer (`useSourceIp` hashing works for TCP too),
 /// or the original destination. The guard counts the connection as active on the endpoint.
+///
+/// A gateway has no original destination (the client connected to the gateway itself): an
+/// original-destination cluster (a wildcard or `resolution: NONE`/`DYNAMIC_DNS` ServiceEntry)
+/// is reached at what the SNI resolves to, on the service port's target.
 async fn upstream_addr(
     proxy: &Proxy,
     conn: &StreamConn,
     runtime: Option<&Arc<ClusterRuntime>>,
+    gateway: bool,
 ) -> Option<(SocketAddr, Option<EndpointGuard>)> {
     match runtime.filter(|rt| !rt.is_original_destination()) {
+        None if gateway => {
+            let cluster = runtime?.cluster();
+            let port = cluster.port.target_port.unwrap_or(cluster.port.number);
+            let Some(sni) = conn.sni.as_deref() else {
+                tracing::debug!(
+                    "{}: a gateway cannot pass a connection without SNI to an original destination",
+                    cluster.name
+                );
+                return None;
+            };
+            match proxy.resolver.resolve(sni, port).await {
+                // IPv4 preferred, as Istio's default DNS lookup family.
+                Ok(addrs) => addrs
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .or(addrs.first())
+                    .map(|a| (*a, None)),
+                Err(e) => {
+                    tracing::debug!("{}: {e}", cluster.name);
+                    None
+                }
+            }
+        }
         None => match &conn.target.host {
             Some(h) => proxy
                 .resolver
@@ -131,7 +273,11 @@ pub async fn proxy_stream<S>(
 {
     let start = Instant::now();
     let plan = plan(&proxy, &snap, &conn);
-    carry_out(proxy, snap, downstream, conn, plan, start).await;
+    let side = Side {
+        gateway_port: None,
+        peer: None,
+    };
+    carry_out(proxy, snap, downstream, conn, plan, start, side).await;
 }
 
 /// Proxies a connection accepted on gateway listener `port` (PASSTHROUGH / AUTO_PASSTHROUGH TLS
@@ -146,9 +292,47 @@ pub async fn proxy_gateway_stream<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    proxy_gateway_stream_from(proxy, snap, downstream, conn, port, None).await;
+}
+
+/// [`proxy_gateway_stream`] for a connection whose mutual TLS the gateway terminated
+/// (ISTIO_MUTUAL servers): `peer` is the client's mesh identity, for authorization, the access
+/// log (`%DOWNSTREAM_PEER_URI_SAN%`) and metrics.
+pub async fn proxy_gateway_stream_from<S>(
+    proxy: Arc<Proxy>,
+    snap: Arc<Snapshot>,
+    downstream: S,
+    conn: StreamConn,
+    port: u16,
+    peer: Option<DownstreamPeer>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let start = Instant::now();
-    let plan = plan_gateway(&proxy, &snap, &conn, port);
-    carry_out(proxy, snap, downstream, conn, plan, start).await;
+    let mut plan = plan_gateway(&proxy, &snap, &conn, port);
+    if peer.is_some() && matches!(plan, Plan::NoFilterChain) {
+        // The egress-gateway pattern: the sidecar wraps the application's TLS in mesh mTLS and
+        // the gateway's VirtualService routes the port with `tcp` routes (the inner SNI is for
+        // the external host, which no PASSTHROUGH server lists).
+        if let d @ (StreamDecision::Rule(_) | StreamDecision::Cluster(_)) =
+            snap.route_gateway_tcp(port)
+        {
+            plan = plan_decision(&proxy, d, port);
+        }
+    }
+    let side = Side {
+        gateway_port: Some(port),
+        peer,
+    };
+    carry_out(proxy, snap, downstream, conn, plan, start, side).await;
+}
+
+/// Which listener a stream came through.
+struct Side {
+    /// Gateways: the listener port (authorization applies; no original destination).
+    gateway_port: Option<u16>,
+    /// The downstream's mesh identity, when this proxy terminated its mutual TLS.
+    peer: Option<DownstreamPeer>,
 }
 
 async fn carry_out<S>(
@@ -158,12 +342,14 @@ async fn carry_out<S>(
     conn: StreamConn,
     plan: Plan,
     start: Instant,
+    side: Side,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut rec = AccessLogRecord::new(SystemTime::now());
     rec.downstream_remote_address = Some(conn.remote);
     rec.downstream_local_address = Some(conn.target.addr);
+    rec.downstream_peer_uri_san = side.peer.as_ref().and_then(|p| p.spiffe_id.clone());
     // Unlike Istio, blocked TLS lines carry the SNI too: operators need the refused host (#33281).
     rec.requested_server_name = conn.sni.as_deref().map(Arc::from);
     let (cluster, cluster_name, service) = match plan {
@@ -190,14 +376,37 @@ async fn carry_out<S>(
             return;
         }
     };
+    if let Some(port) = side.gateway_port {
+        // Network RBAC runs before the TCP proxy: a denied connection never reaches upstream.
+        let denied = authorize_connection(
+            &snap,
+            side.peer.as_ref(),
+            conn.remote,
+            port,
+            conn.sni.as_deref(),
+        );
+        if let Some(details) = denied {
+            log_connection_denied(&proxy, rec, details);
+            return;
+        }
+    }
     rec.upstream_cluster = Some(cluster_name.clone());
+    let security = cluster.as_ref().map_or(UpstreamSecurity::Plain, |c| {
+        match security_for(proxy.identity.as_ref(), c, &c.service.hostname) {
+            // DestinationRule SIMPLE/MUTUAL applies to HTTP; TCP/TLS streams keep the
+            // client's bytes as they are.
+            UpstreamSecurity::Tls { .. } => UpstreamSecurity::Plain,
+            s => s,
+        }
+    });
     let runtime = cluster.as_ref().map(|c| proxy.cluster_runtime(c));
     let connect_timeout = runtime
         .as_ref()
         .map_or(snap.mesh.connect_timeout, |rt| rt.limits().connect_timeout);
     let mut flags = "UH";
     let mut held = None;
-    let upstream = match upstream_addr(&proxy, &conn, runtime.as_ref()).await {
+    let gateway = side.gateway_port.is_some();
+    let upstream = match upstream_addr(&proxy, &conn, runtime.as_ref(), gateway).await {
         Some((addr, endpoint)) => {
             rec.upstream_host = Some(addr);
             // maxConnections: a TCP connection over the limit is refused (UO).
@@ -237,8 +446,36 @@ async fn carry_out<S>(
         }
         None => None,
     };
+    let upstream = match (upstream, &security) {
+        (
+            Some(tcp),
+            UpstreamSecurity::IstioMutual {
+                identity,
+                sni,
+                expected_sans,
+            },
+        ) => {
+            let local = tcp.local_addr().ok();
+            match istio_mutual_connect(&identity.0, expected_sans, sni, tcp).await {
+                Ok(tls) => Some(StreamUpstream::Tls(Box::new(tls))),
+                Err(e) => {
+                    tracing::debug!("ISTIO_MUTUAL to {cluster_name} failed: {e}");
+                    rec.upstream_local_address = local;
+                    rec.upstream_transport_failure_reason = Some(Cow::Owned(
+                        e.to_string()
+                            .trim_start_matches("TLS_error: ")
+                            .replace(' ', "_"),
+                    ));
+                    flags = "UF";
+                    None
+                }
+            }
+        }
+        (tcp, _) => tcp.map(StreamUpstream::Plain),
+    };
     let Some(mut upstream) = upstream else {
-        let labels = tcp_labels(&proxy, service, flags);
+        let mut labels = tcp_labels(&proxy, service, flags);
+        apply_side_labels(&mut labels, &side, &security);
         proxy.metrics.tcp_opened(&labels);
         proxy.metrics.tcp_closed(&labels, 0, 0);
         rec.response_flags = Cow::Borrowed(flags);
@@ -246,11 +483,12 @@ async fn carry_out<S>(
         proxy.access_log.log(rec);
         return;
     };
-    rec.upstream_local_address = upstream.local_addr().ok();
+    rec.upstream_local_address = upstream.tcp().local_addr().ok();
     let mut labels = tcp_labels(&proxy, service, "-");
     if let Some(addr) = rec.upstream_host {
         labels.destination = proxy.peer_at(&snap, addr.ip());
     }
+    apply_side_labels(&mut labels, &side, &security);
     proxy.metrics.tcp_opened(&labels);
     let mut counted = CountingStream::new(&mut downstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await {
@@ -263,6 +501,19 @@ async fn carry_out<S>(
     rec.bytes_sent = sent;
     rec.duration = start.elapsed();
     proxy.access_log.log(rec);
+}
+
+/// The peers' principals on a stream's labels: the ISTIO_MUTUAL server's expected identity as
+/// `destination_principal`, and on a gateway that terminated mesh mTLS, the caller's identity as
+/// `source_principal` with `connection_security_policy="mutual_tls"`.
+fn apply_side_labels(labels: &mut TcpLabels, side: &Side, security: &UpstreamSecurity) {
+    if let Some(p) = security.expected_principal() {
+        labels.destination = with_principal(&labels.destination, p);
+    }
+    if let Some(peer) = &side.peer {
+        labels.source = peer.labels(&labels.source);
+        labels.connection_security_policy = SecurityPolicy::MutualTls;
+    }
 }
 
 fn tcp_labels(proxy: &Proxy, service: Arc<ServiceLabels>, flags: &'static str) -> TcpLabels {

@@ -222,8 +222,8 @@ impl Entry {
             ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {}
             ServerTlsMode::IstioMutual => {
                 return Err(invalid(
-                    "ISTIO_MUTUAL needs the gateway's mesh certificate, which sluice does not \
-                     have; use SIMPLE or MUTUAL with credentialName or certificate files"
+                    "ISTIO_MUTUAL is terminated with the gateway's mesh identity \
+                     (istio_mutual_config), not with server certificates"
                         .into(),
                 ))
             }
@@ -818,6 +818,23 @@ impl ClientCertVerifier for SanRestricted {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// The configuration for a gateway server with `tls.mode: ISTIO_MUTUAL`: the gateway's own
+/// mesh certificate, and a client certificate from the mesh root required (Istio's
+/// `requireClientCertificate: true`). ALPN: `h2`/`http/1.1` for servers that serve HTTP, and
+/// `istio` (what sidecars offer when they originate mesh mTLS) for all.
+pub fn istio_mutual_config(
+    identity: &crate::identity::Identity,
+    server: &GatewayServer,
+) -> Arc<ServerConfig> {
+    let http = server.protocol == Protocol::Https || server.protocol.is_http();
+    let alpn: &[&[u8]] = if http {
+        &[b"h2", b"http/1.1", crate::upstream::ISTIO_ALPN]
+    } else {
+        &[crate::upstream::ISTIO_ALPN]
+    };
+    identity.server_config(alpn, false)
 }
 
 #[derive(Debug)]

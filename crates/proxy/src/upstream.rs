@@ -1,7 +1,8 @@
 //! Connections to upstreams: plain TCP with a connect timeout, TLS origination from DestinationRule
-//! settings, and pooled keep-alive HTTP/1.1 clients.
+//! settings (SIMPLE/MUTUAL with files, ISTIO_MUTUAL with the proxy's mesh identity), and pooled
+//! keep-alive HTTP/1.1 clients.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -22,13 +23,19 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use sluice_model::policy::TcpKeepalive;
-use sluice_model::UpstreamTls;
+use sluice_model::{Cluster, UpstreamTls};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::balancer::{ClusterRuntime, ConnectionGuard};
+use crate::identity::Identity;
 use crate::tls_server::{read_certs, read_key};
+
+/// ALPN a sidecar offers when it originates Istio mutual TLS: the marker a PERMISSIVE inbound
+/// listener looks for to tell mesh mTLS from an application's own TLS.
+pub const ISTIO_ALPN: &[u8] = b"istio";
 
 /// Error type carried by request and response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -151,6 +158,202 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
+/// How a connection to an upstream is secured, chosen per cluster (and request, for SNI).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpstreamSecurity {
+    Plain,
+    /// DestinationRule SIMPLE / MUTUAL with this SNI.
+    Tls {
+        settings: Arc<UpstreamTls>,
+        sni: String,
+    },
+    /// ISTIO_MUTUAL with the proxy's mesh certificate: the DestinationRule's `sni`, else Istio's
+    /// (`outbound_.<port>_.<subset>_.<host>`); the peer's expected SPIFFE IDs.
+    IstioMutual {
+        identity: MeshIdentity,
+        sni: String,
+        expected_sans: Arc<[String]>,
+    },
+}
+
+/// The proxy's identity as part of a pool key: compared by pointer (one identity per process;
+/// its certificate rotates inside it).
+#[derive(Clone)]
+pub struct MeshIdentity(pub Arc<Identity>);
+
+impl PartialEq for MeshIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for MeshIdentity {}
+
+impl std::hash::Hash for MeshIdentity {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state);
+    }
+}
+
+impl std::fmt::Debug for MeshIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.spiffe_id())
+    }
+}
+
+impl UpstreamSecurity {
+    /// The expected peer principal for metrics (`destination_principal`): the one expected SAN
+    /// of an ISTIO_MUTUAL connection.
+    pub fn expected_principal(&self) -> Option<&str> {
+        match self {
+            UpstreamSecurity::IstioMutual { expected_sans, .. } if expected_sans.len() == 1 => {
+                Some(expected_sans[0].as_str())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The SNI Istio sends when it originates mutual TLS for `cluster`:
+/// `outbound_.<port>_.<subset>_.<host>` (e.g. `outbound_.80_._.httpbin.org`). The server side
+/// logs it in `%REQUESTED_SERVER_NAME%`.
+pub fn istio_sni(cluster: &Cluster) -> String {
+    format!(
+        "outbound_.{}_.{}_.{}",
+        cluster.port.number,
+        cluster.subset.as_deref().unwrap_or(""),
+        cluster.service.hostname
+    )
+}
+
+/// ISTIO_MUTUAL clusters already reported as sent in plaintext (no mesh identity).
+static PLAINTEXT_FALLBACK_LOGGED: Mutex<Option<HashSet<Arc<str>>>> = Mutex::new(None);
+
+/// The security of connections to `cluster`. `authority` is the request's host (Envoy's auto
+/// SNI for SIMPLE without `sni`); TCP/TLS streams pass the service host.
+///
+/// ISTIO_MUTUAL without a mesh identity (no `--mesh-ca`) falls back to plaintext, logged once per
+/// cluster: Istio would fail these connections instead, but a proxy started without an identity
+/// was deliberately run outside the mesh's PKI, and a STRICT server refuses the plaintext anyway.
+pub fn security_for(
+    identity: Option<&Arc<Identity>>,
+    cluster: &Cluster,
+    authority: &str,
+) -> UpstreamSecurity {
+    let Some(tls) = &cluster.tls else {
+        return UpstreamSecurity::Plain;
+    };
+    if tls.istio_mutual {
+        if let Some(identity) = identity {
+            return UpstreamSecurity::IstioMutual {
+                identity: MeshIdentity(identity.clone()),
+                // A DestinationRule `sni` wins (routing through an egress gateway needs it).
+                sni: tls.sni.clone().unwrap_or_else(|| istio_sni(cluster)),
+                expected_sans: tls.subject_alt_names.clone().into(),
+            };
+        }
+        let mut logged = PLAINTEXT_FALLBACK_LOGGED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if logged
+            .get_or_insert_with(HashSet::new)
+            .insert(cluster.name.clone())
+        {
+            tracing::warn!(
+                "{}: ISTIO_MUTUAL requested (DestinationRule or auto mTLS) but this proxy has no \
+                 mesh identity (start it with --mesh-ca); sending plaintext. Istio would fail \
+                 these connections, and a STRICT server will refuse them",
+                cluster.name
+            );
+        }
+        return UpstreamSecurity::Plain;
+    }
+    let sni = tls
+        .sni
+        .clone()
+        .unwrap_or_else(|| sluice_model::host::strip_port(authority).to_string());
+    UpstreamSecurity::Tls {
+        settings: tls.clone(),
+        sni,
+    }
+}
+
+/// Completes an ISTIO_MUTUAL handshake on `tcp`: presents this proxy's workload certificate,
+/// offers ALPN `istio`, sends `sni` and checks the peer's SPIFFE ID against `expected_sans`.
+/// The error text starts with `TLS_error: ` as for SIMPLE origination.
+pub async fn istio_mutual_connect(
+    identity: &Identity,
+    expected_sans: &[String],
+    sni: &str,
+    tcp: TcpStream,
+) -> io::Result<TlsStream<TcpStream>> {
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("TLS_error: SNI {sni}: {e}"),
+        )
+    })?;
+    let config = identity.client_config(expected_sans, &[ISTIO_ALPN]);
+    TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, format!("TLS_error: {e}")))
+}
+
+/// A TCP/TLS stream's upstream: plain TCP, or TLS the proxy originated (ISTIO_MUTUAL).
+pub enum StreamUpstream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl StreamUpstream {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            StreamUpstream::Plain(s) => s,
+            StreamUpstream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for StreamUpstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamUpstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            StreamUpstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for StreamUpstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            StreamUpstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            StreamUpstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamUpstream::Plain(s) => Pin::new(s).poll_flush(cx),
+            StreamUpstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamUpstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            StreamUpstream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Opens a TCP connection with a deadline and `TCP_NODELAY`.
 pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -249,10 +452,24 @@ pub struct ConnectionUseHandle(pub Arc<ConnectionUse>);
 /// slot) and in `cx_active`.
 #[derive(Clone)]
 pub struct UpstreamConnector {
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    tls: Option<TlsOrigin>,
     connect_timeout: Duration,
     keepalive: Option<TcpKeepalive>,
     runtime: Option<Arc<ClusterRuntime>>,
+}
+
+/// TLS an [`UpstreamConnector`] originates.
+#[derive(Clone)]
+enum TlsOrigin {
+    /// DestinationRule SIMPLE / MUTUAL: one configuration built from its files.
+    Fixed(TlsConnector, ServerName<'static>),
+    /// ISTIO_MUTUAL: the configuration comes from the identity at each connect, so a rotated
+    /// workload certificate is used by the next connection.
+    Mesh {
+        identity: Arc<Identity>,
+        expected_sans: Arc<[String]>,
+        sni: String,
+    },
 }
 
 /// Applies `tcp.tcpKeepalive` to an upstream socket.
@@ -311,10 +528,18 @@ impl tower_service::Service<Uri> for UpstreamConnector {
             };
             let transport = match this.tls {
                 None => Transport::Plain(TokioIo::new(tcp)),
-                Some((connector, name)) => {
+                Some(TlsOrigin::Fixed(connector, name)) => {
                     let tls = connector.connect(name, tcp).await.map_err(|e| {
                         io::Error::new(io::ErrorKind::ConnectionAborted, format!("TLS_error: {e}"))
                     })?;
+                    Transport::Tls(Box::new(TokioIo::new(tls)))
+                }
+                Some(TlsOrigin::Mesh {
+                    identity,
+                    expected_sans,
+                    sni,
+                }) => {
+                    let tls = istio_mutual_connect(&identity, &expected_sans, &sni, tcp).await?;
                     Transport::Tls(Box::new(TokioIo::new(tls)))
                 }
             };
@@ -341,7 +566,8 @@ type KeepaliveKey = (Option<Duration>, Option<Duration>, Option<u32>);
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
-    tls: Option<(Arc<UpstreamTls>, String)>,
+    /// Plaintext, DestinationRule TLS, or ISTIO_MUTUAL: never share a pool across modes.
+    security: UpstreamSecurity,
     connect_timeout: Duration,
     /// The cluster runtime (by address) whose limits the pool applies, and its pool settings.
     cluster: Option<(usize, Option<Duration>, Option<KeepaliveKey>)>,
@@ -355,13 +581,13 @@ pub struct HttpClients {
 }
 
 impl HttpClients {
-    /// The client for plaintext (`tls: None`) or TLS with `sni`.
+    /// The client for `security` with a fixed connect timeout.
     pub fn get(
         &self,
-        tls: Option<(&Arc<UpstreamTls>, &str)>,
+        security: &UpstreamSecurity,
         connect_timeout: Duration,
     ) -> Result<HttpClient, TlsSetupError> {
-        self.client(tls, connect_timeout, None)
+        self.client(security, connect_timeout, None)
     }
 
     /// The client for one cluster: its pool applies the cluster's `connectionPool` settings
@@ -370,14 +596,14 @@ impl HttpClients {
     pub fn for_cluster(
         &self,
         runtime: &Arc<ClusterRuntime>,
-        tls: Option<(&Arc<UpstreamTls>, &str)>,
+        security: &UpstreamSecurity,
     ) -> Result<HttpClient, TlsSetupError> {
-        self.client(tls, Duration::ZERO, Some(runtime))
+        self.client(security, Duration::ZERO, Some(runtime))
     }
 
     fn client(
         &self,
-        tls: Option<(&Arc<UpstreamTls>, &str)>,
+        security: &UpstreamSecurity,
         connect_timeout: Duration,
         runtime: Option<&Arc<ClusterRuntime>>,
     ) -> Result<HttpClient, TlsSetupError> {
@@ -386,7 +612,7 @@ impl HttpClients {
             .as_ref()
             .map_or(connect_timeout, |l| l.connect_timeout);
         let key = ClientKey {
-            tls: tls.map(|(t, sni)| (t.clone(), sni.to_string())),
+            security: security.clone(),
             connect_timeout,
             cluster: runtime.zip(limits.as_ref()).map(|(rt, l)| {
                 (
@@ -402,17 +628,26 @@ impl HttpClients {
         if let Some((c, _)) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let tls = match tls {
-            None => None,
-            Some((settings, sni)) => {
+        let tls = match security {
+            UpstreamSecurity::Plain => None,
+            UpstreamSecurity::Tls { settings, sni } => {
                 let config = client_config(settings)?;
                 let name =
                     ServerName::try_from(sni.to_string()).map_err(|e| TlsSetupError::Invalid {
                         path: "sni".into(),
                         message: e.to_string(),
                     })?;
-                Some((TlsConnector::from(Arc::new(config)), name))
+                Some(TlsOrigin::Fixed(TlsConnector::from(Arc::new(config)), name))
             }
+            UpstreamSecurity::IstioMutual {
+                identity,
+                sni,
+                expected_sans,
+            } => Some(TlsOrigin::Mesh {
+                identity: identity.0.clone(),
+                expected_sans: expected_sans.clone(),
+                sni: sni.clone(),
+            }),
         };
         // Istio's `idleTimeout` default is 1 h; `0s` (None) keeps idle connections forever.
         let idle = match &limits {

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice::{demo, init, validate_cmd};
+use sluice::{ca, demo, init, validate_cmd};
 use sluice_proxy::gateway::{self, GatewayOptions};
+use sluice_proxy::identity::IdentityOptions;
 use sluice_proxy::sidecar::{self, SidecarOptions};
 
 /// Istio's traffic control (sidecar, gateways) as one small, fast binary that reads the Istio
@@ -40,6 +41,9 @@ enum Command {
     /// A self-contained tour (no root, no network): an httpbin-like upstream, a sidecar in
     /// explicit-proxy mode, and curl commands that show allow, block and timeout.
     Demo(demo::DemoArgs),
+    /// A mesh CA on disk: create a root (`ca init`), issue workload identities with SPIFFE IDs
+    /// (`ca issue`), describe certificates (`ca show`).
+    Ca(ca::CaArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,6 +83,43 @@ struct SidecarArgs {
     /// Prometheus port: /stats/prometheus.
     #[arg(long, default_value_t = 15090)]
     stats_port: u16,
+    #[command(flatten)]
+    mesh: MeshIdentityArgs,
+}
+
+/// The proxy's mesh identity (Istio's workload certificate), shared by `sidecar` and `gateway`.
+#[derive(clap::Args, Debug)]
+struct MeshIdentityArgs {
+    /// Directory of the mesh root: root-cert.pem, and root-key.pem to issue (and rotate) this
+    /// proxy's own workload certificate. Enables ISTIO_MUTUAL and PeerAuthentication mTLS;
+    /// without it the proxy has no mesh identity.
+    #[arg(long, value_name = "DIR")]
+    mesh_ca: Option<PathBuf>,
+    /// Directory with cert-chain.pem and key.pem issued elsewhere (`sluice ca issue`), used when
+    /// --mesh-ca has no root-key.pem; re-read when they change.
+    #[arg(long, value_name = "DIR", requires = "mesh_ca")]
+    identity_dir: Option<PathBuf>,
+    /// Trust domain of the SPIFFE identity (spiffe://TD/ns/NS/sa/SA).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of self-issued workload certificates (renewed at half of it), e.g. 24h, 90m.
+    #[arg(long, default_value = "24h")]
+    cert_ttl: sluice_api::duration::Duration,
+}
+
+impl MeshIdentityArgs {
+    /// The identity options, or `None` without --mesh-ca.
+    fn options(&self, namespace: &str, service_account: Option<&str>) -> Option<IdentityOptions> {
+        let mesh_ca = self.mesh_ca.clone()?;
+        Some(IdentityOptions {
+            mesh_ca,
+            identity_dir: self.identity_dir.clone(),
+            trust_domain: self.trust_domain.clone(),
+            namespace: namespace.to_string(),
+            service_account: service_account.unwrap_or("default").to_string(),
+            cert_ttl: self.cert_ttl.0,
+        })
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -109,6 +150,12 @@ struct GatewayArgs {
     /// Address the gateway ports listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind: IpAddr,
+    /// Service account of the gateway workload (its mesh identity with --mesh-ca; default
+    /// `default`).
+    #[arg(long)]
+    service_account: Option<String>,
+    #[command(flatten)]
+    mesh: MeshIdentityArgs,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -140,8 +187,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => return ExitCode::from(validate_cmd::run(&args) as u8),
         Command::Init(args) => init::run(&args),
+        Command::Ca(args) => ca::run(&args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Sidecar(args) => {
+            let identity = args
+                .mesh
+                .options(&args.namespace, args.service_account.as_deref());
             let opts = SidecarOptions {
                 config_dir: args.config,
                 namespace: args.namespace,
@@ -155,9 +206,12 @@ fn main() -> ExitCode {
                 status_port: args.status_port,
                 stats_port: args.stats_port,
             };
-            runtime().and_then(|rt| rt.block_on(sidecar::run(opts)))
+            runtime().and_then(|rt| rt.block_on(sidecar::run_with_identity(opts, identity)))
         }
         Command::Gateway(args) => {
+            let identity = args
+                .mesh
+                .options(&args.namespace, args.service_account.as_deref());
             let opts = GatewayOptions {
                 config_dir: args.config,
                 namespace: args.namespace,
@@ -167,7 +221,7 @@ fn main() -> ExitCode {
                 stats_port: args.stats_port,
                 bind: args.bind,
             };
-            runtime().and_then(|rt| rt.block_on(gateway::run(opts)))
+            runtime().and_then(|rt| rt.block_on(gateway::run_with_identity(opts, identity)))
         }
     };
     match result {

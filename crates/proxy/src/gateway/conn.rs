@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use sluice_model::gateway::GatewayServer;
+use sluice_model::gateway::{GatewayServer, ServerTlsMode};
+use sluice_model::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -23,9 +24,11 @@ use super::Gateway;
 use crate::context::{Downstream, Proxy, Target};
 use crate::detect::{detect, Detected};
 use crate::http_proxy;
+use crate::identity::peer_spiffe_id;
 use crate::io::PrefixedStream;
-use crate::stream::{proxy_gateway_stream, StreamConn};
+use crate::stream::{proxy_gateway_stream, proxy_gateway_stream_from, DownstreamPeer, StreamConn};
 use crate::telemetry::accesslog::AccessLogRecord;
+use crate::tls_server::istio_mutual_config;
 
 /// Longest a client may take to complete a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,6 +59,7 @@ pub async fn serve_connection(
                 port,
                 tls_server: None,
                 sni: None,
+                peer: None,
             });
             serve_http(proxy, stream, remote, local, gw).await;
         } else {
@@ -119,15 +123,38 @@ async fn terminate(
     server: Arc<GatewayServer>,
     sni: Option<String>,
 ) {
-    let config = match gateway.tls.config_for(&server) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(
-                "cannot terminate TLS from {remote} on port {port} for {}: {e}",
-                server.source
+    let istio_mutual = server
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.mode == ServerTlsMode::IstioMutual);
+    let config = if istio_mutual {
+        // ISTIO_MUTUAL: the gateway's own mesh certificate, clients must present one from the
+        // mesh root.
+        let Some(identity) = &gateway.proxy.identity else {
+            gateway.warn_once(
+                &server.source,
+                &format!(
+                    "{}: tls.mode ISTIO_MUTUAL needs the gateway's mesh identity (start it with \
+                     --mesh-ca); refusing connections on port {port}",
+                    server.source
+                ),
             );
-            gateway.count_tls_error(port, "no_certificate");
+            log_no_filter_chain(&gateway.proxy, remote, local, sni.as_deref());
+            gateway.count_tls_error(port, "no_identity");
             return;
+        };
+        istio_mutual_config(identity, &server)
+    } else {
+        match gateway.tls.config_for(&server) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(
+                    "cannot terminate TLS from {remote} on port {port} for {}: {e}",
+                    server.source
+                );
+                gateway.count_tls_error(port, "no_certificate");
+                return;
+            }
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -147,12 +174,66 @@ async fn terminate(
             return;
         }
     };
+    // A verified client certificate (ISTIO_MUTUAL, MUTUAL): its SPIFFE ID names the caller.
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .filter(|certs| !certs.is_empty())
+        .map(|certs| DownstreamPeer {
+            spiffe_id: peer_spiffe_id(certs).map(Arc::from),
+        });
+    if istio_mutual && !server.protocol.is_http() && server.protocol != Protocol::Https {
+        // TLS/TCP behind mesh mTLS (the egress-gateway pattern: the sidecar wraps the
+        // application's own TLS): route the inner stream by its SNI and pass it through.
+        serve_inner_stream(gateway, tls, remote, local, port, peer).await;
+        return;
+    }
     let gw = Arc::new(GatewayConn {
         port,
         tls_server: Some(server),
         sni: sni.map(Arc::from),
+        peer,
     });
     serve_http(gateway.proxy.clone(), tls, remote, local, gw).await;
+}
+
+/// Proxies the stream inside a terminated ISTIO_MUTUAL connection: the inner ClientHello's SNI
+/// (if the application speaks TLS) picks the gateway's `tls` route, else its `tcp` route.
+async fn serve_inner_stream<S>(
+    gateway: Arc<Gateway>,
+    mut inner: S,
+    remote: SocketAddr,
+    local: SocketAddr,
+    port: u16,
+    peer: Option<DownstreamPeer>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (prefix, detected) = match detect(&mut inner).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!("mTLS connection from {remote} on gateway port {port} failed: {e}");
+            return;
+        }
+    };
+    let (sni, tls) = match detected {
+        Detected::Tls { sni } => (sni, true),
+        _ => (None, false),
+    };
+    let conn = StreamConn {
+        remote,
+        target: Target {
+            addr: local,
+            host: None,
+        },
+        sni,
+        tls,
+    };
+    let proxy = gateway.proxy.clone();
+    let snap = proxy.snapshots.load_full();
+    let stream = PrefixedStream::new(prefix, inner);
+    proxy_gateway_stream_from(proxy, snap, stream, conn, port, peer).await;
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (by ALPN or prior knowledge) on a gateway connection.

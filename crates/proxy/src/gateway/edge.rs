@@ -26,6 +26,9 @@ pub struct GatewayConn {
     pub tls_server: Option<Arc<GatewayServer>>,
     /// The SNI the client sent (`%REQUESTED_SERVER_NAME%`).
     pub sni: Option<Arc<str>>,
+    /// The client's verified certificate identity when the handshake required one
+    /// (ISTIO_MUTUAL, MUTUAL): authorization principal, `%DOWNSTREAM_PEER_URI_SAN%`, metrics.
+    pub peer: Option<crate::stream::DownstreamPeer>,
 }
 
 impl GatewayConn {
