@@ -82,13 +82,13 @@ pub struct IdentityOptions {
 /// names the file (or the PEM input) and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot read {what} {}: {source}", path.display())]
+    #[error("cannot read {what} {}", path.display())]
     Read {
         what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}", path.display())]
     Write {
         path: PathBuf,
         source: std::io::Error,
@@ -379,7 +379,7 @@ impl Identity {
                     self.trust.current.store(Arc::new(state));
                     tracing::info!("mesh root {} reloaded", root_path.display());
                 }
-                Err(e) => tracing::warn!("keeping the previous mesh root: {e}"),
+                Err(e) => tracing::warn!("keeping the previous mesh root: {}", with_causes(&e)),
             }
         }
         match &self.source {
@@ -394,13 +394,15 @@ impl Identity {
                             watch.ca = Some(ca);
                             force = true;
                         }
-                        Err(e) => tracing::warn!("keeping the previous mesh CA: {e}"),
+                        Err(e) => {
+                            tracing::warn!("keeping the previous mesh CA: {}", with_causes(&e))
+                        }
                     }
                 }
                 let due = watch.renew_at.is_none_or(|at| Instant::now() >= at);
                 if force || due {
                     if let Err(e) = self.issue_into(&mut watch, *ttl) {
-                        tracing::warn!("{e}; retrying in {FILE_CHECK_INTERVAL:?}");
+                        tracing::warn!("{}; retrying in {FILE_CHECK_INTERVAL:?}", with_causes(&e));
                         watch.renew_at = Some(Instant::now() + FILE_CHECK_INTERVAL);
                     }
                 }
@@ -428,7 +430,8 @@ impl Identity {
                         }
                         Err(e) => tracing::warn!(
                             "the new identity files are unusable, keeping the previous \
-                             certificate: {e}"
+                             certificate: {}",
+                            with_causes(&e)
                         ),
                     }
                 }
@@ -460,6 +463,19 @@ impl Identity {
 
 fn renew_time(ttl: Duration) -> Instant {
     Instant::now() + ttl.mul_f64(RENEW_FRACTION)
+}
+
+/// An error with its causes, `a: b: c`, for log lines (errors' own messages leave their
+/// source out, so that anyhow's chain does not print it twice).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Files issued for someone else still work (the peer sees their SPIFFE ID), but say so.
