@@ -234,6 +234,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway process started elsewhere in this crate (the egress harness): `netns` is the
+    /// name of the namespace it runs in, `dir` the test directory, `args` its arguments.
+    pub(crate) fn from_parts(proc: Proc, netns: &str, dir: &Path, args: Vec<String>) -> Gateway {
+        Gateway {
+            proc,
+            netns: netns.to_string(),
+            dir: dir.to_path_buf(),
+            args,
+        }
+    }
+
     /// `GET` on one of the gateway's local ports (admin, status, stats) from inside its namespace.
     pub fn local_get(&self, port: u16, path: &str) -> CurlResult {
         Curl::in_netns(

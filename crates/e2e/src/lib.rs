@@ -20,7 +20,9 @@
 //! The "services inside the mesh" scenarios (seed 004) use [`MeshEnv`] instead: several pods on
 //! one bridge, Kubernetes Services with cluster IPs, and the tutorial's chain of apps
 //! (`apps/chain.py`); see [`mesh`]. The ingress-gateway scenarios (seed 003) use [`GatewayEnv`]:
-//! a client, `sluice gateway` and the backends in their own namespaces; see [`gateway`].
+//! a client, `sluice gateway` and the backends in their own namespaces; see [`gateway`]. The
+//! egress-gateway scenarios (seed 002) use [`EgressEnv`]: app pods with sidecars in several
+//! Kubernetes namespaces, the egress gateway and the public hosts on one bridge; see [`egress`].
 //!
 //! Each test gets a slot N (0..=255) held by a lock file in `/run/sluice-e2e/`, so parallel tests,
 //! in one process or many, never share names or subnets; a slot left behind by a killed run is
@@ -38,6 +40,8 @@
 pub mod accesslog;
 pub mod config;
 pub mod curl;
+pub mod egress;
+pub mod egress_config;
 pub mod env;
 pub mod gateway;
 pub mod gateway_config;
@@ -54,6 +58,7 @@ pub mod wait;
 pub use accesslog::AccessLogEntry;
 pub use config::ConfigDir;
 pub use curl::{Curl, CurlResult};
+pub use egress::{AppPod, EgressEnv, MeshIdentity};
 pub use env::{Hosts, TestEnv};
 pub use gateway::{Gateway, GatewayEnv};
 pub use mesh::{MeshEnv, Pod, PodSpec};
