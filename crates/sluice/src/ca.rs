@@ -71,6 +71,21 @@ pub struct IssueArgs {
     /// Trust domain of the SPIFFE ID [default: the root's O, else cluster.local].
     #[arg(long)]
     pub trust_domain: Option<String>,
+    /// Give the written files to this user (UID or UID:GID), e.g. 1337 for a sidecar that
+    /// reads them with --identity-dir; key.pem stays readable by its owner only.
+    #[arg(long, value_parser = parse_owner)]
+    pub owner: Option<(u32, Option<u32>)>,
+}
+
+fn parse_owner(s: &str) -> Result<(u32, Option<u32>), String> {
+    let bad = || format!("{s:?} is not UID or UID:GID (numbers)");
+    match s.split_once(':') {
+        Some((u, g)) => Ok((
+            u.parse().map_err(|_| bad())?,
+            Some(g.parse().map_err(|_| bad())?),
+        )),
+        None => Ok((s.parse().map_err(|_| bad())?, None)),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -135,6 +150,15 @@ fn issue(args: &IssueArgs) -> anyhow::Result<()> {
     let spiffe_id = spiffe_id_for(&trust_domain, &args.namespace, &args.service_account);
     let issued = ca.issue(&spiffe_id, args.ttl)?;
     write_workload_files(&args.out, &issued.cert_pem, &issued.key_pem, ca.root_pem())?;
+    if let Some((uid, gid)) = args.owner {
+        // The files were renamed into place first; a proxy that reads the key before it is
+        // handed over keeps its current certificate and looks again a second later.
+        for name in [ROOT_CERT_FILE, KEY_FILE, CERT_CHAIN_FILE] {
+            let path = args.out.join(name);
+            std::os::unix::fs::chown(&path, Some(uid), gid)
+                .with_context(|| format!("cannot give {} to {uid}", path.display()))?;
+        }
+    }
     println!(
         "{spiffe_id} written to {}, {} and {} (valid until {})",
         args.out.join(CERT_CHAIN_FILE).display(),

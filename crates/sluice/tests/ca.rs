@@ -303,3 +303,51 @@ fn ca_help_describes_the_subcommands() {
         "{help}"
     );
 }
+
+#[test]
+fn ca_issue_gives_the_files_to_the_sidecar_user() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("ca");
+    let out = dir.path().join("workload");
+    ok(&["ca", "init", "--dir", s(&ca)]);
+    ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        s(&ca),
+        "--namespace",
+        "student1",
+        "--service-account",
+        "api",
+        "--out",
+        s(&out),
+        "--owner",
+        "1337:1337",
+    ]);
+    use std::os::unix::fs::MetadataExt;
+    for name in ["cert-chain.pem", "key.pem", "root-cert.pem"] {
+        let meta = std::fs::metadata(out.join(name)).expect("issued file");
+        assert_eq!((meta.uid(), meta.gid()), (1337, 1337), "{name}");
+    }
+    assert_eq!(mode(&out.join("key.pem")), 0o600, "the key stays private");
+    let bad = sluice(&[
+        "ca",
+        "issue",
+        "--dir",
+        s(&ca),
+        "--namespace",
+        "a",
+        "--service-account",
+        "b",
+        "--out",
+        s(&out),
+        "--owner",
+        "sidecar",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).contains("is not UID or UID:GID"),
+        "{}",
+        text(&bad)
+    );
+}
