@@ -1,7 +1,9 @@
 //! What proxies obey: the service registry, DestinationRule policy, compiled VirtualService routes,
 //! and the routing decisions the data path asks for. Everything here is pure: no I/O, no clocks.
 
+pub mod analyze;
 pub mod cluster;
+pub mod explain;
 pub mod gateway;
 pub mod host;
 pub mod ingress;

@@ -1,0 +1,339 @@
+//! `sluice analyze`: whole-config checks in the manner of `istioctl analyze`, with Istio's
+//! message codes, levels and texts (`pkg/config/analysis/msg/messages.yaml`), so users can
+//! search for them.
+//!
+//! Each analyzer is a pure function of the decoded, valid resources; validation problems from
+//! the webhook-equivalent checks become IST0106 (errors) and IST0133 (warnings) through
+//! [`from_diagnostic`]. Problems Istio has no code for, but that sluice can prove, use codes of
+//! their own in the `SLU` range (see [`CODES`]).
+//!
+//! Istio looks at Pods; sluice has none. Where an Istio analyzer matches Pods, sluice matches the
+//! workloads the config declares instead (WorkloadEntries, ServiceEntry endpoints, Endpoints
+//! addresses), and skips checks that need running Pods: see [`SKIPPED`].
+
+mod destinations;
+mod gateways;
+mod routes;
+mod rules;
+mod service_entries;
+
+use std::fmt;
+
+use serde::Serialize;
+use sluice_api::{Diagnostic, Resource, Severity};
+
+/// How bad a [`Message`] is. Sorted Error first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Level {
+    Error,
+    Warning,
+    Info,
+}
+
+impl Level {
+    /// `Error`, `Warning` or `Info`, as istioctl prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Error => "Error",
+            Level::Warning => "Warning",
+            Level::Info => "Info",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One message type: its code, name, level and what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Code {
+    /// `IST0101`, or `SLU0001` for sluice's own.
+    pub code: &'static str,
+    /// `ReferencedResourceNotFound`.
+    pub name: &'static str,
+    pub level: Level,
+    pub description: &'static str,
+}
+
+/// IST0101.
+pub const REFERENCED_RESOURCE_NOT_FOUND: Code = Code {
+    code: "IST0101",
+    name: "ReferencedResourceNotFound",
+    level: Level::Error,
+    description: "A resource being referenced does not exist.",
+};
+/// IST0106.
+pub const SCHEMA_VALIDATION_ERROR: Code = Code {
+    code: "IST0106",
+    name: "SchemaValidationError",
+    level: Level::Error,
+    description: "The resource has a schema validation error.",
+};
+/// IST0109.
+pub const CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS: Code = Code {
+    code: "IST0109",
+    name: "ConflictingMeshGatewayVirtualServiceHosts",
+    level: Level::Error,
+    description: "Conflicting hosts on VirtualServices associated with mesh gateway",
+};
+/// IST0112.
+pub const VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED: Code = Code {
+    code: "IST0112",
+    name: "VirtualServiceDestinationPortSelectorRequired",
+    level: Level::Error,
+    description: "A VirtualService routes to a service with more than one port exposed, but does not specify which to use.",
+};
+/// IST0128.
+pub const NO_SERVER_CERTIFICATE_VERIFICATION_DESTINATION_LEVEL: Code = Code {
+    code: "IST0128",
+    name: "NoServerCertificateVerificationDestinationLevel",
+    level: Level::Warning,
+    description: "No caCertificates are set in DestinationRule, this results in no verification of presented server certificate.",
+};
+/// IST0129.
+pub const NO_SERVER_CERTIFICATE_VERIFICATION_PORT_LEVEL: Code = Code {
+    code: "IST0129",
+    name: "NoServerCertificateVerificationPortLevel",
+    level: Level::Warning,
+    description: "No caCertificates are set in DestinationRule, this results in no verification of presented server certificate for traffic to a given port.",
+};
+/// IST0130.
+pub const VIRTUAL_SERVICE_UNREACHABLE_RULE: Code = Code {
+    code: "IST0130",
+    name: "VirtualServiceUnreachableRule",
+    level: Level::Warning,
+    description:
+        "A VirtualService rule will never be used because a previous rule uses the same match.",
+};
+/// IST0131.
+pub const VIRTUAL_SERVICE_INEFFECTIVE_MATCH: Code = Code {
+    code: "IST0131",
+    name: "VirtualServiceIneffectiveMatch",
+    level: Level::Info,
+    description: "A VirtualService rule match duplicates a match in a previous rule.",
+};
+/// IST0132.
+pub const VIRTUAL_SERVICE_HOST_NOT_FOUND_IN_GATEWAY: Code = Code {
+    code: "IST0132",
+    name: "VirtualServiceHostNotFoundInGateway",
+    level: Level::Warning,
+    description: "Host defined in VirtualService not found in Gateway.",
+};
+/// IST0133.
+pub const SCHEMA_WARNING: Code = Code {
+    code: "IST0133",
+    name: "SchemaWarning",
+    level: Level::Warning,
+    description: "The resource has a schema validation warning.",
+};
+/// IST0134.
+pub const SERVICE_ENTRY_ADDRESSES_REQUIRED: Code = Code {
+    code: "IST0134",
+    name: "ServiceEntryAddressesRequired",
+    level: Level::Warning,
+    description: "Virtual IP addresses are required for ports serving TCP (or unset) protocol",
+};
+/// IST0145.
+pub const CONFLICTING_GATEWAYS: Code = Code {
+    code: "IST0145",
+    name: "ConflictingGateways",
+    level: Level::Error,
+    description: "Gateway should not have the same selector, port and matched hosts of server",
+};
+/// IST0161.
+pub const INVALID_GATEWAY_CREDENTIAL: Code = Code {
+    code: "IST0161",
+    name: "InvalidGatewayCredential",
+    level: Level::Error,
+    description: "The credential provided for the Gateway resource is invalid",
+};
+/// IST0162.
+pub const GATEWAY_PORT_NOT_DEFINED_ON_SERVICE: Code = Code {
+    code: "IST0162",
+    name: "GatewayPortNotDefinedOnService",
+    level: Level::Warning,
+    description: "Gateway port not exposed by service",
+};
+/// IST0173.
+pub const DESTINATION_RULE_SUBSET_NOT_SELECT_PODS: Code = Code {
+    code: "IST0173",
+    name: "DestinationRuleSubsetNotSelectPods",
+    level: Level::Error,
+    description:
+        "A subset of a DestinationRule selects no workload; requests routed to it get 503 UH.",
+};
+/// IST0174.
+pub const UNKNOWN_DESTINATION_RULE_HOST: Code = Code {
+    code: "IST0174",
+    name: "UnknownDestinationRuleHost",
+    level: Level::Warning,
+    description: "The host of a DestinationRule matches no service in the registry.",
+};
+/// IST0177.
+pub const CONFLICTING_SERVICE_ENTRY_PROTOCOL: Code = Code {
+    code: "IST0177",
+    name: "ConflictingServiceEntryProtocol",
+    level: Level::Warning,
+    description: "Several ServiceEntries visible in one namespace give the same host and port different protocols.",
+};
+/// SLU0001: sluice's own; Istio has no analyzer for it (seed 004).
+pub const DESTINATION_PORT_PINNED_TO_ONLY_SERVICE_PORT: Code = Code {
+    code: "SLU0001",
+    name: "DestinationPortPinnedToOnlyServiceEntryPort",
+    level: Level::Warning,
+    description: "An HTTP route names a ServiceEntry host without a port, and the ServiceEntry declares a single port that is not the protocol's usual one: every request for the host goes to that port, whatever port the client called.",
+};
+
+/// Every code `sluice analyze` can report, in code order.
+pub const CODES: &[Code] = &[
+    REFERENCED_RESOURCE_NOT_FOUND,
+    SCHEMA_VALIDATION_ERROR,
+    CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS,
+    VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
+    NO_SERVER_CERTIFICATE_VERIFICATION_DESTINATION_LEVEL,
+    NO_SERVER_CERTIFICATE_VERIFICATION_PORT_LEVEL,
+    VIRTUAL_SERVICE_UNREACHABLE_RULE,
+    VIRTUAL_SERVICE_INEFFECTIVE_MATCH,
+    VIRTUAL_SERVICE_HOST_NOT_FOUND_IN_GATEWAY,
+    SCHEMA_WARNING,
+    SERVICE_ENTRY_ADDRESSES_REQUIRED,
+    CONFLICTING_GATEWAYS,
+    INVALID_GATEWAY_CREDENTIAL,
+    GATEWAY_PORT_NOT_DEFINED_ON_SERVICE,
+    DESTINATION_RULE_SUBSET_NOT_SELECT_PODS,
+    UNKNOWN_DESTINATION_RULE_HOST,
+    CONFLICTING_SERVICE_ENTRY_PROTOCOL,
+    DESTINATION_PORT_PINNED_TO_ONLY_SERVICE_PORT,
+];
+
+/// Istio checks `sluice analyze` does not make, and why.
+pub const SKIPPED: &[(&str, &str)] = &[
+    (
+        "IST0101 Gateway selector",
+        "a Gateway selector matching no Pod: sluice has no Pods; gateway proxies are `sluice gateway --labels`, which the config does not list",
+    ),
+    (
+        "IST0134 DNS auto-allocation",
+        "ISTIO_META_DNS_CAPTURE/AUTO_ALLOCATE are not read: the warning is given whenever addresses are missing",
+    ),
+];
+
+/// One finding, printed as istioctl does:
+/// `Error [IST0101] (VirtualService default/reviews file.yaml:12) Referenced host not found: "reviews"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    pub code: &'static str,
+    pub name: &'static str,
+    pub level: Level,
+    /// `Kind ns/name`, when the problem belongs to a resource.
+    pub origin: Option<String>,
+    pub file: String,
+    /// 0 when unknown.
+    pub line: u32,
+    pub text: String,
+}
+
+impl Message {
+    /// A message about `field` of `res`, on that field's line.
+    pub fn at(code: &Code, res: &Resource, field: &str, text: impl Into<String>) -> Message {
+        Message {
+            code: code.code,
+            name: code.name,
+            level: code.level,
+            origin: Some(format!("{} {}", res.kind, res.key())),
+            file: res.origin.file.display().to_string(),
+            line: res.origin.line_of(field),
+            text: text.into(),
+        }
+    }
+
+    /// `file:line`, or `file` when the line is unknown.
+    pub fn reference(&self) -> String {
+        if self.line == 0 {
+            self.file.clone()
+        } else {
+            format!("{}:{}", self.file, self.line)
+        }
+    }
+
+    /// Istio's documentation page for the code (none for sluice's own codes).
+    pub fn documentation_url(&self) -> Option<String> {
+        self.code.starts_with("IST").then(|| {
+            format!(
+                "https://istio.io/latest/docs/reference/config/analysis/{}/",
+                self.code.to_ascii_lowercase()
+            )
+        })
+    }
+}
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}] (", self.level, self.code)?;
+        if let Some(o) = &self.origin {
+            write!(f, "{o} ")?;
+        }
+        write!(f, "{}) {}", self.reference(), self.text)
+    }
+}
+
+/// A decode or validation diagnostic as IST0106 (error) or IST0133 (warning).
+pub fn from_diagnostic(d: &Diagnostic) -> Message {
+    let (code, prefix) = match d.severity {
+        Severity::Error => (&SCHEMA_VALIDATION_ERROR, "Schema validation error"),
+        Severity::Warning => (&SCHEMA_WARNING, "Schema validation warning"),
+    };
+    let detail = if d.field.is_empty() {
+        d.message.clone()
+    } else {
+        format!("{}: {}", d.field, d.message)
+    };
+    Message {
+        code: code.code,
+        name: code.name,
+        level: code.level,
+        origin: d.resource.clone(),
+        file: d.file.clone(),
+        line: d.line,
+        text: format!("{prefix}: {detail}"),
+    }
+}
+
+/// Every whole-config problem in `resources` (decoded and valid), sorted with [`sort`].
+pub fn analyze(resources: &[Resource]) -> Vec<Message> {
+    let mut out = Vec::new();
+    destinations::check(resources, &mut out);
+    gateways::check(resources, &mut out);
+    routes::check(resources, &mut out);
+    rules::check(resources, &mut out);
+    service_entries::check(resources, &mut out);
+    sort(&mut out);
+    out
+}
+
+/// Sorts by level (errors first), code, resource, file and line, and drops duplicates.
+pub fn sort(messages: &mut Vec<Message>) {
+    messages.sort_by(|a, b| {
+        (a.level, a.code, &a.origin, &a.file, a.line, &a.text)
+            .cmp(&(b.level, b.code, &b.origin, &b.file, b.line, &b.text))
+    });
+    messages.dedup();
+}
+
+/// Go's `%v` of a slice: `[a b c]`.
+fn go_list<T: fmt::Display>(items: &[T]) -> String {
+    let parts: Vec<String> = items.iter().map(ToString::to_string).collect();
+    format!("[{}]", parts.join(" "))
+}
+
+/// A label selector as Kubernetes prints it: `k=v,k2=v2` (keys sorted).
+fn selector_string(labels: &sluice_api::networking::Labels) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

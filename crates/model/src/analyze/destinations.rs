@@ -1,0 +1,207 @@
+//! VirtualService destinations: hosts the registry does not know (IST0101 `host`, `mirror host`,
+//! `host:port`), subsets no DestinationRule defines (IST0101 `host+subset in destinationrule`),
+//! multi-port services without a port at a gateway (IST0112), and a portless HTTP route to a
+//! single-port ServiceEntry whose port is not the usual one (SLU0001, seed 004).
+//!
+//! Hosts are matched exactly, as the data path resolves destinations: a concrete name under a
+//! wildcard ServiceEntry host has no cluster (503 NC). `exportTo` is not applied: a reference is
+//! reported only when it fails for every proxy.
+
+use std::sync::Arc;
+
+use sluice_api::networking::{Destination, DestinationRule, VirtualService};
+use sluice_api::{Resource, Spec};
+
+use super::{
+    go_list, Message, DESTINATION_PORT_PINNED_TO_ONLY_SERVICE_PORT, REFERENCED_RESOURCE_NOT_FOUND,
+    VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
+};
+use crate::host;
+use crate::references::surprising_single_port;
+use crate::registry::{self, Protocol, Service};
+
+/// Which kind of reference a destination is, for IST0101's wording.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// An HTTP route destination (SLU0001 applies).
+    HttpRoute,
+    /// A TLS or TCP route destination.
+    StreamRoute,
+    Mirror,
+}
+
+struct Context<'a> {
+    services: Vec<Arc<Service>>,
+    rules: Vec<(&'a DestinationRule, String)>,
+}
+
+pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
+    let ctx = Context {
+        services: registry::services_from(resources),
+        rules: resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::DestinationRule(dr) => {
+                    Some((dr, host::resolve_short_name(&dr.host, &r.meta.namespace)))
+                }
+                _ => None,
+            })
+            .collect(),
+    };
+    for res in resources {
+        let Spec::VirtualService(vs) = &res.spec else {
+            continue;
+        };
+        for (field, dest, role) in destinations(vs) {
+            check_destination(&ctx, res, vs, &field, dest, role, out);
+        }
+    }
+}
+
+/// Every destination of a VirtualService with its field path.
+fn destinations(vs: &VirtualService) -> Vec<(String, &Destination, Role)> {
+    let mut out = Vec::new();
+    for (i, r) in vs.http.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((
+                format!("spec.http[{i}].route[{j}].destination"),
+                &d.destination,
+                Role::HttpRoute,
+            ));
+        }
+        if let Some(m) = &r.mirror {
+            out.push((format!("spec.http[{i}].mirror"), m, Role::Mirror));
+        }
+        for (k, m) in r.mirrors.iter().enumerate() {
+            out.push((
+                format!("spec.http[{i}].mirrors[{k}].destination"),
+                &m.destination,
+                Role::Mirror,
+            ));
+        }
+    }
+    for (i, r) in vs.tls.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((
+                format!("spec.tls[{i}].route[{j}].destination"),
+                &d.destination,
+                Role::StreamRoute,
+            ));
+        }
+    }
+    for (i, r) in vs.tcp.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((
+                format!("spec.tcp[{i}].route[{j}].destination"),
+                &d.destination,
+                Role::StreamRoute,
+            ));
+        }
+    }
+    out
+}
+
+/// True when some match block or the VirtualService itself binds to a Gateway (not `mesh`).
+fn binds_to_gateway(vs: &VirtualService) -> bool {
+    vs.gateways.iter().any(|g| g != "mesh")
+}
+
+fn check_destination(
+    ctx: &Context<'_>,
+    res: &Resource,
+    vs: &VirtualService,
+    field: &str,
+    dest: &Destination,
+    role: Role,
+    out: &mut Vec<Message>,
+) {
+    let written = dest.host_name();
+    let fqdn = host::resolve_short_name(written, &res.meta.namespace);
+    let host_field = format!("{field}.host");
+    if let Some(subset) = dest.subset.as_deref().filter(|s| !s.is_empty()) {
+        let defined = ctx
+            .rules
+            .iter()
+            .filter(|(_, h)| host::matches(h, &fqdn))
+            .any(|(dr, _)| dr.subsets.iter().any(|s| s.name == subset));
+        if !defined {
+            let kind = if role == Role::Mirror {
+                "mirror+subset in destinationrule"
+            } else {
+                "host+subset in destinationrule"
+            };
+            out.push(Message::at(
+                &REFERENCED_RESOURCE_NOT_FOUND,
+                res,
+                &format!("{field}.subset"),
+                format!(
+                    "Referenced {kind} not found: {:?}",
+                    format!("{written}+{subset}")
+                ),
+            ));
+        }
+    }
+    let Some(svc) = ctx.services.iter().find(|s| *s.hostname == *fqdn) else {
+        let kind = if role == Role::Mirror {
+            "mirror host"
+        } else {
+            "host"
+        };
+        out.push(Message::at(
+            &REFERENCED_RESOURCE_NOT_FOUND,
+            res,
+            &host_field,
+            format!("Referenced {kind} not found: {written:?}"),
+        ));
+        return;
+    };
+    let port = dest.port.as_ref().map(|p| p.number).filter(|n| *n != 0);
+    match port {
+        Some(n) => {
+            if !svc.ports.iter().any(|p| u32::from(p.number) == n) {
+                out.push(Message::at(
+                    &REFERENCED_RESOURCE_NOT_FOUND,
+                    res,
+                    &format!("{field}.port"),
+                    format!(
+                        "Referenced host:port not found: {:?}",
+                        format!("{written}:{n}")
+                    ),
+                ));
+            }
+        }
+        None => {
+            // In a sidecar a portless destination uses the port the client called; at a gateway
+            // that is the gateway's listening port, which the service rarely has (503 NC).
+            if svc.ports.len() > 1 && binds_to_gateway(vs) {
+                let ports: Vec<u16> = svc.ports.iter().map(|p| p.number).collect();
+                out.push(Message::at(
+                    &VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
+                    res,
+                    &host_field,
+                    format!(
+                        "This VirtualService routes to a service {written:?} that exposes multiple ports {}. Specifying a port in the destination is required to disambiguate.",
+                        go_list(&ports)
+                    ),
+                ));
+            }
+            if role == Role::HttpRoute {
+                if let Some(only) = surprising_single_port(svc) {
+                    let usual = match svc.ports[0].protocol {
+                        Protocol::Https | Protocol::Tls => 443,
+                        _ => 80,
+                    };
+                    out.push(Message::at(
+                        &DESTINATION_PORT_PINNED_TO_ONLY_SERVICE_PORT,
+                        res,
+                        &host_field,
+                        format!(
+                            "Destination {written:?} has no port: every request for this host goes to port {only}, the ServiceEntry's only port, whatever port the client called; clients calling port {usual} fail. Declare port {usual} in {} or set destination.port.",
+                            svc.source
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}

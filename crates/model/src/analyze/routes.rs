@@ -1,0 +1,258 @@
+//! VirtualService rules: several mesh VirtualServices for one host (IST0109), rules that can
+//! never be used (IST0130) and match blocks an earlier one already covers (IST0131), as Istio's
+//! `AnalyzeUnreachableHTTPRules`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+use sluice_api::networking::{HttpMatchRequest, HttpRoute, VirtualService};
+use sluice_api::{Resource, Spec};
+
+use super::{
+    Message, CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS, VIRTUAL_SERVICE_INEFFECTIVE_MATCH,
+    VIRTUAL_SERVICE_UNREACHABLE_RULE,
+};
+use crate::host;
+use crate::registry::ExportTo;
+
+pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
+    mesh_host_conflicts(resources, out);
+    for res in resources {
+        if let Spec::VirtualService(vs) = &res.spec {
+            unreachable_rules(res, vs, out);
+        }
+    }
+}
+
+fn binds_to_mesh(vs: &VirtualService) -> bool {
+    vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")
+}
+
+fn scopes_overlap(a: &ExportTo, b: &ExportTo) -> bool {
+    match (a, b) {
+        (ExportTo::All, ExportTo::All) => true,
+        (ExportTo::All, ExportTo::Namespaces(n)) | (ExportTo::Namespaces(n), ExportTo::All) => {
+            !n.is_empty()
+        }
+        (ExportTo::Namespaces(x), ExportTo::Namespaces(y)) => x.iter().any(|n| y.contains(n)),
+    }
+}
+
+/// IST0109. Sidecars do not merge VirtualServices: only the oldest one's `http` rules for a host
+/// are used, so only VirtualServices with `http` rules are compared.
+fn mesh_host_conflicts(resources: &[Resource], out: &mut Vec<Message>) {
+    let mut by_host: BTreeMap<String, Vec<(&Resource, ExportTo)>> = BTreeMap::new();
+    for res in resources {
+        let Spec::VirtualService(vs) = &res.spec else {
+            continue;
+        };
+        if !binds_to_mesh(vs) || vs.http.is_empty() {
+            continue;
+        }
+        let scope = ExportTo::parse(&vs.export_to, &res.meta.namespace);
+        for h in &vs.hosts {
+            let fqdn = host::resolve_short_name(h, &res.meta.namespace);
+            let list = by_host.entry(fqdn).or_default();
+            if !list.iter().any(|(r, _)| r.key() == res.key()) {
+                list.push((res, scope.clone()));
+            }
+        }
+    }
+    for (host, list) in by_host {
+        for (i, (res, scope)) in list.iter().enumerate() {
+            let mut names: Vec<String> = list
+                .iter()
+                .enumerate()
+                .filter(|(j, (_, other))| *j != i && scopes_overlap(scope, other))
+                .map(|(_, (r, _))| r.key())
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            names.push(res.key());
+            names.sort();
+            out.push(Message::at(
+                &CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS,
+                res,
+                "spec.hosts",
+                format!(
+                    "The VirtualServices {} associated with mesh gateway define the same host {host} which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.",
+                    names.join(",")
+                ),
+            ));
+        }
+    }
+}
+
+/// `"name"` for a named HTTP rule, else `#index`.
+fn rule_name(name: Option<&str>, index: usize) -> String {
+    match name.filter(|n| !n.is_empty()) {
+        Some(n) => format!("{n:?}"),
+        None => format!("#{index}"),
+    }
+}
+
+/// A match block's identity for duplicate detection (Istio compares their JSON).
+fn as_json<T: serde::Serialize>(m: &T) -> String {
+    serde_json::to_string(m).unwrap_or_default()
+}
+
+/// A prefix-only-different match: its `uri.prefix` and the rest of the block, for overlap checks.
+struct PrefixMatch {
+    prefix: String,
+    rest: Value,
+    rule: String,
+    matchno: String,
+    rule_index: usize,
+    match_index: usize,
+}
+
+fn prefix_match(
+    m: &HttpMatchRequest,
+    rule: &str,
+    i: usize,
+    j: usize,
+    matchno: String,
+) -> Option<PrefixMatch> {
+    let prefix = m.uri.as_ref()?.prefix.clone()?;
+    let mut rest = serde_json::to_value(m).ok()?;
+    if let Value::Object(map) = &mut rest {
+        map.remove("uri");
+        map.remove("name");
+    }
+    Some(PrefixMatch {
+        prefix,
+        rest,
+        rule: rule.to_string(),
+        matchno,
+        rule_index: i,
+        match_index: j,
+    })
+}
+
+struct Reporter<'a> {
+    res: &'a Resource,
+    kind: &'static str,
+    out: &'a mut Vec<Message>,
+}
+
+impl Reporter<'_> {
+    fn unreachable(&mut self, i: usize, rule: &str, reason: &str) {
+        self.out.push(Message::at(
+            &VIRTUAL_SERVICE_UNREACHABLE_RULE,
+            self.res,
+            &format!("spec.{}[{i}]", self.kind),
+            format!("VirtualService rule {rule} not used ({reason})."),
+        ));
+    }
+
+    fn ineffective(&mut self, i: usize, j: usize, rule: &str, matchno: &str, dup: &str) {
+        self.out.push(Message::at(
+            &VIRTUAL_SERVICE_INEFFECTIVE_MATCH,
+            self.res,
+            &format!("spec.{}[{i}].match[{j}]", self.kind),
+            format!(
+                "VirtualService rule {rule} match {matchno} is not used (duplicate/overlapping match in rule {dup})."
+            ),
+        ));
+    }
+}
+
+fn unreachable_rules(res: &Resource, vs: &VirtualService, out: &mut Vec<Message>) {
+    let mut r = Reporter {
+        res,
+        kind: "http",
+        out,
+    };
+    http_rules(&vs.http, &mut r);
+    let tcp: Vec<(Vec<String>, usize)> = vs
+        .tcp
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.matches.iter().map(as_json).collect(), i))
+        .collect();
+    r.kind = "tcp";
+    stream_rules(&tcp, &mut r);
+    let tls: Vec<(Vec<String>, usize)> = vs
+        .tls
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.matches.iter().map(as_json).collect(), i))
+        .collect();
+    r.kind = "tls";
+    stream_rules(&tls, &mut r);
+}
+
+fn http_rules(routes: &[HttpRoute], r: &mut Reporter<'_>) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut empty_seen = false;
+    let mut prefixes: Vec<PrefixMatch> = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        let name = rule_name(route.name.as_deref(), i);
+        if route.matches.is_empty() {
+            if empty_seen {
+                r.unreachable(i, &name, "only the last rule can have no matches");
+            }
+            empty_seen = true;
+            continue;
+        }
+        if empty_seen {
+            r.unreachable(i, &name, "route without matches defined before");
+            continue;
+        }
+        let mut duplicates = 0;
+        for (j, m) in route.matches.iter().enumerate() {
+            let matchno = rule_name(m.name.as_deref(), j);
+            let key = as_json(m);
+            if let Some(&dup) = seen.get(&key) {
+                let dup_name = rule_name(routes[dup].name.as_deref(), dup);
+                r.ineffective(i, j, &name, &matchno, &dup_name);
+                duplicates += 1;
+                continue;
+            }
+            seen.insert(key, i);
+            prefixes.extend(prefix_match(m, &name, i, j, matchno));
+        }
+        if duplicates == route.matches.len() {
+            r.unreachable(i, &name, "all matches used by prior rules");
+        }
+    }
+    // An earlier prefix covers a later, longer one with otherwise identical conditions.
+    for (a_idx, a) in prefixes.iter().enumerate() {
+        for b in &prefixes[a_idx + 1..] {
+            if a.prefix != b.prefix && b.prefix.starts_with(&a.prefix) && a.rest == b.rest {
+                let matchno = format!("{} of prefix {}", b.matchno, b.prefix);
+                let dup = format!("{} of prefix {} on {}", a.matchno, a.prefix, a.rule);
+                r.ineffective(b.rule_index, b.match_index, &b.rule, &matchno, &dup);
+            }
+        }
+    }
+}
+
+/// TCP and TLS rules: the same analysis without names or prefixes.
+fn stream_rules(rules: &[(Vec<String>, usize)], r: &mut Reporter<'_>) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut empty_seen = false;
+    for (matches, i) in rules {
+        let name = format!("#{i}");
+        if matches.is_empty() {
+            if empty_seen {
+                r.unreachable(*i, &name, "only the last rule can have no matches");
+            }
+            empty_seen = true;
+            continue;
+        }
+        let mut duplicates = 0;
+        for (j, key) in matches.iter().enumerate() {
+            if let Some(&dup) = seen.get(key.as_str()) {
+                r.ineffective(*i, j, &name, &format!("#{j}"), &format!("#{dup}"));
+                duplicates += 1;
+            } else {
+                seen.insert(key, *i);
+            }
+        }
+        if duplicates == matches.len() {
+            r.unreachable(*i, &name, "all matches used by prior rules");
+        }
+    }
+}
