@@ -2,7 +2,9 @@
 # Installs what the tests need on a Debian 12 machine, non-interactively; does nothing that is
 # already done. Run as root (the end-to-end tests need root anyway).
 #   - Debian packages: iproute2 (ip netns), iptables, dnsmasq-base (the dnsmasq binary without a
-#     system service), curl, openssl, util-linux (setpriv), procps
+#     system service), curl, openssl, util-linux (setpriv), procps, and for the dashboard test
+#     prometheus (the tests run /usr/bin/prometheus themselves, in a test namespace; the package's
+#     own prometheus.service is not used) and chromium (headless, to load the dashboard page)
 #   - a Python venv with httpbin + gunicorn (scripts/requirements-test.txt) at $SLUICE_TEST_VENV,
 #     default <repo>/.venv
 #   - cargo-nextest, rustfmt and clippy if the toolchain lacks them
@@ -28,6 +30,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin
 declare -A pkg_for=(
     [ip]=iproute2 [iptables]=iptables [iptables-save]=iptables [dnsmasq]=dnsmasq-base [curl]=curl
     [openssl]=openssl [setpriv]=util-linux [ps]=procps [sed]=sed
+    [prometheus]=prometheus [chromium]=chromium
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
@@ -40,8 +43,8 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     log "installing Debian packages: ${missing[*]}"
-    as_root apt-get update -q
-    as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # --- Python venv with httpbin and gunicorn --------------------------------------------------------

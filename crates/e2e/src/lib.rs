@@ -40,6 +40,7 @@
 pub mod accesslog;
 pub mod config;
 pub mod curl;
+pub mod dashboard;
 pub mod egress;
 pub mod egress_config;
 pub mod env;

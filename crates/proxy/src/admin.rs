@@ -3,8 +3,10 @@
 //!
 //! The admin API mirrors the Envoy endpoints that `istioctl proxy-config`, operators' scripts and
 //! Prometheus use (`/config_dump`, `/clusters`, `/listeners`, `/stats`, `/stats/prometheus`, `/ready`,
-//! `/server_info`, `POST /quitquitquit`). As in Envoy, endpoints that change the server must be POSTed;
-//! a GET on them answers 400. What the proxy knows (config, clusters, readiness) comes from an
+//! `/server_info`, `/certs`, `/logging`, `POST /quitquitquit`, `POST /drain_listeners`,
+//! `POST /healthcheck/fail|ok`). As in Envoy, endpoints that change the server must be POSTed; a
+//! GET on them answers 400. What operators can change at run time (log levels, draining, the
+//! health override) lives in [`AdminControls`], shared with the health port. What the proxy knows (config, clusters, readiness) comes from an
 //! [`AdminSource`] the data plane implements, so this module depends on no data-path type.
 
 use std::collections::HashMap;
@@ -28,6 +30,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::identity::{describe_der, Identity};
+use crate::telemetry::accesslog::format_start_time;
 use crate::telemetry::metrics::{Metrics, PROMETHEUS_CONTENT_TYPE};
 
 const TEXT: &str = "text/plain; charset=UTF-8";
@@ -106,6 +110,80 @@ impl QuitSignal {
     }
 }
 
+// === Operator controls ===
+
+/// Changes sluice's own log filter (the process's `tracing` subscriber). The binary installs one
+/// (a `tracing_subscriber` reload handle); `POST /logging` drives it.
+pub trait LogControl: Send + Sync + 'static {
+    /// The filter the process started with, in `EnvFilter` syntax (`info`,
+    /// `info,sluice_proxy=debug`).
+    fn initial(&self) -> String;
+    /// Replaces the filter. Errors say why the directives were refused.
+    fn apply(&self, directives: &str) -> Result<(), String>;
+}
+
+/// Fired by `POST /drain_listeners`: the data-plane listeners stop accepting (open connections
+/// are served to their end), `/ready` and `/healthz/ready` answer 503. Sticky, like [`QuitSignal`].
+#[derive(Clone, Debug, Default)]
+pub struct DrainSignal(QuitSignal);
+
+impl DrainSignal {
+    /// A signal that has not fired.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Starts draining.
+    pub fn trigger(&self) {
+        self.0.trigger();
+    }
+    /// True once draining.
+    pub fn is_triggered(&self) -> bool {
+        self.0.is_triggered()
+    }
+    /// Completes when draining starts (at once if it has).
+    pub async fn triggered(&self) {
+        self.0.triggered().await;
+    }
+}
+
+/// Set by `POST /healthcheck/fail`, cleared by `POST /healthcheck/ok`: `/healthz/ready` answers
+/// 503 while set, without touching traffic (Envoy's health-check filter override).
+#[derive(Clone, Debug, Default)]
+pub struct HealthOverride(Arc<AtomicBool>);
+
+impl HealthOverride {
+    /// Marks the proxy as failing (`true`) or healthy again (`false`).
+    pub fn set_failing(&self, failing: bool) {
+        self.0.store(failing, Ordering::SeqCst);
+    }
+    /// True after `POST /healthcheck/fail`.
+    pub fn is_failing(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What operators can change or inspect at run time beyond [`AdminSource`]. The default has no
+/// log control (so `POST /logging` answers 501) and no identity (`/certs` lists none).
+#[derive(Clone, Default)]
+pub struct AdminControls {
+    pub drain: DrainSignal,
+    pub health: HealthOverride,
+    pub log: Option<Arc<dyn LogControl>>,
+    /// The mesh identity shown by `/certs`.
+    pub identity: Option<Arc<Identity>>,
+}
+
+impl std::fmt::Debug for AdminControls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminControls")
+            .field("drain", &self.drain)
+            .field("health", &self.health)
+            .field("log", &self.log.is_some())
+            .field("identity", &self.identity.as_ref().map(|i| i.spiffe_id()))
+            .finish()
+    }
+}
+
 // === Servers ===
 
 type Handler = Arc<dyn Fn(&Parts) -> Response<Full<Bytes>> + Send + Sync>;
@@ -120,11 +198,40 @@ pub async fn serve_admin(
     quit: QuitSignal,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_admin_with(
+        listener,
+        source,
+        metrics,
+        quit,
+        AdminControls::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_admin`] with the operator controls: `/logging`, `/drain_listeners`,
+/// `/healthcheck/fail|ok` and `/certs` act on `controls`.
+pub async fn serve_admin_with(
+    listener: TcpListener,
+    source: Arc<dyn AdminSource>,
+    metrics: Arc<Metrics>,
+    quit: QuitSignal,
+    controls: AdminControls,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let levels = LogLevels::parse(
+        &controls
+            .log
+            .as_ref()
+            .map_or_else(|| "info".to_string(), |l| l.initial()),
+    );
     let admin = Arc::new(Admin {
         source,
         metrics,
         quit,
         started: Instant::now(),
+        controls,
+        levels: std::sync::Mutex::new(levels),
     });
     let handler: Handler = Arc::new(move |parts: &Parts| admin.handle(parts));
     serve_http(listener, handler, shutdown).await
@@ -137,9 +244,30 @@ pub async fn serve_status(
     source: Arc<dyn AdminSource>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_status_with(listener, source, AdminControls::default(), shutdown).await
+}
+
+/// [`serve_status`] that also answers 503 while draining (`POST /drain_listeners`) or after
+/// `POST /healthcheck/fail`.
+pub async fn serve_status_with(
+    listener: TcpListener,
+    source: Arc<dyn AdminSource>,
+    controls: AdminControls,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let handler: Handler = Arc::new(move |parts: &Parts| {
         if parts.uri.path() != "/healthz/ready" {
             return respond(StatusCode::NOT_FOUND, TEXT, "not found\n");
+        }
+        if controls.drain.is_triggered() {
+            return respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "DRAINING\n");
+        }
+        if controls.health.is_failing() {
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                "health check failed (POST /healthcheck/fail)\n",
+            );
         }
         if source.is_ready() {
             respond(StatusCode::OK, TEXT, "")
@@ -254,15 +382,35 @@ struct Admin {
     metrics: Arc<Metrics>,
     quit: QuitSignal,
     started: Instant,
+    controls: AdminControls,
+    /// What `/logging` reports and last applied.
+    levels: std::sync::Mutex<LogLevels>,
 }
 
 /// (path, mutates server state, help text), in Envoy's help order.
 const ENDPOINTS: &[(&str, bool, &str)] = &[
     ("/", false, "Admin home page"),
+    ("/certs", false, "print certs on machine (the mesh identity, JSON)"),
     ("/clusters", false, "upstream cluster status (?format=json)"),
     ("/config_dump", false, "dump current configuration"),
+    (
+        "/drain_listeners",
+        true,
+        "stop accepting on the data-plane listeners; open connections are served to their end, /ready and /healthz/ready answer 503",
+    ),
+    (
+        "/healthcheck/fail",
+        true,
+        "cause /healthz/ready to answer 503 (traffic is not affected)",
+    ),
+    ("/healthcheck/ok", true, "cause /healthz/ready to answer normally again"),
     ("/help", false, "print out list of admin commands"),
     ("/listeners", false, "print listener info (?format=json)"),
+    (
+        "/logging",
+        false,
+        "list log levels (GET); POST ?level=<level> sets all, ?<logger>=<level> or ?paths=<logger>:<level>,... sets some",
+    ),
     ("/quitquitquit", true, "exit the server"),
     (
         "/ready",
@@ -346,19 +494,78 @@ impl Admin {
                 self.quit.trigger();
                 respond(StatusCode::OK, TEXT, "OK\n")
             }
+            "/drain_listeners" => {
+                if !self.controls.drain.is_triggered() {
+                    tracing::info!("draining listeners (POST /drain_listeners)");
+                }
+                self.controls.drain.trigger();
+                respond(StatusCode::OK, TEXT, "OK\n")
+            }
+            "/healthcheck/fail" => {
+                self.controls.health.set_failing(true);
+                respond(StatusCode::OK, TEXT, "OK\n")
+            }
+            "/healthcheck/ok" => {
+                self.controls.health.set_failing(false);
+                respond(StatusCode::OK, TEXT, "OK\n")
+            }
+            "/logging" => self.logging(parts, &query),
+            "/certs" => respond_json(&certs_json(self.controls.identity.as_deref())),
             _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
         }
     }
 
     /// Envoy's server state names.
     fn state(&self) -> &'static str {
-        if self.quit.is_triggered() {
+        if self.quit.is_triggered() || self.controls.drain.is_triggered() {
             "DRAINING"
         } else if self.source.is_ready() {
             "LIVE"
         } else {
             "INITIALIZING"
         }
+    }
+
+    /// Envoy's `/logging`: lists loggers; a POST with `level=`, `<logger>=` or `paths=` changes
+    /// them and answers with the new list.
+    fn logging(&self, parts: &Parts, query: &HashMap<String, String>) -> Response<Full<Bytes>> {
+        let mut levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
+        if query.is_empty() {
+            return respond(StatusCode::OK, TEXT, levels.render());
+        }
+        if parts.method != Method::POST {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                TEXT,
+                format!("Method {} not allowed, POST required.\n", parts.method),
+            );
+        }
+        let Some(control) = &self.controls.log else {
+            return respond(
+                StatusCode::NOT_IMPLEMENTED,
+                TEXT,
+                "this process's log filter cannot be changed\n",
+            );
+        };
+        let mut next = levels.clone();
+        if let Err(e) = next.update(query) {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                TEXT,
+                format!("error: {e}\n{}", LogLevels::USAGE),
+            );
+        }
+        let directives = next.directives();
+        if let Err(e) = control.apply(&directives) {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                TEXT,
+                format!("error: log filter {directives:?} refused: {e}\n"),
+            );
+        }
+        tracing::info!("log levels changed: {directives}");
+        *levels = next;
+        respond(StatusCode::OK, TEXT, levels.render())
     }
 
     fn prometheus(&self) -> Response<Full<Bytes>> {
@@ -423,6 +630,244 @@ impl Admin {
                 format!("usage: /stats?format=(text|json|prometheus); unknown format {other:?}\n"),
             ),
         }
+    }
+}
+
+// === Config dump helpers ===
+
+/// A cluster as `/config_dump` shows it: its model fields plus what `sluice proxy-config cluster`
+/// prints (`service` FQDN, `direction`, Envoy cluster `type`).
+pub fn cluster_config(c: &sluice_model::Cluster) -> serde_json::Value {
+    use sluice_model::registry::Resolution;
+    let mut v = serde_json::to_value(c).unwrap_or_else(|_| serde_json::json!({}));
+    let ty = match c.service.resolution {
+        Resolution::Static => "EDS",
+        Resolution::Dns => "STRICT_DNS",
+        Resolution::DnsRoundRobin => "LOGICAL_DNS",
+        Resolution::None => "ORIGINAL_DST",
+        Resolution::DynamicDns => "DYNAMIC_DNS",
+    };
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("service".into(), c.service.hostname.as_ref().into());
+        obj.insert("direction".into(), "outbound".into());
+        obj.insert("type".into(), ty.into());
+    }
+    v
+}
+
+/// The request matches of a route rule in `istioctl proxy-config route` notation: `/prefix*`,
+/// an exact path, `PathPrefix:/x`, `regex <re>`; `/*` for a rule that matches everything.
+pub fn route_matches(rule: &sluice_model::HttpRouteRule) -> Vec<String> {
+    use sluice_model::route::StrMatcher;
+    if rule.matches.is_empty() {
+        return vec!["/*".to_string()];
+    }
+    rule.matches
+        .iter()
+        .map(|m| match &m.uri {
+            None => "/*".to_string(),
+            Some(StrMatcher::Prefix(p)) => format!("{p}*"),
+            Some(StrMatcher::Exact(p)) => p.clone(),
+            Some(StrMatcher::PathSeparatedPrefix(p)) => format!("PathPrefix:{p}"),
+            Some(StrMatcher::Regex(re)) => format!("regex {}", re.as_str()),
+        })
+        .collect()
+}
+
+// === /logging ===
+
+/// Envoy's level names, and the `tracing` level each sets.
+const LEVELS: &[(&str, &str)] = &[
+    ("trace", "trace"),
+    ("debug", "debug"),
+    ("info", "info"),
+    ("warning", "warn"),
+    ("warn", "warn"),
+    ("error", "error"),
+    ("critical", "error"),
+    ("off", "off"),
+];
+
+/// Loggers `/logging` always lists: sluice's crates and the libraries whose logs matter most.
+const KNOWN_LOGGERS: &[&str] = &[
+    "sluice",
+    "sluice_api",
+    "sluice_model",
+    "sluice_proxy",
+    "h2",
+    "hickory_resolver",
+    "hyper",
+    "rustls",
+];
+
+/// The log filter as levels: a default and per-logger (tracing target prefix) overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LogLevels {
+    default: String,
+    overrides: std::collections::BTreeMap<String, String>,
+    /// Directives `/logging` does not model (span or field filters): kept as they are.
+    other: Vec<String>,
+}
+
+impl LogLevels {
+    const USAGE: &'static str = "usage: POST /logging?level=<level> (all loggers), /logging?<logger>=<level>, /logging?paths=<logger>:<level>,<logger>:<level>\n  levels: trace, debug, info, warning, error, critical, off\n";
+
+    /// Reads an `EnvFilter` directive string such as `info,sluice_proxy=debug`.
+    fn parse(directives: &str) -> LogLevels {
+        let mut levels = LogLevels {
+            default: "info".to_string(),
+            overrides: Default::default(),
+            other: Vec::new(),
+        };
+        for d in directives
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+        {
+            match d.split_once('=') {
+                None if tracing_level(d).is_some() => {
+                    levels.default = tracing_level(d).unwrap_or("info").to_string()
+                }
+                Some((target, level))
+                    if is_logger_name(target) && tracing_level(level).is_some() =>
+                {
+                    levels.overrides.insert(
+                        target.to_string(),
+                        tracing_level(level).unwrap_or("info").to_string(),
+                    );
+                }
+                _ => levels.other.push(d.to_string()),
+            }
+        }
+        levels
+    }
+
+    /// Applies `level=`, `paths=` and `<logger>=` parameters.
+    fn update(&mut self, query: &HashMap<String, String>) -> Result<(), String> {
+        for (key, value) in query {
+            match key.as_str() {
+                "level" => {
+                    let level =
+                        tracing_level(value).ok_or_else(|| format!("unknown level {value:?}"))?;
+                    // Envoy: every logger at this level.
+                    self.default = level.to_string();
+                    self.overrides.clear();
+                }
+                "paths" => {
+                    for pair in value.split(',').filter(|p| !p.is_empty()) {
+                        let (logger, level) = pair
+                            .split_once(':')
+                            .ok_or_else(|| format!("{pair:?} is not <logger>:<level>"))?;
+                        self.set_one(logger, level)?;
+                    }
+                }
+                logger => self.set_one(logger, value)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn set_one(&mut self, logger: &str, level: &str) -> Result<(), String> {
+        if !is_logger_name(logger) {
+            return Err(format!("invalid logger name {logger:?}"));
+        }
+        let level = tracing_level(level).ok_or_else(|| format!("unknown level {level:?}"))?;
+        self.overrides.insert(logger.to_string(), level.to_string());
+        Ok(())
+    }
+
+    /// The `EnvFilter` directives for these levels.
+    fn directives(&self) -> String {
+        let mut d = vec![self.default.clone()];
+        d.extend(self.overrides.iter().map(|(t, l)| format!("{t}={l}")));
+        d.extend(self.other.iter().cloned());
+        d.join(",")
+    }
+
+    /// Envoy's listing: `active loggers:` then `  <name>: <level>` (Envoy's level names).
+    fn render(&self) -> String {
+        let mut names: std::collections::BTreeSet<&str> = KNOWN_LOGGERS.iter().copied().collect();
+        names.extend(self.overrides.keys().map(String::as_str));
+        let mut out = String::from("active loggers:\n");
+        out.push_str(&format!("  default: {}\n", envoy_level(&self.default)));
+        for name in names {
+            let level = self.overrides.get(name).unwrap_or(&self.default);
+            out.push_str(&format!("  {name}: {}\n", envoy_level(level)));
+        }
+        out
+    }
+}
+
+/// The `tracing` level for an Envoy or tracing level name.
+fn tracing_level(name: &str) -> Option<&'static str> {
+    let name = name.trim().to_ascii_lowercase();
+    LEVELS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+fn envoy_level(tracing: &str) -> &str {
+    if tracing == "warn" {
+        "warning"
+    } else {
+        tracing
+    }
+}
+
+/// A tracing target: a Rust path such as `sluice_proxy` or `sluice_proxy::http_proxy`.
+fn is_logger_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+}
+
+// === /certs ===
+
+/// Envoy's `/certs` shape for the mesh identity: `{"certificates":[{"ca_cert":[],
+/// "cert_chain":[{serial_number, subject_alt_names[{uri}|{dns}], valid_from, expiration_time,
+/// days_until_expiration}]}]}`; `{"certificates":[]}` without an identity.
+pub fn certs_json(identity: Option<&Identity>) -> serde_json::Value {
+    let Some(identity) = identity else {
+        return serde_json::json!({ "certificates": [] });
+    };
+    let certified = identity.certificate();
+    let now = std::time::SystemTime::now();
+    let chain: Vec<serde_json::Value> = certified
+        .cert
+        .iter()
+        .filter_map(|der| describe_der(der).ok())
+        .map(|c| {
+            let mut sans: Vec<serde_json::Value> = c
+                .uri_sans
+                .iter()
+                .map(|u| serde_json::json!({ "uri": u }))
+                .collect();
+            sans.extend(c.dns_sans.iter().map(|d| serde_json::json!({ "dns": d })));
+            let days = c
+                .not_after
+                .duration_since(now)
+                .map_or(0, |d| d.as_secs() / 86_400);
+            serde_json::json!({
+                "path": "<inline>",
+                "serial_number": c.serial.replace(':', "").to_ascii_lowercase(),
+                "subject_alt_names": sans,
+                // uint64 fields are strings in proto3 JSON, as Envoy prints them.
+                "days_until_expiration": days.to_string(),
+                "valid_from": rfc3339(c.not_before),
+                "expiration_time": rfc3339(c.not_after),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "certificates": [{ "ca_cert": [], "cert_chain": chain }]
+    })
+}
+
+/// `2023-05-15T01:30:52Z`.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let s = format_start_time(t);
+    // `…:52.409Z` → `…:52Z`
+    match s.rsplit_once('.') {
+        Some((head, _)) => format!("{head}Z"),
+        None => s,
     }
 }
 
@@ -516,6 +961,55 @@ fn hex(c: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_levels_parse_update_and_render() {
+        let mut l = LogLevels::parse("info,sluice_proxy=debug,hyper[conn]=trace");
+        assert_eq!(l.default, "info");
+        assert_eq!(l.overrides["sluice_proxy"], "debug");
+        assert_eq!(l.other, vec!["hyper[conn]=trace".to_string()]);
+        let mut q = HashMap::new();
+        q.insert("sluice_model".to_string(), "warning".to_string());
+        l.update(&q).unwrap();
+        assert_eq!(
+            l.directives(),
+            "info,sluice_model=warn,sluice_proxy=debug,hyper[conn]=trace"
+        );
+        let out = l.render();
+        assert!(
+            out.starts_with("active loggers:\n  default: info\n"),
+            "{out}"
+        );
+        assert!(out.contains("  sluice_model: warning\n"), "{out}");
+        assert!(out.contains("  hyper: info\n"), "{out}");
+
+        let mut q = HashMap::new();
+        q.insert("level".to_string(), "critical".to_string());
+        l.update(&q).unwrap();
+        assert_eq!(l.directives(), "error,hyper[conn]=trace");
+
+        let mut q = HashMap::new();
+        q.insert("paths".to_string(), "a:debug,b:trace".to_string());
+        l.update(&q).unwrap();
+        assert_eq!(l.overrides["a"], "debug");
+        assert_eq!(l.overrides["b"], "trace");
+
+        for (k, v) in [
+            ("level", "loud"),
+            ("paths", "nocolon"),
+            ("bad name", "info"),
+        ] {
+            let mut q = HashMap::new();
+            q.insert(k.to_string(), v.to_string());
+            assert!(l.clone().update(&q).is_err(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_drops_milliseconds() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_606_339_578_409);
+        assert_eq!(rfc3339(t), "2020-11-25T21:26:18Z");
+    }
 
     #[test]
     fn query_parsing() {

@@ -156,6 +156,7 @@ impl AdminSource for GatewayAdmin {
                     "routes": v.rules.iter().map(|r| serde_json::json!({
                         "name": r.name.as_deref(),
                         "source": r.source.as_ref(),
+                        "matches": crate::admin::route_matches(r),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -174,7 +175,7 @@ impl AdminSource for GatewayAdmin {
                 "error": reason,
             })).collect::<Vec<_>>(),
             "services": snap.services,
-            "clusters": snap.clusters.values().collect::<Vec<_>>(),
+            "clusters": snap.clusters.values().map(|c| crate::admin::cluster_config(c)).collect::<Vec<_>>(),
             "virtual_hosts": vhosts,
             "config": &**status,
         })
@@ -260,7 +261,8 @@ pub async fn run_with_identity(
     let ports: Vec<SocketAddr> = listeners.bound().map(|(_, a)| a).collect();
 
     rt.spawn_config_watch();
-    tokio::spawn(listeners.follow(snapshots.clone(), rt.stopped()));
+    tokio::spawn(listeners.follow(snapshots.clone(), rt.listeners_stopped()));
+    rt.identity = proxy.identity.clone();
     rt.spawn_operator(operator, admin);
     tracing::info!(
         "gateway ready: ports {ports:?}, admin {admin_addr}, health {status_addr}, stats {stats_addr}"

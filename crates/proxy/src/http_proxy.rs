@@ -276,6 +276,8 @@ async fn handle_routed(
             parts.headers.insert(X_REQUEST_ID.clone(), v);
         }
     }
+    // Join the caller's trace (W3C / B3) with a new span for this hop, or start one.
+    crate::trace::propagate(&mut parts.headers);
 
     let mut rec = AccessLogRecord::new(start_time);
     rec.method = Some(parts.method.clone());
@@ -492,6 +494,7 @@ async fn route_and_forward(
     };
     match decision {
         HttpDecision::Blocked => {
+            count_blocked(proxy, ctx);
             let reply = LocalReply::new(StatusCode::BAD_GATEWAY, "", "-", "direct_response");
             let resp = local_response(proxy, &reply);
             (
@@ -504,6 +507,10 @@ async fn route_and_forward(
             )
         }
         HttpDecision::NoRoute { .. } => {
+            if ctx.gateway.is_some() {
+                // A gateway with no route for the host refuses it (404 NR).
+                count_blocked(proxy, ctx);
+            }
             let reply = LocalReply::new(StatusCode::NOT_FOUND, "", "NR", "route_not_found");
             let resp = local_response(proxy, &reply);
             (
@@ -635,6 +642,20 @@ async fn route_and_forward(
             }
         }
     }
+}
+
+/// Counts a refused HTTP call in `sluice_egress_blocked_total`, named by its Host without port.
+fn count_blocked(proxy: &Proxy, ctx: &RequestCtx) {
+    let host = match &ctx.uri_target {
+        Some((h, _)) => h.as_str(),
+        None => sluice_model::host::strip_port(&ctx.authority),
+    };
+    proxy.metrics.record_blocked(
+        &proxy.workload.workload,
+        host,
+        ctx.port,
+        crate::telemetry::metrics::BlockedProtocol::Http,
+    );
 }
 
 /// Answers a gateway request before routing when the edge rules say so: 421 for a request on a

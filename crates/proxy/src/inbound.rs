@@ -649,6 +649,8 @@ async fn handle_request(
             parts.headers.insert(X_REQUEST_ID.clone(), v);
         }
     }
+    // The server-side span: a child of the caller's (or a new trace), as Envoy's inbound does.
+    crate::trace::propagate(&mut parts.headers);
     let authority = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
         (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
         (None, Some(h)) => Some(h.clone()),

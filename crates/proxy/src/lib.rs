@@ -19,4 +19,5 @@ pub mod store;
 pub mod stream;
 pub mod telemetry;
 pub mod tls_server;
+pub mod trace;
 pub mod upstream;

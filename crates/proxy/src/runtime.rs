@@ -2,11 +2,16 @@
 //! and `sluice gateway`: the config store and its watcher, the access log (reconfigured live
 //! from the mesh config), the admin, health and Prometheus ports, and shutdown on Ctrl-C,
 //! SIGTERM or `POST /quitquitquit`.
+//!
+//! Operator controls: `POST /drain_listeners` ends the data-plane accept loops (pass
+//! [`Runtime::listeners_stopped`] to them), `POST /healthcheck/fail|ok` flips the health port,
+//! and `POST /logging` reaches the process's log filter through the [`LogControl`] the binary
+//! installs once with [`install_log_control`].
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,7 +20,11 @@ use sluice_model::{LogEncoding, ProxyIdentity, Snapshot};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{serve_admin, serve_stats, serve_status, AdminSource, QuitSignal};
+pub use crate::admin::LogControl;
+use crate::admin::{
+    serve_admin_with, serve_stats, serve_status_with, AdminControls, AdminSource, DrainSignal,
+    HealthOverride, QuitSignal,
+};
 use crate::identity::{Identity, IdentityOptions};
 use crate::store::{ConfigStore, StoreStatus};
 use crate::telemetry::accesslog::{AccessLogConfig, AccessLogEncoding, AccessLogger};
@@ -32,6 +41,19 @@ pub fn access_log_config(snap: &Snapshot) -> AccessLogConfig {
         },
         format: s.format.clone(),
     }
+}
+
+static LOG_CONTROL: OnceLock<Arc<dyn LogControl>> = OnceLock::new();
+
+/// Hands the process's log filter control to every proxy runtime started afterwards (the
+/// binary calls this once, after installing its `tracing` subscriber). A second call is ignored.
+pub fn install_log_control(control: Arc<dyn LogControl>) {
+    let _ = LOG_CONTROL.set(control);
+}
+
+/// The installed log control, if any.
+pub fn log_control() -> Option<Arc<dyn LogControl>> {
+    LOG_CONTROL.get().cloned()
 }
 
 /// Binds `addr`, naming what the port is for when it fails.
@@ -102,6 +124,12 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLogger,
     pub quit: QuitSignal,
+    /// Fired by `POST /drain_listeners`.
+    pub drain: DrainSignal,
+    /// Set by `POST /healthcheck/fail`.
+    pub health: HealthOverride,
+    /// The mesh identity `/certs` shows; set it before [`Runtime::spawn_operator`].
+    pub identity: Option<Arc<Identity>>,
     store: Option<ConfigStore>,
     stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
@@ -139,6 +167,9 @@ impl Runtime {
             metrics,
             access_log,
             quit: QuitSignal::new(),
+            drain: DrainSignal::new(),
+            health: HealthOverride::default(),
+            identity: None,
             store: Some(store),
             stop_tx,
             stop_rx,
@@ -150,6 +181,29 @@ impl Runtime {
         let mut rx = self.stop_rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// A future for the data-plane accept loops: completes when shutdown starts or on
+    /// `POST /drain_listeners`. Connections already accepted are not affected.
+    pub fn listeners_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let stopped = self.stopped();
+        let drain = self.drain.clone();
+        async move {
+            tokio::select! {
+                () = stopped => {}
+                () = drain.triggered() => {}
+            }
+        }
+    }
+
+    /// The controls the admin and health ports act on.
+    pub fn admin_controls(&self) -> AdminControls {
+        AdminControls {
+            drain: self.drain.clone(),
+            health: self.health.clone(),
+            log: log_control(),
+            identity: self.identity.clone(),
         }
     }
 
@@ -186,14 +240,21 @@ impl Runtime {
 
     /// Serves the admin, health and stats ports from `admin` until shutdown.
     pub fn spawn_operator(&self, listeners: OperatorListeners, admin: Arc<dyn AdminSource>) {
-        tokio::spawn(serve_admin(
+        let controls = self.admin_controls();
+        tokio::spawn(serve_admin_with(
             listeners.admin,
             admin.clone(),
             self.metrics.clone(),
             self.quit.clone(),
+            controls.clone(),
             self.stopped(),
         ));
-        tokio::spawn(serve_status(listeners.status, admin, self.stopped()));
+        tokio::spawn(serve_status_with(
+            listeners.status,
+            admin,
+            controls,
+            self.stopped(),
+        ));
         tokio::spawn(serve_stats(
             listeners.stats,
             self.metrics.clone(),

@@ -60,6 +60,7 @@ impl AdminSource for SidecarAdmin {
                     "routes": v.rules.iter().map(|r| serde_json::json!({
                         "name": r.name.as_deref(),
                         "source": r.source.as_ref(),
+                        "matches": crate::admin::route_matches(r),
                         "timeout": r.timeout.map(|t| format!("{}s", t.as_secs_f64())),
                         "retries": r.retry,
                     })).collect::<Vec<_>>(),
@@ -77,7 +78,7 @@ impl AdminSource for SidecarAdmin {
             "proxy": snap.proxy,
             "mesh": snap.mesh,
             "services": snap.services,
-            "clusters": snap.clusters.values().collect::<Vec<_>>(),
+            "clusters": snap.clusters.values().map(|c| crate::admin::cluster_config(c)).collect::<Vec<_>>(),
             "virtual_hosts": vhosts,
             "tls_routes": rules(&snap.tls_rules),
             "tcp_routes": rules(&snap.tcp_rules),
@@ -180,11 +181,24 @@ pub async fn run_with_identity(
     });
 
     rt.spawn_config_watch();
-    tokio::spawn(serve_captured(outbound, proxy.clone(), rt.stopped()));
+    tokio::spawn(serve_captured(
+        outbound,
+        proxy.clone(),
+        rt.listeners_stopped(),
+    ));
     if let Some(inbound) = inbound {
-        tokio::spawn(serve_captured_inbound(inbound, proxy.clone(), rt.stopped()));
+        tokio::spawn(serve_captured_inbound(
+            inbound,
+            proxy.clone(),
+            rt.listeners_stopped(),
+        ));
     }
-    tokio::spawn(serve_forward_proxy(forward, proxy.clone(), rt.stopped()));
+    tokio::spawn(serve_forward_proxy(
+        forward,
+        proxy.clone(),
+        rt.listeners_stopped(),
+    ));
+    rt.identity = proxy.identity.clone();
     rt.spawn_operator(operator, admin);
     let inbound_desc = inbound_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(

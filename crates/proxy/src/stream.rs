@@ -22,7 +22,9 @@ use crate::context::{Proxy, Target};
 use crate::identity::principal_of;
 use crate::io::CountingStream;
 use crate::telemetry::accesslog::AccessLogRecord;
-use crate::telemetry::metrics::{PeerLabels, Reporter, SecurityPolicy, ServiceLabels, TcpLabels};
+use crate::telemetry::metrics::{
+    BlockedProtocol, PeerLabels, Reporter, SecurityPolicy, ServiceLabels, TcpLabels,
+};
 use crate::upstream::{
     connect_tcp, istio_mutual_connect, security_for, set_keepalive, StreamUpstream,
     UpstreamSecurity,
@@ -359,6 +361,7 @@ async fn carry_out<S>(
             service,
         } => (cluster, cluster_name, service),
         Plan::Block => {
+            count_blocked(&proxy, &conn);
             let labels = tcp_labels(&proxy, proxy.blackhole_labels.clone(), "UH");
             proxy.metrics.tcp_opened(&labels);
             proxy.metrics.tcp_closed(&labels, 0, 0);
@@ -369,6 +372,7 @@ async fn carry_out<S>(
             return;
         }
         Plan::NoFilterChain => {
+            count_blocked(&proxy, &conn);
             rec.response_flags = Cow::Borrowed("NR");
             rec.response_code_details = Some(Cow::Borrowed("filter_chain_not_found"));
             rec.duration = start.elapsed();
@@ -501,6 +505,36 @@ async fn carry_out<S>(
     rec.bytes_sent = sent;
     rec.duration = start.elapsed();
     proxy.access_log.log(rec);
+}
+
+/// Counts a refused connection in `sluice_egress_blocked_total`: TLS by its SNI (the
+/// destination IP without one), TCP by destination IP.
+pub fn count_blocked(proxy: &Proxy, conn: &StreamConn) {
+    let ip;
+    let (host, protocol) = match (conn.tls, conn.sni.as_deref(), conn.target.host.as_deref()) {
+        (true, Some(sni), _) => (sni, BlockedProtocol::Tls),
+        (tls, _, host) => {
+            let protocol = if tls {
+                BlockedProtocol::Tls
+            } else {
+                BlockedProtocol::Tcp
+            };
+            // A CONNECT tunnel names its host; a captured connection only has the IP.
+            match host {
+                Some(h) => (h, protocol),
+                None => {
+                    ip = conn.target.addr.ip().to_string();
+                    (ip.as_str(), protocol)
+                }
+            }
+        }
+    };
+    proxy.metrics.record_blocked(
+        &proxy.workload.workload,
+        host,
+        conn.target.addr.port(),
+        protocol,
+    );
 }
 
 /// The peers' principals on a stream's labels: the ISTIO_MUTUAL server's expected identity as

@@ -1,7 +1,12 @@
 //! sluice: Istio's traffic control as one small Rust binary. This library holds the binary's
 //! subcommands so they can be tested without spawning it.
 
+pub mod analyze_cmd;
 pub mod ca;
+pub mod dashboard;
 pub mod demo;
+pub mod explain_cmd;
 pub mod init;
+pub mod proxy_config;
+pub mod suggest_cmd;
 pub mod validate_cmd;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice::{ca, demo, init, validate_cmd};
+use sluice::{analyze_cmd, ca, dashboard, demo, explain_cmd, init, suggest_cmd, validate_cmd};
 use sluice_proxy::gateway::{self, GatewayOptions};
 use sluice_proxy::identity::IdentityOptions;
 use sluice_proxy::sidecar::{self, SidecarOptions};
@@ -38,12 +38,28 @@ enum Command {
     /// Check Istio and Kubernetes YAML as Istio's admission webhook would; one line per problem
     /// ("file:line: Kind ns/name: field: message"), exit 1 if any is an error.
     Validate(validate_cmd::ValidateArgs),
+    /// Analyze Istio and Kubernetes YAML as `istioctl analyze` does: "Error [IST0101]
+    /// (VirtualService ns/name file:line) …" per problem, exit 79 if any is an error.
+    Analyze(analyze_cmd::AnalyzeArgs),
+    /// Explain what a sidecar (or gateway) would do with one request: listener, VirtualService
+    /// rule, cluster, endpoints and policy, or why it is refused, blocked or passed through.
+    Explain(Box<explain_cmd::ExplainArgs>),
+    /// Print the ServiceEntries that would allow what running proxies blocked
+    /// (sluice_egress_blocked_total on their /stats/prometheus).
+    Suggest(suggest_cmd::SuggestArgs),
     /// A self-contained tour (no root, no network): an httpbin-like upstream, a sidecar in
     /// explicit-proxy mode, and curl commands that show allow, block and timeout.
     Demo(demo::DemoArgs),
     /// A mesh CA on disk: create a root (`ca init`), issue workload identities with SPIFFE IDs
     /// (`ca issue`), describe certificates (`ca show`).
     Ca(ca::CaArgs),
+    /// A web page that draws the mesh as a service graph (Kiali's versioned-app graph) from a
+    /// Prometheus server scraping the proxies, with the hosts REGISTRY_ONLY blocked.
+    Dashboard(dashboard::DashboardArgs),
+    /// What a running proxy is doing, from its admin API, as `istioctl proxy-config` prints it:
+    /// `cluster`, `listener`, `route` or `endpoint` (`--admin 127.0.0.1:15000`, `-o json`).
+    #[command(name = "proxy-config", visible_alias = "pc")]
+    ProxyConfig(sluice::proxy_config::ProxyConfigArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -165,14 +181,52 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Installs the stderr logger behind a reload layer, and hands the reload handle to the proxy
+/// runtime so the admin API's `POST /logging` can change levels live.
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let (level, filter) = match tracing_subscriber::EnvFilter::try_new(level) {
+        Ok(f) => (level.to_string(), f),
+        Err(_) => (
+            "info".to_string(),
+            tracing_subscriber::EnvFilter::new("info"),
+        ),
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
         .init();
+    sluice_proxy::runtime::install_log_control(std::sync::Arc::new(ReloadableLog {
+        initial: level,
+        handle,
+    }));
+}
+
+/// `POST /logging` → the subscriber's filter.
+struct ReloadableLog {
+    initial: String,
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+}
+
+impl sluice_proxy::runtime::LogControl for ReloadableLog {
+    fn initial(&self) -> String {
+        self.initial.clone()
+    }
+
+    fn apply(&self, directives: &str) -> Result<(), String> {
+        let filter =
+            tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        self.handle.reload(filter).map_err(|e| e.to_string())
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -186,8 +240,13 @@ fn main() -> ExitCode {
     init_logging(&cli.log_level);
     let result = match cli.command {
         Command::Validate(args) => return ExitCode::from(validate_cmd::run(&args) as u8),
+        Command::Analyze(args) => return ExitCode::from(analyze_cmd::run(&args) as u8),
+        Command::Explain(args) => return ExitCode::from(explain_cmd::run(&args) as u8),
+        Command::Suggest(args) => return ExitCode::from(suggest_cmd::run(&args) as u8),
         Command::Init(args) => init::run(&args),
         Command::Ca(args) => ca::run(&args),
+        Command::Dashboard(args) => runtime().and_then(|rt| rt.block_on(dashboard::run(args))),
+        Command::ProxyConfig(args) => sluice::proxy_config::run(&args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Sidecar(args) => {
             let identity = args

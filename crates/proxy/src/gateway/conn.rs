@@ -96,6 +96,15 @@ pub async fn serve_connection(
         );
         log_no_filter_chain(&proxy, remote, local, sni.as_deref());
         gateway.count_tls_error(port, "no_server");
+        crate::stream::count_blocked(
+            &proxy,
+            &StreamConn {
+                remote,
+                target: target.clone(),
+                sni: sni.clone(),
+                tls: true,
+            },
+        );
         return;
     };
     let stream = PrefixedStream::new(prefix, stream);

@@ -16,6 +16,6 @@ pub use accesslog::{
     AccessLogRecord, AccessLogger, FormatError,
 };
 pub use metrics::{
-    HttpLabels, Metrics, PeerLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
-    TcpLabels,
+    BlockedLabels, BlockedProtocol, HttpLabels, Metrics, PeerLabels, Reporter, RequestProtocol,
+    SecurityPolicy, ServiceLabels, TcpLabels,
 };

@@ -1,0 +1,483 @@
+//! Trace-context propagation, as Envoy does it for Istio: every HTTP hop (sidecar outbound,
+//! sidecar inbound, gateway) joins the caller's trace or starts one, and sends the next hop a
+//! context whose span is this hop's.
+//!
+//! Two header formats are read and written, kept consistent with each other:
+//! - W3C Trace Context: `traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, and
+//!   `tracestate` (vendor data, passed on untouched when the `traceparent` it belongs to was valid);
+//! - Zipkin B3, in its multi-header form (`x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`,
+//!   `x-b3-sampled`, `x-b3-flags`) and its single-header form (`b3: <trace>-<span>-<sampled>-<parent>`).
+//!
+//! Rules:
+//! - An incoming context is taken from the first valid of `traceparent`, `b3`, then the
+//!   `x-b3-*` headers. Invalid headers (wrong length, not hex, all-zero ids, version `ff`) are
+//!   ignored, and replaced on the way out.
+//! - With an incoming context, the trace id and the sampling decision are kept; this hop gets a new
+//!   random 64-bit span id whose parent is the incoming span id.
+//! - Without one, a trace starts: random 128-bit trace id, random 64-bit span id, no parent.
+//!   Sampling: sluice reports no spans to a tracing backend, so a new trace is sampled only when
+//!   the request carries `x-envoy-force-trace` (Envoy's way of forcing a trace); otherwise
+//!   `sampled=0`. Mesh `defaultConfig.tracing.sampling` is not read. An incoming context without
+//!   a sampling decision gets the same rule.
+//! - Outgoing: `traceparent` and the B3 multi headers are always set; `b3` is rewritten only when
+//!   the request had one (so a request never carries two B3 encodings the caller did not use).
+//!   A 64-bit B3 trace id keeps its width in B3 headers and is zero-padded to 128 bits in
+//!   `traceparent`.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub static B3: HeaderName = HeaderName::from_static("b3");
+pub static X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub static X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub static X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub static X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub static X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+pub static X_ENVOY_FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
+
+/// Where an incoming context was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceSource {
+    /// `traceparent`.
+    W3c,
+    /// The single `b3` header.
+    B3Single,
+    /// The `x-b3-*` headers.
+    B3Multi,
+}
+
+/// A trace context as read from a request: the caller's span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingContext {
+    pub trace_id: u128,
+    /// True when the trace id was given in 64 bits (B3 allows 16 hex digits).
+    pub trace_id_64: bool,
+    /// The caller's span id: the parent of this hop's span.
+    pub span_id: u64,
+    /// `None` when the caller deferred the decision.
+    pub sampled: Option<bool>,
+    /// B3 debug (`x-b3-flags: 1`, `b3: …-d-…`): implies sampled.
+    pub debug: bool,
+    pub source: TraceSource,
+}
+
+/// The context this hop sends upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    pub trace_id_64: bool,
+    /// This hop's span.
+    pub span_id: u64,
+    /// The caller's span, when the request arrived with a context.
+    pub parent_span_id: Option<u64>,
+    pub sampled: bool,
+    pub debug: bool,
+}
+
+impl TraceContext {
+    /// `00-<trace>-<span>-<flags>`.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{:032x}-{:016x}-{}",
+            self.trace_id,
+            self.span_id,
+            if self.sampled { "01" } else { "00" }
+        )
+    }
+
+    /// The B3 trace id: 16 hex digits when the trace started with a 64-bit id, else 32.
+    pub fn b3_trace_id(&self) -> String {
+        if self.trace_id_64 {
+            format!("{:016x}", self.trace_id as u64)
+        } else {
+            format!("{:032x}", self.trace_id)
+        }
+    }
+
+    /// The single-header B3 form: `<trace>-<span>-<1|0|d>[-<parent>]`.
+    pub fn b3_single(&self) -> String {
+        let sampling = match (self.debug, self.sampled) {
+            (true, _) => "d",
+            (false, true) => "1",
+            (false, false) => "0",
+        };
+        let mut s = format!("{}-{:016x}-{sampling}", self.b3_trace_id(), self.span_id);
+        if let Some(p) = self.parent_span_id {
+            s.push_str(&format!("-{p:016x}"));
+        }
+        s
+    }
+}
+
+/// Reads the incoming context (W3C first, then single B3, then multi B3). `None` when the
+/// request has none that is valid.
+pub fn extract(headers: &HeaderMap) -> Option<IncomingContext> {
+    let get = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(ctx) = get(&TRACEPARENT).and_then(parse_traceparent) {
+        return Some(ctx);
+    }
+    if let Some(ctx) = get(&B3).and_then(parse_b3_single) {
+        return Some(ctx);
+    }
+    let trace = get(&X_B3_TRACEID)?;
+    let span = get(&X_B3_SPANID)?;
+    let (trace_id, trace_id_64) = parse_trace_id(trace)?;
+    let span_id = parse_span_id(span)?;
+    let debug = get(&X_B3_FLAGS) == Some("1");
+    let sampled = match get(&X_B3_SAMPLED) {
+        Some("1") | Some("true") => Some(true),
+        Some("0") | Some("false") => Some(false),
+        _ => None,
+    };
+    Some(IncomingContext {
+        trace_id,
+        trace_id_64,
+        span_id,
+        sampled: if debug { Some(true) } else { sampled },
+        debug,
+        source: TraceSource::B3Multi,
+    })
+}
+
+/// `version-traceid-parentid-flags`; version `ff` is invalid, a higher known-unknown version may
+/// carry more fields after the four (W3C §3.2.4.1).
+fn parse_traceparent(v: &str) -> Option<IncomingContext> {
+    let mut parts = v.split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2 || !is_lower_hex(version) || version == "ff" {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    if trace.len() != 32 || span.len() != 16 || flags.len() != 2 || !is_lower_hex(flags) {
+        return None;
+    }
+    if !is_lower_hex(trace) || !is_lower_hex(span) {
+        return None;
+    }
+    let trace_id = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
+    let span_id = u64::from_str_radix(span, 16).ok().filter(|s| *s != 0)?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some(IncomingContext {
+        trace_id,
+        trace_id_64: false,
+        span_id,
+        sampled: Some(flags & 1 == 1),
+        debug: false,
+        source: TraceSource::W3c,
+    })
+}
+
+/// `b3: {traceid}-{spanid}[-{sampling}[-{parentspanid}]]`. The sampling-only form (`b3: 0`)
+/// carries no ids and so no context.
+fn parse_b3_single(v: &str) -> Option<IncomingContext> {
+    let mut parts = v.split('-');
+    let (trace_id, trace_id_64) = parse_trace_id(parts.next()?)?;
+    let span_id = parse_span_id(parts.next()?)?;
+    let (sampled, debug) = match parts.next() {
+        None => (None, false),
+        Some("1") => (Some(true), false),
+        Some("0") => (Some(false), false),
+        Some("d") => (Some(true), true),
+        Some(_) => return None,
+    };
+    if let Some(parent) = parts.next() {
+        parse_span_id(parent)?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(IncomingContext {
+        trace_id,
+        trace_id_64,
+        span_id,
+        sampled,
+        debug,
+        source: TraceSource::B3Single,
+    })
+}
+
+fn parse_trace_id(s: &str) -> Option<(u128, bool)> {
+    if !(s.len() == 16 || s.len() == 32) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let id = u128::from_str_radix(s, 16).ok().filter(|t| *t != 0)?;
+    Some((id, s.len() == 16))
+}
+
+fn parse_span_id(s: &str) -> Option<u64> {
+    if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok().filter(|s| *s != 0)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn random_span_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn random_trace_id() -> u128 {
+    loop {
+        let id = rand::random::<u128>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// The context for this hop: a child span of the incoming one, or a new trace.
+pub fn next_hop(incoming: Option<&IncomingContext>, force_trace: bool) -> TraceContext {
+    match incoming {
+        Some(inc) => TraceContext {
+            trace_id: inc.trace_id,
+            trace_id_64: inc.trace_id_64,
+            span_id: random_span_id(),
+            parent_span_id: Some(inc.span_id),
+            sampled: inc.sampled.unwrap_or(force_trace),
+            debug: inc.debug,
+        },
+        None => TraceContext {
+            trace_id: random_trace_id(),
+            trace_id_64: false,
+            span_id: random_span_id(),
+            parent_span_id: None,
+            sampled: force_trace,
+            debug: false,
+        },
+    }
+}
+
+/// Joins or starts the trace of the request whose `headers` are given and rewrites its trace
+/// headers for the next hop (see the module docs). Returns the context sent upstream.
+pub fn propagate(headers: &mut HeaderMap) -> TraceContext {
+    let incoming = extract(headers);
+    let force = headers.contains_key(&X_ENVOY_FORCE_TRACE);
+    let ctx = next_hop(incoming.as_ref(), force);
+    let had_b3_single = headers.contains_key(&B3);
+    let keep_tracestate = incoming
+        .as_ref()
+        .is_some_and(|i| i.source == TraceSource::W3c);
+    if !keep_tracestate {
+        // tracestate belongs to the traceparent it came with (W3C §3.3.1.1).
+        headers.remove(&TRACESTATE);
+    }
+    set(headers, &TRACEPARENT, ctx.traceparent());
+    set(headers, &X_B3_TRACEID, ctx.b3_trace_id());
+    set(headers, &X_B3_SPANID, format!("{:016x}", ctx.span_id));
+    match ctx.parent_span_id {
+        Some(p) => set(headers, &X_B3_PARENTSPANID, format!("{p:016x}")),
+        None => {
+            headers.remove(&X_B3_PARENTSPANID);
+        }
+    }
+    set(
+        headers,
+        &X_B3_SAMPLED,
+        if ctx.sampled { "1" } else { "0" }.to_string(),
+    );
+    if !ctx.debug {
+        headers.remove(&X_B3_FLAGS);
+    }
+    if had_b3_single {
+        set(headers, &B3, ctx.b3_single());
+    }
+    ctx
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: String) {
+    // Hex digits and dashes only: always a valid header value.
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn get<'a>(h: &'a HeaderMap, n: &str) -> &'a str {
+        h.get(n).map(|v| v.to_str().unwrap()).unwrap_or("")
+    }
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const SPAN: &str = "00f067aa0ba902b7";
+
+    #[test]
+    fn parses_valid_traceparent() {
+        let h = headers(&[("traceparent", &format!("00-{TRACE}-{SPAN}-01"))]);
+        let c = extract(&h).unwrap();
+        assert_eq!(c.trace_id, u128::from_str_radix(TRACE, 16).unwrap());
+        assert_eq!(c.span_id, u64::from_str_radix(SPAN, 16).unwrap());
+        assert_eq!(c.sampled, Some(true));
+        assert_eq!(c.source, TraceSource::W3c);
+        // Future versions may add fields.
+        let h = headers(&[("traceparent", &format!("01-{TRACE}-{SPAN}-00-extra"))]);
+        assert_eq!(extract(&h).unwrap().sampled, Some(false));
+    }
+
+    #[test]
+    fn rejects_invalid_traceparents() {
+        for bad in [
+            format!("ff-{TRACE}-{SPAN}-01"),
+            format!("00-{}-{SPAN}-01", "0".repeat(32)),
+            format!("00-{TRACE}-{}-01", "0".repeat(16)),
+            format!("00-{}-{SPAN}-01", TRACE.to_uppercase()),
+            format!("00-{TRACE}-{SPAN}"),
+            format!("00-{TRACE}-{SPAN}-01-extra"),
+            format!("00-{}-{SPAN}-01", &TRACE[..30]),
+            "garbage".to_string(),
+            format!("00-{TRACE}-zzf067aa0ba902b7-01"),
+        ] {
+            assert!(
+                extract(&headers(&[("traceparent", &bad)])).is_none(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_b3_forms() {
+        let h = headers(&[("b3", &format!("{TRACE}-{SPAN}-1-05e3ac9a4f6e3b90"))]);
+        let c = extract(&h).unwrap();
+        assert_eq!(c.source, TraceSource::B3Single);
+        assert_eq!(c.sampled, Some(true));
+        let h = headers(&[("b3", &format!("a3ce929d0e0e4736-{SPAN}-d"))]);
+        let c = extract(&h).unwrap();
+        assert!(c.trace_id_64 && c.debug && c.sampled == Some(true));
+        assert!(extract(&headers(&[("b3", "0")])).is_none());
+        assert!(extract(&headers(&[("b3", &format!("{TRACE}-{SPAN}-x"))])).is_none());
+
+        let h = headers(&[
+            ("x-b3-traceid", TRACE),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-sampled", "0"),
+        ]);
+        let c = extract(&h).unwrap();
+        assert_eq!(c.source, TraceSource::B3Multi);
+        assert_eq!(c.sampled, Some(false));
+        let h = headers(&[("x-b3-traceid", TRACE), ("x-b3-spanid", "123")]);
+        assert!(extract(&h).is_none());
+    }
+
+    #[test]
+    fn w3c_context_is_propagated_with_a_new_span() {
+        let mut h = headers(&[
+            ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ]);
+        let ctx = propagate(&mut h);
+        assert_eq!(
+            ctx.parent_span_id,
+            Some(u64::from_str_radix(SPAN, 16).unwrap())
+        );
+        assert_ne!(ctx.span_id, u64::from_str_radix(SPAN, 16).unwrap());
+        let tp = get(&h, "traceparent");
+        assert!(tp.starts_with(&format!("00-{TRACE}-")), "{tp}");
+        assert!(tp.ends_with("-01"), "{tp}");
+        assert!(!tp.contains(SPAN), "{tp}");
+        assert_eq!(get(&h, "tracestate"), "congo=t61rcWkgMzE");
+        // B3 says the same.
+        assert_eq!(get(&h, "x-b3-traceid"), TRACE);
+        assert_eq!(get(&h, "x-b3-parentspanid"), SPAN);
+        assert_eq!(get(&h, "x-b3-spanid"), &tp[36..52]);
+        assert_eq!(get(&h, "x-b3-sampled"), "1");
+        assert!(h.get("b3").is_none());
+    }
+
+    #[test]
+    fn b3_context_is_propagated_and_w3c_added() {
+        let mut h = headers(&[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-parentspanid", "1111111111111111"),
+            ("x-b3-sampled", "1"),
+            ("tracestate", "orphan=1"),
+        ]);
+        let ctx = propagate(&mut h);
+        // A 64-bit trace id keeps its width in B3 and is padded in W3C.
+        assert_eq!(get(&h, "x-b3-traceid"), "a3ce929d0e0e4736");
+        assert_eq!(get(&h, "x-b3-parentspanid"), SPAN);
+        assert_eq!(
+            get(&h, "traceparent"),
+            format!(
+                "00-0000000000000000a3ce929d0e0e4736-{:016x}-01",
+                ctx.span_id
+            )
+        );
+        assert!(h.get("tracestate").is_none());
+
+        let mut h = headers(&[("b3", &format!("{TRACE}-{SPAN}-0"))]);
+        let ctx = propagate(&mut h);
+        assert_eq!(
+            get(&h, "b3"),
+            format!("{TRACE}-{:016x}-0-{SPAN}", ctx.span_id)
+        );
+        assert_eq!(get(&h, "x-b3-sampled"), "0");
+        assert!(get(&h, "traceparent").ends_with("-00"));
+    }
+
+    #[test]
+    fn a_trace_is_started_when_none_or_only_invalid_headers_arrive() {
+        let mut h = headers(&[
+            ("traceparent", "00-zz-zz-01"),
+            ("x-b3-traceid", "nothex"),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-parentspanid", SPAN),
+            ("tracestate", "a=b"),
+        ]);
+        let ctx = propagate(&mut h);
+        assert_eq!(ctx.parent_span_id, None);
+        assert!(!ctx.sampled);
+        let tp = get(&h, "traceparent").to_string();
+        assert!(parse_traceparent(&tp).is_some(), "{tp}");
+        assert_eq!(get(&h, "x-b3-traceid"), &tp[3..35]);
+        assert_eq!(get(&h, "x-b3-spanid"), &tp[36..52]);
+        assert!(h.get("x-b3-parentspanid").is_none());
+        assert!(h.get("tracestate").is_none());
+        assert_eq!(get(&h, "x-b3-sampled"), "0");
+
+        let mut h = headers(&[("x-envoy-force-trace", "true")]);
+        let ctx = propagate(&mut h);
+        assert!(ctx.sampled);
+        assert_eq!(get(&h, "x-b3-sampled"), "1");
+        assert!(get(&h, "traceparent").ends_with("-01"));
+    }
+
+    #[test]
+    fn w3c_wins_over_b3_when_both_are_valid() {
+        let mut h = headers(&[
+            ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+            ("x-b3-traceid", "1111111111111111"),
+            ("x-b3-spanid", "2222222222222222"),
+        ]);
+        propagate(&mut h);
+        assert_eq!(get(&h, "x-b3-traceid"), TRACE);
+        assert_eq!(get(&h, "x-b3-parentspanid"), SPAN);
+    }
+}

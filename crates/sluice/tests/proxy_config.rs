@@ -1,0 +1,296 @@
+//! `sluice proxy-config` against a running `sluice sidecar` (the binary, on loopback ports), and
+//! the sidecar's `POST /logging` changing what it logs.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// Kills the sidecar when the test ends, however it ends.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request; the raw response, or `None` if nothing listens.
+fn http(port: u16, method: &str, target: &str, host: &str) -> Option<String> {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        c,
+        "{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).ok()?;
+    Some(resp)
+}
+
+fn proxy_config(admin: u16, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(SLUICE)
+        .arg("proxy-config")
+        .args(args)
+        .arg("--admin")
+        .arg(format!("127.0.0.1:{admin}"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The rows of a table, cells split on runs of 2+ spaces.
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+}
+
+fn has_row(table: &str, want: &[&str]) -> bool {
+    rows(table).iter().any(|r| r == want)
+}
+
+#[test]
+fn proxy_config_prints_a_running_sidecars_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead_port = free_port();
+    std::fs::write(
+        dir.path().join("httpbin.yaml"),
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin-ext, namespace: default}}
+spec:
+  hosts: [httpbin.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP}}, {{number: 443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {dead_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  host: httpbin.example.com
+  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: 10}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: [httpbin.example.com]
+  http:
+  - match: [{{uri: {{prefix: /status}}}}]
+    route: [{{destination: {{host: httpbin.example.com}}}}]
+  - route: [{{destination: {{host: httpbin.example.com}}}}]
+"#
+        ),
+    )
+    .unwrap();
+    let (admin, status, stats, outbound, proxy) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let stderr_path = dir.path().join("stderr.log");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let _child = Child(
+        Command::new(SLUICE)
+            .args(["sidecar", "--config"])
+            .arg(dir.path())
+            .args(["--inbound-port", "0"])
+            .args(["--outbound-port", &outbound.to_string()])
+            .args(["--proxy-port", &proxy.to_string()])
+            .args(["--admin-port", &admin.to_string()])
+            .args(["--status-port", &status.to_string()])
+            .args(["--stats-port", &stats.to_string()])
+            .args(["--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http(admin, "GET", "/ready", "admin").is_none_or(|r| !r.contains("LIVE")) {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (ok, out, err) = proxy_config(admin, &["cluster"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("SERVICE FQDN"), "{out}");
+    assert!(
+        has_row(
+            &out,
+            &[
+                "httpbin.example.com",
+                "80",
+                "-",
+                "outbound",
+                "EDS",
+                "httpbin.default"
+            ]
+        ),
+        "{out}"
+    );
+    assert!(
+        has_row(&out, &["BlackHoleCluster", "-", "-", "-", "STATIC", "-"]),
+        "{out}"
+    );
+
+    let (ok, out, err) = proxy_config(admin, &["listener"]);
+    assert!(ok, "{err}");
+    assert!(
+        has_row(&out, &["0.0.0.0", "80", "ALL", "Route: 80"]),
+        "{out}"
+    );
+    assert!(
+        has_row(
+            &out,
+            &[
+                "0.0.0.0",
+                "443",
+                "SNI: httpbin.example.com",
+                "Cluster: outbound|443||httpbin.example.com"
+            ]
+        ),
+        "{out}"
+    );
+    assert!(
+        has_row(
+            &out,
+            &[
+                "0.0.0.0",
+                &outbound.to_string(),
+                "ALL",
+                "PassthroughCluster"
+            ]
+        ),
+        "{out}"
+    );
+
+    let (ok, out, err) = proxy_config(admin, &["route"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("NAME") && out.lines().next().unwrap().contains("VIRTUAL SERVICE"),
+        "{out}"
+    );
+    assert!(
+        has_row(
+            &out,
+            &[
+                "80",
+                "httpbin.example.com:80",
+                "httpbin.example.com",
+                "/status*",
+                "httpbin.default"
+            ]
+        ),
+        "{out}"
+    );
+    assert!(
+        has_row(
+            &out,
+            &[
+                "80",
+                "httpbin.example.com:80",
+                "httpbin.example.com",
+                "/*",
+                "httpbin.default"
+            ]
+        ),
+        "{out}"
+    );
+
+    let (ok, out, err) = proxy_config(admin, &["ep"]);
+    assert!(ok, "{err}");
+    assert!(
+        has_row(
+            &out,
+            &[
+                &format!("127.0.0.1:{dead_port}"),
+                "HEALTHY",
+                "OK",
+                "outbound|80||httpbin.example.com"
+            ]
+        ),
+        "{out}"
+    );
+
+    let (ok, out, err) = proxy_config(admin, &["cluster", "-o", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["clusters"].as_array().is_some_and(|c| !c.is_empty()),
+        "{out}"
+    );
+
+    // /logging: a debug line appears only once debug is switched on.
+    let call = || {
+        let resp = http(
+            proxy,
+            "GET",
+            "http://httpbin.example.com/get",
+            "httpbin.example.com",
+        )
+        .expect("the explicit proxy answers");
+        assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    };
+    let marker = "outbound|80||httpbin.example.com failed";
+    call();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(!before.contains(marker), "debug logged at info: {before}");
+    let resp = http(admin, "POST", "/logging?sluice_proxy=debug", "admin").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("  sluice_proxy: debug\n"), "{resp}");
+    call();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let after = std::fs::read_to_string(&stderr_path).unwrap();
+        if after.contains(marker) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no debug line after POST /logging: {after}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn proxy_config_names_the_address_it_could_not_reach() {
+    let port = free_port();
+    let (ok, out, err) = proxy_config(port, &["cluster"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("admin API"), "{err}");
+}
