@@ -17,8 +17,9 @@ use sluice_proxy::sidecar::{self, SidecarOptions};
 struct Cli {
     /// Log level for sluice's own logs on stderr (error, warn, info, debug, trace), or a
     /// tracing filter such as `sluice_proxy=debug`. Access logs go where the mesh config says.
-    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]
-    log_level: String,
+    /// [default: info for the proxies, the demo and the dashboard; warn for one-shot commands]
+    #[arg(long, global = true, env = "SLUICE_LOG")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -237,7 +238,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    // One-shot commands print their answer on stdout; the config store's progress lines would
+    // only be noise there.
+    let long_running = matches!(
+        cli.command,
+        Command::Sidecar(_) | Command::Gateway(_) | Command::Demo(_) | Command::Dashboard(_)
+    );
+    let default_level = if long_running { "info" } else { "warn" };
+    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
     let result = match cli.command {
         Command::Validate(args) => return ExitCode::from(validate_cmd::run(&args) as u8),
         Command::Analyze(args) => return ExitCode::from(analyze_cmd::run(&args) as u8),
