@@ -4,17 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use sluice_model::gateway::{
     Credential, GatewayHost, GatewayPort, GatewayServer, ServerTls, ServerTlsMode,
@@ -24,10 +22,9 @@ use sluice_model::{compile, Protocol, ProxyIdentity, ProxyKind, Snapshot};
 use sluice_proxy::context::Proxy;
 use sluice_proxy::gateway::listeners::ListenerSet;
 use sluice_proxy::gateway::{gateway_proxy, Gateway};
-use sluice_proxy::identity::{self, Identity, IdentityOptions};
+use sluice_proxy::identity::Identity;
 use sluice_proxy::inbound::serve_inbound;
-use sluice_proxy::telemetry::{AccessLogConfig, AccessLogEncoding, AccessLogger, Metrics};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const LOG_FORMAT: &str = "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% \
@@ -37,116 +34,8 @@ const SERVER_ID: &str = "spiffe://cluster.local/ns/server/sa/server-sa";
 const GATEWAY_ID: &str = "spiffe://cluster.local/ns/istio-system/sa/gw-sa";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/client/sa/client-sa";
 
-// === fixtures ===
-
-struct MeshCa {
-    dir: tempfile::TempDir,
-}
-
-impl MeshCa {
-    fn new() -> MeshCa {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) =
-            identity::create_root("cluster.local", Duration::from_secs(86400)).unwrap();
-        identity::write_root_files(dir.path(), &cert, &key, false).unwrap();
-        MeshCa { dir }
-    }
-
-    fn identity(&self, namespace: &str, service_account: &str) -> Arc<Identity> {
-        Identity::load(&IdentityOptions {
-            mesh_ca: self.dir.path().to_path_buf(),
-            identity_dir: None,
-            trust_domain: "cluster.local".into(),
-            namespace: namespace.into(),
-            service_account: service_account.into(),
-            cert_ttl: Duration::from_secs(3600),
-        })
-        .unwrap()
-    }
-}
-
-/// An HTTP application that answers 200 `app saw <path>`.
-async fn http_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    let body = format!("app saw {}", req.uri().path());
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// A TCP application: reads one line and answers `echo <line>`.
-async fn tcp_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut stream = BufReader::new(stream);
-                let mut line = String::new();
-                if stream.read_line(&mut line).await.is_ok() {
-                    let _ = stream
-                        .get_mut()
-                        .write_all(format!("echo {line}").as_bytes())
-                        .await;
-                }
-            });
-        }
-    });
-    addr
-}
-
-struct Telemetry {
-    log: AccessLogger,
-    log_path: PathBuf,
-    metrics: Arc<Metrics>,
-    _dir: tempfile::TempDir,
-}
-
-impl Telemetry {
-    fn new() -> Telemetry {
-        let dir = tempfile::tempdir().unwrap();
-        let log_path = dir.path().join("access.log");
-        let log = AccessLogger::new(AccessLogConfig {
-            path: Some(log_path.clone()),
-            encoding: AccessLogEncoding::Text,
-            format: Some(LOG_FORMAT.into()),
-        })
-        .unwrap();
-        Telemetry {
-            log,
-            log_path,
-            metrics: Arc::new(Metrics::new("test")),
-            _dir: dir,
-        }
-    }
-
-    async fn lines(&self, n: usize) -> Vec<String> {
-        for _ in 0..150 {
-            self.log.flush(Duration::from_secs(1));
-            let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-            let lines: Vec<String> = text.lines().map(str::to_string).collect();
-            if lines.len() >= n {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!(
-            "expected {n} access log lines, got: {:?}",
-            std::fs::read_to_string(&self.log_path)
-        );
-    }
-}
+mod common;
+use common::{http_app, tcp_app, MeshCa, Telemetry};
 
 fn decode(yaml: &str) -> Vec<sluice_api::Resource> {
     let loaded = sluice_api::decode_str(Path::new("policy.yaml"), yaml);
@@ -178,7 +67,7 @@ async fn server(yaml: &str, identity: Option<Arc<Identity>>, app: SocketAddr) ->
         "the policies compiled to nothing: {:?}",
         snap.diagnostics
     );
-    let t = Telemetry::new();
+    let t = Telemetry::new(LOG_FORMAT);
     let mut proxy = Proxy::new(
         Arc::new(ArcSwap::from_pointee(snap)),
         t.log.clone(),
@@ -424,7 +313,7 @@ struct Gw {
 }
 
 async fn gateway(snap: Snapshot, identity: Option<Arc<Identity>>) -> Gw {
-    let t = Telemetry::new();
+    let t = Telemetry::new(LOG_FORMAT);
     let snapshots = Arc::new(ArcSwap::from_pointee(snap));
     let mut proxy = gateway_proxy(
         snapshots.clone(),

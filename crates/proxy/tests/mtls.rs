@@ -3,24 +3,16 @@
 //! PeerAuthentication STRICT / PERMISSIVE / DISABLE. Both identities come from one test mesh root
 //! made with the identity module.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_model::security::MtlsMode;
 use sluice_model::{compile, ProxyIdentity, ProxyKind, Snapshot};
-use sluice_proxy::context::Proxy;
-use sluice_proxy::identity::{self, Identity, IdentityOptions};
+use sluice_proxy::identity::{self, Identity};
 use sluice_proxy::inbound::serve_inbound;
 use sluice_proxy::outbound::serve_forward_proxy;
-use sluice_proxy::telemetry::{AccessLogConfig, AccessLogEncoding, AccessLogger, Metrics};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -32,147 +24,8 @@ cluster=%UPSTREAM_CLUSTER_RAW% tls=%UPSTREAM_TRANSPORT_FAILURE_REASON%\n";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/server/sa/server-sa";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/client/sa/client-sa";
 
-// === fixtures ===
-
-/// A test mesh root (`root-cert.pem` + `root-key.pem`).
-struct MeshCa {
-    dir: tempfile::TempDir,
-}
-
-impl MeshCa {
-    fn new() -> MeshCa {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) =
-            identity::create_root("cluster.local", Duration::from_secs(86400)).unwrap();
-        identity::write_root_files(dir.path(), &cert, &key, false).unwrap();
-        MeshCa { dir }
-    }
-
-    /// A workload identity issued by this root.
-    fn identity(&self, namespace: &str, service_account: &str) -> Arc<Identity> {
-        Identity::load(&IdentityOptions {
-            mesh_ca: self.dir.path().to_path_buf(),
-            identity_dir: None,
-            trust_domain: "cluster.local".into(),
-            namespace: namespace.into(),
-            service_account: service_account.into(),
-            cert_ttl: Duration::from_secs(3600),
-        })
-        .unwrap()
-    }
-}
-
-/// An HTTP application that answers 200 `app saw <path>`.
-async fn http_app() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    let body = format!("app saw {}", req.uri().path());
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// A TCP application: reads one line and answers `echo <line>`.
-async fn tcp_app() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut stream = BufReader::new(stream);
-                let mut line = String::new();
-                if stream.read_line(&mut line).await.is_ok() {
-                    let _ = stream
-                        .get_mut()
-                        .write_all(format!("echo {line}").as_bytes())
-                        .await;
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// One proxy's telemetry.
-struct Telemetry {
-    log: AccessLogger,
-    log_path: PathBuf,
-    metrics: Arc<Metrics>,
-    _dir: tempfile::TempDir,
-}
-
-impl Telemetry {
-    fn new() -> Telemetry {
-        let dir = tempfile::tempdir().unwrap();
-        let log_path = dir.path().join("access.log");
-        let log = AccessLogger::new(AccessLogConfig {
-            path: Some(log_path.clone()),
-            encoding: AccessLogEncoding::Text,
-            format: Some(LOG_FORMAT.into()),
-        })
-        .unwrap();
-        Telemetry {
-            log,
-            log_path,
-            metrics: Arc::new(Metrics::new("test")),
-            _dir: dir,
-        }
-    }
-
-    fn proxy(&self, snap: Snapshot, namespace: &str, identity: Option<Arc<Identity>>) -> Proxy {
-        let mut proxy = Proxy::new(
-            Arc::new(ArcSwap::from_pointee(snap)),
-            self.log.clone(),
-            self.metrics.clone(),
-            namespace,
-            &Default::default(),
-        );
-        proxy.identity = identity;
-        proxy
-    }
-
-    /// Waits until the access log has `n` lines and returns them.
-    async fn lines(&self, n: usize) -> Vec<String> {
-        for _ in 0..150 {
-            self.log.flush(Duration::from_secs(1));
-            let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-            let lines: Vec<String> = text.lines().map(str::to_string).collect();
-            if lines.len() >= n {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!(
-            "expected {n} access log lines, got: {:?}",
-            std::fs::read_to_string(&self.log_path)
-        );
-    }
-
-    /// The first series of `metric` whose labels contain all of `labels`.
-    async fn metric_line(&self, metric: &str, labels: &[&str]) -> Option<String> {
-        for _ in 0..100 {
-            let out = self.metrics.encode();
-            let found = out.lines().find(|l| {
-                l.starts_with(&format!("{metric}{{")) && labels.iter().all(|want| l.contains(want))
-            });
-            if let Some(line) = found {
-                return Some(line.to_string());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-}
+mod common;
+use common::{http_app, tcp_app, MeshCa, Telemetry};
 
 /// A server sidecar's inbound listener: every connection's original destination is `app`.
 struct Server {
@@ -188,7 +41,7 @@ async fn server(
     let mut snap = Snapshot::default();
     snap.generation = 1;
     snap.mtls_mode = mode;
-    let t = Telemetry::new();
+    let t = Telemetry::new(LOG_FORMAT);
     let proxy = Arc::new(t.proxy(snap, "server", identity));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -254,7 +107,7 @@ spec:
         kind: ProxyKind::Sidecar,
     };
     let snap = compile(&loaded.resources, &proxy_identity, 1);
-    let t = Telemetry::new();
+    let t = Telemetry::new(LOG_FORMAT);
     let proxy = Arc::new(t.proxy(snap, "client", identity));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -731,7 +584,7 @@ spec:
         1,
     );
     assert!(!snap.gateway_ports().is_empty(), "{:?}", snap.diagnostics);
-    let t = Telemetry::new();
+    let t = Telemetry::new(LOG_FORMAT);
     let mut proxy = sluice_proxy::gateway::gateway_proxy(
         Arc::new(ArcSwap::from_pointee(snap)),
         t.log.clone(),
@@ -871,7 +724,7 @@ spec:
         },
         1,
     );
-    let t = Telemetry::new();
+    let t = Telemetry::new(LOG_FORMAT);
     let proxy = sluice_proxy::gateway::gateway_proxy(
         Arc::new(ArcSwap::from_pointee(snap)),
         t.log.clone(),

@@ -1,0 +1,163 @@
+//! Fixtures shared by the mesh-security tests (mtls.rs, authz.rs): a test mesh root, small
+//! HTTP and TCP applications on loopback, and one proxy's telemetry read back from files.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice_model::Snapshot;
+use sluice_proxy::context::Proxy;
+use sluice_proxy::identity::{self, Identity, IdentityOptions};
+use sluice_proxy::telemetry::{AccessLogConfig, AccessLogEncoding, AccessLogger, Metrics};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// A test mesh root (`root-cert.pem` + `root-key.pem`).
+pub struct MeshCa {
+    pub dir: tempfile::TempDir,
+}
+
+impl MeshCa {
+    pub fn new() -> MeshCa {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) =
+            identity::create_root("cluster.local", Duration::from_secs(86400)).unwrap();
+        identity::write_root_files(dir.path(), &cert, &key, false).unwrap();
+        MeshCa { dir }
+    }
+
+    /// A workload identity issued by this root.
+    pub fn identity(&self, namespace: &str, service_account: &str) -> Arc<Identity> {
+        Identity::load(&IdentityOptions {
+            mesh_ca: self.dir.path().to_path_buf(),
+            identity_dir: None,
+            trust_domain: "cluster.local".into(),
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            cert_ttl: Duration::from_secs(3600),
+        })
+        .unwrap()
+    }
+}
+
+/// An HTTP application that answers 200 `app saw <path>`.
+pub async fn http_app() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let body = format!("app saw {}", req.uri().path());
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP application: reads one line and answers `echo <line>`.
+pub async fn tcp_app() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                let mut line = String::new();
+                if stream.read_line(&mut line).await.is_ok() {
+                    let _ = stream
+                        .get_mut()
+                        .write_all(format!("echo {line}").as_bytes())
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One proxy's telemetry.
+pub struct Telemetry {
+    pub log: AccessLogger,
+    pub log_path: PathBuf,
+    pub metrics: Arc<Metrics>,
+    _dir: tempfile::TempDir,
+}
+
+impl Telemetry {
+    /// Telemetry whose access log uses `format`.
+    pub fn new(format: &str) -> Telemetry {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("access.log");
+        let log = AccessLogger::new(AccessLogConfig {
+            path: Some(log_path.clone()),
+            encoding: AccessLogEncoding::Text,
+            format: Some(format.into()),
+        })
+        .unwrap();
+        Telemetry {
+            log,
+            log_path,
+            metrics: Arc::new(Metrics::new("test")),
+            _dir: dir,
+        }
+    }
+
+    pub fn proxy(&self, snap: Snapshot, namespace: &str, identity: Option<Arc<Identity>>) -> Proxy {
+        let mut proxy = Proxy::new(
+            Arc::new(ArcSwap::from_pointee(snap)),
+            self.log.clone(),
+            self.metrics.clone(),
+            namespace,
+            &Default::default(),
+        );
+        proxy.identity = identity;
+        proxy
+    }
+
+    /// Waits until the access log has `n` lines and returns them.
+    pub async fn lines(&self, n: usize) -> Vec<String> {
+        for _ in 0..150 {
+            self.log.flush(Duration::from_secs(1));
+            let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "expected {n} access log lines, got: {:?}",
+            std::fs::read_to_string(&self.log_path)
+        );
+    }
+
+    /// The first series of `metric` whose labels contain all of `labels`.
+    pub async fn metric_line(&self, metric: &str, labels: &[&str]) -> Option<String> {
+        for _ in 0..100 {
+            let out = self.metrics.encode();
+            let found = out.lines().find(|l| {
+                l.starts_with(&format!("{metric}{{")) && labels.iter().all(|want| l.contains(want))
+            });
+            if let Some(line) = found {
+                return Some(line.to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
