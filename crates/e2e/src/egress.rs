@@ -41,6 +41,7 @@ use crate::netns::Netns;
 use crate::pki::{Ca, Leaf, Usage};
 use crate::prereq::{sluice_bin, tools};
 use crate::process::{run_checked, LogBook, Proc};
+use crate::servers;
 use crate::sidecar::{self, Sidecar, SidecarOpts, READY_TIMEOUT, STATUS_PORT};
 use crate::slot::Slot;
 use crate::wait::eventually;
@@ -470,82 +471,26 @@ impl EgressEnv {
     }
 
     fn gunicorn(&self, binds: &[String], tls: Option<&Leaf>) -> Command {
-        let mut cmd = self.ext.cmd(&tools().gunicorn);
-        for b in binds {
-            cmd.arg("--bind").arg(b);
-        }
-        cmd.args([
-            "--worker-class",
-            "gthread",
-            "--workers",
-            "1",
-            "--threads",
-            "32",
-            "--graceful-timeout",
-            "1",
-            "--timeout",
-            "120",
-            "--access-logfile",
-            "-",
-            "--error-logfile",
-            "-",
-            "--chdir",
-        ]);
-        cmd.arg(&self.dir_path);
-        if let Some(leaf) = tls {
-            cmd.arg("--certfile")
-                .arg(&leaf.cert)
-                .arg("--keyfile")
-                .arg(&leaf.key);
-        }
-        cmd.arg("httpbin:app")
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONDONTWRITEBYTECODE", "1");
-        cmd
+        servers::httpbin_command(
+            &self.ext,
+            &self.dir_path,
+            binds,
+            tls.map(|l| (l.cert.as_path(), l.key.as_path())),
+        )
     }
 
-    /// Polls until a curl from `make` answers 204 (30 s); panics with the logs if it does not or
-    /// a server exits.
     fn wait_server(&mut self, what: &str, make: impl Fn() -> Curl) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = make().max_time(2.0).run();
-            if r.exit_code == 0 && r.status == 204 {
-                return;
-            }
-            if let Some((label, status)) = self
-                .servers
-                .iter_mut()
-                .find_map(|p| p.exited().map(|s| (p.label().to_string(), s)))
-            {
-                panic!(
-                    "{label} exited ({status}) while waiting for {what}\n{}",
-                    self.logs.dump(60)
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{what} did not answer 204 within 30 s; last try:\n{r}\n{}",
-                    self.logs.dump(60)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        servers::wait_for_204(
+            what,
+            Duration::from_secs(30),
+            &mut self.servers,
+            &self.logs,
+            make,
+        );
     }
 
     fn wait_resolves(&self, ns: &Netns, name: &str, ip: Ipv4Addr) {
-        eventually(
-            &format!("dnsmasq answers {name} → {ip} in {}", ns.name()),
-            Duration::from_secs(10),
-            || {
-                let (ok, out) = ns.try_run("getent", &["ahostsv4", name]);
-                if ok && out.split_whitespace().next() == Some(ip.to_string().as_str()) {
-                    Ok(())
-                } else {
-                    Err(format!("getent ahostsv4 {name}: {out}"))
-                }
-            },
-        );
+        servers::wait_resolves(ns, name, ip);
     }
 
     /// Writes `yaml` as `file` (atomically); resources keep the namespace they name.

@@ -16,6 +16,7 @@ use crate::netns::Netns;
 use crate::pki::Pki;
 use crate::prereq::tools;
 use crate::process::{LogBook, Proc};
+use crate::servers;
 use crate::sidecar::{Sidecar, SidecarOpts, ADMIN_PORT, PROXY_PORT, STATS_PORT};
 use crate::slot::Slot;
 use crate::wait::eventually;
@@ -257,39 +258,11 @@ impl TestEnv {
     }
 
     fn gunicorn(&self, binds: &[String], tls: bool) -> Command {
-        let t = tools();
-        let mut cmd = self.ext.cmd(&t.gunicorn);
-        for b in binds {
-            cmd.arg("--bind").arg(b);
-        }
-        cmd.args([
-            "--worker-class",
-            "gthread",
-            "--workers",
-            "1",
-            "--threads",
-            "32",
-            "--graceful-timeout",
-            "1",
-            "--timeout",
-            "120",
-            "--access-logfile",
-            "-",
-            "--error-logfile",
-            "-",
-            "--chdir",
-        ])
-        .arg(&self.dir_path);
-        if tls {
-            cmd.arg("--certfile")
-                .arg(&self.pki.server_cert)
-                .arg("--keyfile")
-                .arg(&self.pki.server_key);
-        }
-        cmd.arg("httpbin:app");
-        cmd.env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONDONTWRITEBYTECODE", "1");
-        cmd
+        let tls = tls.then_some((
+            self.pki.server_cert.as_path(),
+            self.pki.server_key.as_path(),
+        ));
+        servers::httpbin_command(&self.ext, &self.dir_path, binds, tls)
     }
 
     fn start_httpbin(&mut self) {

@@ -52,6 +52,7 @@ pub mod netns;
 pub mod pki;
 pub mod prereq;
 pub mod process;
+pub mod servers;
 pub mod sidecar;
 pub mod slot;
 pub mod wait;

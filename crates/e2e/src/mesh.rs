@@ -38,9 +38,10 @@ use crate::env::{dnsmasq_command, Workspace};
 use crate::netns::Netns;
 use crate::prereq::tools;
 use crate::process::{run_checked, LogBook, Proc};
+use crate::servers;
 use crate::sidecar::{self, Sidecar, SidecarOpts};
 use crate::slot::Slot;
-use crate::wait::{eventually, settle};
+use crate::wait::settle;
 
 /// The Kubernetes namespace of every pod, Service and WorkloadEntry (`--namespace` of the sidecars).
 pub const NAMESPACE: &str = "tutorial";
@@ -367,6 +368,11 @@ impl MeshEnv {
         &self.dir_path
     }
 
+    /// Waits until the hub's dnsmasq answers `name` with `ip`.
+    fn wait_resolves(&self, name: &str, ip: Ipv4Addr) {
+        servers::wait_resolves(&self.hub, name, ip);
+    }
+
     /// A path in the test directory for a pod's `FAIL_FILE` (the file does not exist yet).
     pub fn fail_file(&self, pod: &str) -> PathBuf {
         self.dir_path.join(format!("fail-{pod}"))
@@ -441,22 +447,6 @@ impl MeshEnv {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    /// Waits until the hub's dnsmasq answers `name` with `ip`.
-    fn wait_resolves(&self, name: &str, ip: Ipv4Addr) {
-        eventually(
-            &format!("dnsmasq answers {name} → {ip}"),
-            Duration::from_secs(10),
-            || {
-                let (ok, out) = self.hub.try_run("getent", &["ahostsv4", name]);
-                if ok && out.split_whitespace().next() == Some(ip.to_string().as_str()) {
-                    Ok(())
-                } else {
-                    Err(format!("getent ahostsv4 {name}: {out}"))
-                }
-            },
-        );
     }
 
     /// Adds one pod; returns its IP. See [`MeshEnv::add_pods`].
