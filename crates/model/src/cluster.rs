@@ -11,8 +11,9 @@ use sluice_api::networking::{
     OutlierDetection, TrafficPolicy,
 };
 
-use crate::policy::{LbPolicy, OutlierPolicy, PoolLimits};
-use crate::registry::{Endpoint, EndpointAddress, Resolution, Service, ServicePort};
+use crate::policy::{H2UpgradePolicy, LbPolicy, OutlierPolicy, PoolLimits};
+use crate::registry::{Endpoint, EndpointAddress, Protocol, Resolution, Service, ServicePort};
+use crate::snapshot::ProxyKind;
 
 /// Name of the cluster that forwards unknown destinations to their original address.
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
@@ -109,6 +110,57 @@ pub struct Cluster {
     pub outlier: Option<OutlierPolicy>,
     /// `DestinationRule ns/name` that set the policy, for explanations.
     pub policy_source: Option<Arc<str>>,
+    /// The HTTP version requests to this cluster's endpoints are sent in.
+    pub upstream_protocol: UpstreamProtocol,
+}
+
+/// The HTTP version a proxy speaks to a cluster's endpoints (Envoy's cluster
+/// `http_protocol_options`, as Istio's `setUpstreamProtocol`, `applyConnectionPool` and
+/// `shouldH2Upgrade` choose it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2: cleartext with prior knowledge (h2c), or `h2` by ALPN over originated TLS.
+    Http2,
+    /// The downstream request's version (Envoy `use_downstream_protocol_config`).
+    Downstream,
+}
+
+impl UpstreamProtocol {
+    /// The protocol for a cluster of a service port declared `protocol`, with `limits` from its
+    /// DestinationRule, in a proxy of `kind`:
+    /// 1. `useClientProtocol: true` follows the client;
+    /// 2. ports declared `http2` / `grpc` speak HTTP/2;
+    /// 3. an undeclared (sniffed) port follows the client at sidecars; gateways do not sniff,
+    ///    so they speak HTTP/1.1 there (Istio: clients negotiating h2 by ALPN would otherwise
+    ///    reach upstreams that only know HTTP/1.1);
+    /// 4. `h2UpgradePolicy: UPGRADE` upgrades the other HTTP ports (`grpc-web` included: it is
+    ///    forwarded as is, so it stays HTTP/1.1 unless upgraded explicitly).
+    pub fn for_port(protocol: Protocol, limits: &PoolLimits, kind: ProxyKind) -> UpstreamProtocol {
+        if limits.use_client_protocol {
+            return UpstreamProtocol::Downstream;
+        }
+        match protocol {
+            Protocol::Http2 | Protocol::Grpc => UpstreamProtocol::Http2,
+            Protocol::Unknown if kind == ProxyKind::Sidecar => UpstreamProtocol::Downstream,
+            p if p.is_http() && limits.h2_upgrade_policy == H2UpgradePolicy::Upgrade => {
+                UpstreamProtocol::Http2
+            }
+            _ => UpstreamProtocol::Http1,
+        }
+    }
+
+    /// True when a request that arrived as HTTP/2 (`downstream_http2`) or HTTP/1.x goes
+    /// upstream as HTTP/2.
+    pub fn is_http2(self, downstream_http2: bool) -> bool {
+        match self {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Downstream => downstream_http2,
+        }
+    }
 }
 
 /// How to reach a cluster's endpoints.

@@ -15,7 +15,9 @@ pub mod route;
 pub mod security;
 pub mod snapshot;
 
-pub use cluster::{Cluster, UpstreamAddress, UpstreamTls, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+pub use cluster::{
+    Cluster, UpstreamAddress, UpstreamProtocol, UpstreamTls, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER,
+};
 pub use gateway::{Credential, GatewayHost, GatewayPort, GatewayServer, ServerTls, ServerTlsMode};
 pub use mesh::{AccessLogSettings, IngressMode, LogEncoding, MeshSettings, OutboundPolicy};
 pub use registry::{Protocol, Service};

@@ -73,6 +73,34 @@ pub struct PoolLimits {
     pub max_retries: u32,
     /// `http.idleTimeout` (default 1 h); `None` = never close idle connections (`0s`).
     pub idle_timeout: Option<Duration>,
+    /// `http.h2UpgradePolicy`.
+    pub h2_upgrade_policy: H2UpgradePolicy,
+    /// `http.useClientProtocol`: speak the downstream request's HTTP version upstream.
+    pub use_client_protocol: bool,
+}
+
+/// `http.h2UpgradePolicy`: whether HTTP/1.1 requests to an HTTP port go upstream as HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum H2UpgradePolicy {
+    /// `DEFAULT` (or unset): the mesh-wide policy, which is "do not upgrade" unless the mesh
+    /// config says `UPGRADE` (sluice does not read the mesh-wide setting yet).
+    #[default]
+    Default,
+    /// `DO_NOT_UPGRADE`.
+    DoNotUpgrade,
+    /// `UPGRADE`.
+    Upgrade,
+}
+
+impl H2UpgradePolicy {
+    /// Parses the enum name case-insensitively; unknown names are `DEFAULT`.
+    pub fn parse(s: &str) -> H2UpgradePolicy {
+        match s.to_ascii_uppercase().as_str() {
+            "UPGRADE" => H2UpgradePolicy::Upgrade,
+            "DO_NOT_UPGRADE" => H2UpgradePolicy::DoNotUpgrade,
+            _ => H2UpgradePolicy::Default,
+        }
+    }
 }
 
 impl PoolLimits {
@@ -88,6 +116,8 @@ impl PoolLimits {
             max_requests_per_connection: 0,
             max_retries: u32::MAX,
             idle_timeout: Some(Duration::from_secs(3600)),
+            h2_upgrade_policy: H2UpgradePolicy::Default,
+            use_client_protocol: false,
         }
     }
 }
@@ -269,6 +299,11 @@ impl PoolLimits {
                 .and_then(|v| u32::try_from(v).ok())
                 .unwrap_or(0);
             out.max_retries = limit(http.max_retries);
+            out.h2_upgrade_policy = http
+                .h2_upgrade_policy
+                .as_deref()
+                .map_or(H2UpgradePolicy::Default, H2UpgradePolicy::parse);
+            out.use_client_protocol = http.use_client_protocol == Some(true);
         }
         out
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sluice_api::networking::{self, Destination, HttpRoute, Labels};
 use sluice_api::{Diagnostic, Resource, Severity, Spec};
 
-use crate::cluster::{Cluster, MergedRule, UpstreamAddress, UpstreamTls};
+use crate::cluster::{Cluster, MergedRule, UpstreamAddress, UpstreamProtocol, UpstreamTls};
 use crate::gateway::{self, GatewayPort, GatewayServer};
 
 mod gateway_routes;
@@ -568,6 +568,8 @@ fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                 .map(Arc::new);
                 let limits =
                     PoolLimits::from_settings(policy.connection_pool, snap.mesh.connect_timeout);
+                let upstream_protocol =
+                    UpstreamProtocol::for_port(port.protocol, &limits, snap.proxy.kind);
                 let cluster = Cluster {
                     name: name.clone(),
                     service: svc.clone(),
@@ -580,6 +582,7 @@ fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                     limits,
                     outlier: policy.outlier_detection.map(OutlierPolicy::from_settings),
                     policy_source: policy_source.clone(),
+                    upstream_protocol,
                 };
                 // The oldest service wins a duplicate host:port, as in Istio's registry merge.
                 snap.clusters

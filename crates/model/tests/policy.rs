@@ -531,3 +531,101 @@ spec:
         .iter()
         .any(|d| d.message.contains("has no port")));
 }
+
+// === upstream HTTP version ===
+
+/// A ServiceEntry with one port of each protocol that matters for the upstream HTTP version, and
+/// `policy` (YAML lines under `connectionPool.http`) for the `http` port, if any.
+fn protocols_yaml(policy: &str) -> String {
+    let mut yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  - {number: 81, name: http2, protocol: HTTP2}
+  - {number: 82, name: grpc, protocol: GRPC}
+  - {number: 83, name: grpc-web, protocol: GRPC-WEB}
+  - {number: 84, name: other}
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints: [{address: 10.9.0.1}]
+"#
+    .to_string();
+    if !policy.is_empty() {
+        yaml.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {{name: api, namespace: default}}\nspec:\n  host: api.example.com\n  \
+             trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 80}}\n      \
+             connectionPool:\n        http: {{{policy}}}\n"
+        ));
+    }
+    yaml
+}
+
+#[test]
+fn upstream_protocol_follows_port_protocol_and_destination_rule() {
+    use sluice_model::UpstreamProtocol::{Downstream, Http1, Http2};
+    let snap = snapshot_in("default", &[], &protocols_yaml(""));
+    let proto =
+        |port: u16| cluster(&snap, &format!("outbound|{port}||api.example.com")).upstream_protocol;
+    assert_eq!(proto(80), Http1);
+    assert_eq!(proto(81), Http2);
+    assert_eq!(proto(82), Http2);
+    // grpc-web is forwarded as is (no grpc-web → gRPC translation): HTTP/1.1.
+    assert_eq!(proto(83), Http1);
+    // Sniffed at a sidecar: the client's version.
+    assert_eq!(proto(84), Downstream);
+
+    for (policy, want) in [
+        ("h2UpgradePolicy: UPGRADE", Http2),
+        ("h2UpgradePolicy: DO_NOT_UPGRADE", Http1),
+        ("h2UpgradePolicy: DEFAULT", Http1),
+        ("useClientProtocol: true", Downstream),
+    ] {
+        let snap = snapshot_in("default", &[], &protocols_yaml(policy));
+        let c = cluster(&snap, "outbound|80||api.example.com");
+        assert_eq!(c.upstream_protocol, want, "{policy}");
+    }
+    let snap = snapshot_in("default", &[], &protocols_yaml("h2UpgradePolicy: UPGRADE"));
+    let limits = &cluster(&snap, "outbound|80||api.example.com").limits;
+    assert_eq!(
+        limits.h2_upgrade_policy,
+        sluice_model::policy::H2UpgradePolicy::Upgrade
+    );
+    assert!(!limits.use_client_protocol);
+}
+
+#[test]
+fn upstream_protocol_decides_per_request() {
+    use sluice_model::UpstreamProtocol::{Downstream, Http1, Http2};
+    assert!(!Http1.is_http2(true));
+    assert!(Http2.is_http2(false));
+    assert!(Downstream.is_http2(true));
+    assert!(!Downstream.is_http2(false));
+}
+
+#[test]
+fn gateways_do_not_follow_the_client_on_sniffed_ports() {
+    use sluice_model::cluster::UpstreamProtocol;
+    use sluice_model::ProxyKind;
+    let limits = PoolLimits::default();
+    assert_eq!(
+        UpstreamProtocol::for_port(Protocol::Unknown, &limits, ProxyKind::Gateway),
+        UpstreamProtocol::Http1
+    );
+    assert_eq!(
+        UpstreamProtocol::for_port(Protocol::Grpc, &limits, ProxyKind::Gateway),
+        UpstreamProtocol::Http2
+    );
+    let client = PoolLimits {
+        use_client_protocol: true,
+        ..PoolLimits::default()
+    };
+    assert_eq!(
+        UpstreamProtocol::for_port(Protocol::Unknown, &client, ProxyKind::Gateway),
+        UpstreamProtocol::Downstream
+    );
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -39,6 +39,7 @@ use crate::telemetry::metrics::{
 use crate::upstream::{
     security_for, BoxError, ConnectionUseHandle, ProxyBody, UpstreamConnInfo, UpstreamSecurity,
 };
+use crate::upstream_h2::Http2Error;
 
 /// Largest request body buffered so it can be retried or mirrored; larger bodies are streamed once.
 const MAX_BUFFERED_BODY: u64 = 64 * 1024;
@@ -55,7 +56,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1). `te: trailers` is
+/// kept: gRPC needs it end to end (and HTTP/2 allows no other `te`).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<HeaderName> = headers
@@ -68,6 +70,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for n in named {
         headers.remove(n);
     }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     for n in [
         header::CONNECTION,
         header::TE,
@@ -79,6 +87,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         KEEP_ALIVE.clone(),
     ] {
         headers.remove(n);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -244,8 +255,10 @@ async fn handle_routed(
     let (mut parts, body) = req.into_parts();
 
     // Absolute-form (explicit proxy) names the target in the URI; otherwise Host/:authority does.
-    // A gateway routes by its listener port only (HTTP/2 requests carry a full URI there too).
-    let uri_target = parts.uri.host().filter(|_| gateway.is_none()).map(|h| {
+    // A gateway routes by its listener port only, and a captured connection (or a CONNECT
+    // tunnel) by its original destination's port: HTTP/2 requests carry a full URI there too.
+    let explicit = gateway.is_none() && downstream.target.is_none();
+    let uri_target = parts.uri.host().filter(|_| explicit).map(|h| {
         let port = parts
             .uri
             .port_u16()
@@ -303,6 +316,10 @@ async fn handle_routed(
     if proxy.access_log.needs_request_headers() {
         rec.request_headers = Some(parts.headers.clone());
     }
+    let grpc = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
 
     let received = ByteCounter::default();
     let body = CountingBody::new(body, received.clone());
@@ -348,7 +365,11 @@ async fn handle_routed(
         source,
         destination,
         destination_service: outcome.service.clone(),
-        request_protocol: RequestProtocol::Http,
+        request_protocol: if grpc {
+            RequestProtocol::Grpc
+        } else {
+            RequestProtocol::Http
+        },
         response_flags: outcome.flags.clone(),
         connection_security_policy: security,
         response_code: response.status().as_u16(),
@@ -914,6 +935,43 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
     }
 }
 
+/// Connect timeout for upstreams without a cluster (passthrough): Istio's default.
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends `req` over the HTTP/2 connection to `addr` (opened on first use) and maps failures to
+/// Envoy's: connection failures (TLS ones named) or resets. `limits` is
+/// (`maxRequestsPerConnection`, `maxConnectionDuration`).
+async fn send_http2(
+    proxy: &Proxy,
+    runtime: Option<&Arc<ClusterRuntime>>,
+    security: &UpstreamSecurity,
+    addr: SocketAddr,
+    req: Request<ProxyBody>,
+    limits: (u32, Option<Duration>),
+) -> Result<Response<Incoming>, UpstreamFailure> {
+    let endpoint = proxy
+        .clients
+        .http2(runtime, security, PASSTHROUGH_CONNECT_TIMEOUT, addr)
+        .map_err(|e| {
+            tracing::warn!("TLS origination towards {addr} is misconfigured: {e}");
+            UpstreamFailure::ConnectFailure {
+                tls_error: Some(format!("TLS_error:{e}")),
+            }
+        })?;
+    endpoint.send(req, limits.0, limits.1).await.map_err(|e| {
+        tracing::debug!("HTTP/2 to {addr}: {e}");
+        match e {
+            Http2Error::Connect(e) => UpstreamFailure::ConnectFailure {
+                tls_error: e
+                    .to_string()
+                    .strip_prefix("TLS_error: ")
+                    .map(|tls| format!("TLS_error:{tls}")),
+            },
+            Http2Error::Request(_) => UpstreamFailure::Reset,
+        }
+    })
+}
+
 async fn forward(
     proxy: &Arc<Proxy>,
     ctx: &RequestCtx,
@@ -1010,13 +1068,23 @@ async fn forward(
         security_for(proxy.identity.as_ref(), c, &ctx.authority)
     });
     let upstream_principal: Option<Arc<str>> = security.expected_principal().map(Arc::from);
-    let client = {
+    // The cluster's protocol (declared `http2`/`grpc`, `h2UpgradePolicy`, `useClientProtocol`,
+    // sniffed ports following the client); passthrough follows the client.
+    let downstream_version = parts.version;
+    let downstream_h2 = downstream_version == Version::HTTP_2;
+    let http2 = fwd.cluster.as_ref().map_or(downstream_h2, |c| {
+        c.upstream_protocol.is_http2(downstream_h2)
+    });
+    let client = if http2 {
+        // HTTP/2 connections are per endpoint, picked in each try.
+        None
+    } else {
         let client = match &runtime {
             Some(rt) => proxy.clients.for_cluster(rt, &security),
-            None => proxy.clients.get(&security, Duration::from_secs(10)),
+            None => proxy.clients.get(&security, PASSTHROUGH_CONNECT_TIMEOUT),
         };
         match client {
-            Ok(c) => c,
+            Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!("TLS origination for {cluster_name} is misconfigured: {e}");
                 return fail(
@@ -1045,14 +1113,36 @@ async fn forward(
                     proxy,
                     ctx,
                     m,
-                    &parts.method,
-                    &upstream_path,
+                    (&parts.method, &upstream_path, downstream_h2),
                     &headers,
                     bytes.clone(),
                 );
             }
         }
     }
+
+    // HTTP/2 requests name the service, not the endpoint: hyper turns the URI's authority into
+    // `:authority`, so the Host header (already in the URI) is not sent as well.
+    let h2_uri = if http2 {
+        let scheme = match security {
+            UpstreamSecurity::Plain => "http",
+            _ => "https",
+        };
+        let authority = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|a| !a.is_empty())
+            .unwrap_or(&ctx.authority);
+        match format!("{scheme}://{authority}{upstream_path}").parse::<Uri>() {
+            Ok(u) if u.authority().is_some() => {
+                headers.remove(header::HOST);
+                Some(u)
+            }
+            _ => return fail(UpstreamFailure::BadRequest, false, None),
+        }
+    } else {
+        None
+    };
 
     let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
     let max_tries = if retryable { 1 + fwd.retry.attempts } else { 1 };
@@ -1088,9 +1178,12 @@ async fn forward(
             }
         }
         tried = Some(addr);
-        let uri: Uri = match format!("http://{addr}{upstream_path}").parse() {
-            Ok(u) => u,
-            Err(_) => return fail(UpstreamFailure::BadRequest, false, tried),
+        let uri: Uri = match &h2_uri {
+            Some(u) => u.clone(),
+            None => match format!("http://{addr}{upstream_path}").parse() {
+                Ok(u) => u,
+                Err(_) => return fail(UpstreamFailure::BadRequest, false, tried),
+            },
         };
         let Some(req_body) = body.take() else {
             break;
@@ -1103,10 +1196,29 @@ async fn forward(
             X_ENVOY_ATTEMPT_COUNT.clone(),
             HeaderValue::from(attempt + 1),
         );
-        let captured = (per_connection > 0 || max_duration.is_some())
+        let captured = (client.is_some() && (per_connection > 0 || max_duration.is_some()))
             .then(|| hyper_util::client::legacy::connect::capture_connection(&mut req));
         let try_start = Instant::now();
-        let call = client.request(req);
+        let call = async {
+            match &client {
+                Some(client) => client.request(req).await.map_err(|e| {
+                    tracing::debug!("upstream {addr} for {cluster_name} failed: {e:?}");
+                    classify_error(&e)
+                }),
+                None => {
+                    *req.version_mut() = Version::HTTP_2;
+                    send_http2(
+                        proxy,
+                        runtime.as_ref(),
+                        &security,
+                        addr,
+                        req,
+                        (per_connection, max_duration),
+                    )
+                    .await
+                }
+            }
+        };
         let per_try = fwd.retry.per_try_timeout;
         let result = match (deadline, per_try) {
             (None, None) => Ok(call.await),
@@ -1155,6 +1267,8 @@ async fn forward(
                 let service_time = try_start.elapsed().as_millis() as u64;
                 let info = resp.extensions().get::<UpstreamConnInfo>().copied();
                 let (mut rparts, rbody) = resp.into_parts();
+                // Answer in the client's HTTP version, whatever the upstream spoke.
+                rparts.version = downstream_version;
                 strip_hop_by_hop(&mut rparts.headers);
                 rparts
                     .headers
@@ -1199,9 +1313,7 @@ async fn forward(
                 };
                 return (resp, outcome);
             }
-            Ok(Err(e)) => {
-                let failure = classify_error(&e);
-                tracing::debug!("upstream {addr} for {cluster_name} failed: {e:?}");
+            Ok(Err(failure)) => {
                 if let Some(g) = &endpoint {
                     g.report(match failure {
                         UpstreamFailure::ConnectFailure { .. } => CallResult::ConnectFailed,
@@ -1276,8 +1388,7 @@ fn spawn_mirror(
     proxy: &Arc<Proxy>,
     ctx: &RequestCtx,
     mirror: &sluice_model::route::Mirror,
-    method: &Method,
-    path: &str,
+    (method, path, downstream_h2): (&Method, &str, bool),
     headers: &HeaderMap,
     body: Bytes,
 ) {
@@ -1303,18 +1414,44 @@ fn spawn_mirror(
             return;
         };
         let security = security_for(proxy.identity.as_ref(), &cluster, &authority);
-        let Ok(client) = proxy.clients.for_cluster(&runtime, &security) else {
-            return;
-        };
-        let Ok(uri) = format!("http://{addr}{path}").parse::<Uri>() else {
-            return;
-        };
         let mut req = Request::new(Full::new(body).map_err(|e| match e {}).boxed_unsync());
         *req.method_mut() = method;
-        *req.uri_mut() = uri;
         *req.headers_mut() = headers;
+        let sent = if cluster.upstream_protocol.is_http2(downstream_h2) {
+            let host = req
+                .headers_mut()
+                .remove(header::HOST)
+                .and_then(|h| h.to_str().ok().map(str::to_string))
+                .unwrap_or(authority);
+            let scheme = match security {
+                UpstreamSecurity::Plain => "http",
+                _ => "https",
+            };
+            let Ok(uri) = format!("{scheme}://{host}{path}").parse::<Uri>() else {
+                return;
+            };
+            *req.uri_mut() = uri;
+            *req.version_mut() = Version::HTTP_2;
+            let Ok(endpoint) =
+                proxy
+                    .clients
+                    .http2(Some(&runtime), &security, PASSTHROUGH_CONNECT_TIMEOUT, addr)
+            else {
+                return;
+            };
+            endpoint.send(req, 0, None).await.ok()
+        } else {
+            let Ok(client) = proxy.clients.for_cluster(&runtime, &security) else {
+                return;
+            };
+            let Ok(uri) = format!("http://{addr}{path}").parse::<Uri>() else {
+                return;
+            };
+            *req.uri_mut() = uri;
+            client.request(req).await.ok()
+        };
         // The shadow's response is ignored; only drain it so the connection can be reused.
-        if let Ok(resp) = client.request(req).await {
+        if let Some(resp) = sent {
             endpoint.report(CallResult::Status(resp.status().as_u16()));
             let _ = resp.into_body().collect().await;
         }

@@ -51,9 +51,10 @@ use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use sluice_model::policy::PoolLimits;
 use sluice_model::registry::Protocol;
 use sluice_model::security::{AuthzDecision, AuthzRequest, MtlsMode};
-use sluice_model::{Snapshot, INBOUND_PASSTHROUGH_CLUSTER};
+use sluice_model::{ProxyKind, Snapshot, UpstreamProtocol, INBOUND_PASSTHROUGH_CLUSTER};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -124,7 +125,8 @@ struct Inbound {
     proxy: Arc<Proxy>,
     /// HTTP/1.1 keep-alive connections to the application, pooled per `ip:port`.
     http1: Client<AppConnector, ProxyBody>,
-    /// HTTP/2 (prior knowledge) for ports declared `http2`/`grpc`: gRPC needs trailers.
+    /// HTTP/2 (prior knowledge) for ports declared `http2`/`grpc` and sniffed HTTP/2: gRPC
+    /// needs trailers.
     http2: Client<AppConnector, ProxyBody>,
 }
 
@@ -807,10 +809,11 @@ async fn forward(
             )
         }
     };
-    let h2 = matches!(
-        ctx.declared,
-        Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb
-    );
+    // Inbound clusters follow the outbound rule without DestinationRule settings: HTTP/2 for
+    // `http2`/`grpc` ports, the client's version for sniffed ports (`grpc-web` is forwarded as
+    // is, so it keeps HTTP/1.1).
+    let h2 = UpstreamProtocol::for_port(ctx.declared, &PoolLimits::default(), ProxyKind::Sidecar)
+        .is_http2(downstream_version == Version::HTTP_2);
     let (client, version) = if h2 {
         (&inbound.http2, Version::HTTP_2)
     } else {

@@ -21,3 +21,4 @@ pub mod telemetry;
 pub mod tls_server;
 pub mod trace;
 pub mod upstream;
+pub mod upstream_h2;

@@ -32,10 +32,16 @@ use tokio_rustls::TlsConnector;
 use crate::balancer::{ClusterRuntime, ConnectionGuard};
 use crate::identity::Identity;
 use crate::tls_server::{read_certs, read_key};
+use crate::upstream_h2::Http2Endpoint;
 
 /// ALPN a sidecar offers when it originates Istio mutual TLS: the marker a PERMISSIVE inbound
 /// listener looks for to tell mesh mTLS from an application's own TLS.
 pub const ISTIO_ALPN: &[u8] = b"istio";
+
+/// ALPN offered with ISTIO_MUTUAL to clusters spoken to in HTTP/2 (Istio's `ALPNInMeshH2`).
+const MESH_ALPN_H2: &[&[u8]] = &[ISTIO_ALPN, b"h2"];
+/// ALPN offered with ISTIO_MUTUAL otherwise (Istio's `ALPNInMesh`).
+const MESH_ALPN: &[&[u8]] = &[ISTIO_ALPN];
 
 /// Error type carried by request and response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -287,13 +293,24 @@ pub async fn istio_mutual_connect(
     sni: &str,
     tcp: TcpStream,
 ) -> io::Result<TlsStream<TcpStream>> {
+    istio_mutual_connect_alpn(identity, expected_sans, sni, MESH_ALPN, tcp).await
+}
+
+/// [`istio_mutual_connect`] offering `alpn`.
+async fn istio_mutual_connect_alpn(
+    identity: &Identity,
+    expected_sans: &[String],
+    sni: &str,
+    alpn: &[&[u8]],
+    tcp: TcpStream,
+) -> io::Result<TlsStream<TcpStream>> {
     let name = ServerName::try_from(sni.to_string()).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("TLS_error: SNI {sni}: {e}"),
         )
     })?;
-    let config = identity.client_config(expected_sans, &[ISTIO_ALPN]);
+    let config = identity.client_config(expected_sans, alpn);
     TlsConnector::from(config)
         .connect(name, tcp)
         .await
@@ -389,6 +406,18 @@ pub struct UpstreamStream {
     _guard: Option<ConnectionGuard>,
 }
 
+impl UpstreamStream {
+    /// The connection's addresses.
+    pub(crate) fn info(&self) -> UpstreamConnInfo {
+        self.info
+    }
+
+    /// The connection's use counters.
+    pub(crate) fn usage(&self) -> ConnectionUseHandle {
+        self.usage.clone()
+    }
+}
+
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
         Connected::new().extra(self.info).extra(self.usage.clone())
@@ -469,6 +498,7 @@ enum TlsOrigin {
         identity: Arc<Identity>,
         expected_sans: Arc<[String]>,
         sni: String,
+        alpn: &'static [&'static [u8]],
     },
 }
 
@@ -511,47 +541,103 @@ impl tower_service::Service<Uri> for UpstreamConnector {
                     "upstream URI authority is not ip:port",
                 )
             })?;
-            // Waiting here for a free slot is what makes a request "pending".
-            let guard = match &this.runtime {
-                Some(rt) => Some(rt.acquire_connection(addr).await),
-                None => None,
-            };
-            let tcp = connect_tcp(addr, this.connect_timeout).await?;
-            if let Some(ka) = &this.keepalive {
-                if let Err(e) = set_keepalive(&tcp, ka) {
-                    tracing::debug!("cannot set TCP keepalive towards {addr}: {e}");
+            this.connect(addr).await
+        })
+    }
+}
+
+impl UpstreamConnector {
+    /// A connector for `security`; with a cluster runtime, its `connectionPool` settings
+    /// (connect timeout, TCP keepalive, `maxConnections`) apply. `http2` offers ALPN `h2` when
+    /// TLS is originated.
+    pub(crate) fn new(
+        security: &UpstreamSecurity,
+        connect_timeout: Duration,
+        runtime: Option<&Arc<ClusterRuntime>>,
+        http2: bool,
+    ) -> Result<UpstreamConnector, TlsSetupError> {
+        let limits = runtime.map(|rt| rt.limits());
+        let tls = match security {
+            UpstreamSecurity::Plain => None,
+            UpstreamSecurity::Tls { settings, sni } => {
+                let mut config = client_config(settings)?;
+                if http2 {
+                    // Envoy's ALPNH2Only for clusters that speak HTTP/2.
+                    config.alpn_protocols = vec![b"h2".to_vec()];
                 }
-            }
-            let info = UpstreamConnInfo {
-                local: tcp.local_addr()?,
-                remote: addr,
-            };
-            let transport = match this.tls {
-                None => Transport::Plain(TokioIo::new(tcp)),
-                Some(TlsOrigin::Fixed(connector, name)) => {
-                    let tls = connector.connect(name, tcp).await.map_err(|e| {
-                        io::Error::new(io::ErrorKind::ConnectionAborted, format!("TLS_error: {e}"))
+                let name =
+                    ServerName::try_from(sni.to_string()).map_err(|e| TlsSetupError::Invalid {
+                        path: "sni".into(),
+                        message: e.to_string(),
                     })?;
-                    Transport::Tls(Box::new(TokioIo::new(tls)))
-                }
-                Some(TlsOrigin::Mesh {
-                    identity,
-                    expected_sans,
-                    sni,
-                }) => {
-                    let tls = istio_mutual_connect(&identity, &expected_sans, &sni, tcp).await?;
-                    Transport::Tls(Box::new(TokioIo::new(tls)))
-                }
-            };
-            Ok(UpstreamStream {
-                transport,
-                info,
-                usage: ConnectionUseHandle(Arc::new(ConnectionUse {
-                    requests: AtomicU32::new(0),
-                    opened: std::time::Instant::now(),
-                })),
-                _guard: guard,
-            })
+                Some(TlsOrigin::Fixed(TlsConnector::from(Arc::new(config)), name))
+            }
+            UpstreamSecurity::IstioMutual {
+                identity,
+                sni,
+                expected_sans,
+            } => Some(TlsOrigin::Mesh {
+                identity: identity.0.clone(),
+                expected_sans: expected_sans.clone(),
+                sni: sni.clone(),
+                alpn: if http2 { MESH_ALPN_H2 } else { MESH_ALPN },
+            }),
+        };
+        Ok(UpstreamConnector {
+            tls,
+            connect_timeout: limits
+                .as_ref()
+                .map_or(connect_timeout, |l| l.connect_timeout),
+            keepalive: limits.as_ref().and_then(|l| l.tcp_keepalive.clone()),
+            runtime: runtime.cloned(),
+        })
+    }
+
+    /// Connects to `addr`: waits for a connection slot of the cluster (`maxConnections`),
+    /// connects with the deadline, sets TCP keepalive and originates TLS.
+    pub(crate) async fn connect(&self, addr: SocketAddr) -> io::Result<UpstreamStream> {
+        // Waiting here for a free slot is what makes a request "pending".
+        let guard = match &self.runtime {
+            Some(rt) => Some(rt.acquire_connection(addr).await),
+            None => None,
+        };
+        let tcp = connect_tcp(addr, self.connect_timeout).await?;
+        if let Some(ka) = &self.keepalive {
+            if let Err(e) = set_keepalive(&tcp, ka) {
+                tracing::debug!("cannot set TCP keepalive towards {addr}: {e}");
+            }
+        }
+        let info = UpstreamConnInfo {
+            local: tcp.local_addr()?,
+            remote: addr,
+        };
+        let transport = match &self.tls {
+            None => Transport::Plain(TokioIo::new(tcp)),
+            Some(TlsOrigin::Fixed(connector, name)) => {
+                let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                    io::Error::new(io::ErrorKind::ConnectionAborted, format!("TLS_error: {e}"))
+                })?;
+                Transport::Tls(Box::new(TokioIo::new(tls)))
+            }
+            Some(TlsOrigin::Mesh {
+                identity,
+                expected_sans,
+                sni,
+                alpn,
+            }) => {
+                let tls =
+                    istio_mutual_connect_alpn(identity, expected_sans, sni, alpn, tcp).await?;
+                Transport::Tls(Box::new(TokioIo::new(tls)))
+            }
+        };
+        Ok(UpstreamStream {
+            transport,
+            info,
+            usage: ConnectionUseHandle(Arc::new(ConnectionUse {
+                requests: AtomicU32::new(0),
+                opened: std::time::Instant::now(),
+            })),
+            _guard: guard,
         })
     }
 }
@@ -578,7 +664,12 @@ struct ClientKey {
 #[derive(Default)]
 pub struct HttpClients {
     clients: Mutex<HashMap<ClientKey, ClientEntry>>,
+    /// HTTP/2 endpoints by the same key and the endpoint address.
+    http2: Mutex<HashMap<(ClientKey, SocketAddr), Http2Entry>>,
 }
+
+/// A cached HTTP/2 endpoint and the cluster runtime it belongs to (dropped with it).
+type Http2Entry = (Arc<Http2Endpoint>, Option<Weak<ClusterRuntime>>);
 
 impl HttpClients {
     /// The client for `security` with a fixed connect timeout.
@@ -601,54 +692,41 @@ impl HttpClients {
         self.client(security, Duration::ZERO, Some(runtime))
     }
 
+    /// The HTTP/2 connection to `addr` for `security`: with a cluster runtime (whose
+    /// `connectionPool` settings apply and which counts the connection), else with a fixed
+    /// connect timeout.
+    pub fn http2(
+        &self,
+        runtime: Option<&Arc<ClusterRuntime>>,
+        security: &UpstreamSecurity,
+        connect_timeout: Duration,
+        addr: SocketAddr,
+    ) -> Result<Arc<Http2Endpoint>, TlsSetupError> {
+        let key = (client_key(security, connect_timeout, runtime), addr);
+        let mut endpoints = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((e, _)) = endpoints.get(&key) {
+            return Ok(e.clone());
+        }
+        let connector = UpstreamConnector::new(security, connect_timeout, runtime, true)?;
+        let endpoint = Arc::new(Http2Endpoint::new(connector, addr));
+        endpoints.retain(|_, (_, rt)| rt.as_ref().is_none_or(|w| w.strong_count() > 0));
+        endpoints.insert(key, (endpoint.clone(), runtime.map(Arc::downgrade)));
+        Ok(endpoint)
+    }
+
     fn client(
         &self,
         security: &UpstreamSecurity,
         connect_timeout: Duration,
         runtime: Option<&Arc<ClusterRuntime>>,
     ) -> Result<HttpClient, TlsSetupError> {
+        let key = client_key(security, connect_timeout, runtime);
         let limits = runtime.map(|rt| rt.limits());
-        let connect_timeout = limits
-            .as_ref()
-            .map_or(connect_timeout, |l| l.connect_timeout);
-        let key = ClientKey {
-            security: security.clone(),
-            connect_timeout,
-            cluster: runtime.zip(limits.as_ref()).map(|(rt, l)| {
-                (
-                    Arc::as_ptr(rt) as usize,
-                    l.idle_timeout,
-                    l.tcp_keepalive
-                        .as_ref()
-                        .map(|k| (k.time, k.interval, k.probes)),
-                )
-            }),
-        };
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((c, _)) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let tls = match security {
-            UpstreamSecurity::Plain => None,
-            UpstreamSecurity::Tls { settings, sni } => {
-                let config = client_config(settings)?;
-                let name =
-                    ServerName::try_from(sni.to_string()).map_err(|e| TlsSetupError::Invalid {
-                        path: "sni".into(),
-                        message: e.to_string(),
-                    })?;
-                Some(TlsOrigin::Fixed(TlsConnector::from(Arc::new(config)), name))
-            }
-            UpstreamSecurity::IstioMutual {
-                identity,
-                sni,
-                expected_sans,
-            } => Some(TlsOrigin::Mesh {
-                identity: identity.0.clone(),
-                expected_sans: expected_sans.clone(),
-                sni: sni.clone(),
-            }),
-        };
+        let connector = UpstreamConnector::new(security, connect_timeout, runtime, false)?;
         // Istio's `idleTimeout` default is 1 h; `0s` (None) keeps idle connections forever.
         let idle = match &limits {
             Some(l) => l.idle_timeout,
@@ -658,12 +736,7 @@ impl HttpClients {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(idle)
             .set_host(false)
-            .build(UpstreamConnector {
-                tls,
-                connect_timeout,
-                keepalive: limits.as_ref().and_then(|l| l.tcp_keepalive.clone()),
-                runtime: runtime.cloned(),
-            });
+            .build(connector);
         // Clusters that went away take their pools with them.
         clients.retain(|_, (_, rt)| rt.as_ref().is_none_or(|w| w.strong_count() > 0));
         clients.insert(key, (client.clone(), runtime.map(Arc::downgrade)));
@@ -676,5 +749,30 @@ impl HttpClients {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.http2.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// The pool key for `security` and, with a runtime, the cluster's pool settings.
+fn client_key(
+    security: &UpstreamSecurity,
+    connect_timeout: Duration,
+    runtime: Option<&Arc<ClusterRuntime>>,
+) -> ClientKey {
+    let limits = runtime.map(|rt| rt.limits());
+    ClientKey {
+        security: security.clone(),
+        connect_timeout: limits
+            .as_ref()
+            .map_or(connect_timeout, |l| l.connect_timeout),
+        cluster: runtime.zip(limits.as_ref()).map(|(rt, l)| {
+            (
+                Arc::as_ptr(rt) as usize,
+                l.idle_timeout,
+                l.tcp_keepalive
+                    .as_ref()
+                    .map(|k| (k.time, k.interval, k.probes)),
+            )
+        }),
     }
 }

@@ -407,8 +407,8 @@ async fn h2c_prior_knowledge_is_served_and_forwarded() {
     assert_eq!(status, 200);
     assert_eq!(headers["server"], "istio-envoy");
     assert!(body.contains("peer=127.0.0.6 "), "{body}");
-    // Sniffed HTTP/2 goes to the app over pooled HTTP/1.1.
-    assert!(body.contains("version=HTTP/1.1 "), "{body}");
+    // Sniffed HTTP/2 goes to the app as HTTP/2 (Istio's `use_downstream_protocol`).
+    assert!(body.contains("version=HTTP/2.0 "), "{body}");
     assert!(body.contains("host=server.default:8080"), "{body}");
 
     let lines = h.log_lines(1).await;
