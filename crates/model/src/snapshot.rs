@@ -139,6 +139,8 @@ pub struct Snapshot {
     pub mtls_ports: HashMap<u16, crate::security::MtlsMode>,
     /// Gateway proxies: the routes of each port.
     gateway_routes: HashMap<u16, GatewayRoutes>,
+    /// Sidecar proxies: the `Sidecar` resource that scopes this proxy, if any.
+    pub sidecar_scope: Option<crate::sidecar_scope::SidecarScope>,
 }
 
 /// Creation order for resources of one kind: `creationTimestamp`, then the order the store first
@@ -147,6 +149,11 @@ pub struct Snapshot {
 ///
 /// A gateway proxy whose labels carry `istio: <ingressSelector>` also serves the Kubernetes
 /// Ingresses of the mesh's ingress class, translated by [`crate::ingress::to_gateway_config`].
+///
+/// A sidecar proxy obeys the `Sidecar` resource that applies to it
+/// ([`crate::sidecar_scope::select`]): its `outboundTrafficPolicy` replaces the mesh's, and only
+/// the services and VirtualServices its egress hosts import are compiled in (DestinationRules
+/// follow the services they apply to).
 pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -> Snapshot {
     let mesh = MeshSettings::from_resources(resources);
     let mut ingress_diagnostics = Vec::new();
@@ -173,10 +180,41 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
         diagnostics: ingress_diagnostics,
         ..Snapshot::default()
     };
+    let (sidecar_scope, sidecar_diagnostics) =
+        crate::sidecar_scope::select(resources, proxy, &snap.mesh.root_namespace);
+    snap.diagnostics.extend(sidecar_diagnostics);
+    if let Some(policy) = sidecar_scope.as_ref().and_then(|sc| sc.outbound_policy) {
+        snap.mesh.outbound_policy = policy;
+    }
     let all_services = registry::services_from(resources);
-    snap.services = all_services
+    let visible: Vec<Arc<Service>> = all_services
         .iter()
         .filter(|s| s.export_to.visible_to(&proxy.namespace))
+        .cloned()
+        .collect();
+    // A Sidecar narrows what is visible to what its egress hosts import, plus the services the
+    // VirtualServices it imports route to; the rest become unknown hosts.
+    let imported = |s: &Arc<Service>| -> bool {
+        sidecar_scope
+            .as_ref()
+            .is_none_or(|sc| sc.imports_service(s))
+    };
+    let vs_destinations = sidecar_scope
+        .as_ref()
+        .map(|sc| {
+            crate::sidecar_scope::virtual_service_destinations(
+                sc,
+                resources,
+                &visible,
+                &proxy.namespace,
+            )
+        })
+        .unwrap_or_default();
+    snap.services = visible
+        .iter()
+        .filter(|s| {
+            imported(s) || vs_destinations.contains(&(s.hostname.clone(), s.namespace.clone()))
+        })
         .map(|s| match proxy.kind {
             // A gateway cannot forward to the original destination: Istio gives such a
             // service EDS instead, so it has only the endpoints the registry lists (503 UH).
@@ -208,6 +246,7 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
         snap.services_wildcard
             .sort_by(|a, b| host::specificity(&services[*a].hostname, &services[*b].hostname));
     }
+    snap.sidecar_scope = sidecar_scope;
     build_clusters(&mut snap, resources);
     build_default_routes(&mut snap);
     match proxy.kind {
@@ -736,6 +775,13 @@ fn build_virtual_services(snap: &mut Snapshot, resources: &[Resource]) {
             .iter()
             .map(|h| Arc::from(host::resolve_short_name(h, ns)))
             .collect();
+        if snap
+            .sidecar_scope
+            .as_ref()
+            .is_some_and(|sc| !sc.imports_virtual_service(ns, &hosts))
+        {
+            continue;
+        }
 
         if !vs.http.is_empty() {
             let rules: Vec<Arc<HttpRouteRule>> = vs
@@ -1656,13 +1702,16 @@ impl Snapshot {
             );
         }
         format!(
-            "{} services, {} clusters, {} virtual hosts, {} tls rules, {} tcp rules, outbound policy {:?}",
+            "{} services, {} clusters, {} virtual hosts, {} tls rules, {} tcp rules, outbound policy {:?}{}",
             self.services.len(),
             self.clusters.len(),
             self.vhosts_exact.len() + self.vhosts_wildcard.len(),
             self.tls_rules.len(),
             self.tcp_rules.len(),
-            self.mesh.outbound_policy
+            self.mesh.outbound_policy,
+            self.sidecar_scope
+                .as_ref()
+                .map_or(String::new(), |sc| format!(", scoped by {}", sc.source))
         )
     }
 }

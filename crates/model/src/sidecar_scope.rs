@@ -1,0 +1,282 @@
+//! The `Sidecar` resource, for sidecar proxies only (gateways ignore it): which one applies to a
+//! workload, the outbound traffic policy it sets, and the egress hosts that limit which services
+//! and VirtualServices the proxy imports (Istio's `SidecarScope`).
+//!
+//! Scoping is not blocking: a destination the Sidecar does not import is an unknown host, so it
+//! follows the outbound policy (ALLOW_ANY passthrough, REGISTRY_ONLY blocked), as in Istio.
+//!
+//! Not applied yet: an egress listener's `port` (its hosts are imported on every port, not only
+//! on that one), `bind` and `captureMode`; `ingress` listeners; `inboundConnectionPool`;
+//! `outboundTrafficPolicy.egressProxy`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+use sluice_api::networking::{self, Destination};
+use sluice_api::{Diagnostic, Resource, Severity, Spec};
+
+use crate::host;
+use crate::mesh::OutboundPolicy;
+use crate::registry::{labels_subset, ExportTo, Service};
+use crate::snapshot::{ProxyIdentity, ProxyKind};
+
+/// Namespace part of an egress host meaning "any namespace".
+const ANY_NAMESPACE: &str = "*";
+/// Namespace part meaning "the proxy's own namespace".
+const OWN_NAMESPACE: &str = ".";
+
+/// The Sidecar that applies to one proxy, ready for import checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SidecarScope {
+    /// `Sidecar ns/name`.
+    pub source: Arc<str>,
+    /// `outboundTrafficPolicy.mode`, overriding the mesh setting when present.
+    pub outbound_policy: Option<OutboundPolicy>,
+    /// One map per egress listener: namespace (`.` resolved to the proxy's, `*` for any, `~` for
+    /// none) → lower-cased DNS names. A Sidecar without egress listeners imports `*/*`.
+    listeners: Vec<BTreeMap<String, Vec<String>>>,
+}
+
+impl SidecarScope {
+    fn from_resource(res: &Resource, sc: &networking::Sidecar, proxy_ns: &str) -> SidecarScope {
+        let outbound_policy = sc.outbound_traffic_policy.as_ref().map(|p| {
+            // The enum's zero value is REGISTRY_ONLY: `outboundTrafficPolicy: {}` blocks.
+            match p.mode.as_deref() {
+                Some(m) if m.eq_ignore_ascii_case("ALLOW_ANY") => OutboundPolicy::AllowAny,
+                _ => OutboundPolicy::RegistryOnly,
+            }
+        });
+        let mut listeners: Vec<BTreeMap<String, Vec<String>>> = sc
+            .egress
+            .iter()
+            .map(|l| {
+                let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for h in &l.hosts {
+                    // Validation refuses hosts without `/`; skip them if they get here anyway.
+                    let Some((ns, name)) = h.split_once('/') else {
+                        continue;
+                    };
+                    let ns = if ns == OWN_NAMESPACE { proxy_ns } else { ns };
+                    hosts
+                        .entry(ns.to_string())
+                        .or_default()
+                        .push(name.to_ascii_lowercase());
+                }
+                hosts
+            })
+            .collect();
+        if listeners.is_empty() {
+            listeners.push(BTreeMap::from([(
+                ANY_NAMESPACE.to_string(),
+                vec!["*".to_string()],
+            )]));
+        }
+        SidecarScope {
+            source: format!("Sidecar {}", res.key()).into(),
+            outbound_policy,
+            listeners,
+        }
+    }
+
+    /// True if some egress listener imports `svc` (Istio's `selectServices`): hosts listed for
+    /// the service's namespace decide when there are any, else hosts listed for `*`. The
+    /// service's host must fall within an imported name (`*.example.com` imports
+    /// `a.example.com` and `*.a.example.com`, not `example.com`).
+    pub fn imports_service(&self, svc: &Service) -> bool {
+        self.listeners.iter().any(|hosts| {
+            let candidates = hosts
+                .get(svc.namespace.as_ref())
+                .or_else(|| hosts.get(ANY_NAMESPACE));
+            candidates.is_some_and(|c| c.iter().any(|h| subset_of(&svc.hostname, h)))
+        })
+    }
+
+    /// True if some egress listener imports a VirtualService of namespace `vs_ns` with these
+    /// (already fully qualified) hosts (Istio's `SelectVirtualServices`): one of its hosts
+    /// intersects a name listed for `vs_ns` or for `*`.
+    pub fn imports_virtual_service(&self, vs_ns: &str, vs_hosts: &[Arc<str>]) -> bool {
+        self.listeners.iter().any(|hosts| {
+            [vs_ns, ANY_NAMESPACE]
+                .iter()
+                .filter_map(|ns| hosts.get(*ns))
+                .flatten()
+                .any(|h| vs_hosts.iter().any(|vh| host::intersects(vh, h)))
+        })
+    }
+}
+
+/// Istio's `host.Name.SubsetOf`: every name `name` matches is matched by `pattern`.
+fn subset_of(name: &str, pattern: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => {
+            let name = name.strip_prefix('*').unwrap_or(name);
+            name.len() >= suffix.len()
+                && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        }
+        None => !name.starts_with('*') && name.eq_ignore_ascii_case(pattern),
+    }
+}
+
+/// The Sidecar that applies to `proxy`, with warnings about ambiguous ones. `resources` are in
+/// creation order, so the first match is the oldest.
+///
+/// In the proxy's namespace, the oldest Sidecar whose `workloadSelector.labels` are all among the
+/// proxy's labels; else the namespace's Sidecar without selector; else the one without selector
+/// in the root namespace; else none. Gateways get none.
+pub fn select(
+    resources: &[Resource],
+    proxy: &ProxyIdentity,
+    root_ns: &str,
+) -> (Option<SidecarScope>, Vec<Diagnostic>) {
+    let mut diagnostics = Vec::new();
+    if proxy.kind != ProxyKind::Sidecar {
+        return (None, diagnostics);
+    }
+    let sidecars = || {
+        resources.iter().filter_map(|r| match &r.spec {
+            Spec::Sidecar(sc) => Some((r, sc)),
+            _ => None,
+        })
+    };
+    let mut chosen: Option<(&Resource, &networking::Sidecar)> = None;
+
+    for (r, sc) in sidecars().filter(|(r, _)| r.meta.namespace == proxy.namespace) {
+        let Some(sel) = &sc.workload_selector else {
+            continue;
+        };
+        if !labels_subset(&sel.labels, &proxy.labels) {
+            continue;
+        }
+        match chosen {
+            None => chosen = Some((r, sc)),
+            Some((older, _)) => diagnostics.push(Diagnostic::at(
+                r,
+                Severity::Warning,
+                "spec.workloadSelector",
+                format!(
+                    "IST0110: this Sidecar and the older Sidecar {} both select the workload \
+                     with labels {}; only the older one applies",
+                    older.key(),
+                    format_labels(&proxy.labels)
+                ),
+            )),
+        }
+    }
+
+    let mut namespaces = vec![proxy.namespace.as_str()];
+    if root_ns != proxy.namespace {
+        namespaces.push(root_ns);
+    }
+    for ns in namespaces {
+        let mut first: Option<(&Resource, &networking::Sidecar)> = None;
+        for (r, sc) in
+            sidecars().filter(|(r, sc)| r.meta.namespace == ns && sc.workload_selector.is_none())
+        {
+            match first {
+                None => first = Some((r, sc)),
+                Some((older, _)) => diagnostics.push(Diagnostic::at(
+                    r,
+                    Severity::Warning,
+                    "spec",
+                    format!(
+                        "IST0111: namespace {ns} has more than one Sidecar without \
+                         workloadSelector; the oldest, {}, applies and this one is ignored",
+                        older.key()
+                    ),
+                )),
+            }
+        }
+        if chosen.is_none() {
+            chosen = first;
+        }
+    }
+
+    let scope = chosen.map(|(r, sc)| SidecarScope::from_resource(r, sc, &proxy.namespace));
+    (scope, diagnostics)
+}
+
+fn format_labels(labels: &networking::Labels) -> String {
+    let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// Services that the imported VirtualServices (bound to `mesh`, exported to the proxy's
+/// namespace) route or mirror to, which Istio imports as well
+/// (so a route never points at a service the Sidecar left out): a visible service of that host
+/// in the proxy's namespace, else in the alphabetically first namespace that has one. Returns
+/// `(hostname, namespace)` pairs.
+pub fn virtual_service_destinations(
+    scope: &SidecarScope,
+    resources: &[Resource],
+    visible: &[Arc<Service>],
+    proxy_ns: &str,
+) -> HashSet<(Arc<str>, Arc<str>)> {
+    let mut out = HashSet::new();
+    for res in resources {
+        let Spec::VirtualService(vs) = &res.spec else {
+            continue;
+        };
+        let ns = res.meta.namespace.as_str();
+        let binds_to_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
+        if !binds_to_mesh || !ExportTo::parse(&vs.export_to, ns).visible_to(proxy_ns) {
+            continue;
+        }
+        let hosts: Vec<Arc<str>> = vs
+            .hosts
+            .iter()
+            .map(|h| Arc::from(host::resolve_short_name(h, ns)))
+            .collect();
+        if !scope.imports_virtual_service(ns, &hosts) {
+            continue;
+        }
+        for dest in destinations(vs) {
+            let h = host::resolve_short_name(dest.host_name(), ns);
+            let best = visible
+                .iter()
+                .filter(|s| *s.hostname == *h)
+                .min_by_key(|s| (*s.namespace != *proxy_ns, s.namespace.clone()));
+            if let Some(s) = best {
+                out.insert((s.hostname.clone(), s.namespace.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Every destination of a VirtualService: routes, mirrors, TLS and TCP routes.
+fn destinations(vs: &networking::VirtualService) -> impl Iterator<Item = &Destination> {
+    let http = vs.http.iter().flat_map(|r| {
+        r.route
+            .iter()
+            .map(|d| &d.destination)
+            .chain(r.mirror.iter())
+            .chain(r.mirrors.iter().map(|m| &m.destination))
+    });
+    let tls = vs
+        .tls
+        .iter()
+        .flat_map(|r| r.route.iter().map(|d| &d.destination));
+    let tcp = vs
+        .tcp
+        .iter()
+        .flat_map(|r| r.route.iter().map(|d| &d.destination));
+    http.chain(tls).chain(tcp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subset_of;
+
+    #[test]
+    fn subset_of_follows_istio() {
+        assert!(subset_of("a.example.com", "*.example.com"));
+        assert!(subset_of("*.a.example.com", "*.example.com"));
+        assert!(subset_of("*.example.com", "*.example.com"));
+        assert!(subset_of("*.example.com", "*"));
+        assert!(!subset_of("example.com", "*.example.com"));
+        assert!(!subset_of("*.example.com", "a.example.com"));
+        assert!(!subset_of("*.com", "*.example.com"));
+        assert!(subset_of("HttpBin.org", "httpbin.org"));
+    }
+}
