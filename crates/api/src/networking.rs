@@ -1111,7 +1111,8 @@ pub struct ServerTlsSettings {
 
 // === Sidecar ===
 
-/// `Sidecar` spec: decoded and validated now, enforced in a later release.
+/// `Sidecar` spec. Enforced for sidecar proxies: `outboundTrafficPolicy` and `egress[].hosts` imports
+/// (see `sluice_model::sidecar_scope`); `ingress` listeners are decoded and validated only.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sidecar {
