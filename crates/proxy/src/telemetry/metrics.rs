@@ -10,8 +10,10 @@
 //! bucket labels and loses a trailing `.0`, and `# EOF` / `# UNIT` lines are dropped.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt::{self, Write as _};
-use std::sync::{Arc, Mutex};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, LabelSetEncoder};
@@ -191,7 +193,11 @@ impl Default for ServiceLabels {
 }
 
 /// Labels of the HTTP metrics (`istio_requests_total`, `istio_request_*`, `istio_response_bytes`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// `Hash` covers the small fields and the most selective names only (workloads, their namespaces,
+/// the service); `Eq` compares everything, starting with `Arc` pointers, so equal shared label
+/// parts cost no string comparison.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpLabels {
     /// `reporter`.
     pub reporter: Reporter,
@@ -214,8 +220,9 @@ pub struct HttpLabels {
 }
 
 /// Labels of the TCP metrics (`istio_tcp_*`): the HTTP set without `response_code` and
-/// `grpc_response_status`; `request_protocol` is always `tcp`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// `grpc_response_status`; `request_protocol` is always `tcp`. `Hash` is partial, as for
+/// [`HttpLabels`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpLabels {
     /// `reporter`.
     pub reporter: Reporter,
@@ -229,6 +236,61 @@ pub struct TcpLabels {
     pub response_flags: Cow<'static, str>,
     /// `connection_security_policy`.
     pub connection_security_policy: SecurityPolicy,
+}
+
+/// Hashes the names that tell label sets apart in practice (workloads, namespaces, service), not all
+/// 19 identity strings: hashing a subset of what `Eq` compares keeps equal sets hashing alike, and
+/// sets that differ only elsewhere (version, cluster, …) merely share a bucket. Label values come
+/// from configuration and the registry, so a fast unkeyed hasher is fine for the series cache.
+fn hash_identity<H: Hasher>(src: &PeerLabels, dst: &PeerLabels, svc: &ServiceLabels, h: &mut H) {
+    src.workload.hash(h);
+    src.workload_namespace.hash(h);
+    dst.workload.hash(h);
+    dst.workload_namespace.hash(h);
+    svc.service.hash(h);
+}
+
+/// The enum labels packed into one word (each fits in two bits).
+fn small_labels(reporter: Reporter, protocol: RequestProtocol, policy: SecurityPolicy) -> u64 {
+    reporter as u64 | (protocol as u64) << 2 | (policy as u64) << 4
+}
+
+impl Hash for HttpLabels {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let grpc = self.grpc_response_status.map_or(0, |s| u64::from(s) + 1);
+        h.write_u64(
+            small_labels(
+                self.reporter,
+                self.request_protocol,
+                self.connection_security_policy,
+            ) | u64::from(self.response_code) << 8
+                | grpc << 24,
+        );
+        self.response_flags.hash(h);
+        hash_identity(
+            &self.source,
+            &self.destination,
+            &self.destination_service,
+            h,
+        );
+    }
+}
+
+impl Hash for TcpLabels {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(small_labels(
+            self.reporter,
+            RequestProtocol::Tcp,
+            self.connection_security_policy,
+        ));
+        self.response_flags.hash(h);
+        hash_identity(
+            &self.source,
+            &self.destination,
+            &self.destination_service,
+            h,
+        );
+    }
 }
 
 /// Encodes one label with Prometheus escaping (prometheus-client writes values verbatim, and a quote or
@@ -445,6 +507,72 @@ impl EncodeLabelSet for BlockedLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Label sets each series cache keeps before it is emptied and refilled. The label cardinality is
+/// bounded by configuration; the cap only keeps a pathological mix (an upstream answering with
+/// every status code) from growing the cache without end.
+pub const SERIES_CACHE_LIMIT: usize = 4096;
+
+/// The handles of one HTTP label set in the four HTTP families. prometheus-client's metrics are
+/// `Arc`-backed, so these are the very series the families expose.
+#[derive(Clone, Debug)]
+struct HttpSeries {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// The handles of one TCP label set, each filled when first used, so that the families hold
+/// exactly the series they held before the cache existed (`tcp_opened` alone creates no byte
+/// series).
+#[derive(Debug, Default)]
+struct TcpSeries {
+    sent: OnceLock<Counter>,
+    received: OnceLock<Counter>,
+    opened: OnceLock<Counter>,
+    closed: OnceLock<Counter>,
+}
+
+/// Label set → metric handles, so recording costs one lookup with a fast hash instead of a SipHash
+/// lookup over the full label set in each family. Keyed by content (cheap: see [`hash_identity`],
+/// and `Eq` stops at equal `Arc` pointers), so peers built afresh per request still hit, and a
+/// freed label `Arc` whose address is reused cannot select a wrong series. Correct only because the
+/// families never drop a series: a cached handle always is the family's.
+#[derive(Debug)]
+struct SeriesCache<L, S> {
+    map: RwLock<HashMap<L, S, rustc_hash::FxBuildHasher>>,
+    limit: usize,
+}
+
+impl<L: Hash + Eq + Clone, S> SeriesCache<L, S> {
+    fn new(limit: usize) -> Self {
+        SeriesCache {
+            map: RwLock::new(HashMap::default()),
+            limit,
+        }
+    }
+
+    /// Runs `f` on the series of `labels`, creating them with `make` on first use.
+    fn with<R>(&self, labels: &L, make: impl FnOnce() -> S, f: impl FnOnce(&S) -> R) -> R {
+        {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(series) = map.get(labels) {
+                return f(series);
+            }
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= self.limit && !map.contains_key(labels) {
+            map.clear();
+        }
+        f(map.entry(labels.clone()).or_insert_with(make))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
 fn envoy_histogram() -> Histogram {
     Histogram::new(ENVOY_DEFAULT_BUCKETS)
 }
@@ -462,6 +590,8 @@ pub struct Metrics {
     tcp_received: Family<TcpLabels, Counter>,
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
+    http_series: SeriesCache<HttpLabels, HttpSeries>,
+    tcp_series: SeriesCache<TcpLabels, TcpSeries>,
     config_reloads: Counter,
     config_errors: Gauge,
     accesslog_dropped: Counter,
@@ -491,6 +621,8 @@ impl Metrics {
             tcp_received: Family::default(),
             tcp_opened: Family::default(),
             tcp_closed: Family::default(),
+            http_series: SeriesCache::new(SERIES_CACHE_LIMIT),
+            tcp_series: SeriesCache::new(SERIES_CACHE_LIMIT),
             config_reloads: Counter::default(),
             config_errors: Gauge::default(),
             accesslog_dropped: Counter::default(),
@@ -585,42 +717,73 @@ impl Metrics {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        self.requests_total.get_or_create(labels).inc();
         let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        self.request_duration
-            .get_or_create(labels)
-            .observe(ms as f64);
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(request_bytes as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(response_bytes as f64);
+        self.http_series.with(
+            labels,
+            || HttpSeries {
+                requests: self.requests_total.get_or_create_owned(labels),
+                duration: self.request_duration.get_or_create_owned(labels),
+                request_bytes: self.request_bytes.get_or_create_owned(labels),
+                response_bytes: self.response_bytes.get_or_create_owned(labels),
+            },
+            |s| {
+                s.requests.inc();
+                s.duration.observe(ms as f64);
+                s.request_bytes.observe(request_bytes as f64);
+                s.response_bytes.observe(response_bytes as f64);
+            },
+        );
+    }
+
+    /// Runs `f` on the cached TCP handles of `labels`.
+    fn tcp_series<R>(&self, labels: &TcpLabels, f: impl FnOnce(&TcpSeries) -> R) -> R {
+        self.tcp_series.with(labels, TcpSeries::default, f)
     }
 
     /// A TCP/TLS connection was accepted and routed: `istio_tcp_connections_opened_total`.
     pub fn tcp_opened(&self, labels: &TcpLabels) {
-        self.tcp_opened.get_or_create(labels).inc();
+        self.tcp_series(labels, |s| {
+            s.opened
+                .get_or_init(|| self.tcp_opened.get_or_create_owned(labels))
+                .inc();
+        });
     }
 
     /// Adds transferred bytes on a still-open connection (long-lived connections report as they go).
     /// `sent` is toward the client, `received` from the client.
     pub fn tcp_bytes(&self, labels: &TcpLabels, sent: u64, received: u64) {
-        if sent > 0 {
-            self.tcp_sent.get_or_create(labels).inc_by(sent);
+        if sent == 0 && received == 0 {
+            return;
         }
-        if received > 0 {
-            self.tcp_received.get_or_create(labels).inc_by(received);
-        }
+        self.tcp_series(labels, |s| {
+            if sent > 0 {
+                s.sent
+                    .get_or_init(|| self.tcp_sent.get_or_create_owned(labels))
+                    .inc_by(sent);
+            }
+            if received > 0 {
+                s.received
+                    .get_or_init(|| self.tcp_received.get_or_create_owned(labels))
+                    .inc_by(received);
+            }
+        });
     }
 
     /// A TCP/TLS connection closed: `istio_tcp_connections_closed_total`, plus its bytes not yet reported
     /// with [`tcp_bytes`](Self::tcp_bytes).
     pub fn tcp_closed(&self, labels: &TcpLabels, sent: u64, received: u64) {
         // Istio creates both byte series together with the connection series, even at zero.
-        self.tcp_sent.get_or_create(labels).inc_by(sent);
-        self.tcp_received.get_or_create(labels).inc_by(received);
-        self.tcp_closed.get_or_create(labels).inc();
+        self.tcp_series(labels, |s| {
+            s.sent
+                .get_or_init(|| self.tcp_sent.get_or_create_owned(labels))
+                .inc_by(sent);
+            s.received
+                .get_or_init(|| self.tcp_received.get_or_create_owned(labels))
+                .inc_by(received);
+            s.closed
+                .get_or_init(|| self.tcp_closed.get_or_create_owned(labels))
+                .inc();
+        });
     }
 
     /// Counts one refused outbound call in `sluice_egress_blocked_total`. Once
@@ -809,6 +972,165 @@ mod tests {
             Some(r#"h_bucket{le="+Inf"} 3"#)
         );
         assert_eq!(move_le_last("h_sum 3.0"), None);
+    }
+
+    fn peer(workload: &str) -> Arc<PeerLabels> {
+        Arc::new(PeerLabels {
+            workload: workload.into(),
+            workload_namespace: "default".into(),
+            ..PeerLabels::unknown()
+        })
+    }
+
+    /// Built afresh on each call: equal content, distinct `Arc`s.
+    fn http(code: u16, flags: &'static str) -> HttpLabels {
+        HttpLabels {
+            reporter: Reporter::Source,
+            source: peer("productpage-v1"),
+            destination: Arc::new(PeerLabels::unknown()),
+            destination_service: Arc::new(ServiceLabels::new(
+                "details.default.svc.cluster.local",
+                "details",
+                "default",
+            )),
+            request_protocol: RequestProtocol::Http,
+            response_flags: Cow::Borrowed(flags),
+            connection_security_policy: SecurityPolicy::Unknown,
+            response_code: code,
+            grpc_response_status: None,
+        }
+    }
+
+    fn tcp(flags: &'static str) -> TcpLabels {
+        TcpLabels {
+            reporter: Reporter::Destination,
+            source: peer("productpage-v1"),
+            destination: peer("details-v1"),
+            destination_service: Arc::new(ServiceLabels::special_cluster("PassthroughCluster")),
+            response_flags: Cow::Borrowed(flags),
+            connection_security_policy: SecurityPolicy::MutualTls,
+        }
+    }
+
+    fn requests(m: &Metrics, labels: &HttpLabels) -> Option<u64> {
+        m.requests_total.get(labels).map(|c| c.get())
+    }
+
+    /// The recording code as it was before the series cache: straight into the families.
+    fn record_uncached(m: &Metrics, l: &HttpLabels, ms: u64, req: u64, resp: u64) {
+        m.requests_total.get_or_create(l).inc();
+        m.request_duration.get_or_create(l).observe(ms as f64);
+        m.request_bytes.get_or_create(l).observe(req as f64);
+        m.response_bytes.get_or_create(l).observe(resp as f64);
+    }
+
+    #[test]
+    fn series_cache_shares_equal_label_sets_only() {
+        let m = Metrics::new("test");
+        let ms = Duration::from_millis(3);
+        m.record_http(&http(200, ""), ms, 1, 2);
+        m.record_http(&http(200, ""), ms, 1, 2);
+        assert_eq!(m.http_series.len(), 1);
+        assert_eq!(requests(&m, &http(200, "")), Some(2));
+
+        m.record_http(&http(503, ""), ms, 1, 2);
+        m.record_http(&http(200, "DC"), ms, 1, 2);
+        let mut grpc = http(200, "");
+        grpc.request_protocol = RequestProtocol::Grpc;
+        grpc.grpc_response_status = Some(0);
+        m.record_http(&grpc, ms, 1, 2);
+        // Same hashed names, different unhashed label: a bucket collision, still its own series.
+        let mut other_version = http(200, "");
+        other_version.source = Arc::new(PeerLabels {
+            version: "v2".into(),
+            ..(*other_version.source).clone()
+        });
+        m.record_http(&other_version, ms, 1, 2);
+        assert_eq!(m.http_series.len(), 5);
+        assert_eq!(requests(&m, &http(200, "")), Some(2));
+        assert_eq!(requests(&m, &http(503, "")), Some(1));
+        assert_eq!(requests(&m, &http(200, "DC")), Some(1));
+        assert_eq!(requests(&m, &grpc), Some(1));
+        assert_eq!(requests(&m, &other_version), Some(1));
+
+        // Peers built and freed per request (an address may come back for another peer): each
+        // selects the series of its content.
+        for name in ["a", "b", "c", "a"] {
+            let mut l = http(200, "");
+            l.destination = peer(name);
+            m.record_http(&l, ms, 1, 2);
+        }
+        let mut a = http(200, "");
+        a.destination = peer("a");
+        assert_eq!(requests(&m, &a), Some(2));
+        assert_eq!(m.http_series.len(), 8);
+        let out = m.encode();
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .count(),
+            8
+        );
+
+        m.tcp_opened(&tcp("-"));
+        m.tcp_closed(&tcp("-"), 5, 6);
+        m.tcp_opened(&tcp("-"));
+        m.tcp_opened(&tcp("UF"));
+        assert_eq!(m.tcp_series.len(), 2);
+        assert_eq!(m.tcp_opened.get(&tcp("-")).map(|c| c.get()), Some(2));
+        assert_eq!(m.tcp_sent.get(&tcp("-")).map(|c| c.get()), Some(5));
+        assert_eq!(m.tcp_opened.get(&tcp("UF")).map(|c| c.get()), Some(1));
+        // Only opened: no byte or close series yet, as without the cache.
+        assert!(m.tcp_sent.get(&tcp("UF")).is_none());
+        assert!(m.tcp_closed.get(&tcp("UF")).is_none());
+    }
+
+    #[test]
+    fn series_cache_clears_when_full_and_keeps_counting() {
+        let mut m = Metrics::new("test");
+        m.http_series = SeriesCache::new(2);
+        let ms = Duration::from_millis(1);
+        for code in [200, 201, 202, 200, 200] {
+            m.record_http(&http(code, ""), ms, 0, 0);
+            assert!(m.http_series.len() <= 2);
+        }
+        assert_eq!(requests(&m, &http(200, "")), Some(3));
+        assert_eq!(requests(&m, &http(201, "")), Some(1));
+        assert_eq!(requests(&m, &http(202, "")), Some(1));
+    }
+
+    #[test]
+    fn cached_exposition_equals_uncached() {
+        let cached = Metrics::new("t");
+        let plain = Metrics::new("t");
+        let cases = [
+            (http(200, ""), 4, 10, 135),
+            (http(200, ""), 700, 0, 1 << 20),
+            (http(404, "NR"), 0, 0, 0),
+            (http(200, "DC"), 12, 3, 0),
+        ];
+        for (l, ms, req, resp) in &cases {
+            cached.record_http(l, Duration::from_millis(*ms), *req, *resp);
+            record_uncached(&plain, l, *ms, *req, *resp);
+        }
+        cached.tcp_opened(&tcp("-"));
+        cached.tcp_bytes(&tcp("-"), 100, 0);
+        cached.tcp_closed(&tcp("-"), 1, 2);
+        cached.tcp_opened(&tcp("UH"));
+        plain.tcp_opened.get_or_create(&tcp("-")).inc();
+        plain.tcp_sent.get_or_create(&tcp("-")).inc_by(100);
+        plain.tcp_sent.get_or_create(&tcp("-")).inc_by(1);
+        plain.tcp_received.get_or_create(&tcp("-")).inc_by(2);
+        plain.tcp_closed.get_or_create(&tcp("-")).inc();
+        plain.tcp_opened.get_or_create(&tcp("UH")).inc();
+        // Series order within a family follows a per-map random hash seed.
+        let sorted = |m: &Metrics| {
+            let out = m.encode();
+            let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(sorted(&cached), sorted(&plain));
     }
 
     #[test]
