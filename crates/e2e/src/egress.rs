@@ -317,7 +317,7 @@ impl EgressEnv {
             "nameserver {}\noptions timeout:1 attempts:2\n",
             addrs.dns
         ));
-        let gw = wire(
+        let gw = crate::netns::wire_to_hub(
             &hub,
             &slot,
             &format!("{}egw-{short}", slot.prefix()),
@@ -325,7 +325,7 @@ impl EgressEnv {
             &[],
         );
         gw.set_resolv_conf(&resolv_conf(addrs.dns, ISTIO_SYSTEM));
-        let ext = wire(
+        let ext = crate::netns::wire_to_hub(
             &hub,
             &slot,
             &format!("{}ext-{short}", slot.prefix()),
@@ -536,7 +536,7 @@ impl EgressEnv {
         let host = FIRST_POD + self.pods.len() as u8;
         assert!(host <= LAST_POD, "too many pods");
         let ip = self.addrs.ip(host);
-        let ns = wire(
+        let ns = crate::netns::wire_to_hub(
             &self.hub,
             &self.slot,
             &format!("{}{}", self.slot.prefix(), spec.name),
@@ -957,41 +957,6 @@ pub fn serial_of(x509_text: &str) -> Option<String> {
         .lines()
         .find_map(|l| l.trim().strip_prefix("serial="))
         .map(str::to_string)
-}
-
-/// Creates network namespace `name` with a veth into the hub bridge, address `ip/24` (+ `extra`
-/// /32 addresses).
-fn wire(hub: &Netns, slot: &Slot, name: &str, ip: Ipv4Addr, extra: &[Ipv4Addr]) -> Netns {
-    let ns = Netns::create(name);
-    let host = ip.octets()[3];
-    let idx = slot.index();
-    let (inside, outside) = (format!("sl{idx:03}p{host}"), format!("sl{idx:03}h{host}"));
-    run_checked(
-        "create veth pair",
-        Command::new(&tools().ip).args([
-            "link",
-            "add",
-            &inside,
-            "netns",
-            ns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &outside,
-            "netns",
-            hub.name(),
-        ]),
-    );
-    ns.ip(&["link", "set", &inside, "name", "eth0"]);
-    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-    for e in extra {
-        ns.ip(&["addr", "add", &format!("{e}/32"), "dev", "eth0"]);
-    }
-    ns.ip(&["link", "set", "eth0", "up"]);
-    hub.ip(&["link", "set", &outside, "master", "br0"]);
-    hub.ip(&["link", "set", &outside, "up"]);
-    ns
 }
 
 fn resolv_conf(dns: Ipv4Addr, k8s_ns: &str) -> String {

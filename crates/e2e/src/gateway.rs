@@ -42,7 +42,7 @@ use crate::metrics;
 use crate::netns::Netns;
 use crate::pki::{Ca, Leaf, Usage};
 use crate::prereq::{sluice_bin, tools};
-use crate::process::{run_checked, LogBook, Proc};
+use crate::process::{LogBook, Proc};
 use crate::servers;
 use crate::sidecar::{ADMIN_PORT, READY_TIMEOUT, STATS_PORT, STATUS_PORT};
 use crate::slot::Slot;
@@ -373,36 +373,8 @@ impl GatewayEnv {
         hub.set_resolv_conf(&resolv);
 
         let wire = |role: &str, ip: Ipv4Addr, extra: &[Ipv4Addr]| -> Netns {
-            let ns = Netns::create(&format!("{}{role}-{short}", slot.prefix()));
-            let host = ip.octets()[3];
-            let idx = slot.index();
-            let (inside, outside) = (format!("sl{idx:03}p{host}"), format!("sl{idx:03}h{host}"));
-            run_checked(
-                "create veth pair",
-                Command::new(&tools().ip).args([
-                    "link",
-                    "add",
-                    &inside,
-                    "netns",
-                    ns.name(),
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &outside,
-                    "netns",
-                    hub.name(),
-                ]),
-            );
-            ns.ip(&["link", "set", &inside, "name", "eth0"]);
-            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-            for e in extra {
-                ns.ip(&["addr", "add", &format!("{e}/32"), "dev", "eth0"]);
-            }
-            ns.ip(&["link", "set", "eth0", "up"]);
-            hub.ip(&["link", "set", &outside, "master", "br0"]);
-            hub.ip(&["link", "set", &outside, "up"]);
-            ns
+            let name = format!("{}{role}-{short}", slot.prefix());
+            crate::netns::wire_to_hub(&hub, &slot, &name, ip, extra)
         };
         let client = wire("client", addrs.client, &[]);
         client.set_resolv_conf(&resolv);

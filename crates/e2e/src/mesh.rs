@@ -28,7 +28,6 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::accesslog::AccessLogEntry;
@@ -37,7 +36,7 @@ use crate::curl::{Curl, CurlResult};
 use crate::env::{dnsmasq_command, Workspace};
 use crate::netns::Netns;
 use crate::prereq::tools;
-use crate::process::{run_checked, LogBook, Proc};
+use crate::process::{LogBook, Proc};
 use crate::servers;
 use crate::sidecar::{self, Sidecar, SidecarOpts};
 use crate::slot::Slot;
@@ -524,31 +523,9 @@ impl MeshEnv {
 
     /// Creates the pod's namespace and its veth into the hub bridge; writes its resolv.conf.
     fn wire_pod(&self, name: &str, host: u8, ip: Ipv4Addr) -> Netns {
-        let ns = Netns::create(&format!("{}{name}", self.slot.prefix()));
-        let idx = self.slot.index();
-        let (in_pod, in_hub) = (format!("sl{idx:03}p{host}"), format!("sl{idx:03}h{host}"));
-        run_checked(
-            "create veth pair",
-            Command::new(&tools().ip).args([
-                "link",
-                "add",
-                &in_pod,
-                "netns",
-                ns.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &in_hub,
-                "netns",
-                self.hub.name(),
-            ]),
-        );
-        ns.ip(&["link", "set", &in_pod, "name", "eth0"]);
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        self.hub.ip(&["link", "set", &in_hub, "master", "br0"]);
-        self.hub.ip(&["link", "set", &in_hub, "up"]);
+        debug_assert_eq!(host, ip.octets()[3], "veth names follow the address");
+        let name = format!("{}{name}", self.slot.prefix());
+        let ns = crate::netns::wire_to_hub(&self.hub, &self.slot, &name, ip, &[]);
         ns.set_resolv_conf(&resolv_conf(self.addrs.dns));
         ns
     }

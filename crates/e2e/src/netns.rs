@@ -148,3 +148,45 @@ pub fn remove(name: &str) {
         .status();
     let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(name));
 }
+
+/// Creates network namespace `name` plugged into `hub`'s bridge `br0` by a veth pair (named
+/// after the slot and the address's last octet, so parallel tests never clash), with `ip/24`
+/// on its `eth0` plus `extra` /32 addresses.
+pub fn wire_to_hub(
+    hub: &Netns,
+    slot: &crate::slot::Slot,
+    name: &str,
+    ip: std::net::Ipv4Addr,
+    extra: &[std::net::Ipv4Addr],
+) -> Netns {
+    let ns = Netns::create(name);
+    let host = ip.octets()[3];
+    let idx = slot.index();
+    let (inside, outside) = (format!("sl{idx:03}p{host}"), format!("sl{idx:03}h{host}"));
+    run_checked(
+        "create veth pair",
+        Command::new(&tools().ip).args([
+            "link",
+            "add",
+            &inside,
+            "netns",
+            ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &outside,
+            "netns",
+            hub.name(),
+        ]),
+    );
+    ns.ip(&["link", "set", &inside, "name", "eth0"]);
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+    for e in extra {
+        ns.ip(&["addr", "add", &format!("{e}/32"), "dev", "eth0"]);
+    }
+    ns.ip(&["link", "set", "eth0", "up"]);
+    hub.ip(&["link", "set", &outside, "master", "br0"]);
+    hub.ip(&["link", "set", &outside, "up"]);
+    ns
+}
