@@ -36,6 +36,11 @@ missing=()
 for cmd in "${!pkg_for[@]}"; do
     have "$cmd" || missing+=("${pkg_for[$cmd]}")
 done
+# Headless Chromium draws the dashboard's text with whatever fonts fontconfig finds; a minimal
+# image has none, so the screenshot artefact would show boxes.
+if ! { have fc-list && fc-list 2>/dev/null | grep -q .; }; then
+    missing+=(fonts-dejavu-core fontconfig)
+fi
 # python3 -m venv needs ensurepip (Debian ships it as python3-venv).
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
