@@ -16,6 +16,7 @@ mod gateways;
 mod routes;
 mod rules;
 mod service_entries;
+mod sidecars;
 
 use std::fmt;
 
@@ -187,11 +188,26 @@ pub const DESTINATION_PORT_PINNED_TO_ONLY_SERVICE_PORT: Code = Code {
     description: "An HTTP route names a ServiceEntry host without a port, and the ServiceEntry declares a single port that is not the protocol's usual one: every request for the host goes to that port, whatever port the client called.",
 };
 
+pub const CONFLICTING_SIDECAR_WORKLOAD_SELECTORS: Code = Code {
+    code: "IST0110",
+    name: "ConflictingSidecarWorkloadSelectors",
+    level: Level::Error,
+    description: "A Sidecar resource selects the same workloads as another Sidecar resource (workloads are the WorkloadEntries the config declares).",
+};
+pub const MULTIPLE_SIDECARS_WITHOUT_SELECTORS: Code = Code {
+    code: "IST0111",
+    name: "MultipleSidecarsWithoutWorkloadSelectors",
+    level: Level::Error,
+    description: "More than one Sidecar resource in a namespace has no workload selector.",
+};
+
 /// Every code `sluice analyze` can report, in code order.
 pub const CODES: &[Code] = &[
     REFERENCED_RESOURCE_NOT_FOUND,
     SCHEMA_VALIDATION_ERROR,
     CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS,
+    CONFLICTING_SIDECAR_WORKLOAD_SELECTORS,
+    MULTIPLE_SIDECARS_WITHOUT_SELECTORS,
     VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
     NO_SERVER_CERTIFICATE_VERIFICATION_DESTINATION_LEVEL,
     NO_SERVER_CERTIFICATE_VERIFICATION_PORT_LEVEL,
@@ -310,6 +326,7 @@ pub fn analyze(resources: &[Resource]) -> Vec<Message> {
     routes::check(resources, &mut out);
     rules::check(resources, &mut out);
     service_entries::check(resources, &mut out);
+    sidecars::check(resources, &mut out);
     sort(&mut out);
     out
 }

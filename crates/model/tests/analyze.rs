@@ -679,3 +679,74 @@ fn seed_004_recommendation_line_format_and_order() {
     ));
     assert!(lines[1].starts_with("Warning [IST0174] (DestinationRule default/recommendation "));
 }
+
+fn sidecar(name: &str, selector: &str) -> String {
+    format!(
+        "
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: {name}, namespace: tutorial}}
+spec:
+{selector}  egress:
+  - hosts: [\"./*\"]
+"
+    )
+}
+
+#[test]
+fn ist0111_two_sidecars_without_selectors() {
+    let yaml = format!("{}---{}", sidecar("a", ""), sidecar("b", ""));
+    let msgs = run(&yaml);
+    let hits = with_code(&msgs, "IST0111");
+    assert_eq!(hits.len(), 2, "{msgs:#?}");
+    assert_eq!(
+        hits[0].text,
+        r#"The Sidecars [tutorial/a tutorial/b] in namespace "tutorial" have no workload selector, which can lead to undefined behavior."#
+    );
+    assert_eq!(hits[0].level.as_str(), "Error");
+    let one_default = format!(
+        "{}---{}",
+        sidecar("a", ""),
+        sidecar("b", "  workloadSelector: {labels: {app: customer}}\n")
+    );
+    none(&one_default, "IST0111");
+}
+
+#[test]
+fn ist0110_two_sidecars_select_one_workload() {
+    let we = "
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: customer-v1, namespace: tutorial}
+spec:
+  address: 10.1.0.11
+  labels: {app: customer, version: v1}
+";
+    let yaml = format!(
+        "{we}---{}---{}",
+        sidecar("by-app", "  workloadSelector: {labels: {app: customer}}\n"),
+        sidecar(
+            "by-version",
+            "  workloadSelector: {labels: {version: v1}}\n"
+        )
+    );
+    let msgs = run(&yaml);
+    let hits = with_code(&msgs, "IST0110");
+    assert_eq!(hits.len(), 2, "{msgs:#?}");
+    assert!(
+        hits[0]
+            .text
+            .contains(r#"select the same workload pod "customer-v1""#),
+        "{}",
+        hits[0].text
+    );
+    let apart = format!(
+        "{we}---{}---{}",
+        sidecar("by-app", "  workloadSelector: {labels: {app: customer}}\n"),
+        sidecar(
+            "by-version",
+            "  workloadSelector: {labels: {version: v2}}\n"
+        )
+    );
+    none(&apart, "IST0110");
+}
