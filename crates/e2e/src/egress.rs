@@ -34,7 +34,7 @@ use crate::accesslog::AccessLogEntry;
 use crate::config::{in_namespace, mesh_configmap, ConfigDir};
 use crate::curl::{Curl, CurlResult};
 use crate::egress_config::{egress_service_yaml, EGRESS_FQDN, EGRESS_LABELS, ISTIO_SYSTEM};
-use crate::env::{dnsmasq_command, Workspace};
+use crate::env::{chmod, dnsmasq_command, Workspace};
 use crate::gateway::Gateway;
 use crate::metrics;
 use crate::netns::Netns;
@@ -42,7 +42,7 @@ use crate::pki::{Ca, Leaf, Usage};
 use crate::prereq::{sluice_bin, tools};
 use crate::process::{run_checked, LogBook, Proc};
 use crate::servers;
-use crate::sidecar::{self, Sidecar, SidecarOpts, READY_TIMEOUT, STATUS_PORT};
+use crate::sidecar::{self, Sidecar, SidecarOpts};
 use crate::slot::Slot;
 use crate::wait::eventually;
 
@@ -621,42 +621,7 @@ impl EgressEnv {
                 args.push("istio-egressgateway-service-account".into());
             }
         }
-        let mut cmd = self.gw.cmd(sluice_bin());
-        cmd.args(&args);
-        if let Some(level) = std::env::var_os("SLUICE_E2E_LOG") {
-            cmd.env("SLUICE_LOG", &level).env("RUST_LOG", level);
-        }
-        cmd.env("HOME", &self.dir_path);
-        self.starts += 1;
-        let label = if self.starts == 1 {
-            "gateway".to_string()
-        } else {
-            format!("gateway-{}", self.starts)
-        };
-        let proc = Proc::spawn(&label, cmd, &self.dir_path, &self.logs, None, libc::SIGTERM);
-        let mut gateway = Gateway::from_parts(proc, self.gw.name(), &self.dir_path, args);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let r = gateway.local_get(STATUS_PORT, "/healthz/ready");
-            if r.exit_code == 0 && r.status == 200 {
-                break;
-            }
-            if let Some(status) = gateway.exited() {
-                panic!(
-                    "`sluice {}` exited ({status}) before it got ready; last probe:\n{r}\n{}",
-                    gateway.args.join(" "),
-                    self.logs.dump(80)
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "`sluice {}` did not get ready within {READY_TIMEOUT:?}; last probe:\n{r}\n{}",
-                    gateway.args.join(" "),
-                    self.logs.dump(80)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let gateway = Gateway::launch(&self.gw, &self.dir_path, &self.logs, &mut self.starts, args);
         self.gateway.insert(gateway)
     }
 
@@ -719,13 +684,7 @@ impl EgressEnv {
     /// What a server (`dnsmasq`, `httpbin-http`, `httpbin-https`, `api-example`, `www-example`)
     /// wrote so far.
     pub fn server_log(&self, label: &str) -> String {
-        let p = self
-            .servers
-            .iter()
-            .find(|p| p.label() == label)
-            .unwrap_or_else(|| panic!("no server labelled {label}"));
-        let err = std::fs::read_to_string(p.stderr_path()).unwrap_or_default();
-        format!("{}{err}", p.stdout())
+        crate::servers::server_log(&self.servers, label)
     }
 
     /// Runs `sluice ARGS` on the host (not in a namespace); returns (success, stdout + stderr).
@@ -874,16 +833,8 @@ impl Drop for EgressEnv {
                 self.logs.dump(200),
                 self.name
             );
-            if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
-                if let Some(d) = self.dir.take() {
-                    eprintln!("keeping {}", d.keep().display());
-                }
-            }
-        } else if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
-            if let Some(d) = self.dir.take() {
-                let _ = d.keep();
-            }
         }
+        crate::env::keep_dir_if_asked(&mut self.dir);
     }
 }
 
@@ -964,11 +915,6 @@ fn resolv_conf(dns: Ipv4Addr, k8s_ns: &str) -> String {
         "nameserver {dns}\nsearch {k8s_ns}.svc.cluster.local svc.cluster.local cluster.local\n\
          options timeout:1 attempts:2\n"
     )
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
 }
 
 /// Directory 0755, files in it 0644.

@@ -105,6 +105,25 @@ impl Workspace {
     }
 }
 
+/// Under `SLUICE_E2E_KEEP`, keeps the test's temporary directory instead of deleting it (and,
+/// when the test failed, says where it is).
+pub(crate) fn keep_dir_if_asked(dir: &mut Option<tempfile::TempDir>) {
+    if std::env::var_os("SLUICE_E2E_KEEP").is_none() {
+        return;
+    }
+    if let Some(d) = dir.take() {
+        let kept = d.keep();
+        if std::thread::panicking() {
+            eprintln!("keeping {}", kept.display());
+        }
+    }
+}
+
+/// Sets `p`'s permission bits, ignoring failure.
+pub(crate) fn chmod(p: &Path, mode: u32) {
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+}
+
 /// dnsmasq in `ns`, in the foreground, logging every query to stdout, answering only for
 /// `records` (and whatever `--addn-hosts` files the caller adds) and NXDOMAIN for every other name.
 pub(crate) fn dnsmasq_command(
@@ -362,13 +381,7 @@ impl TestEnv {
     /// What one of the external servers (`dnsmasq`, `httpbin-http`, `httpbin-https`) wrote to its
     /// stdout and stderr so far (gunicorn logs each request on stdout).
     pub fn server_log(&self, label: &str) -> String {
-        let p = self
-            .servers
-            .iter()
-            .find(|p| p.label() == label)
-            .unwrap_or_else(|| panic!("no server labelled {label}"));
-        let err = std::fs::read_to_string(p.stderr_path()).unwrap_or_default();
-        format!("{}{err}", p.stdout())
+        crate::servers::server_log(&self.servers, label)
     }
 
     /// A curl run from the pod, trusting the test CA.
@@ -516,16 +529,8 @@ impl Drop for TestEnv {
                 self.logs.dump(200),
                 self.name
             );
-            if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
-                if let Some(d) = self.dir.take() {
-                    eprintln!("keeping {}", d.keep().display());
-                }
-            }
-        } else if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
-            if let Some(d) = self.dir.take() {
-                let _ = d.keep();
-            }
         }
+        keep_dir_if_asked(&mut self.dir);
         // Fields drop next, in order: sidecar, servers, namespaces, temp dir, slot.
     }
 }

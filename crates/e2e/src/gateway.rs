@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use crate::accesslog::AccessLogEntry;
 use crate::config::{mesh_configmap, ConfigDir};
 use crate::curl::{Curl, CurlResult};
-use crate::env::{dnsmasq_command, Workspace};
+use crate::env::{chmod, dnsmasq_command, Workspace};
 use crate::gateway_config::service_with_endpoint_yaml;
 use crate::metrics;
 use crate::netns::Netns;
@@ -235,15 +235,61 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway process started elsewhere in this crate (the egress harness): `netns` is the
-    /// name of the namespace it runs in, `dir` the test directory, `args` its arguments.
-    pub(crate) fn from_parts(proc: Proc, netns: &str, dir: &Path, args: Vec<String>) -> Gateway {
-        Gateway {
+    /// Starts `sluice <args>` (a `sluice gateway` command line) as root in `ns`, logging to `dir`
+    /// as `gateway` (`gateway-N` for the Nth start, counted in `starts`), and waits for
+    /// `/healthz/ready` (20 s). Panics with every log if it exits or does not get ready.
+    pub(crate) fn launch(
+        ns: &Netns,
+        dir: &Path,
+        logs: &LogBook,
+        starts: &mut usize,
+        args: Vec<String>,
+    ) -> Gateway {
+        let mut cmd = ns.cmd(sluice_bin());
+        cmd.args(&args);
+        if let Some(level) = std::env::var_os("SLUICE_E2E_LOG") {
+            cmd.env("SLUICE_LOG", &level).env("RUST_LOG", level);
+        }
+        cmd.env("HOME", dir);
+        *starts += 1;
+        let label = if *starts == 1 {
+            "gateway".to_string()
+        } else {
+            format!("gateway-{starts}")
+        };
+        let proc = Proc::spawn(&label, cmd, dir, logs, None, libc::SIGTERM);
+        let mut gateway = Gateway {
             proc,
-            netns: netns.to_string(),
+            netns: ns.name().to_string(),
             dir: dir.to_path_buf(),
             args,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let r = gateway.local_get(STATUS_PORT, "/healthz/ready");
+            if r.exit_code == 0 && r.status == 200 {
+                break;
+            }
+            if let Some(status) = gateway.exited() {
+                panic!(
+                    "`sluice {}` in {} exited ({status}) before it got ready; last readiness probe:\n{r}\n{}",
+                    gateway.args.join(" "),
+                    ns.name(),
+                    logs.dump(80)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "`sluice {}` in {} did not answer 200 on http://127.0.0.1:{STATUS_PORT}/healthz/ready \
+                     within {READY_TIMEOUT:?}; last probe:\n{r}\n{}",
+                    gateway.args.join(" "),
+                    ns.name(),
+                    logs.dump(80)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        gateway
     }
 
     /// `GET` on one of the gateway's local ports (admin, status, stats) from inside its namespace.
@@ -579,52 +625,8 @@ impl GatewayEnv {
             self.gateway.is_none(),
             "a gateway is already running in this environment"
         );
-        let bin = sluice_bin();
         let args = self.gateway_args(labels);
-        let mut cmd = self.gw.cmd(&bin);
-        cmd.args(&args);
-        if let Some(level) = std::env::var_os("SLUICE_E2E_LOG") {
-            cmd.env("SLUICE_LOG", &level).env("RUST_LOG", level);
-        }
-        cmd.env("HOME", &self.dir_path);
-        self.starts += 1;
-        let label = if self.starts == 1 {
-            "gateway".to_string()
-        } else {
-            format!("gateway-{}", self.starts)
-        };
-        let proc = Proc::spawn(&label, cmd, &self.dir_path, &self.logs, None, libc::SIGTERM);
-        let mut gateway = Gateway {
-            proc,
-            netns: self.gw.name().to_string(),
-            dir: self.dir_path.clone(),
-            args,
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let r = gateway.local_get(STATUS_PORT, "/healthz/ready");
-            if r.exit_code == 0 && r.status == 200 {
-                break;
-            }
-            if let Some(status) = gateway.exited() {
-                panic!(
-                    "`sluice {}` in {} exited ({status}) before it got ready; last readiness probe:\n{r}\n{}",
-                    gateway.args.join(" "),
-                    self.gw.name(),
-                    self.logs.dump(80)
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "`sluice {}` in {} did not answer 200 on http://127.0.0.1:{STATUS_PORT}/healthz/ready \
-                     within {READY_TIMEOUT:?}; last probe:\n{r}\n{}",
-                    gateway.args.join(" "),
-                    self.gw.name(),
-                    self.logs.dump(80)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let gateway = Gateway::launch(&self.gw, &self.dir_path, &self.logs, &mut self.starts, args);
         self.gateway.insert(gateway)
     }
 
@@ -748,13 +750,7 @@ impl GatewayEnv {
 
     /// What a server (`dnsmasq`, `httpbin`, `tls-backend`) wrote so far.
     pub fn server_log(&self, label: &str) -> String {
-        let p = self
-            .servers
-            .iter()
-            .find(|p| p.label() == label)
-            .unwrap_or_else(|| panic!("no server labelled {label}"));
-        let err = std::fs::read_to_string(p.stderr_path()).unwrap_or_default();
-        format!("{}{err}", p.stdout())
+        crate::servers::server_log(&self.servers, label)
     }
 
     /// Replaces `dst_cert` and `dst_key` with copies of `leaf`'s files, each by an atomic rename
@@ -813,16 +809,8 @@ impl Drop for GatewayEnv {
                 self.logs.dump(200),
                 self.name
             );
-            if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
-                if let Some(d) = self.dir.take() {
-                    eprintln!("keeping {}", d.keep().display());
-                }
-            }
-        } else if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
-            if let Some(d) = self.dir.take() {
-                let _ = d.keep();
-            }
         }
+        crate::env::keep_dir_if_asked(&mut self.dir);
         // Fields drop next, in order: gateway, servers, namespaces, …, temp dir, slot.
     }
 }
@@ -900,11 +888,6 @@ pub fn peer_cert(
         serial,
         handshake,
     })
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
 }
 
 #[cfg(test)]

@@ -632,13 +632,7 @@ impl MeshEnv {
 
     /// What a hub server (`dnsmasq`, `worldclockapi`) wrote so far.
     pub fn server_log(&self, label: &str) -> String {
-        let p = self
-            .servers
-            .iter()
-            .find(|p| p.label() == label)
-            .unwrap_or_else(|| panic!("no server labelled {label}"));
-        let err = std::fs::read_to_string(p.stderr_path()).unwrap_or_default();
-        format!("{}{err}", p.stdout())
+        crate::servers::server_log(&self.servers, label)
     }
 }
 
@@ -681,16 +675,8 @@ impl Drop for MeshEnv {
                 self.logs.dump(200),
                 self.name
             );
-            if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
-                if let Some(d) = self.dir.take() {
-                    eprintln!("keeping {}", d.keep().display());
-                }
-            }
-        } else if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
-            if let Some(d) = self.dir.take() {
-                let _ = d.keep();
-            }
         }
+        crate::env::keep_dir_if_asked(&mut self.dir);
         // Fields drop next, in order: pods, servers, hub, …, temp dir, slot.
     }
 }

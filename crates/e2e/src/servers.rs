@@ -100,3 +100,13 @@ pub fn wait_resolves(ns: &Netns, name: &str, ip: Ipv4Addr) {
         },
     );
 }
+
+/// What the server labelled `label` among `servers` wrote so far: its stdout, then its stderr.
+pub fn server_log(servers: &[Proc], label: &str) -> String {
+    let p = servers
+        .iter()
+        .find(|p| p.label() == label)
+        .unwrap_or_else(|| panic!("no server labelled {label}"));
+    let err = std::fs::read_to_string(p.stderr_path()).unwrap_or_default();
+    format!("{}{err}", p.stdout())
+}

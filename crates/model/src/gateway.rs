@@ -232,7 +232,11 @@ impl ServerTlsMode {
 /// The `<name>-cacert` suffix of a Secret holding only the client CA (Istio's `SdsCaSuffix`).
 pub const CA_SECRET_SUFFIX: &str = "-cacert";
 
-fn secret_data<'a>(resources: &'a [Resource], ns: &str, name: &str) -> Option<&'a SecretData> {
+pub(crate) fn secret_data<'a>(
+    resources: &'a [Resource],
+    ns: &str,
+    name: &str,
+) -> Option<&'a SecretData> {
     resources.iter().find_map(|r| match &r.spec {
         Spec::Secret { data, .. } if r.meta.namespace == ns && r.meta.name == name => Some(data),
         _ => None,
@@ -241,6 +245,18 @@ fn secret_data<'a>(resources: &'a [Resource], ns: &str, name: &str) -> Option<&'
 
 fn non_empty<'a>(data: &'a SecretData, key: &str) -> Option<&'a [u8]> {
     data.get(key).map(Vec::as_slice).filter(|v| !v.is_empty())
+}
+
+/// The Secret (`namespace`, `name`) a `credentialName` (also `kubernetes://[ns/]name`) names,
+/// in `default_ns` when it names no namespace.
+pub(crate) fn credential_secret<'a>(
+    credential_name: &'a str,
+    default_ns: &'a str,
+) -> (&'a str, &'a str) {
+    let reference = credential_name
+        .strip_prefix("kubernetes://")
+        .unwrap_or(credential_name);
+    reference.split_once('/').unwrap_or((default_ns, reference))
 }
 
 /// Resolves a `credentialName` (also `kubernetes://[ns/]name`) to the Secret's certificate, key
@@ -252,10 +268,7 @@ pub fn resolve_credential(
     proxy_ns: &str,
     credential_name: &str,
 ) -> Result<Credential, String> {
-    let reference = credential_name
-        .strip_prefix("kubernetes://")
-        .unwrap_or(credential_name);
-    let (ns, name) = reference.split_once('/').unwrap_or((proxy_ns, reference));
+    let (ns, name) = credential_secret(credential_name, proxy_ns);
     let Some(data) = secret_data(resources, ns, name) else {
         return Err(format!(
             "Secret {ns}/{name} not found (credentialName is looked up in the gateway proxy's namespace, {proxy_ns})"

@@ -10,9 +10,12 @@
 //! Visibility (`exportTo`) and `sourceLabels` are ignored here: a reference is reported only
 //! when it fails for every proxy.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use sluice_api::networking::{ClientTlsSettings, Destination, DestinationRule, Subset};
+use sluice_api::networking::{
+    ClientTlsSettings, Destination, DestinationRule, Subset, VirtualService,
+};
 use sluice_api::{Diagnostic, Resource, Severity, Spec};
 
 use crate::gateway;
@@ -27,7 +30,7 @@ pub(crate) fn unknown_host_message(host: &str) -> String {
 }
 
 /// Warning for a VirtualService `gateways` entry naming no Gateway.
-pub(crate) fn unknown_gateway_message(gateway: &str) -> String {
+fn unknown_gateway_message(gateway: &str) -> String {
     format!("Gateway {gateway} does not exist; this VirtualService's routes for it are not applied")
 }
 
@@ -75,17 +78,76 @@ pub(crate) fn surprising_single_port(svc: &Service) -> Option<u16> {
         return None;
     }
     let p = &svc.ports[0];
-    let usual = match p.protocol {
-        Protocol::Https | Protocol::Tls => 443,
-        _ => 80,
-    };
-    (p.number != usual).then_some(p.number)
+    (p.number != usual_port(p.protocol)).then_some(p.number)
 }
 
-/// Every reference problem in `resources`, independent of any proxy.
-pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
-    let services = registry::services_from(resources);
-    let rules: Vec<(&Resource, &DestinationRule, String)> = resources
+/// The port clients call by default for `protocol`: 443 for HTTPS/TLS, else 80.
+pub(crate) fn usual_port(protocol: Protocol) -> u16 {
+    match protocol {
+        Protocol::Https | Protocol::Tls => 443,
+        _ => 80,
+    }
+}
+
+/// Which kind of reference a VirtualService destination is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DestinationRole {
+    /// An HTTP route destination (the single-port warning applies).
+    HttpRoute,
+    /// A TLS or TCP route destination.
+    StreamRoute,
+    Mirror,
+}
+
+/// Every destination of a VirtualService with its field path, in document order: HTTP routes,
+/// mirror and mirrors of each HTTP rule, then TLS and TCP routes.
+pub(crate) fn vs_destinations(vs: &VirtualService) -> Vec<(String, &Destination, DestinationRole)> {
+    let mut out = Vec::new();
+    for (i, r) in vs.http.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((
+                format!("spec.http[{i}].route[{j}].destination"),
+                &d.destination,
+                DestinationRole::HttpRoute,
+            ));
+        }
+        if let Some(m) = &r.mirror {
+            out.push((format!("spec.http[{i}].mirror"), m, DestinationRole::Mirror));
+        }
+        for (k, m) in r.mirrors.iter().enumerate() {
+            out.push((
+                format!("spec.http[{i}].mirrors[{k}].destination"),
+                &m.destination,
+                DestinationRole::Mirror,
+            ));
+        }
+    }
+    for (i, r) in vs.tls.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((
+                format!("spec.tls[{i}].route[{j}].destination"),
+                &d.destination,
+                DestinationRole::StreamRoute,
+            ));
+        }
+    }
+    for (i, r) in vs.tcp.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((
+                format!("spec.tcp[{i}].route[{j}].destination"),
+                &d.destination,
+                DestinationRole::StreamRoute,
+            ));
+        }
+    }
+    out
+}
+
+/// Every DestinationRule with its host expanded to an FQDN, in resource order.
+pub(crate) fn destination_rule_hosts(
+    resources: &[Resource],
+) -> Vec<(&Resource, &DestinationRule, String)> {
+    resources
         .iter()
         .filter_map(|r| match &r.spec {
             Spec::DestinationRule(dr) => {
@@ -93,7 +155,26 @@ pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
             }
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// The first subset named `subset` that a DestinationRule whose host matches `fqdn` defines.
+pub(crate) fn defined_subset<'a>(
+    rules: &[(&Resource, &'a DestinationRule, String)],
+    fqdn: &str,
+    subset: &str,
+) -> Option<&'a Subset> {
+    rules
+        .iter()
+        .filter(|(_, _, h)| host::matches(h, fqdn))
+        .flat_map(|(_, dr, _)| dr.subsets.iter())
+        .find(|s| s.name == subset)
+}
+
+/// Every reference problem in `resources`, independent of any proxy.
+pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
+    let services = registry::services_from(resources);
+    let rules = destination_rule_hosts(resources);
     let mut out = Vec::new();
     check_gateways(resources, &mut out);
     check_security(resources, &mut out);
@@ -101,45 +182,9 @@ pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
         };
-        let mut check_dest = |field: String, dest: &Destination, http: bool| {
+        for (field, dest, role) in vs_destinations(vs) {
+            let http = role == DestinationRole::HttpRoute;
             check_destination(&services, &rules, res, field, dest, http, &mut out);
-        };
-        for (i, r) in vs.http.iter().enumerate() {
-            for (j, d) in r.route.iter().enumerate() {
-                check_dest(
-                    format!("spec.http[{i}].route[{j}].destination"),
-                    &d.destination,
-                    true,
-                );
-            }
-            if let Some(m) = &r.mirror {
-                check_dest(format!("spec.http[{i}].mirror"), m, false);
-            }
-            for (k, m) in r.mirrors.iter().enumerate() {
-                check_dest(
-                    format!("spec.http[{i}].mirrors[{k}].destination"),
-                    &m.destination,
-                    false,
-                );
-            }
-        }
-        for (i, r) in vs.tls.iter().enumerate() {
-            for (j, d) in r.route.iter().enumerate() {
-                check_dest(
-                    format!("spec.tls[{i}].route[{j}].destination"),
-                    &d.destination,
-                    false,
-                );
-            }
-        }
-        for (i, r) in vs.tcp.iter().enumerate() {
-            for (j, d) in r.route.iter().enumerate() {
-                check_dest(
-                    format!("spec.tcp[{i}].route[{j}].destination"),
-                    &d.destination,
-                    false,
-                );
-            }
         }
     }
     out
@@ -149,30 +194,45 @@ pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
 /// are looked up.
 pub const DEFAULT_GATEWAY_NAMESPACE: &str = "istio-system";
 
-/// VirtualService `gateways` entries naming no Gateway, and Gateway `credentialName`s whose
-/// Secret is not in the default gateway namespace.
-fn check_gateways(resources: &[Resource], out: &mut Vec<Diagnostic>) {
-    let known: std::collections::BTreeSet<String> = resources
+/// `ns/name` of every Gateway in `resources`.
+pub(crate) fn known_gateways(resources: &[Resource]) -> BTreeSet<String> {
+    resources
         .iter()
         .filter(|r| matches!(r.spec, Spec::Gateway(_)))
         .map(Resource::key)
-        .collect();
+        .collect()
+}
+
+/// A warning for each top-level `gateways` entry of VirtualService `res` naming no Gateway in
+/// `known`.
+pub(crate) fn check_unknown_gateways(
+    res: &Resource,
+    vs: &VirtualService,
+    known: &BTreeSet<String>,
+    out: &mut Vec<Diagnostic>,
+) {
+    for (i, g) in vs.gateways.iter().enumerate() {
+        let Some(n) = gateway::resolve_gateway_name(g, &res.meta.namespace) else {
+            continue;
+        };
+        if !known.contains(&n) {
+            out.push(Diagnostic::at(
+                res,
+                Severity::Warning,
+                format!("spec.gateways[{i}]"),
+                unknown_gateway_message(&n),
+            ));
+        }
+    }
+}
+
+/// VirtualService `gateways` entries naming no Gateway, and Gateway `credentialName`s whose
+/// Secret is not in the default gateway namespace.
+fn check_gateways(resources: &[Resource], out: &mut Vec<Diagnostic>) {
+    let known = known_gateways(resources);
     for res in resources {
         match &res.spec {
-            Spec::VirtualService(vs) => {
-                for (i, g) in vs.gateways.iter().enumerate() {
-                    if let Some(n) = gateway::resolve_gateway_name(g, &res.meta.namespace) {
-                        if !known.contains(&n) {
-                            out.push(Diagnostic::at(
-                                res,
-                                Severity::Warning,
-                                format!("spec.gateways[{i}]"),
-                                unknown_gateway_message(&n),
-                            ));
-                        }
-                    }
-                }
-            }
+            Spec::VirtualService(vs) => check_unknown_gateways(res, vs, &known, out),
             Spec::Gateway(gw) => {
                 for (i, server) in gw.servers.iter().enumerate() {
                     let Some(tls) = &server.tls else {
@@ -240,11 +300,7 @@ fn check_destination(
     let Some(subset) = dest.subset.as_deref().filter(|s| !s.is_empty()) else {
         return;
     };
-    let defined: Option<&Subset> = rules
-        .iter()
-        .filter(|(_, _, h)| host::matches(h, &svc.hostname))
-        .flat_map(|(_, dr, _)| dr.subsets.iter())
-        .find(|s| s.name == subset);
+    let defined = defined_subset(rules, &svc.hostname, subset);
     let field = format!("{field}.subset");
     match defined {
         None => out.push(Diagnostic::at(

@@ -218,8 +218,9 @@ pub fn virtual_service_destinations(
             continue;
         };
         let ns = res.meta.namespace.as_str();
-        let binds_to_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
-        if !binds_to_mesh || !ExportTo::parse(&vs.export_to, ns).visible_to(proxy_ns) {
+        if !crate::snapshot::binds_to_mesh(&vs.gateways)
+            || !ExportTo::parse(&vs.export_to, ns).visible_to(proxy_ns)
+        {
             continue;
         }
         let hosts: Vec<Arc<str>> = vs

@@ -703,7 +703,7 @@ fn build_default_routes(snap: &mut Snapshot) {
 }
 
 /// True if a VirtualService (or one of its match blocks, via `gateways`) applies to sidecars.
-fn binds_to_mesh(gateways: &[String]) -> bool {
+pub(crate) fn binds_to_mesh(gateways: &[String]) -> bool {
     gateways.is_empty() || gateways.iter().any(|g| g == "mesh")
 }
 

@@ -899,6 +899,14 @@ fn stat_samples(encoded: &str) -> impl Iterator<Item = (&str, &str)> {
     })
 }
 
+/// Envoy's `/listeners` text: `<name>::<address>` lines.
+pub fn listeners_text(listeners: &[(String, std::net::SocketAddr)]) -> String {
+    listeners
+        .iter()
+        .map(|(name, addr)| format!("{name}::{addr}\n"))
+        .collect()
+}
+
 /// Builds Envoy's `{"listener_statuses":[…]}` from `<name>::<address>` lines.
 fn listeners_json(text: &str) -> serde_json::Value {
     let statuses: Vec<serde_json::Value> = text

@@ -25,6 +25,9 @@ use sluice_model::registry::EndpointAddress;
 use sluice_model::{Cluster, Snapshot, UpstreamAddress};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::context::service_labels;
+use crate::telemetry::metrics::ServiceLabels;
+
 /// Largest consistent-hash ring built, whatever the table size asks for (Envoy's maximum).
 const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
 
@@ -232,6 +235,8 @@ struct ClusterState {
     connections: Option<Arc<Semaphore>>,
     /// PASSTHROUGH, or a service without endpoints of its own (`resolution: NONE`).
     original_dst: bool,
+    /// `destination_service*` labels of the cluster's service, built once per generation.
+    service_labels: Arc<ServiceLabels>,
 }
 
 impl ClusterState {
@@ -249,6 +254,7 @@ impl ClusterState {
             connections: semaphore(cluster.limits.max_connections),
             original_dst: cluster.lb == LbPolicy::Passthrough
                 || matches!(cluster.upstream(), UpstreamAddress::OriginalDestination),
+            service_labels: Arc::new(service_labels(&cluster.service)),
         }
     }
 }
@@ -453,6 +459,19 @@ impl ClusterRuntime {
     /// The cluster this runtime currently follows.
     pub fn cluster(&self) -> Arc<Cluster> {
         self.state.load().cluster.clone()
+    }
+
+    /// `destination_service*` labels for `cluster`: the ones built with this runtime's state when
+    /// it follows the same service (the usual case), else computed for `cluster` (a request still
+    /// running on an older snapshot).
+    pub fn service_labels(&self, cluster: &Cluster) -> Arc<ServiceLabels> {
+        let state = self.state.load();
+        let (own, svc) = (&state.cluster.service, &cluster.service);
+        if own.hostname == svc.hostname && own.namespace == svc.namespace {
+            state.service_labels.clone()
+        } else {
+            Arc::new(service_labels(svc))
+        }
     }
 
     /// The current endpoints.

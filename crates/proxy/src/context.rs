@@ -30,6 +30,8 @@ pub struct Proxy {
     pub unknown_peer: Arc<PeerLabels>,
     pub passthrough_labels: Arc<ServiceLabels>,
     pub blackhole_labels: Arc<ServiceLabels>,
+    /// `destination_service*` labels of local replies that reach no service: all `unknown`.
+    pub unknown_service: Arc<ServiceLabels>,
     /// `server` header on responses: `envoy` for a sidecar's outbound side.
     pub server_header: http::HeaderValue,
     /// This proxy's mesh identity, when it was given one (`--mesh-ca`): needed for ISTIO_MUTUAL
@@ -57,6 +59,7 @@ impl Proxy {
             unknown_peer: Arc::new(PeerLabels::unknown()),
             passthrough_labels: Arc::new(ServiceLabels::special_cluster(PASSTHROUGH_CLUSTER)),
             blackhole_labels: Arc::new(ServiceLabels::special_cluster(BLACKHOLE_CLUSTER)),
+            unknown_service: Arc::new(ServiceLabels::unknown()),
             server_header: http::HeaderValue::from_static("envoy"),
             identity: None,
         }
@@ -85,9 +88,10 @@ impl Proxy {
         self.balancers.runtime(cluster)
     }
 
-    /// `destination_service*` labels for a cluster.
-    pub fn service_labels(&self, cluster: &Cluster) -> Arc<ServiceLabels> {
-        Arc::new(service_labels(&cluster.service))
+    /// `destination_service*` labels for a cluster, kept with its runtime (built once per
+    /// config generation, not per request).
+    pub fn service_labels(&self, cluster: &Arc<Cluster>) -> Arc<ServiceLabels> {
+        self.cluster_runtime(cluster).service_labels(cluster)
     }
 
     /// Labels for the workload at `ip` when the registry knows it (a WorkloadEntry), else

@@ -102,15 +102,25 @@ pub async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(By
 
 /// The SNI of a ClientHello, parsed by rustls without terminating anything.
 pub fn client_hello_sni(record: &[u8]) -> Option<String> {
+    with_client_hello(record, |hello| hello.server_name().map(str::to_string)).flatten()
+}
+
+/// Parses the ClientHello at the start of `record` with rustls (without terminating anything)
+/// and hands it to `f`; `None` when the bytes are not a complete ClientHello.
+pub fn with_client_hello<R>(
+    record: &[u8],
+    f: impl FnOnce(&rustls::server::ClientHello<'_>) -> R,
+) -> Option<R> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut rd = record;
     while !rd.is_empty() {
-        if acceptor.read_tls(&mut rd).ok()? == 0 {
-            break;
+        match acceptor.read_tls(&mut rd) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
         }
     }
     match acceptor.accept() {
-        Ok(Some(accepted)) => accepted.client_hello().server_name().map(str::to_string),
+        Ok(Some(accepted)) => Some(f(&accepted.client_hello())),
         _ => None,
     }
 }

@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -37,7 +36,8 @@ use crate::telemetry::metrics::{
     HttpLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
 };
 use crate::upstream::{
-    security_for, BoxError, ConnectionUseHandle, ProxyBody, UpstreamConnInfo, UpstreamSecurity,
+    security_for, tls_failure_reason, BoxError, ConnectionUseHandle, ProxyBody, TlsSetupError,
+    UpstreamConnInfo, UpstreamSecurity,
 };
 use crate::upstream_h2::Http2Error;
 
@@ -58,7 +58,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1). `te: trailers` is
 /// kept: gRPC needs it end to end (and HTTP/2 allows no other `te`).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -136,6 +136,21 @@ enum UpstreamFailure {
 }
 
 impl UpstreamFailure {
+    /// A connection failure from the connect error's `message`; a TLS failure (`TLS_error: …`)
+    /// keeps its reason for the response details.
+    fn connect_failure(message: &str) -> Self {
+        UpstreamFailure::ConnectFailure {
+            tls_error: tls_failure_reason(message).map(|tls| format!("TLS_error:{tls}")),
+        }
+    }
+
+    /// TLS origination that could not be set up (unreadable or invalid certificates, bad SNI).
+    fn tls_setup(e: &TlsSetupError) -> Self {
+        UpstreamFailure::ConnectFailure {
+            tls_error: Some(format!("TLS_error:{e}")),
+        }
+    }
+
     fn reply(&self, retries_exhausted: bool) -> LocalReply {
         let mut r = match self {
             UpstreamFailure::NoCluster => LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "", "NC", "cluster_not_found"),
@@ -409,9 +424,22 @@ fn local_response(proxy: &Proxy, reply: &LocalReply) -> Response<ProxyBody> {
     resp
 }
 
-fn date_header() -> HeaderValue {
+pub(crate) fn date_header() -> HeaderValue {
     HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
         .unwrap_or(HeaderValue::from_static(""))
+}
+
+/// A local reply that reaches no service, and its outcome.
+fn local_reply(
+    proxy: &Proxy,
+    reply: &LocalReply,
+    route_name: Option<Arc<str>>,
+) -> (Response<ProxyBody>, Outcome) {
+    let service = proxy.unknown_service.clone();
+    (
+        local_response(proxy, reply),
+        outcome_local(reply, route_name, service),
+    )
 }
 
 fn outcome_local(
@@ -468,11 +496,7 @@ fn gateway_authz(
     );
     let mut reply = LocalReply::new(StatusCode::FORBIDDEN, "RBAC: access denied", "-", "");
     reply.details = Cow::Owned(rbac_denied_details(&policy));
-    let resp = local_response(proxy, &reply);
-    Some((
-        resp,
-        outcome_local(&reply, None, Arc::new(ServiceLabels::unknown())),
-    ))
+    Some(local_reply(proxy, &reply, None))
 }
 
 async fn route_and_forward(
@@ -533,11 +557,7 @@ async fn route_and_forward(
                 count_blocked(proxy, ctx);
             }
             let reply = LocalReply::new(StatusCode::NOT_FOUND, "", "NR", "route_not_found");
-            let resp = local_response(proxy, &reply);
-            (
-                resp,
-                outcome_local(&reply, None, Arc::new(ServiceLabels::unknown())),
-            )
+            local_reply(proxy, &reply, None)
         }
         HttpDecision::Passthrough => {
             let passthrough = Forward {
@@ -563,18 +583,13 @@ async fn route_and_forward(
                 }
                 if let Some((status, pct)) = fault.abort {
                     if roll_percent(pct) {
-                        let mut reply = LocalReply::new(
+                        let reply = LocalReply::new(
                             StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                             "fault filter abort",
                             "FI",
                             "fault_filter_abort",
                         );
-                        reply.details = Cow::Borrowed("fault_filter_abort");
-                        let resp = local_response(proxy, &reply);
-                        return (
-                            resp,
-                            outcome_local(&reply, route_name, Arc::new(ServiceLabels::unknown())),
-                        );
+                        return local_reply(proxy, &reply, route_name);
                     }
                 }
             }
@@ -590,12 +605,9 @@ async fn route_and_forward(
                         "direct_response",
                     );
                     reply.body = Bytes::copy_from_slice(content);
-                    let mut resp = local_response(proxy, &reply);
+                    let (mut resp, outcome) = local_reply(proxy, &reply, route_name);
                     rule.response_headers.apply(resp.headers_mut());
-                    (
-                        resp,
-                        outcome_local(&reply, route_name, Arc::new(ServiceLabels::unknown())),
-                    )
+                    (resp, outcome)
                 }
                 RouteAction::Redirect(rd) => {
                     let location = redirect_location(
@@ -615,20 +627,12 @@ async fn route_and_forward(
                     if let Ok(v) = HeaderValue::from_str(&location) {
                         reply.extra_headers.push((header::LOCATION, v));
                     }
-                    let resp = local_response(proxy, &reply);
-                    (
-                        resp,
-                        outcome_local(&reply, route_name, Arc::new(ServiceLabels::unknown())),
-                    )
+                    local_reply(proxy, &reply, route_name)
                 }
                 RouteAction::Forward(targets) => {
                     let Some(target) = pick_weighted(targets, rand::random::<f64>()) else {
                         let reply = UpstreamFailure::NoCluster.reply(false);
-                        let resp = local_response(proxy, &reply);
-                        return (
-                            resp,
-                            outcome_local(&reply, route_name, Arc::new(ServiceLabels::unknown())),
-                        );
+                        return local_reply(proxy, &reply, route_name);
                     };
                     let cluster = match target.cluster.resolve(ctx.port) {
                         Ok(c) => c.clone(),
@@ -638,12 +642,7 @@ async fn route_and_forward(
                                 rule.source
                             );
                             let reply = UpstreamFailure::NoCluster.reply(false);
-                            let resp = local_response(proxy, &reply);
-                            let mut o = outcome_local(
-                                &reply,
-                                route_name,
-                                Arc::new(ServiceLabels::unknown()),
-                            );
+                            let (resp, mut o) = local_reply(proxy, &reply, route_name);
                             o.cluster = Some(missing.into());
                             return (resp, o);
                         }
@@ -704,11 +703,7 @@ fn gateway_local_reply(
                 "-",
                 "misdirected_request",
             );
-            let resp = local_response(proxy, &reply);
-            return Some((
-                resp,
-                outcome_local(&reply, None, Arc::new(ServiceLabels::unknown())),
-            ));
+            return Some(local_reply(proxy, &reply, None));
         }
         return None;
     }
@@ -721,11 +716,7 @@ fn gateway_local_reply(
     if let Ok(v) = HeaderValue::from_str(&location) {
         reply.extra_headers.push((header::LOCATION, v));
     }
-    let resp = local_response(proxy, &reply);
-    Some((
-        resp,
-        outcome_local(&reply, None, Arc::new(ServiceLabels::unknown())),
-    ))
+    Some(local_reply(proxy, &reply, None))
 }
 
 /// Envoy prints response flags in this order, comma-joined.
@@ -918,21 +909,14 @@ async fn endpoint_addr(
 }
 
 fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    if e.is_connect() {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-        while let Some(s) = source {
-            let msg = s.to_string();
-            if let Some(tls) = msg.strip_prefix("TLS_error: ") {
-                return UpstreamFailure::ConnectFailure {
-                    tls_error: Some(format!("TLS_error:{tls}")),
-                };
-            }
-            source = s.source();
-        }
-        UpstreamFailure::ConnectFailure { tls_error: None }
-    } else {
-        UpstreamFailure::Reset
+    if !e.is_connect() {
+        return UpstreamFailure::Reset;
     }
+    // The first TLS failure in the error's chain names the connection failure.
+    std::iter::successors(std::error::Error::source(e), |s| s.source())
+        .map(|s| UpstreamFailure::connect_failure(&s.to_string()))
+        .find(|f| matches!(f, UpstreamFailure::ConnectFailure { tls_error: Some(_) }))
+        .unwrap_or(UpstreamFailure::ConnectFailure { tls_error: None })
 }
 
 /// Connect timeout for upstreams without a cluster (passthrough): Istio's default.
@@ -954,19 +938,12 @@ async fn send_http2(
         .http2(runtime, security, PASSTHROUGH_CONNECT_TIMEOUT, addr)
         .map_err(|e| {
             tracing::warn!("TLS origination towards {addr} is misconfigured: {e}");
-            UpstreamFailure::ConnectFailure {
-                tls_error: Some(format!("TLS_error:{e}")),
-            }
+            UpstreamFailure::tls_setup(&e)
         })?;
     endpoint.send(req, limits.0, limits.1).await.map_err(|e| {
         tracing::debug!("HTTP/2 to {addr}: {e}");
         match e {
-            Http2Error::Connect(e) => UpstreamFailure::ConnectFailure {
-                tls_error: e
-                    .to_string()
-                    .strip_prefix("TLS_error: ")
-                    .map(|tls| format!("TLS_error:{tls}")),
-            },
+            Http2Error::Connect(e) => UpstreamFailure::connect_failure(&e.to_string()),
             Http2Error::Request(_) => UpstreamFailure::Reset,
         }
     })
@@ -983,10 +960,11 @@ async fn forward(
         || Arc::from(sluice_model::PASSTHROUGH_CLUSTER),
         |c| c.name.clone(),
     );
-    let service = fwd.cluster.as_ref().map_or_else(
-        || proxy.passthrough_labels.clone(),
-        |c| proxy.service_labels(c),
-    );
+    let runtime = fwd.cluster.as_ref().map(|c| proxy.cluster_runtime(c));
+    let service = match (&fwd.cluster, &runtime) {
+        (Some(c), Some(rt)) => rt.service_labels(c),
+        _ => proxy.passthrough_labels.clone(),
+    };
     let fail = |failure: UpstreamFailure, exhausted: bool, tried: Option<SocketAddr>| {
         let reply = failure.reply(exhausted);
         let resp = local_response(proxy, &reply);
@@ -1042,7 +1020,6 @@ async fn forward(
 
     // Circuit breakers: the request counts as active (and maybe pending) until its response
     // body has been sent.
-    let runtime = fwd.cluster.as_ref().map(|c| proxy.cluster_runtime(c));
     let request_permit = match runtime.as_ref().map(|rt| rt.admit_request()).transpose() {
         Ok(p) => p,
         Err(overflow) => {
@@ -1087,13 +1064,7 @@ async fn forward(
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!("TLS origination for {cluster_name} is misconfigured: {e}");
-                return fail(
-                    UpstreamFailure::ConnectFailure {
-                        tls_error: Some(format!("TLS_error:{e}")),
-                    },
-                    false,
-                    None,
-                );
+                return fail(UpstreamFailure::tls_setup(&e), false, None);
             }
         }
     };
@@ -1124,16 +1095,12 @@ async fn forward(
     // HTTP/2 requests name the service, not the endpoint: hyper turns the URI's authority into
     // `:authority`, so the Host header (already in the URI) is not sent as well.
     let h2_uri = if http2 {
-        let scheme = match security {
-            UpstreamSecurity::Plain => "http",
-            _ => "https",
-        };
         let authority = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .filter(|a| !a.is_empty())
             .unwrap_or(&ctx.authority);
-        match format!("{scheme}://{authority}{upstream_path}").parse::<Uri>() {
+        match h2_uri(&security, authority, &upstream_path) {
             Ok(u) if u.authority().is_some() => {
                 headers.remove(header::HOST);
                 Some(u)
@@ -1180,7 +1147,7 @@ async fn forward(
         tried = Some(addr);
         let uri: Uri = match &h2_uri {
             Some(u) => u.clone(),
-            None => match format!("http://{addr}{upstream_path}").parse() {
+            None => match endpoint_uri(addr, &upstream_path) {
                 Ok(u) => u,
                 Err(_) => return fail(UpstreamFailure::BadRequest, false, tried),
             },
@@ -1248,9 +1215,7 @@ async fn forward(
                 {
                     // maxRequestsPerConnection / maxConnectionDuration: retire the connection
                     // once this response is done.
-                    let served = usage.0.requests.fetch_add(1, Ordering::Relaxed) + 1;
-                    let too_old = max_duration.is_some_and(|d| usage.0.opened.elapsed() >= d);
-                    if (per_connection > 0 && served >= per_connection) || too_old {
+                    if usage.0.count_request(per_connection, max_duration) {
                         if let Some(conn) = captured.connection_metadata().as_ref() {
                             conn.poison();
                         }
@@ -1359,6 +1324,25 @@ async fn forward(
     fail(last_failure, max_tries > 1, tried)
 }
 
+/// The URI of an HTTP/2 request: it names the service (`authority`), which hyper sends as
+/// `:authority`; `https` when TLS is originated.
+fn h2_uri(
+    security: &UpstreamSecurity,
+    authority: &str,
+    path: &str,
+) -> Result<Uri, http::uri::InvalidUri> {
+    let scheme = match security {
+        UpstreamSecurity::Plain => "http",
+        _ => "https",
+    };
+    format!("{scheme}://{authority}{path}").parse()
+}
+
+/// The URI of an HTTP/1.1 request: the pooled client connects to (and pools by) the endpoint.
+fn endpoint_uri(addr: SocketAddr, path: &str) -> Result<Uri, http::uri::InvalidUri> {
+    format!("http://{addr}{path}").parse()
+}
+
 /// A response body that keeps the request's circuit-breaker permits and endpoint guard until it
 /// has been sent, so `rq_active` (and LEAST_REQUEST) see the whole exchange.
 struct HeldBody<B, H> {
@@ -1423,11 +1407,7 @@ fn spawn_mirror(
                 .remove(header::HOST)
                 .and_then(|h| h.to_str().ok().map(str::to_string))
                 .unwrap_or(authority);
-            let scheme = match security {
-                UpstreamSecurity::Plain => "http",
-                _ => "https",
-            };
-            let Ok(uri) = format!("{scheme}://{host}{path}").parse::<Uri>() else {
+            let Ok(uri) = h2_uri(&security, &host, &path) else {
                 return;
             };
             *req.uri_mut() = uri;
@@ -1444,7 +1424,7 @@ fn spawn_mirror(
             let Ok(client) = proxy.clients.for_cluster(&runtime, &security) else {
                 return;
             };
-            let Ok(uri) = format!("http://{addr}{path}").parse::<Uri>() else {
+            let Ok(uri) = endpoint_uri(addr, &path) else {
                 return;
             };
             *req.uri_mut() = uri;

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,7 +34,7 @@ use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, ResolvesClientCert};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -43,7 +43,7 @@ use rustls::{
     RootCertStore, ServerConfig, SignatureScheme,
 };
 
-use crate::tls_server::{parse_certs, parse_key};
+use crate::tls_server::{certified_key, parse_certs, FileStamp, SanMismatch};
 use crate::upstream::TlsSetupError;
 
 /// The mesh root certificate (trust bundle; may hold several roots during a root rotation).
@@ -201,7 +201,7 @@ impl Identity {
             watch.root_key = FileStamp::of(&key_path);
             let ca = MeshCa::load(&opts.mesh_ca)?;
             let issued = ca.issue(&spiffe_id, opts.cert_ttl)?;
-            let certified = certified_key_from_pem(
+            let certified = certified_key(
                 issued.cert_pem.as_bytes(),
                 "issued certificate",
                 issued.key_pem.as_bytes(),
@@ -447,7 +447,7 @@ impl Identity {
             });
         };
         let issued = ca.issue(&self.spiffe_id, ttl)?;
-        let certified = certified_key_from_pem(
+        let certified = certified_key(
             issued.cert_pem.as_bytes(),
             "issued certificate",
             issued.key_pem.as_bytes(),
@@ -654,17 +654,6 @@ impl ServerCertVerifier for MeshServerVerifier {
     }
 }
 
-#[derive(Debug)]
-struct SanMismatch(String);
-
-impl fmt::Display for SanMismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SanMismatch {}
-
 /// A client certificate from the mesh root (required, or optional), through the current
 /// trust bundle.
 #[derive(Debug)]
@@ -786,33 +775,13 @@ fn load_pair(
 ) -> Result<CertifiedKey, IdentityError> {
     let chain = read_file(chain_path, "workload certificate")?;
     let key = read_file(key_path, "workload key")?;
-    certified_key_from_pem(
+    Ok(certified_key(
         &chain,
         &chain_path.display().to_string(),
         &key,
         &key_path.display().to_string(),
         provider,
-    )
-}
-
-fn certified_key_from_pem(
-    chain_pem: &[u8],
-    chain_origin: &str,
-    key_pem: &[u8],
-    key_origin: &str,
-    provider: &CryptoProvider,
-) -> Result<CertifiedKey, IdentityError> {
-    let chain = parse_certs(chain_pem, chain_origin)?;
-    let key: PrivateKeyDer<'static> = parse_key(key_pem, key_origin)?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|e| IdentityError::Invalid {
-        path: PathBuf::from(key_origin),
-        message: match e {
-            rustls::Error::InconsistentKeys(_) => {
-                format!("the private key does not match the certificate {chain_origin}")
-            }
-            e => format!("unusable private key: {e}"),
-        },
-    })
+    )?)
 }
 
 fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, IdentityError> {
@@ -821,28 +790,6 @@ fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, IdentityError> 
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// What tells a file changed: a new modification time or size, or a new inode behind the same
-/// name (`mv`, Kubernetes volume updates).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    dev: u64,
-    ino: u64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            modified: meta.modified().ok(),
-            len: meta.len(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    }
 }
 
 /// Writes the mesh root (`root-cert.pem`, `root-key.pem` with mode 0600) into `dir`, creating

@@ -42,7 +42,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -60,7 +60,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::body::{CountingBody, Finish, LoggedBody};
 use crate::context::{service_labels, Proxy};
-use crate::detect::{detect, Detected};
+use crate::detect::{detect, with_client_hello, Detected};
+use crate::http_proxy::{date_header, strip_hop_by_hop};
 use crate::identity::peer_spiffe_id;
 use crate::io::{original_dst, ByteCounter, CountingStream, PrefixedStream};
 use crate::stream::{
@@ -110,8 +111,6 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 const CONNECT_FAILURE_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
@@ -337,7 +336,7 @@ async fn handle_connection(
         }
         _ => false,
     };
-    let stream = PrefixedStream::new(prefix.clone(), stream);
+    let stream = PrefixedStream::new(prefix, stream);
     let Some(identity) = identity.filter(|_| terminate) else {
         // PERMISSIVE plaintext or application TLS: replay what detection read.
         let first = (Bytes::new(), detected);
@@ -420,20 +419,12 @@ async fn serve_stream<S>(
 /// True when a ClientHello offers one of Istio's mesh ALPN protocols (`istio`, `istio-*`): the
 /// client is a sidecar originating mutual TLS, not an application speaking its own TLS.
 pub fn offers_mesh_alpn(client_hello: &[u8]) -> bool {
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut rd = client_hello;
-    while !rd.is_empty() {
-        match acceptor.read_tls(&mut rd) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    match acceptor.accept() {
-        Ok(Some(accepted)) => accepted.client_hello().alpn().is_some_and(|mut protocols| {
+    with_client_hello(client_hello, |hello| {
+        hello.alpn().is_some_and(|mut protocols| {
             protocols.any(|p| p == b"istio" || p.starts_with(b"istio-"))
-        }),
-        _ => false,
-    }
+        })
+    })
+    .unwrap_or(false)
 }
 
 static STRICT_WITHOUT_IDENTITY_LOGGED: AtomicBool = AtomicBool::new(false);
@@ -592,39 +583,6 @@ where
     let builder = auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
         tracing::debug!("inbound HTTP connection from {remote} ended: {e}");
-    }
-}
-
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1). `te: trailers` is
-/// kept: gRPC needs it end to end.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for n in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        PROXY_CONNECTION.clone(),
-        KEEP_ALIVE.clone(),
-    ] {
-        headers.remove(n);
-    }
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -900,9 +858,7 @@ fn local_reply(
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
-        h.insert(header::DATE, date);
-    }
+    h.insert(header::DATE, date_header());
     h.insert(header::SERVER, SERVER_ISTIO_ENVOY.clone());
     let outcome = Outcome {
         flags,

@@ -95,10 +95,7 @@ impl AdminSource for SidecarAdmin {
     }
 
     fn listeners_text(&self) -> String {
-        self.listeners
-            .iter()
-            .map(|(name, addr)| format!("{name}::{addr}\n"))
-            .collect()
+        crate::admin::listeners_text(&self.listeners)
     }
 
     fn is_ready(&self) -> bool {

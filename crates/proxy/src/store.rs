@@ -142,7 +142,7 @@ impl ConfigStore {
         let removed: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|p| !paths.contains(p))
+            .filter(|p| paths.binary_search(p).is_err())
             .cloned()
             .collect();
         for path in removed {

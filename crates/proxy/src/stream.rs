@@ -27,7 +27,7 @@ use crate::telemetry::metrics::{
 };
 use crate::upstream::{
     connect_tcp, istio_mutual_connect, security_for, set_keepalive, StreamUpstream,
-    UpstreamSecurity,
+    UpstreamSecurity, TLS_ERROR_PREFIX,
 };
 
 // === Downstream mTLS peer and authorization ===
@@ -404,9 +404,10 @@ async fn carry_out<S>(
         }
     });
     let runtime = cluster.as_ref().map(|c| proxy.cluster_runtime(c));
-    let connect_timeout = runtime
+    let limits = runtime.as_ref().map(|rt| rt.limits());
+    let connect_timeout = limits
         .as_ref()
-        .map_or(snap.mesh.connect_timeout, |rt| rt.limits().connect_timeout);
+        .map_or(snap.mesh.connect_timeout, |l| l.connect_timeout);
     let mut flags = "UH";
     let mut held = None;
     let gateway = side.gateway_port.is_some();
@@ -437,9 +438,9 @@ async fn carry_out<S>(
                             Err(_) => CallResult::ConnectFailed,
                         });
                     }
-                    let keepalive = runtime.as_ref().and_then(|rt| rt.limits().tcp_keepalive);
+                    let keepalive = limits.as_ref().and_then(|l| l.tcp_keepalive.as_ref());
                     if let (Ok(tcp), Some(ka)) = (&connected, keepalive) {
-                        if let Err(e) = set_keepalive(tcp, &ka) {
+                        if let Err(e) = set_keepalive(tcp, ka) {
                             tracing::debug!("cannot set TCP keepalive towards {addr}: {e}");
                         }
                     }
@@ -467,7 +468,7 @@ async fn carry_out<S>(
                     rec.upstream_local_address = local;
                     rec.upstream_transport_failure_reason = Some(Cow::Owned(
                         e.to_string()
-                            .trim_start_matches("TLS_error: ")
+                            .trim_start_matches(TLS_ERROR_PREFIX)
                             .replace(' ', "_"),
                     ));
                     flags = "UF";

@@ -258,13 +258,7 @@ impl Entry {
                     key: FileStamp::of(key),
                     ca: ca.as_deref().and_then(FileStamp::of),
                 };
-                let certified = certified_key(
-                    &read_pem(cert, "serverCertificate")?,
-                    &cert.display().to_string(),
-                    &read_pem(key, "privateKey")?,
-                    &key.display().to_string(),
-                    &provider,
-                )?;
+                let certified = files_certified_key(cert, key, &provider)?;
                 let ca_pem = match ca {
                     Some(ca) => Some((read_pem(ca, "caCertificates")?, ca.display().to_string())),
                     None => None,
@@ -281,13 +275,7 @@ impl Entry {
                 key,
                 ca,
             } => {
-                let certified = certified_key(
-                    cert,
-                    &format!("Secret {name} certificate"),
-                    key,
-                    &format!("Secret {name} private key"),
-                    &provider,
-                )?;
+                let certified = secret_certified_key(name, cert, key, &provider)?;
                 let ca_pem = ca
                     .as_ref()
                     .map(|ca| (ca.to_vec(), format!("Secret {name} CA certificate")));
@@ -411,13 +399,7 @@ impl Entry {
         }
         // Remember the bytes before parsing, so that a bad Secret is parsed (and logged) once.
         seen.store(new);
-        match certified_key(
-            cert,
-            &format!("Secret {name} certificate"),
-            key,
-            &format!("Secret {name} private key"),
-            &self.provider,
-        ) {
+        match secret_certified_key(name, cert, key, &self.provider) {
             Ok(certified) => {
                 self.cert.current.store(Arc::new(certified));
                 tracing::info!("{}: certificate from Secret {name} reloaded", self.source);
@@ -461,16 +443,7 @@ impl Entry {
             // (a certificate written before its key is retried when the key is written).
             stamps.cert = cert_stamp;
             stamps.key = key_stamp;
-            let loaded = read_pem(cert, "serverCertificate").and_then(|cert_pem| {
-                certified_key(
-                    &cert_pem,
-                    &cert.display().to_string(),
-                    &read_pem(key, "privateKey")?,
-                    &key.display().to_string(),
-                    &self.provider,
-                )
-            });
-            match loaded {
+            match files_certified_key(cert, key, &self.provider) {
                 Ok(certified) => {
                     self.cert.current.store(Arc::new(certified));
                     tracing::info!("{}: certificate {} reloaded", self.source, cert.display());
@@ -528,7 +501,7 @@ struct Stamps {
 /// What tells a file changed: a new modification time or size, or (Kubernetes mounts, `mv`)
 /// a new inode behind the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
+pub(crate) struct FileStamp {
     modified: Option<SystemTime>,
     len: u64,
     dev: u64,
@@ -537,7 +510,7 @@ struct FileStamp {
 
 impl FileStamp {
     /// `None` when the file cannot be stat'ed (a change too, once it reappears).
-    fn of(path: &Path) -> Option<FileStamp> {
+    pub(crate) fn of(path: &Path) -> Option<FileStamp> {
         let meta = std::fs::metadata(path).ok()?;
         Some(FileStamp {
             modified: meta.modified().ok(),
@@ -837,8 +810,9 @@ pub fn istio_mutual_config(
     identity.server_config(alpn, false)
 }
 
+/// A certificate whose SANs are not the expected ones (the message says which).
 #[derive(Debug)]
-struct SanMismatch(String);
+pub(crate) struct SanMismatch(pub(crate) String);
 
 impl std::fmt::Display for SanMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -922,7 +896,7 @@ fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// A certificate chain and its private key, checked to belong together.
-fn certified_key(
+pub(crate) fn certified_key(
     cert_pem: &[u8],
     cert_origin: &str,
     key_pem: &[u8],
@@ -940,6 +914,37 @@ fn certified_key(
             e => format!("unusable private key: {e}"),
         },
     })
+}
+
+/// The certificate and key of `serverCertificate` / `privateKey` files.
+fn files_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsSetupError> {
+    certified_key(
+        &read_pem(cert, "serverCertificate")?,
+        &cert.display().to_string(),
+        &read_pem(key, "privateKey")?,
+        &key.display().to_string(),
+        provider,
+    )
+}
+
+/// The certificate and key of the `credentialName` Secret `name`.
+fn secret_certified_key(
+    name: &str,
+    cert: &[u8],
+    key: &[u8],
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsSetupError> {
+    certified_key(
+        cert,
+        &format!("Secret {name} certificate"),
+        key,
+        &format!("Secret {name} private key"),
+        provider,
+    )
 }
 
 /// Reads a PEM file; `what` names the setting it comes from, for the error.

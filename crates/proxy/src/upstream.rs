@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use sluice_model::policy::TcpKeepalive;
+use sluice_model::policy::{PoolLimits, TcpKeepalive};
 use sluice_model::{Cluster, UpstreamTls};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -42,6 +42,19 @@ pub const ISTIO_ALPN: &[u8] = b"istio";
 const MESH_ALPN_H2: &[&[u8]] = &[ISTIO_ALPN, b"h2"];
 /// ALPN offered with ISTIO_MUTUAL otherwise (Istio's `ALPNInMesh`).
 const MESH_ALPN: &[&[u8]] = &[ISTIO_ALPN];
+
+/// How the message of a connect error that failed in TLS begins (SNI refused, handshake failed).
+pub(crate) const TLS_ERROR_PREFIX: &str = "TLS_error: ";
+
+/// A connect error for a TLS failure: its message is `TLS_error: <detail>`.
+fn tls_error(kind: io::ErrorKind, detail: impl std::fmt::Display) -> io::Error {
+    io::Error::new(kind, format!("{TLS_ERROR_PREFIX}{detail}"))
+}
+
+/// The reason of a TLS failure from a connect error's message, `None` when it was not one.
+pub(crate) fn tls_failure_reason(message: &str) -> Option<&str> {
+    message.strip_prefix(TLS_ERROR_PREFIX)
+}
 
 /// Error type carried by request and response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -304,17 +317,13 @@ async fn istio_mutual_connect_alpn(
     alpn: &[&[u8]],
     tcp: TcpStream,
 ) -> io::Result<TlsStream<TcpStream>> {
-    let name = ServerName::try_from(sni.to_string()).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("TLS_error: SNI {sni}: {e}"),
-        )
-    })?;
+    let name = ServerName::try_from(sni.to_string())
+        .map_err(|e| tls_error(io::ErrorKind::InvalidInput, format_args!("SNI {sni}: {e}")))?;
     let config = identity.client_config(expected_sans, alpn);
     TlsConnector::from(config)
         .connect(name, tcp)
         .await
-        .map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, format!("TLS_error: {e}")))
+        .map_err(|e| tls_error(io::ErrorKind::ConnectionAborted, e))
 }
 
 /// A TCP/TLS stream's upstream: plain TCP, or TLS the proxy originated (ISTIO_MUTUAL).
@@ -471,6 +480,20 @@ pub struct ConnectionUse {
     pub opened: std::time::Instant,
 }
 
+impl ConnectionUse {
+    /// Counts one more request on the connection. True when the connection should be retired:
+    /// it has served `per_connection` requests (0 = unlimited) or is older than `max_duration`.
+    pub(crate) fn count_request(
+        &self,
+        per_connection: u32,
+        max_duration: Option<Duration>,
+    ) -> bool {
+        let served = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let too_old = max_duration.is_some_and(|d| self.opened.elapsed() >= d);
+        (per_connection > 0 && served >= per_connection) || too_old
+    }
+}
+
 /// Response extension carrying the [`ConnectionUse`] of the connection that served it.
 #[derive(Debug, Clone)]
 pub struct ConnectionUseHandle(pub Arc<ConnectionUse>);
@@ -614,9 +637,10 @@ impl UpstreamConnector {
         let transport = match &self.tls {
             None => Transport::Plain(TokioIo::new(tcp)),
             Some(TlsOrigin::Fixed(connector, name)) => {
-                let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
-                    io::Error::new(io::ErrorKind::ConnectionAborted, format!("TLS_error: {e}"))
-                })?;
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| tls_error(io::ErrorKind::ConnectionAborted, e))?;
                 Transport::Tls(Box::new(TokioIo::new(tls)))
             }
             Some(TlsOrigin::Mesh {
@@ -702,7 +726,11 @@ impl HttpClients {
         connect_timeout: Duration,
         addr: SocketAddr,
     ) -> Result<Arc<Http2Endpoint>, TlsSetupError> {
-        let key = (client_key(security, connect_timeout, runtime), addr);
+        let limits = runtime.map(|rt| rt.limits());
+        let key = (
+            client_key(security, connect_timeout, runtime, limits.as_ref()),
+            addr,
+        );
         let mut endpoints = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((e, _)) = endpoints.get(&key) {
             return Ok(e.clone());
@@ -720,8 +748,8 @@ impl HttpClients {
         connect_timeout: Duration,
         runtime: Option<&Arc<ClusterRuntime>>,
     ) -> Result<HttpClient, TlsSetupError> {
-        let key = client_key(security, connect_timeout, runtime);
         let limits = runtime.map(|rt| rt.limits());
+        let key = client_key(security, connect_timeout, runtime, limits.as_ref());
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((c, _)) = clients.get(&key) {
             return Ok(c.clone());
@@ -753,19 +781,18 @@ impl HttpClients {
     }
 }
 
-/// The pool key for `security` and, with a runtime, the cluster's pool settings.
+/// The pool key for `security` and, with a runtime, the cluster's pool settings (`limits`, the
+/// runtime's current ones).
 fn client_key(
     security: &UpstreamSecurity,
     connect_timeout: Duration,
     runtime: Option<&Arc<ClusterRuntime>>,
+    limits: Option<&PoolLimits>,
 ) -> ClientKey {
-    let limits = runtime.map(|rt| rt.limits());
     ClientKey {
         security: security.clone(),
-        connect_timeout: limits
-            .as_ref()
-            .map_or(connect_timeout, |l| l.connect_timeout),
-        cluster: runtime.zip(limits.as_ref()).map(|(rt, l)| {
+        connect_timeout: limits.map_or(connect_timeout, |l| l.connect_timeout),
+        cluster: runtime.zip(limits).map(|(rt, l)| {
             (
                 Arc::as_ptr(rt) as usize,
                 l.idle_timeout,

@@ -9,7 +9,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,9 +116,7 @@ impl Http2Endpoint {
             conn = self.connection().await?;
             conn.send.ready().await.map_err(Http2Error::Request)?;
         }
-        let served = conn.usage.0.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let too_old = max_duration.is_some_and(|d| conn.usage.0.opened.elapsed() >= d);
-        if (per_connection > 0 && served >= per_connection) || too_old {
+        if conn.usage.0.count_request(per_connection, max_duration) {
             self.retire(&conn).await;
         }
         let mut resp = conn

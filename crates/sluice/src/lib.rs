@@ -6,6 +6,7 @@ pub mod ca;
 pub mod dashboard;
 pub mod demo;
 pub mod explain_cmd;
+pub mod http_get;
 pub mod init;
 pub mod proxy_config;
 pub mod suggest_cmd;

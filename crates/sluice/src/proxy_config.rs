@@ -2,19 +2,16 @@
 //! its admin API (`/config_dump`, `/clusters?format=json`, `/listeners`) and printed as
 //! `istioctl proxy-config` prints it (same table headers, same notation in the cells).
 //!
-//! The admin API is reached with a plain HTTP/1.1 GET over a blocking `TcpStream`: it is local,
-//! small and answered at once, so no async client is needed.
+//! The admin API is reached with the blocking GET of [`crate::http_get`]: it is local, small and
+//! answered at once, so no async client is needed.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::net::{SocketAddr, ToSocketAddrs};
 
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
-/// How long connecting to and reading from the admin API may take.
-const TIMEOUT: Duration = Duration::from_secs(5);
+use crate::http_get::{self, parse_response, Step};
 
 /// Spaces between table columns (istioctl's tabwriter padding).
 const PADDING: usize = 5;
@@ -122,91 +119,27 @@ impl Admin {
 
     fn get_text(&self, path: &str) -> anyhow::Result<String> {
         let url = format!("http://{}{path}", self.name);
-        let mut stream = TcpStream::connect_timeout(&self.addr, TIMEOUT).with_context(|| {
-            format!(
-                "cannot connect to the proxy's admin API at {}: is the proxy running, and is \
-                 --admin its admin port?",
-                self.name
-            )
-        })?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sluice-proxy-config\r\nAccept: */*\r\nConnection: close\r\n\r\n",
             self.name
         );
-        stream
-            .write_all(request.as_bytes())
-            .with_context(|| format!("GET {url}: cannot send the request"))?;
-        let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .with_context(|| format!("GET {url}: cannot read the answer"))?;
+        let raw = http_get::exchange(&self.addr, &request).map_err(|(step, e)| {
+            let e = anyhow::Error::new(e);
+            match step {
+                Step::Connect => e.context(format!(
+                    "cannot connect to the proxy's admin API at {}: is the proxy running, and is \
+                     --admin its admin port?",
+                    self.name
+                )),
+                Step::Send => e.context(format!("GET {url}: cannot send the request")),
+                Step::Receive => e.context(format!("GET {url}: cannot read the answer")),
+            }
+        })?;
         let (status, body) = parse_response(&raw).with_context(|| format!("GET {url}"))?;
         if status != 200 {
             bail!("GET {url}: HTTP {status}: {}", body.trim());
         }
         Ok(body)
-    }
-}
-
-/// Status and body of a raw HTTP/1.1 response (Content-Length, chunked, or read to close).
-fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("the answer is not HTTP (no end of headers)")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let mut body = &raw[split + 4..];
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("the answer is not HTTP (status line {status_line:?})"))?;
-    let mut chunked = false;
-    for line in lines {
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-        if k == "content-length" {
-            if let Ok(n) = v.parse::<usize>() {
-                body = &body[..n.min(body.len())];
-            }
-        } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
-            chunked = true;
-        }
-    }
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("truncated chunked body")?;
-        let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .with_context(|| format!("bad chunk size {size_text:?}"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size {
-            bail!("truncated chunked body");
-        }
-        out.extend_from_slice(&data[..size]);
-        data = data.get(size + 2..).unwrap_or(&[]);
     }
 }
 

@@ -5,9 +5,9 @@
 //! and protocols that were asked for, and a comment naming the workloads that asked.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::net::{IpAddr, ToSocketAddrs};
+
+use crate::http_get;
 
 /// The counter read from the proxies.
 pub const BLOCKED_METRIC: &str = "sluice_egress_blocked_total";
@@ -283,50 +283,16 @@ pub fn fetch(url: &str) -> Result<String, String> {
         .map_err(|e| format!("{url}: {e}"))?
         .next()
         .ok_or_else(|| format!("{url}: no address"))?;
-    let timeout = Duration::from_secs(5);
-    let mut conn = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
-    let _ = conn.set_read_timeout(Some(timeout));
-    // One write: a server may answer (and close) after the first segment it reads.
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
     );
-    conn.write_all(request.as_bytes())
-        .map_err(|e| format!("{url}: {e}"))?;
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw)
-        .map_err(|e| format!("{url}: {e}"))?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{url}: malformed HTTP response"))?;
-    let status = head.lines().next().unwrap_or("");
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("{url}: {status}"));
+    let raw = http_get::exchange(&addr, &request).map_err(|(_, e)| format!("{url}: {e}"))?;
+    let (status, body) =
+        http_get::parse_response(&raw).map_err(|_| format!("{url}: malformed HTTP response"))?;
+    if status != 200 {
+        return Err(format!("{url}: {}", http_get::status_line(&raw)));
     }
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    Ok(if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    })
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
-    }
-    out
+    Ok(body)
 }
 
 /// Prints the suggestions; 1 if no proxy could be read.
@@ -431,10 +397,5 @@ istio_requests_total{reporter="source"} 5
         assert_eq!(name_for("API.Example.com"), "api-example-com");
         assert_eq!(name_for("10.0.0.1"), "ip-10-0-0-1");
         assert_eq!(name_for("*.example.com"), "example-com");
-    }
-
-    #[test]
-    fn dechunks() {
-        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
     }
 }

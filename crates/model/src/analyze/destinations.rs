@@ -17,88 +17,30 @@ use super::{
     VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
 };
 use crate::host;
-use crate::references::surprising_single_port;
-use crate::registry::{self, Protocol, Service};
-
-/// Which kind of reference a destination is, for IST0101's wording.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// An HTTP route destination (SLU0001 applies).
-    HttpRoute,
-    /// A TLS or TCP route destination.
-    StreamRoute,
-    Mirror,
-}
+use crate::references::{
+    defined_subset, destination_rule_hosts, surprising_single_port, usual_port, vs_destinations,
+    DestinationRole as Role,
+};
+use crate::registry::{self, Service};
 
 struct Context<'a> {
     services: Vec<Arc<Service>>,
-    rules: Vec<(&'a DestinationRule, String)>,
+    rules: Vec<(&'a Resource, &'a DestinationRule, String)>,
 }
 
 pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
     let ctx = Context {
         services: registry::services_from(resources),
-        rules: resources
-            .iter()
-            .filter_map(|r| match &r.spec {
-                Spec::DestinationRule(dr) => {
-                    Some((dr, host::resolve_short_name(&dr.host, &r.meta.namespace)))
-                }
-                _ => None,
-            })
-            .collect(),
+        rules: destination_rule_hosts(resources),
     };
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
         };
-        for (field, dest, role) in destinations(vs) {
+        for (field, dest, role) in vs_destinations(vs) {
             check_destination(&ctx, res, vs, &field, dest, role, out);
         }
     }
-}
-
-/// Every destination of a VirtualService with its field path.
-fn destinations(vs: &VirtualService) -> Vec<(String, &Destination, Role)> {
-    let mut out = Vec::new();
-    for (i, r) in vs.http.iter().enumerate() {
-        for (j, d) in r.route.iter().enumerate() {
-            out.push((
-                format!("spec.http[{i}].route[{j}].destination"),
-                &d.destination,
-                Role::HttpRoute,
-            ));
-        }
-        if let Some(m) = &r.mirror {
-            out.push((format!("spec.http[{i}].mirror"), m, Role::Mirror));
-        }
-        for (k, m) in r.mirrors.iter().enumerate() {
-            out.push((
-                format!("spec.http[{i}].mirrors[{k}].destination"),
-                &m.destination,
-                Role::Mirror,
-            ));
-        }
-    }
-    for (i, r) in vs.tls.iter().enumerate() {
-        for (j, d) in r.route.iter().enumerate() {
-            out.push((
-                format!("spec.tls[{i}].route[{j}].destination"),
-                &d.destination,
-                Role::StreamRoute,
-            ));
-        }
-    }
-    for (i, r) in vs.tcp.iter().enumerate() {
-        for (j, d) in r.route.iter().enumerate() {
-            out.push((
-                format!("spec.tcp[{i}].route[{j}].destination"),
-                &d.destination,
-                Role::StreamRoute,
-            ));
-        }
-    }
-    out
 }
 
 /// True when some match block or the VirtualService itself binds to a Gateway (not `mesh`).
@@ -119,12 +61,7 @@ fn check_destination(
     let fqdn = host::resolve_short_name(written, &res.meta.namespace);
     let host_field = format!("{field}.host");
     if let Some(subset) = dest.subset.as_deref().filter(|s| !s.is_empty()) {
-        let defined = ctx
-            .rules
-            .iter()
-            .filter(|(_, h)| host::matches(h, &fqdn))
-            .any(|(dr, _)| dr.subsets.iter().any(|s| s.name == subset));
-        if !defined {
+        if defined_subset(&ctx.rules, &fqdn, subset).is_none() {
             let kind = if role == Role::Mirror {
                 "mirror+subset in destinationrule"
             } else {
@@ -187,10 +124,7 @@ fn check_destination(
             }
             if role == Role::HttpRoute {
                 if let Some(only) = surprising_single_port(svc) {
-                    let usual = match svc.ports[0].protocol {
-                        Protocol::Https | Protocol::Tls => 443,
-                        _ => 80,
-                    };
+                    let usual = usual_port(svc.ports[0].protocol);
                     out.push(Message::at(
                         &DESTINATION_PORT_PINNED_TO_ONLY_SERVICE_PORT,
                         res,

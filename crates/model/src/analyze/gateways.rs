@@ -15,7 +15,9 @@ use super::{
     INVALID_GATEWAY_CREDENTIAL, REFERENCED_RESOURCE_NOT_FOUND,
     VIRTUAL_SERVICE_HOST_NOT_FOUND_IN_GATEWAY,
 };
-use crate::gateway::{resolve_credential, resolve_gateway_name, GatewayHost};
+use crate::gateway::{
+    credential_secret, resolve_credential, resolve_gateway_name, secret_data, GatewayHost,
+};
 use crate::references::DEFAULT_GATEWAY_NAMESPACE;
 use crate::registry::labels_subset;
 
@@ -123,13 +125,8 @@ fn credentials(resources: &[Resource], res: &Resource, gw: &Gateway, out: &mut V
         else {
             continue;
         };
-        let reference = name.strip_prefix("kubernetes://").unwrap_or(name);
-        let (ns, secret) = reference
-            .split_once('/')
-            .unwrap_or((DEFAULT_GATEWAY_NAMESPACE, reference));
-        let exists = resources.iter().any(|r| {
-            matches!(r.spec, Spec::Secret { .. }) && r.meta.namespace == ns && r.meta.name == secret
-        });
+        let (ns, secret) = credential_secret(name, DEFAULT_GATEWAY_NAMESPACE);
+        let exists = secret_data(resources, ns, secret).is_some();
         let field = format!("spec.servers[{i}].tls.credentialName");
         if !exists {
             out.push(Message::at(

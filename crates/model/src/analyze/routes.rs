@@ -14,6 +14,7 @@ use super::{
 };
 use crate::host;
 use crate::registry::ExportTo;
+use crate::snapshot::binds_to_mesh;
 
 pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
     mesh_host_conflicts(resources, out);
@@ -22,10 +23,6 @@ pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
             unreachable_rules(res, vs, out);
         }
     }
-}
-
-fn binds_to_mesh(vs: &VirtualService) -> bool {
-    vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")
 }
 
 fn scopes_overlap(a: &ExportTo, b: &ExportTo) -> bool {
@@ -46,7 +43,7 @@ fn mesh_host_conflicts(resources: &[Resource], out: &mut Vec<Message>) {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
         };
-        if !binds_to_mesh(vs) || vs.http.is_empty() {
+        if !binds_to_mesh(&vs.gateways) || vs.http.is_empty() {
             continue;
         }
         let scope = ExportTo::parse(&vs.export_to, &res.meta.namespace);

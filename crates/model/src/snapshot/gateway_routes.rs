@@ -108,11 +108,7 @@ pub(super) fn build_gateway(snap: &mut Snapshot, resources: &[Resource]) {
     let first_diagnostic = snap.diagnostics.len();
     let (proxy_ns, labels) = (snap.proxy.namespace.clone(), snap.proxy.labels.clone());
     snap.gateway_ports = gateway::build_ports(resources, &proxy_ns, &labels, &mut snap.diagnostics);
-    let known: BTreeSet<String> = resources
-        .iter()
-        .filter(|r| matches!(r.spec, Spec::Gateway(_)))
-        .map(Resource::key)
-        .collect();
+    let known = references::known_gateways(resources);
     let served: BTreeSet<&str> = snap
         .gateway_ports
         .iter()
@@ -129,18 +125,7 @@ pub(super) fn build_gateway(snap: &mut Snapshot, resources: &[Resource]) {
         if !names.iter().any(|n| served.contains(n.as_str())) {
             continue;
         }
-        for (i, g) in vs.gateways.iter().enumerate() {
-            if let Some(n) = gateway::resolve_gateway_name(g, &res.meta.namespace) {
-                if !known.contains(&n) {
-                    snap.diagnostics.push(Diagnostic::at(
-                        res,
-                        Severity::Warning,
-                        format!("spec.gateways[{i}]"),
-                        references::unknown_gateway_message(&n),
-                    ));
-                }
-            }
-        }
+        references::check_unknown_gateways(res, vs, &known, &mut snap.diagnostics);
     }
     let ports = snap.gateway_ports.clone();
     for port in &ports {

@@ -3,7 +3,7 @@
 //! their own), and a port that cannot be bound is reported and retried with the next snapshot
 //! while the others keep serving.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -35,10 +35,7 @@ pub struct ListenerStatus {
 impl ListenerStatus {
     /// Envoy's `/listeners` text: `<name>::<address>` lines.
     pub fn listeners_text(&self) -> String {
-        self.bound
-            .iter()
-            .map(|(name, addr)| format!("{name}::{addr}\n"))
-            .collect()
+        crate::admin::listeners_text(&self.bound)
     }
 
     /// Ready once the listeners have been reconciled with a loaded configuration and every
@@ -109,16 +106,16 @@ impl ListenerSet {
     /// before) and closes the ones it no longer declares. Waits until closed listeners have
     /// stopped accepting.
     pub async fn reconcile(&mut self, snap: &Snapshot) {
-        let wanted: BTreeMap<u16, ()> = snap
+        let wanted: BTreeSet<u16> = snap
             .gateway_ports()
             .iter()
             .filter(|p| p.number != 0)
-            .map(|p| (p.number, ()))
+            .map(|p| p.number)
             .collect();
         let removed: Vec<u16> = self
             .open
             .keys()
-            .filter(|p| !wanted.contains_key(p))
+            .filter(|p| !wanted.contains(p))
             .copied()
             .collect();
         for port in removed {
@@ -132,7 +129,7 @@ impl ListenerSet {
             }
         }
         let mut failed = Vec::new();
-        for port in wanted.keys().copied() {
+        for port in wanted {
             if self.open.contains_key(&port) {
                 continue;
             }
