@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 use crate::resource::{Diagnostic, Resource, Severity};
 
+pub use files::{list_config_files, read_config_file, Listing, MAX_FILE_BYTES};
+pub use yaml::{MAX_ALIAS_NODES, MAX_DEPTH, MAX_OBJECT_BYTES, MAX_TEXT_BYTES};
+
 /// Resources and problems found while loading files.
 ///
 /// A document with an error is left out of `resources` (its errors are in `diagnostics`); the
@@ -59,23 +62,29 @@ pub fn decode_str(file: &Path, text: &str) -> LoadResult {
     out
 }
 
-/// Reads and decodes one file. A file that cannot be read is reported as a diagnostic.
+/// Reads and decodes one file. A file that cannot be read (missing, not a regular file, too
+/// large) is reported as a diagnostic.
 pub fn decode_file(file: &Path) -> LoadResult {
-    match std::fs::read(file) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => decode_str(file, &text),
-            Err(_) => LoadResult {
-                resources: Vec::new(),
-                diagnostics: vec![file_diagnostic(
-                    file,
-                    1,
-                    "file is not valid UTF-8 text".to_string(),
-                )],
-            },
-        },
-        Err(e) => LoadResult {
+    match read_config_file(file) {
+        Ok(bytes) => decode_bytes(file, bytes),
+        Err(message) => LoadResult {
             resources: Vec::new(),
-            diagnostics: vec![file_diagnostic(file, 0, format!("cannot read file: {e}"))],
+            diagnostics: vec![file_diagnostic(file, 0, message)],
+        },
+    }
+}
+
+/// Decodes the bytes read from `file`.
+pub fn decode_bytes(file: &Path, bytes: Vec<u8>) -> LoadResult {
+    match String::from_utf8(bytes) {
+        Ok(text) => decode_str(file, &text),
+        Err(_) => LoadResult {
+            resources: Vec::new(),
+            diagnostics: vec![file_diagnostic(
+                file,
+                1,
+                "file is not valid UTF-8 text".to_string(),
+            )],
         },
     }
 }
@@ -85,13 +94,14 @@ pub fn decode_file(file: &Path) -> LoadResult {
 /// Directories are searched recursively, skipping hidden entries (which also skips the `..data`
 /// indirection of Kubernetes ConfigMap volumes) and editor temporary files; files are decoded in
 /// sorted path order so results are deterministic. A path given explicitly is decoded whatever
-/// its extension.
+/// its extension. Whatever cannot be read (a directory without permission, a FIFO, a symlink
+/// loop) is reported.
 pub fn load_paths(paths: &[PathBuf]) -> LoadResult {
     let mut out = LoadResult::default();
-    let (files, problems) = files::collect(paths);
-    out.diagnostics.extend(problems);
-    for file in files {
-        out.extend(decode_file(&file));
+    let listing = list_config_files(paths);
+    out.diagnostics.extend(listing.diagnostics());
+    for file in &listing.files {
+        out.extend(decode_file(file));
     }
     out
 }

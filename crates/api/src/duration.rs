@@ -9,18 +9,25 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(pub std::time::Duration);
 
+/// The longest duration accepted: `google.protobuf.Duration`'s range (±10,000 years), which is
+/// what Istio's decoder (protobuf JSON) refuses beyond. Anything longer cannot be represented
+/// where the value ends up (Envoy's config, timers), and in practice it is a typo.
+pub const MAX_SECONDS: u64 = 315_576_000_000;
+
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: expected a number with a unit (s, ms, m, h), e.g. \"3s\" or \"0.5s\"")]
-pub struct DurationError {
-    pub input: String,
+pub enum DurationError {
+    #[error("invalid duration {input:?}: expected a number with a unit (s, ms, m, h), e.g. \"3s\" or \"0.5s\"")]
+    Syntax { input: String },
+    #[error("duration {input:?} is too long: the maximum is {MAX_SECONDS}s (10,000 years, the range of a protobuf Duration)")]
+    TooLong { input: String },
 }
 
 impl FromStr for Duration {
     type Err = DurationError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = || DurationError {
+        let err = || DurationError::Syntax {
             input: input.to_string(),
         };
         let s = input.trim();
@@ -54,10 +61,19 @@ impl FromStr for Duration {
             rest = &rest[unit_len..];
             total += value * secs_per_unit;
         }
-        if !total.is_finite() || total < 0.0 {
+        if total.is_nan() || total < 0.0 {
             return Err(err());
         }
-        Ok(Duration(std::time::Duration::from_secs_f64(total)))
+        // Checked here rather than left to `from_secs_f64`, which panics on overflow: a config
+        // value must never be able to abort the process that reads it.
+        if total > MAX_SECONDS as f64 {
+            return Err(DurationError::TooLong {
+                input: input.to_string(),
+            });
+        }
+        std::time::Duration::try_from_secs_f64(total)
+            .map(Duration)
+            .map_err(|_| err())
     }
 }
 
@@ -101,6 +117,31 @@ impl<'de> Deserialize<'de> for Duration {
 mod tests {
     use super::*;
 
+    /// `from_secs_f64` panics past `u64::MAX` seconds; with `panic = "abort"` that killed the
+    /// proxy on a live edit. Every form of "too long" is an error naming the limit.
+    #[test]
+    fn huge_durations_are_refused_not_panicked_on() {
+        for input in [
+            "99999999999999999999s",
+            "315576000001s",
+            "99999999999999999999h",
+            "5256000000000m",
+            "18446744073709551616s",
+            "99999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999s",
+        ] {
+            let err = input.parse::<Duration>().unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.contains("maximum is 315576000000s"),
+                "{input}: {message}"
+            );
+        }
+        assert!(matches!(
+            "99999999999999999999s".parse::<Duration>(),
+            Err(DurationError::TooLong { .. })
+        ));
+    }
+
     #[test]
     fn parses_protobuf_and_go_forms() {
         let ms = |s: &str| s.parse::<Duration>().unwrap().0.as_millis();
@@ -112,6 +153,11 @@ mod tests {
         assert!("3".parse::<Duration>().is_err());
         assert!("s".parse::<Duration>().is_err());
         assert!("3 seconds".parse::<Duration>().is_err());
+        assert_eq!(
+            "315576000000s".parse::<Duration>().unwrap().0.as_secs(),
+            MAX_SECONDS
+        );
+        assert_eq!(ms("0.001s"), 1);
         assert_eq!(
             Duration(std::time::Duration::from_millis(500)).to_string(),
             "0.5s"

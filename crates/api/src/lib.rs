@@ -3,6 +3,7 @@
 //! webhook does.
 
 pub mod decode;
+pub mod diagnostics;
 pub mod duration;
 pub mod kube;
 pub mod mesh;
@@ -11,6 +12,6 @@ pub mod resource;
 pub mod security;
 pub mod validate;
 
-pub use decode::{decode_file, decode_str, load_paths, LoadResult};
+pub use decode::{decode_bytes, decode_file, decode_str, load_paths, LoadResult};
 pub use resource::{Diagnostic, Kind, ObjectMeta, Origin, Resource, Severity, Spec};
 pub use validate::validate;

@@ -11,6 +11,7 @@
 mod common;
 mod destination_rule;
 mod gateway;
+mod host_index;
 mod kube;
 mod names;
 mod security;
@@ -18,7 +19,23 @@ mod service_entry;
 mod sidecar;
 mod virtual_service;
 
+pub use service_entry::MAX_HOST_PORTS;
+
 use crate::resource::{Diagnostic, Resource, Severity, Spec};
+
+/// Compiled size allowed for one user regex (the `regex` crate's `size_limit`, and its lazy DFA
+/// cache). The crate's default is 10 MiB per regex: a thousand routes with a 1 KB pattern such as
+/// `(a{1000}){1000}` would take gigabytes. Real route patterns compile to a few KiB.
+pub const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+/// Compiles a pattern from the configuration with the bounds every user regex gets, in
+/// validation and in the compiled routes alike (so what validation accepts always compiles).
+pub fn bounded_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
 
 /// Validates one resource; errors mean the resource must not be served.
 pub fn validate(res: &Resource) -> Vec<Diagnostic> {

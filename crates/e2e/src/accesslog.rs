@@ -103,7 +103,9 @@ fn tokenize(line: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
     let mut rest = line;
     while !rest.is_empty() {
-        let (tok, after) = if let Some(r) = rest.strip_prefix('[') {
+        // Only %START_TIME% is bracketed; later `[…]` are IPv6 addresses (`[fd00::1]:80`).
+        let bracketed = out.is_empty().then(|| rest.strip_prefix('[')).flatten();
+        let (tok, after) = if let Some(r) = bracketed {
             let end = r.find(']')?;
             (&r[..end], &r[end + 1..])
         } else if let Some(r) = rest.strip_prefix('"') {
@@ -192,6 +194,16 @@ mod tests {
         assert_eq!(e.user_agent, "Mozilla/5.0 (X11; Linux)");
         assert_eq!(e.route_name, "block_all");
         assert_eq!(e.upstream_cluster, "-");
+    }
+
+    #[test]
+    fn ipv6_addresses_are_fields_not_timestamps() {
+        let l = r#"[2026-01-01T00:00:00.000Z] "GET /get HTTP/1.1" 502 - direct_response - "-" 0 0 0 - "-" "curl/7.88.1" "7992" "[fd00::10]" "-" - - [fd00::10]:80 [fd00::2]:36306 - block_all"#;
+        let e = AccessLogEntry::parse(l).expect("parses");
+        assert_eq!(e.authority, "[fd00::10]");
+        assert_eq!(e.downstream_local_address, "[fd00::10]:80");
+        assert_eq!(e.downstream_remote_address, "[fd00::2]:36306");
+        assert_eq!(e.route_name, "block_all");
     }
 
     #[test]

@@ -384,6 +384,17 @@ impl TestEnv {
         crate::servers::server_log(&self.servers, label)
     }
 
+    /// Stops one of the external servers (`dnsmasq`, `httpbin-http`, `httpbin-https`) for
+    /// good, e.g. to take the test's DNS away; panics if there is none by that name.
+    pub fn stop_server(&mut self, label: &str) {
+        let p = self
+            .servers
+            .iter_mut()
+            .find(|p| p.label() == label)
+            .unwrap_or_else(|| panic!("no server {label} in this environment"));
+        p.stop();
+    }
+
     /// A curl run from the pod, trusting the test CA.
     pub fn curl(&self, url: &str) -> Curl {
         Curl::new(&self.pod, &self.dir_path, url).cacert(&self.pki.ca_cert)

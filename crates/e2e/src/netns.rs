@@ -99,6 +99,15 @@ impl Netns {
         let path = dir.join("resolv.conf");
         std::fs::write(&path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
+
+    /// Writes `/etc/netns/<ns>/hosts`, which `ip netns exec` bind-mounts over `/etc/hosts` for
+    /// every program started in the namespace from then on.
+    pub fn set_hosts(&self, content: &str) {
+        let dir = self.etc_dir();
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let path = dir.join("hosts");
+        std::fs::write(&path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
 }
 
 impl Drop for Netns {

@@ -331,6 +331,22 @@ pub fn analyze(resources: &[Resource]) -> Vec<Message> {
     out
 }
 
+/// Keeps the first `max_alike` messages of each kind and replaces the rest by one message,
+/// `… and N more like this` (see [`sluice_api::diagnostics::summarize`]): messages are alike
+/// when they have the same code, resource and file, and texts that differ only in numbers.
+pub fn summarize(messages: Vec<Message>, max_alike: usize) -> Vec<Message> {
+    use sluice_api::diagnostics::{more_like_this, shape, summarize_by};
+    summarize_by(
+        messages,
+        max_alike,
+        |m| (m.code, m.origin.clone(), m.file.clone(), shape(&m.text)),
+        |first_left_out, n| Message {
+            text: more_like_this(n),
+            ..first_left_out.clone()
+        },
+    )
+}
+
 /// Sorts by level (errors first), code, resource, file and line, and drops duplicates.
 pub fn sort(messages: &mut Vec<Message>) {
     messages.sort_by(|a, b| {

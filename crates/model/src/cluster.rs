@@ -1,6 +1,7 @@
 //! Clusters (`outbound|port|subset|host`): a service port, optionally narrowed to a subset, with the
 //! DestinationRule policy that applies to it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sluice_api::networking::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
-    OutlierDetection, TrafficPolicy,
+    OutlierDetection, PortTrafficPolicy, TrafficPolicy,
 };
 
 use crate::policy::{H2UpgradePolicy, LbPolicy, OutlierPolicy, PoolLimits};
@@ -99,7 +100,7 @@ pub struct Cluster {
     pub port: ServicePort,
     pub subset: Option<Arc<str>>,
     /// The service's endpoints, narrowed to the subset's labels.
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Arc<[Endpoint]>,
     pub tls: Option<Arc<UpstreamTls>>,
     pub connect_timeout: Duration,
     /// `loadBalancer` for this cluster.
@@ -231,6 +232,12 @@ pub struct MergedRule<'a> {
     pub sources: Vec<String>,
     pub traffic_policy: Option<&'a TrafficPolicy>,
     pub subsets: Vec<&'a sluice_api::networking::Subset>,
+    /// Subset names already taken (a DestinationRule may list thousands of subsets; finding each
+    /// by a scan made merging and every cluster's policy quadratic).
+    subset_index: HashMap<&'a str, usize>,
+    /// The first `portLevelSettings` entry of each traffic policy for each port, keyed by the
+    /// policy's address.
+    port_levels: HashMap<(usize, u32), &'a PortTrafficPolicy>,
 }
 
 impl<'a> MergedRule<'a> {
@@ -239,12 +246,33 @@ impl<'a> MergedRule<'a> {
         self.sources.push(source);
         if self.traffic_policy.is_none() {
             self.traffic_policy = dr.traffic_policy.as_ref();
-        }
-        for s in &dr.subsets {
-            if !self.subsets.iter().any(|x| x.name == s.name) {
-                self.subsets.push(s);
+            if let Some(tp) = self.traffic_policy {
+                self.index_port_levels(tp);
             }
         }
+        for s in &dr.subsets {
+            if !self.subset_index.contains_key(s.name.as_str()) {
+                self.subset_index.insert(&s.name, self.subsets.len());
+                self.subsets.push(s);
+                if let Some(tp) = &s.traffic_policy {
+                    self.index_port_levels(tp);
+                }
+            }
+        }
+    }
+
+    fn index_port_levels(&mut self, tp: &'a TrafficPolicy) {
+        let key = std::ptr::from_ref(tp) as usize;
+        for pl in &tp.port_level_settings {
+            if let Some(port) = &pl.port {
+                self.port_levels.entry((key, port.number)).or_insert(pl);
+            }
+        }
+    }
+
+    /// The subset named `name`, if one was merged.
+    pub fn subset(&self, name: &str) -> Option<&'a sluice_api::networking::Subset> {
+        self.subset_index.get(name).map(|&i| self.subsets[i])
     }
 
     /// The policy components for `port` of subset `subset` (`None` = the default cluster), as
@@ -253,17 +281,25 @@ impl<'a> MergedRule<'a> {
     /// enclosing policy); then each component the subset's policy sets replaces the top-level one,
     /// and a subset port-level entry replaces all four.
     pub fn policy_for(&self, port: u16, subset: Option<&str>) -> PolicyComponents<'a> {
-        let top = self
-            .traffic_policy
-            .map(|p| PolicyComponents::of(p, port).0)
-            .unwrap_or_default();
-        let subset_policy = subset
-            .and_then(|name| self.subsets.iter().find(|s| s.name == name))
-            .and_then(|s| s.traffic_policy.as_ref());
+        self.policy_for_subset(port, subset.and_then(|name| self.subset(name)))
+    }
+
+    /// [`MergedRule::policy_for`] for a subset already looked up.
+    pub fn policy_for_subset(
+        &self,
+        port: u16,
+        subset: Option<&'a sluice_api::networking::Subset>,
+    ) -> PolicyComponents<'a> {
+        let of = |p: &'a TrafficPolicy| {
+            let key = std::ptr::from_ref(p) as usize;
+            PolicyComponents::of(p, self.port_levels.get(&(key, u32::from(port))).copied())
+        };
+        let top = self.traffic_policy.map(|p| of(p).0).unwrap_or_default();
+        let subset_policy = subset.and_then(|s| s.traffic_policy.as_ref());
         let Some(sp) = subset_policy else {
             return top;
         };
-        let (sub, port_level) = PolicyComponents::of(sp, port);
+        let (sub, port_level) = of(sp);
         PolicyComponents {
             load_balancer: if port_level || sub.load_balancer.is_some() {
                 sub.load_balancer
@@ -304,13 +340,12 @@ pub struct PolicyComponents<'a> {
 }
 
 impl<'a> PolicyComponents<'a> {
-    /// The components of `p` for `port`, and whether a port-level entry supplied them.
-    fn of(p: &'a TrafficPolicy, port: u16) -> (PolicyComponents<'a>, bool) {
-        let port_level = p.port_level_settings.iter().find(|pl| {
-            pl.port
-                .as_ref()
-                .is_some_and(|s| s.number == u32::from(port))
-        });
+    /// The components of `p`, or of its port-level entry for the port when it has one, and
+    /// whether a port-level entry supplied them.
+    fn of(
+        p: &'a TrafficPolicy,
+        port_level: Option<&'a PortTrafficPolicy>,
+    ) -> (PolicyComponents<'a>, bool) {
         match port_level {
             Some(pl) => (
                 PolicyComponents {

@@ -1,6 +1,7 @@
 //! Host names as Istio matches them: exact names, `*.suffix` wildcards and `*`.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 /// Kubernetes cluster domain used to expand short names.
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
@@ -66,6 +67,87 @@ pub fn strip_port(authority: &str) -> &str {
     }
 }
 
+/// Host patterns (exact, `*suffix`, `*`) → values, answering "which patterns match this name"
+/// in time linear in the name's length, whatever the number of patterns. Comparing every name
+/// with every pattern made compile quadratic: 3,000 services and 3,000 DestinationRules were nine
+/// million comparisons per proxy per edit. Matching is [`matches`]' (ASCII case-insensitive).
+#[derive(Debug)]
+pub struct HostMap<T> {
+    exact: HashMap<String, Vec<T>>,
+    /// Trie of the wildcards' suffixes, reversed; node 0 is the empty suffix (pattern `*`).
+    wildcard_values: Vec<Vec<T>>,
+    edges: HashMap<(usize, u8), usize>,
+}
+
+impl<T> Default for HostMap<T> {
+    fn default() -> Self {
+        HostMap {
+            exact: HashMap::new(),
+            wildcard_values: vec![Vec::new()],
+            edges: HashMap::new(),
+        }
+    }
+}
+
+impl<T> HostMap<T> {
+    /// Adds `value` under `pattern`; values of one pattern keep their insertion order.
+    pub fn insert(&mut self, pattern: &str, value: T) {
+        let Some(suffix) = pattern.strip_prefix('*') else {
+            self.exact
+                .entry(pattern.to_ascii_lowercase())
+                .or_default()
+                .push(value);
+            return;
+        };
+        let mut node = 0;
+        for b in suffix.bytes().rev().map(|b| b.to_ascii_lowercase()) {
+            node = match self.edges.get(&(node, b)) {
+                Some(&child) => child,
+                None => {
+                    let child = self.wildcard_values.len();
+                    self.wildcard_values.push(Vec::new());
+                    self.edges.insert((node, b), child);
+                    child
+                }
+            };
+        }
+        self.wildcard_values[node].push(value);
+    }
+
+    /// The values of every pattern that matches `name`, most specific pattern first (exact,
+    /// then longer suffixes before shorter ones, as [`specificity`] orders them).
+    pub fn matching<'s>(&'s self, name: &str) -> impl Iterator<Item = &'s [T]> + 's {
+        let lower = name.to_ascii_lowercase();
+        let exact = self.exact.get(&lower).map(Vec::as_slice);
+        // Wildcard suffixes strictly shorter than the name: `*.foo.com` does not match `.foo.com`.
+        let mut wild: Vec<&[T]> = Vec::new();
+        let bytes = lower.as_bytes();
+        let mut node = 0;
+        let mut depth = 0;
+        loop {
+            let values = &self.wildcard_values[node];
+            if !values.is_empty() && (depth < bytes.len() || node == 0) {
+                wild.push(values);
+            }
+            if depth == bytes.len() {
+                break;
+            }
+            depth += 1;
+            match self.edges.get(&(node, bytes[bytes.len() - depth])) {
+                Some(&child) => node = child,
+                None => break,
+            }
+        }
+        exact.into_iter().chain(wild.into_iter().rev())
+    }
+
+    /// The values of the most specific pattern that matches `name` (Istio's
+    /// `MostSpecificHostMatch`).
+    pub fn most_specific(&self, name: &str) -> Option<&[T]> {
+        self.matching(name).next()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +163,53 @@ mod tests {
         assert!(intersects("*.com", "*.foo.com"));
         assert!(intersects("www.google.com", "*.google.com"));
         assert!(!intersects("a.com", "b.com"));
+    }
+
+    /// Agrees with [`matches`] and [`specificity`] for every pair of a set of names.
+    #[test]
+    fn host_map_agrees_with_pairwise_matching() {
+        let patterns = [
+            "*",
+            "*.com",
+            "*.foo.com",
+            "a.foo.com",
+            "*foo.com",
+            "foo.com",
+            "*.FOO.com",
+            "*.b.foo.com",
+            "x.org",
+        ];
+        let mut map = HostMap::default();
+        for (i, p) in patterns.iter().enumerate() {
+            map.insert(p, i);
+        }
+        for name in [
+            "a.foo.com",
+            "b.foo.com",
+            "foo.com",
+            "x.b.foo.com",
+            "A.FOO.COM",
+            "x.org",
+            "",
+            "com",
+            ".foo.com",
+            "*.foo.com",
+            "*.x.foo.com",
+        ] {
+            let mut expected: Vec<&str> = patterns
+                .iter()
+                .copied()
+                .filter(|p| matches(p, name))
+                .collect();
+            expected.sort_by(|a, b| specificity(&a.to_ascii_lowercase(), &b.to_ascii_lowercase()));
+            let got: Vec<&str> = map
+                .matching(name)
+                .flat_map(|vs| vs.iter().map(|&i| patterns[i]))
+                .collect();
+            let lower =
+                |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_ascii_lowercase()).collect() };
+            assert_eq!(lower(&got), lower(&expected), "{name}");
+        }
     }
 
     #[test]

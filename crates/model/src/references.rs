@@ -10,7 +10,7 @@
 //! Visibility (`exportTo`) and `sourceLabels` are ignored here: a reference is reported only
 //! when it fails for every proxy.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use sluice_api::networking::{
@@ -158,23 +158,53 @@ pub(crate) fn destination_rule_hosts(
         .collect()
 }
 
-/// The first subset named `subset` that a DestinationRule whose host matches `fqdn` defines.
-pub(crate) fn defined_subset<'a>(
-    rules: &[(&Resource, &'a DestinationRule, String)],
-    fqdn: &str,
-    subset: &str,
-) -> Option<&'a Subset> {
-    rules
-        .iter()
-        .filter(|(_, _, h)| host::matches(h, fqdn))
-        .flat_map(|(_, dr, _)| dr.subsets.iter())
-        .find(|s| s.name == subset)
+/// Every subset the DestinationRules define, by host pattern: which rule first defines a subset
+/// for a host is found in time linear in the host's length (scanning every rule's subsets for
+/// every destination was quadratic).
+pub(crate) struct SubsetIndex<'a> {
+    patterns: host::HostMap<usize>,
+    /// Per distinct host pattern: subset name → (resource order of its first definition, subset).
+    subsets: Vec<HashMap<&'a str, (usize, &'a Subset)>>,
+}
+
+impl<'a> SubsetIndex<'a> {
+    pub(crate) fn new(resources: &'a [Resource]) -> Self {
+        let mut patterns = host::HostMap::default();
+        let mut subsets: Vec<HashMap<&str, (usize, &Subset)>> = Vec::new();
+        let mut by_pattern: HashMap<String, usize> = HashMap::new();
+        for (order, (_, dr, h)) in destination_rule_hosts(resources).into_iter().enumerate() {
+            let slot = *by_pattern.entry(h.to_ascii_lowercase()).or_insert_with(|| {
+                patterns.insert(&h, subsets.len());
+                subsets.push(HashMap::new());
+                subsets.len() - 1
+            });
+            for s in &dr.subsets {
+                subsets[slot].entry(s.name.as_str()).or_insert((order, s));
+            }
+        }
+        SubsetIndex { patterns, subsets }
+    }
+
+    /// The first subset named `subset` that a DestinationRule whose host matches `fqdn` defines.
+    pub(crate) fn defined(&self, fqdn: &str, subset: &str) -> Option<&'a Subset> {
+        self.patterns
+            .matching(fqdn)
+            .flatten()
+            .filter_map(|&slot| self.subsets[slot].get(subset))
+            .min_by_key(|(order, _)| *order)
+            .map(|(_, s)| *s)
+    }
 }
 
 /// Every reference problem in `resources`, independent of any proxy.
 pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
     let services = registry::services_from(resources);
-    let rules = destination_rule_hosts(resources);
+    let rules = SubsetIndex::new(resources);
+    let mut by_host: HashMap<&str, &Arc<Service>> = HashMap::new();
+    for svc in &services {
+        by_host.entry(&svc.hostname).or_insert(svc);
+    }
+    let mut empty_subsets = HashMap::new();
     let mut out = Vec::new();
     check_gateways(resources, &mut out);
     check_security(resources, &mut out);
@@ -184,7 +214,12 @@ pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
         };
         for (field, dest, role) in vs_destinations(vs) {
             let http = role == DestinationRole::HttpRoute;
-            check_destination(&services, &rules, res, field, dest, http, &mut out);
+            let refs = Refs {
+                services: &by_host,
+                rules: &rules,
+                empty_subsets: &mut empty_subsets,
+            };
+            check_destination(refs, res, field, dest, http, &mut out);
         }
     }
     out
@@ -265,9 +300,16 @@ fn check_gateways(resources: &[Resource], out: &mut Vec<Diagnostic>) {
     }
 }
 
+/// What [`check_destination`] looks destinations up in.
+struct Refs<'r, 'a> {
+    services: &'r HashMap<&'a str, &'a Arc<Service>>,
+    rules: &'r SubsetIndex<'a>,
+    /// (host, subset) → whether the subset selects no endpoint, decided once.
+    empty_subsets: &'r mut HashMap<(Arc<str>, String), bool>,
+}
+
 fn check_destination(
-    services: &[Arc<Service>],
-    rules: &[(&Resource, &DestinationRule, String)],
+    refs: Refs<'_, '_>,
     res: &Resource,
     field: String,
     dest: &Destination,
@@ -277,7 +319,7 @@ fn check_destination(
     let host = host::resolve_short_name(dest.host_name(), &res.meta.namespace);
     // Destinations name a service exactly, as in Istio: a concrete name under a wildcard
     // ServiceEntry host has no cluster either.
-    let Some(svc) = services.iter().find(|s| *s.hostname == *host) else {
+    let Some(svc) = refs.services.get(host.as_str()) else {
         out.push(Diagnostic::at(
             res,
             Severity::Warning,
@@ -300,8 +342,14 @@ fn check_destination(
     let Some(subset) = dest.subset.as_deref().filter(|s| !s.is_empty()) else {
         return;
     };
-    let defined = defined_subset(rules, &svc.hostname, subset);
+    let defined = refs.rules.defined(&svc.hostname, subset);
     let field = format!("{field}.subset");
+    let mut selects_nothing = |s: &Subset| {
+        *refs
+            .empty_subsets
+            .entry((svc.hostname.clone(), subset.to_string()))
+            .or_insert_with(|| subset_selects_nothing(svc, &s.labels))
+    };
     match defined {
         None => out.push(Diagnostic::at(
             res,
@@ -309,7 +357,7 @@ fn check_destination(
             field,
             undefined_subset_message(&host, subset),
         )),
-        Some(s) if subset_selects_nothing(svc, &s.labels) => out.push(Diagnostic::at(
+        Some(s) if selects_nothing(s) => out.push(Diagnostic::at(
             res,
             Severity::Warning,
             field,

@@ -2,7 +2,7 @@
 //! Services, with ports, protocols, endpoints (ServiceEntry endpoints, WorkloadEntries selected by
 //! a Service `selector` or a ServiceEntry `workloadSelector`, `Endpoints` objects) and visibility.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::host::CLUSTER_DOMAIN;
-use sluice_api::kube::{IntOrString, ServiceSpec};
+use sluice_api::kube::{EndpointSubset, IntOrString, ServiceSpec};
 use sluice_api::networking::{self, Labels};
 use sluice_api::{Kind, Resource, Spec};
 
@@ -181,7 +181,9 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     pub mesh_external: bool,
     pub resolution: Resolution,
-    pub endpoints: Vec<Endpoint>,
+    /// Shared by every host of a ServiceEntry (and by the clusters that take them all): a
+    /// ServiceEntry with many hosts and many endpoints must not copy one list per host.
+    pub endpoints: Arc<[Endpoint]>,
     pub export_to: ExportTo,
 }
 
@@ -204,15 +206,16 @@ impl Service {
 /// Istio; here the Service is kept and the ServiceEntry's copy of the host is dropped.
 pub fn services_from(resources: &[Resource]) -> Vec<Arc<Service>> {
     let workloads = workload_entries(resources);
+    let index = Index::new(resources, &workloads);
     let mut out = Vec::new();
     let mut kube_hosts = HashSet::new();
     for res in resources {
         match &res.spec {
             Spec::ServiceEntry(se) if res.kind == Kind::ServiceEntry => {
-                out.extend(from_service_entry(res, se, &workloads));
+                out.extend(from_service_entry(res, se, &index));
             }
             Spec::Service(spec) if res.kind == Kind::Service => {
-                let svc = from_kube_service(res, spec, &workloads, resources);
+                let svc = from_kube_service(res, spec, &index);
                 kube_hosts.insert(svc.hostname.clone());
                 out.push(svc);
             }
@@ -225,6 +228,53 @@ pub fn services_from(resources: &[Resource]) -> Vec<Arc<Service>> {
         });
     }
     out
+}
+
+/// What building each service looks up, indexed once: scanning every resource for every
+/// service made the registry quadratic in the number of resources.
+struct Index<'r, 'w> {
+    /// WorkloadEntries by namespace, in resource order.
+    workloads_by_namespace: HashMap<&'r str, Vec<&'w WorkloadEntryRef<'r>>>,
+    /// Labels of the first WorkloadEntry with each IP.
+    labels_by_ip: HashMap<IpAddr, &'w Labels>,
+    /// `Endpoints` objects by (namespace, name), in resource order.
+    endpoints: HashMap<(&'r str, &'r str), Vec<&'r [EndpointSubset]>>,
+}
+
+impl<'r, 'w> Index<'r, 'w> {
+    fn new(resources: &'r [Resource], workloads: &'w [WorkloadEntryRef<'r>]) -> Self {
+        let mut workloads_by_namespace: HashMap<&str, Vec<&WorkloadEntryRef<'_>>> = HashMap::new();
+        let mut labels_by_ip = HashMap::new();
+        for w in workloads {
+            workloads_by_namespace
+                .entry(w.resource.meta.namespace.as_str())
+                .or_default()
+                .push(w);
+            if let Some(ip) = w.ip() {
+                labels_by_ip.entry(ip).or_insert(&w.labels);
+            }
+        }
+        let mut endpoints: HashMap<(&str, &str), Vec<&[EndpointSubset]>> = HashMap::new();
+        for r in resources {
+            if let Spec::Endpoints(subsets) = &r.spec {
+                endpoints
+                    .entry((r.meta.namespace.as_str(), r.meta.name.as_str()))
+                    .or_default()
+                    .push(subsets);
+            }
+        }
+        Index {
+            workloads_by_namespace,
+            labels_by_ip,
+            endpoints,
+        }
+    }
+
+    fn workloads_in(&self, namespace: &str) -> &[&'w WorkloadEntryRef<'r>] {
+        self.workloads_by_namespace
+            .get(namespace)
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 /// A standalone WorkloadEntry with its effective labels (metadata labels, overridden by the
@@ -293,7 +343,7 @@ fn endpoint_from_entry(we: &networking::WorkloadEntry, labels: Labels) -> Endpoi
 fn from_service_entry(
     res: &Resource,
     se: &networking::ServiceEntry,
-    workloads: &[WorkloadEntryRef<'_>],
+    index: &Index<'_, '_>,
 ) -> Vec<Arc<Service>> {
     let ns: Arc<str> = res.meta.namespace.as_str().into();
     let source: Arc<str> = format!("ServiceEntry {}", res.key()).into();
@@ -321,15 +371,14 @@ fn from_service_entry(
     if let Some(sel) = &se.workload_selector {
         // WorkloadEntries of the same namespace; their `ports` are keyed by the SE port name.
         endpoints.extend(
-            workloads
+            index
+                .workloads_in(&res.meta.namespace)
                 .iter()
-                .filter(|w| {
-                    w.resource.meta.namespace == res.meta.namespace
-                        && labels_subset(&sel.labels, &w.labels)
-                })
+                .filter(|w| labels_subset(&sel.labels, &w.labels))
                 .map(|w| endpoint_from_entry(w.entry, w.labels.clone())),
         );
     }
+    let endpoints: Arc<[Endpoint]> = endpoints.into();
     let export_to = ExportTo::parse(&se.export_to, &res.meta.namespace);
     se.hosts
         .iter()
@@ -394,12 +443,7 @@ fn target_port(tp: Option<&IntOrString>) -> TargetPort {
     }
 }
 
-fn from_kube_service(
-    res: &Resource,
-    spec: &ServiceSpec,
-    workloads: &[WorkloadEntryRef<'_>],
-    resources: &[Resource],
-) -> Arc<Service> {
+fn from_kube_service(res: &Resource, spec: &ServiceSpec, index: &Index<'_, '_>) -> Arc<Service> {
     let ns = res.meta.namespace.as_str();
     let name = res.meta.name.as_str();
     let external_name = spec
@@ -410,10 +454,11 @@ fn from_kube_service(
         .filter(|n| !n.is_empty());
     let mut addresses: Vec<IpNet> = Vec::new();
     if external_name.is_none() {
+        let mut seen = HashSet::new();
         for ip in spec.cluster_ip.iter().chain(spec.cluster_ips.iter()) {
             if let Ok(ip) = ip.trim().parse::<IpAddr>() {
                 let net = IpNet::from(ip);
-                if !addresses.contains(&net) {
+                if seen.insert(net) {
                     addresses.push(net);
                 }
             }
@@ -454,14 +499,12 @@ fn from_kube_service(
         .collect();
     // The endpoint port of each service port that has a named target, looked up in `lookup`
     // by the target's name and then by the service port's name.
+    let named_targets: HashMap<Arc<str>, String> = named_targets.into_iter().rev().collect();
     let resolve = |lookup: &dyn Fn(&str) -> Option<u16>| -> BTreeMap<String, u16> {
         ports
             .iter()
             .filter_map(|sp| {
-                let target = named_targets
-                    .iter()
-                    .find(|(n, _)| *n == sp.name)
-                    .map(|(_, t)| t.as_str());
+                let target = named_targets.get(&sp.name).map(String::as_str);
                 let found = target
                     .and_then(lookup)
                     .or_else(|| (!sp.name.is_empty()).then(|| lookup(&sp.name)).flatten())?;
@@ -480,69 +523,68 @@ fn from_kube_service(
         });
         Resolution::Dns
     } else {
+        let mut seen_ips: HashSet<IpAddr> = HashSet::new();
         if !spec.selector.is_empty() {
-            for w in workloads.iter().filter(|w| {
-                w.resource.meta.namespace == ns && labels_subset(&spec.selector, &w.labels)
-            }) {
+            for w in index
+                .workloads_in(ns)
+                .iter()
+                .filter(|w| labels_subset(&spec.selector, &w.labels))
+            {
                 let mut ep = endpoint_from_entry(w.entry, w.labels.clone());
                 let we_ports = &ep.ports;
                 let resolved = resolve(&|n: &str| we_ports.get(n).copied());
                 ep.ports.extend(resolved);
+                if let EndpointAddress::Ip(ip) = ep.address {
+                    seen_ips.insert(ip);
+                }
                 endpoints.push(ep);
             }
         }
-        for r in resources {
-            let Spec::Endpoints(subsets) = &r.spec else {
-                continue;
-            };
-            if r.meta.name != name || r.meta.namespace != ns {
-                continue;
+        let objects = index
+            .endpoints
+            .get(&(ns, name))
+            .map_or(&[][..], Vec::as_slice);
+        for subset in objects.iter().flat_map(|subsets| subsets.iter()) {
+            let single = (subset.ports.len() == 1).then(|| &subset.ports[0]);
+            let mut named: HashMap<&str, Option<u16>> = HashMap::new();
+            for p in &subset.ports {
+                named
+                    .entry(p.name.as_deref().unwrap_or(""))
+                    .or_insert_with(|| u16::try_from(p.port).ok());
             }
-            for subset in subsets {
-                let single = (subset.ports.len() == 1).then(|| &subset.ports[0]);
-                let by_name = |n: &str| {
-                    subset
-                        .ports
-                        .iter()
-                        .find(|p| p.name.as_deref().unwrap_or("") == n)
+            let by_name = |n: &str| named.get(n).copied().flatten();
+            let mut port_map = resolve(&by_name);
+            for sp in &ports {
+                if port_map.contains_key(sp.name.as_ref()) {
+                    continue;
+                }
+                let p = by_name(&sp.name).or_else(|| {
+                    single
+                        .filter(|_| ports.len() == 1)
                         .and_then(|p| u16::try_from(p.port).ok())
+                });
+                if let Some(p) = p.filter(|p| *p != 0) {
+                    port_map.insert(sp.name.to_string(), p);
+                }
+            }
+            for addr in &subset.addresses {
+                let Ok(ip) = addr.ip.parse::<IpAddr>() else {
+                    continue;
                 };
-                let mut port_map = resolve(&by_name);
-                for sp in &ports {
-                    if port_map.contains_key(sp.name.as_ref()) {
-                        continue;
-                    }
-                    let p = by_name(&sp.name).or_else(|| {
-                        single
-                            .filter(|_| ports.len() == 1)
-                            .and_then(|p| u16::try_from(p.port).ok())
-                    });
-                    if let Some(p) = p.filter(|p| *p != 0) {
-                        port_map.insert(sp.name.to_string(), p);
-                    }
+                if !seen_ips.insert(ip) {
+                    continue;
                 }
-                for addr in &subset.addresses {
-                    let Ok(ip) = addr.ip.parse::<IpAddr>() else {
-                        continue;
-                    };
-                    if endpoints
-                        .iter()
-                        .any(|e| e.address == EndpointAddress::Ip(ip))
-                    {
-                        continue;
-                    }
-                    let labels = workloads
-                        .iter()
-                        .find(|w| w.ip() == Some(ip))
-                        .map(|w| w.labels.clone())
-                        .unwrap_or_default();
-                    endpoints.push(Endpoint {
-                        address: EndpointAddress::Ip(ip),
-                        ports: port_map.clone(),
-                        labels,
-                        weight: 1,
-                    });
-                }
+                let labels = index
+                    .labels_by_ip
+                    .get(&ip)
+                    .map(|l| (*l).clone())
+                    .unwrap_or_default();
+                endpoints.push(Endpoint {
+                    address: EndpointAddress::Ip(ip),
+                    ports: port_map.clone(),
+                    labels,
+                    weight: 1,
+                });
             }
         }
         if headless && addresses.is_empty() {
@@ -572,7 +614,7 @@ fn from_kube_service(
         ports,
         mesh_external: false,
         resolution,
-        endpoints,
+        endpoints: endpoints.into(),
         export_to,
     })
 }

@@ -33,7 +33,7 @@ impl StrMatcher {
         } else if let Some(p) = &m.prefix {
             Some(StrMatcher::Prefix(p.clone()))
         } else if let Some(r) = &m.regex {
-            Regex::new(&format!("^(?:{r})$"))
+            sluice_api::validate::bounded_regex(&format!("^(?:{r})$"))
                 .ok()
                 .map(StrMatcher::Regex)
         } else {

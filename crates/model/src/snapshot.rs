@@ -514,79 +514,218 @@ fn build_inbound_ports(snap: &mut Snapshot, resources: &[Resource], services: &[
     }
 }
 
-fn destination_rules_for<'a>(
-    resources: &'a [Resource],
-    proxy: &ProxyIdentity,
-    root_ns: &str,
-    svc: &Service,
-) -> MergedRule<'a> {
-    let namespaces = [proxy.namespace.as_str(), svc.namespace.as_ref(), root_ns];
-    for ns in namespaces {
-        let candidates: Vec<(&Resource, &networking::DestinationRule, String)> = resources
-            .iter()
-            .filter_map(|r| match &r.spec {
-                Spec::DestinationRule(dr) if r.meta.namespace == ns => Some((r, dr)),
-                _ => None,
-            })
-            .filter(|(r, dr)| {
-                ExportTo::parse(&dr.export_to, &r.meta.namespace).visible_to(&proxy.namespace)
-                    && dr.workload_selector.as_ref().is_none_or(|sel| {
-                        r.meta.namespace == proxy.namespace
-                            && labels_subset(&sel.labels, &proxy.labels)
-                    })
-            })
-            .map(|(r, dr)| (r, dr, host::resolve_short_name(&dr.host, &r.meta.namespace)))
-            .filter(|(_, _, h)| host::matches(h, &svc.hostname))
-            .collect();
-        let Some(best) = candidates
-            .iter()
-            .map(|(_, _, h)| h.as_str())
-            .min_by(|a, b| host::specificity(a, b))
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        let mut merged = MergedRule::default();
-        for (r, dr, h) in &candidates {
-            if *h == best {
-                merged.merge(format!("DestinationRule {}", r.key()), dr);
+/// The DestinationRules visible to the proxy, by namespace and host pattern, indexed once per
+/// compile (looking them up by scanning every resource for every service was quadratic).
+struct DestinationRules<'a> {
+    by_namespace: HashMap<&'a str, host::HostMap<(&'a Resource, &'a networking::DestinationRule)>>,
+}
+
+impl<'a> DestinationRules<'a> {
+    fn new(resources: &'a [Resource], proxy: &ProxyIdentity) -> Self {
+        let mut by_namespace: HashMap<&str, host::HostMap<_>> = HashMap::new();
+        for r in resources {
+            let Spec::DestinationRule(dr) = &r.spec else {
+                continue;
+            };
+            let visible = ExportTo::parse(&dr.export_to, &r.meta.namespace)
+                .visible_to(&proxy.namespace)
+                && dr.workload_selector.as_ref().is_none_or(|sel| {
+                    r.meta.namespace == proxy.namespace && labels_subset(&sel.labels, &proxy.labels)
+                });
+            if visible {
+                by_namespace
+                    .entry(r.meta.namespace.as_str())
+                    .or_default()
+                    .insert(
+                        &host::resolve_short_name(&dr.host, &r.meta.namespace),
+                        (r, dr),
+                    );
             }
         }
-        return merged;
+        DestinationRules { by_namespace }
     }
-    MergedRule::default()
+
+    /// The rules for `svc`: those of the most specific matching host, in the first namespace
+    /// that has any (the proxy's, the service's, the root namespace), merged oldest first.
+    fn for_service(
+        &self,
+        proxy: &ProxyIdentity,
+        root_ns: &str,
+        svc: &Service,
+    ) -> (MergedRule<'a>, Option<&'a Resource>) {
+        let namespaces = [proxy.namespace.as_str(), svc.namespace.as_ref(), root_ns];
+        for ns in namespaces {
+            let Some(rules) = self
+                .by_namespace
+                .get(ns)
+                .and_then(|m| m.most_specific(&svc.hostname))
+            else {
+                continue;
+            };
+            let mut merged = MergedRule::default();
+            for (r, dr) in rules {
+                merged.merge(format!("DestinationRule {}", r.key()), dr);
+            }
+            return (merged, rules.first().map(|(r, _)| *r));
+        }
+        (MergedRule::default(), None)
+    }
+}
+
+/// Most clusters one service gets: its ports × (1 + the subsets of its DestinationRule). Each
+/// resource alone is linear, but a DestinationRule with thousands of subsets for a host with
+/// thousands of ports would make millions of clusters; subsets past the bound are not served
+/// (requests routed to them get 503 NC, as for an undefined subset) and a diagnostic says so.
+pub const MAX_CLUSTERS_PER_SERVICE: usize = 16_384;
+
+/// The endpoints of one service that each subset selects, computed once per distinct selector
+/// through a label → endpoints index (a scan per subset per port was cubic).
+struct SubsetEndpoints<'s> {
+    all: &'s Arc<[registry::Endpoint]>,
+    index: Option<HashMap<(&'s str, &'s str), Vec<usize>>>,
+    selected: HashMap<&'s Labels, Arc<[registry::Endpoint]>>,
+}
+
+impl<'s> SubsetEndpoints<'s> {
+    fn new(all: &'s Arc<[registry::Endpoint]>) -> Self {
+        SubsetEndpoints {
+            all,
+            index: None,
+            selected: HashMap::new(),
+        }
+    }
+
+    fn select(&mut self, selector: &'s Labels) -> Arc<[registry::Endpoint]> {
+        if selector.is_empty() {
+            return self.all.clone();
+        }
+        let all = self.all;
+        let index = self.index.get_or_insert_with(|| {
+            let mut index: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+            for (i, ep) in all.iter().enumerate() {
+                for (k, v) in &ep.labels {
+                    index.entry((k.as_str(), v.as_str())).or_default().push(i);
+                }
+            }
+            index
+        });
+        self.selected
+            .entry(selector)
+            .or_insert_with(|| {
+                // The endpoints carrying the selector's rarest label are the only candidates.
+                let rarest = selector
+                    .iter()
+                    .map(|(k, v)| {
+                        index
+                            .get(&(k.as_str(), v.as_str()))
+                            .map_or(&[][..], Vec::as_slice)
+                    })
+                    .min_by_key(|list| list.len())
+                    .unwrap_or(&[]);
+                rarest
+                    .iter()
+                    .map(|&i| &all[i])
+                    .filter(|ep| labels_subset(selector, &ep.labels))
+                    .cloned()
+                    .collect()
+            })
+            .clone()
+    }
+}
+
+/// A workload's PeerAuthentication mode, and its port-level overrides.
+type PeerAuthDecision = (
+    crate::security::MtlsMode,
+    HashMap<u16, crate::security::MtlsMode>,
+);
+
+/// PeerAuthentication decisions for endpoint labels, computed once per distinct label set.
+struct PeerAuthCache<'r> {
+    resources: &'r [Resource],
+    root_ns: &'r str,
+    by_labels: HashMap<(Arc<str>, Labels), PeerAuthDecision>,
+}
+
+impl<'r> PeerAuthCache<'r> {
+    fn get(&mut self, namespace: &Arc<str>, labels: &Labels) -> &PeerAuthDecision {
+        let (resources, root_ns) = (self.resources, self.root_ns);
+        self.by_labels
+            .entry((namespace.clone(), labels.clone()))
+            .or_insert_with(|| {
+                crate::security::peer_authentication(resources, namespace, labels, root_ns)
+            })
+    }
 }
 
 fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
     let root_ns = snap.mesh.root_namespace.clone();
     let auto_mtls = auto_mtls_enabled(resources);
     let accounts = service_accounts(resources);
-    for svc in &snap.services {
-        let rule = destination_rules_for(resources, &snap.proxy, &root_ns, svc);
-        let se_sans: &[String] = resources
-            .iter()
-            .find_map(|r| match &r.spec {
-                Spec::ServiceEntry(se) if *svc.source == *format!("ServiceEntry {}", r.key()) => {
-                    Some(se.subject_alt_names.as_slice())
-                }
-                _ => None,
-            })
-            .unwrap_or(&[]);
+    let rules = DestinationRules::new(resources, &snap.proxy);
+    let se_sans: HashMap<String, &[String]> = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::ServiceEntry(se) => Some((
+                format!("ServiceEntry {}", r.key()),
+                se.subject_alt_names.as_slice(),
+            )),
+            _ => None,
+        })
+        .rev()
+        .collect();
+    let peer_resources: Vec<Resource> = resources
+        .iter()
+        .filter(|r| matches!(r.spec, Spec::PeerAuthentication(_)))
+        .cloned()
+        .collect();
+    let mut peer_auth = PeerAuthCache {
+        resources: &peer_resources,
+        root_ns: &root_ns,
+        by_labels: HashMap::new(),
+    };
+    let services = snap.services.clone();
+    for svc in &services {
+        let (rule, rule_resource) = rules.for_service(&snap.proxy, &root_ns, svc);
+        let se_sans: &[String] = se_sans.get(svc.source.as_ref()).copied().unwrap_or(&[]);
         let policy_source: Option<Arc<str>> =
             (!rule.sources.is_empty()).then(|| rule.sources.join(", ").into());
-        for port in &svc.ports {
-            let mut add = |subset: Option<&networking::Subset>| {
-                let subset_name = subset.map(|s| s.name.as_str());
+        let mut selections = SubsetEndpoints::new(&svc.endpoints);
+        let ports = svc.ports.len().max(1);
+        let served_subsets = (MAX_CLUSTERS_PER_SERVICE / ports)
+            .saturating_sub(1)
+            .min(rule.subsets.len());
+        if let Some(dr) = rule_resource.filter(|_| served_subsets < rule.subsets.len()) {
+            snap.diagnostics.push(Diagnostic::at(
+                dr,
+                Severity::Warning,
+                "spec.subsets",
+                format!(
+                    "{} subsets for the {} ports of {} make more than {MAX_CLUSTERS_PER_SERVICE} clusters; only the first {served_subsets} subsets are served",
+                    rule.subsets.len(),
+                    svc.ports.len(),
+                    svc.hostname
+                ),
+            ));
+        }
+        let subsets =
+            std::iter::once(None).chain(rule.subsets[..served_subsets].iter().map(|s| Some(*s)));
+        for subset in subsets {
+            let endpoints = match subset {
+                Some(s) => selections.select(&s.labels),
+                None => svc.endpoints.clone(),
+            };
+            let subset_name = subset.map(|s| s.name.as_str());
+            let identities = std::cell::OnceCell::new();
+            let identities = || {
+                identities
+                    .get_or_init(|| expected_identities(svc, &endpoints, &accounts, se_sans))
+                    .clone()
+            };
+            let auto_mtls_ok = AutoMtls::of(auto_mtls, svc, &endpoints, &mut peer_auth);
+            for port in &svc.ports {
                 let name: Arc<str> =
                     Cluster::name_for(port.number, subset_name, &svc.hostname).into();
-                let endpoints: Vec<registry::Endpoint> = svc
-                    .endpoints
-                    .iter()
-                    .filter(|ep| subset.is_none_or(|s| labels_subset(&s.labels, &ep.labels)))
-                    .cloned()
-                    .collect();
-                let policy = rule.policy_for(port.number, subset_name);
-                let identities = || expected_identities(svc, &endpoints, &accounts, se_sans);
+                let policy = rule.policy_for_subset(port.number, subset);
                 let tls = match policy.tls {
                     // The DestinationRule decides, DISABLE included. ISTIO_MUTUAL without
                     // `subjectAltNames` expects the endpoints' identities (Istio's
@@ -597,9 +736,7 @@ fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                         }
                         t
                     }),
-                    None if auto_mtls
-                        && auto_mtls_applies(resources, &root_ns, svc, port, &endpoints) =>
-                    {
+                    None if auto_mtls_ok.applies(svc, port, &endpoints, &mut peer_auth) => {
                         Some(UpstreamTls::istio_mutual(identities()))
                     }
                     None => None,
@@ -614,7 +751,7 @@ fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                     service: svc.clone(),
                     port: port.clone(),
                     subset: subset_name.map(Arc::from),
-                    endpoints,
+                    endpoints: endpoints.clone(),
                     tls,
                     connect_timeout: limits.connect_timeout,
                     lb: LbPolicy::from_settings(policy.load_balancer),
@@ -627,46 +764,77 @@ fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                 snap.clusters
                     .entry(name)
                     .or_insert_with(|| Arc::new(cluster));
-            };
-            add(None);
-            for s in &rule.subsets {
-                add(Some(s));
             }
         }
     }
 }
 
-/// Auto mTLS for a cluster without DestinationRule TLS (Istio's `buildAutoMtlsSettings`): a
-/// mesh-internal service whose endpoints all run a sidecar (the `security.istio.io/tlsMode:
-/// istio` label), none of which disables mTLS with a PeerAuthentication.
-fn auto_mtls_applies(
-    resources: &[Resource],
-    root_ns: &str,
-    svc: &Service,
-    port: &registry::ServicePort,
-    endpoints: &[registry::Endpoint],
-) -> bool {
-    if svc.mesh_external || endpoints.is_empty() {
-        return false;
-    }
-    let (key, value) = TLS_MODE_LABEL;
-    endpoints.iter().all(|ep| {
-        ep.labels.get(key).is_some_and(|v| v == value) && {
-            let (mode, ports) = crate::security::peer_authentication(
-                resources,
-                &svc.namespace,
-                &ep.labels,
-                root_ns,
-            );
-            let target = ep
-                .ports
-                .get(port.name.as_ref())
-                .copied()
-                .or(port.target_port)
-                .unwrap_or(port.number);
-            ports.get(&target).copied().unwrap_or(mode) != crate::security::MtlsMode::Disable
+/// Whether auto mTLS applies to a cluster without DestinationRule TLS (Istio's
+/// `buildAutoMtlsSettings`): a mesh-internal service whose endpoints all run a sidecar (the
+/// `security.istio.io/tlsMode: istio` label), none of which disables mTLS with a
+/// PeerAuthentication. Decided once per set of endpoints, unless a PeerAuthentication sets
+/// port-level modes, which must then be looked up per port.
+enum AutoMtls {
+    Never,
+    Always,
+    PerPort,
+}
+
+impl AutoMtls {
+    fn of(
+        enabled: bool,
+        svc: &Service,
+        endpoints: &[registry::Endpoint],
+        peer_auth: &mut PeerAuthCache<'_>,
+    ) -> AutoMtls {
+        let (key, value) = TLS_MODE_LABEL;
+        if !enabled
+            || svc.mesh_external
+            || endpoints.is_empty()
+            || !endpoints
+                .iter()
+                .all(|ep| ep.labels.get(key).is_some_and(|v| v == value))
+        {
+            return AutoMtls::Never;
         }
-    })
+        let mut per_port = false;
+        for ep in endpoints {
+            let (mode, ports) = peer_auth.get(&svc.namespace, &ep.labels);
+            if !ports.is_empty() {
+                per_port = true;
+            } else if *mode == crate::security::MtlsMode::Disable {
+                return AutoMtls::Never;
+            }
+        }
+        if per_port {
+            AutoMtls::PerPort
+        } else {
+            AutoMtls::Always
+        }
+    }
+
+    fn applies(
+        &self,
+        svc: &Service,
+        port: &registry::ServicePort,
+        endpoints: &[registry::Endpoint],
+        peer_auth: &mut PeerAuthCache<'_>,
+    ) -> bool {
+        match self {
+            AutoMtls::Never => false,
+            AutoMtls::Always => true,
+            AutoMtls::PerPort => endpoints.iter().all(|ep| {
+                let (mode, ports) = peer_auth.get(&svc.namespace, &ep.labels);
+                let target = ep
+                    .ports
+                    .get(port.name.as_ref())
+                    .copied()
+                    .or(port.target_port)
+                    .unwrap_or(port.number);
+                ports.get(&target).copied().unwrap_or(*mode) != crate::security::MtlsMode::Disable
+            }),
+        }
+    }
 }
 
 fn build_default_routes(snap: &mut Snapshot) {
@@ -1276,10 +1444,12 @@ fn compile_http_rule(
     let rewrite = r.rewrite.as_ref().map(|rw| Rewrite {
         uri: rw.uri.clone(),
         authority: rw.authority.clone(),
-        uri_regex: rw
-            .uri_regex_rewrite
-            .as_ref()
-            .and_then(|rr| Some((regex::Regex::new(&rr.pattern).ok()?, rr.rewrite.clone()))),
+        uri_regex: rw.uri_regex_rewrite.as_ref().and_then(|rr| {
+            Some((
+                sluice_api::validate::bounded_regex(&rr.pattern).ok()?,
+                rr.rewrite.clone(),
+            ))
+        }),
     });
     let headers = r.headers.as_ref();
     let operation = operation_for(

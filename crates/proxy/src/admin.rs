@@ -122,6 +122,14 @@ pub trait LogControl: Send + Sync + 'static {
     fn apply(&self, directives: &str) -> Result<(), String>;
 }
 
+/// Why a proxy whose configuration has not been accepted is not ready, for `/healthz/ready`.
+pub fn config_not_ready_reason(status: &crate::store::StoreStatus) -> String {
+    if status.not_ready.is_empty() {
+        return "configuration not loaded yet".to_string();
+    }
+    status.not_ready.join("\n")
+}
+
 /// Fired by `POST /drain_listeners`: the data-plane listeners stop accepting (open connections
 /// are served to their end), `/ready` and `/healthz/ready` answer 503. Sticky, like [`QuitSignal`].
 #[derive(Clone, Debug, Default)]

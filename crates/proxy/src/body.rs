@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -18,15 +19,84 @@ use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::HttpLabels;
 use crate::upstream::{BoxError, ProxyBody};
 
-/// A request body that counts the bytes it passes (`%BYTES_RECEIVED%`).
+/// How reading a request body from the client failed, if it did: a client's fault, which must
+/// never be answered or counted as an upstream failure (outlier detection would eject a healthy
+/// endpoint because of one bad client).
+#[derive(Debug, Default, Clone)]
+pub struct DownstreamBodyError(Arc<AtomicU8>);
+
+/// What went wrong with the client's request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownstreamFault {
+    /// Malformed framing (bad chunk sizes, bare LF, more data than declared): Envoy's `DPE`.
+    Protocol,
+    /// The client went away mid-body: Envoy's `DC`.
+    Disconnect,
+}
+
+impl DownstreamBodyError {
+    /// The fault seen so far, if any.
+    pub fn get(&self) -> Option<DownstreamFault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(DownstreamFault::Protocol),
+            2 => Some(DownstreamFault::Disconnect),
+            _ => None,
+        }
+    }
+
+    fn record(&self, e: &hyper::Error) {
+        let fault = match classify(e) {
+            DownstreamFault::Protocol => 1,
+            DownstreamFault::Disconnect => 2,
+        };
+        let _ = self
+            .0
+            .compare_exchange(0, fault, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// hyper reports a malformed HTTP/1.1 body (chunk framing) as a body error caused by an
+/// `InvalidData`/`InvalidInput` I/O error; a client that goes away as an incomplete message or an
+/// end-of-file. HTTP/2 stream errors are the client resetting its stream.
+fn classify(e: &hyper::Error) -> DownstreamFault {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return DownstreamFault::Disconnect;
+    }
+    let malformed = std::iter::successors(std::error::Error::source(e), |s| s.source())
+        .filter_map(|s| s.downcast_ref::<std::io::Error>())
+        .any(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            )
+        });
+    if malformed || e.is_parse() {
+        DownstreamFault::Protocol
+    } else {
+        DownstreamFault::Disconnect
+    }
+}
+
+/// A request body that counts the bytes it passes (`%BYTES_RECEIVED%`) and remembers whether
+/// the client broke it.
 pub struct CountingBody {
     inner: Incoming,
     counter: ByteCounter,
+    error: DownstreamBodyError,
 }
 
 impl CountingBody {
     pub fn new(inner: Incoming, counter: ByteCounter) -> Self {
-        CountingBody { inner, counter }
+        CountingBody {
+            inner,
+            counter,
+            error: DownstreamBodyError::default(),
+        }
+    }
+
+    /// The handle that says whether reading this body failed on the client's side.
+    pub fn error(&self) -> DownstreamBodyError {
+        self.error.clone()
     }
 }
 
@@ -45,7 +115,10 @@ impl Body for CountingBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                self.error.record(&e);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

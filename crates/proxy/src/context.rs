@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sluice_api::networking::Labels;
@@ -10,7 +11,7 @@ use sluice_model::registry::EndpointAddress;
 use sluice_model::{Cluster, Service, Snapshot, Workload, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 
 use crate::balancer::{Balancers, ClusterRuntime};
-use crate::resolve::Resolver;
+use crate::resolve::{ResolveError, Resolver};
 use crate::telemetry::accesslog::AccessLogger;
 use crate::telemetry::metrics::{Metrics, PeerLabels, ServiceLabels};
 use crate::upstream::HttpClients;
@@ -37,6 +38,8 @@ pub struct Proxy {
     /// This proxy's mesh identity, when it was given one (`--mesh-ca`): needed for ISTIO_MUTUAL
     /// and for mutual TLS on the inbound side.
     pub identity: Option<Arc<crate::identity::Identity>>,
+    /// The config gate, drain and open-connection count every data listener consults.
+    pub lifecycle: crate::downstream::Lifecycle,
 }
 
 impl Proxy {
@@ -62,23 +65,27 @@ impl Proxy {
             unknown_service: Arc::new(ServiceLabels::unknown()),
             server_header: http::HeaderValue::from_static("envoy"),
             identity: None,
+            lifecycle: crate::downstream::Lifecycle::default(),
         }
     }
 
-    /// The socket address of an endpoint: an IP as is, a name through DNS (the `pick`-th address,
-    /// so retries move on to another one). `None` when the name does not resolve.
+    /// The socket address of an endpoint: an IP as is, a name through the DNS cache (the
+    /// `pick`-th address, so retries move on to another one). A name seen for the first time
+    /// is waited for at most `deadline` (the cluster's connect timeout).
     pub async fn endpoint_socket(
         &self,
         address: &EndpointAddress,
         port: u16,
         pick: usize,
-    ) -> Option<SocketAddr> {
+        deadline: Duration,
+    ) -> Result<SocketAddr, ResolveError> {
         match address {
-            EndpointAddress::Ip(ip) => Some(SocketAddr::new(*ip, port)),
-            EndpointAddress::Name(name) => {
-                let addrs = self.resolver.resolve(name, port).await.ok()?;
-                Some(addrs[pick % addrs.len()])
-            }
+            EndpointAddress::Ip(ip) => Ok(SocketAddr::new(*ip, port)),
+            EndpointAddress::Name(name) => Ok(self
+                .resolver
+                .resolve(name, deadline)
+                .await?
+                .socket(pick, port)),
         }
     }
 

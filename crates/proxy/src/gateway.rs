@@ -42,6 +42,8 @@ pub struct GatewayOptions {
     pub admin_port: u16,
     pub status_port: u16,
     pub stats_port: u16,
+    /// Client-connection limits and drain.
+    pub downstream: crate::downstream::DownstreamSettings,
     /// Address the gateway ports are bound on.
     pub bind: IpAddr,
 }
@@ -140,6 +142,8 @@ struct GatewayAdmin {
     status: Arc<ArcSwap<StoreStatus>>,
     listeners: Arc<ArcSwap<ListenerStatus>>,
     balancers: Arc<crate::balancer::Balancers>,
+    /// The DNS cache, shown in `/config_dump`.
+    resolver: crate::resolve::Resolver,
 }
 
 impl AdminSource for GatewayAdmin {
@@ -178,6 +182,7 @@ impl AdminSource for GatewayAdmin {
             "clusters": snap.clusters.values().map(|c| crate::admin::cluster_config(c)).collect::<Vec<_>>(),
             "virtual_hosts": vhosts,
             "config": &**status,
+            "dns": self.resolver.dump(),
         })
     }
 
@@ -195,13 +200,13 @@ impl AdminSource for GatewayAdmin {
 
     fn is_ready(&self) -> bool {
         let snap = self.snapshots.load();
-        snap.generation > 0 && self.listeners.load().is_ready()
+        snap.generation > 0 && self.status.load().ready && self.listeners.load().is_ready()
     }
 
     fn not_ready_reason(&self) -> String {
-        let snap = self.snapshots.load();
-        if snap.generation == 0 {
-            return "configuration not loaded yet".to_string();
+        let status = self.status.load();
+        if !status.ready || self.snapshots.load().generation == 0 {
+            return crate::admin::config_not_ready_reason(&status);
         }
         self.listeners.load().not_ready_reason()
     }
@@ -226,7 +231,7 @@ pub async fn run_with_identity(
         service_account: identity.as_ref().map(|i| i.service_account.clone()),
         kind: ProxyKind::Gateway,
     };
-    let mut rt = Runtime::load(&opts.config_dir, proxy_identity)?;
+    let mut rt = Runtime::load_with(&opts.config_dir, proxy_identity, opts.downstream).await?;
     let snapshots = rt.snapshots.clone();
     let mut proxy = gateway_proxy(
         snapshots.clone(),
@@ -236,6 +241,7 @@ pub async fn run_with_identity(
         &opts.labels,
     );
     proxy.identity = mesh_identity;
+    proxy.lifecycle = rt.lifecycle();
     let proxy = Arc::new(proxy);
     let gateway = Arc::new(Gateway::new(proxy.clone(), &rt.metrics));
     let operator = OperatorListeners::bind(OperatorPorts {
@@ -257,6 +263,7 @@ pub async fn run_with_identity(
         status: rt.status.clone(),
         listeners: listeners.status(),
         balancers: proxy.balancers.clone(),
+        resolver: proxy.resolver.clone(),
     });
     let ports: Vec<SocketAddr> = listeners.bound().map(|(_, a)| a).collect();
 

@@ -26,7 +26,7 @@ use crate::balancer::{
     request_hash, CallResult, ClusterRuntime, EndpointGuard, EndpointState, HashInput, RequestHash,
     RetryPermit,
 };
-use crate::body::{CountingBody, Finish, LoggedBody};
+use crate::body::{CountingBody, DownstreamBodyError, DownstreamFault, Finish, LoggedBody};
 use crate::context::{Downstream, Proxy};
 use crate::gateway::edge::{self, GatewayConn};
 use crate::io::ByteCounter;
@@ -133,6 +133,14 @@ enum UpstreamFailure {
     BadRequest,
     /// A circuit breaker (`connectionPool` limit) tripped.
     Overflow,
+    /// The client broke its own request (malformed body framing) or went away mid-body: its
+    /// fault, never counted against the upstream.
+    Downstream(DownstreamFault),
+    /// The upstream's host name did not resolve within the connect timeout: Envoy's `DF`
+    /// (`dns_resolution_failure{…}` in the details).
+    DnsResolution {
+        details: &'static str,
+    },
 }
 
 impl UpstreamFailure {
@@ -148,6 +156,13 @@ impl UpstreamFailure {
     fn tls_setup(e: &TlsSetupError) -> Self {
         UpstreamFailure::ConnectFailure {
             tls_error: Some(format!("TLS_error:{e}")),
+        }
+    }
+
+    fn dns(e: &crate::resolve::ResolveError) -> Self {
+        tracing::debug!("{e}");
+        UpstreamFailure::DnsResolution {
+            details: e.details(),
         }
     }
 
@@ -198,6 +213,24 @@ impl UpstreamFailure {
                 r.extra_headers.push((X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true")));
                 r
             }
+            UpstreamFailure::Downstream(DownstreamFault::Protocol) => LocalReply::new(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                "DPE",
+                "http1.codec_error",
+            ),
+            UpstreamFailure::Downstream(DownstreamFault::Disconnect) => LocalReply::new(
+                StatusCode::BAD_REQUEST,
+                "",
+                "DC",
+                "downstream_remote_disconnect",
+            ),
+            UpstreamFailure::DnsResolution { details } => LocalReply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "DNS resolution failure",
+                "DF",
+                details,
+            ),
         };
         if retries_exhausted {
             r.flags = match r.flags {
@@ -235,6 +268,8 @@ struct RequestCtx {
     uri_target: Option<(String, u16)>,
     /// Set on gateway listeners: route by the listener's port and its Gateway servers.
     gateway: Option<Arc<GatewayConn>>,
+    /// Whether reading the request body failed on the client's side.
+    body_error: DownstreamBodyError,
 }
 
 /// Handles one request arriving on the outbound side of a sidecar.
@@ -344,6 +379,7 @@ async fn handle_routed(
         downstream,
         uri_target,
         gateway,
+        body_error: body.error(),
     };
     let mut delayed = false;
     let (response, mut outcome) =
@@ -517,6 +553,9 @@ async fn route_and_forward(
         _ => "http",
     };
     let scheme = parts.uri.scheme_str().unwrap_or(default_scheme).to_string();
+    if let Some(reply) = invalid_request_head(&parts) {
+        return local_reply(proxy, &reply, None);
+    }
     if let Some(gw) = &ctx.gateway {
         if let Some(denied) = gateway_authz(proxy, snap, gw, ctx, &parts) {
             return denied;
@@ -664,6 +703,47 @@ async fn route_and_forward(
     }
 }
 
+/// A request head Envoy refuses before routing: 400 for an HTTP/1.1 request without `Host` (and
+/// no absolute URI) or with several `Host` headers — forwarding either would let the proxy and
+/// the upstream disagree on the host the policy was checked for — and 431 for more headers than
+/// the listener allows (HTTP/1.1 is limited while reading; HTTP/2 here). Returns status, body,
+/// response flags and details.
+pub(crate) fn request_head_problem(
+    parts: &http::request::Parts,
+) -> Option<(StatusCode, &'static str, &'static str, &'static str)> {
+    let hosts = parts.headers.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "DPE",
+            "http1.codec_error",
+        ));
+    }
+    if hosts == 0 && parts.version == Version::HTTP_11 && parts.uri.authority().is_none() {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "DPE",
+            "missing_host_header",
+        ));
+    }
+    if parts.headers.len() > crate::downstream::MAX_REQUEST_HEADERS {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request Header Fields Too Large",
+            "DPE",
+            "http2.too_many_headers",
+        ));
+    }
+    None
+}
+
+fn invalid_request_head(parts: &http::request::Parts) -> Option<LocalReply> {
+    request_head_problem(parts)
+        .map(|(status, body, flags, details)| LocalReply::new(status, body, flags, details))
+}
+
 /// Counts a refused HTTP call in `sluice_egress_blocked_total`, named by its Host without port.
 fn count_blocked(proxy: &Proxy, ctx: &RequestCtx) {
     let host = match &ctx.uri_target {
@@ -720,8 +800,9 @@ fn gateway_local_reply(
 }
 
 /// Envoy prints response flags in this order, comma-joined.
-const FLAG_ORDER: [&str; 16] = [
-    "UH", "UF", "UO", "NR", "URX", "NC", "DT", "DC", "LH", "UT", "LR", "UR", "UC", "DI", "FI", "RL",
+const FLAG_ORDER: [&str; 17] = [
+    "UH", "UF", "UO", "NR", "URX", "NC", "DT", "DC", "LH", "UT", "LR", "UR", "UC", "DI", "FI",
+    "RL", "DPE",
 ];
 
 /// `flags` with `add` included, in Envoy's order.
@@ -866,13 +947,12 @@ async fn endpoint_addr(
             if host.is_empty() {
                 return Err(UpstreamFailure::NoHealthyUpstream);
             }
-            let mut addrs = proxy.resolver.resolve(host, port).await.map_err(|e| {
-                tracing::debug!("{}: {e}", cluster.name);
-                UpstreamFailure::NoHealthyUpstream
-            })?;
-            // IPv4 preferred, as Istio's default DNS lookup family.
-            addrs.sort_by_key(SocketAddr::is_ipv6);
-            Ok((addrs[attempt as usize % addrs.len()], None))
+            let addrs = proxy
+                .resolver
+                .resolve(host, cluster.connect_timeout)
+                .await
+                .map_err(|e| UpstreamFailure::dns(&e))?;
+            Ok((addrs.socket(attempt as usize, port), None))
         }
         None => {
             let (host, addr) = original().ok_or(UpstreamFailure::NoHealthyUpstream)?;
@@ -884,12 +964,15 @@ async fn endpoint_addr(
             match host {
                 // Explicit proxy: the client named a host; resolve it ourselves.
                 Some(h) => {
+                    let deadline = runtime.map_or(PASSTHROUGH_CONNECT_TIMEOUT, |rt| {
+                        rt.cluster().connect_timeout
+                    });
                     let addrs = proxy
                         .resolver
-                        .resolve(&h, port)
+                        .resolve(&h, deadline)
                         .await
-                        .map_err(|_| UpstreamFailure::NoHealthyUpstream)?;
-                    Ok((addrs[attempt as usize % addrs.len()], None))
+                        .map_err(|e| UpstreamFailure::dns(&e))?;
+                    Ok((addrs.socket(attempt as usize, port), None))
                 }
                 None => Ok((SocketAddr::new(addr.ip(), port), None)),
             }
@@ -900,9 +983,14 @@ async fn endpoint_addr(
                 .ok_or(UpstreamFailure::NoHealthyUpstream)?;
             let ep = guard.endpoint();
             let addr = proxy
-                .endpoint_socket(&ep.address, ep.port, attempt as usize)
+                .endpoint_socket(
+                    &ep.address,
+                    ep.port,
+                    attempt as usize,
+                    rt.cluster().connect_timeout,
+                )
                 .await
-                .ok_or(UpstreamFailure::NoHealthyUpstream)?;
+                .map_err(|e| UpstreamFailure::dns(&e))?;
             Ok((addr, Some(guard)))
         }
     }
@@ -1074,7 +1162,10 @@ async fn forward(
 
     let mut body = match buffer_body(body).await {
         Ok(b) => b,
-        Err(_) => return fail(UpstreamFailure::BadRequest, false, None),
+        Err(_) => {
+            let fault = ctx.body_error.get().unwrap_or(DownstreamFault::Protocol);
+            return fail(UpstreamFailure::Downstream(fault), false, None);
+        }
     };
     let retryable = matches!(body, RequestBody::Buffered(_));
     if let (Some(rule), RequestBody::Buffered(bytes)) = (fwd.rule, &body) {
@@ -1279,6 +1370,15 @@ async fn forward(
                 return (resp, outcome);
             }
             Ok(Err(failure)) => {
+                // The client broke its request body: answer it, and leave the endpoint's
+                // health alone (no outlier input, no retry).
+                if let Some(fault) = ctx.body_error.get() {
+                    tracing::debug!(
+                        "request body from {} failed: {fault:?}",
+                        ctx.downstream.remote
+                    );
+                    return fail(UpstreamFailure::Downstream(fault), false, None);
+                }
                 if let Some(g) = &endpoint {
                     g.report(match failure {
                         UpstreamFailure::ConnectFailure { .. } => CallResult::ConnectFailed,
@@ -1394,7 +1494,11 @@ fn spawn_mirror(
             return;
         };
         let ep = endpoint.endpoint();
-        let Some(addr) = proxy.endpoint_socket(&ep.address, ep.port, 0).await else {
+        let deadline = cluster.connect_timeout;
+        let Ok(addr) = proxy
+            .endpoint_socket(&ep.address, ep.port, 0, deadline)
+            .await
+        else {
             return;
         };
         let security = security_for(proxy.identity.as_ref(), &cluster, &authority);

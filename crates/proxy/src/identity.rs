@@ -358,6 +358,7 @@ impl Identity {
                 .expect("the ring provider supports TLS 1.2 and 1.3")
                 .with_client_cert_verifier(verifier)
                 .with_cert_resolver(self.cert.clone());
+            crate::tls_server::apply_server_preferences(&mut config);
             config.alpn_protocols = alpn.clone();
             config
         })

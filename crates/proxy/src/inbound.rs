@@ -46,11 +46,9 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use sluice_model::policy::PoolLimits;
 use sluice_model::registry::Protocol;
 use sluice_model::security::{AuthzDecision, AuthzRequest, MtlsMode};
@@ -58,7 +56,7 @@ use sluice_model::{ProxyKind, Snapshot, UpstreamProtocol, INBOUND_PASSTHROUGH_CL
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::body::{CountingBody, Finish, LoggedBody};
+use crate::body::{CountingBody, DownstreamFault, Finish, LoggedBody};
 use crate::context::{service_labels, Proxy};
 use crate::detect::{detect, with_client_hello, Detected};
 use crate::http_proxy::{date_header, strip_hop_by_hop};
@@ -211,9 +209,16 @@ pub async fn serve_inbound<F>(
             );
             continue;
         }
+        let Some(guard) = inbound.proxy.lifecycle.admit() else {
+            crate::outbound::refuse_unready(remote, "inbound");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let inbound = inbound.clone();
-        tokio::spawn(async move { handle_connection(inbound, stream, remote, dst).await });
+        tokio::spawn(async move {
+            let _guard = guard;
+            handle_connection(inbound, stream, remote, dst).await
+        });
     }
 }
 
@@ -578,10 +583,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let remote = ctx.remote;
-    let svc =
-        service_fn(move |req: Request<Incoming>| handle_request(inbound.clone(), ctx.clone(), req));
-    let builder = auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+    let lifecycle = inbound.proxy.lifecycle.clone();
+    let served =
+        crate::downstream::serve_http(stream, &lifecycle, move |req: Request<Incoming>| {
+            handle_request(inbound.clone(), ctx.clone(), req)
+        });
+    if let Err(e) = served.await {
         tracing::debug!("inbound HTTP connection from {remote} ended: {e}");
     }
 }
@@ -643,8 +650,20 @@ async fn handle_request(
 
     let received = ByteCounter::default();
     let body = CountingBody::new(body, received.clone());
-    let (response, outcome) = match authorize_request(proxy, &ctx, &parts, authority.as_ref()) {
-        Some(policy) => {
+    let body_error = body.error();
+    let head_problem = crate::http_proxy::request_head_problem(&parts);
+    let authorized = match head_problem {
+        Some(_) => None,
+        None => authorize_request(proxy, &ctx, &parts, authority.as_ref()),
+    };
+    let (response, outcome) = match (head_problem, authorized) {
+        (Some((status, text, flags, details)), _) => {
+            rec.upstream_cluster = None;
+            rec.upstream_host = None;
+            rec.route_name = None;
+            local_reply(status, text, flags, details)
+        }
+        (None, Some(policy)) => {
             // Denied before the router: no upstream.
             rec.upstream_cluster = None;
             rec.upstream_host = None;
@@ -664,7 +683,28 @@ async fn handle_request(
             outcome.details = Cow::Owned(rbac_denied_details(&policy));
             (resp, outcome)
         }
-        None => forward(&inbound, &ctx, parts, body.boxed_unsync(), authority).await,
+        (None, None) => {
+            let (resp, outcome) =
+                forward(&inbound, &ctx, parts, body.boxed_unsync(), authority).await;
+            match body_error.get() {
+                // The client broke its own request body: its fault, answered as such.
+                Some(fault) if outcome.upstream_service_time.is_none() => match fault {
+                    DownstreamFault::Protocol => local_reply(
+                        StatusCode::BAD_REQUEST,
+                        "Bad Request",
+                        "DPE",
+                        "http1.codec_error",
+                    ),
+                    DownstreamFault::Disconnect => local_reply(
+                        StatusCode::BAD_REQUEST,
+                        "",
+                        "DC",
+                        "downstream_remote_disconnect",
+                    ),
+                },
+                _ => (resp, outcome),
+            }
+        }
     };
 
     rec.response_code = response.status().as_u16();

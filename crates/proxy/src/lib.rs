@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod body;
 pub mod context;
 pub mod detect;
+pub mod downstream;
 pub mod gateway;
 pub mod http_proxy;
 pub mod identity;

@@ -12,13 +12,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::context::{Downstream, Proxy, Target};
 use crate::detect::{detect, Detected};
+use crate::downstream;
 use crate::http_proxy;
 use crate::io::{original_dst, PrefixedStream};
 use crate::stream::{proxy_stream, StreamConn};
@@ -68,9 +68,14 @@ pub async fn serve_captured(
             tracing::debug!("dropping direct connection from {remote} to the capture port");
             continue;
         }
+        let Some(guard) = proxy.lifecycle.admit() else {
+            refuse_unready(remote, "outbound");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         tokio::spawn(async move {
+            let _guard = guard;
             let target = Target {
                 addr: dst,
                 host: None,
@@ -138,13 +143,21 @@ async fn serve_http<S>(proxy: Arc<Proxy>, stream: S, downstream: Arc<Downstream>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req: Request<Incoming>| {
+    let lifecycle = proxy.lifecycle.clone();
+    let served = downstream::serve_http(stream, &lifecycle, move |req: Request<Incoming>| {
         http_proxy::handle(proxy.clone(), downstream.clone(), req)
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+    if let Err(e) = served.await {
         tracing::debug!("downstream HTTP connection ended: {e}");
     }
+}
+
+/// Drops a connection that arrived while the configuration has not been accepted (the proxy is
+/// not ready): carrying it could apply a more open policy than the operator wrote.
+pub(crate) fn refuse_unready(remote: SocketAddr, listener: &str) {
+    tracing::warn!(
+        "refusing a connection from {remote} on the {listener} listener: the configuration has not been accepted (see /healthz/ready)"
+    );
 }
 
 /// Serves the explicit forward proxy until `shutdown` resolves.
@@ -155,21 +168,35 @@ pub async fn serve_forward_proxy(
 ) {
     tokio::pin!(shutdown);
     while let Some((stream, remote)) = accept(&listener, &mut shutdown, "proxy").await {
+        let Some(guard) = proxy.lifecycle.admit() else {
+            refuse_unready(remote, "explicit proxy");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let local = stream
             .local_addr()
             .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
         let proxy = proxy.clone();
         tokio::spawn(async move {
+            let _guard = guard;
             let downstream = Arc::new(Downstream {
                 remote,
                 local,
                 target: None,
             });
+            let drain = proxy.lifecycle.drain.clone();
+            let settings = proxy.lifecycle.settings;
             let svc = service_fn(move |req: Request<Incoming>| {
-                forward_proxy_request(proxy.clone(), downstream.clone(), req)
+                let version = req.version();
+                let response = forward_proxy_request(proxy.clone(), downstream.clone(), req);
+                let drain = drain.clone();
+                async move {
+                    let mut resp = response.await?;
+                    downstream::close_if_draining(&drain, version, &mut resp);
+                    Ok::<_, Infallible>(resp)
+                }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
+            let conn = downstream::http1_builder(&settings)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             if let Err(e) = conn.await {
@@ -213,8 +240,9 @@ async fn forward_proxy_request(
         .trim_end_matches(']')
         .to_string();
     let port = authority.port_u16().unwrap_or(443);
-    let addr = match proxy.resolver.resolve(&host, port).await {
-        Ok(addrs) => addrs[0],
+    let deadline = proxy.snapshots.load().mesh.connect_timeout;
+    let addr = match proxy.resolver.resolve(&host, deadline).await {
+        Ok(addrs) => addrs.socket(0, port),
         // Routing may still know the host (by SNI); passthrough will retry the lookup.
         Err(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
     };

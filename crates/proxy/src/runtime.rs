@@ -25,6 +25,7 @@ use crate::admin::{
     serve_admin_with, serve_stats, serve_status_with, AdminControls, AdminSource, DrainSignal,
     HealthOverride, QuitSignal,
 };
+use crate::downstream::{DownstreamSettings, Lifecycle};
 use crate::identity::{Identity, IdentityOptions};
 use crate::store::{ConfigStore, StoreStatus};
 use crate::telemetry::accesslog::{AccessLogConfig, AccessLogEncoding, AccessLogger};
@@ -124,30 +125,45 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLogger,
     pub quit: QuitSignal,
-    /// Fired by `POST /drain_listeners`.
+    /// Fired by `POST /drain_listeners` and by SIGTERM.
     pub drain: DrainSignal,
     /// Set by `POST /healthcheck/fail`.
     pub health: HealthOverride,
     /// The mesh identity `/certs` shows; set it before [`Runtime::spawn_operator`].
     pub identity: Option<Arc<Identity>>,
-    store: Option<ConfigStore>,
+    lifecycle: Lifecycle,
     stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
 }
 
 impl Runtime {
-    /// Loads `config_dir` once for `identity` and opens the access log its mesh config asks for
-    /// (stdout in the default format when that configuration is refused).
-    pub fn load(config_dir: &Path, identity: ProxyIdentity) -> anyhow::Result<Runtime> {
+    /// Loads `config_dir` for `identity` on the config thread (which keeps watching it) and opens
+    /// the access log its mesh config asks for (stdout in the default format when that
+    /// configuration is refused).
+    pub async fn load(config_dir: &Path, identity: ProxyIdentity) -> anyhow::Result<Runtime> {
+        Runtime::load_with(config_dir, identity, DownstreamSettings::default()).await
+    }
+
+    /// [`Runtime::load`] with the operator's client-connection settings.
+    pub async fn load_with(
+        config_dir: &Path,
+        identity: ProxyIdentity,
+        settings: DownstreamSettings,
+    ) -> anyhow::Result<Runtime> {
         anyhow::ensure!(
             config_dir.is_dir(),
             "--config {}: not a directory",
             config_dir.display()
         );
-        let mut store = ConfigStore::new(config_dir.to_path_buf(), identity);
-        store.rescan();
+        let store = ConfigStore::new(config_dir.to_path_buf(), identity);
         let snapshots = store.snapshot();
         let status = store.status();
+        let gate = store.gate();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        store
+            .spawn(stop_rx.clone())
+            .await
+            .context("cannot start the config thread")?;
         let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
         let access_log = AccessLogger::with_drop_counter(
             access_log_config(&snapshots.load()),
@@ -160,20 +176,29 @@ impl Runtime {
             AccessLogger::new(AccessLogConfig::default())
         })
         .context("cannot start the access log")?;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let drain = DrainSignal::new();
         Ok(Runtime {
             snapshots,
             status,
             metrics,
             access_log,
             quit: QuitSignal::new(),
-            drain: DrainSignal::new(),
+            lifecycle: Lifecycle::new(gate, drain.clone(), settings),
+            drain,
             health: HealthOverride::default(),
             identity: None,
-            store: Some(store),
             stop_tx,
             stop_rx,
         })
+    }
+
+    /// What the data listeners consult: the config gate (closed while the configuration has
+    /// not been accepted), drain, and the open-connection count. Give it to the [`Proxy`]
+    /// (`proxy.lifecycle`).
+    ///
+    /// [`Proxy`]: crate::context::Proxy
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.clone()
     }
 
     /// A future that completes once shutdown starts. Call it once per task that must stop.
@@ -207,11 +232,9 @@ impl Runtime {
         }
     }
 
-    /// Starts watching the config directory and following mesh-config edits of the access log.
+    /// Follows mesh-config edits of the access log (the config directory itself is watched by
+    /// the config thread since [`Runtime::load`]).
     pub fn spawn_config_watch(&mut self) {
-        if let Some(store) = self.store.take() {
-            tokio::spawn(store.watch(self.stopped()));
-        }
         let snapshots = self.snapshots.clone();
         let access_log = self.access_log.clone();
         let stop = self.stopped();
@@ -263,13 +286,31 @@ impl Runtime {
     }
 
     /// Waits for Ctrl-C, SIGTERM or `POST /quitquitquit`, then tells every task to stop and
-    /// flushes the access log.
+    /// flushes the access log. SIGTERM drains first: readiness answers 503, the listeners stop
+    /// accepting, HTTP/1.1 responses carry `connection: close` and HTTP/2 connections get a
+    /// GOAWAY, and the process waits until every connection is done or
+    /// the drain duration (`--termination-drain-duration`) has passed.
     pub async fn run_until_shutdown(self) -> anyhow::Result<()> {
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot install the SIGTERM handler")?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
-            _ = sigterm.recv() => tracing::info!("SIGTERM; shutting down"),
+            _ = sigterm.recv() => {
+                tracing::info!(
+                    "SIGTERM; draining {} connections for up to {:?}",
+                    self.lifecycle.active_connections(),
+                    self.lifecycle.settings.drain_duration
+                );
+                self.drain.trigger();
+                let open = tokio::select! {
+                    open = self.lifecycle.drained(self.lifecycle.settings.drain_duration) => open,
+                    _ = sigterm.recv() => {
+                        tracing::info!("second SIGTERM; not waiting for the drain");
+                        self.lifecycle.active_connections()
+                    }
+                };
+                tracing::info!("drained ({open} connections still open); shutting down");
+            }
             _ = self.quit.triggered() => tracing::info!("quitquitquit; shutting down"),
         }
         self.shutdown();

@@ -36,6 +36,8 @@ pub struct SidecarOptions {
     pub admin_port: u16,
     pub status_port: u16,
     pub stats_port: u16,
+    /// Client-connection limits and drain.
+    pub downstream: crate::downstream::DownstreamSettings,
 }
 
 /// What the admin endpoints read.
@@ -45,6 +47,8 @@ struct SidecarAdmin {
     listeners: Vec<(String, SocketAddr)>,
     /// Runtime endpoint state (load, ejections) for `/clusters`.
     balancers: Arc<crate::balancer::Balancers>,
+    /// The DNS cache, shown in `/config_dump`.
+    resolver: crate::resolve::Resolver,
 }
 
 impl AdminSource for SidecarAdmin {
@@ -83,6 +87,7 @@ impl AdminSource for SidecarAdmin {
             "tls_routes": rules(&snap.tls_rules),
             "tcp_routes": rules(&snap.tcp_rules),
             "config": &**status,
+            "dns": self.resolver.dump(),
         })
     }
 
@@ -99,7 +104,11 @@ impl AdminSource for SidecarAdmin {
     }
 
     fn is_ready(&self) -> bool {
-        self.snapshots.load().generation > 0
+        self.snapshots.load().generation > 0 && self.status.load().ready
+    }
+
+    fn not_ready_reason(&self) -> String {
+        crate::admin::config_not_ready_reason(&self.status.load())
     }
 }
 
@@ -122,7 +131,7 @@ pub async fn run_with_identity(
         service_account: opts.service_account.clone(),
         kind: sluice_model::ProxyKind::Sidecar,
     };
-    let mut rt = Runtime::load(&opts.config_dir, identity)?;
+    let mut rt = Runtime::load_with(&opts.config_dir, identity, opts.downstream).await?;
     let snapshots = rt.snapshots.clone();
     let mut proxy = Proxy::new(
         snapshots.clone(),
@@ -132,18 +141,21 @@ pub async fn run_with_identity(
         &opts.labels,
     );
     proxy.identity = mesh_identity;
+    proxy.lifecycle = rt.lifecycle();
     let proxy = Arc::new(proxy);
 
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let outbound_addr = SocketAddr::new(any, opts.outbound_port);
     let proxy_addr = SocketAddr::new(opts.proxy_bind, opts.proxy_port);
     let outbound = bind(outbound_addr, "captured outbound traffic").await?;
-    let inbound = match opts.inbound_port {
+    let outbound6 = bind_ipv6_twin(opts.outbound_port, "captured outbound traffic")?;
+    let (inbound, inbound6) = match opts.inbound_port {
         Some(port) => {
             let addr = SocketAddr::new(any, port);
-            Some(bind(addr, "captured inbound traffic").await?)
+            let v4 = bind(addr, "captured inbound traffic").await?;
+            (Some(v4), bind_ipv6_twin(port, "captured inbound traffic")?)
         }
-        None => None,
+        None => (None, None),
     };
     // Port 0 lets the OS choose: show the real one in /listeners.
     let inbound_addr = match &inbound {
@@ -167,6 +179,7 @@ pub async fn run_with_identity(
         snapshots: snapshots.clone(),
         status: rt.status.clone(),
         balancers: proxy.balancers.clone(),
+        resolver: proxy.resolver.clone(),
         listeners: [
             Some(("virtualOutbound".to_string(), outbound_addr)),
             inbound_addr.map(|a| ("virtualInbound".to_string(), a)),
@@ -178,14 +191,18 @@ pub async fn run_with_identity(
     });
 
     rt.spawn_config_watch();
-    tokio::spawn(serve_captured(
-        outbound,
-        proxy.clone(),
-        rt.listeners_stopped(),
-    ));
-    if let Some(inbound) = inbound {
+    let ipv6_outbound = outbound6.as_ref().and_then(|l| l.local_addr().ok());
+    let ipv6_inbound = inbound6.as_ref().and_then(|l| l.local_addr().ok());
+    for listener in std::iter::once(outbound).chain(outbound6) {
+        tokio::spawn(serve_captured(
+            listener,
+            proxy.clone(),
+            rt.listeners_stopped(),
+        ));
+    }
+    for listener in inbound.into_iter().chain(inbound6) {
         tokio::spawn(serve_captured_inbound(
-            inbound,
+            listener,
             proxy.clone(),
             rt.listeners_stopped(),
         ));
@@ -198,8 +215,69 @@ pub async fn run_with_identity(
     rt.identity = proxy.identity.clone();
     rt.spawn_operator(operator, admin);
     let inbound_desc = inbound_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    let ipv6_desc = match (ipv6_outbound, ipv6_inbound) {
+        (None, None) => String::new(),
+        (outbound, inbound) => format!(
+            " (IPv6: outbound {}, inbound {})",
+            outbound.map_or_else(|| "off".to_string(), |a| a.to_string()),
+            inbound.map_or_else(|| "off".to_string(), |a| a.to_string())
+        ),
+    };
     tracing::info!(
-        "sidecar ready: outbound {outbound_addr}, inbound {inbound_desc}, proxy {proxy_addr}, admin {admin_addr}, health {status_addr}, stats {stats_addr}"
+        "sidecar ready: outbound {outbound_addr}, inbound {inbound_desc}{ipv6_desc}, proxy {proxy_addr}, admin {admin_addr}, health {status_addr}, stats {stats_addr}"
     );
     rt.run_until_shutdown().await
+}
+
+/// The IPv6 twin of a capture listener: `[::]:port` with `IPV6_V6ONLY`, next to the `0.0.0.0`
+/// one. `sluice init` captures IPv6 whenever the namespace has a global IPv6 address, and
+/// ip6tables REDIRECT delivers those connections to an IPv6 address, which a `0.0.0.0` socket
+/// never sees. Keeping the families on separate sockets (rather than one dual-stack socket) means
+/// IPv4 connections keep plain IPv4 addresses (no `::ffff:a.b.c.d` in access logs, metrics or
+/// `SO_ORIGINAL_DST`).
+///
+/// `None` when the kernel has no IPv6 (nothing can be captured there), and for port 0 (an
+/// OS-chosen port that no iptables rule can point at).
+fn bind_ipv6_twin(port: u16, what: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if port == 0 {
+        return Ok(None);
+    }
+    let addr = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port);
+    let context = || format!("cannot listen on {addr} ({what}, IPv6)");
+    let socket = match Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP)) {
+        Ok(socket) => socket,
+        Err(e) if ipv6_unavailable(&e) => {
+            tracing::info!("no IPv6 in this kernel ({e}): {what} is IPv4 only");
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(context),
+    };
+    let listen = move || -> std::io::Result<std::net::TcpListener> {
+        socket.set_only_v6(true)?;
+        // As tokio's own bind does: a restarted sidecar must not wait out TIME_WAIT sockets.
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    match listen() {
+        Ok(std_listener) => Ok(Some(
+            tokio::net::TcpListener::from_std(std_listener).with_context(context)?,
+        )),
+        Err(e) if ipv6_unavailable(&e) => {
+            tracing::info!("IPv6 unavailable ({e}): {what} is IPv4 only");
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(context),
+    }
+}
+
+/// Errors that mean "this host has no IPv6", not "something is wrong".
+fn ipv6_unavailable(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT | libc::EADDRNOTAVAIL)
+    )
 }

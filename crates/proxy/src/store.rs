@@ -1,35 +1,104 @@
 //! The config store: watches `--config DIR`, keeps the last good version of every file, and
 //! publishes a freshly compiled [`Snapshot`] whenever the set of valid resources changes.
 //!
-//! A file that fails to decode or validate is reported and its previous good resources keep
-//! serving; a removed file removes its resources. Swapping the snapshot never blocks the data path:
-//! requests hold the `Arc<Snapshot>` they started with.
+//! Fail closed, never more open than the operator wrote:
+//! - a file that fails to decode or validate, or cannot be read (no permission, a FIFO, a
+//!   dangling link, too large), is reported and its last good version keeps serving; a removed
+//!   file removes its resources, a file emptied in place does not (delete it to withdraw);
+//! - the mesh config (`istio-system/istio`), once served, is only replaced by another valid one:
+//!   if it disappears from a file that still exists (truncated, edited out), the last good one
+//!   stays;
+//! - at startup, before the proxy has ever been ready, a refused or unreadable file that may hold
+//!   policy (mesh config, Sidecar, AuthorizationPolicy, PeerAuthentication, DestinationRule) keeps
+//!   the [`ConfigGate`] closed: the proxy is not ready and its data listeners refuse traffic until
+//!   the file is fixed;
+//! - in the watch loop, a file modified in the last [`SETTLE`] is read at the next pass, so a file
+//!   that is still being written is not applied half-written.
+//!
+//! The store runs on a thread of its own ([`ConfigStore::spawn`]): reading, decoding and
+//! compiling never run on the data-plane workers. Swapping the snapshot never blocks the data
+//! path: requests hold the `Arc<Snapshot>` they started with.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use sluice_api::{Diagnostic, Kind, Resource};
+use sluice_api::decode::{list_config_files, read_config_file};
+use sluice_api::{Diagnostic, Kind, Resource, Severity, Spec};
 use sluice_model::{compile, ProxyIdentity, Snapshot};
 
 /// How often the directory is re-read even without file-system events (events can be missed on
 /// some mounts, and a rescan of a small directory is cheap).
 const RESCAN_INTERVAL: Duration = Duration::from_millis(1000);
 
+/// A file modified more recently than this may still be being written: it is read at the next
+/// pass of the watch loop.
+pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// Stack of the config thread: decoding is bounded in depth, but compile and validation of a
+/// large config deserve more room than a tokio worker's 2 MiB.
+const CONFIG_THREAD_STACK: usize = 16 * 1024 * 1024;
+
+/// At most this many diagnostics are kept in the status (and logged) per publish: a pathological
+/// file must not turn into gigabytes of log or a `/config_dump` nobody can read.
+const MAX_STATUS_DIAGNOSTICS: usize = 200;
+
+/// Whether the data listeners may carry traffic. Closed until the configuration has been
+/// accepted once without a refused policy file; never closed again by a config change.
+#[derive(Debug)]
+pub struct ConfigGate {
+    open: AtomicBool,
+}
+
+impl ConfigGate {
+    /// A gate that carries traffic (proxies built without a config store, in tests).
+    pub fn open() -> ConfigGate {
+        ConfigGate {
+            open: AtomicBool::new(true),
+        }
+    }
+
+    /// A gate that refuses traffic until [`ConfigGate::set_open`].
+    pub fn closed() -> ConfigGate {
+        ConfigGate {
+            open: AtomicBool::new(false),
+        }
+    }
+
+    /// True when traffic may flow.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn set_open(&self) {
+        self.open.store(true, Ordering::Release);
+    }
+}
+
+impl Default for ConfigGate {
+    fn default() -> Self {
+        ConfigGate::open()
+    }
+}
+
 #[derive(Debug, Clone)]
 struct FileEntry {
-    content_hash: u64,
+    /// Hash of the bytes last read; `None` when the file could not be read.
+    content_hash: Option<u64>,
     /// The resources of the last version of this file that decoded and validated cleanly.
     good: Vec<Resource>,
     /// Problems of the current version on disk.
     diagnostics: Vec<Diagnostic>,
     /// True when the current version on disk was refused (and `good` is an older version).
     refused: bool,
+    /// The refused version may hold resources that make the proxy more restrictive.
+    may_hold_policy: bool,
 }
 
 /// What the admin API shows about the configuration.
@@ -39,9 +108,15 @@ pub struct StoreStatus {
     /// Files read, with the number of resources served from each and whether the version on disk
     /// was refused.
     pub files: Vec<FileStatus>,
-    /// Errors and warnings of the files as they are on disk now, and of the compiled snapshot.
+    /// Errors and warnings of the files as they are on disk now, and of the compiled snapshot
+    /// (at most [`MAX_STATUS_DIAGNOSTICS`]; `diagnostics_omitted` counts the rest).
     pub diagnostics: Vec<String>,
+    pub diagnostics_omitted: usize,
     pub generation: u64,
+    /// True once the configuration has been accepted; the data listeners carry traffic.
+    pub ready: bool,
+    /// Why the proxy is not ready (empty when ready).
+    pub not_ready: Vec<String>,
 }
 
 /// One config file's state.
@@ -57,12 +132,17 @@ pub struct ConfigStore {
     dir: PathBuf,
     proxy: ProxyIdentity,
     files: BTreeMap<PathBuf, FileEntry>,
+    /// Directories or entries that could not be inspected at the last scan.
+    hidden: Vec<Diagnostic>,
+    /// The mesh ConfigMap served last, kept when it disappears from the files.
+    mesh_last_good: Option<Resource>,
     /// First time each resource was seen, standing in for `creationTimestamp` when absent.
     first_seen: HashMap<(Kind, String, String), u64>,
     seen_counter: u64,
     generation: u64,
     snapshot: Arc<ArcSwap<Snapshot>>,
     status: Arc<ArcSwap<StoreStatus>>,
+    gate: Arc<ConfigGate>,
 }
 
 fn content_hash(bytes: &[u8]) -> u64 {
@@ -71,36 +151,51 @@ fn content_hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-fn is_config_file(path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if name.starts_with('.') || name.ends_with('~') {
-        return false;
-    }
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
+/// Kinds whose loss could leave the proxy more open than the operator wrote.
+const POLICY_KINDS: [&str; 6] = [
+    "ConfigMap",
+    "Sidecar",
+    "AuthorizationPolicy",
+    "PeerAuthentication",
+    "DestinationRule",
+    // A List may hold any of them.
+    "List",
+];
+
+/// Whether a refused file may hold policy: it names a policy kind, or no kind can be read from
+/// it at all (a syntax error early in the file, binary garbage).
+fn may_hold_policy(text: &str) -> bool {
+    let mut kinds = text.lines().filter_map(|line| {
+        let line = line.trim_start_matches([' ', '\t', '-', '{', ',']);
+        let rest = line
+            .strip_prefix("kind:")
+            .or_else(|| line.strip_prefix("\"kind\":"))?;
+        let value = rest.trim_start().trim_start_matches(['"', '\'']);
+        let end = value
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(value.len());
+        Some(&value[..end])
+    });
+    let mut any = false;
+    let policy = kinds.any(|k| {
+        any = true;
+        POLICY_KINDS.contains(&k)
+    });
+    policy || !any
 }
 
-fn list_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if hidden {
-            continue;
-        }
-        if path.is_dir() {
-            list_files(&path, out);
-        } else if is_config_file(&path) {
-            out.push(path);
-        }
-    }
+fn is_mesh_config(res: &Resource) -> bool {
+    matches!(res.spec, Spec::ConfigMap { mesh: Some(_), .. })
+        && (res.meta.namespace.as_str(), res.meta.name.as_str())
+            == sluice_model::mesh::MESH_CONFIGMAP
+}
+
+fn modified_within(path: &Path, window: Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age < window)
 }
 
 impl ConfigStore {
@@ -109,15 +204,19 @@ impl ConfigStore {
         ConfigStore {
             status: Arc::new(ArcSwap::from_pointee(StoreStatus {
                 config_dir: dir.display().to_string(),
+                not_ready: vec!["configuration not loaded yet".to_string()],
                 ..StoreStatus::default()
             })),
             dir,
             proxy,
             files: BTreeMap::new(),
+            hidden: Vec::new(),
+            mesh_last_good: None,
             first_seen: HashMap::new(),
             seen_counter: 0,
             generation: 0,
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            gate: Arc::new(ConfigGate::closed()),
         }
     }
 
@@ -131,18 +230,33 @@ impl ConfigStore {
         self.status.clone()
     }
 
+    /// The gate the data listeners check before carrying a connection.
+    pub fn gate(&self) -> Arc<ConfigGate> {
+        self.gate.clone()
+    }
+
     /// Re-reads the directory; recompiles and publishes if anything changed. Returns true if a
     /// new snapshot was published.
     pub fn rescan(&mut self) -> bool {
-        let mut paths = Vec::new();
-        list_files(&self.dir, &mut paths);
-        paths.sort();
-        let mut changed = self.generation == 0;
-        // Removed files take their resources with them.
+        self.scan(None).0
+    }
+
+    /// One pass: files modified within `settle` are left for a later pass. Returns whether a
+    /// snapshot was published and whether some file was left.
+    fn scan(&mut self, settle: Option<Duration>) -> (bool, bool) {
+        let listing = list_config_files(std::slice::from_ref(&self.dir));
+        let hidden = listing.diagnostics();
+        let mut changed = self.generation == 0 || hidden != self.hidden;
+        for d in hidden.iter().filter(|d| !self.hidden.contains(d)) {
+            tracing::error!("{d}; files under it keep their last good version");
+        }
+        self.hidden = hidden;
+        // Removed files take their resources with them, unless they may only be hidden by a
+        // directory that cannot be read.
         let removed: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|p| paths.binary_search(p).is_err())
+            .filter(|p| listing.files.binary_search(p).is_err() && !listing.may_hide(p))
             .cloned()
             .collect();
         for path in removed {
@@ -150,55 +264,119 @@ impl ConfigStore {
             self.files.remove(&path);
             changed = true;
         }
-        for path in paths {
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) => {
-                    // Vanished between listing and reading, or unreadable: try again next scan.
-                    tracing::debug!(file = %path.display(), "cannot read config file: {e}");
-                    continue;
-                }
-            };
-            let hash = content_hash(&bytes);
-            if self
-                .files
-                .get(&path)
-                .is_some_and(|f| f.content_hash == hash)
-            {
+        let mut pending = false;
+        for path in listing.files {
+            if settle.is_some_and(|w| modified_within(&path, w)) {
+                pending = true;
                 continue;
             }
-            changed = true;
-            let text = String::from_utf8_lossy(&bytes);
-            self.load_file(path, hash, &text);
+            match read_config_file(&path) {
+                Ok(bytes) => {
+                    let hash = content_hash(&bytes);
+                    if self
+                        .files
+                        .get(&path)
+                        .is_some_and(|f| f.content_hash == Some(hash))
+                    {
+                        continue;
+                    }
+                    changed = true;
+                    self.load_file(path, hash, bytes);
+                }
+                Err(message) => {
+                    if self.files.get(&path).is_some_and(|f| {
+                        f.content_hash.is_none()
+                            && f.diagnostics.len() == 1
+                            && f.diagnostics[0].message == message
+                    }) {
+                        continue;
+                    }
+                    changed = true;
+                    self.unreadable_file(path, message);
+                }
+            }
         }
         if changed {
             self.publish();
         }
-        changed
+        (changed, pending)
     }
 
-    fn load_file(&mut self, path: PathBuf, hash: u64, text: &str) {
-        let loaded = sluice_api::decode_str(&path, text);
+    fn unreadable_file(&mut self, path: PathBuf, message: String) {
+        let diagnostic = Diagnostic {
+            severity: Severity::Error,
+            file: path.display().to_string(),
+            line: 0,
+            resource: None,
+            field: String::new(),
+            message,
+        };
+        let previous = self.files.remove(&path);
+        let good = previous.map(|p| p.good).unwrap_or_default();
+        tracing::error!(
+            "{diagnostic}; {} resources from its last good version keep serving",
+            good.len()
+        );
+        self.files.insert(
+            path,
+            FileEntry {
+                content_hash: None,
+                good,
+                diagnostics: vec![diagnostic],
+                refused: true,
+                // Nothing can be known of a file that cannot be read.
+                may_hold_policy: true,
+            },
+        );
+    }
+
+    fn load_file(&mut self, path: PathBuf, hash: u64, bytes: Vec<u8>) {
+        let emptied = bytes.iter().all(u8::is_ascii_whitespace);
+        let text = String::from_utf8_lossy(&bytes);
+        let loaded = sluice_api::decode_str(&path, &text);
         let mut diagnostics = loaded.diagnostics;
         for res in &loaded.resources {
             diagnostics.extend(sluice_api::validate(res));
         }
+        let previous = self.files.remove(&path);
+        let had_resources = previous.as_ref().is_some_and(|p| !p.good.is_empty());
+        if emptied && had_resources {
+            // Most often a file caught between truncation and the write that follows; an
+            // operator who wants the resources gone deletes the file.
+            diagnostics.push(Diagnostic {
+                severity: Severity::Warning,
+                file: path.display().to_string(),
+                line: 0,
+                resource: None,
+                field: String::new(),
+                message: "file is empty; its last good version keeps serving (delete the file to withdraw its resources)".to_string(),
+            });
+        }
         let refused = diagnostics.iter().any(Diagnostic::is_error);
-        for d in &diagnostics {
+        for d in diagnostics.iter().take(MAX_STATUS_DIAGNOSTICS) {
             if d.is_error() {
                 tracing::error!("{d}");
             } else {
                 tracing::warn!("{d}");
             }
         }
-        let previous = self.files.remove(&path);
-        let good = if refused {
-            let kept = previous.map(|p| p.good).unwrap_or_default();
+        if diagnostics.len() > MAX_STATUS_DIAGNOSTICS {
             tracing::error!(
                 file = %path.display(),
-                "config file refused; {} resources from its last good version keep serving",
-                kept.len()
+                "{} more problems in this file not logged",
+                diagnostics.len() - MAX_STATUS_DIAGNOSTICS
             );
+        }
+        let keep_previous = refused || (emptied && had_resources);
+        let good = if keep_previous {
+            let kept = previous.map(|p| p.good).unwrap_or_default();
+            if refused {
+                tracing::error!(
+                    file = %path.display(),
+                    "config file refused; {} resources from its last good version keep serving",
+                    kept.len()
+                );
+            }
             kept
         } else {
             tracing::info!(file = %path.display(), resources = loaded.resources.len(), "config file loaded");
@@ -207,10 +385,11 @@ impl ConfigStore {
         self.files.insert(
             path,
             FileEntry {
-                content_hash: hash,
+                content_hash: Some(hash),
                 good,
                 diagnostics,
                 refused,
+                may_hold_policy: refused && may_hold_policy(&text),
             },
         );
     }
@@ -226,7 +405,7 @@ impl ConfigStore {
                 if let Some(first) = seen.get(&key) {
                     diags.push(Diagnostic::at(
                         res,
-                        sluice_api::Severity::Warning,
+                        Severity::Warning,
                         "metadata.name",
                         format!(
                             "{} {} is also defined in {first}; that definition is used",
@@ -244,6 +423,27 @@ impl ConfigStore {
                 out.push(res.clone());
             }
         }
+        // The mesh config only gives way to another valid one.
+        match out.iter().find(|r| is_mesh_config(r)) {
+            Some(mesh) => self.mesh_last_good = Some(mesh.clone()),
+            None => {
+                if let Some(mesh) = &self.mesh_last_good {
+                    let still_there = self.files.contains_key(mesh.origin.file.as_ref());
+                    if still_there {
+                        diags.push(Diagnostic::at(
+                            mesh,
+                            Severity::Warning,
+                            "data.mesh",
+                            "the mesh config is no longer in this file; its last good version keeps serving (delete the file, or write the ConfigMap with an empty mesh, to return to the defaults)".to_string(),
+                        ));
+                        out.push(mesh.clone());
+                    } else {
+                        tracing::info!("mesh config file removed; mesh defaults apply");
+                        self.mesh_last_good = None;
+                    }
+                }
+            }
+        }
         let first_seen = &self.first_seen;
         let order = |r: &Resource| {
             first_seen
@@ -259,6 +459,34 @@ impl ConfigStore {
         (out, diags)
     }
 
+    /// Why traffic must stay refused, while the proxy has not been ready yet.
+    fn blocking_reasons(&self) -> Vec<String> {
+        if self.gate.is_open() {
+            return Vec::new();
+        }
+        let files = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.refused && f.may_hold_policy && f.good.is_empty())
+            .map(|(path, f)| {
+                let first = f
+                    .diagnostics
+                    .iter()
+                    .find(|d| d.is_error())
+                    .map_or_else(String::new, |d| format!(" ({})", d.message));
+                format!(
+                    "{} was refused{first} and may hold mesh policy; traffic is refused until it is fixed",
+                    path.display()
+                )
+            });
+        let hidden = self.hidden.iter().filter(|d| d.is_error()).map(|d| {
+            format!(
+                "{d}; files under it may hold mesh policy, traffic is refused until it can be read"
+            )
+        });
+        files.chain(hidden).collect()
+    }
+
     fn publish(&mut self) {
         self.generation += 1;
         let (resources, mut diagnostics) = self.resources();
@@ -268,10 +496,20 @@ impl ConfigStore {
             "config applied: {}",
             snapshot.summary()
         );
-        for d in &snapshot.diagnostics {
+        for d in snapshot.diagnostics.iter().take(MAX_STATUS_DIAGNOSTICS) {
             tracing::warn!("{d}");
         }
         diagnostics.extend(snapshot.diagnostics.iter().cloned());
+        let not_ready = self.blocking_reasons();
+        for reason in &not_ready {
+            tracing::error!("not ready: {reason}");
+        }
+        let all: Vec<&Diagnostic> = self
+            .hidden
+            .iter()
+            .chain(self.files.values().flat_map(|f| f.diagnostics.iter()))
+            .chain(diagnostics.iter())
+            .collect();
         let status = StoreStatus {
             config_dir: self.dir.display().to_string(),
             files: self
@@ -283,24 +521,51 @@ impl ConfigStore {
                     refused: f.refused,
                 })
                 .collect(),
-            diagnostics: self
-                .files
-                .values()
-                .flat_map(|f| f.diagnostics.iter())
-                .chain(diagnostics.iter())
+            diagnostics: all
+                .iter()
+                .take(MAX_STATUS_DIAGNOSTICS)
                 .map(ToString::to_string)
                 .collect(),
+            diagnostics_omitted: all.len().saturating_sub(MAX_STATUS_DIAGNOSTICS),
             generation: self.generation,
+            ready: not_ready.is_empty(),
+            not_ready: not_ready.clone(),
         };
         self.snapshot.store(Arc::new(snapshot));
         self.status.store(Arc::new(status));
+        if not_ready.is_empty() && !self.gate.is_open() {
+            self.gate.set_open();
+            tracing::info!("configuration accepted; traffic flows");
+        }
     }
 
-    /// Watches the directory until `shutdown` resolves, rescanning on file-system events and every
+    /// Loads the directory on a thread of its own, then keeps watching it there until `stop`
+    /// says so. Returns once the first load has been published, so the caller starts with a
+    /// snapshot (or with the reasons the proxy is not ready).
+    pub async fn spawn(
+        mut self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+        let handle = std::thread::Builder::new()
+            .name("sluice-config".into())
+            .stack_size(CONFIG_THREAD_STACK)
+            .spawn(move || {
+                self.rescan();
+                let _ = loaded_tx.send(());
+                self.watch_blocking(stop);
+            })?;
+        loaded_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the config thread stopped while loading"))?;
+        Ok(handle)
+    }
+
+    /// Watches the directory until `stop` turns true, rescanning on file-system events and every
     /// [`RESCAN_INTERVAL`].
-    pub async fn watch(mut self, shutdown: impl std::future::Future<Output = ()>) {
+    fn watch_blocking(mut self, stop: tokio::sync::watch::Receiver<bool>) {
         use notify::Watcher;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(16);
         let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
             // A full channel already has a rescan queued.
             let _ = tx.try_send(());
@@ -321,19 +586,35 @@ impl ConfigStore {
                 None
             }
         };
-        let mut tick = tokio::time::interval(RESCAN_INTERVAL);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tick.tick() => {}
-                Some(()) = rx.recv() => {
-                    // Editors write files in several steps; let them finish.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    while rx.try_recv().is_ok() {}
-                }
+        let mut wait = RESCAN_INTERVAL;
+        while !*stop.borrow() {
+            if rx.recv_timeout(wait).is_ok() {
+                // Editors write files in several steps; let them finish.
+                std::thread::sleep(Duration::from_millis(50));
+                while rx.try_recv().is_ok() {}
             }
-            self.rescan();
+            if *stop.borrow() {
+                return;
+            }
+            let (_, pending) = self.scan(Some(SETTLE));
+            wait = if pending { SETTLE } else { RESCAN_INTERVAL };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_kinds_are_recognised_in_broken_text() {
+        assert!(may_hold_policy("kind: ConfigMap\nmetadata: {name: istio\n"));
+        assert!(may_hold_policy("- kind: AuthorizationPolicy\n"));
+        assert!(may_hold_policy("{\"kind\": \"Sidecar\", \"x\": [}"));
+        assert!(may_hold_policy("\u{0}\u{1}garbage: ["));
+        assert!(!may_hold_policy(
+            "kind: VirtualService\nspec: {hosts: [a}\n"
+        ));
+        assert!(!may_hold_policy("kind: ServiceEntry\n---\nkind: Gateway\n"));
     }
 }

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use sluice_model::policy::HashKey;
 use sluice_model::route::pick_weighted;
@@ -21,6 +21,7 @@ use crate::balancer::{source_ip_hash, CallResult, ClusterRuntime, EndpointGuard}
 use crate::context::{Proxy, Target};
 use crate::identity::principal_of;
 use crate::io::CountingStream;
+use crate::resolve::ResolveError;
 use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{
     BlockedProtocol, PeerLabels, Reporter, SecurityPolicy, ServiceLabels, TcpLabels,
@@ -206,8 +207,23 @@ fn plan_decision(proxy: &Proxy, decision: StreamDecision<'_>, port: u16) -> Plan
     }
 }
 
+/// Why a connection has no upstream address.
+enum NoUpstream {
+    /// No endpoint to pick, or nothing to route to (`UH`).
+    NoHost,
+    /// The endpoint's or the SNI's name did not resolve within the connect timeout (`DF`).
+    Dns(ResolveError),
+}
+
+impl From<ResolveError> for NoUpstream {
+    fn from(e: ResolveError) -> Self {
+        NoUpstream::Dns(e)
+    }
+}
+
 /// Where a connection goes: the cluster's balancer (`useSourceIp` hashing works for TCP too),
-/// or the original destination. The guard counts the connection as active on the endpoint.
+/// or the original destination. The guard counts the connection as active on the endpoint. A
+/// name resolved for the first time is waited for at most `connect_timeout`.
 ///
 /// A gateway has no original destination (the client connected to the gateway itself): an
 /// original-destination cluster (a wildcard or `resolution: NONE`/`DYNAMIC_DNS` ServiceEntry)
@@ -217,49 +233,41 @@ async fn upstream_addr(
     conn: &StreamConn,
     runtime: Option<&Arc<ClusterRuntime>>,
     gateway: bool,
-) -> Option<(SocketAddr, Option<EndpointGuard>)> {
+    connect_timeout: Duration,
+) -> Result<(SocketAddr, Option<EndpointGuard>), NoUpstream> {
     match runtime.filter(|rt| !rt.is_original_destination()) {
         None if gateway => {
-            let cluster = runtime?.cluster();
+            let cluster = runtime.ok_or(NoUpstream::NoHost)?.cluster();
             let port = cluster.port.target_port.unwrap_or(cluster.port.number);
             let Some(sni) = conn.sni.as_deref() else {
                 tracing::debug!(
                     "{}: a gateway cannot pass a connection without SNI to an original destination",
                     cluster.name
                 );
-                return None;
+                return Err(NoUpstream::NoHost);
             };
-            match proxy.resolver.resolve(sni, port).await {
-                // IPv4 preferred, as Istio's default DNS lookup family.
-                Ok(addrs) => addrs
-                    .iter()
-                    .find(|a| a.is_ipv4())
-                    .or(addrs.first())
-                    .map(|a| (*a, None)),
-                Err(e) => {
-                    tracing::debug!("{}: {e}", cluster.name);
-                    None
-                }
-            }
+            // IPv4 first, as Istio's default DNS lookup family.
+            let addrs = proxy.resolver.resolve(sni, connect_timeout).await?;
+            Ok((addrs.socket(0, port), None))
         }
         None => match &conn.target.host {
-            Some(h) => proxy
-                .resolver
-                .resolve(h, conn.target.addr.port())
-                .await
-                .ok()
-                .map(|a| (a[0], None)),
-            None => Some((conn.target.addr, None)),
+            Some(h) => {
+                let addrs = proxy.resolver.resolve(h, connect_timeout).await?;
+                Ok((addrs.socket(0, conn.target.addr.port()), None))
+            }
+            None => Ok((conn.target.addr, None)),
         },
         Some(rt) => {
             let hash = match rt.hash_policy().map(|h| h.key) {
                 Some(HashKey::SourceIp) => Some(source_ip_hash(conn.remote.ip())),
                 _ => None,
             };
-            let guard = rt.pick(hash, &[])?;
+            let guard = rt.pick(hash, &[]).ok_or(NoUpstream::NoHost)?;
             let ep = guard.endpoint();
-            let addr = proxy.endpoint_socket(&ep.address, ep.port, 0).await?;
-            Some((addr, Some(guard)))
+            let addr = proxy
+                .endpoint_socket(&ep.address, ep.port, 0, connect_timeout)
+                .await?;
+            Ok((addr, Some(guard)))
         }
     }
 }
@@ -411,8 +419,9 @@ async fn carry_out<S>(
     let mut flags = "UH";
     let mut held = None;
     let gateway = side.gateway_port.is_some();
-    let upstream = match upstream_addr(&proxy, &conn, runtime.as_ref(), gateway).await {
-        Some((addr, endpoint)) => {
+    let target = upstream_addr(&proxy, &conn, runtime.as_ref(), gateway, connect_timeout).await;
+    let upstream = match target {
+        Ok((addr, endpoint)) => {
             rec.upstream_host = Some(addr);
             // maxConnections: a TCP connection over the limit is refused (UO).
             match runtime
@@ -449,7 +458,13 @@ async fn carry_out<S>(
                 }
             }
         }
-        None => None,
+        Err(NoUpstream::NoHost) => None,
+        Err(NoUpstream::Dns(e)) => {
+            tracing::debug!("{cluster_name}: {e}");
+            flags = "DF";
+            rec.response_code_details = Some(Cow::Borrowed(e.details()));
+            None
+        }
     };
     let upstream = match (upstream, &security) {
         (

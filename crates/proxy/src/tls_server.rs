@@ -169,6 +169,23 @@ struct Failure {
     last_good: Option<Arc<Entry>>,
 }
 
+/// What every TLS server of sluice does beyond its settings:
+/// - the server's cipher-suite order wins over the client's for TLS 1.2 (as Envoy, which lists
+///   ECDHE-ECDSA/RSA with AES-GCM and ChaCha20 first): a client cannot steer the handshake to the
+///   weakest suite both allow. TLS 1.3 suites are all AEAD.
+/// - resumption: stateless tickets (TLS 1.2 tickets and TLS 1.3 PSK tickets, from rustls's
+///   rotating ticketer, a new key every 6 hours) plus rustls's in-memory session-ID cache for
+///   clients that do not take tickets. Like Envoy, tickets are per process: a restarted or another
+///   replica falls back to a full handshake.
+pub(crate) fn apply_server_preferences(config: &mut ServerConfig) {
+    config.ignore_client_order = true;
+    match ring::Ticketer::new() {
+        Ok(ticketer) => config.ticketer = ticketer,
+        // Only fails without a working random source; resumption by session ID still works.
+        Err(e) => tracing::warn!("TLS session tickets unavailable: {e}"),
+    }
+}
+
 /// A missing credential or a mode that does not terminate is a decision, not a broken update.
 fn keeps_last_good(tls: &ServerTls) -> bool {
     !matches!(
@@ -321,6 +338,7 @@ impl Entry {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(cert.clone());
+        apply_server_preferences(&mut config);
         // A terminated TLS server (protocol TLS) forwards bytes, not HTTP: no ALPN then, so a
         // client does not start HTTP/2 towards a backend that never agreed to it.
         if server.protocol == Protocol::Https || server.protocol.is_http() {

@@ -215,6 +215,7 @@ async fn drain_and_healthcheck_change_what_the_proxy_does() {
             kind: ProxyKind::Sidecar,
         },
     )
+    .await
     .unwrap();
     let proxy = Arc::new(Proxy::new(
         rt.snapshots.clone(),

@@ -263,7 +263,7 @@ fn service() -> Arc<Service> {
         ports: Vec::new(),
         mesh_external: false,
         resolution: Resolution::Static,
-        endpoints: Vec::new(),
+        endpoints: Vec::new().into(),
         export_to: ExportTo::All,
     })
 }

@@ -51,7 +51,8 @@ pub struct AnalyzeArgs {
     pub list_analyzers: bool,
 }
 
-/// Every message for `paths`, sorted by level, code and resource.
+/// Every message for `paths`, sorted by level, code and resource; a message repeated through a
+/// resource is given a few times, then summed up (`… and N more like this`).
 pub fn check(paths: &[PathBuf]) -> Vec<Message> {
     let loaded = load_paths(paths);
     let mut diags: Vec<Diagnostic> = loaded.diagnostics;
@@ -86,7 +87,7 @@ pub fn check(paths: &[PathBuf]) -> Vec<Message> {
     let mut out: Vec<Message> = diags.iter().map(analyze::from_diagnostic).collect();
     out.extend(analyze::analyze(&served));
     analyze::sort(&mut out);
-    out
+    analyze::summarize(out, sluice_api::diagnostics::MAX_ALIKE)
 }
 
 /// The JSON form of the messages, with istioctl's field names.

@@ -189,6 +189,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         admin_port: args.admin_port,
         status_port: 0,
         stats_port: 0,
+        downstream: Default::default(),
     })
     .await
 }

@@ -102,6 +102,35 @@ struct SidecarArgs {
     stats_port: u16,
     #[command(flatten)]
     mesh: MeshIdentityArgs,
+    #[command(flatten)]
+    downstream: DownstreamArgs,
+}
+
+/// Client-connection limits and graceful drain, shared by `sidecar` and `gateway`.
+#[derive(clap::Args, Debug)]
+struct DownstreamArgs {
+    /// Longest a client may take to send a request's headers (also ends HTTP/1.1 keep-alive
+    /// connections idle that long); a slower client is disconnected.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    request_headers_timeout: sluice_api::duration::Duration,
+    /// On SIGTERM, how long in-flight requests may finish (readiness 503, no new connections,
+    /// `connection: close` / GOAWAY) before the process exits; Istio's terminationDrainDuration.
+    #[arg(
+        long,
+        default_value = "5s",
+        value_name = "DURATION",
+        env = "TERMINATION_DRAIN_DURATION"
+    )]
+    termination_drain_duration: sluice_api::duration::Duration,
+}
+
+impl DownstreamArgs {
+    fn settings(&self) -> sluice_proxy::downstream::DownstreamSettings {
+        sluice_proxy::downstream::DownstreamSettings {
+            request_headers_timeout: self.request_headers_timeout.0,
+            drain_duration: self.termination_drain_duration.0,
+        }
+    }
 }
 
 /// The proxy's mesh identity (Istio's workload certificate), shared by `sidecar` and `gateway`.
@@ -173,6 +202,8 @@ struct GatewayArgs {
     service_account: Option<String>,
     #[command(flatten)]
     mesh: MeshIdentityArgs,
+    #[command(flatten)]
+    downstream: DownstreamArgs,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -272,6 +303,7 @@ fn main() -> ExitCode {
                 admin_port: args.admin_port,
                 status_port: args.status_port,
                 stats_port: args.stats_port,
+                downstream: args.downstream.settings(),
             };
             runtime().and_then(|rt| rt.block_on(sidecar::run_with_identity(opts, identity)))
         }
@@ -287,6 +319,7 @@ fn main() -> ExitCode {
                 status_port: args.status_port,
                 stats_port: args.stats_port,
                 bind: args.bind,
+                downstream: args.downstream.settings(),
             };
             runtime().and_then(|rt| rt.block_on(gateway::run_with_identity(opts, identity)))
         }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use sluice_api::diagnostics::{summarize, MAX_ALIKE};
 use sluice_api::{load_paths, validate, Diagnostic};
 
 /// Options of `sluice validate`.
@@ -14,7 +15,8 @@ pub struct ValidateArgs {
 
 /// Every problem found in `paths`, errors and warnings, in file order: decoding, each
 /// resource's own validation, then references between the resources that would be served
-/// (routes to unknown hosts or undefined subsets, …), which are warnings.
+/// (routes to unknown hosts or undefined subsets, …), which are warnings. A mistake repeated
+/// through a resource is reported a few times, then summed up (`… and N more like this`).
 pub fn check(paths: &[PathBuf]) -> Vec<Diagnostic> {
     let loaded = load_paths(paths);
     let mut out = loaded.diagnostics;
@@ -28,7 +30,7 @@ pub fn check(paths: &[PathBuf]) -> Vec<Diagnostic> {
     }
     out.extend(sluice_model::references::check(&served));
     out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
-    out
+    summarize(out, MAX_ALIKE)
 }
 
 /// Prints one line per problem; the exit code is 1 if any is an error.

@@ -6,14 +6,14 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sluice::init::{run, InitArgs};
+use sluice::init::{generate, run, InitArgs};
 
 /// The argv the Istio injector gives istio-init for a default pod.
 const INJECTED_POD_ARGV: &[&str] = &[
@@ -34,6 +34,11 @@ const INJECTED_POD_ARGV: &[&str] = &[
     "-d",
     "15090,15021,15020",
     "--log_output_level=default:info",
+];
+
+/// The `sluice init` line of docs/egress-control.md: no `--dual-stack`.
+const DOCS_ARGV: &[&str] = &[
+    "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "",
 ];
 
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -459,4 +464,140 @@ fn original_destination(stream: &TcpStream) -> SocketAddrV4 {
         Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
         u16::from_be(addr.sin_port),
     )
+}
+
+fn require_ip6tables() {
+    for (program, package) in [
+        ("ip6tables-save", "iptables"),
+        ("ip6tables-restore", "iptables"),
+    ] {
+        assert!(
+            find_program(program).is_some(),
+            "{program} not found: install the {package} package (needed by the init_netns tests)"
+        );
+    }
+}
+
+/// A veth pair `svc0`/`svc1`, both up, with `ipv6` (a `/64`) on `svc0` when given. Must run
+/// inside the namespace. Without an address, `svc0` still gets its link-local one.
+fn veth_pair(ipv6: Option<&str>) {
+    command_output(
+        "ip",
+        &[
+            "link", "add", "svc0", "type", "veth", "peer", "name", "svc1",
+        ],
+    );
+    if let Some(addr) = ipv6 {
+        // nodad: usable at once, without duplicate address detection's delay.
+        command_output("ip", &["-6", "addr", "add", addr, "dev", "svc0", "nodad"]);
+    }
+    command_output("ip", &["link", "set", "svc0", "up"]);
+    command_output("ip", &["link", "set", "svc1", "up"]);
+}
+
+fn nat6() -> String {
+    command_output("ip6tables-save", &["-t", "nat"])
+}
+
+/// The documented `sluice init` line, without `--dual-stack`, in a namespace with a global IPv6
+/// address: IPv6 is captured like IPv4 (istio-iptables would leave it uncaptured), the dry run
+/// says why, the sidecar's listener gets the connection with its original IPv6 destination, and
+/// `--cleanup` removes it all.
+#[test]
+fn global_ipv6_address_is_captured_without_dual_stack() {
+    require_ip6tables();
+    let netns = Netns::create("ipv6auto");
+    netns.enter(|| {
+        veth_pair(Some("fd00:db8:1::2/64"));
+
+        let dry = generate(&args(&[DOCS_ARGV, &["--dry-run"]].concat()))
+            .unwrap_or_else(|e| panic!("dry run: {e}"));
+        assert!(
+            dry.starts_with(
+                "# IPv6: global address fd00:db8:1::2 on svc0 → capturing IPv6 (ip6tables)\n"
+            ),
+            "{dry}"
+        );
+        assert!(dry.contains("# IPv6 (ip6tables-restore)\n"), "{dry}");
+        assert!(
+            !nat6().contains("ISTIO"),
+            "a dry run changed ip6tables:\n{}",
+            nat6()
+        );
+
+        apply(DOCS_ARGV);
+        apply(DOCS_ARGV);
+        let rules6 = nat6();
+        for rule in [
+            "-A OUTPUT -j ISTIO_OUTPUT",
+            "-A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN",
+            "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+            "-A ISTIO_OUTPUT -d ::1/128 -j RETURN",
+            "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+            "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+        ] {
+            assert_has_rule(&rules6, rule);
+        }
+        let lo = command_output("ip", &["-6", "addr", "show", "dev", "lo"]);
+        assert!(lo.contains("inet6 ::6/128"), "::6 missing on lo:\n{lo}");
+
+        // The app's IPv6 connection lands on the capture port, and the proxy's own
+        // `original_dst` (IP6T_SO_ORIGINAL_DST) names where it was going.
+        let listener = TcpListener::bind("[::]:15001").expect("bind [::]:15001");
+        let target: SocketAddr = "[fd00:db8:1::1]:80".parse().expect("address");
+        let mut app = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+            .expect("the connection to [fd00:db8:1::1]:80 is captured by the listener on 15001");
+        let (captured, _) = listener.accept().expect("accept the captured connection");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("tokio runtime");
+        let captured = runtime.block_on(async move {
+            captured.set_nonblocking(true).expect("nonblocking");
+            let stream = tokio::net::TcpStream::from_std(captured).expect("tokio stream");
+            let dst = sluice_proxy::io::original_dst(&stream).expect("original destination");
+            assert_eq!(dst, target);
+            stream.into_std().expect("back to std")
+        });
+        captured.set_nonblocking(false).expect("blocking");
+        app.write_all(b"ping").expect("write");
+        let mut buf = [0u8; 4];
+        (&captured).read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"ping");
+
+        apply(&[DOCS_ARGV, &["--cleanup"]].concat());
+        let after = nat6();
+        assert!(
+            !after.contains("ISTIO"),
+            "IPv6 rules left after --cleanup:\n{after}"
+        );
+        assert!(
+            rules_of(&after).is_empty(),
+            "IPv6 rules left after --cleanup:\n{after}"
+        );
+    });
+}
+
+/// Link-local IPv6 cannot leave the pod: no ip6tables rules, and the dry run says so.
+#[test]
+fn link_local_only_ipv6_gets_no_ipv6_rules() {
+    require_ip6tables();
+    let netns = Netns::create("ipv6local");
+    netns.enter(|| {
+        veth_pair(None);
+        let dry = generate(&args(&[DOCS_ARGV, &["--dry-run"]].concat()))
+            .unwrap_or_else(|e| panic!("dry run: {e}"));
+        assert!(
+            dry.starts_with("# IPv6: no global address → no IPv6 rules\n"),
+            "{dry}"
+        );
+        assert!(!dry.contains("ip6tables-restore"), "{dry}");
+        apply(DOCS_ARGV);
+        assert_has_rule(&saved("nat"), "-A ISTIO_OUTPUT -j ISTIO_REDIRECT");
+        assert!(
+            !nat6().contains("ISTIO"),
+            "IPv6 rules without a global address:\n{}",
+            nat6()
+        );
+    });
 }

@@ -4,10 +4,15 @@
 //! `serde_path_to_error` reports failures as a path; keeping a path → line table next to the value
 //! turns every such path back into a line of the user's file.
 
+mod limits;
+
 use std::collections::BTreeMap;
 
-use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use saphyr::{MarkedYaml, Scalar, ScanError, YamlData, YamlLoader};
+use saphyr_parser::{Parser, SpannedEventReceiver};
 use serde_json::{Map, Number, Value};
+
+pub use limits::{MAX_ALIAS_NODES, MAX_DEPTH, MAX_OBJECT_BYTES, MAX_TEXT_BYTES};
 
 /// Field path (`spec.http[0].timeout`) → 1-based line.
 pub(crate) type Positions = BTreeMap<String, u32>;
@@ -34,23 +39,18 @@ pub(crate) struct YamlError {
 ///
 /// A syntax error anywhere fails the whole text: the parser cannot tell where the broken document
 /// ends, so documents after it cannot be trusted, and a half-read file is worse than a reported one.
+/// So does a text beyond the bounds of [`limits`] (nesting depth, size, alias expansion).
 pub(crate) fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let nodes = MarkedYaml::load_from_str(text).map_err(|e| YamlError {
-        line: to_line(e.marker().line()),
-        message: format!(
-            "invalid YAML: {} (column {})",
-            e.info(),
-            e.marker().col() + 1
-        ),
-    })?;
+    let nodes = load(text)?;
     let mut docs = Vec::new();
+    let mut paths = PathBudget::for_text(text);
     for node in &nodes {
         if is_empty_document(node) {
             continue;
         }
         let mut positions = Positions::new();
-        let value = convert(node, "", &mut positions)?;
+        let value = convert(node, &mut positions, &mut paths)?;
         let line = first_key_line(node);
         add_camel_case_aliases(&mut positions);
         docs.push(Document {
@@ -60,6 +60,72 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
         });
     }
     Ok(docs)
+}
+
+/// Loads the documents of `text`, feeding saphyr's loader one parser event at a time after
+/// [`limits::Limits`] has checked it. (saphyr's own `load_from_str` drives the loader with a
+/// recursive descent, which is what overflowed the stack on deeply nested input.)
+fn load(text: &str) -> Result<Vec<MarkedYaml<'_>>, YamlError> {
+    let mut limits = limits::Limits::new(text)?;
+    let mut loader: YamlLoader<'_, MarkedYaml<'_>> = YamlLoader::default();
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.map_err(|e| scan_error(&e))?;
+        limits.check(&event, span)?;
+        loader.on_event(event, span);
+        if let Some(e) = loader.error() {
+            return Err(scan_error(e));
+        }
+    }
+    Ok(loader.into_documents())
+}
+
+fn scan_error(e: &ScanError) -> YamlError {
+    YamlError {
+        line: to_line(e.marker().line()),
+        message: format!(
+            "invalid YAML: {} (column {})",
+            e.info(),
+            e.marker().col() + 1
+        ),
+    }
+}
+
+/// Bounds the bytes of field paths recorded for one text. Each node's path repeats all of its
+/// ancestors' keys, so a deep document with long keys and many leaves would otherwise make the
+/// position table hundreds of times larger than the text. Real documents use about one byte of
+/// paths per byte of text, the `kind: List`s that `kubectl get -o yaml` prints up to about
+/// twenty (every path repeats `items[N].`); the bound leaves a margin above that.
+struct PathBudget {
+    left: usize,
+}
+
+impl PathBudget {
+    const PER_TEXT_BYTE: usize = 32;
+    const BASE: usize = 1024 * 1024;
+
+    fn for_text(text: &str) -> Self {
+        PathBudget {
+            left: text
+                .len()
+                .saturating_mul(Self::PER_TEXT_BYTE)
+                .saturating_add(Self::BASE),
+        }
+    }
+
+    fn take(&mut self, path: &str, line: u32) -> Result<(), YamlError> {
+        match self.left.checked_sub(path.len()) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(YamlError {
+                line,
+                message: "document has too many deeply nested fields with long names: its \
+                          field paths would take more than 32 times the size of the text"
+                    .to_string(),
+            }),
+        }
+    }
 }
 
 fn to_line(line: usize) -> u32 {
@@ -95,54 +161,106 @@ pub(crate) fn join(parent: &str, key: &str) -> String {
     }
 }
 
-fn convert(
-    node: &MarkedYaml<'_>,
-    path: &str,
-    positions: &mut Positions,
-) -> Result<Value, YamlError> {
-    match &node.data {
-        YamlData::Value(scalar) => Ok(scalar_to_json(scalar)),
-        YamlData::Representation(text, style, tag) => {
-            // Only produced when early parsing is off; resolve it the same way the loader would.
-            match Scalar::parse_from_cow_and_metadata(text.clone(), *style, tag.as_ref()) {
-                Some(s) => Ok(scalar_to_json(&s)),
-                None => Err(bad_value(node)),
-            }
+/// A collection being converted: its children are converted one at a time on an explicit stack,
+/// so nesting costs heap, not call stack (a recursive version took 4 KiB of stack per level).
+enum Frame<'a, 'y> {
+    Sequence {
+        items: &'a [MarkedYaml<'y>],
+        path: String,
+        out: Vec<Value>,
+    },
+    Mapping {
+        entries: Vec<(&'a MarkedYaml<'y>, &'a MarkedYaml<'y>)>,
+        /// Next entry to convert; past the entries, the next merge source.
+        next: usize,
+        path: String,
+        out: Map<String, Value>,
+        /// The key of the value being converted.
+        key: Option<String>,
+        /// `<<: *anchor` merge keys (YAML 1.1, which Kubernetes' decoder speaks): explicit keys
+        /// win over merged ones, so merges are applied after the explicit keys.
+        merges: Vec<&'a MarkedYaml<'y>>,
+        merging: Option<usize>,
+    },
+}
+
+/// What a frame asks for next.
+enum Step<'a, 'y> {
+    Child(&'a MarkedYaml<'y>, String),
+    Done(Value),
+}
+
+impl<'a, 'y> Frame<'a, 'y> {
+    /// The frame for a collection, or the value of a scalar.
+    fn open(
+        node: &'a MarkedYaml<'y>,
+        path: String,
+    ) -> Result<Result<Frame<'a, 'y>, Value>, YamlError> {
+        let mut node = node;
+        while let YamlData::Tagged(_, inner) = &node.data {
+            node = inner;
         }
-        YamlData::Sequence(items) => {
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let item_path = format!("{path}[{i}]");
-                positions.insert(item_path.clone(), to_line(item.span.start.line()));
-                out.push(convert(item, &item_path, positions)?);
-            }
-            Ok(Value::Array(out))
-        }
-        YamlData::Mapping(map) => {
-            let mut out = Map::new();
-            // `<<: *anchor` merge keys (YAML 1.1, which Kubernetes' decoder speaks): explicit
-            // keys win over merged ones, so merges are applied after the explicit keys.
-            let mut merges = Vec::new();
-            for (k, v) in map.iter() {
-                let key = key_to_string(k)?;
-                if key == "<<" {
-                    merges.push(v);
-                    continue;
+        Ok(match &node.data {
+            YamlData::Value(scalar) => Err(scalar_to_json(scalar)),
+            YamlData::Representation(text, style, tag) => {
+                // Only produced when early parsing is off; resolve it the same way the loader would.
+                match Scalar::parse_from_cow_and_metadata(text.clone(), *style, tag.as_ref()) {
+                    Some(s) => Err(scalar_to_json(&s)),
+                    None => return Err(bad_value(node)),
                 }
-                let key_path = join(path, &key);
-                positions.insert(key_path.clone(), to_line(k.span.start.line()));
-                let value = convert(v, &key_path, positions)?;
-                out.insert(key, value);
             }
-            for merge in merges {
-                let sources: Vec<&MarkedYaml<'_>> = match &merge.data {
-                    YamlData::Sequence(items) => items.iter().collect(),
-                    _ => vec![merge],
-                };
-                for source in sources {
-                    let Value::Object(merged) = convert(source, path, positions)? else {
+            YamlData::Sequence(items) => Ok(Frame::Sequence {
+                items,
+                out: Vec::with_capacity(items.len()),
+                path,
+            }),
+            YamlData::Mapping(map) => {
+                let mut entries = Vec::with_capacity(map.len());
+                let mut merges = Vec::new();
+                for (k, v) in map.iter() {
+                    if matches!(&k.data, YamlData::Value(Scalar::String(s)) if s == "<<") {
+                        match &v.data {
+                            YamlData::Sequence(items) => merges.extend(items.iter()),
+                            _ => merges.push(v),
+                        }
+                    } else {
+                        entries.push((k, v));
+                    }
+                }
+                Ok(Frame::Mapping {
+                    entries,
+                    next: 0,
+                    path,
+                    out: Map::new(),
+                    key: None,
+                    merges,
+                    merging: None,
+                })
+            }
+            YamlData::Tagged(..) | YamlData::Alias(_) | YamlData::BadValue => {
+                return Err(bad_value(node))
+            }
+        })
+    }
+
+    /// Takes the converted value of the child asked for last.
+    fn accept(&mut self, value: Value) -> Result<(), YamlError> {
+        match self {
+            Frame::Sequence { out, .. } => out.push(value),
+            Frame::Mapping {
+                out,
+                key,
+                merges,
+                merging,
+                ..
+            } => match (key.take(), *merging) {
+                (Some(k), _) => {
+                    out.insert(k, value);
+                }
+                (None, Some(i)) => {
+                    let Value::Object(merged) = value else {
                         return Err(YamlError {
-                            line: to_line(source.span.start.line()),
+                            line: to_line(merges[i].span.start.line()),
                             message: "a `<<` merge key must refer to a mapping".to_string(),
                         });
                     };
@@ -150,11 +268,92 @@ fn convert(
                         out.entry(k).or_insert(v);
                     }
                 }
-            }
-            Ok(Value::Object(out))
+                (None, None) => {}
+            },
         }
-        YamlData::Tagged(_, inner) => convert(inner, path, positions),
-        YamlData::Alias(_) | YamlData::BadValue => Err(bad_value(node)),
+        Ok(())
+    }
+
+    /// The next child to convert (its position recorded), or the finished value.
+    fn step(
+        &mut self,
+        positions: &mut Positions,
+        budget: &mut PathBudget,
+    ) -> Result<Step<'a, 'y>, YamlError> {
+        match self {
+            Frame::Sequence { items, path, out } => match items.get(out.len()) {
+                Some(item) => {
+                    let item_path = format!("{path}[{}]", out.len());
+                    let line = to_line(item.span.start.line());
+                    budget.take(&item_path, line)?;
+                    positions.insert(item_path.clone(), line);
+                    Ok(Step::Child(item, item_path))
+                }
+                None => Ok(Step::Done(Value::Array(std::mem::take(out)))),
+            },
+            Frame::Mapping {
+                entries,
+                next,
+                path,
+                out,
+                key,
+                merges,
+                merging,
+            } => {
+                if let Some((k, v)) = entries.get(*next).copied() {
+                    *next += 1;
+                    let name = key_to_string(k)?;
+                    let key_path = join(path, &name);
+                    let line = to_line(k.span.start.line());
+                    budget.take(&key_path, line)?;
+                    positions.insert(key_path.clone(), line);
+                    *key = Some(name);
+                    return Ok(Step::Child(v, key_path));
+                }
+                // Merge sources are converted at this mapping's own path.
+                let i = merging.map_or(0, |i| i + 1);
+                match merges.get(i).copied() {
+                    Some(source) => {
+                        *merging = Some(i);
+                        Ok(Step::Child(source, path.clone()))
+                    }
+                    None => Ok(Step::Done(Value::Object(std::mem::take(out)))),
+                }
+            }
+        }
+    }
+}
+
+fn convert(
+    node: &MarkedYaml<'_>,
+    positions: &mut Positions,
+    budget: &mut PathBudget,
+) -> Result<Value, YamlError> {
+    let mut stack = Vec::new();
+    let mut finished = match Frame::open(node, String::new())? {
+        Ok(frame) => {
+            stack.push(frame);
+            None
+        }
+        Err(value) => return Ok(value),
+    };
+    loop {
+        let Some(top) = stack.last_mut() else {
+            return Ok(finished.unwrap_or(Value::Null));
+        };
+        if let Some(value) = finished.take() {
+            top.accept(value)?;
+        }
+        match top.step(positions, budget)? {
+            Step::Child(child, path) => match Frame::open(child, path)? {
+                Ok(frame) => stack.push(frame),
+                Err(value) => finished = Some(value),
+            },
+            Step::Done(value) => {
+                stack.pop();
+                finished = Some(value);
+            }
+        }
     }
 }
 

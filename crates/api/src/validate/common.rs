@@ -52,13 +52,14 @@ pub(super) fn export_to(
         return;
     }
     let ns = r.namespace().to_string();
+    let has_dot = export_to.iter().any(|x| x == ".");
     let mut seen = BTreeSet::new();
     for (i, e) in export_to.iter().enumerate() {
         let path = format!("spec.exportTo[{i}]");
         // `.` is this namespace, so `[., <this namespace>]` is a duplicate.
         let key = if e == "." { ns.clone() } else { e.clone() };
         if seen.contains(&key) {
-            if key != *e || export_to.iter().any(|x| x == ".") && *e == ns {
+            if key != *e || has_dot && *e == ns {
                 r.error(
                     path,
                     format!("duplicate entries in exportTo: . and current namespace {ns}"),
@@ -203,7 +204,8 @@ pub(super) fn regex(re: &str, what: &str) -> Result<(), String> {
             "{what:?}: regex is too large, max length allowed is {MAX_REGEX_LEN}"
         ));
     }
-    match regex::Regex::new(re) {
+    // Compiled anchored, as the routes use it, so that what validation accepts always compiles.
+    match super::bounded_regex(&format!("^(?:{re})$")) {
         Ok(_) => Ok(()),
         Err(e) => {
             // The crate's message spans several lines with a caret diagram; keep the cause.

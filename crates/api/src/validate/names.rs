@@ -216,7 +216,10 @@ fn host_part(host: &str, is_gateway: bool, errs: &mut Vec<String>) {
     }
 }
 
-/// Istio's `host.Name.Matches`: equal, or one wildcard covers the other.
+/// Istio's `host.Name.Matches`: equal, or one wildcard covers the other. Validation asks
+/// [`super::host_index::HostIndex`] instead (linear, not pairwise); this is what it is tested
+/// against.
+#[cfg(test)]
 pub(super) fn host_matches(a: &str, b: &str) -> bool {
     match (a.strip_prefix('*'), b.strip_prefix('*')) {
         (Some(sa), Some(sb)) => {
@@ -232,7 +235,9 @@ pub(super) fn host_matches(a: &str, b: &str) -> bool {
     }
 }
 
-/// Istio's `host.Name.SubsetOf`: every name `a` matches is also matched by `b`.
+/// Istio's `host.Name.SubsetOf`: every name `a` matches is also matched by `b` (the definition
+/// [`super::host_index::HostIndex::covers`] is tested against).
+#[cfg(test)]
 pub(super) fn host_subset_of(a: &str, b: &str) -> bool {
     match (a.strip_prefix('*'), b.strip_prefix('*')) {
         (Some(sa), Some(sb)) => sa.ends_with(sb),

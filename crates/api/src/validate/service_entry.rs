@@ -11,6 +11,11 @@ use super::Report;
 const RESOLUTIONS: [&str; 5] = ["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"];
 const LOCATIONS: [&str; 2] = ["MESH_EXTERNAL", "MESH_INTERNAL"];
 
+/// Most host × port pairs in one ServiceEntry. Every pair is a service, and a cluster in every
+/// proxy that sees it (Istio has no bound; 3,000 hosts × 3,000 ports made nine million clusters
+/// and gigabytes per proxy). Real entries list tens of hosts with a few ports each.
+pub const MAX_HOST_PORTS: usize = 16_384;
+
 pub(super) fn check(r: &mut Report<'_>, se: &ServiceEntry) {
     if let Some(sel) = &se.workload_selector {
         workload_selector(r, "spec.workloadSelector", &sel.labels, "service entry");
@@ -24,6 +29,18 @@ pub(super) fn check(r: &mut Report<'_>, se: &ServiceEntry) {
 
     if se.hosts.is_empty() {
         r.error("spec.hosts", "service entry must have at least one host");
+    }
+    let services = se.hosts.len().saturating_mul(se.ports.len().max(1));
+    if services > MAX_HOST_PORTS {
+        r.error(
+            "spec.ports",
+            format!(
+                "{} hosts × {} ports make {services} services, each with its own clusters in \
+                 every proxy; at most {MAX_HOST_PORTS} are allowed in one ServiceEntry: split it",
+                se.hosts.len(),
+                se.ports.len()
+            ),
+        );
     }
     for (i, host) in se.hosts.iter().enumerate() {
         let path = format!("spec.hosts[{i}]");

@@ -8,7 +8,8 @@ use crate::networking::{
 };
 
 use super::common::{export_to, gateway_names, header_match_name, headers, regex, string_match};
-use super::names::{self, host_matches, host_subset_of, is_dns1123_label, is_ip};
+use super::host_index::HostIndex;
+use super::names::{self, is_dns1123_label, is_ip};
 use super::Report;
 
 /// The reserved gateway name for sidecars.
@@ -121,17 +122,18 @@ pub(super) fn check(r: &mut Report<'_>, vs: &VirtualService) {
             _ => {}
         }
     }
-    if all_hosts_valid {
-        for (i, a) in vs.hosts.iter().enumerate() {
-            for (j, b) in vs.hosts.iter().enumerate().skip(i + 1) {
-                if host_matches(a, b) {
-                    r.error(
-                        format!("spec.hosts[{j}]"),
-                        format!("duplicate hosts in virtual service: {a} & {b}"),
-                    );
-                }
-            }
+    // Istio reports every overlapping pair; one error per host that overlaps an earlier one
+    // (naming the first) says the same in linear time and output.
+    let mut hosts = HostIndex::new();
+    for (j, b) in vs.hosts.iter().enumerate() {
+        if let Some(i) = hosts.first_overlapping(b).filter(|_| all_hosts_valid) {
+            let a = &vs.hosts[i];
+            r.error(
+                format!("spec.hosts[{j}]"),
+                format!("duplicate hosts in virtual service: {a} & {b}"),
+            );
         }
+        hosts.insert(b);
     }
 
     if vs.http.is_empty() && vs.tcp.is_empty() && vs.tls.is_empty() {
@@ -163,6 +165,7 @@ pub(super) fn check(r: &mut Report<'_>, vs: &VirtualService) {
                     &format!("{mbase}.sniHosts[{k}]"),
                     sni_host,
                     vs,
+                    &hosts,
                     applies_to_gateway,
                 );
             }
@@ -214,7 +217,14 @@ fn subnets(r: &mut Report<'_>, subnets: &[String], base: &str) {
 }
 
 /// Each SNI host must be a name the VirtualService's hosts cover, or the rule can never match.
-fn sni_host_check(r: &mut Report<'_>, path: &str, sni: &str, vs: &VirtualService, gateway: bool) {
+fn sni_host_check(
+    r: &mut Report<'_>,
+    path: &str,
+    sni: &str,
+    vs: &VirtualService,
+    hosts: &HostIndex,
+    gateway: bool,
+) {
     let valid = if gateway || vs.gateways.is_empty() {
         names::wildcard_domain_for_gateway(true, sni)
     } else {
@@ -231,15 +241,31 @@ fn sni_host_check(r: &mut Report<'_>, path: &str, sni: &str, vs: &VirtualService
         }
         return;
     }
-    if !vs.hosts.iter().any(|h| host_subset_of(sni, h)) {
+    if !hosts.covers(sni) {
         r.error(
             path,
             format!(
                 "SNI host {sni:?} is not a compatible subset of any of the virtual service hosts: [{}]",
-                vs.hosts.join(", ")
+                some_of(&vs.hosts)
             ),
         );
     }
+}
+
+/// The first few of `items`, comma-separated, and how many more: a message must not grow with
+/// the size of the resource.
+fn some_of(items: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut out = items
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        out.push_str(&format!(", \u{2026} ({} more)", items.len() - SHOWN));
+    }
+    out
 }
 
 /// The route's name as Istio's messages print it: `"name"` or `#index`.

@@ -7,9 +7,10 @@
 //! wildcard ServiceEntry host has no cluster (503 NC). `exportTo` is not applied: a reference is
 //! reported only when it fails for every proxy.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_api::networking::{Destination, DestinationRule, VirtualService};
+use sluice_api::networking::{Destination, VirtualService};
 use sluice_api::{Resource, Spec};
 
 use super::{
@@ -18,20 +19,23 @@ use super::{
 };
 use crate::host;
 use crate::references::{
-    defined_subset, destination_rule_hosts, surprising_single_port, usual_port, vs_destinations,
-    DestinationRole as Role,
+    surprising_single_port, usual_port, vs_destinations, DestinationRole as Role, SubsetIndex,
 };
 use crate::registry::{self, Service};
 
 struct Context<'a> {
-    services: Vec<Arc<Service>>,
-    rules: Vec<(&'a Resource, &'a DestinationRule, String)>,
+    services: HashMap<Arc<str>, Arc<Service>>,
+    rules: SubsetIndex<'a>,
 }
 
 pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
+    let mut services = HashMap::new();
+    for svc in registry::services_from(resources) {
+        services.entry(svc.hostname.clone()).or_insert(svc);
+    }
     let ctx = Context {
-        services: registry::services_from(resources),
-        rules: destination_rule_hosts(resources),
+        services,
+        rules: SubsetIndex::new(resources),
     };
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
@@ -61,7 +65,7 @@ fn check_destination(
     let fqdn = host::resolve_short_name(written, &res.meta.namespace);
     let host_field = format!("{field}.host");
     if let Some(subset) = dest.subset.as_deref().filter(|s| !s.is_empty()) {
-        if defined_subset(&ctx.rules, &fqdn, subset).is_none() {
+        if ctx.rules.defined(&fqdn, subset).is_none() {
             let kind = if role == Role::Mirror {
                 "mirror+subset in destinationrule"
             } else {
@@ -78,7 +82,7 @@ fn check_destination(
             ));
         }
     }
-    let Some(svc) = ctx.services.iter().find(|s| *s.hostname == *fqdn) else {
+    let Some(svc) = ctx.services.get(fqdn.as_str()) else {
         let kind = if role == Role::Mirror {
             "mirror host"
         } else {
@@ -111,7 +115,17 @@ fn check_destination(
             // In a sidecar a portless destination uses the port the client called; at a gateway
             // that is the gateway's listening port, which the service rarely has (503 NC).
             if svc.ports.len() > 1 && binds_to_gateway(vs) {
-                let ports: Vec<u16> = svc.ports.iter().map(|p| p.number).collect();
+                // The list is Istio's message; past a few ports it only makes the output grow
+                // with the service's size for every route that names it.
+                let mut ports: Vec<String> = svc
+                    .ports
+                    .iter()
+                    .take(16)
+                    .map(|p| p.number.to_string())
+                    .collect();
+                if svc.ports.len() > 16 {
+                    ports.push(format!("\u{2026} ({} more)", svc.ports.len() - 16));
+                }
                 out.push(Message::at(
                     &VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
                     res,

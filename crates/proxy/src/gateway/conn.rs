@@ -11,9 +11,6 @@ use std::time::{Duration, SystemTime};
 
 use http::Request;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use sluice_model::gateway::{GatewayServer, ServerTlsMode};
 use sluice_model::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -260,11 +257,12 @@ async fn serve_http<S>(
         local,
         target: None,
     });
-    let svc = service_fn(move |req: Request<Incoming>| {
-        http_proxy::handle_gateway(proxy.clone(), downstream.clone(), gw.clone(), req)
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+    let lifecycle = proxy.lifecycle.clone();
+    let served =
+        crate::downstream::serve_http(stream, &lifecycle, move |req: Request<Incoming>| {
+            http_proxy::handle_gateway(proxy.clone(), downstream.clone(), gw.clone(), req)
+        });
+    if let Err(e) = served.await {
         tracing::debug!("gateway HTTP connection from {remote} ended: {e}");
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use sluice_model::gateway::ServerTlsMode;
 use sluice_model::Snapshot;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -20,6 +21,10 @@ use super::Gateway;
 
 /// How often the listener set looks for a new snapshot.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+/// How often ports that could not be bound, and server certificates that could not be loaded,
+/// are tried again without a configuration change (a port freed by another process, a Secret
+/// volume mounted late).
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(3);
 
 /// What `/listeners` and readiness report.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +33,8 @@ pub struct ListenerStatus {
     pub bound: Vec<(String, SocketAddr)>,
     /// Ports the snapshot wants that could not be bound, with the reason.
     pub failed: Vec<(u16, String)>,
+    /// Servers that terminate TLS but whose certificate cannot be loaded, with the reason.
+    pub tls_failed: Vec<(String, String)>,
     /// The snapshot generation these listeners were reconciled with.
     pub generation: u64,
 }
@@ -42,7 +49,7 @@ impl ListenerStatus {
     /// port it declares is bound. A later configuration change does not make the gateway
     /// unready while its listeners catch up (within [`FOLLOW_INTERVAL`]).
     pub fn is_ready(&self) -> bool {
-        self.generation > 0 && self.failed.is_empty()
+        self.generation > 0 && self.failed.is_empty() && self.tls_failed.is_empty()
     }
 
     /// Why [`is_ready`](Self::is_ready) is false.
@@ -54,6 +61,17 @@ impl ListenerStatus {
                 .map(|(port, reason)| format!("{port} ({reason})"))
                 .collect();
             return format!("gateway ports not bound: {}", ports.join("; "));
+        }
+        if !self.tls_failed.is_empty() {
+            let servers: Vec<String> = self
+                .tls_failed
+                .iter()
+                .map(|(server, reason)| format!("{server}: {reason}"))
+                .collect();
+            return format!(
+                "gateway server certificates not loaded: {}",
+                servers.join("; ")
+            );
         }
         if self.generation == 0 {
             return "gateway listeners not opened yet".to_string();
@@ -79,6 +97,9 @@ pub struct ListenerSet {
     gateway: Arc<Gateway>,
     open: BTreeMap<u16, Open>,
     status: Arc<ArcSwap<ListenerStatus>>,
+    /// Bind errors already logged at error level, so a retry every few seconds does not flood
+    /// the log.
+    reported: BTreeMap<u16, String>,
 }
 
 impl ListenerSet {
@@ -89,6 +110,7 @@ impl ListenerSet {
             gateway,
             open: BTreeMap::new(),
             status: Arc::new(ArcSwap::from_pointee(ListenerStatus::default())),
+            reported: BTreeMap::new(),
         }
     }
 
@@ -151,13 +173,23 @@ impl ListenerSet {
                     );
                 }
                 Err(e) => {
-                    tracing::error!(
-                        "cannot listen on {addr} for gateway port {port}: {e}; retrying with the next configuration change"
-                    );
-                    failed.push((port, e.to_string()));
+                    let reason = bind_failure(port, &e);
+                    if self.reported.get(&port) != Some(&reason) {
+                        tracing::error!(
+                            "cannot listen on {addr} for gateway port {port}: {reason}; retrying every {}s",
+                            RETRY_INTERVAL.as_secs()
+                        );
+                        self.reported.insert(port, reason.clone());
+                    }
+                    failed.push((port, reason));
+                    continue;
                 }
             }
+            if self.reported.remove(&port).is_some() {
+                tracing::info!("gateway port {port} bound after earlier failures");
+            }
         }
+        let tls_failed = self.check_certificates(snap);
         self.status.store(Arc::new(ListenerStatus {
             bound: self
                 .open
@@ -165,8 +197,42 @@ impl ListenerSet {
                 .map(|(port, o)| (listener_name(self.bind, *port), o.addr))
                 .collect(),
             failed,
+            tls_failed,
             generation: snap.generation,
         }));
+    }
+
+    /// Loads the certificate of every server that terminates TLS, so a missing or unreadable
+    /// file shows in readiness (and the log) before a client fails its handshake.
+    fn check_certificates(&self, snap: &Snapshot) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        for port in snap.gateway_ports() {
+            for server in &port.servers {
+                let terminates = server.tls.as_ref().is_some_and(|tls| {
+                    matches!(
+                        tls.mode,
+                        ServerTlsMode::Simple
+                            | ServerTlsMode::Mutual
+                            | ServerTlsMode::OptionalMutual
+                    )
+                });
+                if !terminates {
+                    continue;
+                }
+                if let Err(e) = self.gateway.tls.config_for(server) {
+                    let key = server.source.clone();
+                    self.gateway.warn_once(
+                        &key,
+                        &format!(
+                            "gateway server {}: TLS cannot be served: {e}",
+                            server.source
+                        ),
+                    );
+                    failed.push((server.source.to_string(), e.to_string()));
+                }
+            }
+        }
+        failed
     }
 
     /// Reconciles with every new snapshot until `shutdown` resolves, then closes every listener.
@@ -178,15 +244,18 @@ impl ListenerSet {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
         let mut applied = self.status.load().generation;
+        let mut last_try = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tick.tick() => {}
             }
             let snap = snapshots.load_full();
-            if snap.generation != applied {
+            let unready = !self.status.load().is_ready();
+            if snap.generation != applied || (unready && last_try.elapsed() >= RETRY_INTERVAL) {
                 self.reconcile(&snap).await;
                 applied = snap.generation;
+                last_try = tokio::time::Instant::now();
             }
         }
         self.close_all().await;
@@ -201,6 +270,7 @@ impl ListenerSet {
         self.status.rcu(|s| ListenerStatus {
             bound: Vec::new(),
             failed: Vec::new(),
+            tls_failed: Vec::new(),
             generation: s.generation,
         });
     }
@@ -212,6 +282,24 @@ impl Drop for ListenerSet {
         for open in self.open.values_mut() {
             drop(open.stop.take());
         }
+    }
+}
+
+/// Why a port could not be bound, with what the operator can do about it.
+fn bind_failure(port: u16, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied if port < 1024 => format!(
+            "{e}: ports below 1024 need CAP_NET_BIND_SERVICE (e.g. `setcap cap_net_bind_service=+ep $(command -v sluice)`, \
+             or AmbientCapabilities=CAP_NET_BIND_SERVICE in a systemd unit), or use a port of 1024 or above \
+             in the Gateway server and map it (Istio's gateways listen on 8080/8443 behind their Service)"
+        ),
+        std::io::ErrorKind::AddrInUse => {
+            format!("{e}: another process listens on this port; stop it or use another port")
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{e}: the bind address is not on this host (--bind)")
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -227,11 +315,19 @@ async fn accept_loop(
             _ = &mut stop => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    let Some(guard) = gateway.proxy.lifecycle.admit() else {
+                        crate::outbound::refuse_unready(remote, &format!("gateway port {port}"));
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let Some(local) = stream.local_addr().ok().or(fallback_local) else {
                         continue;
                     };
-                    tokio::spawn(serve_connection(gateway.clone(), stream, remote, local, port));
+                    let gateway = gateway.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        serve_connection(gateway, stream, remote, local, port).await;
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("accept on gateway port {port} failed: {e}");

@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::{IpNet, Ipv4Net};
 
+use super::ipv6::Ipv6Decision;
 use super::InitArgs;
 
 /// Defaults of istio-iptables (`tools/common/config/config.go` `DefaultConfig()`).
@@ -66,6 +67,28 @@ pub enum InitError {
         status: std::process::ExitStatus,
         /// Its stderr, plus the offending input line when iptables-restore names one.
         detail: String,
+    },
+    /// The namespace's IPv6 addresses could not be read, so nobody can tell whether IPv6 would
+    /// bypass the sidecar.
+    #[error("cannot tell whether this network namespace has IPv6 addresses: {}: {detail}", path.display())]
+    Ipv6Detection {
+        /// The file that was read (`/proc/thread-self/net/if_inet6`).
+        path: std::path::PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// IPv6 must be captured but its rules could not be set up. Failing here keeps the pod from
+    /// starting with IPv6 egress that bypasses the sidecar.
+    #[error(
+        "IPv6 must be captured ({reason}) but cannot be: {source}; refusing to leave IPv6 egress \
+         uncaptured (install ip6tables and the kernel's ip6table_nat support, or disable IPv6 in \
+         this namespace: sysctl -w net.ipv6.conf.all.disable_ipv6=1)"
+    )]
+    Ipv6Unprotected {
+        /// Why IPv6 is captured (`global address fd00::2 on eth0`, `--dual-stack`).
+        reason: String,
+        /// What failed.
+        source: Box<InitError>,
     },
 }
 
@@ -155,8 +178,9 @@ pub(crate) struct CaptureConfig {
     pub tproxy_route_table: u32,
     /// `--drop-invalid`.
     pub drop_invalid: bool,
-    /// Whether IPv6 rules are generated and applied (`--dual-stack`, or an IPv6 range in `-i`/`-x`).
-    pub ipv6: bool,
+    /// Whether IPv6 rules are generated and applied, and why: `--dual-stack` or an IPv6 range in
+    /// `-i`/`-x` decide it here; otherwise [`Ipv6Decision::with_namespace`] does before applying.
+    pub ipv6: Ipv6Decision,
     /// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`: what "localhost" means for IPv4 rules.
     pub ipv4_loopback: Ipv4Net,
     /// `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`.
@@ -261,8 +285,18 @@ impl CaptureConfig {
         let owner_groups =
             parse_owner_groups(&args.owner_groups_include, &args.owner_groups_exclude)?;
 
-        let has_ipv6_range = outbound_exclude.iter().any(|c| matches!(c, IpNet::V6(_)))
-            || matches!(&outbound_include, OutboundRanges::Cidrs(c) if c.iter().any(|c| matches!(c, IpNet::V6(_))));
+        let include_cidrs: &[IpNet] = match &outbound_include {
+            OutboundRanges::Cidrs(cidrs) => cidrs,
+            OutboundRanges::None | OutboundRanges::All => &[],
+        };
+        let first_ipv6 =
+            |cidrs: &[IpNet]| cidrs.iter().copied().find(|c| matches!(c, IpNet::V6(_)));
+        let ipv6_range = first_ipv6(include_cidrs)
+            .map(|range| ("-i/--istio-service-cidr", range))
+            .or_else(|| {
+                first_ipv6(&outbound_exclude)
+                    .map(|range| ("-x/--istio-service-exclude-cidr", range))
+            });
 
         Ok(CaptureConfig {
             proxy_port,
@@ -281,7 +315,7 @@ impl CaptureConfig {
             tproxy_mark,
             tproxy_route_table,
             drop_invalid: args.drop_invalid,
-            ipv6: args.dual_stack || has_ipv6_range,
+            ipv6: Ipv6Decision::from_flags(args.dual_stack, ipv6_range),
             ipv4_loopback,
             owner_groups,
         })
@@ -507,7 +541,7 @@ mod tests {
         assert_eq!(cfg.outbound_include, OutboundRanges::None);
         assert_eq!(cfg.tproxy_mark, 1337);
         assert_eq!(cfg.tproxy_route_table, 133);
-        assert!(!cfg.ipv6);
+        assert_eq!(cfg.ipv6, Ipv6Decision::NotRequested);
         assert_eq!(cfg.owner_groups, OwnerGroups::AllExcept(vec![]));
     }
 
@@ -597,12 +631,29 @@ mod tests {
 
     #[test]
     fn ipv6_follows_dual_stack_or_ipv6_ranges() {
-        assert!(config(&["--dual-stack"]).expect("valid").ipv6);
-        assert!(config(&["-x", "fd00::/8"]).expect("valid").ipv6);
-        assert!(
-            !config(&["-i", "*", "-x", "10.0.0.0/8"])
+        assert_eq!(
+            config(&["--dual-stack"]).expect("valid").ipv6,
+            Ipv6Decision::DualStackFlag
+        );
+        assert_eq!(
+            config(&["-x", "10.0.0.0/8,fd00::/8"]).expect("valid").ipv6,
+            Ipv6Decision::Ipv6Range {
+                flag: "-x/--istio-service-exclude-cidr",
+                range: "fd00::/8".parse().expect("cidr"),
+            }
+        );
+        let cfg = config(&["-i", "2001:db8::/32"]).expect("valid");
+        assert!(cfg.ipv6.captures());
+        assert_eq!(
+            cfg.ipv6.to_string(),
+            "-i/--istio-service-cidr lists the IPv6 range 2001:db8::/32"
+        );
+        // The flags alone leave it open: the namespace decides (see `ipv6`).
+        assert_eq!(
+            config(&["-i", "*", "-x", "10.0.0.0/8"])
                 .expect("valid")
-                .ipv6
+                .ipv6,
+            Ipv6Decision::NotRequested
         );
     }
 

@@ -3,8 +3,11 @@
 //! `cni/pkg/plugin/testdata/basic.txt.golden`; reference `ecosystem.md` §1.3–1.4), minus the DNS
 //! capture rules sluice does not generate.
 
+use std::path::Path;
+
 use super::config::CaptureConfig;
-use super::{render, rule_sets, InitArgs};
+use super::ipv6::NamespaceIpv6;
+use super::{config_for_namespace, render, report, rule_sets, InitArgs};
 
 /// The `--dry-run` output for `argv`, with an empty `-u` meaning 1337 whatever `/etc/passwd` says.
 fn rules_for(argv: &[&str]) -> String {
@@ -556,16 +559,125 @@ fn custom_ports_marks_and_loopback() {
     }
 }
 
+/// The `--dry-run` output for `argv` in a namespace whose `/proc/net/if_inet6` reads `if_inet6`
+/// (`None`: a kernel without IPv6).
+fn dry_run_in(argv: &[&str], if_inet6: Option<&str>) -> String {
+    let mut argv = argv.to_vec();
+    argv.push("--dry-run");
+    let args = InitArgs::try_parse_from(argv.iter().copied()).expect("flags parse");
+    assert!(args.dry_run);
+    let namespace = || match if_inet6 {
+        Some(text) => NamespaceIpv6::parse(text, Path::new("/proc/thread-self/net/if_inet6")),
+        None => Ok(NamespaceIpv6::Unsupported),
+    };
+    let cfg = config_for_namespace(&args, "1337", namespace).expect("flags are valid");
+    report(&cfg, &rule_sets(&cfg))
+}
+
+/// The `sluice init` line of docs/egress-control.md.
+const DOCS_ARGV: &[&str] = &[
+    "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "",
+];
+
+/// Loopback and a veth's link-local address: what every namespace with IPv6 enabled has.
+const IF_INET6_LOCAL_ONLY: &str = "\
+00000000000000000000000000000001 01 80 10 80       lo
+fe8000000000000000fc00fffe000001 04 40 20 80     eth0
+";
+
+/// The docs' capture for IPv4, and for IPv6 with `::6`/`::1` as its loopback addresses.
+fn docs_rules(family_v6: bool) -> String {
+    let (passthrough, owners, loopback) = if family_v6 {
+        (
+            "::6/128",
+            OWNER_1337.replace("127.0.0.1/32", "::1/128"),
+            "::1/128",
+        )
+    } else {
+        ("127.0.0.6/32", OWNER_1337.to_string(), "127.0.0.1/32")
+    };
+    format!(
+        "{NAT_HEAD}{NAT_REDIRECT_CHAINS}\
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -o lo -s {passthrough} -j RETURN
+{owners}\
+-A ISTIO_OUTPUT -d {loopback} -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_REDIRECT
+COMMIT
+"
+    )
+}
+
 #[test]
-fn generate_is_the_dry_run_output() {
+fn a_global_ipv6_address_means_ipv6_is_captured_like_ipv4() {
+    // No --dual-stack: istio-iptables would write IPv4 rules only and let IPv6 bypass the proxy.
+    let if_inet6 =
+        format!("{IF_INET6_LOCAL_ONLY}fd000000000000000000000000000002 04 40 00 80     eth0\n");
+    let expected = format!(
+        "# IPv6: global address fd00::2 on eth0 → capturing IPv6 (ip6tables)
+{}# IPv6 (ip6tables-restore)
+{}",
+        docs_rules(false),
+        docs_rules(true)
+    );
+    assert_eq!(dry_run_in(DOCS_ARGV, Some(&if_inet6)), expected);
+    // A documentation address on a second interface counts just as well.
+    let other = format!("{IF_INET6_LOCAL_ONLY}20010db8000000000000000000000002 05 40 00 80 net1\n");
+    assert!(dry_run_in(DOCS_ARGV, Some(&other))
+        .starts_with("# IPv6: global address 2001:db8::2 on net1 → capturing IPv6 (ip6tables)\n"));
+}
+
+#[test]
+fn without_a_global_ipv6_address_there_are_no_ipv6_rules() {
+    let expected = format!(
+        "# IPv6: no global address → no IPv6 rules\n{}",
+        docs_rules(false)
+    );
+    assert_eq!(dry_run_in(DOCS_ARGV, Some(IF_INET6_LOCAL_ONLY)), expected);
+    assert_eq!(dry_run_in(DOCS_ARGV, Some("")), expected);
+    assert_eq!(
+        dry_run_in(DOCS_ARGV, None),
+        format!(
+            "# IPv6: this kernel has no IPv6 → no IPv6 rules\n{}",
+            docs_rules(false)
+        )
+    );
+}
+
+#[test]
+fn ipv6_flags_decide_without_looking_at_the_namespace() {
+    let mut argv = DOCS_ARGV.to_vec();
+    argv.push("--dual-stack");
+    let listing = dry_run_in(&argv, None);
+    assert_eq!(
+        listing,
+        format!(
+            "# IPv6: --dual-stack → capturing IPv6 (ip6tables)\n{}# IPv6 (ip6tables-restore)\n{}",
+            docs_rules(false),
+            docs_rules(true)
+        )
+    );
+    let listing = dry_run_in(&["-u", "1337", "-i", "*", "-x", "fd00:1::/32"], Some(""));
+    assert!(
+        listing.starts_with(
+            "# IPv6: -x/--istio-service-exclude-cidr lists the IPv6 range fd00:1::/32 → capturing IPv6 (ip6tables)\n"
+        ),
+        "{listing}"
+    );
+}
+
+#[test]
+fn generate_is_the_dry_run_output_for_this_namespace() {
     let mut argv = INJECTED_POD_ARGV.to_vec();
     argv.push("--dry-run");
     let args = InitArgs::try_parse_from(argv).expect("flags parse");
-    assert!(args.dry_run);
-    assert_eq!(
-        super::generate(&args).expect("valid"),
-        rules_for(INJECTED_POD_ARGV)
-    );
+    let namespace = super::ipv6::detect().expect("read this namespace's IPv6 addresses");
+    let cfg = config_for_namespace(&args, "1337", || Ok(namespace.clone())).expect("valid");
+    // What the test machine has decides the comment; the IPv4 rules are the injected pod's.
+    let listing = super::generate(&args).expect("valid");
+    assert_eq!(listing, report(&cfg, &rule_sets(&cfg)));
+    assert!(listing.starts_with(&cfg.ipv6.comment()), "{listing}");
+    assert!(listing.contains(&rules_for(INJECTED_POD_ARGV)), "{listing}");
 }
 
 #[test]

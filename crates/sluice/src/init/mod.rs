@@ -10,8 +10,11 @@
 //! - `rules`: the rules, generated in istio-iptables order; printed as iptables-restore input.
 //! - `system`: applying them (`iptables-restore --noflush`, `ip rule`/`ip route` for TPROXY) and
 //!   removing them (`--cleanup`, and before every apply so that re-running is idempotent).
+//! - `ipv6`: whether IPv6 is captured too. Unlike istio-iptables, a namespace with a global IPv6
+//!   address gets ip6tables rules even without `--dual-stack`, so IPv6 never bypasses the sidecar.
 
 mod config;
+mod ipv6;
 mod rules;
 mod system;
 
@@ -20,6 +23,7 @@ use clap::Parser;
 
 pub use config::InitError;
 use config::{CaptureConfig, DEFAULT_PROXY_UID};
+use ipv6::{Ipv6Decision, NamespaceIpv6};
 use rules::{IpFamily, RuleSet};
 
 /// Arguments of `sluice init` (istio-iptables flags).
@@ -215,7 +219,8 @@ pub struct InitArgs {
     #[arg(long = "drop-invalid", env = "INVALID_DROP", value_parser = BoolishValueParser::new())]
     pub drop_invalid: bool,
 
-    /// Generate and apply IPv6 rules too (implied when -i/-x contain an IPv6 range).
+    /// Generate and apply IPv6 rules too (implied when -i/-x contain an IPv6 range, and when the
+    /// network namespace has a global IPv6 address: IPv6 is never left uncaptured).
     #[arg(long = "dual-stack", env = "ISTIO_DUAL_STACK", value_parser = BoolishValueParser::new())]
     pub dual_stack: bool,
 
@@ -293,13 +298,33 @@ fn default_proxy_uid() -> String {
         .unwrap_or_else(|| DEFAULT_PROXY_UID.to_string())
 }
 
-/// The rule sets (IPv4, then IPv6 when enabled) for validated flags.
+/// The rule sets (IPv4, then IPv6 when captured) for validated flags.
 fn rule_sets(cfg: &CaptureConfig) -> Vec<RuleSet> {
     let mut sets = vec![rules::build(cfg, IpFamily::V4)];
-    if cfg.ipv6 {
+    if cfg.ipv6.captures() {
         sets.push(rules::build(cfg, IpFamily::V6));
     }
     sets
+}
+
+/// Validates the flags and settles the IPv6 question by looking at the network namespace (read
+/// by `namespace`, only when the flags leave the question open).
+fn config_for_namespace(
+    args: &InitArgs,
+    default_proxy_uid: &str,
+    namespace: impl FnOnce() -> Result<NamespaceIpv6, InitError>,
+) -> Result<CaptureConfig, InitError> {
+    let mut cfg = CaptureConfig::from_args(args, default_proxy_uid)?;
+    if cfg.ipv6 == Ipv6Decision::NotRequested {
+        cfg.ipv6 = cfg.ipv6.with_namespace(&namespace()?);
+    }
+    Ok(cfg)
+}
+
+/// What `--dry-run` prints (and `sluice init` logs after applying): the IPv6 decision as a
+/// comment, then the rules.
+fn report(cfg: &CaptureConfig, sets: &[RuleSet]) -> String {
+    format!("{}{}", cfg.ipv6.comment(), render(sets))
 }
 
 /// The rules as iptables-restore input, IPv6 (if any) after a comment line.
@@ -314,27 +339,31 @@ fn render(sets: &[RuleSet]) -> String {
     out
 }
 
-/// The rules `args` produce, as `--dry-run` prints them. Validates the flags, touches nothing.
+/// The rules `args` produce in the calling thread's network namespace, as `--dry-run` prints
+/// them (IPv6 decision first). Validates the flags and reads the namespace's addresses; changes
+/// nothing.
 pub fn generate(args: &InitArgs) -> Result<String, InitError> {
-    let cfg = CaptureConfig::from_args(args, &default_proxy_uid())?;
-    Ok(render(&rule_sets(&cfg)))
+    let cfg = config_for_namespace(args, &default_proxy_uid(), ipv6::detect)?;
+    Ok(report(&cfg, &rule_sets(&cfg)))
 }
 
 /// Runs `sluice init`: validate the flags, then print (`--dry-run`), remove (`--cleanup`) or
 /// apply the rules. Applying replaces any existing ISTIO_* state, so it can be re-run.
 pub fn run(args: &InitArgs) -> anyhow::Result<()> {
-    let cfg = CaptureConfig::from_args(args, &default_proxy_uid())?;
     if args.cleanup {
+        // Cleanup removes IPv6 state whenever ip6tables is there: no need to look at addresses.
+        let cfg = CaptureConfig::from_args(args, &default_proxy_uid())?;
         if args.dry_run {
-            eprintln!("sluice init: dry run: would remove all ISTIO_* chains, the jumps to them and the TPROXY routing");
+            eprintln!("sluice init: dry run: would remove all ISTIO_* chains (IPv4 and IPv6), the jumps to them and the TPROXY routing");
         } else {
             system::cleanup(&cfg)?;
             eprintln!("sluice init: removed ISTIO_* chains and rules");
         }
         return Ok(());
     }
+    let cfg = config_for_namespace(args, &default_proxy_uid(), ipv6::detect)?;
     let sets = rule_sets(&cfg);
-    let text = render(&sets);
+    let text = report(&cfg, &sets);
     if !args.dry_run {
         system::apply(&cfg, &sets)?;
     }

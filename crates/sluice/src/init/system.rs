@@ -41,9 +41,42 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn require(program: &'static str, package: &'static str) -> Result<PathBuf, InitError> {
-    find_program(program, std::env::var_os("PATH").as_deref())
-        .ok_or(InitError::MissingProgram { program, package })
+/// Where programs are looked up: `$PATH` then the sbin directories; tests pass their own.
+pub(crate) struct ProgramLookup {
+    search_path: Option<std::ffi::OsString>,
+    fallbacks: bool,
+}
+
+impl ProgramLookup {
+    /// `$PATH`, then [`FALLBACK_DIRS`].
+    pub fn from_env() -> Self {
+        ProgramLookup {
+            search_path: std::env::var_os("PATH"),
+            fallbacks: true,
+        }
+    }
+
+    /// Only `dir`: lets tests stand for a host without some program.
+    #[cfg(test)]
+    pub fn only(dir: &Path) -> Self {
+        ProgramLookup {
+            search_path: Some(dir.as_os_str().to_owned()),
+            fallbacks: false,
+        }
+    }
+
+    fn require(&self, program: &'static str, package: &'static str) -> Result<PathBuf, InitError> {
+        let found = if self.fallbacks {
+            find_program(program, self.search_path.as_deref())
+        } else {
+            self.search_path
+                .iter()
+                .flat_map(std::env::split_paths)
+                .map(|dir| dir.join(program))
+                .find(|candidate| is_executable(candidate))
+        };
+        found.ok_or(InitError::MissingProgram { program, package })
+    }
 }
 
 /// The iptables programs of one address family.
@@ -54,16 +87,16 @@ struct Iptables {
 }
 
 impl Iptables {
-    fn locate(family: IpFamily) -> Result<Self, InitError> {
+    fn locate(family: IpFamily, lookup: &ProgramLookup) -> Result<Self, InitError> {
         let (iptables, save, restore) = match family {
             IpFamily::V4 => ("iptables", "iptables-save", "iptables-restore"),
             IpFamily::V6 => ("ip6tables", "ip6tables-save", "ip6tables-restore"),
         };
         // Look up restore first: it is the one the error message of a bare system should name.
-        let restore = require(restore, "iptables")?;
+        let restore = lookup.require(restore, "iptables")?;
         Ok(Iptables {
-            iptables: require(iptables, "iptables")?,
-            save: require(save, "iptables")?,
+            iptables: lookup.require(iptables, "iptables")?,
+            save: lookup.require(save, "iptables")?,
             restore,
         })
     }
@@ -335,9 +368,9 @@ struct IpRoute {
 }
 
 impl IpRoute {
-    fn locate(family: IpFamily) -> Result<Self, InitError> {
+    fn locate(family: IpFamily, lookup: &ProgramLookup) -> Result<Self, InitError> {
         Ok(IpRoute {
-            ip: require("ip", "iproute2")?,
+            ip: lookup.require("ip", "iproute2")?,
             family,
         })
     }
@@ -386,7 +419,7 @@ impl IpRoute {
 
 /// The families whose rules exist for `cfg`.
 fn families(cfg: &CaptureConfig) -> Vec<IpFamily> {
-    if cfg.ipv6 {
+    if cfg.ipv6.captures() {
         vec![IpFamily::V4, IpFamily::V6]
     } else {
         vec![IpFamily::V4]
@@ -405,13 +438,16 @@ fn removable_rules(cfg: &CaptureConfig, family: IpFamily) -> RuleSet {
 }
 
 /// Removes all ISTIO_* chains, the jumps to them, the built-in-chain rules `cfg` generates and the
-/// TPROXY policy routing. Succeeds when there is nothing to remove.
+/// TPROXY policy routing, in both families: IPv6 rules are removed whenever ip6tables can, since
+/// an earlier run may have captured IPv6 because of an address the namespace no longer has.
+/// Succeeds when there is nothing to remove.
 pub(crate) fn cleanup(cfg: &CaptureConfig) -> Result<(), InitError> {
+    let lookup = ProgramLookup::from_env();
     let mark = cfg.tproxy_mark.to_string();
     let table = cfg.tproxy_route_table.to_string();
     for family in [IpFamily::V4, IpFamily::V6] {
-        let required = family == IpFamily::V4 || cfg.ipv6;
-        let tools = match Iptables::locate(family) {
+        let required = family == IpFamily::V4 || cfg.ipv6.captures();
+        let tools = match Iptables::locate(family, &lookup) {
             Ok(tools) => tools,
             Err(e) if required => return Err(e),
             // No ip6tables: there can be no IPv6 rules to remove either.
@@ -423,48 +459,82 @@ pub(crate) fn cleanup(cfg: &CaptureConfig) -> Result<(), InitError> {
             // IPv6 disabled in this kernel/namespace: nothing of ours can be there.
             Err(_) => continue,
         }
-        if let Ok(ip) = IpRoute::locate(family) {
+        if let Ok(ip) = IpRoute::locate(family, &lookup) {
             ip.remove_tproxy_routing(&mark, &table);
         }
     }
     Ok(())
 }
 
-/// Replaces any existing ISTIO_* state with `sets` (one per family), then sets up TPROXY policy
-/// routing when inbound capture uses TPROXY.
-pub(crate) fn apply(cfg: &CaptureConfig, sets: &[RuleSet]) -> Result<(), InitError> {
-    // Find every program before changing anything, so a missing one leaves the pod untouched.
-    let tools: Vec<Iptables> = sets
+/// Everything `apply` runs, found before anything changes.
+struct ApplyTools {
+    iptables: Vec<Iptables>,
+    ip: Vec<IpRoute>,
+}
+
+/// Finds the programs `sets` need. A missing IPv6 program is an [`InitError::Ipv6Unprotected`]
+/// naming why IPv6 is captured: without it the pod's IPv6 egress would bypass the sidecar.
+fn locate_tools(
+    cfg: &CaptureConfig,
+    sets: &[RuleSet],
+    lookup: &ProgramLookup,
+) -> Result<ApplyTools, InitError> {
+    let iptables = sets
         .iter()
-        .map(|set| Iptables::locate(set.family))
+        .map(|set| Iptables::locate(set.family, lookup).map_err(|e| ipv6_error(cfg, set.family, e)))
         .collect::<Result<_, _>>()?;
     let tproxy_routing =
         cfg.mode == InterceptionMode::Tproxy && cfg.inbound_ports != InboundPorts::None;
-    let ip_tools: Vec<IpRoute> = if tproxy_routing || cfg.ipv6 {
+    let ip = if tproxy_routing || cfg.ipv6.captures() {
         families(cfg)
             .into_iter()
-            .map(IpRoute::locate)
+            .map(|family| IpRoute::locate(family, lookup).map_err(|e| ipv6_error(cfg, family, e)))
             .collect::<Result<_, _>>()?
     } else {
         Vec::new()
     };
+    Ok(ApplyTools { iptables, ip })
+}
+
+/// Says why an IPv6 step was needed when it fails; IPv4 errors are passed on as they are.
+fn ipv6_error(cfg: &CaptureConfig, family: IpFamily, error: InitError) -> InitError {
+    match family {
+        IpFamily::V4 => error,
+        IpFamily::V6 => InitError::Ipv6Unprotected {
+            reason: cfg.ipv6.to_string(),
+            source: Box::new(error),
+        },
+    }
+}
+
+/// Replaces any existing ISTIO_* state with `sets` (one per family), then sets up TPROXY policy
+/// routing when inbound capture uses TPROXY.
+pub(crate) fn apply(cfg: &CaptureConfig, sets: &[RuleSet]) -> Result<(), InitError> {
+    // Find every program before changing anything, so a missing one leaves the pod untouched.
+    let tools = locate_tools(cfg, sets, &ProgramLookup::from_env())?;
+    let tproxy_routing =
+        cfg.mode == InterceptionMode::Tproxy && cfg.inbound_ports != InboundPorts::None;
 
     cleanup(cfg)?;
-    for (set, tools) in sets.iter().zip(&tools) {
-        tools.restore(&set.to_restore())?;
+    for (set, iptables) in sets.iter().zip(&tools.iptables) {
+        iptables
+            .restore(&set.to_restore())
+            .map_err(|e| ipv6_error(cfg, set.family, e))?;
     }
 
-    for ip in &ip_tools {
+    for ip in &tools.ip {
         if ip.family == IpFamily::V6 {
             // The inbound passthrough binds ::6 as its source; unlike 127.0.0.0/8, IPv6 loopback
             // is a single address, so ::6 must be added to lo explicitly.
-            ip.run(&["addr", "replace", "::6/128", "dev", "lo"])?;
+            ip.run(&["addr", "replace", "::6/128", "dev", "lo"])
+                .map_err(|e| ipv6_error(cfg, IpFamily::V6, e))?;
         }
         if tproxy_routing {
             ip.add_tproxy_routing(
                 &cfg.tproxy_mark.to_string(),
                 &cfg.tproxy_route_table.to_string(),
-            )?;
+            )
+            .map_err(|e| ipv6_error(cfg, ip.family, e))?;
         }
     }
     Ok(())
@@ -472,6 +542,7 @@ pub(crate) fn apply(cfg: &CaptureConfig, sets: &[RuleSet]) -> Result<(), InitErr
 
 #[cfg(test)]
 mod tests {
+    use super::super::ipv6::Ipv6Decision;
     use super::*;
 
     const SAVED: &str = r#"# Generated by iptables-save v1.8.9 (nf_tables)
@@ -594,6 +665,76 @@ COMMIT
         };
         assert_eq!(
             err.to_string(),
+            "iptables-restore not found: install the iptables package"
+        );
+    }
+
+    /// A directory with executable stand-ins for `programs`.
+    fn fake_programs(programs: &[&str]) -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        for program in programs {
+            let path = dir.path().join(program);
+            std::fs::write(&path, "#!/bin/sh\nexit 0\n").expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        dir
+    }
+
+    fn docs_config(ipv6: Ipv6Decision) -> CaptureConfig {
+        let args = crate::init::InitArgs::try_parse_from([
+            "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "",
+        ])
+        .expect("flags parse");
+        let mut cfg = CaptureConfig::from_args(&args, "1337").expect("valid");
+        cfg.ipv6 = ipv6;
+        cfg
+    }
+
+    #[test]
+    fn a_global_ipv6_address_without_ip6tables_fails_closed() {
+        // A host with iptables and ip, but no ip6tables.
+        let dir = fake_programs(&["iptables", "iptables-save", "iptables-restore", "ip"]);
+        let lookup = ProgramLookup::only(dir.path());
+        let cfg = docs_config(Ipv6Decision::GlobalAddress {
+            addr: "2001:db8::2".parse().expect("address"),
+            interface: "eth0".into(),
+        });
+        let sets = crate::init::rule_sets(&cfg);
+        assert_eq!(sets.len(), 2, "IPv4 and IPv6 rule sets");
+        let msg = match locate_tools(&cfg, &sets, &lookup) {
+            Ok(_) => panic!("init must refuse to leave IPv6 uncaptured"),
+            Err(e) => e.to_string(),
+        };
+        for part in [
+            "IPv6 must be captured (global address 2001:db8::2 on eth0)",
+            "ip6tables-restore not found: install the iptables package",
+            "refusing to leave IPv6 egress uncaptured",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from: {msg}");
+        }
+
+        // Without a global address the same host is fine: nothing IPv6 is needed.
+        let cfg = docs_config(Ipv6Decision::NoGlobalAddress);
+        let sets = crate::init::rule_sets(&cfg);
+        assert_eq!(sets.len(), 1);
+        let tools = locate_tools(&cfg, &sets, &lookup)
+            .unwrap_or_else(|e| panic!("IPv4-only capture needs no ip6tables: {e}"));
+        assert_eq!(tools.iptables.len(), 1);
+        assert!(tools.ip.is_empty());
+    }
+
+    #[test]
+    fn ipv4_errors_are_not_blamed_on_ipv6() {
+        let dir = fake_programs(&[]);
+        let cfg = docs_config(Ipv6Decision::DualStackFlag);
+        let sets = crate::init::rule_sets(&cfg);
+        let msg = match locate_tools(&cfg, &sets, &ProgramLookup::only(dir.path())) {
+            Ok(_) => panic!("no programs at all must fail"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            msg,
             "iptables-restore not found: install the iptables package"
         );
     }
