@@ -245,6 +245,19 @@ impl Gateway {
         starts: &mut usize,
         args: Vec<String>,
     ) -> Gateway {
+        let mut gateway = Gateway::spawn(ns, dir, logs, starts, args);
+        gateway.wait_ready(logs);
+        gateway
+    }
+
+    /// Starts `sluice <args>` in `ns` without waiting for it to get ready.
+    pub(crate) fn spawn(
+        ns: &Netns,
+        dir: &Path,
+        logs: &LogBook,
+        starts: &mut usize,
+        args: Vec<String>,
+    ) -> Gateway {
         let mut cmd = ns.cmd(sluice_bin());
         cmd.args(&args);
         if let Some(level) = std::env::var_os("SLUICE_E2E_LOG") {
@@ -258,12 +271,18 @@ impl Gateway {
             format!("gateway-{starts}")
         };
         let proc = Proc::spawn(&label, cmd, dir, logs, None, libc::SIGTERM);
-        let mut gateway = Gateway {
+        Gateway {
             proc,
             netns: ns.name().to_string(),
             dir: dir.to_path_buf(),
             args,
-        };
+        }
+    }
+
+    /// Waits for `/healthz/ready` (20 s); panics with every log if the gateway exits or does not
+    /// get ready.
+    pub fn wait_ready(&mut self, logs: &LogBook) {
+        let gateway = self;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let r = gateway.local_get(STATUS_PORT, "/healthz/ready");
@@ -274,7 +293,7 @@ impl Gateway {
                 panic!(
                     "`sluice {}` in {} exited ({status}) before it got ready; last readiness probe:\n{r}\n{}",
                     gateway.args.join(" "),
-                    ns.name(),
+                    gateway.netns,
                     logs.dump(80)
                 );
             }
@@ -283,13 +302,12 @@ impl Gateway {
                     "`sluice {}` in {} did not answer 200 on http://127.0.0.1:{STATUS_PORT}/healthz/ready \
                      within {READY_TIMEOUT:?}; last probe:\n{r}\n{}",
                     gateway.args.join(" "),
-                    ns.name(),
+                    gateway.netns,
                     logs.dump(80)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        gateway
     }
 
     /// `GET` on one of the gateway's local ports (admin, status, stats) from inside its namespace.
@@ -373,6 +391,27 @@ impl Gateway {
     pub fn stop(&mut self) {
         self.proc.stop();
     }
+
+    /// Sends SIGTERM only (the gateway drains and exits on its own).
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        let rc = unsafe { libc::kill(self.proc.pid() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {}", self.proc.pid());
+    }
+
+    /// Waits up to `limit` for the gateway to exit; its exit status, or `None` if still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// One gateway test's world. Field order is teardown order: gateway, servers, namespaces,
@@ -384,6 +423,8 @@ pub struct GatewayEnv {
     pub client: Netns,
     pub gw: Netns,
     pub backend: Netns,
+    /// More namespaces on the hub (`add_host`), torn down before it.
+    extra_hosts: Vec<Netns>,
     pub hub: Netns,
     pub addrs: GatewayAddrs,
     /// The gateway's watched `--config` directory.
@@ -466,6 +507,7 @@ impl GatewayEnv {
             backend,
             hub,
             addrs,
+            extra_hosts: Vec::new(),
             config,
             certs,
             logs: LogBook::default(),
@@ -628,6 +670,61 @@ impl GatewayEnv {
         let args = self.gateway_args(labels);
         let gateway = Gateway::launch(&self.gw, &self.dir_path, &self.logs, &mut self.starts, args);
         self.gateway.insert(gateway)
+    }
+
+    /// Starts `sluice gateway` (labels `istio=ingressgateway`) without waiting for it to get
+    /// ready (to look at why it is not).
+    pub fn start_gateway_unready(&mut self) -> &mut Gateway {
+        assert!(
+            self.gateway.is_none(),
+            "a gateway is already running in this environment"
+        );
+        let args = self.gateway_args(GATEWAY_LABELS);
+        let gateway = Gateway::spawn(&self.gw, &self.dir_path, &self.logs, &mut self.starts, args);
+        self.gateway.insert(gateway)
+    }
+
+    /// The running gateway, mutable (to wait for it).
+    pub fn gateway_mut(&mut self) -> &mut Gateway {
+        self.gateway
+            .as_mut()
+            .expect("no gateway started: call start_gateway first")
+    }
+
+    /// Takes the running gateway out of the environment (the caller stops it, or drops it).
+    pub fn take_gateway(&mut self) -> Option<Gateway> {
+        self.gateway.take()
+    }
+
+    /// One more namespace on the hub with address `10.234.<slot>.<host>` (e.g. a second gateway
+    /// replica); its name ends with `role`. Returns its name.
+    pub fn add_host(&mut self, role: &str, host: u8) -> String {
+        let name = format!(
+            "{}{role}-{}",
+            self.slot.prefix(),
+            self.gw.name().rsplit('-').next().unwrap_or("x")
+        );
+        let ip = Ipv4Addr::new(10, 234, self.addrs.subnet, host);
+        let ns = crate::netns::wire_to_hub(&self.hub, &self.slot, &name, ip, &[]);
+        ns.set_resolv_conf(&format!(
+            "nameserver {}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\n\
+             options timeout:1 attempts:2\n",
+            self.addrs.dns
+        ));
+        self.extra_hosts.push(ns);
+        name
+    }
+
+    /// Starts `sluice gateway` (labels `istio=ingressgateway`, the environment's config) in the
+    /// namespace `add_host` made, and waits for it to get ready. The caller owns it.
+    pub fn spawn_gateway_in(&mut self, netns: &str) -> Gateway {
+        let ns = self
+            .extra_hosts
+            .iter()
+            .find(|n| n.name() == netns)
+            .unwrap_or_else(|| panic!("no namespace {netns} made by add_host"));
+        let args = self.gateway_args(GATEWAY_LABELS);
+        Gateway::launch(ns, &self.dir_path, &self.logs, &mut self.starts, args)
     }
 
     /// Stops the gateway (SIGTERM, then SIGKILL after 3 s).

@@ -72,6 +72,8 @@ pub struct SidecarOpts {
     pub labels: String,
     /// `--inbound-port`, when set.
     pub inbound_port: Option<u16>,
+    /// Wait for `/healthz/ready` after starting (default true).
+    pub wait_ready: bool,
 }
 
 impl SidecarOpts {
@@ -84,6 +86,7 @@ impl SidecarOpts {
             namespace: "default".into(),
             labels: "app=sleep".into(),
             inbound_port: None,
+            wait_ready: true,
         }
     }
 
@@ -96,6 +99,7 @@ impl SidecarOpts {
             namespace: "default".into(),
             labels: "app=sleep".into(),
             inbound_port: None,
+            wait_ready: true,
         }
     }
 
@@ -134,6 +138,12 @@ impl SidecarOpts {
     /// `--labels k=v,k=v`.
     pub fn labels(mut self, labels: &str) -> SidecarOpts {
         self.labels = labels.into();
+        self
+    }
+
+    /// Do not wait for readiness after starting (to look at why the sidecar is not ready).
+    pub fn without_waiting(mut self) -> SidecarOpts {
+        self.wait_ready = false;
         self
     }
 
@@ -295,7 +305,9 @@ pub fn launch(
         netns: ns.name().to_string(),
         dir: dir.to_path_buf(),
     };
-    sidecar.wait_ready(logs);
+    if sidecar.opts.wait_ready {
+        sidecar.wait_ready(logs);
+    }
     sidecar
 }
 

@@ -54,13 +54,14 @@ impl ListenerStatus {
 
     /// Why [`is_ready`](Self::is_ready) is false.
     pub fn not_ready_reason(&self) -> String {
+        let mut reasons = Vec::new();
         if !self.failed.is_empty() {
             let ports: Vec<String> = self
                 .failed
                 .iter()
                 .map(|(port, reason)| format!("{port} ({reason})"))
                 .collect();
-            return format!("gateway ports not bound: {}", ports.join("; "));
+            reasons.push(format!("gateway ports not bound: {}", ports.join("; ")));
         }
         if !self.tls_failed.is_empty() {
             let servers: Vec<String> = self
@@ -68,15 +69,15 @@ impl ListenerStatus {
                 .iter()
                 .map(|(server, reason)| format!("{server}: {reason}"))
                 .collect();
-            return format!(
+            reasons.push(format!(
                 "gateway server certificates not loaded: {}",
                 servers.join("; ")
-            );
+            ));
         }
-        if self.generation == 0 {
-            return "gateway listeners not opened yet".to_string();
+        if reasons.is_empty() && self.generation == 0 {
+            reasons.push("gateway listeners not opened yet".to_string());
         }
-        String::new()
+        reasons.join("\n")
     }
 }
 
@@ -335,5 +336,39 @@ async fn accept_loop(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_failures_say_what_to_do() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let msg = bind_failure(443, &denied);
+        assert!(msg.contains("CAP_NET_BIND_SERVICE"), "{msg}");
+        assert!(msg.contains("1024"), "{msg}");
+        // Above 1024 a permission error is not about privileged ports.
+        assert!(!bind_failure(8443, &denied).contains("CAP_NET_BIND_SERVICE"));
+        let busy = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert!(bind_failure(80, &busy).contains("another process"));
+    }
+
+    #[test]
+    fn readiness_names_every_cause() {
+        let status = ListenerStatus {
+            bound: Vec::new(),
+            failed: vec![(8080, "in use".into())],
+            tls_failed: vec![(
+                "Gateway istio-system/gw server 2".into(),
+                "no such file".into(),
+            )],
+            generation: 1,
+        };
+        assert!(!status.is_ready());
+        let reason = status.not_ready_reason();
+        assert!(reason.contains("8080 (in use)"), "{reason}");
+        assert!(reason.contains("no such file"), "{reason}");
     }
 }
