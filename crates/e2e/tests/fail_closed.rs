@@ -400,3 +400,55 @@ fn a_rolling_restart_of_a_gateway_under_load_fails_no_request() {
     });
     new.stop();
 }
+
+#[test]
+fn gateway_tls_prefers_the_server_cipher_order_and_resumes_sessions() {
+    let mut env = GatewayEnv::new("fail_closed_tls");
+    let (cert, key) = (env.certs.server.cert.clone(), env.certs.server.key.clone());
+    env.apply(
+        "gateway.yaml",
+        &gateway_yaml(&cert.to_string_lossy(), &key.to_string_lossy()),
+    );
+    env.start_gateway();
+    let connect = format!("{}:443", env.addrs.gateway);
+    let s_client = |extra: &[&str]| -> String {
+        let mut args = vec![
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            "httpbin.example.com",
+            "-tls1_2",
+        ];
+        args.extend_from_slice(extra);
+        let out = env
+            .client
+            .cmd("openssl")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // The client lists AES-128 first; the server's order (AES-256 first, as Envoy's) wins.
+    let out = s_client(&[
+        "-cipher",
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+         ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384",
+    ]);
+    assert!(
+        out.contains("AES256-GCM-SHA384"),
+        "server cipher preference not applied:\n{out}"
+    );
+    // Session resumption: a ticket from the first handshake is accepted by the second.
+    let sess = env.dir().join("tls12.sess");
+    let sess = sess.to_string_lossy();
+    let first = s_client(&["-sess_out", &sess]);
+    assert!(first.contains("New, TLSv1.2"), "{first}");
+    let second = s_client(&["-sess_in", &sess]);
+    assert!(second.contains("Reused, TLSv1.2"), "session not resumed:\n{second}");
+}
