@@ -369,12 +369,41 @@ fn respond(
     resp
 }
 
-fn respond_json(value: &serde_json::Value) -> Response<Full<Bytes>> {
-    match serde_json::to_string_pretty(value) {
-        Ok(mut s) => {
-            s.push('\n');
-            respond(StatusCode::OK, JSON, s)
+/// Largest admin response body: a pathological config must not make the admin port allocate
+/// without bound (and take the proxy with it).
+pub const MAX_ADMIN_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// A writer that refuses to grow past [`MAX_ADMIN_RESPONSE`].
+struct BoundedBuffer(Vec<u8>);
+
+impl std::io::Write for BoundedBuffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_ADMIN_RESPONSE {
+            return Err(io::Error::other("response too large"));
         }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn respond_json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut out = BoundedBuffer(Vec::new());
+    match serde_json::to_writer_pretty(&mut out, value) {
+        Ok(()) => {
+            out.0.push(b'\n');
+            respond(StatusCode::OK, JSON, out.0)
+        }
+        Err(e) if e.is_io() => respond(
+            StatusCode::INSUFFICIENT_STORAGE,
+            TEXT,
+            format!(
+                "the response would exceed {} MiB; not rendered (see the proxy's log for the config summary)\n",
+                MAX_ADMIN_RESPONSE / (1024 * 1024)
+            ),
+        ),
         Err(e) => respond(
             StatusCode::INTERNAL_SERVER_ERROR,
             TEXT,
@@ -976,6 +1005,15 @@ fn hex(c: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn admin_json_responses_are_bounded() {
+        let small = respond_json(&serde_json::json!({"a": 1}));
+        assert_eq!(small.status(), StatusCode::OK);
+        let huge = serde_json::Value::String("x".repeat(MAX_ADMIN_RESPONSE + 1));
+        let resp = respond_json(&huge);
+        assert_eq!(resp.status(), StatusCode::INSUFFICIENT_STORAGE);
+    }
     use super::*;
 
     #[test]
