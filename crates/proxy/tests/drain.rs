@@ -2,24 +2,19 @@
 //! flight finish, HTTP/1.1 responses carry `connection: close` (and the connection closes after
 //! them), HTTP/2 connections get a GOAWAY, and the open-connection count falls to zero.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sluice_model::{compile, ProxyIdentity, ProxyKind};
 use sluice_proxy::admin::DrainSignal;
 use sluice_proxy::downstream::Lifecycle;
 use sluice_proxy::gateway::listeners::ListenerSet;
-use sluice_proxy::gateway::{gateway_proxy, Gateway};
-use sluice_proxy::telemetry::metrics::Metrics;
-use sluice_proxy::telemetry::{AccessLogConfig, AccessLogger};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -48,11 +43,7 @@ async fn upstream() -> SocketAddr {
 /// A gateway on a free loopback port routing everything to [`upstream`], draining on `drain`.
 async fn gateway(drain: DrainSignal) -> (SocketAddr, Lifecycle, ListenerSet) {
     let up = upstream().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let yaml = format!(
         r#"
 apiVersion: networking.istio.io/v1
@@ -86,40 +77,9 @@ spec:
 "#,
         up_port = up.port()
     );
-    let loaded = sluice_api::decode_str(Path::new("t.yaml"), &yaml);
-    assert!(loaded.diagnostics.iter().all(|d| !d.is_error()));
-    let labels: sluice_api::networking::Labels =
-        [("istio".to_string(), "ingressgateway".to_string())]
-            .into_iter()
-            .collect();
-    let snap = compile(
-        &loaded.resources,
-        &ProxyIdentity {
-            namespace: "istio-system".into(),
-            labels: labels.clone(),
-            service_account: None,
-            kind: ProxyKind::Gateway,
-        },
-        1,
-    );
-    let metrics = Arc::new(Metrics::new("test"));
-    let snapshots = Arc::new(ArcSwap::from_pointee(snap));
-    let mut proxy = gateway_proxy(
-        snapshots.clone(),
-        AccessLogger::new(AccessLogConfig {
-            path: None,
-            ..Default::default()
-        })
-        .unwrap(),
-        metrics.clone(),
-        "istio-system",
-        &labels,
-    );
     let lifecycle = Lifecycle::new(Default::default(), drain, Default::default());
-    proxy.lifecycle = lifecycle.clone();
-    let gateway = Arc::new(Gateway::new(Arc::new(proxy), &metrics));
-    let mut listeners = ListenerSet::new("127.0.0.1".parse().unwrap(), gateway);
-    listeners.reconcile(&snapshots.load_full()).await;
+    let (_log, access_log) = common::file_access_log();
+    let listeners = common::loopback_gateway(&yaml, access_log, lifecycle.clone()).await;
     (
         format!("127.0.0.1:{port}").parse().unwrap(),
         lifecycle,

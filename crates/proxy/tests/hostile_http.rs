@@ -3,9 +3,10 @@
 //! failure, never input to outlier detection. Real sockets on loopback: a sluice forward proxy
 //! or gateway in front of a hyper upstream, and a raw TCP client that writes what curl will not.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,14 +16,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use sluice_model::{compile, ProxyIdentity, ProxyKind};
+use sluice_model::ProxyKind;
 use sluice_proxy::context::Proxy;
 use sluice_proxy::downstream::{DownstreamSettings, Lifecycle};
-use sluice_proxy::gateway::listeners::ListenerSet;
-use sluice_proxy::gateway::{gateway_proxy, Gateway};
 use sluice_proxy::outbound::serve_forward_proxy;
 use sluice_proxy::telemetry::metrics::Metrics;
-use sluice_proxy::telemetry::{AccessLogConfig, AccessLogEncoding, AccessLogger};
+use sluice_proxy::telemetry::AccessLogger;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -80,24 +79,6 @@ spec:
       maxEjectionPercent: 100
 "#;
 
-fn snapshot(yaml: &str, kind: ProxyKind, namespace: &str) -> sluice_model::Snapshot {
-    let loaded = sluice_api::decode_str(Path::new("test.yaml"), yaml);
-    assert!(
-        loaded.diagnostics.iter().all(|d| !d.is_error()),
-        "{:?}",
-        loaded.diagnostics
-    );
-    let identity = ProxyIdentity {
-        namespace: namespace.into(),
-        labels: [("istio".to_string(), "ingressgateway".to_string())]
-            .into_iter()
-            .collect(),
-        service_account: None,
-        kind,
-    };
-    compile(&loaded.resources, &identity, 1)
-}
-
 struct Harness {
     addr: SocketAddr,
     upstream_requests: Arc<AtomicUsize>,
@@ -113,27 +94,16 @@ impl Harness {
     }
 }
 
-fn access_log() -> (tempfile::NamedTempFile, AccessLogger) {
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let access_log = AccessLogger::new(AccessLogConfig {
-        path: Some(log.path().to_path_buf()),
-        encoding: AccessLogEncoding::Text,
-        format: None,
-    })
-    .unwrap();
-    (log, access_log)
-}
-
 /// A forward proxy in front of [`upstream`] with outlier detection on, whose clients get
 /// `settings`.
 async fn forward_proxy(settings: DownstreamSettings) -> Harness {
     let (up, upstream_requests) = upstream().await;
-    let snap = snapshot(
+    let snap = common::compile_yaml(
         &SERVICE.replace("PORT", &up.port().to_string()),
         ProxyKind::Sidecar,
         "default",
     );
-    let (log, access_log) = access_log();
+    let (log, access_log) = common::file_access_log();
     let mut proxy = Proxy::new(
         Arc::new(ArcSwap::from_pointee(snap)),
         access_log.clone(),
@@ -334,10 +304,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_refuses_http11_without_host_and_with_two_hosts() {
     let (up, upstream_requests) = upstream().await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = common::free_port();
     let yaml = format!(
         "{}---{}",
         SERVICE
@@ -345,22 +312,8 @@ async fn the_gateway_refuses_http11_without_host_and_with_two_hosts() {
             .replace("namespace: default", "namespace: istio-system"),
         GATEWAY.replace("GWPORT", &port.to_string())
     );
-    let snap = snapshot(&yaml, ProxyKind::Gateway, "istio-system");
-    let (_log, access_log) = access_log();
-    let metrics = Arc::new(Metrics::new("test"));
-    let snapshots = Arc::new(ArcSwap::from_pointee(snap));
-    let proxy = Arc::new(gateway_proxy(
-        snapshots.clone(),
-        access_log,
-        metrics.clone(),
-        "istio-system",
-        &[("istio".to_string(), "ingressgateway".to_string())]
-            .into_iter()
-            .collect(),
-    ));
-    let gateway = Arc::new(Gateway::new(proxy, &metrics));
-    let mut listeners = ListenerSet::new("127.0.0.1".parse().unwrap(), gateway);
-    listeners.reconcile(&snapshots.load_full()).await;
+    let (_log, access_log) = common::file_access_log();
+    let _listeners = common::loopback_gateway(&yaml, access_log, Default::default()).await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     let (status, text) = exchange(

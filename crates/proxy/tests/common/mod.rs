@@ -161,3 +161,77 @@ impl Telemetry {
         None
     }
 }
+
+/// Labels of the loopback gateways below: `istio=ingressgateway`.
+pub fn gateway_labels() -> sluice_api::networking::Labels {
+    [("istio".to_string(), "ingressgateway".to_string())]
+        .into_iter()
+        .collect()
+}
+
+/// Compiles `yaml` (which must be valid) for a proxy of `kind` in `namespace` with
+/// [`gateway_labels`].
+pub fn compile_yaml(yaml: &str, kind: sluice_model::ProxyKind, namespace: &str) -> Snapshot {
+    let loaded = sluice_api::decode_str(std::path::Path::new("test.yaml"), yaml);
+    assert!(
+        loaded.diagnostics.iter().all(|d| !d.is_error()),
+        "{:?}",
+        loaded.diagnostics
+    );
+    let identity = sluice_model::ProxyIdentity {
+        namespace: namespace.into(),
+        labels: gateway_labels(),
+        service_account: None,
+        kind,
+    };
+    sluice_model::compile(&loaded.resources, &identity, 1)
+}
+
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A gateway in `istio-system` serving the Gateways and routes of `yaml` on 127.0.0.1, with
+/// `lifecycle` (config gate, drain). Keep the returned listeners alive while testing.
+pub async fn loopback_gateway(
+    yaml: &str,
+    access_log: AccessLogger,
+    lifecycle: sluice_proxy::downstream::Lifecycle,
+) -> sluice_proxy::gateway::listeners::ListenerSet {
+    let snap = compile_yaml(yaml, sluice_model::ProxyKind::Gateway, "istio-system");
+    let metrics = Arc::new(Metrics::new("test"));
+    let snapshots = Arc::new(ArcSwap::from_pointee(snap));
+    let mut proxy = sluice_proxy::gateway::gateway_proxy(
+        snapshots.clone(),
+        access_log,
+        metrics.clone(),
+        "istio-system",
+        &gateway_labels(),
+    );
+    proxy.lifecycle = lifecycle;
+    let gateway = Arc::new(sluice_proxy::gateway::Gateway::new(
+        Arc::new(proxy),
+        &metrics,
+    ));
+    let mut listeners =
+        sluice_proxy::gateway::listeners::ListenerSet::new("127.0.0.1".parse().unwrap(), gateway);
+    listeners.reconcile(&snapshots.load_full()).await;
+    listeners
+}
+
+/// An access log written to a temporary file (TEXT, Istio's default format).
+pub fn file_access_log() -> (tempfile::NamedTempFile, AccessLogger) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let access_log = AccessLogger::new(AccessLogConfig {
+        path: Some(log.path().to_path_buf()),
+        encoding: AccessLogEncoding::Text,
+        format: None,
+    })
+    .unwrap();
+    (log, access_log)
+}
