@@ -450,5 +450,8 @@ fn gateway_tls_prefers_the_server_cipher_order_and_resumes_sessions() {
     let first = s_client(&["-sess_out", &sess]);
     assert!(first.contains("New, TLSv1.2"), "{first}");
     let second = s_client(&["-sess_in", &sess]);
-    assert!(second.contains("Reused, TLSv1.2"), "session not resumed:\n{second}");
+    assert!(
+        second.contains("Reused, TLSv1.2"),
+        "session not resumed:\n{second}"
+    );
 }
