@@ -11,6 +11,7 @@ pub mod networking;
 pub mod resource;
 pub mod security;
 pub mod validate;
+pub mod work;
 
 pub use decode::{decode_bytes, decode_file, decode_str, load_paths, LoadResult};
 pub use resource::{Diagnostic, Kind, ObjectMeta, Origin, Resource, Severity, Spec};

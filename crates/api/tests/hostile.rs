@@ -241,3 +241,109 @@ fn a_regex_that_compiles_huge_is_refused() {
     );
     assert!(errors[0].contains("exceeds size limit"), "{}", errors[0]);
 }
+
+/// Steps (see [`sluice_api::work`]) that `work(n)` takes for `n` and `2n` items: the larger must
+/// be at most 2.5 times the smaller (a quadratic path takes 4 times).
+fn assert_linear(what: &str, n: usize, work: impl Fn(usize) -> u64) {
+    let small = work(n);
+    let large = work(2 * n);
+    assert!(small > 0, "{what}: nothing was counted");
+    assert!(
+        large * 2 <= small * 5,
+        "{what}: {n} items took {small} steps, {} took {large}",
+        2 * n
+    );
+}
+
+/// `n` HTTP routes whose numbers are written as strings and whose empty fields are null, as
+/// YAML written by hand often is: each needed one more decoding pass of the whole document.
+fn routes_needing_conversion(n: usize) -> String {
+    let mut text = String::from(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: vs\nspec:\n  hosts: [a.example.com]\n  http:\n",
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "  - name: r{i}\n    match:\n    headers:\n      request:\n        set: {{x-a: '1', x-b: }}\n    route:\n    - destination: {{host: a.example.com, port: {{number: \"80\"}}}}\n      weight: \"100\"\n    - destination: {{host: a.example.com, port: {{number: 8.0}}}}\n      weight: \"0\"\n    retries: {{attempts: \"3\", retryRemoteLocalities: \"yes\"}}\n"
+        ));
+    }
+    text
+}
+
+#[test]
+fn values_needing_conversion_are_converted_in_one_pass() {
+    let n = 3_000;
+    let text = routes_needing_conversion(n);
+    let (out, passes) = sluice_api::work::measure(|| decode(&text));
+    assert_eq!(out.resources.len(), 1, "{}", render(&out.diagnostics));
+    // `metadata` once; `spec` once converting, and once more after its null fields were left out.
+    assert!(passes <= 3, "{passes} decoding passes for {n} routes");
+    let Spec::VirtualService(vs) = &out.resources[0].spec else {
+        panic!("not a VirtualService")
+    };
+    assert_eq!(vs.http.len(), n);
+    let last = &vs.http[n - 1];
+    assert!(last.matches.is_empty());
+    assert_eq!(
+        last.route[0].destination.port.as_ref().map(|p| p.number),
+        Some(80)
+    );
+    assert_eq!(last.route[0].weight, Some(100));
+    assert_eq!(
+        last.route[1].destination.port.as_ref().map(|p| p.number),
+        Some(8)
+    );
+    let retries = last.retries.as_ref().expect("retries");
+    assert_eq!(retries.attempts, 3);
+    let set = &last
+        .headers
+        .as_ref()
+        .expect("headers")
+        .request
+        .as_ref()
+        .expect("request")
+        .set;
+    // A null map value is left out, as if it were not written.
+    assert_eq!(set.keys().collect::<Vec<_>>(), ["x-a"]);
+}
+
+#[test]
+fn list_items_find_their_lines_without_rescanning_the_list() {
+    assert_linear("kind: List", 1_500, |n| {
+        let mut text = String::from("apiVersion: v1\nkind: List\nitems:\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "- apiVersion: v1\n  kind: ConfigMap\n  metadata: {{name: c{i}}}\n  data: {{a: b, c: d}}\n"
+            ));
+        }
+        let (out, steps) = sluice_api::work::measure(|| decode(&text));
+        assert_eq!(out.resources.len(), n, "{}", render(&out.diagnostics));
+        // Each item keeps its own lines: the last item's data is on its own line.
+        let last = &out.resources[n - 1];
+        assert_eq!(last.origin.line_of("data.a"), 3 + 4 * n as u32);
+        steps
+    });
+}
+
+#[test]
+fn legacy_single_match_blocks_are_moved_without_rescanning_the_document() {
+    assert_linear("legacy match:", 1_500, |n| {
+        let mut text = String::from(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: vs\nspec:\n  hosts: [a.example.com]\n  http:\n",
+        );
+        for i in 0..n {
+            text.push_str(&format!(
+                "  - match:\n      uri: {{prefix: /p{i}}}\n    route:\n    - destination: {{host: a.example.com}}\n"
+            ));
+        }
+        let (out, steps) = sluice_api::work::measure(|| decode(&text));
+        assert_eq!(out.resources.len(), 1, "{}", render(&out.diagnostics));
+        let r = &out.resources[0];
+        // The moved position: `spec.http[i].match[0].uri` is on the line of `uri:`.
+        let i = n - 1;
+        assert_eq!(
+            r.origin.line_of(&format!("spec.http[{i}].match[0].uri")),
+            9 + 4 * i as u32
+        );
+        steps
+    });
+}

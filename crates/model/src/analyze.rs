@@ -11,6 +11,7 @@
 //! workloads the config declares instead (WorkloadEntries, ServiceEntry endpoints, Endpoints
 //! addresses), and skips checks that need running Pods: see [`SKIPPED`].
 
+mod certificates;
 mod destinations;
 mod gateways;
 mod routes;
@@ -21,6 +22,8 @@ mod sidecars;
 use std::fmt;
 
 use serde::Serialize;
+
+pub use certificates::{certificate_file_diagnostics, certificate_file_messages, FileProblem};
 use sluice_api::{Diagnostic, Resource, Severity};
 
 /// How bad a [`Message`] is. Sorted Error first.
@@ -188,6 +191,15 @@ pub const DESTINATION_PORT_PINNED_TO_ONLY_SERVICE_PORT: Code = Code {
     description: "An HTTP route names a ServiceEntry host without a port, and the ServiceEntry declares a single port that is not the protocol's usual one: every request for the host goes to that port, whatever port the client called.",
 };
 
+/// SLU0002: sluice's own. `istioctl analyze` cannot see the proxy's files; `sluice analyze`
+/// runs where they are (or are meant to be).
+pub const CERTIFICATE_FILE_UNUSABLE: Code = Code {
+    code: "SLU0002",
+    name: "CertificateFileUnusable",
+    level: Level::Warning,
+    description: "A Gateway server or DestinationRule names a certificate, key or CA file that does not exist, cannot be read, or is not a regular file on this machine: the gateway is not ready (or TLS origination fails) until it can be read.",
+};
+
 pub const CONFLICTING_SIDECAR_WORKLOAD_SELECTORS: Code = Code {
     code: "IST0110",
     name: "ConflictingSidecarWorkloadSelectors",
@@ -223,6 +235,7 @@ pub const CODES: &[Code] = &[
     UNKNOWN_DESTINATION_RULE_HOST,
     CONFLICTING_SERVICE_ENTRY_PROTOCOL,
     DESTINATION_PORT_PINNED_TO_ONLY_SERVICE_PORT,
+    CERTIFICATE_FILE_UNUSABLE,
 ];
 
 /// Istio checks `sluice analyze` does not make, and why.
@@ -354,6 +367,22 @@ pub fn sort(messages: &mut Vec<Message>) {
             .cmp(&(b.level, b.code, &b.origin, &b.file, b.line, &b.text))
     });
     messages.dedup();
+}
+
+/// At most this many names are listed in one message (Istio lists them all, which made the
+/// output grow with the square of the number of resources that conflict with each other).
+pub const MAX_LISTED: usize = 8;
+
+/// `a,b,c`, or past [`MAX_LISTED`] names `a,b,…,h and N more`.
+fn listed<'a>(names: impl IntoIterator<Item = &'a String, IntoIter: ExactSizeIterator>) -> String {
+    let names = names.into_iter();
+    let total = names.len();
+    let shown: Vec<&str> = names.take(MAX_LISTED).map(String::as_str).collect();
+    let mut out = shown.join(",");
+    if total > MAX_LISTED {
+        out.push_str(&format!(" and {} more", total - MAX_LISTED));
+    }
+    out
 }
 
 /// Go's `%v` of a slice: `[a b c]`.

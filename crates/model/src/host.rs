@@ -21,6 +21,7 @@ pub fn matches(pattern: &str, name: &str) -> bool {
 
 /// True if two patterns can match a common name (used for SNI and VS host compatibility).
 pub fn intersects(a: &str, b: &str) -> bool {
+    crate::work_count(1);
     match (a.strip_prefix('*'), b.strip_prefix('*')) {
         (Some(sa), Some(sb)) => ends_with_ignore_case(sa, sb) || ends_with_ignore_case(sb, sa),
         (Some(_), None) => matches(a, b),
@@ -148,6 +149,178 @@ impl<T> HostMap<T> {
     }
 }
 
+/// Host patterns (exact, `*suffix`, `*`) → values, answering "which patterns intersect this
+/// pattern" ([`intersects`]) and "does some pattern cover this name" (a Sidecar import) in time
+/// proportional to the pattern's length and the number of answers, whatever the number of
+/// patterns. Pairwise comparison made Gateway, Sidecar and DestinationRule processing quadratic.
+///
+/// Every pattern is a path in one trie of reversed names, so the patterns that end with a
+/// name's suffix are on its path, and those that end with the whole name are below it.
+#[derive(Debug)]
+pub struct HostIndex<T> {
+    nodes: Vec<IndexNode<T>>,
+    edges: HashMap<(usize, u8), usize>,
+}
+
+#[derive(Debug)]
+struct IndexNode<T> {
+    exact: Vec<T>,
+    wildcard: Vec<T>,
+    children: Vec<usize>,
+}
+
+impl<T> IndexNode<T> {
+    fn new() -> Self {
+        IndexNode {
+            exact: Vec::new(),
+            wildcard: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+}
+
+impl<T> Default for HostIndex<T> {
+    fn default() -> Self {
+        HostIndex {
+            nodes: vec![IndexNode::new()],
+            edges: HashMap::new(),
+        }
+    }
+}
+
+impl<T> HostIndex<T> {
+    /// Adds `value` under `pattern` (matched ASCII case-insensitively).
+    pub fn insert(&mut self, pattern: &str, value: T) {
+        let (wildcard, body) = match pattern.strip_prefix('*') {
+            Some(suffix) => (true, suffix),
+            None => (false, pattern),
+        };
+        let mut node = 0;
+        for b in body.bytes().rev().map(|b| b.to_ascii_lowercase()) {
+            node = match self.edges.get(&(node, b)) {
+                Some(&child) => child,
+                None => {
+                    let child = self.nodes.len();
+                    self.nodes.push(IndexNode::new());
+                    self.nodes[node].children.push(child);
+                    self.edges.insert((node, b), child);
+                    child
+                }
+            };
+        }
+        let slot = &mut self.nodes[node];
+        if wildcard {
+            slot.wildcard.push(value);
+        } else {
+            slot.exact.push(value);
+        }
+    }
+
+    /// The nodes on the path of `body` (reversed), from the root: the last is `body`'s own node
+    /// when the whole of it is in the trie.
+    fn path(&self, body: &str) -> (Vec<usize>, bool) {
+        let mut path = vec![0];
+        let mut node = 0;
+        for b in body.bytes().rev().map(|b| b.to_ascii_lowercase()) {
+            crate::work_count(1);
+            match self.edges.get(&(node, b)) {
+                Some(&child) => {
+                    node = child;
+                    path.push(node);
+                }
+                None => return (path, false),
+            }
+        }
+        (path, true)
+    }
+
+    /// Calls `f` with the value of every pattern that [`intersects`] `pattern`, until `f`
+    /// returns false. Order: patterns that are suffixes of `pattern` (shortest first), then
+    /// the others.
+    pub fn visit_intersecting<'s>(&'s self, pattern: &str, mut f: impl FnMut(&'s T) -> bool) {
+        let (wildcard, body) = match pattern.strip_prefix('*') {
+            Some(suffix) => (true, suffix),
+            None => (false, pattern),
+        };
+        let (path, complete) = self.path(body);
+        let mut report = |values: &'s [T]| {
+            crate::work_count(values.len() as u64);
+            values.iter().all(&mut f)
+        };
+        for (depth, &node) in path.iter().enumerate() {
+            // `*t` matches a name only when the name is longer than `t` (`*.a.com` does not
+            // match `.a.com`); another wildcard it intersects when either suffix ends the other.
+            let intersect = node == 0 || depth < body.len() || wildcard;
+            if intersect && !report(&self.nodes[node].wildcard) {
+                return;
+            }
+        }
+        if !complete {
+            return;
+        }
+        let Some(&own) = path.last() else {
+            return;
+        };
+        if !wildcard || body.is_empty() {
+            // An exact name intersects the same exact name; `*` every exact name, even "".
+            if !report(&self.nodes[own].exact) {
+                return;
+            }
+        }
+        if !wildcard {
+            return;
+        }
+        // Everything longer that ends with the suffix: exact names and wildcards alike.
+        let mut stack: Vec<usize> = self.nodes[own].children.clone();
+        while let Some(node) = stack.pop() {
+            crate::work_count(1);
+            let n = &self.nodes[node];
+            if !report(&n.exact) || !report(&n.wildcard) {
+                return;
+            }
+            stack.extend(n.children.iter().copied());
+        }
+    }
+
+    /// True when some pattern [`intersects`] `pattern`.
+    pub fn any_intersecting(&self, pattern: &str) -> bool {
+        let mut found = false;
+        self.visit_intersecting(pattern, |_| {
+            found = true;
+            false
+        });
+        found
+    }
+
+    /// The values of every pattern that [`intersects`] `pattern`.
+    pub fn intersecting(&self, pattern: &str) -> Vec<&T> {
+        let mut out = Vec::new();
+        self.visit_intersecting(pattern, |v| {
+            out.push(v);
+            true
+        });
+        out
+    }
+
+    /// True when some pattern covers `name` as a Sidecar egress host covers a service host
+    /// (Istio's `SubsetOf`: every name `name` matches, the pattern matches too).
+    pub fn covers(&self, name: &str) -> bool {
+        let (wildcard, body) = match name.strip_prefix('*') {
+            Some(suffix) => (true, suffix),
+            None => (false, name),
+        };
+        let (path, complete) = self.path(body);
+        if path.iter().any(|&n| !self.nodes[n].wildcard.is_empty()) {
+            return true;
+        }
+        complete
+            && !wildcard
+            && path
+                .last()
+                .is_some_and(|&n| !self.nodes[n].exact.is_empty())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +383,68 @@ mod tests {
                 |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_ascii_lowercase()).collect() };
             assert_eq!(lower(&got), lower(&expected), "{name}");
         }
+    }
+
+    /// Agrees with [`intersects`] for every pair of a set of patterns.
+    #[test]
+    fn host_index_agrees_with_pairwise_intersection() {
+        let patterns = [
+            "*",
+            "*.com",
+            "*.foo.com",
+            "a.foo.com",
+            "*foo.com",
+            "foo.com",
+            "*.FOO.com",
+            "*.b.foo.com",
+            "x.org",
+            "com",
+            ".foo.com",
+            "*.x.foo.com",
+            "b.foo.com",
+        ];
+        let mut index = HostIndex::default();
+        for (i, p) in patterns.iter().enumerate() {
+            index.insert(p, i);
+        }
+        for query in patterns
+            .iter()
+            .chain(&["", "A.FOO.COM", "*.org", "zzz", "*zzz"])
+        {
+            let mut expected: Vec<usize> = (0..patterns.len())
+                .filter(|&i| intersects(patterns[i], query))
+                .collect();
+            let mut got: Vec<usize> = index.intersecting(query).into_iter().copied().collect();
+            expected.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, expected, "{query}");
+            assert_eq!(
+                index.any_intersecting(query),
+                !expected.is_empty(),
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_index_covers_as_a_sidecar_imports() {
+        let covers = |patterns: &[&str], name: &str| {
+            let mut index = HostIndex::default();
+            for p in patterns {
+                index.insert(p, ());
+            }
+            index.covers(name)
+        };
+        assert!(covers(&["*.example.com"], "a.example.com"));
+        assert!(covers(&["*.example.com"], "*.a.example.com"));
+        assert!(covers(&["*.example.com"], "*.example.com"));
+        assert!(covers(&["*"], "*.example.com"));
+        assert!(!covers(&["*.example.com"], "example.com"));
+        assert!(!covers(&["a.example.com"], "*.example.com"));
+        assert!(!covers(&["*.example.com"], "*.com"));
+        assert!(covers(&["httpbin.org"], "HttpBin.org"));
+        assert!(!covers(&["httpbin.org"], "www.httpbin.org"));
+        assert!(!covers(&[], "a"));
     }
 
     #[test]

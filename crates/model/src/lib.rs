@@ -16,6 +16,12 @@ pub mod security;
 pub mod sidecar_scope;
 pub mod snapshot;
 
+/// Counts `n` steps of config processing (see [`sluice_api::work`]).
+#[inline]
+pub(crate) fn work_count(n: u64) {
+    sluice_api::work::count(n);
+}
+
 pub use cluster::{
     Cluster, UpstreamAddress, UpstreamProtocol, UpstreamTls, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER,
 };

@@ -55,19 +55,52 @@ pub(crate) fn single_port_message(host: &str, port: u16) -> String {
     )
 }
 
-/// True when a subset cluster of `svc` with these endpoints can never pick one (503 UH): the
-/// service's endpoints are listed (STATIC, or DNS with endpoints or a subset) and none match.
-pub(crate) fn subset_selects_nothing(
-    svc: &Service,
-    labels: &sluice_api::networking::Labels,
-) -> bool {
-    matches!(
-        svc.resolution,
-        Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin
-    ) && !svc
-        .endpoints
-        .iter()
-        .any(|ep| labels_subset(labels, &ep.labels))
+/// The endpoints of one service indexed by label, so that whether a subset selects any of them
+/// is decided by looking only at the endpoints that carry its rarest label: every subset
+/// against every endpoint was quadratic.
+pub(crate) struct EndpointLabels<'s> {
+    svc: &'s Service,
+    by_label: HashMap<(&'s str, &'s str), Vec<usize>>,
+}
+
+impl<'s> EndpointLabels<'s> {
+    pub(crate) fn new(svc: &'s Service) -> Self {
+        let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, ep) in svc.endpoints.iter().enumerate() {
+            crate::work_count(ep.labels.len() as u64);
+            for (k, v) in &ep.labels {
+                by_label.entry((k, v)).or_default().push(i);
+            }
+        }
+        EndpointLabels { svc, by_label }
+    }
+
+    /// True when a subset cluster of the service with these labels can never pick an endpoint
+    /// (503 UH): the service's endpoints are listed (STATIC, or DNS with endpoints or a
+    /// subset) and none has all of `labels`.
+    pub(crate) fn selects_nothing(&self, labels: &sluice_api::networking::Labels) -> bool {
+        if !matches!(
+            self.svc.resolution,
+            Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin
+        ) {
+            return false;
+        }
+        let mut rarest: Option<&[usize]> = None;
+        for (k, v) in labels {
+            match self.by_label.get(&(k.as_str(), v.as_str())) {
+                None => return true,
+                Some(p) if rarest.is_none_or(|r| p.len() < r.len()) => rarest = Some(p),
+                Some(_) => {}
+            }
+        }
+        match rarest {
+            // No labels: every endpoint is selected.
+            None => self.svc.endpoints.is_empty(),
+            Some(candidates) => !candidates
+                .iter()
+                .any(|&i| labels_subset(labels, &self.svc.endpoints[i].labels)),
+        }
+    }
 }
 
 /// The port every request goes to when a route names `svc` without a port: the only port of a
@@ -205,6 +238,7 @@ pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
         by_host.entry(&svc.hostname).or_insert(svc);
     }
     let mut empty_subsets = HashMap::new();
+    let mut endpoint_labels = HashMap::new();
     let mut out = Vec::new();
     check_gateways(resources, &mut out);
     check_security(resources, &mut out);
@@ -218,6 +252,7 @@ pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
                 services: &by_host,
                 rules: &rules,
                 empty_subsets: &mut empty_subsets,
+                endpoint_labels: &mut endpoint_labels,
             };
             check_destination(refs, res, field, dest, http, &mut out);
         }
@@ -265,6 +300,7 @@ pub(crate) fn check_unknown_gateways(
 /// Secret is not in the default gateway namespace.
 fn check_gateways(resources: &[Resource], out: &mut Vec<Diagnostic>) {
     let known = known_gateways(resources);
+    let secrets = gateway::Secrets::new(resources);
     for res in resources {
         match &res.spec {
             Spec::VirtualService(vs) => check_unknown_gateways(res, vs, &known, out),
@@ -282,7 +318,7 @@ fn check_gateways(resources: &[Resource], out: &mut Vec<Diagnostic>) {
                         continue;
                     };
                     if let Err(reason) =
-                        gateway::resolve_credential(resources, DEFAULT_GATEWAY_NAMESPACE, name)
+                        gateway::resolve_credential(&secrets, DEFAULT_GATEWAY_NAMESPACE, name)
                     {
                         out.push(Diagnostic::at(
                             res,
@@ -306,10 +342,12 @@ struct Refs<'r, 'a> {
     rules: &'r SubsetIndex<'a>,
     /// (host, subset) → whether the subset selects no endpoint, decided once.
     empty_subsets: &'r mut HashMap<(Arc<str>, String), bool>,
+    /// Each service's endpoints by label, built when a subset of it is first checked.
+    endpoint_labels: &'r mut HashMap<Arc<str>, EndpointLabels<'a>>,
 }
 
-fn check_destination(
-    refs: Refs<'_, '_>,
+fn check_destination<'a>(
+    refs: Refs<'_, 'a>,
     res: &Resource,
     field: String,
     dest: &Destination,
@@ -344,11 +382,17 @@ fn check_destination(
     };
     let defined = refs.rules.defined(&svc.hostname, subset);
     let field = format!("{field}.subset");
+    let endpoint_labels = &mut *refs.endpoint_labels;
     let mut selects_nothing = |s: &Subset| {
         *refs
             .empty_subsets
             .entry((svc.hostname.clone(), subset.to_string()))
-            .or_insert_with(|| subset_selects_nothing(svc, &s.labels))
+            .or_insert_with(|| {
+                endpoint_labels
+                    .entry(svc.hostname.clone())
+                    .or_insert_with(|| EndpointLabels::new(svc))
+                    .selects_nothing(&s.labels)
+            })
     };
     match defined {
         None => out.push(Diagnostic::at(

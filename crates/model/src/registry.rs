@@ -235,6 +235,9 @@ pub fn services_from(resources: &[Resource]) -> Vec<Arc<Service>> {
 struct Index<'r, 'w> {
     /// WorkloadEntries by namespace, in resource order.
     workloads_by_namespace: HashMap<&'r str, Vec<&'w WorkloadEntryRef<'r>>>,
+    /// (namespace, label, value) → positions in `workloads_by_namespace`, so a selector looks
+    /// only at the workloads with its rarest label.
+    workloads_by_label: HashMap<(&'r str, &'w str, &'w str), Vec<usize>>,
     /// Labels of the first WorkloadEntry with each IP.
     labels_by_ip: HashMap<IpAddr, &'w Labels>,
     /// `Endpoints` objects by (namespace, name), in resource order.
@@ -244,12 +247,18 @@ struct Index<'r, 'w> {
 impl<'r, 'w> Index<'r, 'w> {
     fn new(resources: &'r [Resource], workloads: &'w [WorkloadEntryRef<'r>]) -> Self {
         let mut workloads_by_namespace: HashMap<&str, Vec<&WorkloadEntryRef<'_>>> = HashMap::new();
+        let mut workloads_by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
         let mut labels_by_ip = HashMap::new();
         for w in workloads {
-            workloads_by_namespace
-                .entry(w.resource.meta.namespace.as_str())
-                .or_default()
-                .push(w);
+            let ns = w.resource.meta.namespace.as_str();
+            let in_namespace = workloads_by_namespace.entry(ns).or_default();
+            for (k, v) in &w.labels {
+                workloads_by_label
+                    .entry((ns, k, v))
+                    .or_default()
+                    .push(in_namespace.len());
+            }
+            in_namespace.push(w);
             if let Some(ip) = w.ip() {
                 labels_by_ip.entry(ip).or_insert(&w.labels);
             }
@@ -265,6 +274,7 @@ impl<'r, 'w> Index<'r, 'w> {
         }
         Index {
             workloads_by_namespace,
+            workloads_by_label,
             labels_by_ip,
             endpoints,
         }
@@ -274,6 +284,35 @@ impl<'r, 'w> Index<'r, 'w> {
         self.workloads_by_namespace
             .get(namespace)
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// The WorkloadEntries of `namespace` whose labels include all of `selector`, in resource
+    /// order.
+    fn workloads_selected(
+        &self,
+        namespace: &str,
+        selector: &Labels,
+    ) -> Vec<&'w WorkloadEntryRef<'r>> {
+        let all = self.workloads_in(namespace);
+        let mut rarest: Option<&[usize]> = None;
+        for (k, v) in selector {
+            match self
+                .workloads_by_label
+                .get(&(namespace, k.as_str(), v.as_str()))
+            {
+                None => return Vec::new(),
+                Some(p) if rarest.is_none_or(|r| p.len() < r.len()) => rarest = Some(p),
+                Some(_) => {}
+            }
+        }
+        match rarest {
+            None => all.to_vec(),
+            Some(candidates) => candidates
+                .iter()
+                .map(|&i| all[i])
+                .filter(|w| labels_subset(selector, &w.labels))
+                .collect(),
+        }
     }
 }
 
@@ -314,6 +353,7 @@ pub fn workload_entries(resources: &[Resource]) -> Vec<WorkloadEntryRef<'_>> {
 
 /// True if every label of `selector` is in `labels` (an empty selector selects everything).
 pub fn labels_subset(selector: &Labels, labels: &Labels) -> bool {
+    crate::work_count(1);
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -372,9 +412,8 @@ fn from_service_entry(
         // WorkloadEntries of the same namespace; their `ports` are keyed by the SE port name.
         endpoints.extend(
             index
-                .workloads_in(&res.meta.namespace)
-                .iter()
-                .filter(|w| labels_subset(&sel.labels, &w.labels))
+                .workloads_selected(&res.meta.namespace, &sel.labels)
+                .into_iter()
                 .map(|w| endpoint_from_entry(w.entry, w.labels.clone())),
         );
     }
@@ -525,11 +564,7 @@ fn from_kube_service(res: &Resource, spec: &ServiceSpec, index: &Index<'_, '_>) 
     } else {
         let mut seen_ips: HashSet<IpAddr> = HashSet::new();
         if !spec.selector.is_empty() {
-            for w in index
-                .workloads_in(ns)
-                .iter()
-                .filter(|w| labels_subset(&spec.selector, &w.labels))
-            {
+            for w in index.workloads_selected(ns, &spec.selector) {
                 let mut ep = endpoint_from_entry(w.entry, w.labels.clone());
                 let we_ports = &ep.ports;
                 let resolved = resolve(&|n: &str| we_ports.get(n).copied());

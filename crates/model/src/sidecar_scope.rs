@@ -9,14 +9,14 @@
 //! on that one), `bind` and `captureMode`; `ingress` listeners; `inboundConnectionPool`;
 //! `outboundTrafficPolicy.egressProxy`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
 use sluice_api::networking::{self, Destination};
 use sluice_api::{Diagnostic, Resource, Severity, Spec};
 
-use crate::host;
+use crate::host::{self, HostIndex};
 use crate::mesh::OutboundPolicy;
 use crate::registry::{labels_subset, ExportTo, Service};
 use crate::snapshot::{ProxyIdentity, ProxyKind};
@@ -36,6 +36,51 @@ pub struct SidecarScope {
     /// One map per egress listener: namespace (`.` resolved to the proxy's, `*` for any, `~` for
     /// none) → lower-cased DNS names. A Sidecar without egress listeners imports `*/*`.
     listeners: Vec<BTreeMap<String, Vec<String>>>,
+    #[serde(skip)]
+    index: ImportIndex,
+}
+
+/// `listeners`' hosts indexed per listener and namespace, so a service or VirtualService is
+/// checked in time linear in its host names rather than in the number of egress hosts
+/// (every service against every egress host made compile quadratic). Derived from
+/// `listeners`, so neither compared nor printed.
+#[derive(Clone, Default)]
+struct ImportIndex(Arc<Vec<HashMap<String, HostIndex<()>>>>);
+
+impl ImportIndex {
+    fn new(listeners: &[BTreeMap<String, Vec<String>>]) -> Self {
+        ImportIndex(Arc::new(
+            listeners
+                .iter()
+                .map(|hosts| {
+                    hosts
+                        .iter()
+                        .map(|(ns, names)| {
+                            let mut index = HostIndex::default();
+                            for name in names {
+                                index.insert(name, ());
+                            }
+                            (ns.clone(), index)
+                        })
+                        .collect()
+                })
+                .collect(),
+        ))
+    }
+}
+
+impl PartialEq for ImportIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ImportIndex {}
+
+impl std::fmt::Debug for ImportIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ImportIndex")
+    }
 }
 
 impl SidecarScope {
@@ -75,6 +120,7 @@ impl SidecarScope {
         SidecarScope {
             source: format!("Sidecar {}", res.key()).into(),
             outbound_policy,
+            index: ImportIndex::new(&listeners),
             listeners,
         }
     }
@@ -84,11 +130,11 @@ impl SidecarScope {
     /// service's host must fall within an imported name (`*.example.com` imports
     /// `a.example.com` and `*.a.example.com`, not `example.com`).
     pub fn imports_service(&self, svc: &Service) -> bool {
-        self.listeners.iter().any(|hosts| {
+        self.index.0.iter().any(|hosts| {
             let candidates = hosts
                 .get(svc.namespace.as_ref())
                 .or_else(|| hosts.get(ANY_NAMESPACE));
-            candidates.is_some_and(|c| c.iter().any(|h| subset_of(&svc.hostname, h)))
+            candidates.is_some_and(|c| c.covers(&svc.hostname))
         })
     }
 
@@ -96,25 +142,12 @@ impl SidecarScope {
     /// (already fully qualified) hosts (Istio's `SelectVirtualServices`): one of its hosts
     /// intersects a name listed for `vs_ns` or for `*`.
     pub fn imports_virtual_service(&self, vs_ns: &str, vs_hosts: &[Arc<str>]) -> bool {
-        self.listeners.iter().any(|hosts| {
+        self.index.0.iter().any(|hosts| {
             [vs_ns, ANY_NAMESPACE]
                 .iter()
                 .filter_map(|ns| hosts.get(*ns))
-                .flatten()
-                .any(|h| vs_hosts.iter().any(|vh| host::intersects(vh, h)))
+                .any(|index| vs_hosts.iter().any(|vh| index.any_intersecting(vh)))
         })
-    }
-}
-
-/// Istio's `host.Name.SubsetOf`: every name `name` matches is matched by `pattern`.
-fn subset_of(name: &str, pattern: &str) -> bool {
-    match pattern.strip_prefix('*') {
-        Some(suffix) => {
-            let name = name.strip_prefix('*').unwrap_or(name);
-            name.len() >= suffix.len()
-                && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-        }
-        None => !name.starts_with('*') && name.eq_ignore_ascii_case(pattern),
     }
 }
 
@@ -212,6 +245,10 @@ pub fn virtual_service_destinations(
     visible: &[Arc<Service>],
     proxy_ns: &str,
 ) -> HashSet<(Arc<str>, Arc<str>)> {
+    let mut by_host: HashMap<&str, Vec<&Arc<Service>>> = HashMap::new();
+    for s in visible {
+        by_host.entry(&s.hostname).or_default().push(s);
+    }
     let mut out = HashSet::new();
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
@@ -233,9 +270,10 @@ pub fn virtual_service_destinations(
         }
         for dest in destinations(vs) {
             let h = host::resolve_short_name(dest.host_name(), ns);
-            let best = visible
-                .iter()
-                .filter(|s| *s.hostname == *h)
+            let best = by_host
+                .get(h.as_str())
+                .into_iter()
+                .flatten()
                 .min_by_key(|s| (*s.namespace != *proxy_ns, s.namespace.clone()));
             if let Some(s) = best {
                 out.insert((s.hostname.clone(), s.namespace.clone()));
@@ -267,7 +305,48 @@ fn destinations(vs: &networking::VirtualService) -> impl Iterator<Item = &Destin
 
 #[cfg(test)]
 mod tests {
-    use super::subset_of;
+    use crate::host::HostIndex;
+
+    /// Istio's `host.Name.SubsetOf`: every name `name` matches is matched by `pattern`. The
+    /// pairwise form of [`HostIndex::covers`], which [`SidecarScope`] uses.
+    fn subset_of(name: &str, pattern: &str) -> bool {
+        match pattern.strip_prefix('*') {
+            Some(suffix) => {
+                let name = name.strip_prefix('*').unwrap_or(name);
+                name.len() >= suffix.len()
+                    && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+            None => !name.starts_with('*') && name.eq_ignore_ascii_case(pattern),
+        }
+    }
+
+    #[test]
+    fn the_index_covers_what_subset_of_accepts() {
+        let names = [
+            "a.example.com",
+            "*.a.example.com",
+            "*.example.com",
+            "*",
+            "example.com",
+            "*.com",
+            "HttpBin.org",
+            "httpbin.org",
+            "www.httpbin.org",
+            "*foo.com",
+            "foo.com",
+        ];
+        for pattern in names {
+            let mut index = HostIndex::default();
+            index.insert(&pattern.to_ascii_lowercase(), ());
+            for name in names {
+                assert_eq!(
+                    index.covers(name),
+                    subset_of(name, pattern),
+                    "{name} in {pattern}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn subset_of_follows_istio() {

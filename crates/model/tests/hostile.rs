@@ -287,3 +287,256 @@ fn subsets_times_ports_are_bounded_per_service() {
         .clusters
         .contains_key(format!("outbound|1000|v{kept}|a.example.com").as_str()));
 }
+
+/// Steps (see [`sluice_api::work`]: host patterns and label sets compared, table entries
+/// visited) that `work(n)` takes for `n` and `2n` items: the larger must be at most 2.5 times
+/// the smaller (a quadratic path takes 4 times).
+fn assert_linear(what: &str, n: usize, work: impl Fn(usize) -> u64) {
+    let small = work(n);
+    let large = work(2 * n);
+    assert!(small > 0, "{what}: nothing was counted");
+    assert!(
+        large * 2 <= small * 5,
+        "{what}: {n} items took {small} steps, {} took {large}",
+        2 * n
+    );
+}
+
+fn decoded(text: &str) -> Vec<Resource> {
+    let loaded = decode_str(Path::new("many.yaml"), text);
+    let errors: Vec<&Diagnostic> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    loaded.resources
+}
+
+fn gateway_proxy() -> ProxyIdentity {
+    ProxyIdentity {
+        namespace: "istio-system".into(),
+        ..proxy(ProxyKind::Gateway)
+    }
+}
+
+/// A Gateway with `n` servers (one host each, on one port or each on its own), a VirtualService
+/// per server host, and one for every host (`*`).
+fn gateway_with_servers(n: usize, same_port: bool) -> String {
+    let mut text = String::from("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: istio-system\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n");
+    for i in 0..n {
+        let port = if same_port { 80 } else { 8000 + i };
+        text.push_str(&format!(
+            "  - port: {{number: {port}, name: http-{i}, protocol: HTTP}}\n    hosts: [h{i}.example.com]\n"
+        ));
+    }
+    for i in 0..n {
+        text.push_str(&format!("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: vs{i}\n  namespace: istio-system\nspec:\n  hosts: [h{i}.example.com]\n  gateways: [gw]\n  http:\n  - match: [{{uri: {{prefix: /{i}}}}}]\n    route:\n    - destination: {{host: h{i}.example.com}}\n"));
+    }
+    text.push_str("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: all\n  namespace: istio-system\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: a.example.com}\n");
+    text
+}
+
+#[test]
+fn a_gateway_with_many_servers_on_one_port_compiles_in_linear_work() {
+    assert_linear("servers on one port", 500, |n| {
+        let resources = decoded(&gateway_with_servers(n, true));
+        let (snapshot, steps) =
+            sluice_api::work::measure(|| compile(&resources, &gateway_proxy(), 1));
+        let vhosts = snapshot.gateway_virtual_hosts(80);
+        // One virtual host per server host, each with its own rule and then the catch-all.
+        assert_eq!(vhosts.len(), n);
+        let last = format!("h{}.example.com", n - 1);
+        let vhost = vhosts.iter().find(|v| *v.domain == *last).expect("vhost");
+        assert_eq!(vhost.rules.len(), 2);
+        steps
+    });
+}
+
+#[test]
+fn a_gateway_with_many_ports_compiles_in_linear_work() {
+    assert_linear("servers on their own ports", 500, |n| {
+        let resources = decoded(&gateway_with_servers(n, false));
+        let (snapshot, steps) =
+            sluice_api::work::measure(|| compile(&resources, &gateway_proxy(), 1));
+        let port = u16::try_from(8000 + n - 1).expect("port");
+        let vhosts = snapshot.gateway_virtual_hosts(port);
+        assert_eq!(vhosts.len(), 1);
+        assert_eq!(vhosts[0].rules.len(), 2);
+        steps
+    });
+}
+
+#[test]
+fn analyzing_a_gateway_with_many_servers_takes_linear_work() {
+    assert_linear("analyze Gateway servers", 500, |n| {
+        let resources = decoded(&gateway_with_servers(n, false));
+        let (messages, steps) =
+            sluice_api::work::measure(|| sluice_model::analyze::analyze(&resources));
+        assert!(
+            !messages.iter().any(|m| m.code == "IST0132"),
+            "every VirtualService host is admitted: {messages:#?}"
+        );
+        steps
+    });
+}
+
+/// `n` mesh VirtualServices for one host: each pair conflicts (IST0109). Istio lists every
+/// conflicting VirtualService in each message, which made the output grow with the square of
+/// `n`; the lists are cut short, so the output grows with `n`.
+#[test]
+fn many_virtual_services_for_one_host_give_output_linear_in_their_number() {
+    let output = |n: usize| {
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&format!("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: vs{i}\nspec:\n  hosts: [a.example.com]\n  http:\n  - match: [{{uri: {{prefix: /p{i}}}}}]\n    route:\n    - destination: {{host: a.example.com}}\n"));
+        }
+        let resources = decoded(&text);
+        let (messages, steps) =
+            sluice_api::work::measure(|| sluice_model::analyze::analyze(&resources));
+        let conflicts: Vec<&sluice_model::analyze::Message> =
+            messages.iter().filter(|m| m.code == "IST0109").collect();
+        assert_eq!(conflicts.len(), n);
+        let bytes: usize = messages.iter().map(|m| m.text.len()).sum();
+        (bytes as u64, steps, conflicts[0].text.clone())
+    };
+    let (small, small_steps, _) = output(500);
+    let (large, large_steps, first) = output(1_000);
+    assert!(large * 2 <= small * 5, "500: {small} bytes, 1000: {large}");
+    assert!(
+        large_steps * 2 <= small_steps * 5,
+        "500: {small_steps} steps, 1000: {large_steps}"
+    );
+    assert!(
+        first.starts_with("The VirtualServices default/vs0,default/vs1,"),
+        "{first}"
+    );
+    assert!(first.contains("and 992 more"), "{first}");
+}
+
+#[test]
+fn a_sidecar_with_many_egress_hosts_compiles_in_linear_work() {
+    assert_linear("Sidecar egress hosts", 500, |n| {
+        let mut text = String::from("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: default\nspec:\n  egress:\n  - hosts:\n");
+        for i in 0..n {
+            text.push_str(&format!("    - ./h{i}.example.com\n"));
+        }
+        for i in 0..n {
+            text.push_str(&format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: se{i}\nspec:\n  hosts: [h{i}.example.com, x{i}.example.org]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: vs{i}\nspec:\n  hosts: [h{i}.example.com]\n  http:\n  - route:\n    - destination: {{host: h{i}.example.com}}\n"));
+        }
+        let resources = decoded(&text);
+        let (snapshot, steps) =
+            sluice_api::work::measure(|| compile(&resources, &proxy(ProxyKind::Sidecar), 1));
+        // The egress hosts import the h* names, not the x* ones.
+        assert_eq!(snapshot.services.len(), n);
+        assert_eq!(snapshot.virtual_hosts().count(), n);
+        steps
+    });
+}
+
+#[test]
+fn destination_rules_are_analyzed_in_linear_work() {
+    assert_linear("DestinationRules and services", 500, |n| {
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: se{i}\nspec:\n  hosts: [h{i}.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 10.0.{}.{}, labels: {{v: v{i}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: dr{i}\nspec:\n  host: h{i}.example.com\n  subsets: [{{name: v1, labels: {{v: v{i}}}}}, {{name: v2, labels: {{v: none}}}}]\n", i / 250, i % 250 + 1));
+        }
+        let resources = decoded(&text);
+        let (messages, steps) =
+            sluice_api::work::measure(|| sluice_model::analyze::analyze(&resources));
+        // Only each rule's second subset selects nothing.
+        let empty = messages.iter().filter(|m| m.code == "IST0173").count();
+        assert_eq!(empty, n, "{messages:#?}");
+        steps
+    });
+}
+
+#[test]
+fn subsets_are_matched_with_endpoints_in_linear_work() {
+    assert_linear("subsets and endpoints", 500, |n| {
+        let mut text = String::from("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: se\nspec:\n  hosts: [a.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints:\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "  - {{address: 10.0.{}.{}, labels: {{app: a, v: v{i}}}}}\n",
+                i / 250,
+                i % 250 + 1
+            ));
+        }
+        text.push_str("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: dr\nspec:\n  host: a.example.com\n  subsets:\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "  - {{name: s{i}, labels: {{app: a, v: {}}}}}\n",
+                if i % 2 == 0 {
+                    format!("v{i}")
+                } else {
+                    format!("none{i}")
+                }
+            ));
+        }
+        let resources = decoded(&text);
+        let (messages, steps) =
+            sluice_api::work::measure(|| sluice_model::analyze::analyze(&resources));
+        let empty = messages.iter().filter(|m| m.code == "IST0173").count();
+        assert_eq!(empty, n / 2, "{messages:#?}");
+        steps
+    });
+}
+
+/// Gateway servers that take their certificate from a Secret (`credentialName`): each Secret is
+/// found by name, not by looking through every resource.
+#[test]
+fn gateway_credentials_are_found_in_linear_work() {
+    assert_linear("credentialName Secrets", 300, |n| {
+        let mut text = String::from("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: istio-system\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "  - port: {{number: 443, name: https-{i}, protocol: HTTPS}}\n    hosts: [h{i}.example.com]\n    tls: {{mode: SIMPLE, credentialName: cert-{i}}}\n"
+            ));
+        }
+        for i in 0..n {
+            text.push_str(&format!("---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: cert-{i}\n  namespace: istio-system\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: c{i}\n  tls.key: k{i}\n"));
+        }
+        let resources = decoded(&text);
+        let (snapshot, steps) = sluice_api::work::measure(|| {
+            let snapshot = compile(&resources, &gateway_proxy(), 1);
+            let messages = sluice_model::analyze::analyze(&resources);
+            let references = sluice_model::references::check(&resources);
+            (snapshot, messages, references)
+        });
+        let (snapshot, messages, references) = snapshot;
+        assert!(
+            snapshot.diagnostics.is_empty(),
+            "{:?}",
+            snapshot.diagnostics
+        );
+        assert!(references.is_empty(), "{references:?}");
+        assert!(!messages
+            .iter()
+            .any(|m| m.code == "IST0101" || m.code == "IST0161"));
+        let port = &snapshot.gateway_ports()[0];
+        assert_eq!(port.servers.len(), n);
+        steps
+    });
+}
+
+/// ServiceEntries and Services that select WorkloadEntries by label: each finds its workloads
+/// through the label they carry, not by looking at every workload of the namespace.
+#[test]
+fn workload_selectors_find_their_workloads_in_linear_work() {
+    assert_linear("workload selectors", 500, |n| {
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&format!("---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: we{i}\nspec:\n  address: 10.1.{}.{}\n  labels: {{app: a{i}, tier: web}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: se{i}\nspec:\n  hosts: [h{i}.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  workloadSelector: {{labels: {{app: a{i}, tier: web}}}}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\nspec:\n  selector: {{app: a{i}}}\n  ports: [{{port: 80, name: http}}]\n", i / 250, i % 250 + 1));
+        }
+        let resources = decoded(&text);
+        let (services, steps) =
+            sluice_api::work::measure(|| sluice_model::registry::services_from(&resources));
+        let se = services
+            .iter()
+            .find(|s| *s.hostname == *format!("h{}.example.com", n - 1))
+            .expect("ServiceEntry service");
+        assert_eq!(se.endpoints.len(), 1);
+        let svc = services
+            .iter()
+            .find(|s| *s.hostname == *format!("s{}.default.svc.cluster.local", n - 1))
+            .expect("Service");
+        assert_eq!(svc.endpoints.len(), 1);
+        steps
+    });
+}

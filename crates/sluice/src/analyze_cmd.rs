@@ -20,6 +20,11 @@ Codes: Istio's IST codes, levels and message texts (istioctl analyze), plus slui
           the protocol's usual one (80 for HTTP, 443 for HTTPS/TLS): every request for the host
           goes to that port, whatever port the client called, so clients calling the usual port
           fail. Istio has no analyzer for this.
+  SLU0002 [Warning] CertificateFileUnusable: a Gateway server (serverCertificate, privateKey,
+          caCertificates) or DestinationRule TLS setting (clientCertificate, privateKey,
+          caCertificates) names a file that does not exist, cannot be read, or is not a regular
+          file on the machine where the command runs (run it on the proxy's host): the gateway is
+          not ready, or TLS origination fails, until the file can be read.
 
 Not checked, because sluice has no Pods: a Gateway selector that matches no Pod (IST0101
 selector); gateway proxies are `sluice gateway --labels`, which the files do not list.
@@ -86,6 +91,10 @@ pub fn check(paths: &[PathBuf]) -> Vec<Message> {
     served.sort_by(sluice_model::snapshot::creation_order);
     let mut out: Vec<Message> = diags.iter().map(analyze::from_diagnostic).collect();
     out.extend(analyze::analyze(&served));
+    out.extend(analyze::certificate_file_messages(
+        &served,
+        crate::validate_cmd::check_file,
+    ));
     analyze::sort(&mut out);
     analyze::summarize(out, sluice_api::diagnostics::MAX_ALIKE)
 }

@@ -66,3 +66,90 @@ fn one_host_written_3000_times_prints_a_few_lines() {
         "hosts.yaml:13: VirtualService default/vs: spec.hosts[*]: \u{2026} and 2994 more like this"
     );
 }
+
+/// Gateway and DestinationRule certificate files: present, missing, a directory, a FIFO, and a
+/// path through a regular file. Each that cannot be read is a warning naming the file, line,
+/// resource and field; the resources are not refused (exit 0). Looking at a FIFO must not
+/// block on it.
+#[test]
+fn certificate_files_that_cannot_be_read_are_warnings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("tls.crt"), "not checked for PEM here").expect("write");
+    std::fs::create_dir(d.join("ca-dir")).expect("mkdir");
+    let fifo = d.join("key.fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo (coreutils)");
+    assert!(made.success(), "mkfifo failed");
+    let text = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [a.example.com]
+    tls:
+      mode: MUTUAL
+      serverCertificate: {d}/tls.crt
+      privateKey: {d}/key.fifo
+      caCertificates: {d}/ca-dir
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: dr}}
+spec:
+  host: a.example.com
+  trafficPolicy:
+    tls:
+      mode: MUTUAL
+      clientCertificate: {d}/missing.crt
+      privateKey: {d}/tls.crt/key
+      caCertificates: {d}/tls.crt
+",
+        d = d.display()
+    );
+    let path = d.join("gw.yaml");
+    std::fs::write(&path, &text).expect("write config");
+    let out = Command::new(SLUICE)
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .expect("run sluice");
+    let stdout = String::from_utf8_lossy(&out.stdout)
+        .replace(&*path.to_string_lossy(), "gw.yaml")
+        .replace(&*d.to_string_lossy(), "D");
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(
+        stdout,
+        "gw.yaml:12: Gateway istio-system/gw: spec.servers[0].tls.privateKey: warning: file D/key.fifo is not a regular file (the gateway will not be ready until it is a regular file)
+gw.yaml:13: Gateway istio-system/gw: spec.servers[0].tls.caCertificates: warning: file D/ca-dir is not a regular file (the gateway will not be ready until it is a regular file)
+gw.yaml:23: DestinationRule default/dr: spec.trafficPolicy.tls.clientCertificate: warning: file D/missing.crt does not exist (TLS connections to a.example.com will fail until it does)
+gw.yaml:24: DestinationRule default/dr: spec.trafficPolicy.tls.privateKey: warning: file D/tls.crt/key is not readable: Not a directory (TLS connections to a.example.com will fail until it is readable)
+"
+    );
+
+    let out = Command::new(SLUICE)
+        .arg("analyze")
+        .arg(&path)
+        .output()
+        .expect("run sluice");
+    let stdout = String::from_utf8_lossy(&out.stdout)
+        .replace(&*path.to_string_lossy(), "gw.yaml")
+        .replace(&*d.to_string_lossy(), "D");
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let slu: Vec<&str> = stdout.lines().filter(|l| l.contains("[SLU0002]")).collect();
+    assert_eq!(
+        slu,
+        [
+            "Warning [SLU0002] (DestinationRule default/dr gw.yaml:23) spec.trafficPolicy.tls.clientCertificate: file D/missing.crt does not exist (TLS connections to a.example.com will fail until it does)",
+            "Warning [SLU0002] (DestinationRule default/dr gw.yaml:24) spec.trafficPolicy.tls.privateKey: file D/tls.crt/key is not readable: Not a directory (TLS connections to a.example.com will fail until it is readable)",
+            "Warning [SLU0002] (Gateway istio-system/gw gw.yaml:12) spec.servers[0].tls.privateKey: file D/key.fifo is not a regular file (the gateway will not be ready until it is a regular file)",
+            "Warning [SLU0002] (Gateway istio-system/gw gw.yaml:13) spec.servers[0].tls.caCertificates: file D/ca-dir is not a regular file (the gateway will not be ready until it is a regular file)",
+        ],
+        "{stdout}"
+    );
+}

@@ -457,18 +457,11 @@ fn flatten_list(
     };
     for (i, item) in items.into_iter().enumerate() {
         let prefix = format!("items[{i}]");
-        let mut positions = Positions::new();
-        let mut item_line = d.line_of(&prefix);
-        for (path, line) in &d.positions {
-            let Some(rest) = path.strip_prefix(&prefix) else {
-                continue;
-            };
-            if rest.is_empty() {
-                item_line = *line;
-            } else if let Some(rest) = rest.strip_prefix('.') {
-                positions.insert(rest.to_string(), *line);
-            }
-        }
+        let item_line = d.line_of(&prefix);
+        let fields = format!("{prefix}.");
+        let positions: Positions = yaml::positions_under(&d.positions, &fields)
+            .map(|(path, line)| (path[fields.len()..].to_string(), *line))
+            .collect();
         let first_key_line = item
             .as_object()
             .and_then(|o| o.keys().next())

@@ -46,12 +46,8 @@ pub(super) fn match_object_to_list(spec: &mut Value, positions: &mut Positions) 
 /// Re-keys `base.x…` positions as `base[0].x…`.
 fn move_positions(positions: &mut Positions, base: &str) {
     let prefix = format!("{base}.");
-    let moved: Vec<(String, u32)> = positions
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(&prefix)
-                .map(|rest| (format!("{base}[0].{rest}"), *v))
-        })
+    let moved: Vec<(String, u32)> = super::yaml::positions_under(positions, &prefix)
+        .map(|(k, v)| (format!("{base}[0].{}", &k[prefix.len()..]), *v))
         .collect();
     if let Some(line) = positions.get(base).copied() {
         positions.insert(format!("{base}[0]"), line);

@@ -2,15 +2,19 @@
 //!
 //! Istio's decoder is protobuf JSON, which is more lenient than serde in a few places that real
 //! YAML relies on: numbers written as strings (`number: "80"`), `null` meaning "unset", YAML 1.1
-//! booleans (`yes`). Rather than teach every struct those rules, decoding retries: when serde
-//! fails on a scalar that protobuf JSON would have accepted, the scalar is rewritten in place and
-//! decoding starts again. Each retry fixes one value, so the loop is bounded by the input size.
+//! booleans (`yes`). [`lenient`] reads those in the same pass as everything else; a null that
+//! stands for an absent field costs one more pass (see there). Decoding used to start again
+//! after each converted value, which made a resource of a few thousand such values take
+//! thousands of passes over itself.
+
+mod lenient;
 
 use serde::de::DeserializeOwned;
-use serde_json::{Number, Value};
+use serde_json::Value;
 use serde_path_to_error::{Path, Segment};
 
 use super::yaml::join;
+use lenient::{remove_recorded, Lenient, Nulls};
 
 /// A typed-decoding failure: the full field path (`spec.http[0].timeout`) and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,27 +23,28 @@ pub(crate) struct FieldError {
     pub message: String,
 }
 
-/// Upper bound on in-place rewrites, far above what a hand-written resource needs.
-const MAX_COERCIONS: usize = 4096;
+/// Passes after which decoding gives up. Two suffice (a null enum value, which no type here
+/// has, costs one each); the bound only keeps a future type from making it unbounded.
+const MAX_PASSES: usize = 16;
 
 /// Decodes `value` into `T`; `base` is the path of `value` in the document (`spec`, `metadata`).
 pub(crate) fn from_json<T: DeserializeOwned>(
     mut value: Value,
     base: &str,
 ) -> Result<T, FieldError> {
-    for _ in 0..MAX_COERCIONS {
-        let err = match serde_path_to_error::deserialize::<_, T>(&value) {
-            Ok(v) => return Ok(v),
-            Err(err) => err,
-        };
-        let message = err.inner().to_string();
-        if !coerce(&mut value, err.path(), &message) {
-            return Err(translate(err.path(), &message, base));
+    for _ in 0..MAX_PASSES {
+        crate::work::count(1);
+        let nulls = Nulls::default();
+        let result = serde_path_to_error::deserialize::<_, T>(Lenient::root(&value, &nulls));
+        if nulls.is_empty() {
+            return result.map_err(|err| translate(err.path(), &err.inner().to_string(), base));
         }
+        remove_recorded(&mut value, nulls);
     }
     Err(FieldError {
         path: base.to_string(),
-        message: "too many values needed conversion; the resource is too large to decode".into(),
+        message: "too many null values that could not be left out; write the fields without them"
+            .into(),
     })
 }
 
@@ -75,137 +80,6 @@ fn full_path(base: &str, rel: &str) -> String {
         format!("{base}{rel}")
     } else {
         join(base, rel)
-    }
-}
-
-fn value_at<'v>(root: &'v mut Value, path: &Path) -> Option<&'v mut Value> {
-    let mut cur = root;
-    for seg in path.iter() {
-        cur = match seg {
-            Segment::Seq { index } => cur.get_mut(*index)?,
-            Segment::Map { key } => cur.get_mut(key.as_str())?,
-            Segment::Enum { .. } => cur,
-            Segment::Unknown => return None,
-        };
-    }
-    Some(cur)
-}
-
-/// The `expected …` part of a serde "invalid type"/"invalid value" message.
-fn expected_of(message: &str) -> Option<&str> {
-    if message.starts_with("invalid type: ") || message.starts_with("invalid value: ") {
-        message.rsplit_once(", expected ").map(|(_, e)| e)
-    } else {
-        None
-    }
-}
-
-fn is_int_type(expected: &str) -> bool {
-    matches!(
-        expected,
-        "u8" | "u16"
-            | "u32"
-            | "u64"
-            | "u128"
-            | "usize"
-            | "i8"
-            | "i16"
-            | "i32"
-            | "i64"
-            | "i128"
-            | "isize"
-    )
-}
-
-fn is_float_type(expected: &str) -> bool {
-    matches!(expected, "f32" | "f64")
-}
-
-/// Rewrites the value serde choked on if protobuf JSON would have accepted it. Returns whether
-/// anything changed (and decoding should be retried).
-fn coerce(root: &mut Value, path: &Path, message: &str) -> bool {
-    let Some(expected) = expected_of(message) else {
-        return false;
-    };
-    let expected = expected.to_string();
-
-    // `key:` with no value is null; protobuf JSON reads null as "unset". Struct-typed map values
-    // and list items cannot be unset, so they become `{}` (for a header match: presence only).
-    if message.starts_with("invalid type: null") {
-        if expected.starts_with("struct ") {
-            if let Some(v) = value_at(root, path) {
-                *v = Value::Object(Default::default());
-                return true;
-            }
-            return false;
-        }
-        return remove_at(root, path);
-    }
-
-    let Some(target) = value_at(root, path) else {
-        return false;
-    };
-    let replacement = match &*target {
-        Value::String(s) if is_int_type(&expected) => {
-            let t = s.trim();
-            t.parse::<i64>()
-                .map(Number::from)
-                .or_else(|_| t.parse::<u64>().map(Number::from))
-                .ok()
-                .map(Value::Number)
-        }
-        Value::String(s) if is_float_type(&expected) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map(Value::Number),
-        Value::String(s) if expected == "a boolean" => {
-            match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" | "y" => Some(Value::Bool(true)),
-                "false" | "no" | "off" | "n" => Some(Value::Bool(false)),
-                _ => None,
-            }
-        }
-        Value::Number(n) if is_int_type(&expected) => n
-            .as_f64()
-            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-            .map(|f| Value::Number(Number::from(f as i64))),
-        _ => None,
-    };
-    match replacement {
-        Some(r) if r != *target => {
-            *target = r;
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Removes the object key at `path` (a null field), so the struct's default applies.
-fn remove_at(root: &mut Value, path: &Path) -> bool {
-    let segments: Vec<&Segment> = path.iter().collect();
-    let Some((Segment::Map { key }, parent_segments)) = segments.split_last() else {
-        return false;
-    };
-    let mut cur = &mut *root;
-    for seg in parent_segments {
-        cur = match seg {
-            Segment::Seq { index } => match cur.get_mut(*index) {
-                Some(v) => v,
-                None => return false,
-            },
-            Segment::Map { key } => match cur.get_mut(key.as_str()) {
-                Some(v) => v,
-                None => return false,
-            },
-            Segment::Enum { .. } => cur,
-            Segment::Unknown => return false,
-        };
-    }
-    match cur {
-        Value::Object(map) => map.remove(key.as_str()).is_some(),
-        _ => false,
     }
 }
 

@@ -17,6 +17,21 @@ pub use limits::{MAX_ALIAS_NODES, MAX_DEPTH, MAX_OBJECT_BYTES, MAX_TEXT_BYTES};
 /// Field path (`spec.http[0].timeout`) → 1-based line.
 pub(crate) type Positions = BTreeMap<String, u32>;
 
+/// The entries of `positions` whose paths start with `prefix`, found without looking at the
+/// others (a scan of the whole table per list item or per route made decoding quadratic).
+pub(crate) fn positions_under<'p>(
+    positions: &'p Positions,
+    prefix: &'p str,
+) -> impl Iterator<Item = (&'p String, &'p u32)> + 'p {
+    positions
+        .range::<str, _>((
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(move |(path, _)| path.starts_with(prefix))
+        .inspect(|_| crate::work::count(1))
+}
+
 /// One YAML document, converted.
 #[derive(Debug, Clone)]
 pub(crate) struct Document {

@@ -4,7 +4,7 @@
 //! selector, port and hosts (IST0145), and server ports the gateway workload's Service does not
 //! expose (IST0162).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sluice_api::kube::IntOrString;
 use sluice_api::networking::{Gateway, Labels};
@@ -16,8 +16,9 @@ use super::{
     VIRTUAL_SERVICE_HOST_NOT_FOUND_IN_GATEWAY,
 };
 use crate::gateway::{
-    credential_secret, resolve_credential, resolve_gateway_name, secret_data, GatewayHost,
+    credential_secret, resolve_credential, resolve_gateway_name, GatewayHost, Secrets,
 };
+use crate::host::HostIndex;
 use crate::references::DEFAULT_GATEWAY_NAMESPACE;
 use crate::registry::labels_subset;
 
@@ -30,8 +31,9 @@ pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
         })
         .collect();
     virtual_service_gateways(resources, &gateways, out);
+    let secrets = Secrets::new(resources);
     for (res, gw) in gateways.values() {
-        credentials(resources, res, gw, out);
+        credentials(&secrets, res, gw, out);
         service_ports(resources, res, gw, out);
     }
     conflicts(&gateways, out);
@@ -43,6 +45,7 @@ fn virtual_service_gateways(
     gateways: &BTreeMap<String, (&Resource, &Gateway)>,
     out: &mut Vec<Message>,
 ) {
+    let mut server_hosts: HashMap<String, GatewayHostIndex> = HashMap::new();
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
@@ -78,25 +81,10 @@ fn virtual_service_gateways(
             if !field.starts_with("spec.gateways") || !seen.insert(name.clone()) {
                 continue;
             }
-            let gw_ns = name.split('/').next().unwrap_or(ns);
-            let server_hosts: Vec<GatewayHost> = gw
-                .servers
-                .iter()
-                .flat_map(|s| {
-                    if s.hosts.is_empty() {
-                        vec![GatewayHost::parse("*", gw_ns)]
-                    } else {
-                        s.hosts
-                            .iter()
-                            .map(|h| GatewayHost::parse(h, gw_ns))
-                            .collect()
-                    }
-                })
-                .collect();
-            let admitted = vs.hosts.iter().any(|h| {
-                let h = h.to_ascii_lowercase();
-                server_hosts.iter().any(|sh| sh.admits(&h, ns))
-            });
+            let server_hosts = server_hosts
+                .entry(name.clone())
+                .or_insert_with(|| GatewayHostIndex::new(&name, gw));
+            let admitted = vs.hosts.iter().any(|h| server_hosts.admit(h, ns));
             if !admitted && !vs.hosts.is_empty() {
                 out.push(Message::at(
                     &VIRTUAL_SERVICE_HOST_NOT_FOUND_IN_GATEWAY,
@@ -113,9 +101,54 @@ fn virtual_service_gateways(
     }
 }
 
+/// The server hosts of one Gateway, indexed: those open to every namespace, and those of each
+/// namespace (`ns/host`). Comparing each VirtualService host with every server host made a
+/// Gateway with thousands of servers quadratic.
+struct GatewayHostIndex {
+    any_namespace: HostIndex<()>,
+    by_namespace: HashMap<String, HostIndex<()>>,
+}
+
+impl GatewayHostIndex {
+    fn new(name: &str, gw: &Gateway) -> Self {
+        let gw_ns = name.split('/').next().unwrap_or_default();
+        let mut hosts = GatewayHostIndex {
+            any_namespace: HostIndex::default(),
+            by_namespace: HashMap::new(),
+        };
+        for server in &gw.servers {
+            let written: Vec<&str> = if server.hosts.is_empty() {
+                vec!["*"]
+            } else {
+                server.hosts.iter().map(String::as_str).collect()
+            };
+            for h in written {
+                let gh = GatewayHost::parse(h, gw_ns);
+                let index = match &gh.namespace {
+                    None => &mut hosts.any_namespace,
+                    Some(ns) => hosts.by_namespace.entry(ns.to_string()).or_default(),
+                };
+                index.insert(&gh.host, ());
+            }
+        }
+        hosts
+    }
+
+    /// True when a server host admits `vs_host` of a VirtualService in `vs_ns`
+    /// ([`GatewayHost::admits`]).
+    fn admit(&self, vs_host: &str, vs_ns: &str) -> bool {
+        let h = vs_host.to_ascii_lowercase();
+        self.any_namespace.any_intersecting(&h)
+            || self
+                .by_namespace
+                .get(vs_ns)
+                .is_some_and(|index| index.any_intersecting(&h))
+    }
+}
+
 /// IST0101 `credentialName` (no such Secret) and IST0161 (the Secret has no usable key pair).
 /// Secrets are looked up where `sluice gateway` runs by default, istio-system.
-fn credentials(resources: &[Resource], res: &Resource, gw: &Gateway, out: &mut Vec<Message>) {
+fn credentials(secrets: &Secrets<'_>, res: &Resource, gw: &Gateway, out: &mut Vec<Message>) {
     for (i, server) in gw.servers.iter().enumerate() {
         let Some(name) = server
             .tls
@@ -126,7 +159,7 @@ fn credentials(resources: &[Resource], res: &Resource, gw: &Gateway, out: &mut V
             continue;
         };
         let (ns, secret) = credential_secret(name, DEFAULT_GATEWAY_NAMESPACE);
-        let exists = secret_data(resources, ns, secret).is_some();
+        let exists = secrets.get(ns, secret).is_some();
         let field = format!("spec.servers[{i}].tls.credentialName");
         if !exists {
             out.push(Message::at(
@@ -135,7 +168,7 @@ fn credentials(resources: &[Resource], res: &Resource, gw: &Gateway, out: &mut V
                 &field,
                 format!("Referenced credentialName not found: {name:?}"),
             ));
-        } else if resolve_credential(resources, DEFAULT_GATEWAY_NAMESPACE, name).is_err() {
+        } else if resolve_credential(secrets, DEFAULT_GATEWAY_NAMESPACE, name).is_err() {
             out.push(Message::at(
                 &INVALID_GATEWAY_CREDENTIAL,
                 res,
@@ -228,27 +261,30 @@ fn conflicts(gateways: &BTreeMap<String, (&Resource, &Gateway)>, out: &mut Vec<M
         }
     }
     for ((selector, port), servers) in by_port {
+        let mut index = HostIndex::default();
+        for (j, (_, hosts)) in servers.iter().enumerate() {
+            for h in hosts {
+                index.insert(h, j);
+            }
+        }
         for (i, (a, hosts_a)) in servers.iter().enumerate() {
             let mut others = BTreeSet::new();
             let mut shared = BTreeSet::new();
-            for (j, (b, hosts_b)) in servers.iter().enumerate() {
-                if i == j || a == b {
-                    continue;
-                }
-                for ha in hosts_a {
-                    for hb in hosts_b {
-                        if crate::host::intersects(ha, hb) {
-                            others.insert(b.clone());
-                            shared.insert(ha.clone());
-                        }
+            for ha in hosts_a {
+                index.visit_intersecting(ha, |&j| {
+                    let b = &servers[j].0;
+                    if j != i && b != a {
+                        others.insert(b.clone());
+                        shared.insert(ha.clone());
                     }
-                }
+                    true
+                });
             }
             if others.is_empty() {
                 continue;
             }
             let (res, _) = gateways[a];
-            let others: Vec<String> = others.into_iter().collect();
+            let others = super::listed(&others);
             let shared: Vec<String> = shared.into_iter().collect();
             out.push(Message::at(
                 &CONFLICTING_GATEWAYS,
@@ -256,7 +292,7 @@ fn conflicts(gateways: &BTreeMap<String, (&Resource, &Gateway)>, out: &mut Vec<M
                 "spec.servers",
                 format!(
                     "Conflict with gateways {} (workload selector {selector}, port {port}, hosts {}).",
-                    others.join(","),
+                    others,
                     shared.join(",")
                 ),
             ));

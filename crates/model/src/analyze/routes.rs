@@ -2,7 +2,7 @@
 //! never be used (IST0130) and match blocks an earlier one already covers (IST0131), as Istio's
 //! `AnalyzeUnreachableHTTPRules`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde_json::Value;
 use sluice_api::networking::{HttpMatchRequest, HttpRoute, VirtualService};
@@ -25,20 +25,126 @@ pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
     }
 }
 
-fn scopes_overlap(a: &ExportTo, b: &ExportTo) -> bool {
-    match (a, b) {
-        (ExportTo::All, ExportTo::All) => true,
-        (ExportTo::All, ExportTo::Namespaces(n)) | (ExportTo::Namespaces(n), ExportTo::All) => {
-            !n.is_empty()
+/// The VirtualServices that define one host, with what IST0109 needs to list the ones each
+/// conflicts with (those whose `exportTo` overlaps its own) without comparing every pair: with
+/// thousands of VirtualServices for one host, pairwise comparison and complete lists made the
+/// analysis and its output grow with the square of their number.
+#[derive(Default)]
+struct HostDefinitions<'r> {
+    /// (resource, key, scope), each VirtualService once.
+    entries: Vec<(&'r Resource, String, ExportTo)>,
+    keys: HashSet<String>,
+}
+
+impl HostDefinitions<'_> {
+    fn report(self, host: &str, out: &mut Vec<Message>) {
+        let entries = self.entries;
+        // Keys exported everywhere; keys of every entry exported somewhere; namespace →
+        // entries exported there. All sorted by key.
+        let mut everywhere: Vec<&str> = Vec::new();
+        let mut somewhere: Vec<&str> = Vec::new();
+        let mut by_namespace: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (_, key, scope) in &entries {
+            match scope {
+                ExportTo::All => {
+                    everywhere.push(key);
+                    somewhere.push(key);
+                }
+                ExportTo::Namespaces(list) if !list.is_empty() => {
+                    somewhere.push(key);
+                    let unique: BTreeSet<&str> = list.iter().map(String::as_str).collect();
+                    for ns in unique {
+                        by_namespace.entry(ns).or_default().push(key);
+                    }
+                }
+                ExportTo::Namespaces(_) => {}
+            }
         }
-        (ExportTo::Namespaces(x), ExportTo::Namespaces(y)) => x.iter().any(|n| y.contains(n)),
+        everywhere.sort_unstable();
+        somewhere.sort_unstable();
+        for list in by_namespace.values_mut() {
+            list.sort_unstable();
+        }
+        // Those exported to several namespaces: the union, once per distinct set.
+        let mut unions: HashMap<&[String], Vec<&str>> = HashMap::new();
+        for (res, _, scope) in &entries {
+            // The VirtualServices this one conflicts with, and itself: exported everywhere it
+            // is, or (exported everywhere) to at least one of the namespaces it is exported to.
+            let (first, second): (&[&str], &[&str]) = match scope {
+                ExportTo::All => (&somewhere, &[]),
+                ExportTo::Namespaces(list) if list.is_empty() => continue,
+                ExportTo::Namespaces(list) => {
+                    let unique: BTreeSet<&str> = list.iter().map(String::as_str).collect();
+                    if unique.len() == 1 {
+                        let ns = unique.first().copied().unwrap_or_default();
+                        let posting = by_namespace.get(ns).map_or(&[][..], Vec::as_slice);
+                        (&everywhere, posting)
+                    } else {
+                        let union = unions.entry(list).or_insert_with(|| {
+                            let mut keys: Vec<&str> = unique
+                                .iter()
+                                .filter_map(|ns| by_namespace.get(ns))
+                                .flatten()
+                                .copied()
+                                .collect();
+                            keys.sort_unstable();
+                            keys.dedup();
+                            keys
+                        });
+                        (&everywhere, union.as_slice())
+                    }
+                }
+            };
+            let total = first.len() + second.len();
+            if total < 2 {
+                continue;
+            }
+            let names = merge_sorted(first, second, super::MAX_LISTED);
+            let mut names = names.join(",");
+            if total > super::MAX_LISTED {
+                names.push_str(&format!(" and {} more", total - super::MAX_LISTED));
+            }
+            out.push(Message::at(
+                &CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS,
+                res,
+                "spec.hosts",
+                format!(
+                    "The VirtualServices {names} associated with mesh gateway define the same host {host} which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource."
+                ),
+            ));
+        }
     }
+}
+
+/// The first `n` of two sorted, disjoint lists, in order.
+fn merge_sorted<'a>(a: &[&'a str], b: &[&'a str], n: usize) -> Vec<&'a str> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x <= y => {
+                i += 1;
+                x
+            }
+            (_, Some(y)) => {
+                j += 1;
+                y
+            }
+            (Some(x), None) => {
+                i += 1;
+                x
+            }
+            (None, None) => break,
+        };
+        out.push(*next);
+    }
+    out
 }
 
 /// IST0109. Sidecars do not merge VirtualServices: only the oldest one's `http` rules for a host
 /// are used, so only VirtualServices with `http` rules are compared.
 fn mesh_host_conflicts(resources: &[Resource], out: &mut Vec<Message>) {
-    let mut by_host: BTreeMap<String, Vec<(&Resource, ExportTo)>> = BTreeMap::new();
+    let mut by_host: BTreeMap<String, HostDefinitions<'_>> = BTreeMap::new();
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
@@ -47,37 +153,17 @@ fn mesh_host_conflicts(resources: &[Resource], out: &mut Vec<Message>) {
             continue;
         }
         let scope = ExportTo::parse(&vs.export_to, &res.meta.namespace);
+        let key = res.key();
         for h in &vs.hosts {
             let fqdn = host::resolve_short_name(h, &res.meta.namespace);
-            let list = by_host.entry(fqdn).or_default();
-            if !list.iter().any(|(r, _)| r.key() == res.key()) {
-                list.push((res, scope.clone()));
+            let defs = by_host.entry(fqdn).or_default();
+            if defs.keys.insert(key.clone()) {
+                defs.entries.push((res, key.clone(), scope.clone()));
             }
         }
     }
-    for (host, list) in by_host {
-        for (i, (res, scope)) in list.iter().enumerate() {
-            let mut names: Vec<String> = list
-                .iter()
-                .enumerate()
-                .filter(|(j, (_, other))| *j != i && scopes_overlap(scope, other))
-                .map(|(_, (r, _))| r.key())
-                .collect();
-            if names.is_empty() {
-                continue;
-            }
-            names.push(res.key());
-            names.sort();
-            out.push(Message::at(
-                &CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS,
-                res,
-                "spec.hosts",
-                format!(
-                    "The VirtualServices {} associated with mesh gateway define the same host {host} which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.",
-                    names.join(",")
-                ),
-            ));
-        }
+    for (host, defs) in by_host {
+        defs.report(&host, out);
     }
 }
 

@@ -13,22 +13,30 @@ use super::{
     NO_SERVER_CERTIFICATE_VERIFICATION_DESTINATION_LEVEL,
     NO_SERVER_CERTIFICATE_VERIFICATION_PORT_LEVEL, UNKNOWN_DESTINATION_RULE_HOST,
 };
-use crate::host;
-use crate::references::subset_selects_nothing;
+use std::collections::HashMap;
+
+use crate::host::{self, HostIndex};
+use crate::references::EndpointLabels;
 use crate::registry;
 
+/// Services are found by host through an index, and subsets matched against each service's
+/// endpoints by label: comparing every rule with every service, and every subset with every
+/// endpoint, was quadratic.
 pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
     let services = registry::services_from(resources);
+    let mut by_host = HostIndex::default();
+    for (i, svc) in services.iter().enumerate() {
+        by_host.insert(&svc.hostname, i);
+    }
+    let mut endpoint_labels: HashMap<usize, EndpointLabels<'_>> = HashMap::new();
     for res in resources {
         let Spec::DestinationRule(dr) = &res.spec else {
             continue;
         };
         ca_certificates(res, dr, out);
         let fqdn = host::resolve_short_name(&dr.host, &res.meta.namespace);
-        let matching: Vec<_> = services
-            .iter()
-            .filter(|s| host::intersects(&fqdn, &s.hostname))
-            .collect();
+        let mut matching: Vec<usize> = by_host.intersecting(&fqdn).into_iter().copied().collect();
+        matching.sort_unstable();
         if matching.is_empty() {
             out.push(Message::at(
                 &UNKNOWN_DESTINATION_RULE_HOST,
@@ -42,10 +50,13 @@ pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
             continue;
         }
         for (i, subset) in dr.subsets.iter().enumerate() {
-            if matching
-                .iter()
-                .all(|svc| subset_selects_nothing(svc, &subset.labels))
-            {
+            let selects_nothing = matching.iter().all(|&i| {
+                endpoint_labels
+                    .entry(i)
+                    .or_insert_with(|| EndpointLabels::new(&services[i]))
+                    .selects_nothing(&subset.labels)
+            });
+            if selects_nothing {
                 out.push(Message::at(
                     &DESTINATION_RULE_SUBSET_NOT_SELECT_PODS,
                     res,

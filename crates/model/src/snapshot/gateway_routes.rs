@@ -2,6 +2,8 @@
 //! and the VirtualService routes bound to them (merged across VirtualServices, catch-all routes
 //! last), plus Kubernetes Ingresses translated into the same form.
 
+use std::collections::HashSet;
+
 use super::*;
 
 /// The routes of one gateway port: virtual hosts of the HTTP servers (merged across
@@ -36,8 +38,27 @@ impl GatewayRoutes {
 struct MergedVhost {
     domain: Arc<str>,
     sources: Vec<Arc<str>>,
+    merged: HashSet<Arc<str>>,
     rules: Vec<Arc<HttpRouteRule>>,
 }
+
+/// A VirtualService visible to this gateway proxy, with what every port needs of it worked
+/// out once.
+struct GatewayVs<'r> {
+    res: &'r Resource,
+    vs: &'r networking::VirtualService,
+    /// Every Gateway it names, as `ns/name`.
+    names: BTreeSet<String>,
+    /// Its hosts as written (lowercase) and as FQDNs.
+    hosts: Vec<(String, Arc<str>)>,
+    source: Arc<str>,
+}
+
+/// A VirtualService host that a server host admits, on one port: indexes of the
+/// VirtualService (in resource order), of its host, of the server on the port and of the
+/// server's host. Sorted, they give the order in which hosts, servers and server hosts were
+/// compared pairwise before.
+type Admitted = (usize, usize, usize, usize);
 
 /// The narrower of two intersecting host patterns (server `*` + VS `a.com` → `a.com`).
 fn narrower<'a>(a: &'a str, b: &'a str) -> &'a str {
@@ -115,73 +136,22 @@ pub(super) fn build_gateway(snap: &mut Snapshot, resources: &[Resource]) {
         .flat_map(|p| p.servers.iter())
         .map(|s| s.gateway.as_ref())
         .collect();
-    // A VirtualService naming a Gateway that does not exist, reported by the proxies it
-    // would otherwise concern (those serving one of its other Gateways).
-    for res in resources {
-        let Spec::VirtualService(vs) = &res.spec else {
-            continue;
-        };
-        let names = vs_gateway_names(vs, &res.meta.namespace);
-        if !names.iter().any(|n| served.contains(n.as_str())) {
-            continue;
-        }
-        references::check_unknown_gateways(res, vs, &known, &mut snap.diagnostics);
-    }
-    let ports = snap.gateway_ports.clone();
-    for port in &ports {
-        let routes = build_gateway_port(snap, resources, port);
-        snap.gateway_routes.insert(port.number, routes);
-    }
-    // Rules bound on several ports are compiled once per port; report their problems once.
-    let mut seen = std::collections::HashSet::new();
-    let mut i = 0;
-    snap.diagnostics.retain(|d| {
-        i += 1;
-        i <= first_diagnostic || seen.insert(d.to_string())
-    });
-}
-
-fn build_gateway_port(
-    snap: &mut Snapshot,
-    resources: &[Resource],
-    port: &GatewayPort,
-) -> GatewayRoutes {
-    let mut routes = GatewayRoutes {
-        blackhole: format!("blackhole:{}", port.number).into(),
-        ..GatewayRoutes::default()
-    };
-    // Virtual hosts in the order their domains first appear.
-    let mut vhosts: Vec<MergedVhost> = Vec::new();
-    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut vss = Vec::new();
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
         };
         let ns = res.meta.namespace.as_str();
+        let names = vs_gateway_names(vs, ns);
+        // A VirtualService naming a Gateway that does not exist, reported by the proxies it
+        // would otherwise concern (those serving one of its other Gateways).
+        if names.iter().any(|n| served.contains(n.as_str())) {
+            references::check_unknown_gateways(res, vs, &known, &mut snap.diagnostics);
+        }
         if !ExportTo::parse(&vs.export_to, ns).visible_to(&snap.proxy.namespace) {
             continue;
         }
-        let names = vs_gateway_names(vs, ns);
-        let bound: Vec<&Arc<GatewayServer>> = port
-            .servers
-            .iter()
-            .filter(|s| names.contains(s.gateway.as_ref()))
-            .collect();
-        if bound.is_empty() {
-            continue;
-        }
-        let scope_names: BTreeSet<String> = bound.iter().map(|s| s.gateway.to_string()).collect();
-        let scope = Scope::Gateways {
-            names: &scope_names,
-            vs_namespace: ns,
-            ingress: res
-                .meta
-                .annotations
-                .get(crate::ingress::ROUTE_SEMANTICS_ANNOTATION)
-                .is_some_and(|v| v == "ingress"),
-        };
-        let source: Arc<str> = format!("VirtualService {}", res.key()).into();
-        let hosts: Vec<(String, Arc<str>)> = vs
+        let hosts = vs
             .hosts
             .iter()
             .map(|h| {
@@ -191,29 +161,126 @@ fn build_gateway_port(
                 )
             })
             .collect();
-        let resolved: Vec<Arc<str>> = hosts.iter().map(|(_, h)| h.clone()).collect();
-        let admitted = |servers: &[&Arc<GatewayServer>], h: &str| {
-            servers
-                .iter()
-                .flat_map(|s| s.hosts.iter())
-                .any(|gh| gh.admits(h, ns))
-        };
+        vss.push(GatewayVs {
+            res,
+            vs,
+            names,
+            hosts,
+            source: format!("VirtualService {}", res.key()).into(),
+        });
+    }
+    let ports = snap.gateway_ports.clone();
+    let admitted = admitted_hosts(&ports, &vss);
+    for (port, admitted) in ports.iter().zip(&admitted) {
+        let routes = build_gateway_port(snap, port, &vss, admitted);
+        snap.gateway_routes.insert(port.number, routes);
+    }
+    // Rules bound on several ports are compiled once per port; report their problems once.
+    let mut seen = HashSet::new();
+    let mut i = 0;
+    snap.diagnostics.retain(|d| {
+        i += 1;
+        i <= first_diagnostic || seen.insert(d.to_string())
+    });
+}
 
-        let http_servers: Vec<&Arc<GatewayServer>> =
-            bound.iter().copied().filter(|s| s.serves_http()).collect();
-        if !vs.http.is_empty() && !http_servers.is_empty() {
+/// Per port, every VirtualService host that one of its servers admits ([`GatewayHost::admits`]):
+/// the server hosts are indexed by Gateway and namespace restriction, so each VirtualService
+/// host is compared only with the server hosts that admit it.
+fn admitted_hosts(ports: &[GatewayPort], vss: &[GatewayVs<'_>]) -> Vec<Vec<Admitted>> {
+    // (Gateway, namespace a server host is restricted to) → server hosts: (port, server, host).
+    type ServerHosts = host::HostIndex<(usize, usize, usize)>;
+    let mut index: HashMap<(&str, Option<&str>), ServerHosts> = HashMap::new();
+    for (p, port) in ports.iter().enumerate() {
+        for (s, server) in port.servers.iter().enumerate() {
+            for (h, gh) in server.hosts.iter().enumerate() {
+                index
+                    .entry((&server.gateway, gh.namespace.as_deref()))
+                    .or_default()
+                    .insert(&gh.host, (p, s, h));
+            }
+        }
+    }
+    let mut out = vec![Vec::new(); ports.len()];
+    for (v, gvs) in vss.iter().enumerate() {
+        let ns = gvs.res.meta.namespace.as_str();
+        for name in &gvs.names {
+            for key in [(name.as_str(), None), (name.as_str(), Some(ns))] {
+                let Some(servers) = index.get(&key) else {
+                    continue;
+                };
+                for (h, (_, fqdn)) in gvs.hosts.iter().enumerate() {
+                    servers.visit_intersecting(fqdn, |&(p, s, gh)| {
+                        out[p].push((v, h, s, gh));
+                        true
+                    });
+                }
+            }
+        }
+    }
+    for list in &mut out {
+        list.sort_unstable();
+        list.dedup();
+    }
+    out
+}
+
+fn build_gateway_port(
+    snap: &mut Snapshot,
+    port: &GatewayPort,
+    vss: &[GatewayVs<'_>],
+    admitted: &[Admitted],
+) -> GatewayRoutes {
+    let mut routes = GatewayRoutes {
+        blackhole: format!("blackhole:{}", port.number).into(),
+        ..GatewayRoutes::default()
+    };
+    let port_gateways: HashSet<&str> = port.servers.iter().map(|s| &*s.gateway).collect();
+    // Virtual hosts in the order their domains first appear.
+    let mut vhosts: Vec<MergedVhost> = Vec::new();
+    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+    for pairs in admitted.chunk_by(|a, b| a.0 == b.0) {
+        let Some(&(v, ..)) = pairs.first() else {
+            continue;
+        };
+        let GatewayVs {
+            res,
+            vs,
+            names,
+            hosts,
+            source,
+        } = &vss[v];
+        let ns = res.meta.namespace.as_str();
+        let scope_names: BTreeSet<String> = names
+            .iter()
+            .filter(|n| port_gateways.contains(n.as_str()))
+            .cloned()
+            .collect();
+        let scope = Scope::Gateways {
+            names: &scope_names,
+            vs_namespace: ns,
+            ingress: res
+                .meta
+                .annotations
+                .get(crate::ingress::ROUTE_SEMANTICS_ANNOTATION)
+                .is_some_and(|v| v == "ingress"),
+        };
+        let resolved: Vec<Arc<str>> = hosts.iter().map(|(_, h)| h.clone()).collect();
+
+        if !vs.http.is_empty() {
             let mut domains: Vec<(Arc<str>, Option<&str>)> = Vec::new();
-            for (written, fqdn) in &hosts {
-                for gh in http_servers.iter().flat_map(|s| s.hosts.iter()) {
-                    if !gh.admits(fqdn, ns) {
-                        continue;
-                    }
-                    let domain: Arc<str> = Arc::from(narrower(&gh.host, fqdn));
-                    let alias = (domain == *fqdn && written.as_str() != &**fqdn)
-                        .then_some(written.as_str());
-                    if !domains.iter().any(|(d, _)| *d == domain) {
-                        domains.push((domain, alias));
-                    }
+            let mut seen: HashSet<Arc<str>> = HashSet::new();
+            for &(_, h, s, g) in pairs {
+                let server = &port.servers[s];
+                if !server.serves_http() {
+                    continue;
+                }
+                let (written, fqdn) = &hosts[h];
+                let domain: Arc<str> = Arc::from(narrower(&server.hosts[g].host, fqdn));
+                let alias =
+                    (domain == *fqdn && written.as_str() != &**fqdn).then_some(written.as_str());
+                if seen.insert(domain.clone()) {
+                    domains.push((domain, alias));
                 }
             }
             if !domains.is_empty() {
@@ -221,7 +288,7 @@ fn build_gateway_port(
                     .http
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, r)| compile_http_rule(snap, res, &source, i, r, scope))
+                    .filter_map(|(i, r)| compile_http_rule(snap, res, source, i, r, scope))
                     .map(Arc::new)
                     .collect();
                 for (domain, alias) in domains {
@@ -233,7 +300,7 @@ fn build_gateway_port(
                         vhosts.len() - 1
                     });
                     let entry = &mut vhosts[at];
-                    if !entry.sources.contains(&source) {
+                    if entry.merged.insert(source.clone()) {
                         entry.sources.push(source.clone());
                         entry.rules.extend(rules.iter().cloned());
                     }
@@ -247,22 +314,16 @@ fn build_gateway_port(
             }
         }
 
-        let tls_servers: Vec<&Arc<GatewayServer>> = bound
-            .iter()
-            .copied()
-            .filter(|s| s.passes_tls_through())
-            .collect();
-        if resolved.iter().any(|h| admitted(&tls_servers, h)) {
-            let rules = tls_stream_rules(snap, res, &source, &resolved, vs, scope, false);
+        let server_of = |&(_, _, s, _): &Admitted| &port.servers[s];
+        if pairs.iter().any(|a| server_of(a).passes_tls_through()) {
+            let rules = tls_stream_rules(snap, res, source, &resolved, vs, scope, false);
             routes.tls_rules.extend(rules);
         }
-        let tcp_servers: Vec<&Arc<GatewayServer>> = bound
-            .iter()
-            .copied()
-            .filter(|s| !s.serves_http() && !s.passes_tls_through())
-            .collect();
-        if resolved.iter().any(|h| admitted(&tcp_servers, h)) {
-            let rules = tcp_stream_rules(snap, res, &source, &resolved, vs, scope, false);
+        if pairs.iter().any(|a| {
+            let s = server_of(a);
+            !s.serves_http() && !s.passes_tls_through()
+        }) {
+            let rules = tcp_stream_rules(snap, res, source, &resolved, vs, scope, false);
             routes.tcp_rules.extend(rules);
         }
     }
@@ -270,6 +331,7 @@ fn build_gateway_port(
         domain,
         sources,
         rules,
+        ..
     } in vhosts
     {
         let vhost = Arc::new(VirtualHost {
