@@ -9,7 +9,9 @@
 # Knobs (environment): DURATION (s, per measurement, default 10), RATE (fixed-rate req/s, 1000),
 # CONNS (saturation connections, 32), RATE_CONNS (fixed-rate connections, 16), THREADS (worker
 # threads/processes per proxy, 1), TARGETS (default "direct nginx haproxy sluice"), PIN (1: pin the
-# proxy to CPU 1 and the load generator + upstream to CPU 0, when the machine has ≥2 CPUs).
+# proxy to CPU 1 and the load generator + upstream to CPU 0, when the machine has ≥2 CPUs),
+# SLUICE_PROFILE (cargo profile sluice is built with, default release; bench-fast skips the long
+# LTO link), SLUICE_BIN (a sluice binary to measure as is, no build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -24,6 +26,8 @@ RATE_CONNS=${RATE_CONNS:-16}
 THREADS=${THREADS:-1}
 TARGETS=${TARGETS:-"direct nginx haproxy sluice"}
 PIN=${PIN:-1}
+SLUICE_PROFILE=${SLUICE_PROFILE:-release}
+SLUICE_BIN=${SLUICE_BIN:-}
 
 UP_PORT=28080      # upstream: nginx serving a 1 KiB body
 NGINX_PORT=28081
@@ -57,9 +61,10 @@ fi
 PATH=$PATH:/usr/sbin:/sbin
 
 # ---- builds ---------------------------------------------------------------------------------------
-if [[ " $TARGETS " == *" sluice "* ]]; then
-    log "building sluice (release, LTO)"
-    cargo build --release -p sluice
+if [[ " $TARGETS " == *" sluice "* ]] && [ -z "$SLUICE_BIN" ]; then
+    log "building sluice (profile $SLUICE_PROFILE)"
+    cargo build --profile "$SLUICE_PROFILE" -p sluice
+    SLUICE_BIN=$repo/target/$SLUICE_PROFILE/sluice
 fi
 log "building the load generator"
 cargo build --release --quiet --manifest-path bench/loadgen/Cargo.toml --target-dir "$out/target"
@@ -223,7 +228,7 @@ data:
     outboundTrafficPolicy:
       mode: REGISTRY_ONLY
 CONF
-    TOKIO_WORKER_THREADS=$THREADS start sluice "${proxy_cpu[@]}" "$repo/target/release/sluice" sidecar \
+    TOKIO_WORKER_THREADS=$THREADS start sluice "${proxy_cpu[@]}" "$SLUICE_BIN" sidecar \
         --config "$run_dir/sluice-config" --proxy-port "$SLUICE_PORT" --outbound-port 28084 \
         --admin-port 28085 --status-port 28086 --stats-port 28087 --log-level warn
     proxy_pid=$started_pid

@@ -267,6 +267,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+// jemalloc instead of glibc malloc: after thousands of connections close, glibc keeps the freed
+// memory resident (fragmented heaps, per-thread arenas; only the top of a heap is ever returned),
+// so a proxy stayed at its peak RSS for good. jemalloc's background threads purge unused pages
+// as they age (dirty_decay_ms, 10 s by default), even when the proxy goes idle after the flood.
+// Measured in bench/memory.sh (bench/README.md); mimalloc kept the memory, and glibc with
+// malloc_trim needs a trigger on the data path.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's startup options (tikv-jemallocator builds it with the `_rjem_` symbol prefix).
+/// Without background threads, unused pages are only purged on later allocator calls, so an
+/// idle proxy would keep them.
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &[u8] = b"background_thread:true\0";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // One-shot commands print their answer on stdout; the config store's progress lines would
