@@ -13,10 +13,13 @@
 //! Drain (SIGTERM, `POST /drain_listeners`): HTTP/1.1 responses carry `connection: close` (the
 //! client reconnects elsewhere after this response, with no race), HTTP/2 connections get a GOAWAY
 //! and finish their streams; the process exits when every connection is done or the drain
-//! duration is over.
+//! duration is over. A listener that stops ([`Acceptor`]) first takes the connections the kernel
+//! has already completed, which would otherwise be reset when it closes.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +31,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::admin::DrainSignal;
 use crate::store::ConfigGate;
@@ -160,6 +164,82 @@ pub fn http1_builder(settings: &DownstreamSettings) -> hyper::server::conn::http
     builder
 }
 
+/// A data-plane listener's accept loop, until `stop` resolves.
+///
+/// A client connected just before the stop sits complete in the kernel's accept queue: closing the
+/// listener then would reset it (a failed request in a rolling restart, where the Service moves
+/// to the new replica while the old one is told to stop). So after `stop`, the queue is emptied
+/// first; those connections are served like the others (drained: `connection: close`, GOAWAY).
+pub struct Acceptor<S> {
+    listener: TcpListener,
+    stop: Pin<Box<S>>,
+    stopping: bool,
+    /// Names the listener in log lines ("outbound", "gateway port 443").
+    what: String,
+}
+
+impl<S: Future<Output = ()>> Acceptor<S> {
+    pub fn new(listener: TcpListener, stop: S, what: impl Into<String>) -> Self {
+        Acceptor {
+            listener,
+            stop: Box::pin(stop),
+            stopping: false,
+            what: what.into(),
+        }
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// The next connection, or `None` once stopped and the accept queue is empty. Accept errors
+    /// (such as running out of file descriptors) are logged and retried after a pause instead
+    /// of spinning.
+    pub async fn next(&mut self) -> Option<(TcpStream, SocketAddr)> {
+        while !self.stopping {
+            tokio::select! {
+                () = self.stop.as_mut() => self.stopping = true,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => return Some(a),
+                    Err(e) => {
+                        tracing::warn!("accept on the {} listener failed: {e}", self.what);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        self.queued()
+    }
+
+    /// One connection already in the accept queue, without waiting: a plain non-blocking
+    /// accept(2), because the reactor may not have seen the queue's readiness yet.
+    fn queued(&self) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted =
+                socket2::SockRef::from(&self.listener)
+                    .accept()
+                    .and_then(|(socket, addr)| {
+                        let addr = addr.as_socket().ok_or_else(|| {
+                            std::io::Error::other("accepted a connection without an IP address")
+                        })?;
+                        let stream = std::net::TcpStream::from(socket);
+                        stream.set_nonblocking(true)?;
+                        Ok((TcpStream::from_std(stream)?, addr))
+                    });
+            match accepted {
+                Ok(a) => return Some(a),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        tracing::warn!("accept on the stopping {} listener failed: {e}", self.what);
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// Marks an HTTP/1.x response of a draining proxy `connection: close`.
 pub fn close_if_draining(drain: &DrainSignal, version: Version, resp: &mut Response<ProxyBody>) {
     if version != Version::HTTP_2 && drain.is_triggered() {
@@ -216,4 +296,42 @@ where
         }
     }
     conn.await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// Clients whose connections completed before the listener stopped are served, not reset.
+    #[tokio::test]
+    async fn a_stopping_listener_takes_the_connections_already_queued() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The kernel completes these handshakes on its own: they wait in the accept queue.
+        let clients: Vec<std::net::TcpStream> = (0..16)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut acceptor = Acceptor::new(listener, std::future::ready(()), "test");
+        let mut accepted = Vec::new();
+        while let Some((stream, _)) = acceptor.next().await {
+            accepted.push(stream);
+        }
+        assert_eq!(
+            accepted.len(),
+            clients.len(),
+            "every queued connection is taken"
+        );
+        for stream in &mut accepted {
+            stream.write_all(b"served").await.unwrap();
+        }
+        for mut client in clients {
+            let mut buf = [0u8; 6];
+            client.read_exact(&mut buf).expect("served, not reset");
+            assert_eq!(&buf, b"served");
+        }
+        // Stopped and empty: no waiting.
+        assert!(acceptor.next().await.is_none());
+    }
 }

@@ -182,20 +182,9 @@ pub async fn serve_inbound<F>(
     F: Fn(&TcpStream) -> io::Result<SocketAddr>,
 {
     let inbound = Arc::new(Inbound::new(proxy));
-    let listen_port = listener.local_addr().map_or(0, |a| a.port());
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = shutdown.as_mut() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accept on the inbound listener failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let mut acceptor = crate::downstream::Acceptor::new(listener, shutdown, "inbound");
+    let listen_port = acceptor.local_addr().map_or(0, |a| a.port());
+    while let Some((stream, remote)) = acceptor.next().await {
         let dst = match original_dst(&stream) {
             Ok(d) => d,
             Err(e) => {

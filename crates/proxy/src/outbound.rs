@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::context::{Downstream, Proxy, Target};
 use crate::detect::{detect, Detected};
@@ -24,36 +24,15 @@ use crate::io::{original_dst, PrefixedStream};
 use crate::stream::{proxy_stream, StreamConn};
 use crate::upstream::ProxyBody;
 
-/// The next connection, or `None` once `shutdown` resolves. Accept errors (such as running out of
-/// file descriptors) are logged and retried after a pause instead of spinning.
-async fn accept(
-    listener: &TcpListener,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    what: &str,
-) -> Option<(TcpStream, SocketAddr)> {
-    loop {
-        tokio::select! {
-            _ = shutdown.as_mut() => return None,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => return Some(a),
-                Err(e) => {
-                    tracing::warn!("accept on the {what} listener failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-}
-
 /// Accepts redirected connections until `shutdown` resolves.
 pub async fn serve_captured(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let local = listener.local_addr().ok();
-    tokio::pin!(shutdown);
-    while let Some((stream, remote)) = accept(&listener, &mut shutdown, "outbound").await {
+    let mut acceptor = downstream::Acceptor::new(listener, shutdown, "outbound");
+    let local = acceptor.local_addr();
+    while let Some((stream, remote)) = acceptor.next().await {
         let dst = match original_dst(&stream) {
             Ok(d) => d,
             Err(e) => {
@@ -166,8 +145,8 @@ pub async fn serve_forward_proxy(
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    while let Some((stream, remote)) = accept(&listener, &mut shutdown, "proxy").await {
+    let mut acceptor = downstream::Acceptor::new(listener, shutdown, "explicit proxy");
+    while let Some((stream, remote)) = acceptor.next().await {
         let Some(guard) = proxy.lifecycle.admit() else {
             refuse_unready(remote, "explicit proxy");
             continue;

@@ -308,34 +308,31 @@ async fn accept_loop(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     port: u16,
-    mut stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<()>,
 ) {
-    let fallback_local = listener.local_addr().ok();
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
-                    let Some(guard) = gateway.proxy.lifecycle.admit() else {
-                        crate::outbound::refuse_unready(remote, &format!("gateway port {port}"));
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let Some(local) = stream.local_addr().ok().or(fallback_local) else {
-                        continue;
-                    };
-                    let gateway = gateway.clone();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        serve_connection(gateway, stream, remote, local, port).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("accept on gateway port {port} failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
+    let what = format!("gateway port {port}");
+    let mut acceptor = crate::downstream::Acceptor::new(
+        listener,
+        async move {
+            let _ = stop.await;
+        },
+        what.as_str(),
+    );
+    let fallback_local = acceptor.local_addr();
+    while let Some((stream, remote)) = acceptor.next().await {
+        let Some(guard) = gateway.proxy.lifecycle.admit() else {
+            crate::outbound::refuse_unready(remote, &what);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(local) = stream.local_addr().ok().or(fallback_local) else {
+            continue;
+        };
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            serve_connection(gateway, stream, remote, local, port).await;
+        });
     }
 }
 
