@@ -8,7 +8,8 @@
 #
 # Knobs (environment): DURATION (s, per measurement, default 10), RATE (fixed-rate req/s, 1000),
 # CONNS (saturation connections, 32), RATE_CONNS (fixed-rate connections, 16), THREADS (worker
-# threads/processes per proxy, 1), TARGETS (default "direct nginx haproxy sluice"), PIN (1: pin the
+# threads/processes per proxy, 1), TARGETS (default "direct nginx haproxy sluice"; also
+# "hyper-floor": crates/proxy/examples/bare_proxy.rs, hyper and tokio with nothing on top), PIN (1: pin the
 # proxy to CPU 1 and the load generator + upstream to CPU 0, when the machine has ≥2 CPUs),
 # SLUICE_PROFILE (cargo profile sluice is built with, default release; bench-fast skips the long
 # LTO link), SLUICE_BIN (a sluice binary to measure as is, no build).
@@ -33,6 +34,7 @@ UP_PORT=28080      # upstream: nginx serving a 1 KiB body
 NGINX_PORT=28081
 HAPROXY_PORT=28082
 SLUICE_PORT=28083  # sluice's explicit proxy (--proxy-port)
+FLOOR_PORT=28088   # hyper-floor: hyper's server + connection-level client, nothing else
 HOST=upstream.bench
 # Every target gets the same absolute-form request, as a client of a forward proxy sends it.
 REQ_TARGET="http://$HOST/"
@@ -65,6 +67,10 @@ if [[ " $TARGETS " == *" sluice "* ]] && [ -z "$SLUICE_BIN" ]; then
     log "building sluice (profile $SLUICE_PROFILE)"
     cargo build --profile "$SLUICE_PROFILE" -p sluice
     SLUICE_BIN=$repo/target/$SLUICE_PROFILE/sluice
+fi
+if [[ " $TARGETS " == *" hyper-floor "* ]]; then
+    log "building the hyper floor (crates/proxy/examples/bare_proxy.rs, profile $SLUICE_PROFILE)"
+    cargo build --profile "$SLUICE_PROFILE" --example bare_proxy -p sluice-proxy
 fi
 log "building the load generator"
 cargo build --release --quiet --manifest-path bench/loadgen/Cargo.toml --target-dir "$out/target"
@@ -239,6 +245,15 @@ CONF
     done
 }
 
+# The least any hyper-based proxy pays per request: the part of sluice's gap to nginx that is not
+# sluice's own code.
+start_floor() {
+    TOKIO_WORKER_THREADS=$THREADS start hyper-floor "${proxy_cpu[@]}" \
+        "$repo/target/$SLUICE_PROFILE/examples/bare_proxy" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT"
+    proxy_pid=$started_pid
+    proxy_port=$FLOOR_PORT
+}
+
 # ---- measurements ---------------------------------------------------------------------------------
 cat > "$run_dir/absolute.lua" <<LUA
 wrk.method = "GET"
@@ -256,6 +271,7 @@ measure() { # NAME
         nginx) start_nginx ;;
         haproxy) start_haproxy ;;
         sluice) start_sluice ;;
+        hyper-floor) start_floor ;;
         *) log "unknown target $name"; return 1 ;;
     esac
     port=$proxy_port pid=$proxy_pid
@@ -275,8 +291,17 @@ measure() { # NAME
     fi
 
     log "$name: saturation, wrk -t1 -c$CONNS -d${DURATION}s"
+    # PERF_DIR (bench/profile.sh): sample the proxy's stacks during the saturation run.
+    local perf_pid=""
+    if [ -n "${PERF_DIR:-}" ] && [ -n "$pid" ]; then
+        perf record -q -F "${PERF_FREQ:-999}" --call-graph "${PERF_CALLGRAPH:-dwarf,32768}" \
+            -o "$PERF_DIR/$name.perf.data" -p "$pid" -- sleep "$DURATION" \
+            > "$run_dir/$name.perf.log" 2>&1 &
+        perf_pid=$!
+    fi
     "${load_cpu[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$run_dir/absolute.lua" "http://127.0.0.1:$port/" \
         > "$run_dir/$name.wrk.txt" 2>&1
+    [ -n "$perf_pid" ] && wait "$perf_pid"
     local rps
     rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$run_dir/$name.wrk.txt")
     local non2xx
@@ -314,7 +339,7 @@ report=$run_dir/report.txt
     echo "upstream: nginx, 1 KiB body on 127.0.0.1:$UP_PORT; proxies with $THREADS worker(s); pinned: $([ ${#proxy_cpu[@]} -gt 0 ] && echo 'proxy CPU 1, load+upstream CPU 0' || echo no)"
     echo "saturation: wrk -t1 -c$CONNS ${DURATION}s; latency + CPU: $RATE req/s fixed rate, $RATE_CONNS connections, ${DURATION}s (latency from the scheduled send time)"
     echo
-    printf '%-8s %10s %9s %9s %12s %9s %8s %8s %8s %8s %6s\n' target "req/s" "p50 ms" "p99 ms" "CPU ms/1k" "RSS MiB" \
+    printf '%-11s %10s %9s %9s %12s %9s %8s %8s %8s %8s %6s\n' target "req/s" "p50 ms" "p99 ms" "CPU ms/1k" "RSS MiB" \
         "rps/ngx" "p99/ngx" "cpu/ngx" "rss/ngx" errors
     ngx=""
     for r in "${results[@]}"; do [ "${r%% *}" = nginx ] && ngx=$r; done
@@ -326,7 +351,7 @@ report=$run_dir/report.txt
             else printf -- "-"; fi
         }
         read -r _ nrps _ np99 ncpu nrss _ _ <<<"${ngx:-x - - - - - - -}"
-        printf '%-8s %10s %9s %9s %12s %9s %8s %8s %8s %8s %6s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "$rss" \
+        printf '%-11s %10s %9s %9s %12s %9s %8s %8s %8s %8s %6s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "$rss" \
             "$(ratio "$rps" "$nrps")" "$(ratio "$p99" "$np99")" "$(ratio "$cpu" "$ncpu")" "$(ratio "$rss" "$nrss")" \
             "$((errors + non2xx))"
     done

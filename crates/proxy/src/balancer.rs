@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -408,6 +408,8 @@ pub struct ClusterRuntime {
     ejecting: Mutex<()>,
     epoch: Instant,
     pub stats: ClusterStats,
+    /// Keep-alive HTTP/1.1 connections to this cluster's endpoints: they live and go with it.
+    pub http1: crate::upstream_h1::Http1Pools,
 }
 
 impl ClusterRuntime {
@@ -425,6 +427,7 @@ impl ClusterRuntime {
             ejecting: Mutex::new(()),
             epoch: Instant::now(),
             stats: ClusterStats::default(),
+            http1: Default::default(),
         }
     }
 
@@ -544,6 +547,15 @@ impl ClusterRuntime {
         self.connection_guard(addr, permit)
     }
 
+    /// Whether `maxConnections` connections are open: a new one would wait.
+    pub fn connection_slots_full(&self) -> bool {
+        self.state
+            .load()
+            .connections
+            .as_ref()
+            .is_some_and(|s| s.available_permits() == 0)
+    }
+
     /// Opens a connection slot for `addr`, or fails at once when `maxConnections` are open
     /// (TCP proxying refuses the connection).
     pub fn try_acquire_connection(
@@ -581,7 +593,7 @@ impl ClusterRuntime {
             e.cx_active.fetch_add(1, Ordering::Relaxed);
         }
         ConnectionGuard {
-            runtime: self.clone(),
+            runtime: Arc::downgrade(self),
             endpoint,
             _permit: permit,
         }
@@ -859,14 +871,18 @@ impl Drop for RetryPermit {
 
 /// An open upstream connection (`cx_active`, a `maxConnections` permit); released when dropped.
 pub struct ConnectionGuard {
-    runtime: Arc<ClusterRuntime>,
+    /// Weak: idle pooled connections must not keep a removed cluster's runtime (which owns
+    /// their pool) alive.
+    runtime: Weak<ClusterRuntime>,
     endpoint: Option<Arc<EndpointState>>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.runtime.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(rt) = self.runtime.upgrade() {
+            rt.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(e) = &self.endpoint {
             e.cx_active.fetch_sub(1, Ordering::Relaxed);
         }

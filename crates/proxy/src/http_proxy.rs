@@ -12,9 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use sluice_model::route::{
     pick_weighted, HttpRequestFacts, Operation, RequestMatch, WeightedTarget,
@@ -36,9 +37,10 @@ use crate::telemetry::metrics::{
     HttpLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
 };
 use crate::upstream::{
-    security_for, tls_failure_reason, BoxError, ConnectionUseHandle, ProxyBody, TlsSetupError,
-    UpstreamConnInfo, UpstreamSecurity,
+    security_for, tls_failure_reason, BoxError, ProxyBody, TlsSetupError, UpstreamConnInfo,
+    UpstreamSecurity,
 };
+use crate::upstream_h1::Http1Error;
 use crate::upstream_h2::Http2Error;
 
 /// Largest request body buffered so it can be retried or mirrored; larger bodies are streamed once.
@@ -53,45 +55,62 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1). `te: trailers` is
 /// kept: gRPC needs it end to end (and HTTP/2 allows no other `te`).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    // One pass over the names first: most messages carry none of these, or only `connection`,
+    // and removing an absent name still hashes it.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
     }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for n in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        PROXY_CONNECTION.clone(),
-        KEEP_ALIVE.clone(),
-    ] {
-        headers.remove(n);
+    if !present.contains(&true) {
+        return;
+    }
+    if present[0] {
+        // Headers named in `Connection` are hop-by-hop too.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    let te_trailers = present[1]
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
+
+/// The hop-by-hop headers [`strip_hop_by_hop`] removes (`connection` first, `te` second).
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+];
 
 /// A locally generated response and how the access log describes it.
 struct LocalReply {
@@ -996,15 +1015,13 @@ async fn endpoint_addr(
     }
 }
 
-fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    if !e.is_connect() {
-        return UpstreamFailure::Reset;
+/// Envoy's failure for an HTTP/1.1 exchange that got no response: a connection that could not
+/// be made (its TLS failure named) or one that broke.
+fn upstream_failure(e: Http1Error) -> UpstreamFailure {
+    match e {
+        Http1Error::Connect(e) => UpstreamFailure::connect_failure(&e.to_string()),
+        Http1Error::Request(_) => UpstreamFailure::Reset,
     }
-    // The first TLS failure in the error's chain names the connection failure.
-    std::iter::successors(std::error::Error::source(e), |s| s.source())
-        .map(|s| UpstreamFailure::connect_failure(&s.to_string()))
-        .find(|f| matches!(f, UpstreamFailure::ConnectFailure { tls_error: Some(_) }))
-        .unwrap_or(UpstreamFailure::ConnectFailure { tls_error: None })
 }
 
 /// Connect timeout for upstreams without a cluster (passthrough): Istio's default.
@@ -1067,11 +1084,8 @@ async fn forward(
     };
 
     // Build the upstream request head once; each try clones it.
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let request_path = parts.uri.path_and_query().cloned();
+    let path_and_query = request_path.as_ref().map_or("/", |p| p.as_str());
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     if !headers.contains_key(header::HOST) {
@@ -1087,13 +1101,13 @@ async fn forward(
             headers.insert(X_ENVOY_DECORATOR_OPERATION.clone(), v);
         }
     }
-    let mut upstream_path = path_and_query.clone();
+    let mut upstream_path = Cow::Borrowed(path_and_query);
     if let Some(rule) = fwd.rule {
-        if let Some(new_path) = rule.rewritten_path(fwd.matched, &path_and_query) {
-            if let Ok(v) = HeaderValue::from_str(&path_and_query) {
+        if let Some(new_path) = rule.rewritten_path(fwd.matched, path_and_query) {
+            if let Ok(v) = HeaderValue::from_str(path_and_query) {
                 headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
             }
-            upstream_path = new_path;
+            upstream_path = Cow::Owned(new_path);
         }
         if let Some(auth) = rule.rewrite.as_ref().and_then(|r| r.authority.as_deref()) {
             if let Ok(v) = HeaderValue::from_str(auth) {
@@ -1120,7 +1134,7 @@ async fn forward(
             &policy.key,
             &HashInput {
                 headers: &headers,
-                path_and_query: &path_and_query,
+                path_and_query,
                 source: ctx.downstream.remote,
             },
         ),
@@ -1140,25 +1154,24 @@ async fn forward(
     let http2 = fwd.cluster.as_ref().map_or(downstream_h2, |c| {
         c.upstream_protocol.is_http2(downstream_h2)
     });
-    let client = if http2 {
+    let pool = if http2 {
         // HTTP/2 connections are per endpoint, picked in each try.
         None
     } else {
-        let client = match &runtime {
-            Some(rt) => proxy.clients.for_cluster(rt, &security),
-            None => proxy.clients.get(&security, PASSTHROUGH_CONNECT_TIMEOUT),
-        };
-        match client {
-            Ok(c) => Some(c),
+        match proxy
+            .clients
+            .http1(runtime.as_ref(), &security, PASSTHROUGH_CONNECT_TIMEOUT)
+        {
+            Ok(p) => Some(p),
             Err(e) => {
                 tracing::warn!("TLS origination for {cluster_name} is misconfigured: {e}");
                 return fail(UpstreamFailure::tls_setup(&e), false, None);
             }
         }
     };
-    let limits = runtime.as_ref().map(|rt| rt.limits());
-    let per_connection = limits.as_ref().map_or(0, |l| l.max_requests_per_connection);
-    let max_duration = limits.as_ref().and_then(|l| l.max_connection_duration);
+    let limits = fwd.cluster.as_ref().map(|c| &c.limits);
+    let per_connection = limits.map_or(0, |l| l.max_requests_per_connection);
+    let max_duration = limits.and_then(|l| l.max_connection_duration);
 
     let mut body = match buffer_body(body).await {
         Ok(b) => b,
@@ -1202,6 +1215,15 @@ async fn forward(
         None
     };
 
+    // The HTTP/1.1 request line's path, parsed once (not per try); the request's own when not
+    // rewritten.
+    let upstream_pq = match (&upstream_path, &request_path) {
+        (Cow::Borrowed(_), Some(pq)) => Ok(pq.clone()),
+        _ => PathAndQuery::try_from(upstream_path.as_ref()),
+    };
+    let Ok(upstream_pq) = upstream_pq else {
+        return fail(UpstreamFailure::BadRequest, false, None);
+    };
     let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
     let max_tries = if retryable { 1 + fwd.retry.attempts } else { 1 };
     let mut last_failure = UpstreamFailure::NoHealthyUpstream;
@@ -1236,12 +1258,11 @@ async fn forward(
             }
         }
         tried = Some(addr);
+        // HTTP/1.1: the connection is to the endpoint already, and the request line carries
+        // the path as given.
         let uri: Uri = match &h2_uri {
             Some(u) => u.clone(),
-            None => match endpoint_uri(addr, &upstream_path) {
-                Ok(u) => u,
-                Err(_) => return fail(UpstreamFailure::BadRequest, false, tried),
-            },
+            None => Uri::from(upstream_pq.clone()),
         };
         let Some(req_body) = body.take() else {
             break;
@@ -1249,20 +1270,27 @@ async fn forward(
         let mut req = Request::new(req_body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = headers.clone();
+        // The last try takes the head; earlier ones copy it.
+        *req.headers_mut() = if attempt + 1 == max_tries {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
         req.headers_mut().insert(
             X_ENVOY_ATTEMPT_COUNT.clone(),
             HeaderValue::from(attempt + 1),
         );
-        let captured = (client.is_some() && (per_connection > 0 || max_duration.is_some()))
-            .then(|| hyper_util::client::legacy::connect::capture_connection(&mut req));
         let try_start = Instant::now();
         let call = async {
-            match &client {
-                Some(client) => client.request(req).await.map_err(|e| {
-                    tracing::debug!("upstream {addr} for {cluster_name} failed: {e:?}");
-                    classify_error(&e)
-                }),
+            match &pool {
+                Some(pool) => pool
+                    .send(addr, req, per_connection, max_duration)
+                    .await
+                    .map(|resp| resp.map(Either::Left))
+                    .map_err(|e| {
+                        tracing::debug!("upstream {addr} for {cluster_name} failed: {e}");
+                        upstream_failure(e)
+                    }),
                 None => {
                     *req.version_mut() = Version::HTTP_2;
                     send_http2(
@@ -1274,6 +1302,7 @@ async fn forward(
                         (per_connection, max_duration),
                     )
                     .await
+                    .map(|resp| resp.map(Either::Right))
                 }
             }
         };
@@ -1300,17 +1329,6 @@ async fn forward(
                 let status = resp.status().as_u16();
                 if let Some(g) = &endpoint {
                     g.report(CallResult::Status(status));
-                }
-                if let (Some(captured), Some(usage)) =
-                    (&captured, resp.extensions().get::<ConnectionUseHandle>())
-                {
-                    // maxRequestsPerConnection / maxConnectionDuration: retire the connection
-                    // once this response is done.
-                    if usage.0.count_request(per_connection, max_duration) {
-                        if let Some(conn) = captured.connection_metadata().as_ref() {
-                            conn.poison();
-                        }
-                    }
                 }
                 let more = attempt + 1 < max_tries;
                 if more && fwd.retry.retry_on.retries_status(status) {
@@ -1344,7 +1362,6 @@ async fn forward(
                 if let Some(t) = fwd.target {
                     t.response_headers.apply(&mut rparts.headers);
                 }
-                let rbody = rbody.map_err(|e| Box::new(e) as BoxError);
                 let rbody = if request_permit.is_some() || endpoint.is_some() {
                     HeldBody {
                         inner: rbody,
@@ -1438,11 +1455,6 @@ fn h2_uri(
     format!("{scheme}://{authority}{path}").parse()
 }
 
-/// The URI of an HTTP/1.1 request: the pooled client connects to (and pools by) the endpoint.
-fn endpoint_uri(addr: SocketAddr, path: &str) -> Result<Uri, http::uri::InvalidUri> {
-    format!("http://{addr}{path}").parse()
-}
-
 /// A response body that keeps the request's circuit-breaker permits and endpoint guard until it
 /// has been sent, so `rq_active` (and LEAST_REQUEST) see the whole exchange.
 struct HeldBody<B, H> {
@@ -1523,16 +1535,27 @@ fn spawn_mirror(
             else {
                 return;
             };
-            endpoint.send(req, 0, None).await.ok()
+            endpoint
+                .send(req, 0, None)
+                .await
+                .ok()
+                .map(|r| r.map(Either::Right))
         } else {
-            let Ok(client) = proxy.clients.for_cluster(&runtime, &security) else {
+            let Ok(pool) =
+                proxy
+                    .clients
+                    .http1(Some(&runtime), &security, PASSTHROUGH_CONNECT_TIMEOUT)
+            else {
                 return;
             };
-            let Ok(uri) = endpoint_uri(addr, &path) else {
+            let Ok(pq) = PathAndQuery::try_from(path.as_str()) else {
                 return;
             };
-            *req.uri_mut() = uri;
-            client.request(req).await.ok()
+            *req.uri_mut() = Uri::from(pq);
+            pool.send(addr, req, 0, None)
+                .await
+                .ok()
+                .map(|r| r.map(Either::Left))
         };
         // The shadow's response is ignored; only drain it so the connection can be reused.
         if let Some(resp) = sent {
@@ -1540,4 +1563,55 @@ fn spawn_mirror(
             let _ = resp.into_body().collect().await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_stripped() {
+        let mut h = headers(&[
+            ("host", "a"),
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eA=="),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("trailer", "x-sum"),
+            ("te", "gzip, trailers"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["host", "te", "x-end-to-end"]);
+        assert_eq!(h[header::TE], "trailers", "only `te: trailers` goes on");
+
+        let mut h = headers(&[("te", "gzip"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-a"]);
+
+        let mut clean = headers(&[("host", "a"), ("content-length", "2")]);
+        strip_hop_by_hop(&mut clean);
+        assert_eq!(names(&clean), ["content-length", "host"]);
+    }
 }

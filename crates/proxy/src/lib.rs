@@ -22,4 +22,5 @@ pub mod telemetry;
 pub mod tls_server;
 pub mod trace;
 pub mod upstream;
+pub mod upstream_h1;
 pub mod upstream_h2;

@@ -167,7 +167,12 @@ pub async fn serve_forward_proxy(
             let settings = proxy.lifecycle.settings;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let version = req.version();
-                let response = forward_proxy_request(proxy.clone(), downstream.clone(), req);
+                // Boxed, as in `downstream::serve_http`: moved as a pointer, not as KiB.
+                let response = Box::pin(forward_proxy_request(
+                    proxy.clone(),
+                    downstream.clone(),
+                    req,
+                ));
                 let drain = drain.clone();
                 async move {
                     let mut resp = response.await?;

@@ -78,35 +78,103 @@ pub struct TraceContext {
 impl TraceContext {
     /// `00-<trace>-<span>-<flags>`.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{}",
-            self.trace_id,
-            self.span_id,
-            if self.sampled { "01" } else { "00" }
-        )
+        self.render(Self::write_traceparent).into()
     }
 
     /// The B3 trace id: 16 hex digits when the trace started with a 64-bit id, else 32.
     pub fn b3_trace_id(&self) -> String {
-        if self.trace_id_64 {
-            format!("{:016x}", self.trace_id as u64)
-        } else {
-            format!("{:032x}", self.trace_id)
-        }
+        self.render(Self::write_b3_trace_id).into()
     }
 
     /// The single-header B3 form: `<trace>-<span>-<1|0|d>[-<parent>]`.
     pub fn b3_single(&self) -> String {
-        let sampling = match (self.debug, self.sampled) {
-            (true, _) => "d",
-            (false, true) => "1",
-            (false, false) => "0",
-        };
-        let mut s = format!("{}-{:016x}-{sampling}", self.b3_trace_id(), self.span_id);
-        if let Some(p) = self.parent_span_id {
-            s.push_str(&format!("-{p:016x}"));
+        self.render(Self::write_b3_single).into()
+    }
+
+    fn render(&self, write: fn(&Self, &mut HexBuf)) -> HexBuf {
+        let mut buf = HexBuf::default();
+        write(self, &mut buf);
+        buf
+    }
+
+    fn write_traceparent(&self, out: &mut HexBuf) {
+        out.push(b"00-");
+        out.hex(self.trace_id, 32);
+        out.push(b"-");
+        out.hex(self.span_id.into(), 16);
+        out.push(if self.sampled { b"-01" } else { b"-00" });
+    }
+
+    fn write_b3_trace_id(&self, out: &mut HexBuf) {
+        if self.trace_id_64 {
+            out.hex(u128::from(self.trace_id as u64), 16);
+        } else {
+            out.hex(self.trace_id, 32);
         }
-        s
+    }
+
+    fn write_b3_single(&self, out: &mut HexBuf) {
+        self.write_b3_trace_id(out);
+        out.push(b"-");
+        out.hex(self.span_id.into(), 16);
+        out.push(match (self.debug, self.sampled) {
+            (true, _) => b"-d",
+            (false, true) => b"-1",
+            (false, false) => b"-0",
+        });
+        if let Some(p) = self.parent_span_id {
+            out.push(b"-");
+            out.hex(p.into(), 16);
+        }
+    }
+}
+
+/// A trace header value built on the stack: these are written on every request, and `format!`
+/// into a `String` (then copied into a `HeaderValue`) showed in the request path's profile.
+/// The longest value, single-header B3 with a parent, is 32+1+16+2+1+16 = 68 bytes.
+struct HexBuf {
+    bytes: [u8; 72],
+    len: usize,
+}
+
+impl Default for HexBuf {
+    fn default() -> Self {
+        HexBuf {
+            bytes: [0; 72],
+            len: 0,
+        }
+    }
+}
+
+impl HexBuf {
+    fn push(&mut self, s: &[u8]) {
+        self.bytes[self.len..self.len + s.len()].copy_from_slice(s);
+        self.len += s.len();
+    }
+
+    /// The low `digits` hex digits of `v`, lower case, zero-padded.
+    fn hex(&mut self, v: u128, digits: usize) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for i in 0..digits {
+            let shift = 4 * (digits - 1 - i);
+            self.bytes[self.len + i] = HEX[((v >> shift) & 0xf) as usize];
+        }
+        self.len += digits;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Hex digits and dashes only: always a valid header value.
+    fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.as_bytes()).expect("hex digits and dashes")
+    }
+}
+
+impl From<HexBuf> for String {
+    fn from(buf: HexBuf) -> String {
+        String::from_utf8_lossy(buf.as_bytes()).into_owned()
     }
 }
 
@@ -276,39 +344,98 @@ pub fn propagate(headers: &mut HeaderMap) -> TraceContext {
         // tracestate belongs to the traceparent it came with (W3C §3.3.1.1).
         headers.remove(&TRACESTATE);
     }
-    set(headers, &TRACEPARENT, ctx.traceparent());
-    set(headers, &X_B3_TRACEID, ctx.b3_trace_id());
-    set(headers, &X_B3_SPANID, format!("{:016x}", ctx.span_id));
+    let set =
+        |headers: &mut HeaderMap, name: &HeaderName, write: fn(&TraceContext, &mut HexBuf)| {
+            headers.insert(name.clone(), ctx.render(write).header_value());
+        };
+    set(headers, &TRACEPARENT, TraceContext::write_traceparent);
+    set(headers, &X_B3_TRACEID, TraceContext::write_b3_trace_id);
+    set(headers, &X_B3_SPANID, |c, out| {
+        out.hex(c.span_id.into(), 16)
+    });
     match ctx.parent_span_id {
-        Some(p) => set(headers, &X_B3_PARENTSPANID, format!("{p:016x}")),
+        Some(_) => set(headers, &X_B3_PARENTSPANID, |c, out| {
+            out.hex(c.parent_span_id.unwrap_or_default().into(), 16)
+        }),
         None => {
             headers.remove(&X_B3_PARENTSPANID);
         }
     }
-    set(
-        headers,
-        &X_B3_SAMPLED,
-        if ctx.sampled { "1" } else { "0" }.to_string(),
+    headers.insert(
+        X_B3_SAMPLED.clone(),
+        HeaderValue::from_static(if ctx.sampled { "1" } else { "0" }),
     );
     if !ctx.debug {
         headers.remove(&X_B3_FLAGS);
     }
     if had_b3_single {
-        set(headers, &B3, ctx.b3_single());
+        set(headers, &B3, TraceContext::write_b3_single);
     }
     ctx
-}
-
-fn set(headers: &mut HeaderMap, name: &HeaderName, value: String) {
-    // Hex digits and dashes only: always a valid header value.
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(name.clone(), v);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stack-built header values are exactly what `format!` would give.
+    #[test]
+    fn header_values_match_their_formatted_form() {
+        for (trace_id, trace_id_64, span_id, parent, sampled, debug) in [
+            (0u128, false, 0u64, None, false, false),
+            (u128::MAX, false, u64::MAX, Some(u64::MAX), true, true),
+            (
+                0x0af7651916cd43dd8448eb211c80319c,
+                false,
+                0xb7ad6b7169203331,
+                Some(1),
+                true,
+                false,
+            ),
+            (
+                0x463ac35c9f6413ad_48485a3953bb6124,
+                true,
+                0x0020000000000001,
+                None,
+                false,
+                true,
+            ),
+        ] {
+            let c = TraceContext {
+                trace_id,
+                trace_id_64,
+                span_id,
+                parent_span_id: parent,
+                sampled,
+                debug,
+            };
+            let tid = if trace_id_64 {
+                format!("{:016x}", trace_id as u64)
+            } else {
+                format!("{trace_id:032x}")
+            };
+            assert_eq!(
+                c.traceparent(),
+                format!(
+                    "00-{trace_id:032x}-{span_id:016x}-{}",
+                    if sampled { "01" } else { "00" }
+                )
+            );
+            assert_eq!(c.b3_trace_id(), tid);
+            let flag = if debug {
+                "d"
+            } else if sampled {
+                "1"
+            } else {
+                "0"
+            };
+            let mut single = format!("{tid}-{span_id:016x}-{flag}");
+            if let Some(p) = parent {
+                single.push_str(&format!("-{p:016x}"));
+            }
+            assert_eq!(c.b3_single(), single);
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1,9 +1,8 @@
 //! Connections to upstreams: plain TCP with a connect timeout, TLS origination from DestinationRule
-//! settings (SIMPLE/MUTUAL with files, ISTIO_MUTUAL with the proxy's mesh identity), and pooled
-//! keep-alive HTTP/1.1 clients.
+//! settings (SIMPLE/MUTUAL with files, ISTIO_MUTUAL with the proxy's mesh identity), and where
+//! the HTTP/1.1 pools (`upstream_h1`) and HTTP/2 endpoints (`upstream_h2`) are found.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,10 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
@@ -32,6 +28,7 @@ use tokio_rustls::TlsConnector;
 use crate::balancer::{ClusterRuntime, ConnectionGuard};
 use crate::identity::Identity;
 use crate::tls_server::{read_certs, read_key};
+use crate::upstream_h1::{Http1Pool, Http1Pools, PoolSettings};
 use crate::upstream_h2::Http2Endpoint;
 
 /// ALPN a sidecar offers when it originates Istio mutual TLS: the marker a PERMISSIVE inbound
@@ -427,12 +424,6 @@ impl UpstreamStream {
     }
 }
 
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        Connected::new().extra(self.info).extra(self.usage.clone())
-    }
-}
-
 impl Read for UpstreamStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -507,7 +498,8 @@ pub struct UpstreamConnector {
     tls: Option<TlsOrigin>,
     connect_timeout: Duration,
     keepalive: Option<TcpKeepalive>,
-    runtime: Option<Arc<ClusterRuntime>>,
+    /// Weak: the cluster's runtime owns the pools that own connectors.
+    runtime: Option<Weak<ClusterRuntime>>,
 }
 
 /// TLS an [`UpstreamConnector`] originates.
@@ -540,35 +532,6 @@ pub fn set_keepalive(tcp: &TcpStream, keepalive: &TcpKeepalive) -> io::Result<()
     socket2::SockRef::from(tcp).set_tcp_keepalive(&ka)
 }
 
-impl tower_service::Service<Uri> for UpstreamConnector {
-    type Response = UpstreamStream;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<UpstreamStream>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let authority = uri.authority().ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "upstream URI without authority",
-                )
-            })?;
-            let addr: SocketAddr = authority.as_str().parse().map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "upstream URI authority is not ip:port",
-                )
-            })?;
-            this.connect(addr).await
-        })
-    }
-}
-
 impl UpstreamConnector {
     /// A connector for `security`; with a cluster runtime, its `connectionPool` settings
     /// (connect timeout, TCP keepalive, `maxConnections`) apply. `http2` offers ALPN `h2` when
@@ -579,7 +542,26 @@ impl UpstreamConnector {
         runtime: Option<&Arc<ClusterRuntime>>,
         http2: bool,
     ) -> Result<UpstreamConnector, TlsSetupError> {
-        let limits = runtime.map(|rt| rt.limits());
+        let cluster = runtime.map(|rt| rt.cluster());
+        let limits = cluster.as_ref().map(|c| &c.limits);
+        UpstreamConnector::with_settings(
+            security,
+            limits.map_or(connect_timeout, |l| l.connect_timeout),
+            limits.and_then(|l| l.tcp_keepalive.clone()),
+            runtime,
+            http2,
+        )
+    }
+
+    /// A connector for `security` with these settings; with a cluster runtime, connections count
+    /// against its `maxConnections`.
+    pub(crate) fn with_settings(
+        security: &UpstreamSecurity,
+        connect_timeout: Duration,
+        keepalive: Option<TcpKeepalive>,
+        runtime: Option<&Arc<ClusterRuntime>>,
+        http2: bool,
+    ) -> Result<UpstreamConnector, TlsSetupError> {
         let tls = match security {
             UpstreamSecurity::Plain => None,
             UpstreamSecurity::Tls { settings, sni } => {
@@ -608,11 +590,9 @@ impl UpstreamConnector {
         };
         Ok(UpstreamConnector {
             tls,
-            connect_timeout: limits
-                .as_ref()
-                .map_or(connect_timeout, |l| l.connect_timeout),
-            keepalive: limits.as_ref().and_then(|l| l.tcp_keepalive.clone()),
-            runtime: runtime.cloned(),
+            connect_timeout,
+            keepalive,
+            runtime: runtime.map(Arc::downgrade),
         })
     }
 
@@ -620,10 +600,20 @@ impl UpstreamConnector {
     /// connects with the deadline, sets TCP keepalive and originates TLS.
     pub(crate) async fn connect(&self, addr: SocketAddr) -> io::Result<UpstreamStream> {
         // Waiting here for a free slot is what makes a request "pending".
-        let guard = match &self.runtime {
+        let guard = match self.runtime.as_ref().and_then(Weak::upgrade) {
             Some(rt) => Some(rt.acquire_connection(addr).await),
             None => None,
         };
+        self.open(addr, guard).await
+    }
+
+    /// Connects to `addr` holding `guard`, the cluster's connection slot (if any): connects with
+    /// the deadline, sets TCP keepalive and originates TLS.
+    pub(crate) async fn open(
+        &self,
+        addr: SocketAddr,
+        guard: Option<ConnectionGuard>,
+    ) -> io::Result<UpstreamStream> {
         let tcp = connect_tcp(addr, self.connect_timeout).await?;
         if let Some(ka) = &self.keepalive {
             if let Err(e) = set_keepalive(&tcp, ka) {
@@ -666,28 +656,24 @@ impl UpstreamConnector {
     }
 }
 
-/// A pooled HTTP/1.1 client for one TLS identity (and, for clusters, one pool policy).
-pub type HttpClient = Client<UpstreamConnector, ProxyBody>;
-
-/// A cached client and the cluster runtime its pool belongs to (dropped with it).
-type ClientEntry = (HttpClient, Option<Weak<ClusterRuntime>>);
-
 type KeepaliveKey = (Option<Duration>, Option<Duration>, Option<u32>);
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
-    /// Plaintext, DestinationRule TLS, or ISTIO_MUTUAL: never share a pool across modes.
+    /// Plaintext, DestinationRule TLS, or ISTIO_MUTUAL: never share a connection across modes.
     security: UpstreamSecurity,
     connect_timeout: Duration,
-    /// The cluster runtime (by address) whose limits the pool applies, and its pool settings.
+    /// The cluster runtime (by address) whose limits the connection applies, and its settings.
     cluster: Option<(usize, Option<Duration>, Option<KeepaliveKey>)>,
 }
 
-/// HTTP clients by TLS settings and connect timeout (and cluster, for per-cluster pools), created
-/// on first use and kept for reuse.
+/// Upstream HTTP connections that do not belong to one cluster's HTTP/1.1 pools: HTTP/2
+/// endpoints (by TLS mode, settings and address) and the passthrough HTTP/1.1 pool.
 #[derive(Default)]
 pub struct HttpClients {
-    clients: Mutex<HashMap<ClientKey, ClientEntry>>,
+    /// HTTP/1.1 to original destinations (PassthroughCluster, `resolution: NONE` without a
+    /// cluster runtime).
+    passthrough: Http1Pools,
     /// HTTP/2 endpoints by the same key and the endpoint address.
     http2: Mutex<HashMap<(ClientKey, SocketAddr), Http2Entry>>,
 }
@@ -695,25 +681,39 @@ pub struct HttpClients {
 /// A cached HTTP/2 endpoint and the cluster runtime it belongs to (dropped with it).
 type Http2Entry = (Arc<Http2Endpoint>, Option<Weak<ClusterRuntime>>);
 
+/// Idle HTTP/1.1 connections to original destinations close after this long (hyper's default).
+const PASSTHROUGH_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 impl HttpClients {
-    /// The client for `security` with a fixed connect timeout.
-    pub fn get(
+    /// The HTTP/1.1 pool for `security`: the cluster's, whose `connectionPool` settings
+    /// (connect timeout, `maxConnections`, idle timeout, TCP keepalive) apply, or with no
+    /// cluster the passthrough one with `connect_timeout`.
+    pub fn http1(
         &self,
+        runtime: Option<&Arc<ClusterRuntime>>,
         security: &UpstreamSecurity,
         connect_timeout: Duration,
-    ) -> Result<HttpClient, TlsSetupError> {
-        self.client(security, connect_timeout, None)
-    }
-
-    /// The client for one cluster: its pool applies the cluster's `connectionPool` settings
-    /// (connect timeout, `maxConnections`, idle timeout, TCP keepalive) and counts connections in
-    /// the cluster's runtime.
-    pub fn for_cluster(
-        &self,
-        runtime: &Arc<ClusterRuntime>,
-        security: &UpstreamSecurity,
-    ) -> Result<HttpClient, TlsSetupError> {
-        self.client(security, Duration::ZERO, Some(runtime))
+    ) -> Result<Arc<Http1Pool>, TlsSetupError> {
+        match runtime {
+            Some(rt) => {
+                let cluster = rt.cluster();
+                let l = &cluster.limits;
+                let settings = PoolSettings {
+                    connect_timeout: l.connect_timeout,
+                    idle_timeout: l.idle_timeout,
+                    keepalive: l.tcp_keepalive.clone(),
+                };
+                rt.http1.get(security, &settings, Some(rt))
+            }
+            None => {
+                let settings = PoolSettings {
+                    connect_timeout,
+                    idle_timeout: Some(PASSTHROUGH_IDLE_TIMEOUT),
+                    keepalive: None,
+                };
+                self.passthrough.get(security, &settings, None)
+            }
+        }
     }
 
     /// The HTTP/2 connection to `addr` for `security`: with a cluster runtime (whose
@@ -726,9 +726,14 @@ impl HttpClients {
         connect_timeout: Duration,
         addr: SocketAddr,
     ) -> Result<Arc<Http2Endpoint>, TlsSetupError> {
-        let limits = runtime.map(|rt| rt.limits());
+        let cluster = runtime.map(|rt| rt.cluster());
         let key = (
-            client_key(security, connect_timeout, runtime, limits.as_ref()),
+            client_key(
+                security,
+                connect_timeout,
+                runtime,
+                cluster.as_ref().map(|c| &c.limits),
+            ),
             addr,
         );
         let mut endpoints = self.http2.lock().unwrap_or_else(|p| p.into_inner());
@@ -740,44 +745,6 @@ impl HttpClients {
         endpoints.retain(|_, (_, rt)| rt.as_ref().is_none_or(|w| w.strong_count() > 0));
         endpoints.insert(key, (endpoint.clone(), runtime.map(Arc::downgrade)));
         Ok(endpoint)
-    }
-
-    fn client(
-        &self,
-        security: &UpstreamSecurity,
-        connect_timeout: Duration,
-        runtime: Option<&Arc<ClusterRuntime>>,
-    ) -> Result<HttpClient, TlsSetupError> {
-        let limits = runtime.map(|rt| rt.limits());
-        let key = client_key(security, connect_timeout, runtime, limits.as_ref());
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((c, _)) = clients.get(&key) {
-            return Ok(c.clone());
-        }
-        let connector = UpstreamConnector::new(security, connect_timeout, runtime, false)?;
-        // Istio's `idleTimeout` default is 1 h; `0s` (None) keeps idle connections forever.
-        let idle = match &limits {
-            Some(l) => l.idle_timeout,
-            None => Some(Duration::from_secs(90)),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(idle)
-            .set_host(false)
-            .build(connector);
-        // Clusters that went away take their pools with them.
-        clients.retain(|_, (_, rt)| rt.as_ref().is_none_or(|w| w.strong_count() > 0));
-        clients.insert(key, (client.clone(), runtime.map(Arc::downgrade)));
-        Ok(client)
-    }
-
-    /// Forgets clients (and their pools) after a config change, so new TLS settings apply.
-    pub fn clear(&self) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        self.http2.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 

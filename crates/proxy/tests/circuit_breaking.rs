@@ -1,5 +1,5 @@
-//! Circuit breakers (DestinationRule `connectionPool`) through the real data path: a sluice
-//! forward proxy on loopback in front of a slow HTTP/1.1 upstream.
+//! Upstream connection pools and circuit breakers (DestinationRule `connectionPool`) through the
+//! real data path: a sluice forward proxy on loopback in front of HTTP/1.1 upstreams.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -301,4 +301,207 @@ async fn cookie_hash_sets_the_cookie_when_missing() {
         .unwrap_or_else(|| panic!("no set-cookie: {head}"));
     assert!(line.starts_with("set-cookie: user=\""), "{line}");
     assert!(line.ends_with("\"; max-age=60; path=/; httponly"), "{line}");
+}
+
+/// A raw HTTP/1.1 upstream: every connection is handed to `serve` (counted in the returned
+/// accepts), which reads requests and writes responses itself.
+async fn raw_upstream<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let counter = accepts.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(stream));
+        }
+    });
+    (addr, accepts)
+}
+
+/// Reads one request head (these tests send no request bodies); false at end of stream.
+async fn read_head(s: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A keep-alive client of the proxy: `n` requests on one connection, each response read whole.
+async fn keepalive_gets(proxy: SocketAddr, n: usize) -> Vec<(u16, Bytes)> {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let req = hyper::Request::get("http://svc.example.com/")
+            .header("host", "svc.example.com")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        send.ready().await.unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        out.push((status, body));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_upstream_closed_is_not_used() {
+    // Answers one request with keep-alive, then closes the connection while it is idle.
+    let (up, accepts) = raw_upstream(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let h = harness(up, "      http: {idleTimeout: 60s}").await;
+    for _ in 0..3 {
+        assert_eq!(get(h.proxy_addr).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(accepts.load(Ordering::SeqCst), 3);
+    assert!(!log_lines(&h).contains(" 503 "), "{}", log_lines(&h));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_response_read_to_the_end_returns_its_connection() {
+    let (up, accepts) = raw_upstream(|mut s| async move {
+        while read_head(&mut s).await {
+            let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                            3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n";
+            if s.write_all(chunked).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let h = harness(up, "      http: {idleTimeout: 60s}").await;
+    let responses = keepalive_gets(h.proxy_addr, 4).await;
+    assert!(
+        responses.iter().all(|(s, b)| *s == 200 && b == "abcdef"),
+        "{responses:?}"
+    );
+    assert_eq!(
+        accepts.load(Ordering::SeqCst),
+        1,
+        "one kept-alive connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_the_client_left_half_read_closes_its_connection() {
+    // Answers that pause after their first bytes: a client that leaves after the head leaves
+    // the rest unread upstream.
+    let (up, accepts) = raw_upstream(|mut s| async move {
+        while read_head(&mut s).await {
+            let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789";
+            if s.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if s.write_all(&[b'x'; 990]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let h = harness(up, "      http: {idleTimeout: 60s}").await;
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(b"GET http://svc.example.com/ HTTP/1.1\r\nhost: svc.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 64];
+    let _ = s.read(&mut first).await.unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The next request does not find the rest of the old body on a reused connection.
+    let responses = keepalive_gets(h.proxy_addr, 2).await;
+    assert!(
+        responses.iter().all(|(s, b)| *s == 200 && b.len() == 1000),
+        "{:?}",
+        responses
+            .iter()
+            .map(|(s, b)| (s, b.len()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        accepts.load(Ordering::SeqCst),
+        2,
+        "the half-read one was closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_from_the_upstream_is_honoured() {
+    let (up, accepts) = raw_upstream(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    })
+    .await;
+    let h = harness(up, "      http: {idleTimeout: 60s}").await;
+    let responses = keepalive_gets(h.proxy_addr, 3).await;
+    assert!(
+        responses.iter().all(|(s, b)| *s == 200 && b == "ok"),
+        "{responses:?}"
+    );
+    assert_eq!(accepts.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_keepalive_clients_get_every_body_whole() {
+    // Slow and fast answers interleaved, so connections are opened, returned and reused while
+    // others are busy.
+    let (up, _) = raw_upstream(|mut s| async move {
+        let mut n = 0u32;
+        while read_head(&mut s).await {
+            n += 1;
+            if n.is_multiple_of(3) {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            let body = format!("answer {n}");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let h = harness(up, "      http: {idleTimeout: 60s}").await;
+    let clients: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(keepalive_gets(h.proxy_addr, 12)))
+        .collect();
+    for c in clients {
+        for (status, body) in c.await.unwrap() {
+            assert_eq!(status, 200);
+            assert!(body.starts_with(b"answer "), "{body:?}");
+        }
+    }
+    let log = log_lines(&h);
+    assert_eq!(log.matches(" 200 - via_upstream ").count(), 72, "{log}");
 }
