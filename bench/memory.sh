@@ -213,8 +213,7 @@ start_target() { # NAME → $proxy_pid, $proxy_port
         sluice)
             # Idle keep-alive connections are closed after --request-headers-timeout (30 s by
             # default); the flood keeps them for less, but a slow build should not cut it short.
-            if [ -n "$THREADS" ]; then export TOKIO_WORKER_THREADS=$THREADS; fi
-            start sluice "$SLUICE_BIN" sidecar --config "$run_dir/sluice-config" \
+            start sluice "$SLUICE_BIN" sidecar --concurrency "${THREADS:-0}" --config "$run_dir/sluice-config" \
                 --proxy-port "$SLUICE_PORT" --outbound-port 28184 --inbound-port 0 \
                 --admin-port 28185 --status-port 28186 --stats-port 28187 \
                 --request-headers-timeout 300s --log-level warn

@@ -234,7 +234,7 @@ data:
     outboundTrafficPolicy:
       mode: REGISTRY_ONLY
 CONF
-    TOKIO_WORKER_THREADS=$THREADS start sluice "${proxy_cpu[@]}" "$SLUICE_BIN" sidecar \
+    start sluice "${proxy_cpu[@]}" "$SLUICE_BIN" sidecar --concurrency "$THREADS" \
         --config "$run_dir/sluice-config" --proxy-port "$SLUICE_PORT" --outbound-port 28084 \
         --admin-port 28085 --status-port 28086 --stats-port 28087 --log-level warn
     proxy_pid=$started_pid
@@ -299,8 +299,15 @@ measure() { # NAME
             > "$run_dir/$name.perf.log" 2>&1 &
         perf_pid=$!
     fi
+    # The proxy's CPU use at saturation: near 100% per worker means the proxy is the bottleneck;
+    # well below, the load generator or the upstream is.
+    local s0=0 s1=0
+    [ -n "$pid" ] && s0=$(cpu_ticks "$pid")
     "${load_cpu[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$run_dir/absolute.lua" "http://127.0.0.1:$port/" \
         > "$run_dir/$name.wrk.txt" 2>&1
+    [ -n "$pid" ] && s1=$(cpu_ticks "$pid")
+    local satcpu="-"
+    [ -n "$pid" ] && satcpu=$(awk -v d=$((s1 - s0)) -v hz="$clk_tck" -v t="$DURATION" 'BEGIN { printf "%.0f", d / hz / t * 100 }')
     [ -n "$perf_pid" ] && wait "$perf_pid"
     local rps
     rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$run_dir/$name.wrk.txt")
@@ -327,7 +334,7 @@ measure() { # NAME
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     fi
-    results+=("$name $rps $p50 $p99 $cpu $rss ${errors:-0} ${non2xx:-0}")
+    results+=("$name $rps $satcpu $p50 $p99 $cpu $rss ${errors:-0} ${non2xx:-0}")
 }
 
 for t in $TARGETS; do measure "$t"; done
@@ -339,19 +346,19 @@ report=$run_dir/report.txt
     echo "upstream: nginx, 1 KiB body on 127.0.0.1:$UP_PORT; proxies with $THREADS worker(s); pinned: $([ ${#proxy_cpu[@]} -gt 0 ] && echo 'proxy CPU 1, load+upstream CPU 0' || echo no)"
     echo "saturation: wrk -t1 -c$CONNS ${DURATION}s; latency + CPU: $RATE req/s fixed rate, $RATE_CONNS connections, ${DURATION}s (latency from the scheduled send time)"
     echo
-    printf '%-11s %10s %9s %9s %12s %9s %8s %8s %8s %8s %6s\n' target "req/s" "p50 ms" "p99 ms" "CPU ms/1k" "RSS MiB" \
-        "rps/ngx" "p99/ngx" "cpu/ngx" "rss/ngx" errors
+    printf '%-11s %10s %8s %9s %9s %12s %9s %8s %8s %8s %8s %6s\n' target "req/s" "sat CPU%" "p50 ms" "p99 ms" \
+        "CPU ms/1k" "RSS MiB" "rps/ngx" "p99/ngx" "cpu/ngx" "rss/ngx" errors
     ngx=""
     for r in "${results[@]}"; do [ "${r%% *}" = nginx ] && ngx=$r; done
     for r in "${results[@]}"; do
-        read -r name rps p50 p99 cpu rss errors non2xx <<<"$r"
+        read -r name rps satcpu p50 p99 cpu rss errors non2xx <<<"$r"
         ratio() { # value nginx-value
             if [ -n "$ngx" ] && [ "$1" != "-" ] && [ "$2" != "-" ]; then
                 awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'
             else printf -- "-"; fi
         }
-        read -r _ nrps _ np99 ncpu nrss _ _ <<<"${ngx:-x - - - - - - -}"
-        printf '%-11s %10s %9s %9s %12s %9s %8s %8s %8s %8s %6s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "$rss" \
+        read -r _ nrps _ _ np99 ncpu nrss _ _ <<<"${ngx:-x - - - - - - - -}"
+        printf '%-11s %10s %8s %9s %9s %12s %9s %8s %8s %8s %8s %6s\n' "$name" "$rps" "$satcpu" "$p50" "$p99" "$cpu" "$rss" \
             "$(ratio "$rps" "$nrps")" "$(ratio "$p99" "$np99")" "$(ratio "$cpu" "$ncpu")" "$(ratio "$rss" "$nrss")" \
             "$((errors + non2xx))"
     done

@@ -504,7 +504,11 @@ impl Admin {
                     "version": format!("sluice/{}", self.metrics.build_tag()),
                     "state": self.state(),
                     "hot_restart_version": "disabled",
-                    "command_line_options": {},
+                    // Envoy's `--concurrency`: the data-plane worker threads actually running.
+                    "command_line_options": {
+                        "concurrency": tokio::runtime::Handle::try_current()
+                            .map_or(0, |h| h.metrics().num_workers()),
+                    },
                     "uptime_current_epoch": uptime,
                     "uptime_all_epochs": uptime,
                 }))

@@ -32,7 +32,7 @@ use crate::context::{Downstream, Proxy};
 use crate::gateway::edge::{self, GatewayConn};
 use crate::io::ByteCounter;
 use crate::stream::{rbac_denied_details, with_principal};
-use crate::telemetry::accesslog::{protocol_name, AccessLogRecord};
+use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{
     HttpLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
 };
@@ -46,7 +46,6 @@ use crate::upstream_h2::Http2Error;
 /// Largest request body buffered so it can be retried or mirrored; larger bodies are streamed once.
 const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_ENVOY_DECORATOR_OPERATION: HeaderName =
     HeaderName::from_static("x-envoy-decorator-operation");
@@ -352,38 +351,23 @@ async fn handle_routed(
     if let Some(gw) = &gateway {
         edge::apply_edge_headers(&mut parts.headers, downstream.remote.ip(), gw.is_tls());
     }
-    if !parts.headers.contains_key(&X_REQUEST_ID) {
-        let id = uuid::Uuid::new_v4().hyphenated().to_string();
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            parts.headers.insert(X_REQUEST_ID.clone(), v);
-        }
-    }
+    crate::trace::ensure_request_id(&mut parts.headers);
     // Join the caller's trace (W3C / B3) with a new span for this hop, or start one.
     crate::trace::propagate(&mut parts.headers);
 
     let mut rec = AccessLogRecord::new(start_time);
-    rec.method = Some(parts.method.clone());
-    rec.path = Some(
-        parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
-    );
-    rec.protocol = Some(protocol_name(parts.version));
-    rec.user_agent = parts.headers.get(header::USER_AGENT).cloned();
-    rec.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
-    rec.request_id = parts.headers.get(&X_REQUEST_ID).cloned();
-    rec.authority = HeaderValue::from_str(&authority).ok();
-    rec.downstream_remote_address = Some(downstream.remote);
-    rec.requested_server_name = gateway.as_ref().and_then(|g| g.sni.clone());
     let peer = gateway.as_ref().and_then(|g| g.peer.clone());
-    rec.downstream_peer_uri_san = peer.as_ref().and_then(|p| p.spiffe_id.clone());
-    rec.downstream_local_address = Some(match (&downstream.target, &uri_target) {
-        (Some(t), _) => t.addr,
-        _ => downstream.local,
-    });
-    if proxy.access_log.needs_request_headers() {
-        rec.request_headers = Some(parts.headers.clone());
+    // The request's side of the log line, only when a log is written (metrics need none of it).
+    if proxy.access_log.is_enabled() {
+        rec.set_request(&parts, proxy.access_log.needs_request_headers());
+        rec.authority = HeaderValue::from_str(&authority).ok();
+        rec.downstream_remote_address = Some(downstream.remote);
+        rec.requested_server_name = gateway.as_ref().and_then(|g| g.sni.clone());
+        rec.downstream_peer_uri_san = peer.as_ref().and_then(|p| p.spiffe_id.clone());
+        rec.downstream_local_address = Some(match (&downstream.target, &uri_target) {
+            (Some(t), _) => t.addr,
+            _ => downstream.local,
+        });
     }
     let grpc = parts
         .headers

@@ -66,7 +66,7 @@ use crate::stream::{
     authorize_connection, log_connection_denied, rbac_denied_details, server_security_policy,
     DownstreamPeer,
 };
-use crate::telemetry::accesslog::{protocol_name, AccessLogRecord};
+use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{
     HttpLabels, PeerLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels, TcpLabels,
 };
@@ -105,7 +105,6 @@ const MESH_ALPN: [&[u8]; 6] = [
 
 /// Inbound listeners and gateways answer as `istio-envoy` (outbound: `envoy`).
 static SERVER_ISTIO_ENVOY: HeaderValue = HeaderValue::from_static("istio-envoy");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
@@ -599,12 +598,7 @@ async fn handle_request(
     let start_time = SystemTime::now();
     let proxy = &inbound.proxy;
     let (mut parts, body) = req.into_parts();
-    if !parts.headers.contains_key(&X_REQUEST_ID) {
-        let id = uuid::Uuid::new_v4().hyphenated().to_string();
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            parts.headers.insert(X_REQUEST_ID.clone(), v);
-        }
-    }
+    crate::trace::ensure_request_id(&mut parts.headers);
     // The server-side span: a child of the caller's (or a new trace), as Envoy's inbound does.
     crate::trace::propagate(&mut parts.headers);
     let authority = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
@@ -614,24 +608,13 @@ async fn handle_request(
     };
 
     let mut rec = ctx.record(start_time);
-    rec.method = Some(parts.method.clone());
-    rec.path = Some(
-        parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
-    );
-    rec.protocol = Some(protocol_name(parts.version));
-    rec.user_agent = parts.headers.get(header::USER_AGENT).cloned();
-    rec.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
-    rec.request_id = parts.headers.get(&X_REQUEST_ID).cloned();
-    rec.authority = authority.clone();
+    if proxy.access_log.is_enabled() {
+        rec.set_request(&parts, proxy.access_log.needs_request_headers());
+        rec.authority = authority.clone();
+    }
     rec.upstream_cluster = Some(ctx.cluster.clone());
     rec.upstream_host = Some(ctx.dst);
     rec.route_name = Some(Arc::from(ROUTE_NAME));
-    if proxy.access_log.needs_request_headers() {
-        rec.request_headers = Some(parts.headers.clone());
-    }
     let grpc = parts
         .headers
         .get(header::CONTENT_TYPE)

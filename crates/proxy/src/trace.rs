@@ -330,6 +330,21 @@ pub fn next_hop(incoming: Option<&IncomingContext>, force_trace: bool) -> TraceC
     }
 }
 
+/// Envoy's `x-request-id`: kept when the caller sent one, else a new random UUID (formatted on
+/// the stack: this runs for every request).
+pub fn ensure_request_id(headers: &mut HeaderMap) {
+    if headers.contains_key(&X_REQUEST_ID) {
+        return;
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    if let Ok(v) = HeaderValue::from_str(id) {
+        headers.insert(X_REQUEST_ID.clone(), v);
+    }
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Joins or starts the trace of the request whose `headers` are given and rewrites its trace
 /// headers for the next hop (see the module docs). Returns the context sent upstream.
 pub fn propagate(headers: &mut HeaderMap) -> TraceContext {
@@ -377,6 +392,19 @@ pub fn propagate(headers: &mut HeaderMap) -> TraceContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_id_is_kept_or_made() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("caller-id"));
+        ensure_request_id(&mut h);
+        assert_eq!(h["x-request-id"], "caller-id");
+        let mut h = HeaderMap::new();
+        ensure_request_id(&mut h);
+        let id = uuid::Uuid::parse_str(h["x-request-id"].to_str().unwrap()).unwrap();
+        assert_eq!(id.get_version_num(), 4);
+        assert_eq!(h["x-request-id"].len(), 36);
+    }
 
     /// The stack-built header values are exactly what `format!` would give.
     #[test]

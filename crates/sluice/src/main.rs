@@ -100,6 +100,14 @@ struct SidecarArgs {
     /// Prometheus port: /stats/prometheus.
     #[arg(long, default_value_t = 15090)]
     stats_port: u16,
+    /// Data-plane worker threads (Istio's proxy `concurrency`: 2 for sidecars; 0 = one per CPU).
+    #[arg(
+        long,
+        default_value_t = 2,
+        value_name = "N",
+        env = "SLUICE_CONCURRENCY"
+    )]
+    concurrency: usize,
     #[command(flatten)]
     mesh: MeshIdentityArgs,
     #[command(flatten)]
@@ -200,6 +208,15 @@ struct GatewayArgs {
     /// `default`).
     #[arg(long)]
     service_account: Option<String>,
+    /// Data-plane worker threads (Istio's proxy `concurrency`; 0, the gateway default, = one per
+    /// CPU).
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "N",
+        env = "SLUICE_CONCURRENCY"
+    )]
+    concurrency: usize,
     #[command(flatten)]
     mesh: MeshIdentityArgs,
     #[command(flatten)]
@@ -267,6 +284,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The runtime of a proxy with `concurrency` data-plane worker threads; 0 = one per CPU.
+fn proxy_runtime(concurrency: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = match concurrency {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?)
+}
+
 // jemalloc instead of glibc malloc: after thousands of connections close, glibc keeps the freed
 // memory resident (fragmented heaps, per-thread arenas; only the top of a heap is ever returned),
 // so a proxy stayed at its peak RSS for good. jemalloc's background threads purge unused pages
@@ -320,7 +349,8 @@ fn main() -> ExitCode {
                 stats_port: args.stats_port,
                 downstream: args.downstream.settings(),
             };
-            runtime().and_then(|rt| rt.block_on(sidecar::run_with_identity(opts, identity)))
+            proxy_runtime(args.concurrency)
+                .and_then(|rt| rt.block_on(sidecar::run_with_identity(opts, identity)))
         }
         Command::Gateway(args) => {
             let identity = args
@@ -336,7 +366,8 @@ fn main() -> ExitCode {
                 bind: args.bind,
                 downstream: args.downstream.settings(),
             };
-            runtime().and_then(|rt| rt.block_on(gateway::run_with_identity(opts, identity)))
+            proxy_runtime(args.concurrency)
+                .and_then(|rt| rt.block_on(gateway::run_with_identity(opts, identity)))
         }
     };
     match result {

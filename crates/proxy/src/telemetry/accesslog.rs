@@ -174,6 +174,27 @@ impl AccessLogRecord {
         }
     }
 
+    /// Fills the request's side of an HTTP record from its head: method, path, protocol,
+    /// `user-agent`, `x-forwarded-for`, `x-request-id`, and all headers when `with_headers` (a
+    /// format that prints `%REQ(...)%` of others). Callers skip it when no log is written.
+    pub fn set_request(&mut self, parts: &http::request::Parts, with_headers: bool) {
+        self.method = Some(parts.method.clone());
+        self.path = Some(
+            parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        );
+        self.protocol = Some(protocol_name(parts.version));
+        let h = &parts.headers;
+        self.user_agent = h.get(http::header::USER_AGENT).cloned();
+        self.x_forwarded_for = h.get("x-forwarded-for").cloned();
+        self.request_id = h.get("x-request-id").cloned();
+        if with_headers {
+            self.request_headers = Some(h.clone());
+        }
+    }
+
     /// True for a TCP/TLS connection record (no HTTP protocol).
     pub fn is_tcp(&self) -> bool {
         self.protocol.is_none()
