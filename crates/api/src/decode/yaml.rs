@@ -9,7 +9,7 @@ mod limits;
 use std::collections::BTreeMap;
 
 use saphyr::{MarkedYaml, Scalar, ScanError, YamlData, YamlLoader};
-use saphyr_parser::{Parser, SpannedEventReceiver};
+use saphyr_parser::{Event, Parser, SpannedEventReceiver};
 use serde_json::{Map, Number, Value};
 
 pub use limits::{MAX_ALIAS_NODES, MAX_DEPTH, MAX_OBJECT_BYTES, MAX_TEXT_BYTES};
@@ -57,41 +57,57 @@ pub(crate) struct YamlError {
 /// So does a text beyond the bounds of [`limits`] (nesting depth, size, alias expansion).
 pub(crate) fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let nodes = load(text)?;
     let mut docs = Vec::new();
     let mut paths = PathBudget::for_text(text);
-    for node in &nodes {
-        if is_empty_document(node) {
-            continue;
+    load(text, |node| {
+        if is_empty_document(&node) {
+            return Ok(());
         }
         let mut positions = Positions::new();
-        let value = convert(node, &mut positions, &mut paths)?;
-        let line = first_key_line(node);
+        let value = convert(&node, &mut positions, &mut paths)?;
+        let line = first_key_line(&node);
         add_camel_case_aliases(&mut positions);
         docs.push(Document {
             value,
             positions,
             line,
         });
-    }
+        Ok(())
+    })?;
     Ok(docs)
 }
 
-/// Loads the documents of `text`, feeding saphyr's loader one parser event at a time after
-/// [`limits::Limits`] has checked it. (saphyr's own `load_from_str` drives the loader with a
-/// recursive descent, which is what overflowed the stack on deeply nested input.)
-fn load(text: &str) -> Result<Vec<MarkedYaml<'_>>, YamlError> {
+/// Loads the documents of `text` one at a time, feeding saphyr's loader one parser event at a
+/// time after [`limits::Limits`] has checked it, and hands each finished document to `each`.
+/// (saphyr's own `load_from_str` drives the loader with a recursive descent, which is what
+/// overflowed the stack on deeply nested input.) One document's node tree is held at a time:
+/// a tree costs tens of bytes per byte of text, and a file of thousands of resources made the
+/// proxy's memory peak at dozens of MiB while it loaded.
+fn load<'a>(
+    text: &'a str,
+    mut each: impl FnMut(MarkedYaml<'a>) -> Result<(), YamlError>,
+) -> Result<(), YamlError> {
     let mut limits = limits::Limits::new(text)?;
-    let mut loader: YamlLoader<'_, MarkedYaml<'_>> = YamlLoader::default();
+    let mut loader: YamlLoader<'a, MarkedYaml<'a>> = YamlLoader::default();
     for event in Parser::new_from_str(text) {
         let (event, span) = event.map_err(|e| scan_error(&e))?;
         limits.check(&event, span)?;
+        let document_end = matches!(event, Event::DocumentEnd);
         loader.on_event(event, span);
         if let Some(e) = loader.error() {
             return Err(scan_error(e));
         }
+        if document_end {
+            // Anchors are scoped to their document, so a fresh loader loses nothing.
+            for node in std::mem::take(&mut loader).into_documents() {
+                each(node)?;
+            }
+        }
     }
-    Ok(loader.into_documents())
+    for node in loader.into_documents() {
+        each(node)?;
+    }
+    Ok(())
 }
 
 fn scan_error(e: &ScanError) -> YamlError {
