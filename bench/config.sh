@@ -13,6 +13,9 @@
 # seconds (10) while a VirtualService of the route in use is rewritten every second; every
 # request must succeed.
 #
+# The live heap behind those RSS figures, by stage (decoded resources, snapshot, cluster
+# runtimes), comes from crates/proxy/examples/config_memory.rs.
+#
 # Knobs: SIZES, RELOADS (5), RATE, DURATION, SLUICE_PROFILE (release; bench-fast skips the long
 # LTO link), SLUICE_BIN (a sluice binary to measure as is).
 set -euo pipefail
@@ -46,6 +49,9 @@ if [ -z "$SLUICE_BIN" ]; then
     cargo build --profile "$SLUICE_PROFILE" -p sluice
     SLUICE_BIN=$repo/target/$SLUICE_PROFILE/sluice
 fi
+log "building the config memory breakdown (crates/proxy/examples/config_memory.rs)"
+cargo build --profile "$SLUICE_PROFILE" --example config_memory -p sluice-proxy
+config_memory=$repo/target/$SLUICE_PROFILE/examples/config_memory
 log "building the load generator"
 cargo build --release --quiet --manifest-path bench/loadgen/Cargo.toml --target-dir "$out/target"
 loadgen=$out/target/release/sluice-loadgen
@@ -209,6 +215,8 @@ report=$run_dir/report.txt
         read -r res ready first reload count rss settled <<<"$r"
         printf '%10s %10s %12s %12s %8s %10s %12s\n' "$res" "$ready" "$first" "$reload" "$count" "$rss" "$settled"
     done
+    echo
+    for size in $SIZES; do "$config_memory" "$run_dir/config-$size"; done
     echo
     echo "reloads under load ($((2 * n)) resources, $RATE req/s, ${DURATION}s, $((generations - 1)) reloads applied):"
     echo "  $line"
