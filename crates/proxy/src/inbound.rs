@@ -43,8 +43,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::client::legacy::Client;
@@ -70,7 +71,8 @@ use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{
     HttpLabels, PeerLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels, TcpLabels,
 };
-use crate::upstream::{BoxError, ProxyBody};
+use crate::upstream::{ProxyBody, UpstreamConnInfo};
+use crate::upstream_h1::{Http1Error, Http1Pool};
 
 /// The source address of the sidecar's connections to its own application (Istio's
 /// `InboundPassthroughBindIpv4`). istio-iptables has `-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN`,
@@ -119,8 +121,9 @@ const RESET_BODY: &str =
 /// The inbound listener's shared state: the proxy and the pooled clients to the application.
 struct Inbound {
     proxy: Arc<Proxy>,
-    /// HTTP/1.1 keep-alive connections to the application, pooled per `ip:port`.
-    http1: Client<AppConnector, ProxyBody>,
+    /// HTTP/1.1 keep-alive connections to the application, pooled per `ip:port` (the same pool
+    /// the outbound side uses for its clusters).
+    http1: Arc<Http1Pool>,
     /// HTTP/2 (prior knowledge) for ports declared `http2`/`grpc` and sniffed HTTP/2: gRPC
     /// needs trailers.
     http2: Client<AppConnector, ProxyBody>,
@@ -131,10 +134,10 @@ impl Inbound {
         // Pooled connections outlive snapshots; new ones use the timeout in force at startup.
         let connect_timeout = connect_timeout(&proxy.snapshots.load());
         let connector = AppConnector { connect_timeout };
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .set_host(false)
-            .build(connector.clone());
+        let http1 = Arc::new(Http1Pool::to_application(
+            connect_timeout,
+            Duration::from_secs(90),
+        ));
         let http2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .http2_only(true)
@@ -767,42 +770,69 @@ async fn forward(
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = match format!("http://{}{path}", ctx.dst).parse() {
-        Ok(u) => u,
-        Err(_) => {
-            return local_reply(
-                StatusCode::BAD_REQUEST,
-                "Bad Request",
-                "-",
-                "invalid_request",
-            )
-        }
-    };
     // Inbound clusters follow the outbound rule without DestinationRule settings: HTTP/2 for
     // `http2`/`grpc` ports, the client's version for sniffed ports (`grpc-web` is forwarded as
     // is, so it keeps HTTP/1.1).
     let h2 = UpstreamProtocol::for_port(ctx.declared, &PoolLimits::default(), ProxyKind::Sidecar)
         .is_http2(downstream_version == Version::HTTP_2);
-    let (client, version) = if h2 {
-        (&inbound.http2, Version::HTTP_2)
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // HTTP/1.1 writes the path as given on a connection to the application; the HTTP/2 client
+    // pools by (and connects to) the URI's authority.
+    let uri: Uri = if h2 {
+        match format!("http://{}{path}", ctx.dst).parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return local_reply(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    "-",
+                    "invalid_request",
+                )
+            }
+        }
     } else {
-        (&inbound.http1, Version::HTTP_11)
+        Uri::from(path)
     };
     let mut req = Request::new(body);
     *req.method_mut() = parts.method;
     *req.uri_mut() = uri;
-    *req.version_mut() = version;
+    *req.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     *req.headers_mut() = headers;
 
     let sent_at = Instant::now();
-    match client.request(req).await {
-        Ok(resp) => {
+    let sent = if h2 {
+        match inbound.http2.request(req).await {
+            Ok(resp) => {
+                let local = resp
+                    .extensions()
+                    .get::<HttpInfo>()
+                    .map(HttpInfo::local_addr);
+                Ok((resp.map(Either::Right), local))
+            }
+            Err(e) if e.is_connect() => Err((true, e.to_string())),
+            Err(e) => Err((false, format!("{e:?}"))),
+        }
+    } else {
+        match inbound.http1.send(ctx.dst, req, 0, None).await {
+            Ok(resp) => {
+                let local = resp.extensions().get::<UpstreamConnInfo>().map(|i| i.local);
+                Ok((resp.map(Either::Left), local))
+            }
+            Err(e @ Http1Error::Connect(_)) => Err((true, e.to_string())),
+            Err(e) => Err((false, e.to_string())),
+        }
+    };
+    match sent {
+        Ok((resp, upstream_local)) => {
             let service_time = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let upstream_local = resp
-                .extensions()
-                .get::<HttpInfo>()
-                .map(HttpInfo::local_addr);
             let (mut rparts, rbody) = resp.into_parts();
             // Answer in the client's HTTP version, whatever the app spoke (an HTTP/1.0 app would
             // otherwise turn the client's keep-alive connection into a one-shot).
@@ -816,10 +846,7 @@ async fn forward(
                 X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
                 HeaderValue::from(service_time),
             );
-            let resp = Response::from_parts(
-                rparts,
-                rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-            );
+            let resp = Response::from_parts(rparts, rbody.boxed_unsync());
             let outcome = Outcome {
                 flags: "-",
                 details: Cow::Borrowed("via_upstream"),
@@ -828,9 +855,9 @@ async fn forward(
             };
             (resp, outcome)
         }
-        Err(e) if e.is_connect() => {
+        Err((true, e)) => {
             tracing::debug!(
-                "inbound: cannot connect to the application at {}: {e:?}",
+                "inbound: cannot connect to the application at {}: {e}",
                 ctx.dst
             );
             local_reply(
@@ -840,8 +867,8 @@ async fn forward(
                 "upstream_reset_before_response_started{connection_failure}",
             )
         }
-        Err(e) => {
-            tracing::debug!("inbound: the application at {} reset: {e:?}", ctx.dst);
+        Err((false, e)) => {
+            tracing::debug!("inbound: the application at {} reset: {e}", ctx.dst);
             local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 RESET_BODY,

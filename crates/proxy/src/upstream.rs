@@ -500,6 +500,9 @@ pub struct UpstreamConnector {
     keepalive: Option<TcpKeepalive>,
     /// Weak: the cluster's runtime owns the pools that own connectors.
     runtime: Option<Weak<ClusterRuntime>>,
+    /// Connections to the local application (the inbound side): made from Istio's inbound
+    /// source address, so iptables does not capture them again.
+    to_application: bool,
 }
 
 /// TLS an [`UpstreamConnector`] originates.
@@ -553,6 +556,18 @@ impl UpstreamConnector {
         )
     }
 
+    /// A plaintext connector to the local application (the inbound side), from Istio's inbound
+    /// source address.
+    pub(crate) fn to_application(connect_timeout: Duration) -> UpstreamConnector {
+        UpstreamConnector {
+            tls: None,
+            connect_timeout,
+            keepalive: None,
+            runtime: None,
+            to_application: true,
+        }
+    }
+
     /// A connector for `security` with these settings; with a cluster runtime, connections count
     /// against its `maxConnections`.
     pub(crate) fn with_settings(
@@ -593,6 +608,7 @@ impl UpstreamConnector {
             connect_timeout,
             keepalive,
             runtime: runtime.map(Arc::downgrade),
+            to_application: false,
         })
     }
 
@@ -614,7 +630,11 @@ impl UpstreamConnector {
         addr: SocketAddr,
         guard: Option<ConnectionGuard>,
     ) -> io::Result<UpstreamStream> {
-        let tcp = connect_tcp(addr, self.connect_timeout).await?;
+        let tcp = if self.to_application {
+            crate::inbound::connect_app(addr, self.connect_timeout).await?
+        } else {
+            connect_tcp(addr, self.connect_timeout).await?
+        };
         if let Some(ka) = &self.keepalive {
             if let Err(e) = set_keepalive(&tcp, ka) {
                 tracing::debug!("cannot set TCP keepalive towards {addr}: {e}");

@@ -105,15 +105,7 @@ impl Http1Pools {
             runtime,
             false,
         )?;
-        let pool = Arc::new(Http1Pool {
-            security: security.clone(),
-            settings: settings.clone(),
-            connector,
-            runtime: runtime.map(Arc::downgrade),
-            idle: Mutex::new(HashMap::new()),
-            returned: tokio::sync::Notify::new(),
-            reaping: AtomicBool::new(false),
-        });
+        let pool = Arc::new(Http1Pool::new(security, settings, connector, runtime));
         let skip = (current.len() + 1).saturating_sub(MAX_POOLS);
         let mut next: Vec<_> = current.iter().skip(skip).cloned().collect();
         next.push(pool.clone());
@@ -163,6 +155,35 @@ pub struct Http1Pool {
 }
 
 impl Http1Pool {
+    fn new(
+        security: &UpstreamSecurity,
+        settings: &PoolSettings,
+        connector: UpstreamConnector,
+        runtime: Option<&Arc<ClusterRuntime>>,
+    ) -> Http1Pool {
+        Http1Pool {
+            security: security.clone(),
+            settings: settings.clone(),
+            connector,
+            runtime: runtime.map(Arc::downgrade),
+            idle: Mutex::new(HashMap::new()),
+            returned: tokio::sync::Notify::new(),
+            reaping: AtomicBool::new(false),
+        }
+    }
+
+    /// The inbound side's pool of plaintext connections to the local application (made from
+    /// Istio's inbound source address), kept idle for `idle_timeout`.
+    pub fn to_application(connect_timeout: Duration, idle_timeout: Duration) -> Http1Pool {
+        let settings = PoolSettings {
+            connect_timeout,
+            idle_timeout: Some(idle_timeout),
+            keepalive: None,
+        };
+        let connector = UpstreamConnector::to_application(connect_timeout);
+        Http1Pool::new(&UpstreamSecurity::Plain, &settings, connector, None)
+    }
+
     /// Sends `req` (whose URI is the origin-form path: it is written as given) to `addr` on an
     /// idle connection or a new one. The response carries [`UpstreamConnInfo`] and
     /// [`ConnectionUseHandle`] as extensions; its body drives the connection and returns it to
