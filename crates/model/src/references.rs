@@ -183,9 +183,11 @@ pub(crate) fn destination_rule_hosts(
     resources
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::DestinationRule(dr) => {
-                Some((r, dr, host::resolve_short_name(&dr.host, &r.meta.namespace)))
-            }
+            Spec::DestinationRule(dr) => Some((
+                r,
+                &**dr,
+                host::resolve_short_name(&dr.host, &r.meta.namespace),
+            )),
             _ => None,
         })
         .collect()

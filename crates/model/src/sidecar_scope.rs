@@ -289,7 +289,7 @@ fn destinations(vs: &networking::VirtualService) -> impl Iterator<Item = &Destin
         r.route
             .iter()
             .map(|d| &d.destination)
-            .chain(r.mirror.iter())
+            .chain(r.mirror.as_deref())
             .chain(r.mirrors.iter().map(|m| &m.destination))
     });
     let tls = vs

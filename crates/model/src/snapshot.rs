@@ -538,7 +538,7 @@ impl<'a> DestinationRules<'a> {
                     .or_default()
                     .insert(
                         &host::resolve_short_name(&dr.host, &r.meta.namespace),
-                        (r, dr),
+                        (r, &**dr),
                     );
             }
         }

@@ -31,14 +31,14 @@
 //! before connecting to the application).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -47,9 +47,6 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpInfo;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_model::policy::PoolLimits;
 use sluice_model::registry::Protocol;
 use sluice_model::security::{AuthzDecision, AuthzRequest, MtlsMode};
@@ -71,8 +68,9 @@ use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{
     HttpLabels, PeerLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels, TcpLabels,
 };
-use crate::upstream::{ProxyBody, UpstreamConnInfo};
+use crate::upstream::{ProxyBody, UpstreamConnInfo, UpstreamConnector};
 use crate::upstream_h1::{Http1Error, Http1Pool};
+use crate::upstream_h2::{Http2Endpoint, Http2Error};
 
 /// The source address of the sidecar's connections to its own application (Istio's
 /// `InboundPassthroughBindIpv4`). istio-iptables has `-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN`,
@@ -126,27 +124,36 @@ struct Inbound {
     http1: Arc<Http1Pool>,
     /// HTTP/2 (prior knowledge) for ports declared `http2`/`grpc` and sniffed HTTP/2: gRPC
     /// needs trailers.
-    http2: Client<AppConnector, ProxyBody>,
+    /// One connection per application address (Envoy's default for HTTP/2 clusters).
+    http2: std::sync::Mutex<HashMap<SocketAddr, Arc<Http2Endpoint>>>,
+    connect_timeout: Duration,
 }
 
 impl Inbound {
+    /// The HTTP/2 connection to the application at `addr`, made on first use.
+    fn http2_endpoint(&self, addr: SocketAddr) -> Arc<Http2Endpoint> {
+        let mut endpoints = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        endpoints
+            .entry(addr)
+            .or_insert_with(|| {
+                let connector = UpstreamConnector::to_application(self.connect_timeout);
+                Arc::new(Http2Endpoint::new(connector, addr))
+            })
+            .clone()
+    }
+
     fn new(proxy: Arc<Proxy>) -> Self {
         // Pooled connections outlive snapshots; new ones use the timeout in force at startup.
         let connect_timeout = connect_timeout(&proxy.snapshots.load());
-        let connector = AppConnector { connect_timeout };
         let http1 = Arc::new(Http1Pool::to_application(
             connect_timeout,
             Duration::from_secs(90),
         ));
-        let http2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_only(true)
-            .set_host(false)
-            .build(connector);
         Inbound {
             proxy,
             http1,
-            http2,
+            http2: Default::default(),
+            connect_timeout,
         }
     }
 }
@@ -534,39 +541,6 @@ pub async fn connect_app(addr: SocketAddr, timeout: Duration) -> io::Result<TcpS
     Ok(stream)
 }
 
-/// The hyper client's connector: the request URI's authority is the application's `ip:port`.
-#[derive(Clone)]
-struct AppConnector {
-    connect_timeout: Duration,
-}
-
-impl tower_service::Service<Uri> for AppConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let timeout = self.connect_timeout;
-        Box::pin(async move {
-            let addr: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "inbound upstream URI authority is not ip:port",
-                    )
-                })?;
-            // `TcpStream`'s `Connection` impl puts `HttpInfo` (both addresses) on each response.
-            connect_app(addr, timeout).await.map(TokioIo::new)
-        })
-    }
-}
-
 // === HTTP ===
 
 async fn serve_http<S>(inbound: Arc<Inbound>, ctx: Arc<ConnCtx>, stream: S)
@@ -780,8 +754,8 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    // HTTP/1.1 writes the path as given on a connection to the application; the HTTP/2 client
-    // pools by (and connects to) the URI's authority.
+    // HTTP/1.1 writes the path as given on a connection to the application; HTTP/2 sends the
+    // URI's authority as `:authority`.
     let uri: Uri = if h2 {
         match format!("http://{}{path}", ctx.dst).parse() {
             Ok(u) => u,
@@ -809,16 +783,13 @@ async fn forward(
 
     let sent_at = Instant::now();
     let sent = if h2 {
-        match inbound.http2.request(req).await {
+        match inbound.http2_endpoint(ctx.dst).send(req, 0, None).await {
             Ok(resp) => {
-                let local = resp
-                    .extensions()
-                    .get::<HttpInfo>()
-                    .map(HttpInfo::local_addr);
+                let local = resp.extensions().get::<UpstreamConnInfo>().map(|i| i.local);
                 Ok((resp.map(Either::Right), local))
             }
-            Err(e) if e.is_connect() => Err((true, e.to_string())),
-            Err(e) => Err((false, format!("{e:?}"))),
+            Err(e @ Http2Error::Connect(_)) => Err((true, e.to_string())),
+            Err(e) => Err((false, e.to_string())),
         }
     } else {
         match inbound.http1.send(ctx.dst, req, 0, None).await {

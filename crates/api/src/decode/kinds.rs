@@ -305,7 +305,7 @@ fn decode_spec(
             let dr: DestinationRule = d.typed(take_spec(root), "spec")?;
             let warnings = legacy::destination_rule(&dr);
             d.warn_all(warnings);
-            Spec::DestinationRule(dr)
+            Spec::DestinationRule(Box::new(dr))
         }
         Kind::ServiceEntry => Spec::ServiceEntry(d.typed::<ServiceEntry>(take_spec(root), "spec")?),
         Kind::Gateway => {

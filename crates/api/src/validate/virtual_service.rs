@@ -300,7 +300,7 @@ fn http_route(r: &mut Report<'_>, h: &HttpRoute, base: &str, in_delegate: bool) 
     for (j, m) in h.matches.iter().enumerate() {
         match_request(r, m, &format!("{base}.match[{j}]"), in_delegate);
     }
-    headers(r, &format!("{base}.headers"), h.headers.as_ref());
+    headers(r, &format!("{base}.headers"), h.headers.as_deref());
     if let Some(f) = &h.fault {
         fault(r, f, &format!("{base}.fault"));
     }
