@@ -242,6 +242,7 @@ pub async fn run_with_identity(
     );
     proxy.identity = mesh_identity;
     proxy.lifecycle = rt.lifecycle();
+    proxy.balancers = rt.balancers.clone();
     let proxy = Arc::new(proxy);
     let gateway = Arc::new(Gateway::new(proxy.clone(), &rt.metrics));
     let operator = OperatorListeners::bind(OperatorPorts {

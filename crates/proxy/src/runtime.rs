@@ -124,6 +124,11 @@ pub struct Runtime {
     pub status: Arc<ArcSwap<StoreStatus>>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLogger,
+    /// Per-cluster runtime state, reconciled by the config thread; give it to the [`Proxy`]
+    /// (`proxy.balancers`).
+    ///
+    /// [`Proxy`]: crate::context::Proxy
+    pub balancers: Arc<crate::balancer::Balancers>,
     pub quit: QuitSignal,
     /// Fired by `POST /drain_listeners` and by SIGTERM.
     pub drain: DrainSignal,
@@ -155,7 +160,9 @@ impl Runtime {
             "--config {}: not a directory",
             config_dir.display()
         );
-        let store = ConfigStore::new(config_dir.to_path_buf(), identity);
+        let mut store = ConfigStore::new(config_dir.to_path_buf(), identity);
+        let balancers = Arc::new(crate::balancer::Balancers::default());
+        store.reconcile(balancers.clone());
         let snapshots = store.snapshot();
         let status = store.status();
         let gate = store.gate();
@@ -182,6 +189,7 @@ impl Runtime {
             status,
             metrics,
             access_log,
+            balancers,
             quit: QuitSignal::new(),
             lifecycle: Lifecycle::new(gate, drain.clone(), settings),
             drain,

@@ -142,6 +142,7 @@ pub async fn run_with_identity(
     );
     proxy.identity = mesh_identity;
     proxy.lifecycle = rt.lifecycle();
+    proxy.balancers = rt.balancers.clone();
     let proxy = Arc::new(proxy);
 
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);

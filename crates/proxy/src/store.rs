@@ -143,6 +143,8 @@ pub struct ConfigStore {
     snapshot: Arc<ArcSwap<Snapshot>>,
     status: Arc<ArcSwap<StoreStatus>>,
     gate: Arc<ConfigGate>,
+    /// Reconciled with each snapshot here, on the config thread, before the data path sees it.
+    balancers: Option<Arc<crate::balancer::Balancers>>,
 }
 
 fn content_hash(bytes: &[u8]) -> u64 {
@@ -217,7 +219,15 @@ impl ConfigStore {
             generation: 0,
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             gate: Arc::new(ConfigGate::closed()),
+            balancers: None,
         }
+    }
+
+    /// Reconciles `balancers` (the per-cluster load-balancing, breaker and pool state) with
+    /// every snapshot before publishing it, so a data-plane worker never pays for the rebuild
+    /// after a reload.
+    pub fn reconcile(&mut self, balancers: Arc<crate::balancer::Balancers>) {
+        self.balancers = Some(balancers);
     }
 
     /// The handle the data path loads snapshots from.
@@ -536,7 +546,11 @@ impl ConfigStore {
             ready: not_ready.is_empty(),
             not_ready: not_ready.clone(),
         };
-        self.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        if let Some(balancers) = &self.balancers {
+            balancers.sync(&snapshot);
+        }
+        self.snapshot.store(snapshot);
         self.status.store(Arc::new(status));
         if not_ready.is_empty() && !self.gate.is_open() {
             self.gate.set_open();

@@ -315,3 +315,41 @@ fn what_cannot_be_read_is_reported_never_blocks_and_keeps_its_last_good_version(
         );
     }
 }
+
+#[test]
+fn cluster_runtimes_are_reconciled_by_the_store_before_the_data_path_sees_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "mesh.yaml", MESH);
+    let balancers = std::sync::Arc::new(sluice_proxy::balancer::Balancers::default());
+    let mut store = ConfigStore::new(dir.path().to_path_buf(), ProxyIdentity::default());
+    store.reconcile(balancers.clone());
+    assert!(store.rescan());
+    let cluster = "outbound|80||httpbin.org";
+    assert!(balancers.get(cluster).is_none());
+
+    // A reload adds a cluster: its runtime exists as soon as the snapshot does, before any
+    // request could have built it on a worker.
+    write(dir.path(), "se.yaml", SE);
+    assert!(store.rescan());
+    assert!(store.snapshot().load().clusters.contains_key(cluster));
+    let runtime = balancers
+        .get(cluster)
+        .expect("reconciled with the new snapshot");
+
+    // Removed with its cluster; a cluster that stays keeps its runtime (breakers, pools).
+    write(
+        dir.path(),
+        "se2.yaml",
+        &SE.replace("httpbin-ext", "other")
+            .replace("httpbin.org", "other.org"),
+    );
+    assert!(store.rescan());
+    assert!(std::sync::Arc::ptr_eq(
+        &runtime,
+        &balancers.get(cluster).unwrap()
+    ));
+    std::fs::remove_file(dir.path().join("se.yaml")).unwrap();
+    assert!(store.rescan());
+    assert!(balancers.get(cluster).is_none());
+    assert!(balancers.get("outbound|80||other.org").is_some());
+}
