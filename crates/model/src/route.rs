@@ -431,6 +431,16 @@ impl Operation {
             Operation::PerListenerPort { name, path } => format!("{name}:{port}{path}"),
         }
     }
+
+    /// [`render`](Self::render) as a header value, without the intermediate `String` for the
+    /// usual fixed decorator (this runs for every routed request). `None` when it is not a valid
+    /// header value.
+    pub fn header_value(&self, port: u16) -> Option<http::HeaderValue> {
+        match self {
+            Operation::Fixed(s) => http::HeaderValue::from_str(s).ok(),
+            other => http::HeaderValue::from_str(&other.render(port)).ok(),
+        }
+    }
 }
 
 /// One compiled HTTP route (a VirtualService `http` rule, or a service's default route).

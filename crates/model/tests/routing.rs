@@ -131,6 +131,7 @@ fn service_entry_gives_default_route_with_decorator() {
         };
         assert_eq!(rule.name.as_deref(), Some("default"));
         assert_eq!(rule.operation.render(80), "httpbin.org:80/*");
+        assert_eq!(rule.operation.header_value(80).unwrap(), "httpbin.org:80/*");
         assert_eq!(rule.retry.attempts, 2, "Istio's default retry policy");
         assert!(rule.retry.retry_on.connect_failure);
         assert_eq!(rule.timeout, None);
@@ -366,6 +367,7 @@ spec:
     assert_eq!(picks.iter().filter(|w| **w == 75).count(), 75);
     // Multiple destinations: Istio's decorator names the VirtualService.
     assert_eq!(rule.operation.render(80), "api:80/split*");
+    assert_eq!(rule.operation.header_value(81).unwrap(), "api:81/split*");
     // Subset clusters carry only the subset's endpoints.
     let v1 = &snap.clusters["outbound|80|v1|api.example.com"];
     assert_eq!(v1.endpoints.len(), 1);

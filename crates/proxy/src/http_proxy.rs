@@ -1081,7 +1081,7 @@ async fn forward(
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     if let Some(op) = fwd.operation {
-        if let Ok(v) = HeaderValue::from_str(&op.render(ctx.port)) {
+        if let Some(v) = op.header_value(ctx.port) {
             headers.insert(X_ENVOY_DECORATOR_OPERATION.clone(), v);
         }
     }
