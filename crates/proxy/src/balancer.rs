@@ -410,6 +410,8 @@ pub struct ClusterRuntime {
     pub stats: ClusterStats,
     /// Keep-alive HTTP/1.1 connections to this cluster's endpoints: they live and go with it.
     pub http1: crate::upstream_h1::Http1Pools,
+    /// The ISTIO_MUTUAL security of the cluster version last seen (see `cluster_security`).
+    pub mesh_security: arc_swap::ArcSwapOption<(Arc<Cluster>, crate::upstream::UpstreamSecurity)>,
 }
 
 impl ClusterRuntime {
@@ -428,6 +430,7 @@ impl ClusterRuntime {
             epoch: Instant::now(),
             stats: ClusterStats::default(),
             http1: Default::default(),
+            mesh_security: Default::default(),
         }
     }
 

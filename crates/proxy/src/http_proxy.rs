@@ -37,8 +37,8 @@ use crate::telemetry::metrics::{
     HttpLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
 };
 use crate::upstream::{
-    security_for, tls_failure_reason, BoxError, ProxyBody, TlsSetupError, UpstreamConnInfo,
-    UpstreamSecurity,
+    cluster_security, security_for, tls_failure_reason, BoxError, ProxyBody, TlsSetupError,
+    UpstreamConnInfo, UpstreamSecurity,
 };
 use crate::upstream_h1::Http1Error;
 use crate::upstream_h2::Http2Error;
@@ -1127,9 +1127,10 @@ async fn forward(
 
     // SIMPLE/MUTUAL (SNI: the DestinationRule's, else the request's host, Envoy's auto SNI),
     // ISTIO_MUTUAL with the mesh identity, or plaintext.
-    let security = fwd.cluster.as_ref().map_or(UpstreamSecurity::Plain, |c| {
-        security_for(proxy.identity.as_ref(), c, &ctx.authority)
-    });
+    let security = match (&fwd.cluster, &runtime) {
+        (Some(c), Some(rt)) => cluster_security(rt, proxy.identity.as_ref(), c, &ctx.authority),
+        _ => UpstreamSecurity::Plain,
+    };
     let upstream_principal: Option<Arc<str>> = security.expected_principal().map(Arc::from);
     // The cluster's protocol (declared `http2`/`grpc`, `h2UpgradePolicy`, `useClientProtocol`,
     // sniffed ports following the client); passthrough follows the client.

@@ -187,7 +187,7 @@ pub enum UpstreamSecurity {
     /// (`outbound_.<port>_.<subset>_.<host>`); the peer's expected SPIFFE IDs.
     IstioMutual {
         identity: MeshIdentity,
-        sni: String,
+        sni: Arc<str>,
         expected_sans: Arc<[String]>,
     },
 }
@@ -264,7 +264,10 @@ pub fn security_for(
             return UpstreamSecurity::IstioMutual {
                 identity: MeshIdentity(identity.clone()),
                 // A DestinationRule `sni` wins (routing through an egress gateway needs it).
-                sni: tls.sni.clone().unwrap_or_else(|| istio_sni(cluster)),
+                sni: tls
+                    .sni
+                    .as_deref()
+                    .map_or_else(|| istio_sni(cluster).into(), Arc::from),
                 expected_sans: tls.subject_alt_names.clone().into(),
             };
         }
@@ -292,6 +295,30 @@ pub fn security_for(
         settings: tls.clone(),
         sni,
     }
+}
+
+/// [`security_for`] through `runtime`'s cache: an ISTIO_MUTUAL cluster's security (its SNI
+/// formatted, its SANs copied) is built once per cluster version, not for every request.
+pub fn cluster_security(
+    runtime: &ClusterRuntime,
+    identity: Option<&Arc<Identity>>,
+    cluster: &Arc<Cluster>,
+    authority: &str,
+) -> UpstreamSecurity {
+    let mesh = identity.is_some() && cluster.tls.as_ref().is_some_and(|t| t.istio_mutual);
+    if !mesh {
+        return security_for(identity, cluster, authority);
+    }
+    if let Some(cached) = runtime.mesh_security.load().as_deref() {
+        if Arc::ptr_eq(&cached.0, cluster) {
+            return cached.1.clone();
+        }
+    }
+    let security = security_for(identity, cluster, authority);
+    runtime
+        .mesh_security
+        .store(Some(Arc::new((cluster.clone(), security.clone()))));
+    security
 }
 
 /// Completes an ISTIO_MUTUAL handshake on `tcp`: presents this proxy's workload certificate,
@@ -599,7 +626,7 @@ impl UpstreamConnector {
             } => Some(TlsOrigin::Mesh {
                 identity: identity.0.clone(),
                 expected_sans: expected_sans.clone(),
-                sni: sni.clone(),
+                sni: sni.to_string(),
                 alpn: if http2 { MESH_ALPN_H2 } else { MESH_ALPN },
             }),
         };

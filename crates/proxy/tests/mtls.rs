@@ -757,3 +757,62 @@ spec:
         lines[0]
     );
 }
+
+/// An ISTIO_MUTUAL cluster's security (Istio's SNI, the expected SANs) is built once per
+/// cluster version and reused by every request, and rebuilt when the cluster changes.
+#[test]
+fn istio_mutual_security_is_built_once_per_cluster_version() {
+    use sluice_proxy::balancer::ClusterRuntime;
+    use sluice_proxy::upstream::{cluster_security, UpstreamSecurity};
+    let ca = MeshCa::new();
+    let identity = ca.identity("default", "sleep");
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: svc, namespace: default}
+spec:
+  hosts: [svc.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  location: MESH_INTERNAL
+  endpoints: [{address: 10.1.2.3}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: svc, namespace: default}
+spec:
+  host: svc.example.com
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/svc]}}
+";
+    let snap = common::compile_yaml(yaml, ProxyKind::Sidecar, "default");
+    let cluster = snap.clusters["outbound|80||svc.example.com"].clone();
+    let rt = ClusterRuntime::new(&cluster);
+    let sni_of = |s: &UpstreamSecurity| match s {
+        UpstreamSecurity::IstioMutual {
+            sni, expected_sans, ..
+        } => (sni.clone(), expected_sans.clone()),
+        other => panic!("not ISTIO_MUTUAL: {other:?}"),
+    };
+    let (first, sans) = sni_of(&cluster_security(&rt, Some(&identity), &cluster, "a"));
+    assert_eq!(&*first, "outbound_.80_._.svc.example.com");
+    assert_eq!(
+        &*sans,
+        ["spiffe://cluster.local/ns/default/sa/svc".to_string()]
+    );
+    let (again, _) = sni_of(&cluster_security(&rt, Some(&identity), &cluster, "b"));
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "the same cluster reuses its security"
+    );
+
+    // A new version of the cluster (a reload) gets its own.
+    let changed = Arc::new((*cluster).clone());
+    let (rebuilt, _) = sni_of(&cluster_security(&rt, Some(&identity), &changed, "a"));
+    assert!(!Arc::ptr_eq(&first, &rebuilt));
+    assert_eq!(rebuilt, first);
+
+    // Without a mesh identity the cluster falls back to plaintext, as before.
+    assert!(matches!(
+        cluster_security(&rt, None, &cluster, "a"),
+        UpstreamSecurity::Plain
+    ));
+}
