@@ -24,6 +24,8 @@ repo=$PWD
 out=$repo/bench/out
 mkdir -p "$out"
 run_dir=$(mktemp -d "$out/config-XXXXXX")
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 
 SIZES=${SIZES:-"1000 5000"}
 RELOADS=${RELOADS:-5}
@@ -70,13 +72,7 @@ error_log stderr warn;
 pid $run_dir/upstream.pid;
 events { worker_connections 4096; }
 http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path $run_dir/tmp;
-    proxy_temp_path $run_dir/tmp;
-    fastcgi_temp_path $run_dir/tmp;
-    uwsgi_temp_path $run_dir/tmp;
-    scgi_temp_path $run_dir/tmp;
+$(nginx_common)
     server {
         listen 127.0.0.1:$UP_PORT default_server;
         location / { default_type text/plain; return 200 "ok"; }

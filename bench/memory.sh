@@ -21,6 +21,8 @@ repo=$PWD
 out=$repo/bench/out
 mkdir -p "$out"
 run_dir=$(mktemp -d "$out/memory-XXXXXX")
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 
 CONNECTIONS=${CONNECTIONS:-8000}
 RUNS=${RUNS:-3}
@@ -102,19 +104,6 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 answer() {
     curl -s --noproxy '*' --max-time 2 -o /dev/null -w '%{http_code} %{size_download}' \
         -H "Host: $2" --request-target "http://$2/" "http://127.0.0.1:$1/" || true
-}
-
-nginx_common() { # the http{} settings both nginx instances share
-    cat <<CONF
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $run_dir/tmp;
-    proxy_temp_path $run_dir/tmp;
-    fastcgi_temp_path $run_dir/tmp;
-    uwsgi_temp_path $run_dir/tmp;
-    scgi_temp_path $run_dir/tmp;
-CONF
 }
 
 # ---- upstream -------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ repo=$PWD
 out=$repo/bench/out
 mkdir -p "$out"
 run_dir=$(mktemp -d "$out/run-XXXXXX")
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 
 DURATION=${DURATION:-10}
 RATE=${RATE:-1000}
@@ -124,14 +126,7 @@ error_log stderr warn;
 pid $run_dir/upstream.pid;
 events { worker_connections 4096; }
 http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $run_dir/tmp;
-    proxy_temp_path $run_dir/tmp;
-    fastcgi_temp_path $run_dir/tmp;
-    uwsgi_temp_path $run_dir/tmp;
-    scgi_temp_path $run_dir/tmp;
+$(nginx_common)
     server {
         listen 127.0.0.1:$UP_PORT default_server;
         location / { default_type text/plain; return 200 "$body"; }
@@ -153,14 +148,7 @@ error_log stderr warn;
 pid $run_dir/nginx.pid;
 events { worker_connections 4096; }
 http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $run_dir/tmp;
-    proxy_temp_path $run_dir/tmp;
-    fastcgi_temp_path $run_dir/tmp;
-    uwsgi_temp_path $run_dir/tmp;
-    scgi_temp_path $run_dir/tmp;
+$(nginx_common)
     upstream up { server 127.0.0.1:$UP_PORT; keepalive 128; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:$NGINX_PORT default_server;

@@ -37,11 +37,9 @@ use crate::telemetry::metrics::{
     HttpLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
 };
 use crate::upstream::{
-    cluster_security, security_for, tls_failure_reason, BoxError, ProxyBody, TlsSetupError,
-    UpstreamConnInfo, UpstreamSecurity,
+    cluster_security, security_for, tls_failure_reason, BoxError, ExchangeError, ProxyBody,
+    TlsSetupError, UpstreamConnInfo, UpstreamSecurity,
 };
-use crate::upstream_h1::Http1Error;
-use crate::upstream_h2::Http2Error;
 
 /// Largest request body buffered so it can be retried or mirrored; larger bodies are streamed once.
 const MAX_BUFFERED_BODY: u64 = 64 * 1024;
@@ -999,12 +997,12 @@ async fn endpoint_addr(
     }
 }
 
-/// Envoy's failure for an HTTP/1.1 exchange that got no response: a connection that could not
-/// be made (its TLS failure named) or one that broke.
-fn upstream_failure(e: Http1Error) -> UpstreamFailure {
+/// Envoy's failure for an exchange that got no response: a connection that could not be made
+/// (its TLS failure named) or one that broke.
+fn upstream_failure(e: ExchangeError) -> UpstreamFailure {
     match e {
-        Http1Error::Connect(e) => UpstreamFailure::connect_failure(&e.to_string()),
-        Http1Error::Request(_) => UpstreamFailure::Reset,
+        ExchangeError::Connect(e) => UpstreamFailure::connect_failure(&e.to_string()),
+        ExchangeError::Request(_) => UpstreamFailure::Reset,
     }
 }
 
@@ -1031,10 +1029,7 @@ async fn send_http2(
         })?;
     endpoint.send(req, limits.0, limits.1).await.map_err(|e| {
         tracing::debug!("HTTP/2 to {addr}: {e}");
-        match e {
-            Http2Error::Connect(e) => UpstreamFailure::connect_failure(&e.to_string()),
-            Http2Error::Request(_) => UpstreamFailure::Reset,
-        }
+        upstream_failure(e)
     })
 }
 
@@ -1166,6 +1161,15 @@ async fn forward(
         }
     };
     let retryable = matches!(body, RequestBody::Buffered(_));
+    // The HTTP/1.1 request line's path, parsed once (not per try or per mirror); the request's own when not
+    // rewritten.
+    let upstream_pq = match (&upstream_path, &request_path) {
+        (Cow::Borrowed(_), Some(pq)) => Ok(pq.clone()),
+        _ => PathAndQuery::try_from(upstream_path.as_ref()),
+    };
+    let Ok(upstream_pq) = upstream_pq else {
+        return fail(UpstreamFailure::BadRequest, false, None);
+    };
     if let (Some(rule), RequestBody::Buffered(bytes)) = (fwd.rule, &body) {
         for m in &rule.mirrors {
             if roll_percent(m.percent) {
@@ -1173,7 +1177,7 @@ async fn forward(
                     proxy,
                     ctx,
                     m,
-                    (&parts.method, &upstream_path, downstream_h2),
+                    (&parts.method, &upstream_pq, downstream_h2),
                     &headers,
                     bytes.clone(),
                 );
@@ -1200,15 +1204,6 @@ async fn forward(
         None
     };
 
-    // The HTTP/1.1 request line's path, parsed once (not per try); the request's own when not
-    // rewritten.
-    let upstream_pq = match (&upstream_path, &request_path) {
-        (Cow::Borrowed(_), Some(pq)) => Ok(pq.clone()),
-        _ => PathAndQuery::try_from(upstream_path.as_ref()),
-    };
-    let Ok(upstream_pq) = upstream_pq else {
-        return fail(UpstreamFailure::BadRequest, false, None);
-    };
     let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
     let max_tries = if retryable { 1 + fwd.retry.attempts } else { 1 };
     let mut last_failure = UpstreamFailure::NoHealthyUpstream;
@@ -1469,7 +1464,7 @@ fn spawn_mirror(
     proxy: &Arc<Proxy>,
     ctx: &RequestCtx,
     mirror: &sluice_model::route::Mirror,
-    (method, path, downstream_h2): (&Method, &str, bool),
+    (method, path, downstream_h2): (&Method, &PathAndQuery, bool),
     headers: &HeaderMap,
     body: Bytes,
 ) {
@@ -1480,7 +1475,7 @@ fn spawn_mirror(
     let proxy = proxy.clone();
     let authority = ctx.authority.clone();
     let method = method.clone();
-    let path = path.to_string();
+    let path = path.clone();
     let headers = headers.clone();
     tokio::spawn(async move {
         let runtime = proxy.cluster_runtime(&cluster);
@@ -1508,7 +1503,7 @@ fn spawn_mirror(
                 .remove(header::HOST)
                 .and_then(|h| h.to_str().ok().map(str::to_string))
                 .unwrap_or(authority);
-            let Ok(uri) = h2_uri(&security, &host, &path) else {
+            let Ok(uri) = h2_uri(&security, &host, path.as_str()) else {
                 return;
             };
             *req.uri_mut() = uri;
@@ -1533,10 +1528,7 @@ fn spawn_mirror(
             else {
                 return;
             };
-            let Ok(pq) = PathAndQuery::try_from(path.as_str()) else {
-                return;
-            };
-            *req.uri_mut() = Uri::from(pq);
+            *req.uri_mut() = Uri::from(path);
             pool.send(addr, req, 0, None)
                 .await
                 .ok()

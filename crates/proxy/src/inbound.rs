@@ -68,9 +68,9 @@ use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{
     HttpLabels, PeerLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels, TcpLabels,
 };
-use crate::upstream::{ProxyBody, UpstreamConnInfo, UpstreamConnector};
-use crate::upstream_h1::{Http1Error, Http1Pool};
-use crate::upstream_h2::{Http2Endpoint, Http2Error};
+use crate::upstream::{ExchangeError, ProxyBody, UpstreamConnInfo, UpstreamConnector};
+use crate::upstream_h1::Http1Pool;
+use crate::upstream_h2::Http2Endpoint;
 
 /// The source address of the sidecar's connections to its own application (Istio's
 /// `InboundPassthroughBindIpv4`). istio-iptables has `-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN`,
@@ -783,26 +783,15 @@ async fn forward(
 
     let sent_at = Instant::now();
     let sent = if h2 {
-        match inbound.http2_endpoint(ctx.dst).send(req, 0, None).await {
-            Ok(resp) => {
-                let local = resp.extensions().get::<UpstreamConnInfo>().map(|i| i.local);
-                Ok((resp.map(Either::Right), local))
-            }
-            Err(e @ Http2Error::Connect(_)) => Err((true, e.to_string())),
-            Err(e) => Err((false, e.to_string())),
-        }
+        let sent = inbound.http2_endpoint(ctx.dst).send(req, 0, None).await;
+        sent.map(|r| r.map(Either::Right))
     } else {
-        match inbound.http1.send(ctx.dst, req, 0, None).await {
-            Ok(resp) => {
-                let local = resp.extensions().get::<UpstreamConnInfo>().map(|i| i.local);
-                Ok((resp.map(Either::Left), local))
-            }
-            Err(e @ Http1Error::Connect(_)) => Err((true, e.to_string())),
-            Err(e) => Err((false, e.to_string())),
-        }
+        let sent = inbound.http1.send(ctx.dst, req, 0, None).await;
+        sent.map(|r| r.map(Either::Left))
     };
     match sent {
-        Ok((resp, upstream_local)) => {
+        Ok(resp) => {
+            let upstream_local = resp.extensions().get::<UpstreamConnInfo>().map(|i| i.local);
             let service_time = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
             let (mut rparts, rbody) = resp.into_parts();
             // Answer in the client's HTTP version, whatever the app spoke (an HTTP/1.0 app would
@@ -826,7 +815,7 @@ async fn forward(
             };
             (resp, outcome)
         }
-        Err((true, e)) => {
+        Err(e @ ExchangeError::Connect(_)) => {
             tracing::debug!(
                 "inbound: cannot connect to the application at {}: {e}",
                 ctx.dst
@@ -838,7 +827,7 @@ async fn forward(
                 "upstream_reset_before_response_started{connection_failure}",
             )
         }
-        Err((false, e)) => {
+        Err(e) => {
             tracing::debug!("inbound: the application at {} reset: {e}", ctx.dst);
             local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -58,6 +58,17 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type sent upstream and back to clients.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// Why an exchange with an upstream (HTTP/1.1 or HTTP/2) got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// No connection could be made (TCP, TLS or the HTTP handshake).
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    /// The connection failed, or the stream was reset, before a response arrived.
+    #[error("request: {0}")]
+    Request(hyper::Error),
+}
+
 /// Why TLS origination could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -639,11 +650,16 @@ impl UpstreamConnector {
         })
     }
 
+    /// The cluster whose connection slots this connector's connections hold, while it exists.
+    pub(crate) fn runtime(&self) -> Option<Arc<ClusterRuntime>> {
+        self.runtime.as_ref().and_then(Weak::upgrade)
+    }
+
     /// Connects to `addr`: waits for a connection slot of the cluster (`maxConnections`),
     /// connects with the deadline, sets TCP keepalive and originates TLS.
     pub(crate) async fn connect(&self, addr: SocketAddr) -> io::Result<UpstreamStream> {
         // Waiting here for a free slot is what makes a request "pending".
-        let guard = match self.runtime.as_ref().and_then(Weak::upgrade) {
+        let guard = match self.runtime() {
             Some(rt) => Some(rt.acquire_connection(addr).await),
             None => None,
         };

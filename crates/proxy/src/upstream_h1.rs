@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -30,20 +30,9 @@ use sluice_model::policy::TcpKeepalive;
 
 use crate::balancer::ClusterRuntime;
 use crate::upstream::{
-    ConnectionUseHandle, ProxyBody, TlsSetupError, UpstreamConnInfo, UpstreamConnector,
-    UpstreamSecurity, UpstreamStream,
+    ConnectionUseHandle, ExchangeError, ProxyBody, TlsSetupError, UpstreamConnInfo,
+    UpstreamConnector, UpstreamSecurity, UpstreamStream,
 };
-
-/// Why an HTTP/1.1 exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Http1Error {
-    /// No connection could be made (TCP or TLS).
-    #[error("connect: {0}")]
-    Connect(io::Error),
-    /// The connection failed or closed before a response arrived.
-    #[error("request: {0}")]
-    Request(hyper::Error),
-}
 
 /// The settings a pool's connections are made and kept with: a cluster's `connectionPool`
 /// (`connectTimeout`, `idleTimeout`, `tcpKeepalive`), or the passthrough defaults.
@@ -105,7 +94,7 @@ impl Http1Pools {
             runtime,
             false,
         )?;
-        let pool = Arc::new(Http1Pool::new(security, settings, connector, runtime));
+        let pool = Arc::new(Http1Pool::new(security, settings, connector));
         let skip = (current.len() + 1).saturating_sub(MAX_POOLS);
         let mut next: Vec<_> = current.iter().skip(skip).cloned().collect();
         next.push(pool.clone());
@@ -146,7 +135,6 @@ pub struct Http1Pool {
     security: UpstreamSecurity,
     settings: PoolSettings,
     connector: UpstreamConnector,
-    runtime: Option<Weak<ClusterRuntime>>,
     /// Idle connections by endpoint; the most recently used last (reused first).
     idle: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
     /// Wakes a request waiting for a connection slot when a connection comes back instead.
@@ -159,13 +147,11 @@ impl Http1Pool {
         security: &UpstreamSecurity,
         settings: &PoolSettings,
         connector: UpstreamConnector,
-        runtime: Option<&Arc<ClusterRuntime>>,
     ) -> Http1Pool {
         Http1Pool {
             security: security.clone(),
             settings: settings.clone(),
             connector,
-            runtime: runtime.map(Arc::downgrade),
             idle: Mutex::new(HashMap::new()),
             returned: tokio::sync::Notify::new(),
             reaping: AtomicBool::new(false),
@@ -181,7 +167,7 @@ impl Http1Pool {
             keepalive: None,
         };
         let connector = UpstreamConnector::to_application(connect_timeout);
-        Http1Pool::new(&UpstreamSecurity::Plain, &settings, connector, None)
+        Http1Pool::new(&UpstreamSecurity::Plain, &settings, connector)
     }
 
     /// Sends `req` (whose URI is the origin-form path: it is written as given) to `addr` on an
@@ -195,7 +181,7 @@ impl Http1Pool {
         mut req: Request<ProxyBody>,
         per_connection: u32,
         max_duration: Option<Duration>,
-    ) -> Result<Response<PoolBody>, Http1Error> {
+    ) -> Result<Response<PoolBody>, ExchangeError> {
         loop {
             let (mut conn, reused) = match self.checkout(addr).await {
                 Some(c) => (c, true),
@@ -241,7 +227,7 @@ impl Http1Pool {
                         tracing::debug!("idle connection to {addr} was closed: {}", e.error());
                         req = unsent;
                     }
-                    _ => return Err(Http1Error::Request(e.into_error())),
+                    _ => return Err(ExchangeError::Request(e.into_error())),
                 },
             }
         }
@@ -286,8 +272,8 @@ impl Http1Pool {
     /// A new connection to `addr`, ready for its first request; `None` when, while this waited
     /// for one of the cluster's `maxConnections` slots, a connection was returned to the pool
     /// (the request is pending until one or the other).
-    async fn connect(&self, addr: SocketAddr) -> Result<Option<Conn>, Http1Error> {
-        let guard = match self.runtime.as_ref().and_then(Weak::upgrade) {
+    async fn connect(&self, addr: SocketAddr) -> Result<Option<Conn>, ExchangeError> {
+        let guard = match self.connector.runtime() {
             Some(rt) => {
                 if rt.connection_slots_full() {
                     // An idle connection to another endpoint gives its slot up rather than leave
@@ -306,11 +292,11 @@ impl Http1Pool {
             .connector
             .open(addr, guard)
             .await
-            .map_err(Http1Error::Connect)?;
+            .map_err(ExchangeError::Connect)?;
         let info = stream.info();
         let usage = stream.usage();
         let (sender, driver) = http1::handshake(stream).await.map_err(|e| {
-            Http1Error::Connect(io::Error::new(io::ErrorKind::ConnectionAborted, e))
+            ExchangeError::Connect(io::Error::new(io::ErrorKind::ConnectionAborted, e))
         })?;
         let mut conn = Conn {
             sender,
@@ -320,12 +306,12 @@ impl Http1Pool {
         };
         poll_fn(|cx| {
             if conn.drive(cx) {
-                return Poll::Ready(Err(Http1Error::Connect(io::Error::new(
+                return Poll::Ready(Err(ExchangeError::Connect(io::Error::new(
                     io::ErrorKind::ConnectionReset,
                     "connection closed before the first request",
                 ))));
             }
-            conn.sender.poll_ready(cx).map_err(Http1Error::Request)
+            conn.sender.poll_ready(cx).map_err(ExchangeError::Request)
         })
         .await?;
         Ok(Some(conn))

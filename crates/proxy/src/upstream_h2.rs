@@ -17,18 +17,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::upstream::{ConnectionUseHandle, ProxyBody, UpstreamConnInfo, UpstreamConnector};
-
-/// Why an HTTP/2 exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Http2Error {
-    /// No connection could be made (TCP, TLS or the HTTP/2 handshake).
-    #[error("connect: {0}")]
-    Connect(io::Error),
-    /// The connection failed or the stream was reset before a response arrived.
-    #[error("request: {0}")]
-    Request(hyper::Error),
-}
+use crate::upstream::{
+    ConnectionUseHandle, ExchangeError, ProxyBody, UpstreamConnInfo, UpstreamConnector,
+};
 
 /// One upstream endpoint's HTTP/2 connection, opened on first use and reopened once closed.
 pub struct Http2Endpoint {
@@ -55,7 +46,7 @@ impl Http2Endpoint {
     }
 
     /// The open connection, or a new one.
-    async fn connection(&self) -> Result<Http2Conn, Http2Error> {
+    async fn connection(&self) -> Result<Http2Conn, ExchangeError> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref().filter(|c| !c.send.is_closed()) {
             return Ok(c.clone());
@@ -65,7 +56,7 @@ impl Http2Endpoint {
             .connector
             .connect(self.addr)
             .await
-            .map_err(Http2Error::Connect)?;
+            .map_err(ExchangeError::Connect)?;
         let info = stream.info();
         let usage = stream.usage();
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -73,7 +64,7 @@ impl Http2Endpoint {
             .handshake(stream)
             .await
             .map_err(|e| {
-                Http2Error::Connect(io::Error::new(io::ErrorKind::ConnectionAborted, e))
+                ExchangeError::Connect(io::Error::new(io::ErrorKind::ConnectionAborted, e))
             })?;
         let addr = self.addr;
         // The connection (and with it the cluster's connection slot) lives until the upstream
@@ -108,13 +99,13 @@ impl Http2Endpoint {
         req: Request<ProxyBody>,
         per_connection: u32,
         max_duration: Option<Duration>,
-    ) -> Result<Response<Incoming>, Http2Error> {
+    ) -> Result<Response<Incoming>, ExchangeError> {
         let mut conn = self.connection().await?;
         if conn.send.ready().await.is_err() {
             // Closed between the check and now (GOAWAY, upstream gone): one fresh connection.
             self.retire(&conn).await;
             conn = self.connection().await?;
-            conn.send.ready().await.map_err(Http2Error::Request)?;
+            conn.send.ready().await.map_err(ExchangeError::Request)?;
         }
         if conn.usage.0.count_request(per_connection, max_duration) {
             self.retire(&conn).await;
@@ -123,7 +114,7 @@ impl Http2Endpoint {
             .send
             .send_request(req)
             .await
-            .map_err(Http2Error::Request)?;
+            .map_err(ExchangeError::Request)?;
         resp.extensions_mut().insert(conn.info);
         resp.extensions_mut().insert(conn.usage.clone());
         Ok(resp)

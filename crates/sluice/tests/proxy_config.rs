@@ -1,5 +1,6 @@
-//! `sluice proxy-config` against a running `sluice sidecar` (the binary, on loopback ports), and
-//! the sidecar's `POST /logging` changing what it logs.
+//! `sluice proxy-config` against a running `sluice sidecar` (the binary, on loopback ports), the
+//! sidecar's `POST /logging` changing what it logs, and `--concurrency` as `/server_info`
+//! reports it.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -293,4 +294,63 @@ fn proxy_config_names_the_address_it_could_not_reach() {
     assert!(!ok, "{out}");
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("admin API"), "{err}");
+}
+
+/// Starts `sluice <kind>` on free loopback ports with `extra` arguments, waits for its admin
+/// API and returns `/server_info`'s `command_line_options.concurrency` (Envoy's: the data-plane
+/// worker threads).
+fn reported_concurrency(kind: &str, extra: &[&str]) -> u64 {
+    let dir = tempfile::tempdir().expect("temporary config dir");
+    let admin = free_port();
+    let mut cmd = Command::new(SLUICE);
+    cmd.args([kind, "--config"])
+        .arg(dir.path())
+        .args(["--admin-port", &admin.to_string()])
+        .args(["--status-port", &free_port().to_string()])
+        .args(["--stats-port", &free_port().to_string()])
+        .args(["--log-level", "warn"])
+        .env_remove("SLUICE_CONCURRENCY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if kind == "sidecar" {
+        cmd.args(["--proxy-port", &free_port().to_string()])
+            .args(["--outbound-port", &free_port().to_string()])
+            .args(["--inbound-port", "0"]);
+    } else {
+        cmd.args(["--bind", "127.0.0.1"]);
+    }
+    let _child = Child(cmd.args(extra).spawn().expect("start sluice"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let resp = http(admin, "GET", "/server_info", "localhost");
+        match resp.as_deref().and_then(|r| r.split_once("\r\n\r\n")) {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => break body.to_string(),
+            _ => assert!(
+                Instant::now() < deadline,
+                "{kind}: no /server_info on 127.0.0.1:{admin}: {resp:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let info: serde_json::Value = serde_json::from_str(&body).expect("/server_info is JSON");
+    info["command_line_options"]["concurrency"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no command_line_options.concurrency in {info}"))
+}
+
+#[test]
+fn concurrency_sets_the_data_plane_workers() {
+    assert_eq!(reported_concurrency("sidecar", &["--concurrency", "3"]), 3);
+    assert_eq!(reported_concurrency("gateway", &["--concurrency", "1"]), 1);
+}
+
+#[test]
+fn sidecars_default_to_two_workers_and_gateways_to_one_per_cpu() {
+    assert_eq!(reported_concurrency("sidecar", &[]), 2);
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(reported_concurrency("gateway", &[]), cpus);
+    assert_eq!(
+        reported_concurrency("sidecar", &["--concurrency", "0"]),
+        cpus
+    );
 }
