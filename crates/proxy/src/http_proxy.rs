@@ -1,6 +1,7 @@
-//! HTTP proxying: route each request with the snapshot it arrived under, carry out the decision
-//! (forward with timeouts and retries, fault, redirect, direct response, block), and account for it
-//! in the access log and metrics once the response body has been sent.
+//! HTTP proxying on the outbound side of a sidecar and on gateway listeners: route each request
+//! with the snapshot it arrived under and carry out the decision (forward with timeouts and
+//! retries, fault, redirect, direct response, block). The request lifecycle around it (access
+//! log, metrics, authorization) is [`crate::http_manager`]'s.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -8,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,25 +21,24 @@ use hyper::body::Incoming;
 use sluice_model::route::{
     pick_weighted, HttpRequestFacts, Operation, RequestMatch, WeightedTarget,
 };
-use sluice_model::security::{AuthzDecision, AuthzRequest};
 use sluice_model::{Cluster, HttpDecision, HttpRouteRule, RouteAction, Snapshot};
 
 use crate::balancer::{
     request_hash, CallResult, ClusterRuntime, EndpointGuard, EndpointState, HashInput, RequestHash,
     RetryPermit,
 };
-use crate::body::{CountingBody, DownstreamBodyError, DownstreamFault, Finish, LoggedBody};
+use crate::body::{CountingBody, DownstreamBodyError, DownstreamFault};
 use crate::context::{Downstream, Proxy};
 use crate::gateway::edge::{self, GatewayConn};
-use crate::io::ByteCounter;
-use crate::stream::{rbac_denied_details, with_principal};
-use crate::telemetry::accesslog::AccessLogRecord;
-use crate::telemetry::metrics::{
-    HttpLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
+use crate::http_manager::{
+    downstream_response_head, local_reply, local_response, upstream_request_headers, with_flag,
+    AuthzSubject, Call, HttpSide, LocalReply, Outcome, Peers, ProxyError,
 };
+use crate::stream::with_principal;
+use crate::telemetry::accesslog::AccessLogRecord;
+use crate::telemetry::metrics::{Reporter, SecurityPolicy};
 use crate::upstream::{
-    cluster_security, security_for, tls_failure_reason, BoxError, ExchangeError, ProxyBody,
-    TlsSetupError, UpstreamConnInfo, UpstreamSecurity,
+    cluster_security, security_for, BoxError, ProxyBody, UpstreamConnInfo, UpstreamSecurity,
 };
 
 /// Largest request body buffered so it can be retried or mirrored; larger bodies are streamed once.
@@ -47,245 +47,191 @@ const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_ENVOY_DECORATOR_OPERATION: HeaderName =
     HeaderName::from_static("x-envoy-decorator-operation");
-static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
-    HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
-static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1). `te: trailers` is
-/// kept: gRPC needs it end to end (and HTTP/2 allows no other `te`).
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none of these, or only `connection`,
-    // and removing an absent name still hashes it.
-    let mut present = [false; HOP_BY_HOP.len()];
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-        }
-    }
-    if !present.contains(&true) {
-        return;
-    }
-    if present[0] {
-        // Headers named in `Connection` are hop-by-hop too.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-    }
-    let te_trailers = present[1]
-        && headers
-            .get_all(header::TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for (name, present) in HOP_BY_HOP.iter().zip(present) {
-        if present {
-            headers.remove(name);
-        }
-    }
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
+/// The side of the proxy whose requests are routed by VirtualServices: the outbound side of a
+/// sidecar (captured or explicit-proxy connections) and gateway listeners.
+pub(crate) struct Routed {
+    proxy: Arc<Proxy>,
+    downstream: Arc<Downstream>,
+    /// Set on gateway listeners: route by the listener's port and its Gateway servers.
+    gateway: Option<Arc<GatewayConn>>,
 }
 
-/// The hop-by-hop headers [`strip_hop_by_hop`] removes (`connection` first, `te` second).
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-];
+impl HttpSide for Routed {
+    const REPORTER: Reporter = Reporter::Source;
 
-/// A locally generated response and how the access log describes it.
-struct LocalReply {
-    status: StatusCode,
-    body: Bytes,
-    flags: &'static str,
-    details: Cow<'static, str>,
-    extra_headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl LocalReply {
-    fn new(
-        status: StatusCode,
-        body: &'static str,
-        flags: &'static str,
-        details: &'static str,
-    ) -> Self {
-        LocalReply {
-            status,
-            body: Bytes::from_static(body.as_bytes()),
-            flags,
-            details: Cow::Borrowed(details),
-            extra_headers: Vec::new(),
-        }
+    fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
     }
-}
 
-/// Why forwarding failed, mapped to Envoy's local replies.
-enum UpstreamFailure {
-    NoCluster,
-    NoHealthyUpstream,
-    ConnectFailure {
-        tls_error: Option<String>,
-    },
-    Reset,
-    Timeout {
-        per_try: bool,
-    },
-    BadRequest,
-    /// A circuit breaker (`connectionPool` limit) tripped.
-    Overflow,
-    /// The client broke its own request (malformed body framing) or went away mid-body: its
-    /// fault, never counted against the upstream.
-    Downstream(DownstreamFault),
-    /// The upstream's host name did not resolve within the connect timeout: Envoy's `DF`
-    /// (`dns_resolution_failure{…}` in the details).
-    DnsResolution {
-        details: &'static str,
-    },
-}
+    fn server_header(&self) -> HeaderValue {
+        self.proxy.server_header.clone()
+    }
 
-impl UpstreamFailure {
-    /// A connection failure from the connect error's `message`; a TLS failure (`TLS_error: …`)
-    /// keeps its reason for the response details.
-    fn connect_failure(message: &str) -> Self {
-        UpstreamFailure::ConnectFailure {
-            tls_error: tls_failure_reason(message).map(|tls| format!("TLS_error:{tls}")),
+    fn on_request_head(&self, headers: &mut HeaderMap) {
+        if let Some(gw) = &self.gateway {
+            edge::apply_edge_headers(headers, self.downstream.remote.ip(), gw.is_tls());
         }
     }
 
-    /// TLS origination that could not be set up (unreadable or invalid certificates, bad SNI).
-    fn tls_setup(e: &TlsSetupError) -> Self {
-        UpstreamFailure::ConnectFailure {
-            tls_error: Some(format!("TLS_error:{e}")),
-        }
+    fn log_downstream(&self, rec: &mut AccessLogRecord, _parts: &http::request::Parts) {
+        let gw = self.gateway.as_deref();
+        rec.downstream_remote_address = Some(self.downstream.remote);
+        rec.requested_server_name = gw.and_then(|g| g.sni.clone());
+        rec.downstream_peer_uri_san = gw
+            .and_then(|g| g.peer.as_ref())
+            .and_then(|p| p.spiffe_id.clone());
+        rec.downstream_local_address = Some(match &self.downstream.target {
+            Some(t) => t.addr,
+            None => self.downstream.local,
+        });
     }
 
-    fn dns(e: &crate::resolve::ResolveError) -> Self {
-        tracing::debug!("{e}");
-        UpstreamFailure::DnsResolution {
-            details: e.details(),
-        }
+    /// Envoy's RBAC filter runs on gateway listeners only (a sidecar checks policies on its
+    /// inbound side).
+    fn authz_subject(&self) -> Option<AuthzSubject<'_>> {
+        let gw = self.gateway.as_deref()?;
+        Some(AuthzSubject {
+            peer: gw.peer.as_ref(),
+            remote: self.downstream.remote,
+            port: gw.port,
+            sni: gw.sni.as_deref(),
+        })
     }
 
-    fn reply(&self, retries_exhausted: bool) -> LocalReply {
-        let mut r = match self {
-            UpstreamFailure::NoCluster => LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "", "NC", "cluster_not_found"),
-            UpstreamFailure::NoHealthyUpstream => LocalReply::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy upstream",
-                "UH",
-                "no_healthy_upstream",
-            ),
-            UpstreamFailure::ConnectFailure { tls_error } => {
-                let mut r = LocalReply::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-                    "UF",
-                    "upstream_reset_before_response_started{connection_failure}",
-                );
-                if let Some(e) = tls_error {
-                    r.details = Cow::Owned(format!(
-                        "upstream_reset_before_response_started{{connection_failure,{}}}",
-                        e.replace(' ', "_")
-                    ));
-                }
-                r
-            }
-            UpstreamFailure::Reset => LocalReply::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-                "UC",
-                "upstream_reset_before_response_started{connection_termination}",
-            ),
-            UpstreamFailure::Timeout { per_try } => LocalReply::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream request timeout",
-                "UT",
-                if *per_try { "upstream_per_try_timeout" } else { "upstream_response_timeout" },
-            ),
-            UpstreamFailure::BadRequest => LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "-", "invalid_request"),
-            UpstreamFailure::Overflow => {
-                let mut r = LocalReply::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-                    "UO",
-                    "upstream_reset_before_response_started{overflow}",
-                );
-                r.extra_headers.push((X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true")));
-                r
-            }
-            UpstreamFailure::Downstream(DownstreamFault::Protocol) => LocalReply::new(
-                StatusCode::BAD_REQUEST,
-                "Bad Request",
-                "DPE",
-                "http1.codec_error",
-            ),
-            UpstreamFailure::Downstream(DownstreamFault::Disconnect) => LocalReply::new(
-                StatusCode::BAD_REQUEST,
-                "",
-                "DC",
-                "downstream_remote_disconnect",
-            ),
-            UpstreamFailure::DnsResolution { details } => LocalReply::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "DNS resolution failure",
-                "DF",
-                details,
-            ),
+    async fn respond(&self, call: Call<'_>) -> (Response<ProxyBody>, Outcome) {
+        let Call {
+            snap,
+            parts,
+            body,
+            authority,
+            body_error,
+        } = call;
+        let ctx = RequestCtx::new(self, &parts, authority, body_error);
+        let mut delayed = false;
+        let (response, mut outcome) =
+            route_and_forward(&self.proxy, snap, &ctx, parts, body, &mut delayed).await;
+        if delayed {
+            outcome.flags = with_flag(&outcome.flags, "DI");
+        }
+        (response, outcome)
+    }
+
+    fn peers(&self, snap: &Snapshot, outcome: &Outcome) -> Peers {
+        let proxy = &self.proxy;
+        let mut destination = outcome.upstream.map_or_else(
+            || proxy.unknown_peer.clone(),
+            |u| proxy.peer_at(snap, u.remote.ip()),
+        );
+        if let Some(p) = &outcome.upstream_principal {
+            destination = with_principal(&destination, p);
+        }
+        // A gateway that terminated mesh mTLS names its caller (as the inbound side does).
+        let peer = self.gateway.as_ref().and_then(|g| g.peer.as_ref());
+        let (source, security) = match peer {
+            Some(p) => (p.labels(&proxy.workload), SecurityPolicy::MutualTls),
+            None => (proxy.workload.clone(), SecurityPolicy::Unknown),
         };
-        if retries_exhausted {
-            r.flags = match r.flags {
-                "UF" => "UF,URX",
-                "UC" => "UC,URX",
-                "UH" => "UH,URX",
-                "UT" => "UT,URX",
-                other => other,
-            };
+        Peers {
+            source,
+            destination,
+            service: outcome
+                .service
+                .clone()
+                .unwrap_or_else(|| proxy.unknown_service.clone()),
+            security,
         }
-        r
     }
-}
-
-/// What the access log and metrics need to know about how a request was handled.
-struct Outcome {
-    flags: Cow<'static, str>,
-    details: Cow<'static, str>,
-    route_name: Option<Arc<str>>,
-    cluster: Option<Arc<str>>,
-    service: Arc<ServiceLabels>,
-    upstream: Option<UpstreamConnInfo>,
-    upstream_service_time: Option<u64>,
-    /// The identity the upstream had to prove (ISTIO_MUTUAL with one expected SAN):
-    /// `destination_principal`.
-    upstream_principal: Option<Arc<str>>,
 }
 
 /// Everything known about the request being handled.
-struct RequestCtx {
+struct RequestCtx<'a> {
+    proxy: &'a Proxy,
     authority: String,
+    /// The request's authority as the client sent it, for the upstream's `Host`.
+    authority_header: Option<HeaderValue>,
     port: u16,
-    downstream: Arc<Downstream>,
+    downstream: &'a Downstream,
     /// Explicit-proxy target parsed from an absolute URI: host and port.
     uri_target: Option<(String, u16)>,
-    /// Set on gateway listeners: route by the listener's port and its Gateway servers.
-    gateway: Option<Arc<GatewayConn>>,
+    gateway: Option<&'a GatewayConn>,
     /// Whether reading the request body failed on the client's side.
     body_error: DownstreamBodyError,
+}
+
+impl<'a> RequestCtx<'a> {
+    fn new(
+        side: &'a Routed,
+        parts: &http::request::Parts,
+        authority_header: Option<HeaderValue>,
+        body_error: DownstreamBodyError,
+    ) -> Self {
+        let downstream = &*side.downstream;
+        let gateway = side.gateway.as_deref();
+        // Absolute-form (explicit proxy) names the target in the URI; otherwise Host/:authority
+        // does. A gateway routes by its listener port only, and a captured connection (or a
+        // CONNECT tunnel) by its original destination's port: HTTP/2 requests carry a full URI
+        // there too.
+        let explicit = gateway.is_none() && downstream.target.is_none();
+        let uri_target = parts.uri.host().filter(|_| explicit).map(|h| {
+            let port = parts
+                .uri
+                .port_u16()
+                .unwrap_or(if parts.uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                });
+            (h.to_string(), port)
+        });
+        let port = match (gateway, &uri_target, &downstream.target) {
+            (Some(gw), _, _) => gw.port,
+            (None, Some((_, p)), _) => *p,
+            (None, None, Some(t)) => t.addr.port(),
+            (None, None, None) => downstream.local.port(),
+        };
+        let authority = authority_header
+            .as_ref()
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        RequestCtx {
+            proxy: &side.proxy,
+            authority,
+            authority_header,
+            port,
+            downstream,
+            uri_target,
+            gateway,
+            body_error,
+        }
+    }
+
+    fn server_header(&self) -> HeaderValue {
+        self.proxy.server_header.clone()
+    }
+
+    /// The local reply for `err`, reaching no service.
+    fn fail(
+        &self,
+        err: &ProxyError,
+        route_name: Option<Arc<str>>,
+    ) -> (Response<ProxyBody>, Outcome) {
+        local_reply(self.server_header(), err, route_name)
+    }
+
+    /// A reply the route configured (direct response, redirect).
+    fn direct(
+        &self,
+        reply: &LocalReply,
+        route_name: Option<Arc<str>>,
+    ) -> (Response<ProxyBody>, Outcome) {
+        (
+            local_response(self.server_header(), reply),
+            Outcome::local(reply, route_name),
+        )
+    }
 }
 
 /// Handles one request arriving on the outbound side of a sidecar.
@@ -294,7 +240,12 @@ pub async fn handle(
     downstream: Arc<Downstream>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    handle_routed(proxy, downstream, None, req).await
+    let side = Routed {
+        proxy,
+        downstream,
+        gateway: None,
+    };
+    crate::http_manager::serve(side, req).await
 }
 
 /// Handles one request arriving on a gateway listener: edge headers (`x-forwarded-for`,
@@ -306,240 +257,18 @@ pub async fn handle_gateway(
     gw: Arc<GatewayConn>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    handle_routed(proxy, downstream, Some(gw), req).await
-}
-
-async fn handle_routed(
-    proxy: Arc<Proxy>,
-    downstream: Arc<Downstream>,
-    gateway: Option<Arc<GatewayConn>>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let start = Instant::now();
-    let start_time = SystemTime::now();
-    let snap = proxy.snapshots.load_full();
-    let (mut parts, body) = req.into_parts();
-
-    // Absolute-form (explicit proxy) names the target in the URI; otherwise Host/:authority does.
-    // A gateway routes by its listener port only, and a captured connection (or a CONNECT
-    // tunnel) by its original destination's port: HTTP/2 requests carry a full URI there too.
-    let explicit = gateway.is_none() && downstream.target.is_none();
-    let uri_target = parts.uri.host().filter(|_| explicit).map(|h| {
-        let port = parts
-            .uri
-            .port_u16()
-            .unwrap_or(if parts.uri.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            });
-        (h.to_string(), port)
-    });
-    let authority = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
-        (Some(a), _) => a.as_str().to_string(),
-        (None, Some(h)) => h.to_str().unwrap_or("").to_string(),
-        (None, None) => String::new(),
-    };
-    let port = match (&gateway, &uri_target, &downstream.target) {
-        (Some(gw), _, _) => gw.port,
-        (None, Some((_, p)), _) => *p,
-        (None, None, Some(t)) => t.addr.port(),
-        (None, None, None) => downstream.local.port(),
-    };
-    if let Some(gw) = &gateway {
-        edge::apply_edge_headers(&mut parts.headers, downstream.remote.ip(), gw.is_tls());
-    }
-    crate::trace::ensure_request_id(&mut parts.headers);
-    // Join the caller's trace (W3C / B3) with a new span for this hop, or start one.
-    crate::trace::propagate(&mut parts.headers);
-
-    let mut rec = AccessLogRecord::new(start_time);
-    let peer = gateway.as_ref().and_then(|g| g.peer.clone());
-    // The request's side of the log line, only when a log is written (metrics need none of it).
-    if proxy.access_log.is_enabled() {
-        rec.set_request(&parts, proxy.access_log.needs_request_headers());
-        rec.authority = HeaderValue::from_str(&authority).ok();
-        rec.downstream_remote_address = Some(downstream.remote);
-        rec.requested_server_name = gateway.as_ref().and_then(|g| g.sni.clone());
-        rec.downstream_peer_uri_san = peer.as_ref().and_then(|p| p.spiffe_id.clone());
-        rec.downstream_local_address = Some(match (&downstream.target, &uri_target) {
-            (Some(t), _) => t.addr,
-            _ => downstream.local,
-        });
-    }
-    let grpc = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-
-    let received = ByteCounter::default();
-    let body = CountingBody::new(body, received.clone());
-    let ctx = RequestCtx {
-        authority,
-        port,
+    let side = Routed {
+        proxy,
         downstream,
-        uri_target,
-        gateway,
-        body_error: body.error(),
+        gateway: Some(gw),
     };
-    let mut delayed = false;
-    let (response, mut outcome) =
-        route_and_forward(&proxy, &snap, &ctx, parts, body, &mut delayed).await;
-    if delayed {
-        outcome.flags = with_flag(&outcome.flags, "DI");
-    }
-
-    rec.response_code = response.status().as_u16();
-    rec.response_flags = outcome.flags.clone();
-    rec.response_code_details = Some(outcome.details.clone());
-    rec.route_name = outcome.route_name.clone();
-    rec.upstream_cluster = outcome.cluster.clone();
-    rec.upstream_host = outcome.upstream.map(|u| u.remote);
-    rec.upstream_local_address = outcome.upstream.map(|u| u.local).filter(|a| a.port() != 0);
-    rec.upstream_service_time = outcome.upstream_service_time;
-    if proxy.access_log.needs_response_headers() {
-        rec.response_headers = Some(response.headers().clone());
-    }
-    let mut destination = outcome.upstream.map_or_else(
-        || proxy.unknown_peer.clone(),
-        |u| proxy.peer_at(&snap, u.remote.ip()),
-    );
-    if let Some(p) = &outcome.upstream_principal {
-        destination = with_principal(&destination, p);
-    }
-    // A gateway that terminated mesh mTLS names its caller (as the inbound side does).
-    let (source, security) = match &peer {
-        Some(p) => (p.labels(&proxy.workload), SecurityPolicy::MutualTls),
-        None => (proxy.workload.clone(), SecurityPolicy::Unknown),
-    };
-    let labels = HttpLabels {
-        reporter: Reporter::Source,
-        source,
-        destination,
-        destination_service: outcome.service.clone(),
-        request_protocol: if grpc {
-            RequestProtocol::Grpc
-        } else {
-            RequestProtocol::Http
-        },
-        response_flags: outcome.flags.clone(),
-        connection_security_policy: security,
-        response_code: response.status().as_u16(),
-        grpc_response_status: None,
-    };
-    let (parts, body) = response.into_parts();
-    let logged = LoggedBody::new(
-        body,
-        Finish {
-            proxy: proxy.clone(),
-            rec,
-            labels,
-            start,
-            received,
-        },
-    );
-    Ok(Response::from_parts(parts, logged.boxed_unsync()))
-}
-
-fn local_response(proxy: &Proxy, reply: &LocalReply) -> Response<ProxyBody> {
-    let mut resp = Response::new(
-        Full::new(reply.body.clone())
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = reply.status;
-    let h = resp.headers_mut();
-    if !reply.body.is_empty() {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
-    h.insert(header::DATE, date_header());
-    h.insert(header::SERVER, proxy.server_header.clone());
-    for (k, v) in &reply.extra_headers {
-        h.insert(k.clone(), v.clone());
-    }
-    resp
-}
-
-pub(crate) fn date_header() -> HeaderValue {
-    HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
-        .unwrap_or(HeaderValue::from_static(""))
-}
-
-/// A local reply that reaches no service, and its outcome.
-fn local_reply(
-    proxy: &Proxy,
-    reply: &LocalReply,
-    route_name: Option<Arc<str>>,
-) -> (Response<ProxyBody>, Outcome) {
-    let service = proxy.unknown_service.clone();
-    (
-        local_response(proxy, reply),
-        outcome_local(reply, route_name, service),
-    )
-}
-
-fn outcome_local(
-    reply: &LocalReply,
-    route_name: Option<Arc<str>>,
-    service: Arc<ServiceLabels>,
-) -> Outcome {
-    Outcome {
-        flags: Cow::Borrowed(reply.flags),
-        details: reply.details.clone(),
-        route_name,
-        cluster: None,
-        service,
-        upstream: None,
-        upstream_service_time: None,
-        upstream_principal: None,
-    }
-}
-
-/// Envoy's RBAC filter on a gateway listener: checks the request against the
-/// AuthorizationPolicies that apply to the gateway; a denial is answered with 403
-/// `RBAC: access denied` before routing.
-fn gateway_authz(
-    proxy: &Proxy,
-    snap: &Snapshot,
-    gw: &GatewayConn,
-    ctx: &RequestCtx,
-    parts: &http::request::Parts,
-) -> Option<(Response<ProxyBody>, Outcome)> {
-    if snap.authorization.is_empty() {
-        return None;
-    }
-    let host = sluice_model::host::strip_port(&ctx.authority);
-    let peer = gw.peer.as_ref();
-    let req = AuthzRequest {
-        source_principal: peer.and_then(|p| p.principal()),
-        source_namespace: peer.and_then(|p| p.namespace()),
-        source_ip: Some(ctx.downstream.remote.ip()),
-        host: Some(host).filter(|h| !h.is_empty()),
-        port: gw.port,
-        method: Some(parts.method.as_str()),
-        path: Some(parts.uri.path()),
-        sni: gw.sni.as_deref(),
-        headers: Some(&parts.headers),
-    };
-    let AuthzDecision::Deny { policy } = snap.authorization.check(&req) else {
-        return None;
-    };
-    tracing::debug!(
-        "request from {} for {}{} denied by {policy}",
-        ctx.downstream.remote,
-        ctx.authority,
-        parts.uri.path()
-    );
-    let mut reply = LocalReply::new(StatusCode::FORBIDDEN, "RBAC: access denied", "-", "");
-    reply.details = Cow::Owned(rbac_denied_details(&policy));
-    Some(local_reply(proxy, &reply, None))
+    crate::http_manager::serve(side, req).await
 }
 
 async fn route_and_forward(
     proxy: &Arc<Proxy>,
     snap: &Arc<Snapshot>,
-    ctx: &RequestCtx,
+    ctx: &RequestCtx<'_>,
     parts: http::request::Parts,
     body: CountingBody,
     delayed: &mut bool,
@@ -549,19 +278,13 @@ async fn route_and_forward(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let default_scheme = match &ctx.gateway {
+    let default_scheme = match ctx.gateway {
         Some(gw) if gw.is_tls() => "https",
         _ => "http",
     };
     let scheme = parts.uri.scheme_str().unwrap_or(default_scheme).to_string();
-    if let Some(reply) = invalid_request_head(&parts) {
-        return local_reply(proxy, &reply, None);
-    }
-    if let Some(gw) = &ctx.gateway {
-        if let Some(denied) = gateway_authz(proxy, snap, gw, ctx, &parts) {
-            return denied;
-        }
-        if let Some(early) = gateway_local_reply(proxy, snap, gw, ctx, &parts, &path_and_query) {
+    if let Some(gw) = ctx.gateway {
+        if let Some(early) = gateway_local_reply(snap, gw, ctx, &parts, &path_and_query) {
             return early;
         }
     }
@@ -573,31 +296,26 @@ async fn route_and_forward(
         headers: &parts.headers,
         port: ctx.port,
     };
-    let decision = match &ctx.gateway {
+    let decision = match ctx.gateway {
         Some(gw) => snap.route_gateway_http(gw.port, &facts),
         None => snap.route_http(&facts),
     };
     match decision {
         HttpDecision::Blocked => {
             count_blocked(proxy, ctx);
-            let reply = LocalReply::new(StatusCode::BAD_GATEWAY, "", "-", "direct_response");
-            let resp = local_response(proxy, &reply);
-            (
-                resp,
-                outcome_local(
-                    &reply,
-                    Some("block_all".into()),
-                    proxy.blackhole_labels.clone(),
-                ),
-            )
+            let (resp, mut outcome) = ctx.direct(
+                &LocalReply::direct(StatusCode::BAD_GATEWAY),
+                Some("block_all".into()),
+            );
+            outcome.service = Some(proxy.blackhole_labels.clone());
+            (resp, outcome)
         }
         HttpDecision::NoRoute { .. } => {
             if ctx.gateway.is_some() {
                 // A gateway with no route for the host refuses it (404 NR).
                 count_blocked(proxy, ctx);
             }
-            let reply = LocalReply::new(StatusCode::NOT_FOUND, "", "NR", "route_not_found");
-            local_reply(proxy, &reply, None)
+            ctx.fail(&ProxyError::NoRoute, None)
         }
         HttpDecision::Passthrough => {
             let passthrough = Forward {
@@ -623,13 +341,9 @@ async fn route_and_forward(
                 }
                 if let Some((status, pct)) = fault.abort {
                     if roll_percent(pct) {
-                        let reply = LocalReply::new(
-                            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                            "fault filter abort",
-                            "FI",
-                            "fault_filter_abort",
-                        );
-                        return local_reply(proxy, &reply, route_name);
+                        let status =
+                            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                        return ctx.fail(&ProxyError::FaultAbort(status), route_name);
                     }
                 }
             }
@@ -638,14 +352,10 @@ async fn route_and_forward(
                     status,
                     body: content,
                 } => {
-                    let mut reply = LocalReply::new(
-                        StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
-                        "",
-                        "-",
-                        "direct_response",
-                    );
+                    let mut reply =
+                        LocalReply::direct(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK));
                     reply.body = Bytes::copy_from_slice(content);
-                    let (mut resp, outcome) = local_reply(proxy, &reply, route_name);
+                    let (mut resp, outcome) = ctx.direct(&reply, route_name);
                     rule.response_headers.apply(resp.headers_mut());
                     (resp, outcome)
                 }
@@ -658,21 +368,17 @@ async fn route_and_forward(
                         &path_and_query,
                         matched,
                     );
-                    let mut reply = LocalReply::new(
+                    let mut reply = LocalReply::direct(
                         StatusCode::from_u16(rd.code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
-                        "",
-                        "-",
-                        "direct_response",
                     );
                     if let Ok(v) = HeaderValue::from_str(&location) {
                         reply.extra_headers.push((header::LOCATION, v));
                     }
-                    local_reply(proxy, &reply, route_name)
+                    ctx.direct(&reply, route_name)
                 }
                 RouteAction::Forward(targets) => {
                     let Some(target) = pick_weighted(targets, rand::random::<f64>()) else {
-                        let reply = UpstreamFailure::NoCluster.reply(false);
-                        return local_reply(proxy, &reply, route_name);
+                        return ctx.fail(&ProxyError::NoCluster, route_name);
                     };
                     let cluster = match target.cluster.resolve(ctx.port) {
                         Ok(c) => c.clone(),
@@ -681,8 +387,7 @@ async fn route_and_forward(
                                 "route {} points at missing cluster {missing}",
                                 rule.source
                             );
-                            let reply = UpstreamFailure::NoCluster.reply(false);
-                            let (resp, mut o) = local_reply(proxy, &reply, route_name);
+                            let (resp, mut o) = ctx.fail(&ProxyError::NoCluster, route_name);
                             o.cluster = Some(missing.into());
                             return (resp, o);
                         }
@@ -704,49 +409,8 @@ async fn route_and_forward(
     }
 }
 
-/// A request head Envoy refuses before routing: 400 for an HTTP/1.1 request without `Host` (and
-/// no absolute URI) or with several `Host` headers — forwarding either would let the proxy and
-/// the upstream disagree on the host the policy was checked for — and 431 for more headers than
-/// the listener allows (HTTP/1.1 is limited while reading; HTTP/2 here). Returns status, body,
-/// response flags and details.
-pub(crate) fn request_head_problem(
-    parts: &http::request::Parts,
-) -> Option<(StatusCode, &'static str, &'static str, &'static str)> {
-    let hosts = parts.headers.get_all(header::HOST).iter().count();
-    if hosts > 1 {
-        return Some((
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            "DPE",
-            "http1.codec_error",
-        ));
-    }
-    if hosts == 0 && parts.version == Version::HTTP_11 && parts.uri.authority().is_none() {
-        return Some((
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            "DPE",
-            "missing_host_header",
-        ));
-    }
-    if parts.headers.len() > crate::downstream::MAX_REQUEST_HEADERS {
-        return Some((
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "Request Header Fields Too Large",
-            "DPE",
-            "http2.too_many_headers",
-        ));
-    }
-    None
-}
-
-fn invalid_request_head(parts: &http::request::Parts) -> Option<LocalReply> {
-    request_head_problem(parts)
-        .map(|(status, body, flags, details)| LocalReply::new(status, body, flags, details))
-}
-
 /// Counts a refused HTTP call in `sluice_egress_blocked_total`, named by its Host without port.
-fn count_blocked(proxy: &Proxy, ctx: &RequestCtx) {
+fn count_blocked(proxy: &Proxy, ctx: &RequestCtx<'_>) {
     let host = match &ctx.uri_target {
         Some((h, _)) => h.as_str(),
         None => sluice_model::host::strip_port(&ctx.authority),
@@ -763,10 +427,9 @@ fn count_blocked(proxy: &Proxy, ctx: &RequestCtx) {
 /// TLS-terminated HTTP/2 connection whose host the handshake's server does not cover, and 301
 /// to HTTPS for hosts of a plain server with `httpsRedirect`.
 fn gateway_local_reply(
-    proxy: &Proxy,
     snap: &Snapshot,
     gw: &GatewayConn,
-    ctx: &RequestCtx,
+    ctx: &RequestCtx<'_>,
     parts: &http::request::Parts,
     path_and_query: &str,
 ) -> Option<(Response<ProxyBody>, Outcome)> {
@@ -778,13 +441,7 @@ fn gateway_local_reply(
                 server.source,
                 gw.port
             );
-            let reply = LocalReply::new(
-                StatusCode::MISDIRECTED_REQUEST,
-                "Misdirected Request",
-                "-",
-                "misdirected_request",
-            );
-            return Some(local_reply(proxy, &reply, None));
+            return Some(ctx.fail(&ProxyError::Misdirected, None));
         }
         return None;
     }
@@ -792,35 +449,12 @@ fn gateway_local_reply(
     if !edge::requires_https_redirect(port, &edge::request_host(&ctx.authority)) {
         return None;
     }
-    let mut reply = LocalReply::new(StatusCode::MOVED_PERMANENTLY, "", "-", "direct_response");
+    let mut reply = LocalReply::direct(StatusCode::MOVED_PERMANENTLY);
     let location = edge::https_redirect_location(&ctx.authority, path_and_query);
     if let Ok(v) = HeaderValue::from_str(&location) {
         reply.extra_headers.push((header::LOCATION, v));
     }
-    Some(local_reply(proxy, &reply, None))
-}
-
-/// Envoy prints response flags in this order, comma-joined.
-const FLAG_ORDER: [&str; 17] = [
-    "UH", "UF", "UO", "NR", "URX", "NC", "DT", "DC", "LH", "UT", "LR", "UR", "UC", "DI", "FI",
-    "RL", "DPE",
-];
-
-/// `flags` with `add` included, in Envoy's order.
-fn with_flag(flags: &str, add: &'static str) -> Cow<'static, str> {
-    let mut all: Vec<&str> = flags
-        .split(',')
-        .filter(|f| !f.is_empty() && *f != "-")
-        .collect();
-    all.push(add);
-    all.sort_by_key(|f| {
-        FLAG_ORDER
-            .iter()
-            .position(|o| o == f)
-            .unwrap_or(FLAG_ORDER.len())
-    });
-    all.dedup();
-    Cow::Owned(all.join(","))
+    Some(ctx.direct(&reply, None))
 }
 
 fn roll_percent(pct: f64) -> bool {
@@ -920,12 +554,12 @@ async fn buffer_body(body: CountingBody) -> Result<RequestBody, BoxError> {
 /// original destination. The guard counts the try as active on the endpoint.
 async fn endpoint_addr(
     proxy: &Proxy,
-    ctx: &RequestCtx,
+    ctx: &RequestCtx<'_>,
     runtime: Option<&Arc<ClusterRuntime>>,
     hash: Option<u64>,
     tried: &[Arc<EndpointState>],
     attempt: u32,
-) -> Result<(SocketAddr, Option<EndpointGuard>), UpstreamFailure> {
+) -> Result<(SocketAddr, Option<EndpointGuard>), ProxyError> {
     let original = || -> Option<(Option<String>, SocketAddr)> {
         if let Some((host, port)) = &ctx.uri_target {
             return Some((
@@ -942,21 +576,21 @@ async fn endpoint_addr(
         // ServiceEntry) is reached where the request's host resolves, on the service port's
         // target, as Envoy's dynamic forward proxy would.
         None if ctx.gateway.is_some() => {
-            let cluster = runtime.ok_or(UpstreamFailure::NoHealthyUpstream)?.cluster();
+            let cluster = runtime.ok_or(ProxyError::NoHealthyUpstream)?.cluster();
             let port = cluster.port.target_port.unwrap_or(cluster.port.number);
             let host = sluice_model::host::strip_port(&ctx.authority);
             if host.is_empty() {
-                return Err(UpstreamFailure::NoHealthyUpstream);
+                return Err(ProxyError::NoHealthyUpstream);
             }
             let addrs = proxy
                 .resolver
                 .resolve(host, cluster.connect_timeout)
                 .await
-                .map_err(|e| UpstreamFailure::dns(&e))?;
+                .map_err(|e| ProxyError::dns(&e))?;
             Ok((addrs.socket(attempt as usize, port), None))
         }
         None => {
-            let (host, addr) = original().ok_or(UpstreamFailure::NoHealthyUpstream)?;
+            let (host, addr) = original().ok_or(ProxyError::NoHealthyUpstream)?;
             // A route to a `resolution: NONE` service goes to the address the client called, on
             // the cluster's port: a virtual host spans every port, so a route whose destination
             // names no port sends a call made on :80 to the service's only port (seed 004's
@@ -972,16 +606,14 @@ async fn endpoint_addr(
                         .resolver
                         .resolve(&h, deadline)
                         .await
-                        .map_err(|e| UpstreamFailure::dns(&e))?;
+                        .map_err(|e| ProxyError::dns(&e))?;
                     Ok((addrs.socket(attempt as usize, port), None))
                 }
                 None => Ok((SocketAddr::new(addr.ip(), port), None)),
             }
         }
         Some(rt) => {
-            let guard = rt
-                .pick(hash, tried)
-                .ok_or(UpstreamFailure::NoHealthyUpstream)?;
+            let guard = rt.pick(hash, tried).ok_or(ProxyError::NoHealthyUpstream)?;
             let ep = guard.endpoint();
             let addr = proxy
                 .endpoint_socket(
@@ -991,18 +623,9 @@ async fn endpoint_addr(
                     rt.cluster().connect_timeout,
                 )
                 .await
-                .map_err(|e| UpstreamFailure::dns(&e))?;
+                .map_err(|e| ProxyError::dns(&e))?;
             Ok((addr, Some(guard)))
         }
-    }
-}
-
-/// Envoy's failure for an exchange that got no response: a connection that could not be made
-/// (its TLS failure named) or one that broke.
-fn upstream_failure(e: ExchangeError) -> UpstreamFailure {
-    match e {
-        ExchangeError::Connect(e) => UpstreamFailure::connect_failure(&e.to_string()),
-        ExchangeError::Request(_) => UpstreamFailure::Reset,
     }
 }
 
@@ -1019,23 +642,23 @@ async fn send_http2(
     addr: SocketAddr,
     req: Request<ProxyBody>,
     limits: (u32, Option<Duration>),
-) -> Result<Response<Incoming>, UpstreamFailure> {
+) -> Result<Response<Incoming>, ProxyError> {
     let endpoint = proxy
         .clients
         .http2(runtime, security, PASSTHROUGH_CONNECT_TIMEOUT, addr)
         .map_err(|e| {
             tracing::warn!("TLS origination towards {addr} is misconfigured: {e}");
-            UpstreamFailure::tls_setup(&e)
+            ProxyError::tls_setup(&e)
         })?;
     endpoint.send(req, limits.0, limits.1).await.map_err(|e| {
         tracing::debug!("HTTP/2 to {addr}: {e}");
-        upstream_failure(e)
+        ProxyError::exchange(&e)
     })
 }
 
 async fn forward(
     proxy: &Arc<Proxy>,
-    ctx: &RequestCtx,
+    ctx: &RequestCtx<'_>,
     mut parts: http::request::Parts,
     body: CountingBody,
     fwd: Forward<'_>,
@@ -1049,16 +672,12 @@ async fn forward(
         (Some(c), Some(rt)) => rt.service_labels(c),
         _ => proxy.passthrough_labels.clone(),
     };
-    let fail = |failure: UpstreamFailure, exhausted: bool, tried: Option<SocketAddr>| {
+    let fail = |failure: ProxyError, exhausted: bool, tried: Option<SocketAddr>| {
         let reply = failure.reply(exhausted);
-        let resp = local_response(proxy, &reply);
-        let mut o = outcome_local(&reply, fwd.route_name.clone(), service.clone());
+        let resp = local_response(ctx.server_header(), &reply);
+        let mut o = Outcome::local(&reply, fwd.route_name.clone()).tried(tried);
         o.cluster = Some(cluster_name.clone());
-        // `%UPSTREAM_HOST%` names the endpoint that failed, as Envoy's log does.
-        o.upstream = tried.map(|remote| UpstreamConnInfo {
-            local: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-            remote,
-        });
+        o.service = Some(service.clone());
         (resp, o)
     };
 
@@ -1066,15 +685,7 @@ async fn forward(
     let request_path = parts.uri.path_and_query().cloned();
     let path_and_query = request_path.as_ref().map_or("/", |p| p.as_str());
     let mut headers = std::mem::take(&mut parts.headers);
-    strip_hop_by_hop(&mut headers);
-    if !headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&ctx.authority) {
-            headers.insert(header::HOST, v);
-        }
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
+    upstream_request_headers(&mut headers, ctx.authority_header.as_ref());
     if let Some(op) = fwd.operation {
         if let Some(v) = op.header_value(ctx.port) {
             headers.insert(X_ENVOY_DECORATOR_OPERATION.clone(), v);
@@ -1105,7 +716,7 @@ async fn forward(
         Ok(p) => p,
         Err(overflow) => {
             tracing::debug!("{cluster_name}: circuit breaker {overflow:?} overflowed");
-            return fail(UpstreamFailure::Overflow, false, None);
+            return fail(ProxyError::Overflow, false, None);
         }
     };
     let hash = match runtime.as_ref().and_then(|rt| rt.hash_policy()) {
@@ -1145,7 +756,7 @@ async fn forward(
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::warn!("TLS origination for {cluster_name} is misconfigured: {e}");
-                return fail(UpstreamFailure::tls_setup(&e), false, None);
+                return fail(ProxyError::tls_setup(&e), false, None);
             }
         }
     };
@@ -1157,7 +768,7 @@ async fn forward(
         Ok(b) => b,
         Err(_) => {
             let fault = ctx.body_error.get().unwrap_or(DownstreamFault::Protocol);
-            return fail(UpstreamFailure::Downstream(fault), false, None);
+            return fail(ProxyError::Downstream(fault), false, None);
         }
     };
     let retryable = matches!(body, RequestBody::Buffered(_));
@@ -1168,7 +779,7 @@ async fn forward(
         _ => PathAndQuery::try_from(upstream_path.as_ref()),
     };
     let Ok(upstream_pq) = upstream_pq else {
-        return fail(UpstreamFailure::BadRequest, false, None);
+        return fail(ProxyError::BadRequest, false, None);
     };
     if let (Some(rule), RequestBody::Buffered(bytes)) = (fwd.rule, &body) {
         for m in &rule.mirrors {
@@ -1198,7 +809,7 @@ async fn forward(
                 headers.remove(header::HOST);
                 Some(u)
             }
-            _ => return fail(UpstreamFailure::BadRequest, false, None),
+            _ => return fail(ProxyError::BadRequest, false, None),
         }
     } else {
         None
@@ -1206,7 +817,7 @@ async fn forward(
 
     let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
     let max_tries = if retryable { 1 + fwd.retry.attempts } else { 1 };
-    let mut last_failure = UpstreamFailure::NoHealthyUpstream;
+    let mut last_failure = ProxyError::NoHealthyUpstream;
     let mut tried = None;
     // Endpoints tried so far, so retries move on (only kept when there can be retries).
     let mut tried_endpoints: Vec<Arc<EndpointState>> = Vec::new();
@@ -1269,7 +880,7 @@ async fn forward(
                     .map(|resp| resp.map(Either::Left))
                     .map_err(|e| {
                         tracing::debug!("upstream {addr} for {cluster_name} failed: {e}");
-                        upstream_failure(e)
+                        ProxyError::exchange(&e)
                     }),
                 None => {
                     *req.version_mut() = Version::HTTP_2;
@@ -1304,7 +915,7 @@ async fn forward(
                     .map_err(|_| per_try_fired)
             }
         };
-        match result {
+        let failure = match result {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
                 if let Some(g) = &endpoint {
@@ -1314,22 +925,18 @@ async fn forward(
                 if more && fwd.retry.retry_on.retries_status(status) {
                     if let Ok(permit) = may_retry(&runtime) {
                         retry_permit = permit;
-                        last_failure = UpstreamFailure::Reset;
+                        last_failure = ProxyError::Reset;
                         continue;
                     }
                 }
                 let service_time = try_start.elapsed().as_millis() as u64;
                 let info = resp.extensions().get::<UpstreamConnInfo>().copied();
                 let (mut rparts, rbody) = resp.into_parts();
-                // Answer in the client's HTTP version, whatever the upstream spoke.
-                rparts.version = downstream_version;
-                strip_hop_by_hop(&mut rparts.headers);
-                rparts
-                    .headers
-                    .insert(header::SERVER, proxy.server_header.clone());
-                rparts.headers.insert(
-                    X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-                    HeaderValue::from(service_time),
+                downstream_response_head(
+                    &mut rparts,
+                    downstream_version,
+                    ctx.server_header(),
+                    service_time,
                 );
                 if let RequestHash::NewCookie { set_cookie, .. } = &hash {
                     if let Ok(v) = HeaderValue::from_str(set_cookie) {
@@ -1354,16 +961,14 @@ async fn forward(
                 let resp = Response::from_parts(rparts, rbody);
                 // The last try still failed in a retriable way: Envoy's UpstreamRetryLimitExceeded.
                 let exhausted = max_tries > 1 && fwd.retry.retry_on.retries_status(status);
-                let outcome = Outcome {
-                    flags: Cow::Borrowed(if exhausted { "URX" } else { "-" }),
-                    details: Cow::Borrowed("via_upstream"),
-                    route_name: fwd.route_name.clone(),
-                    cluster: Some(cluster_name.clone()),
-                    service: service.clone(),
-                    upstream: info,
-                    upstream_service_time: Some(service_time),
-                    upstream_principal: upstream_principal.clone(),
-                };
+                let mut outcome = Outcome::via_upstream(info, service_time);
+                if exhausted {
+                    outcome.flags = Cow::Borrowed("URX");
+                }
+                outcome.route_name = fwd.route_name.clone();
+                outcome.cluster = Some(cluster_name.clone());
+                outcome.service = Some(service.clone());
+                outcome.upstream_principal = upstream_principal.clone();
                 return (resp, outcome);
             }
             Ok(Err(failure)) => {
@@ -1374,49 +979,28 @@ async fn forward(
                         "request body from {} failed: {fault:?}",
                         ctx.downstream.remote
                     );
-                    return fail(UpstreamFailure::Downstream(fault), false, None);
+                    return fail(ProxyError::Downstream(fault), false, None);
                 }
-                if let Some(g) = &endpoint {
-                    g.report(match failure {
-                        UpstreamFailure::ConnectFailure { .. } => CallResult::ConnectFailed,
-                        _ => CallResult::Reset,
-                    });
-                }
-                let retry = match failure {
-                    UpstreamFailure::ConnectFailure { .. } => fwd.retry.retry_on.connect_failure,
-                    UpstreamFailure::Reset => fwd.retry.retry_on.reset,
-                    _ => false,
-                };
-                if !retry || attempt + 1 >= max_tries {
-                    if retry {
-                        last_failure = failure;
-                        continue;
-                    }
-                    return fail(failure, false, tried);
-                }
-                match may_retry(&runtime) {
-                    Ok(permit) => retry_permit = permit,
-                    Err(()) => return fail(failure, false, tried),
-                }
-                last_failure = failure;
+                failure
             }
-            Err(per_try_fired) => {
-                if let Some(g) = &endpoint {
-                    g.report(CallResult::Timeout);
-                }
-                if !per_try_fired {
-                    return fail(UpstreamFailure::Timeout { per_try: false }, false, tried);
-                }
-                let timeout = UpstreamFailure::Timeout { per_try: true };
-                if attempt + 1 < max_tries {
-                    match may_retry(&runtime) {
-                        Ok(permit) => retry_permit = permit,
-                        Err(()) => return fail(timeout, false, tried),
-                    }
-                }
-                last_failure = timeout;
+            Err(per_try_fired) => ProxyError::Timeout {
+                per_try: per_try_fired,
+            },
+        };
+        if let (Some(g), Some(result)) = (&endpoint, failure.outlier_result()) {
+            g.report(result);
+        }
+        if !failure.is_retried_by(&fwd.retry.retry_on) {
+            return fail(failure, false, tried);
+        }
+        if attempt + 1 < max_tries {
+            // `maxRetries`: a retry is only made while the cluster has room for one more.
+            match may_retry(&runtime) {
+                Ok(permit) => retry_permit = permit,
+                Err(()) => return fail(failure, false, tried),
             }
         }
+        last_failure = failure;
     }
     fail(last_failure, max_tries > 1, tried)
 }
@@ -1540,55 +1124,4 @@ fn spawn_mirror(
             let _ = resp.into_body().collect().await;
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
-    }
-
-    fn names(h: &HeaderMap) -> Vec<&str> {
-        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        n.sort_unstable();
-        n
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_stripped() {
-        let mut h = headers(&[
-            ("host", "a"),
-            ("connection", "keep-alive, x-private"),
-            ("keep-alive", "timeout=5"),
-            ("x-private", "1"),
-            ("proxy-connection", "keep-alive"),
-            ("proxy-authorization", "Basic eA=="),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "h2c"),
-            ("trailer", "x-sum"),
-            ("te", "gzip, trailers"),
-            ("x-end-to-end", "kept"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(names(&h), ["host", "te", "x-end-to-end"]);
-        assert_eq!(h[header::TE], "trailers", "only `te: trailers` goes on");
-
-        let mut h = headers(&[("te", "gzip"), ("x-a", "1")]);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(names(&h), ["x-a"]);
-
-        let mut clean = headers(&[("host", "a"), ("content-length", "2")]);
-        strip_hop_by_hop(&mut clean);
-        assert_eq!(names(&clean), ["content-length", "host"]);
-    }
 }

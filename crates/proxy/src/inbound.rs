@@ -32,7 +32,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -42,33 +41,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Either, Full};
+use http::{Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use sluice_model::policy::PoolLimits;
 use sluice_model::registry::Protocol;
-use sluice_model::security::{AuthzDecision, AuthzRequest, MtlsMode};
+use sluice_model::security::MtlsMode;
 use sluice_model::{ProxyKind, Snapshot, UpstreamProtocol, INBOUND_PASSTHROUGH_CLUSTER};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::body::{CountingBody, DownstreamFault, Finish, LoggedBody};
 use crate::context::{service_labels, Proxy};
 use crate::detect::{detect, with_client_hello, Detected};
-use crate::http_proxy::{date_header, strip_hop_by_hop};
+use crate::http_manager::{
+    downstream_response_head, local_reply, upstream_request_headers, AuthzSubject, Call, HttpSide,
+    Outcome, Peers, ProxyError,
+};
 use crate::identity::peer_spiffe_id;
-use crate::io::{original_dst, ByteCounter, CountingStream, PrefixedStream};
+use crate::io::{original_dst, CountingStream, PrefixedStream};
 use crate::stream::{
-    authorize_connection, log_connection_denied, rbac_denied_details, server_security_policy,
-    DownstreamPeer,
+    authorize_connection, log_connection_denied, server_security_policy, DownstreamPeer,
 };
 use crate::telemetry::accesslog::AccessLogRecord;
-use crate::telemetry::metrics::{
-    HttpLabels, PeerLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels, TcpLabels,
-};
-use crate::upstream::{ExchangeError, ProxyBody, UpstreamConnInfo, UpstreamConnector};
+use crate::telemetry::metrics::{PeerLabels, Reporter, SecurityPolicy, ServiceLabels, TcpLabels};
+use crate::upstream::{ProxyBody, UpstreamConnInfo, UpstreamConnector};
 use crate::upstream_h1::Http1Pool;
 use crate::upstream_h2::Http2Endpoint;
 
@@ -105,14 +103,6 @@ const MESH_ALPN: [&[u8]; 6] = [
 
 /// Inbound listeners and gateways answer as `istio-envoy` (outbound: `envoy`).
 static SERVER_ISTIO_ENVOY: HeaderValue = HeaderValue::from_static("istio-envoy");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
-    HeaderName::from_static("x-envoy-upstream-service-time");
-
-const CONNECT_FAILURE_BODY: &str =
-    "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
-const RESET_BODY: &str =
-    "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
 
 // === Accepting ===
 
@@ -261,11 +251,16 @@ impl ConnCtx {
     /// The record every line of this connection starts from.
     fn record(&self, start_time: SystemTime) -> AccessLogRecord {
         let mut rec = AccessLogRecord::new(start_time);
+        self.log_downstream(&mut rec);
+        rec
+    }
+
+    /// The connection's fields of an access log line.
+    fn log_downstream(&self, rec: &mut AccessLogRecord) {
         rec.downstream_remote_address = Some(self.remote);
         rec.downstream_local_address = Some(self.dst);
         rec.downstream_peer_uri_san = self.peer.as_ref().and_then(|p| p.spiffe_id.clone());
         rec.requested_server_name = self.sni.clone();
-        rec
     }
 }
 
@@ -551,178 +546,68 @@ where
     let lifecycle = inbound.proxy.lifecycle.clone();
     let served =
         crate::downstream::serve_http(stream, &lifecycle, move |req: Request<Incoming>| {
-            handle_request(inbound.clone(), ctx.clone(), req)
+            let side = InboundHttp {
+                inbound: inbound.clone(),
+                conn: ctx.clone(),
+            };
+            crate::http_manager::serve(side, req)
         });
     if let Err(e) = served.await {
         tracing::debug!("inbound HTTP connection from {remote} ended: {e}");
     }
 }
 
-/// How a request ended, for the access log and metrics.
-struct Outcome {
-    flags: &'static str,
-    details: Cow<'static, str>,
-    upstream_local: Option<SocketAddr>,
-    upstream_service_time: Option<u64>,
-}
-
-async fn handle_request(
+/// The inbound side in the shared request lifecycle: Envoy's `virtualInbound` HTTP connection
+/// manager, with its RBAC filter and `reporter="destination"`.
+struct InboundHttp {
     inbound: Arc<Inbound>,
-    ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let start = Instant::now();
-    let start_time = SystemTime::now();
-    let proxy = &inbound.proxy;
-    let (mut parts, body) = req.into_parts();
-    crate::trace::ensure_request_id(&mut parts.headers);
-    // The server-side span: a child of the caller's (or a new trace), as Envoy's inbound does.
-    crate::trace::propagate(&mut parts.headers);
-    let authority = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
-        (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
-        (None, Some(h)) => Some(h.clone()),
-        (None, None) => None,
-    };
-
-    let mut rec = ctx.record(start_time);
-    if proxy.access_log.is_enabled() {
-        rec.set_request(&parts, proxy.access_log.needs_request_headers());
-        rec.authority = authority.clone();
-    }
-    rec.upstream_cluster = Some(ctx.cluster.clone());
-    rec.upstream_host = Some(ctx.dst);
-    rec.route_name = Some(Arc::from(ROUTE_NAME));
-    let grpc = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-
-    let received = ByteCounter::default();
-    let body = CountingBody::new(body, received.clone());
-    let body_error = body.error();
-    let head_problem = crate::http_proxy::request_head_problem(&parts);
-    let authorized = match head_problem {
-        Some(_) => None,
-        None => authorize_request(proxy, &ctx, &parts, authority.as_ref()),
-    };
-    let (response, outcome) = match (head_problem, authorized) {
-        (Some((status, text, flags, details)), _) => {
-            rec.upstream_cluster = None;
-            rec.upstream_host = None;
-            rec.route_name = None;
-            local_reply(status, text, flags, details)
-        }
-        (None, Some(policy)) => {
-            // Denied before the router: no upstream.
-            rec.upstream_cluster = None;
-            rec.upstream_host = None;
-            rec.route_name = None;
-            tracing::debug!(
-                "inbound request from {} to {}{} denied by {policy}",
-                ctx.remote,
-                ctx.dst,
-                parts.uri.path()
-            );
-            let (resp, mut outcome) = local_reply(
-                StatusCode::FORBIDDEN,
-                "RBAC: access denied",
-                "-",
-                "rbac_access_denied",
-            );
-            outcome.details = Cow::Owned(rbac_denied_details(&policy));
-            (resp, outcome)
-        }
-        (None, None) => {
-            let (resp, outcome) =
-                forward(&inbound, &ctx, parts, body.boxed_unsync(), authority).await;
-            match body_error.get() {
-                // The client broke its own request body: its fault, answered as such.
-                Some(fault) if outcome.upstream_service_time.is_none() => match fault {
-                    DownstreamFault::Protocol => local_reply(
-                        StatusCode::BAD_REQUEST,
-                        "Bad Request",
-                        "DPE",
-                        "http1.codec_error",
-                    ),
-                    DownstreamFault::Disconnect => local_reply(
-                        StatusCode::BAD_REQUEST,
-                        "",
-                        "DC",
-                        "downstream_remote_disconnect",
-                    ),
-                },
-                _ => (resp, outcome),
-            }
-        }
-    };
-
-    rec.response_code = response.status().as_u16();
-    rec.response_flags = Cow::Borrowed(outcome.flags);
-    rec.response_code_details = Some(outcome.details);
-    rec.upstream_local_address = outcome.upstream_local;
-    rec.upstream_service_time = outcome.upstream_service_time;
-    if proxy.access_log.needs_response_headers() {
-        rec.response_headers = Some(response.headers().clone());
-    }
-    let labels = HttpLabels {
-        reporter: Reporter::Destination,
-        source: ctx.source.clone(),
-        destination: ctx.destination.clone(),
-        destination_service: ctx.service.clone(),
-        request_protocol: if grpc {
-            RequestProtocol::Grpc
-        } else {
-            RequestProtocol::Http
-        },
-        response_flags: Cow::Borrowed(outcome.flags),
-        connection_security_policy: ctx.security_policy(),
-        response_code: response.status().as_u16(),
-        grpc_response_status: None,
-    };
-    let (parts, body) = response.into_parts();
-    let logged = LoggedBody::new(
-        body,
-        Finish {
-            proxy: proxy.clone(),
-            rec,
-            labels,
-            start,
-            received,
-        },
-    );
-    Ok(Response::from_parts(parts, logged.boxed_unsync()))
+    conn: Arc<ConnCtx>,
 }
 
-/// Envoy's HTTP RBAC filter: `Some(policy)` when an AuthorizationPolicy denies the request.
-fn authorize_request(
-    proxy: &Proxy,
-    ctx: &ConnCtx,
-    parts: &http::request::Parts,
-    authority: Option<&HeaderValue>,
-) -> Option<Arc<str>> {
-    let snap = proxy.snapshots.load();
-    if snap.authorization.is_empty() {
-        return None;
+impl HttpSide for InboundHttp {
+    const REPORTER: Reporter = Reporter::Destination;
+
+    fn proxy(&self) -> &Arc<Proxy> {
+        &self.inbound.proxy
     }
-    let host = authority
-        .and_then(|a| a.to_str().ok())
-        .map(sluice_model::host::strip_port)
-        .filter(|h| !h.is_empty());
-    let peer = ctx.peer.as_ref();
-    let req = AuthzRequest {
-        source_principal: peer.and_then(DownstreamPeer::principal),
-        source_namespace: peer.and_then(DownstreamPeer::namespace),
-        source_ip: Some(ctx.remote.ip()),
-        host,
-        port: ctx.dst.port(),
-        method: Some(parts.method.as_str()),
-        path: Some(parts.uri.path()),
-        sni: ctx.sni.as_deref(),
-        headers: Some(&parts.headers),
-    };
-    match snap.authorization.check(&req) {
-        AuthzDecision::Allow => None,
-        AuthzDecision::Deny { policy } => Some(policy),
+
+    /// Envoy answers as `istio-envoy` on the inbound side, overwriting the application's.
+    fn server_header(&self) -> HeaderValue {
+        SERVER_ISTIO_ENVOY.clone()
+    }
+
+    fn log_downstream(&self, rec: &mut AccessLogRecord, _parts: &http::request::Parts) {
+        self.conn.log_downstream(rec);
+    }
+
+    fn authz_subject(&self) -> Option<AuthzSubject<'_>> {
+        Some(AuthzSubject {
+            peer: self.conn.peer.as_ref(),
+            remote: self.conn.remote,
+            port: self.conn.dst.port(),
+            sni: self.conn.sni.as_deref(),
+        })
+    }
+
+    async fn respond(&self, call: Call<'_>) -> (Response<ProxyBody>, Outcome) {
+        forward(
+            &self.inbound,
+            &self.conn,
+            call.parts,
+            call.body.boxed_unsync(),
+            call.authority,
+        )
+        .await
+    }
+
+    fn peers(&self, _snap: &Snapshot, _outcome: &Outcome) -> Peers {
+        let conn = &self.conn;
+        Peers {
+            source: conn.source.clone(),
+            destination: conn.destination.clone(),
+            service: conn.service.clone(),
+            security: conn.security_policy(),
+        }
     }
 }
 
@@ -735,15 +620,7 @@ async fn forward(
 ) -> (Response<ProxyBody>, Outcome) {
     let downstream_version = parts.version;
     let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    if !headers.contains_key(header::HOST) {
-        if let Some(a) = authority {
-            headers.insert(header::HOST, a);
-        }
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
+    upstream_request_headers(&mut headers, authority.as_ref());
     // Inbound clusters follow the outbound rule without DestinationRule settings: HTTP/2 for
     // `http2`/`grpc` ports, the client's version for sniffed ports (`grpc-web` is forwarded as
     // is, so it keeps HTTP/1.1).
@@ -754,19 +631,19 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let route = || Some(Arc::from(ROUTE_NAME));
+    let fail = |err: ProxyError| {
+        let (resp, outcome) = local_reply(SERVER_ISTIO_ENVOY.clone(), &err, route());
+        let mut outcome = outcome.tried(Some(ctx.dst));
+        outcome.cluster = Some(ctx.cluster.clone());
+        (resp, outcome)
+    };
     // HTTP/1.1 writes the path as given on a connection to the application; HTTP/2 sends the
     // URI's authority as `:authority`.
     let uri: Uri = if h2 {
         match format!("http://{}{path}", ctx.dst).parse() {
             Ok(u) => u,
-            Err(_) => {
-                return local_reply(
-                    StatusCode::BAD_REQUEST,
-                    "Bad Request",
-                    "-",
-                    "invalid_request",
-                )
-            }
+            Err(_) => return fail(ProxyError::BadRequest),
         }
     } else {
         Uri::from(path)
@@ -791,79 +668,26 @@ async fn forward(
     };
     match sent {
         Ok(resp) => {
-            let upstream_local = resp.extensions().get::<UpstreamConnInfo>().map(|i| i.local);
+            let upstream = resp.extensions().get::<UpstreamConnInfo>().copied();
             let service_time = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let (mut rparts, rbody) = resp.into_parts();
-            // Answer in the client's HTTP version, whatever the app spoke (an HTTP/1.0 app would
-            // otherwise turn the client's keep-alive connection into a one-shot).
-            rparts.version = downstream_version;
-            strip_hop_by_hop(&mut rparts.headers);
-            // Envoy overwrites the application's Server header on the inbound side.
-            rparts
-                .headers
-                .insert(header::SERVER, SERVER_ISTIO_ENVOY.clone());
-            rparts.headers.insert(
-                X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-                HeaderValue::from(service_time),
+            let (mut head, body) = resp.into_parts();
+            downstream_response_head(
+                &mut head,
+                downstream_version,
+                SERVER_ISTIO_ENVOY.clone(),
+                service_time,
             );
-            let resp = Response::from_parts(rparts, rbody.boxed_unsync());
-            let outcome = Outcome {
-                flags: "-",
-                details: Cow::Borrowed("via_upstream"),
-                upstream_local,
-                upstream_service_time: Some(service_time),
-            };
-            (resp, outcome)
-        }
-        Err(e @ ExchangeError::Connect(_)) => {
-            tracing::debug!(
-                "inbound: cannot connect to the application at {}: {e}",
-                ctx.dst
-            );
-            local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                CONNECT_FAILURE_BODY,
-                "UF",
-                "upstream_reset_before_response_started{connection_failure}",
-            )
+            let mut outcome = Outcome::via_upstream(upstream, service_time);
+            if outcome.upstream.is_none() {
+                outcome = outcome.tried(Some(ctx.dst));
+            }
+            outcome.route_name = route();
+            outcome.cluster = Some(ctx.cluster.clone());
+            (Response::from_parts(head, body.boxed_unsync()), outcome)
         }
         Err(e) => {
-            tracing::debug!("inbound: the application at {} reset: {e}", ctx.dst);
-            local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                RESET_BODY,
-                "UC",
-                "upstream_reset_before_response_started{connection_termination}",
-            )
+            tracing::debug!("inbound: the application at {} failed: {e}", ctx.dst);
+            fail(ProxyError::exchange(&e))
         }
     }
-}
-
-/// A locally generated response (`server: istio-envoy`) and its outcome.
-fn local_reply(
-    status: StatusCode,
-    body: &'static str,
-    flags: &'static str,
-    details: &'static str,
-) -> (Response<ProxyBody>, Outcome) {
-    let mut resp = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    if !body.is_empty() {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    h.insert(header::DATE, date_header());
-    h.insert(header::SERVER, SERVER_ISTIO_ENVOY.clone());
-    let outcome = Outcome {
-        flags,
-        details: Cow::Borrowed(details),
-        upstream_local: None,
-        upstream_service_time: None,
-    };
-    (resp, outcome)
 }
