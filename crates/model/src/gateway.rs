@@ -25,6 +25,27 @@ pub struct GatewayPort {
 }
 
 impl GatewayPort {
+    /// The server on this port that owns requests for `host` (lowercase, no port): the one whose
+    /// hosts match it most specifically. `None` when no server covers the host (Envoy has no
+    /// virtual host for it: 404 NR).
+    pub fn server_for_host(&self, host: &str) -> Option<&Arc<GatewayServer>> {
+        self.servers
+            .iter()
+            .filter_map(|s| s.best_host_for(host).map(|h| (h, s)))
+            .min_by(|a, b| crate::host::specificity(a.0, b.0))
+            .map(|(_, s)| s)
+    }
+
+    /// True when a plain-HTTP request for `host` (lowercase, no port) on this port must be
+    /// answered with a redirect to HTTPS: the server that owns the host has `tls.httpsRedirect`
+    /// (Envoy `require_tls: ALL` on its virtual hosts, which applies whether or not a
+    /// VirtualService is bound).
+    pub fn requires_https_redirect(&self, host: &str) -> bool {
+        self.server_for_host(host)
+            .and_then(|s| s.tls.as_ref())
+            .is_some_and(|t| t.https_redirect)
+    }
+
     /// True when connections on this port start with a TLS ClientHello (some server has `tls`
     /// other than `httpsRedirect` alone, or the protocol is HTTPS/TLS).
     pub fn expects_tls(&self) -> bool {

@@ -1705,20 +1705,14 @@ impl Snapshot {
     }
 
     /// Gateway proxies: true if a plain HTTP request for `authority` on `port` must be answered
-    /// with a 301 to https (`tls.httpsRedirect` on the server whose hosts cover it best).
+    /// with a 301 to https (`tls.httpsRedirect` on the server whose hosts cover it best; a host
+    /// no server covers is not redirected). The gateway's data path and `explain` both ask this.
     pub fn gateway_https_redirect(&self, port: u16, authority: &str) -> bool {
         let host = host::strip_port(authority).to_ascii_lowercase();
-        let Some(p) = self.gateway_ports.iter().find(|p| p.number == port) else {
-            return false;
-        };
-        let server = p
-            .servers
+        self.gateway_ports
             .iter()
-            .filter_map(|s| s.best_host_for(&host).map(|h| (h, s)))
-            .min_by(|a, b| host::specificity(a.0, b.0))
-            .map(|(_, s)| s)
-            .or_else(|| p.servers.first());
-        server.is_some_and(|s| s.tls.as_ref().is_some_and(|t| t.https_redirect))
+            .find(|p| p.number == port)
+            .is_some_and(|p| p.requires_https_redirect(&host))
     }
 
     /// Gateway proxies: routes an HTTP request that arrived on `port` (Host port ignored). Never

@@ -509,6 +509,9 @@ spec:
     assert!(!port.expects_tls());
     assert!(snap.gateway_https_redirect(80, "secure.example.com:80"));
     assert!(!snap.gateway_https_redirect(80, "plain.example.com"));
+    // A host no server covers has no virtual host (404 NR): not redirected, whatever the
+    // port's first server says.
+    assert!(!snap.gateway_https_redirect(80, "other.example.com"));
 }
 
 const CERT: &str = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="; // "-----BEGIN CERTIFICATE-----\n"

@@ -218,7 +218,7 @@ pub(crate) async fn serve<S: HttpSide>(
     // The client broke its own request body and no upstream answered: its fault, answered as
     // such (never as an upstream failure).
     let (response, outcome) = match body_error.get() {
-        Some(fault) if outcome.upstream_service_time.is_none() && !is_downstream(&outcome) => {
+        Some(fault) if outcome.upstream_service_time.is_none() => {
             let err = ProxyError::Downstream(fault);
             let reply = err.reply(false);
             outcome.flags = Cow::Borrowed(reply.flags);
@@ -268,10 +268,6 @@ pub(crate) async fn serve<S: HttpSide>(
         },
     );
     Ok(Response::from_parts(parts, logged.boxed_unsync()))
-}
-
-fn is_downstream(outcome: &Outcome) -> bool {
-    matches!(&*outcome.flags, "DPE" | "DC")
 }
 
 /// The request's authority: `:authority` (or an absolute URI's), else `Host`.

@@ -445,8 +445,7 @@ fn gateway_local_reply(
         }
         return None;
     }
-    let port = snap.gateway_ports().iter().find(|p| p.number == gw.port)?;
-    if !edge::requires_https_redirect(port, &edge::request_host(&ctx.authority)) {
+    if !snap.gateway_https_redirect(gw.port, &ctx.authority) {
         return None;
     }
     let mut reply = LocalReply::direct(StatusCode::MOVED_PERMANENTLY);

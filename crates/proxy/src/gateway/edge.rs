@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use sluice_model::gateway::{GatewayPort, GatewayServer};
+use sluice_model::gateway::GatewayServer;
 use sluice_model::host;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -98,36 +98,6 @@ pub fn request_host(authority: &str) -> String {
     host::strip_port(authority).to_ascii_lowercase()
 }
 
-/// The server on `port` that owns requests for `host` (lowercase, no port): the one whose hosts
-/// match it most specifically. `None` when no server covers the host.
-pub fn server_for_host<'a>(port: &'a GatewayPort, host: &str) -> Option<&'a Arc<GatewayServer>> {
-    let mut best: Option<(&Arc<GatewayServer>, &str)> = None;
-    for server in &port.servers {
-        for h in &server.hosts {
-            if !host::matches(&h.host, host) {
-                continue;
-            }
-            let better = match best {
-                None => true,
-                Some((_, b)) => host::specificity(&h.host, b) == std::cmp::Ordering::Less,
-            };
-            if better {
-                best = Some((server, &h.host));
-            }
-        }
-    }
-    best.map(|(s, _)| s)
-}
-
-/// True when a plain-HTTP request for `host` on `port` must be answered with a redirect to
-/// HTTPS: the server that owns the host has `tls.httpsRedirect` (Envoy `require_tls: ALL` on its
-/// virtual hosts, which applies whether or not a VirtualService is bound).
-pub fn requires_https_redirect(port: &GatewayPort, host: &str) -> bool {
-    server_for_host(port, host)
-        .and_then(|s| s.tls.as_ref())
-        .is_some_and(|t| t.https_redirect)
-}
-
 /// `Location` of the `httpsRedirect` answer: `https://<host without port><path and query>`
 /// (the HTTPS port is the default 443, so no port is written).
 pub fn https_redirect_location(authority: &str, path_and_query: &str) -> String {
@@ -154,7 +124,7 @@ pub fn is_misdirected(server: &GatewayServer, authority: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_model::gateway::{Credential, GatewayHost, ServerTls, ServerTlsMode};
+    use sluice_model::gateway::{Credential, GatewayHost, GatewayPort, ServerTls, ServerTlsMode};
     use sluice_model::Protocol;
 
     fn server(hosts: &[&str], tls: Option<ServerTlsMode>) -> Arc<GatewayServer> {
@@ -236,6 +206,8 @@ mod tests {
 
     #[test]
     fn https_redirect_follows_the_server_that_owns_the_host() {
+        let requires_https_redirect =
+            |port: &GatewayPort, host: &str| port.requires_https_redirect(host);
         let port = GatewayPort {
             number: 80,
             servers: vec![
