@@ -174,6 +174,40 @@ pub enum UpstreamAddress {
 }
 
 impl Cluster {
+    /// The SNI Istio sends when it originates TLS to this cluster, `None` for plaintext. A
+    /// DestinationRule `sni` wins; otherwise ISTIO_MUTUAL sends Istio's
+    /// `outbound_.<port>_.<subset>_.<host>` (the server side logs it in
+    /// `%REQUESTED_SERVER_NAME%`), and SIMPLE/MUTUAL the request's host (`authority` without its
+    /// port: Envoy's auto SNI; TCP/TLS streams pass the service host).
+    pub fn upstream_sni<'a>(&'a self, authority: &'a str) -> Option<std::borrow::Cow<'a, str>> {
+        let tls = self.tls.as_ref()?;
+        Some(match (&tls.sni, tls.istio_mutual) {
+            (Some(sni), _) => sni.as_str().into(),
+            (None, true) => format!(
+                "outbound_.{}_.{}_.{}",
+                self.port.number,
+                self.subset.as_deref().unwrap_or(""),
+                self.service.hostname
+            )
+            .into(),
+            (None, false) => crate::host::strip_port(authority).into(),
+        })
+    }
+
+    /// The port an original-destination cluster (resolution NONE, a wildcard or DYNAMIC_DNS
+    /// host) connects to. A sidecar keeps the address the client called, on the service port: a
+    /// virtual host spans every port, so a route whose destination names no port sends a call
+    /// made on :80 to the service's only port (seed 004's ServiceEntry on 81 breaks the call
+    /// exactly this way). A gateway has no original destination: it connects where the
+    /// request's host resolves, on the service port's `targetPort` (Envoy's dynamic forward
+    /// proxy).
+    pub fn original_destination_port(&self, kind: ProxyKind) -> u16 {
+        match kind {
+            ProxyKind::Sidecar => self.port.number,
+            ProxyKind::Gateway => self.port.target_port.unwrap_or(self.port.number),
+        }
+    }
+
     /// Istio's cluster name.
     pub fn name_for(port: u16, subset: Option<&str>, host: &str) -> String {
         format!("outbound|{port}|{}|{host}", subset.unwrap_or(""))

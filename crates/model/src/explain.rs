@@ -344,12 +344,19 @@ fn outlier(o: &OutlierPolicy) -> String {
     s
 }
 
-/// A cluster in words.
-pub fn describe_cluster(c: &Cluster) -> ClusterExplanation {
+/// A cluster in words, as a proxy of `kind` uses it.
+pub fn describe_cluster(c: &Cluster, kind: ProxyKind) -> ClusterExplanation {
     let upstream = match c.upstream() {
-        UpstreamAddress::OriginalDestination => {
-            "the original destination address (resolution NONE)".to_string()
-        }
+        UpstreamAddress::OriginalDestination => match kind {
+            ProxyKind::Sidecar => format!(
+                "the original destination address, port {} (resolution NONE)",
+                c.original_destination_port(kind)
+            ),
+            ProxyKind::Gateway => format!(
+                "where the request's host resolves, port {} (resolution NONE)",
+                c.original_destination_port(kind)
+            ),
+        },
         UpstreamAddress::Endpoints(eps) if eps.is_empty() => "no endpoints".to_string(),
         UpstreamAddress::Endpoints(eps) => eps
             .iter()
@@ -360,7 +367,8 @@ pub fn describe_cluster(c: &Cluster) -> ClusterExplanation {
     let tls = c.tls.as_ref().map(|t| {
         if t.istio_mutual {
             format!(
-                "ISTIO_MUTUAL (mesh certificate; expects {})",
+                "ISTIO_MUTUAL (mesh certificate, SNI {}; expects {})",
+                c.upstream_sni("").unwrap_or_default(),
                 if t.subject_alt_names.is_empty() {
                     "any mesh identity".to_string()
                 } else {
@@ -401,14 +409,18 @@ pub fn describe_cluster(c: &Cluster) -> ClusterExplanation {
 }
 
 /// The targets of a route for a request on `listener_port`, and the outcome they lead to.
-fn targets(targets: &[WeightedTarget], listener_port: u16) -> (Vec<TargetExplanation>, Outcome) {
+fn targets(
+    kind: ProxyKind,
+    targets: &[WeightedTarget],
+    listener_port: u16,
+) -> (Vec<TargetExplanation>, Outcome) {
     let mut out = Vec::new();
     let mut first_failure = None;
     let mut any_ok = false;
     for t in targets {
         let (cluster, status, detail, outcome) = match t.cluster.resolve(listener_port) {
             Ok(c) => {
-                let d = describe_cluster(c);
+                let d = describe_cluster(c, kind);
                 if matches!(c.upstream(), UpstreamAddress::Endpoints(e) if e.is_empty()) {
                     (
                         c.name.to_string(),
@@ -625,7 +637,7 @@ fn explain_sidecar(snap: &Snapshot, probe: &Probe, e: &mut Explanation) {
                 port,
             };
             let decision = snap.route_http(&facts);
-            http_decision(decision, port, host, e);
+            http_decision(snap.proxy.kind, decision, port, host, e);
         }
         Probe::Http { host, .. } | Probe::Tls { sni: host, .. } => {
             if matches!(probe, Probe::Http { .. }) {
@@ -646,7 +658,13 @@ fn explain_sidecar(snap: &Snapshot, probe: &Probe, e: &mut Explanation) {
     }
 }
 
-fn http_decision(decision: HttpDecision<'_>, port: u16, host: &str, e: &mut Explanation) {
+fn http_decision(
+    kind: ProxyKind,
+    decision: HttpDecision<'_>,
+    port: u16,
+    host: &str,
+    e: &mut Explanation,
+) {
     match decision {
         HttpDecision::Route {
             rule,
@@ -657,7 +675,7 @@ fn http_decision(decision: HttpDecision<'_>, port: u16, host: &str, e: &mut Expl
             e.route = Some(route_explanation(rule, matched));
             match &rule.action {
                 RouteAction::Forward(ts) => {
-                    let (ts, outcome) = targets(ts, port);
+                    let (ts, outcome) = targets(kind, ts, port);
                     e.outcome = outcome;
                     e.summary = match outcome {
                         Outcome::Forward => {
@@ -728,6 +746,7 @@ fn stream_decision(
     match decision {
         StreamDecision::Cluster(c) => {
             let (ts, outcome) = targets(
+                snap.proxy.kind,
                 &[WeightedTarget {
                     cluster: crate::route::ClusterRef::Found(c.clone()),
                     weight: 100,
@@ -749,7 +768,7 @@ fn stream_decision(
             e.targets = ts;
         }
         StreamDecision::Rule(rule) => {
-            let (ts, outcome) = targets(&rule.targets, port);
+            let (ts, outcome) = targets(snap.proxy.kind, &rule.targets, port);
             e.route = Some(RouteExplanation {
                 source: rule.source.to_string(),
                 name: None,
@@ -873,7 +892,7 @@ fn explain_gateway(snap: &Snapshot, probe: &Probe, e: &mut Explanation) {
             }
         }
         let decision = snap.route_gateway_http(port, &facts);
-        http_decision(decision, port, host, e);
+        http_decision(snap.proxy.kind, decision, port, host, e);
     };
     match probe {
         Probe::Http {

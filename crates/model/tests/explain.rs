@@ -309,3 +309,49 @@ fn urls() {
         Probe::Tcp { port: 5432, .. }
     ));
 }
+
+/// An original-destination service (resolution NONE) is reached differently by the two kinds of
+/// proxy, and explain says what the data path does (`Cluster::original_destination_port`).
+#[test]
+fn original_destination_clusters_name_the_port_each_proxy_kind_uses() {
+    let yaml = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wild, namespace: istio-system}
+spec:
+  hosts: ['*.wild.example']
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ['*.wild.example']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wild, namespace: istio-system}
+spec:
+  hosts: ['*.wild.example']
+  gateways: [gw, mesh]
+  http:
+  - route:
+    - destination: {host: '*.wild.example'}
+";
+    let probe = http("http://a.wild.example/", &[]);
+    let sidecar = render(&explain(&snapshot_in("istio-system", &[], yaml), &probe));
+    assert!(
+        sidecar.contains("the original destination address, port 80 (resolution NONE)"),
+        "{sidecar}"
+    );
+    let gateway = gateway_snapshot("istio-system", &[("istio", "ingressgateway")], yaml);
+    let gateway = render(&explain(&gateway, &probe));
+    assert!(
+        gateway.contains("where the request's host resolves, port 8080 (resolution NONE)"),
+        "{gateway}"
+    );
+}

@@ -604,6 +604,19 @@ fn istio_mutual_destination_rule_expects_the_endpoints_spiffe_ids() {
             .map(|t| t.sni.clone()),
         Some(None)
     );
+    // Istio's SNI for mesh mTLS names the cluster, whatever host the request used.
+    assert_eq!(
+        cluster(&snap, REVIEWS_9080)
+            .upstream_sni("reviews:9080")
+            .as_deref(),
+        Some("outbound_.9080_._.reviews.default.svc.cluster.local")
+    );
+    assert_eq!(
+        cluster(&snap, "outbound|9080|v1|reviews.default.svc.cluster.local")
+            .upstream_sni("")
+            .as_deref(),
+        Some("outbound_.9080_.v1_.reviews.default.svc.cluster.local")
+    );
 
     // The user's subjectAltNames replace the service accounts, as in Istio.
     let yaml = format!(
@@ -614,6 +627,31 @@ fn istio_mutual_destination_rule_expects_the_endpoints_spiffe_ids() {
         istio_mutual_sans(&snap, REVIEWS_9080),
         Some(vec!["spiffe://x/ns/y/sa/z".to_string()])
     );
+
+    // A DestinationRule `sni` wins (routing through an egress gateway needs it); SIMPLE without
+    // one sends the request's host (Envoy's auto SNI); plaintext sends none.
+    let yaml = format!(
+        "{REVIEWS}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: default}}\nspec:\n  host: reviews\n  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL, sni: reviews.example}}}}\n"
+    );
+    let snap = snapshot_in("default", &[], &yaml);
+    let sni = cluster(&snap, REVIEWS_9080)
+        .upstream_sni("x")
+        .map(|s| s.into_owned());
+    assert_eq!(sni.as_deref(), Some("reviews.example"));
+    let yaml = format!(
+        "{REVIEWS}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: default}}\nspec:\n  host: reviews\n  trafficPolicy: {{tls: {{mode: SIMPLE}}}}\n"
+    );
+    let snap = snapshot_in("default", &[], &yaml);
+    let sni = cluster(&snap, REVIEWS_9080)
+        .upstream_sni("Reviews.Example:9080")
+        .map(|s| s.into_owned());
+    assert_eq!(sni.as_deref(), Some("Reviews.Example"));
+    let plain = snapshot_in(
+        "default",
+        &[],
+        &REVIEWS.replace("security.istio.io/tlsMode: istio", "x: y"),
+    );
+    assert_eq!(cluster(&plain, REVIEWS_9080).upstream_sni("reviews"), None);
 }
 
 #[test]

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use sluice_model::route::{
     pick_weighted, HttpRequestFacts, Operation, RequestMatch, WeightedTarget,
 };
-use sluice_model::{Cluster, HttpDecision, HttpRouteRule, RouteAction, Snapshot};
+use sluice_model::{Cluster, HttpDecision, HttpRouteRule, ProxyKind, RouteAction, Snapshot};
 
 use crate::balancer::{
     request_hash, CallResult, ClusterRuntime, EndpointGuard, EndpointState, HashInput, RequestHash,
@@ -576,7 +576,7 @@ async fn endpoint_addr(
         // target, as Envoy's dynamic forward proxy would.
         None if ctx.gateway.is_some() => {
             let cluster = runtime.ok_or(ProxyError::NoHealthyUpstream)?.cluster();
-            let port = cluster.port.target_port.unwrap_or(cluster.port.number);
+            let port = cluster.original_destination_port(ProxyKind::Gateway);
             let host = sluice_model::host::strip_port(&ctx.authority);
             if host.is_empty() {
                 return Err(ProxyError::NoHealthyUpstream);
@@ -591,10 +591,10 @@ async fn endpoint_addr(
         None => {
             let (host, addr) = original().ok_or(ProxyError::NoHealthyUpstream)?;
             // A route to a `resolution: NONE` service goes to the address the client called, on
-            // the cluster's port: a virtual host spans every port, so a route whose destination
-            // names no port sends a call made on :80 to the service's only port (seed 004's
-            // ServiceEntry on 81 breaks the call exactly this way).
-            let port = runtime.map_or(addr.port(), |rt| rt.cluster().port.number);
+            // the port the model gives (passthrough: the port called).
+            let port = runtime.map_or(addr.port(), |rt| {
+                rt.cluster().original_destination_port(ProxyKind::Sidecar)
+            });
             match host {
                 // Explicit proxy: the client named a host; resolve it ourselves.
                 Some(h) => {

@@ -238,7 +238,7 @@ async fn upstream_addr(
     match runtime.filter(|rt| !rt.is_original_destination()) {
         None if gateway => {
             let cluster = runtime.ok_or(NoUpstream::NoHost)?.cluster();
-            let port = cluster.port.target_port.unwrap_or(cluster.port.number);
+            let port = cluster.original_destination_port(sluice_model::ProxyKind::Gateway);
             let Some(sni) = conn.sni.as_deref() else {
                 tracing::debug!(
                     "{}: a gateway cannot pass a connection without SNI to an original destination",

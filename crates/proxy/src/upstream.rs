@@ -241,18 +241,6 @@ impl UpstreamSecurity {
     }
 }
 
-/// The SNI Istio sends when it originates mutual TLS for `cluster`:
-/// `outbound_.<port>_.<subset>_.<host>` (e.g. `outbound_.80_._.httpbin.org`). The server side
-/// logs it in `%REQUESTED_SERVER_NAME%`.
-pub fn istio_sni(cluster: &Cluster) -> String {
-    format!(
-        "outbound_.{}_.{}_.{}",
-        cluster.port.number,
-        cluster.subset.as_deref().unwrap_or(""),
-        cluster.service.hostname
-    )
-}
-
 /// ISTIO_MUTUAL clusters already reported as sent in plaintext (no mesh identity).
 static PLAINTEXT_FALLBACK_LOGGED: Mutex<Option<HashSet<Arc<str>>>> = Mutex::new(None);
 
@@ -275,10 +263,7 @@ pub fn security_for(
             return UpstreamSecurity::IstioMutual {
                 identity: MeshIdentity(identity.clone()),
                 // A DestinationRule `sni` wins (routing through an egress gateway needs it).
-                sni: tls
-                    .sni
-                    .as_deref()
-                    .map_or_else(|| istio_sni(cluster).into(), Arc::from),
+                sni: Arc::from(cluster.upstream_sni(authority).unwrap_or_default()),
                 expected_sans: tls.subject_alt_names.clone().into(),
             };
         }
@@ -298,10 +283,10 @@ pub fn security_for(
         }
         return UpstreamSecurity::Plain;
     }
-    let sni = tls
-        .sni
-        .clone()
-        .unwrap_or_else(|| sluice_model::host::strip_port(authority).to_string());
+    let sni = cluster
+        .upstream_sni(authority)
+        .unwrap_or_default()
+        .into_owned();
     UpstreamSecurity::Tls {
         settings: tls.clone(),
         sni,
