@@ -20,9 +20,10 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, LabelSetEncoder}
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Metric, Registry};
+
+use super::histogram::EnvoyHistogram;
 
 /// Envoy's default histogram buckets (`histogram_impl.cc` `defaultBuckets()`), which Istio uses for
 /// `istio_request_duration_milliseconds` (ms) and for the byte-size histograms alike.
@@ -505,7 +506,7 @@ impl EncodeLabelSet for BlockedLabels {
 
 // === Metrics ===
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, EnvoyHistogram>;
 
 /// Label sets each series cache keeps before it is emptied and refilled. The label cardinality is
 /// bounded by configuration; the cap only keeps a pathological mix (an upstream answering with
@@ -517,9 +518,9 @@ pub const SERIES_CACHE_LIMIT: usize = 4096;
 #[derive(Clone, Debug)]
 struct HttpSeries {
     requests: Counter,
-    duration: Histogram,
-    request_bytes: Histogram,
-    response_bytes: Histogram,
+    duration: EnvoyHistogram,
+    request_bytes: EnvoyHistogram,
+    response_bytes: EnvoyHistogram,
 }
 
 /// The handles of one TCP label set, each filled when first used, so that the families hold
@@ -573,10 +574,6 @@ impl<L: Hash + Eq + Clone, S> SeriesCache<L, S> {
     }
 }
 
-fn envoy_histogram() -> Histogram {
-    Histogram::new(ENVOY_DEFAULT_BUCKETS)
-}
-
 /// All metrics of one proxy process. Share it behind an `Arc`; every recording method takes `&self`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -605,11 +602,7 @@ impl Metrics {
     /// Registers Istio's standard metrics, `istio_build{component="proxy",tag=<build_tag>} 1` and sluice's
     /// own counters.
     pub fn new(build_tag: &str) -> Self {
-        let hist = || {
-            HistogramFamily::<HttpLabels>::new_with_constructor(
-                envoy_histogram as fn() -> Histogram,
-            )
-        };
+        let hist = HistogramFamily::<HttpLabels>::default;
         let mut m = Metrics {
             registry: Mutex::new(Registry::default()),
             build_tag: Arc::from(build_tag),
@@ -728,9 +721,9 @@ impl Metrics {
             },
             |s| {
                 s.requests.inc();
-                s.duration.observe(ms as f64);
-                s.request_bytes.observe(request_bytes as f64);
-                s.response_bytes.observe(response_bytes as f64);
+                s.duration.observe(ms);
+                s.request_bytes.observe(request_bytes);
+                s.response_bytes.observe(response_bytes);
             },
         );
     }
@@ -1019,9 +1012,9 @@ mod tests {
     /// The recording code as it was before the series cache: straight into the families.
     fn record_uncached(m: &Metrics, l: &HttpLabels, ms: u64, req: u64, resp: u64) {
         m.requests_total.get_or_create(l).inc();
-        m.request_duration.get_or_create(l).observe(ms as f64);
-        m.request_bytes.get_or_create(l).observe(req as f64);
-        m.response_bytes.get_or_create(l).observe(resp as f64);
+        m.request_duration.get_or_create(l).observe(ms);
+        m.request_bytes.get_or_create(l).observe(req);
+        m.response_bytes.get_or_create(l).observe(resp);
     }
 
     #[test]
