@@ -134,7 +134,75 @@ pub struct ObjectMeta {
 pub struct Origin {
     pub file: Arc<Path>,
     pub line: u32,
-    pub positions: Arc<BTreeMap<String, u32>>,
+    pub positions: Arc<FieldLines>,
+}
+
+/// The line of every field path of one resource (`spec.http[0].timeout` → 12). A proxy keeps
+/// these for every resource it serves (a recompile can report any field), so they are packed: all
+/// paths in one string, and one sorted (end offset, line) pair per path, two allocations instead
+/// of a tree node and a string per field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldLines {
+    /// Every path, concatenated in sorted order.
+    paths: Box<str>,
+    /// Per path, in the same order: where it ends in `paths`, and its line.
+    entries: Box<[(u32, u32)]>,
+}
+
+impl FieldLines {
+    /// The line of exactly `path`.
+    pub fn get(&self, path: &str) -> Option<u32> {
+        let (mut lo, mut hi) = (0, self.entries.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.path(mid).cmp(path) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(self.entries[mid].1),
+            }
+        }
+        None
+    }
+
+    /// Every (path, line), sorted by path.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
+        (0..self.entries.len()).map(|i| (self.path(i), self.entries[i].1))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes held on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.paths.len() + std::mem::size_of_val(&*self.entries)
+    }
+
+    /// The `i`th path: from where the previous one ends to where it ends.
+    fn path(&self, i: usize) -> &str {
+        let start = i.checked_sub(1).map_or(0, |p| self.entries[p].0 as usize);
+        &self.paths[start..self.entries[i].0 as usize]
+    }
+}
+
+impl From<BTreeMap<String, u32>> for FieldLines {
+    fn from(map: BTreeMap<String, u32>) -> Self {
+        let mut paths = String::with_capacity(map.keys().map(String::len).sum());
+        let mut entries = Vec::with_capacity(map.len());
+        // A BTreeMap iterates in sorted order, which `get`'s binary search relies on.
+        for (path, line) in map {
+            paths.push_str(&path);
+            entries.push((u32::try_from(paths.len()).unwrap_or(u32::MAX), line));
+        }
+        FieldLines {
+            paths: paths.into_boxed_str(),
+            entries: entries.into_boxed_slice(),
+        }
+    }
 }
 
 impl Origin {
@@ -143,7 +211,7 @@ impl Origin {
         let mut p = path;
         loop {
             if let Some(line) = self.positions.get(p) {
-                return *line;
+                return line;
             }
             match p.rfind(['.', '[']) {
                 Some(i) => p = &p[..i],
@@ -260,5 +328,44 @@ impl fmt::Display for Diagnostic {
             f.write_str("warning: ")?;
         }
         f.write_str(&self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_lines_find_exact_paths_and_origin_falls_back_to_ancestors() {
+        let map: BTreeMap<String, u32> = [
+            ("spec", 3),
+            ("spec.hosts", 4),
+            ("spec.hosts[0]", 4),
+            ("spec.http", 5),
+            ("spec.http[0].timeout", 9),
+            ("spec.httpx", 12),
+        ]
+        .into_iter()
+        .map(|(p, l)| (p.to_string(), l))
+        .collect();
+        let lines = FieldLines::from(map.clone());
+        assert_eq!(lines.len(), map.len());
+        for (path, line) in &map {
+            assert_eq!(lines.get(path), Some(*line), "{path}");
+        }
+        assert_eq!(lines.get("spec.htt"), None);
+        assert_eq!(lines.get("spec.http[0]"), None);
+        assert_eq!(lines.get(""), None);
+        assert!(lines.iter().map(|(p, _)| p).eq(map.keys().map(String::as_str)));
+        assert!(FieldLines::default().get("spec").is_none());
+
+        let origin = Origin {
+            file: Arc::from(Path::new("vs.yaml")),
+            line: 1,
+            positions: Arc::new(lines),
+        };
+        assert_eq!(origin.line_of("spec.http[0].timeout"), 9);
+        assert_eq!(origin.line_of("spec.http[0].retries.attempts"), 5);
+        assert_eq!(origin.line_of("metadata.name"), 1);
     }
 }

@@ -54,13 +54,7 @@ fn main() {
     let decoded = live_mib();
     let positions: usize = resources
         .iter()
-        .map(|r| {
-            r.origin
-                .positions
-                .keys()
-                .map(|k| k.len() + std::mem::size_of::<(String, u32)>())
-                .sum::<usize>()
-        })
+        .map(|r| r.origin.positions.heap_bytes())
         .sum();
     let identity = sluice_model::ProxyIdentity {
         namespace: "default".into(),

@@ -14,7 +14,7 @@ use crate::mesh::MeshConfig;
 use crate::networking::{
     DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
-use crate::resource::{Diagnostic, Kind, ObjectMeta, Origin, Resource, Severity, Spec};
+use crate::resource::{Diagnostic, FieldLines, Kind, ObjectMeta, Origin, Resource, Severity, Spec};
 use crate::security::{AuthorizationPolicy, PeerAuthentication};
 
 use super::typed::{from_json, suggest};
@@ -240,7 +240,7 @@ fn decode_object(
         origin: Origin {
             file: file.clone(),
             line: d.line,
-            positions: Arc::new(std::mem::take(&mut d.positions)),
+            positions: Arc::new(FieldLines::from(std::mem::take(&mut d.positions))),
         },
     })
 }
