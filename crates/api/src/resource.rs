@@ -356,7 +356,10 @@ mod tests {
         assert_eq!(lines.get("spec.htt"), None);
         assert_eq!(lines.get("spec.http[0]"), None);
         assert_eq!(lines.get(""), None);
-        assert!(lines.iter().map(|(p, _)| p).eq(map.keys().map(String::as_str)));
+        assert!(lines
+            .iter()
+            .map(|(p, _)| p)
+            .eq(map.keys().map(String::as_str)));
         assert!(FieldLines::default().get("spec").is_none());
 
         let origin = Origin {

@@ -1,8 +1,9 @@
 //! State shared by every connection of one proxy, and the small conversions from routing results
 //! to telemetry labels.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -40,7 +41,21 @@ pub struct Proxy {
     pub identity: Option<Arc<crate::identity::Identity>>,
     /// The config gate, drain and open-connection count every data listener consults.
     pub lifecycle: crate::downstream::Lifecycle,
+    /// Telemetry labels of the known workloads this proxy talks to, built once per snapshot
+    /// and peer instead of for every request.
+    peers: RwLock<PeerCache>,
 }
+
+/// [`Proxy::peer_at`]'s labels by (workload IP, expected principal), for one snapshot
+/// generation.
+#[derive(Default)]
+struct PeerCache {
+    generation: u64,
+    labels: HashMap<(IpAddr, Option<Arc<str>>), Arc<PeerLabels>>,
+}
+
+/// Most (IP, principal) pairs [`PeerCache`] keeps; past it labels are built per call.
+const PEER_CACHE_LIMIT: usize = 4096;
 
 impl Proxy {
     /// Builds the shared state for a workload in `namespace` with `labels`.
@@ -66,6 +81,7 @@ impl Proxy {
             server_header: http::HeaderValue::from_static("envoy"),
             identity: None,
             lifecycle: crate::downstream::Lifecycle::default(),
+            peers: RwLock::default(),
         }
     }
 
@@ -104,8 +120,44 @@ impl Proxy {
     /// Labels for the workload at `ip` when the registry knows it (a WorkloadEntry), else
     /// `unknown`: the peer of a connection, as Istio's metadata exchange would name it.
     pub fn peer_at(&self, snap: &Snapshot, ip: IpAddr) -> Arc<PeerLabels> {
-        snap.workload_by_ip(ip)
-            .map_or_else(|| self.unknown_peer.clone(), |w| Arc::new(peer_labels(w)))
+        self.peer_with_principal(snap, ip, None)
+    }
+
+    /// [`peer_at`](Self::peer_at) with `*_principal` set to `principal` when given (the identity
+    /// an ISTIO_MUTUAL upstream had to prove). Built once per snapshot and (IP, principal).
+    pub fn peer_with_principal(
+        &self,
+        snap: &Snapshot,
+        ip: IpAddr,
+        principal: Option<&Arc<str>>,
+    ) -> Arc<PeerLabels> {
+        let workload = snap.workload_by_ip(ip);
+        if workload.is_none() && principal.is_none() {
+            return self.unknown_peer.clone();
+        }
+        let key = (ip, principal.cloned());
+        {
+            let cache = self.peers.read().unwrap_or_else(|p| p.into_inner());
+            if cache.generation == snap.generation {
+                if let Some(labels) = cache.labels.get(&key) {
+                    return labels.clone();
+                }
+            }
+        }
+        let mut labels =
+            workload.map_or_else(|| self.unknown_peer.clone(), |w| Arc::new(peer_labels(w)));
+        if let Some(p) = principal {
+            labels = crate::stream::with_principal(&labels, p);
+        }
+        let mut cache = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        if cache.generation != snap.generation {
+            cache.labels.clear();
+            cache.generation = snap.generation;
+        }
+        if cache.labels.len() < PEER_CACHE_LIMIT {
+            cache.labels.insert(key, labels.clone());
+        }
+        labels
     }
 }
 

@@ -34,7 +34,6 @@ use crate::http_manager::{
     downstream_response_head, local_reply, local_response, upstream_request_headers, with_flag,
     AuthzSubject, Call, HttpSide, LocalReply, Outcome, Peers, ProxyError,
 };
-use crate::stream::with_principal;
 use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{Reporter, SecurityPolicy};
 use crate::upstream::{
@@ -120,13 +119,10 @@ impl HttpSide for Routed {
 
     fn peers(&self, snap: &Snapshot, outcome: &Outcome) -> Peers {
         let proxy = &self.proxy;
-        let mut destination = outcome.upstream.map_or_else(
+        let destination = outcome.upstream.map_or_else(
             || proxy.unknown_peer.clone(),
-            |u| proxy.peer_at(snap, u.remote.ip()),
+            |u| proxy.peer_with_principal(snap, u.remote.ip(), outcome.upstream_principal.as_ref()),
         );
-        if let Some(p) = &outcome.upstream_principal {
-            destination = with_principal(&destination, p);
-        }
         // A gateway that terminated mesh mTLS names its caller (as the inbound side does).
         let peer = self.gateway.as_ref().and_then(|g| g.peer.as_ref());
         let (source, security) = match peer {

@@ -5,6 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use sluice_proxy::telemetry::metrics::ENVOY_DEFAULT_BUCKETS;
@@ -330,4 +333,60 @@ fn whole_exposition_is_valid_prometheus_text() {
     validate_prometheus_004(&m.encode());
     // And when nothing has been recorded yet.
     validate_prometheus_004(&Metrics::new("x").encode());
+}
+
+/// The labels of a known peer are built once per snapshot and (IP, principal), not per request,
+/// and follow a new snapshot.
+#[test]
+fn peer_labels_are_built_once_per_snapshot_and_principal() {
+    let yaml = |version: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: reviews-v1, namespace: default}}\nspec:\n  address: 10.2.0.1\n  labels: {{app: reviews, version: {version}}}\n"
+        )
+    };
+    let mut snap = common::compile_yaml(&yaml("v1"), sluice_model::ProxyKind::Sidecar, "default");
+    snap.generation = 1;
+    let snapshots = Arc::new(ArcSwap::from_pointee(snap));
+    let proxy = sluice_proxy::context::Proxy::new(
+        snapshots.clone(),
+        sluice_proxy::telemetry::AccessLogger::disabled(),
+        Arc::new(Metrics::new("test")),
+        "default",
+        &Default::default(),
+    );
+    let ip = "10.2.0.1".parse().unwrap();
+    let snap = snapshots.load_full();
+    let first = proxy.peer_at(&snap, ip);
+    assert_eq!(&*first.app, "reviews");
+    assert_eq!(&*first.version, "v1");
+    assert!(Arc::ptr_eq(&first, &proxy.peer_at(&snap, ip)), "built once");
+    let principal: Arc<str> = Arc::from("cluster.local/ns/default/sa/reviews");
+    let mtls = proxy.peer_with_principal(&snap, ip, Some(&principal));
+    assert_eq!(mtls.principal, principal);
+    assert_eq!(&*first.principal, "unknown", "the plain entry is unchanged");
+    assert!(Arc::ptr_eq(
+        &mtls,
+        &proxy.peer_with_principal(&snap, ip, Some(&principal))
+    ));
+    // An unknown address is `unknown`, with the expected principal when there is one.
+    let stranger = "10.9.9.9".parse().unwrap();
+    assert!(Arc::ptr_eq(
+        &proxy.peer_at(&snap, stranger),
+        &proxy.unknown_peer
+    ));
+    let unknown_mtls = proxy.peer_with_principal(&snap, stranger, Some(&principal));
+    assert_eq!(
+        (&*unknown_mtls.app, &unknown_mtls.principal),
+        ("unknown", &principal)
+    );
+
+    let mut next = common::compile_yaml(&yaml("v2"), sluice_model::ProxyKind::Sidecar, "default");
+    next.generation = 2;
+    snapshots.store(Arc::new(next));
+    let snap = snapshots.load_full();
+    assert_eq!(
+        &*proxy.peer_at(&snap, ip).version,
+        "v2",
+        "a new snapshot is read"
+    );
 }
