@@ -153,20 +153,27 @@ start_sidecar() {
     wait_ready 28086 ip netns exec "$ns" || log "$name is not ready (log: $run_dir/$name.log)"
 }
 
-# --- accesslog: run.sh's HTTP/1.1 row with each proxy's default access log written to a file.
-start_accesslog_nginx() {
+# --- accesslog: run.sh's HTTP/1.1 row with each proxy's default access log written to a file; the
+# `-off` rows are the same proxies with the log off (run.sh's row), measured alongside for what
+# the log costs.
+start_accesslog_nginx() { # [off]
+    local log="        access_log $run_dir/access-nginx.log;"
+    [ "${1:-}" = off ] && log=""
     # nginx's default `combined` format, written (unbuffered) per request.
-    nginx_proxy_conf "127.0.0.1:$NGINX_PORT" "127.0.0.1:$UP_PORT" http \
-        "        access_log $run_dir/access-nginx.log;" > "$run_dir/accesslog-nginx.conf"
-    start_nginx accesslog-nginx "$run_dir/accesslog-nginx.conf"
+    nginx_proxy_conf "127.0.0.1:$NGINX_PORT" "127.0.0.1:$UP_PORT" http "$log" > "$run_dir/accesslog-nginx.conf"
+    start_nginx "accesslog-nginx${1:+-$1}" "$run_dir/accesslog-nginx.conf"
     port=$NGINX_PORT
 }
-start_accesslog_sluice() {
+start_accesslog_sluice() { # [off]
+    local log=$run_dir/access-sluice.log
+    [ "${1:-}" = off ] && log=""
     # Istio's default TEXT format, through sluice's access-log writer thread.
-    sluice_http_config "$run_dir/accesslog-config" "$HOST" "$UP_PORT" "$run_dir/access-sluice.log"
-    start_sidecar accesslog-sluice "$run_dir/accesslog-config"
+    sluice_http_config "$run_dir/accesslog-config${1:+-$1}" "$HOST" "$UP_PORT" "$log"
+    start_sidecar "accesslog-sluice${1:+-$1}" "$run_dir/accesslog-config${1:+-$1}"
     port=$SLUICE_PORT
 }
+start_accesslog_nginx-off() { start_accesslog_nginx off; }
+start_accesslog_sluice-off() { start_accesslog_sluice off; }
 
 # --- passthrough: TLS routed by its SNI, not terminated; the client handshakes with the upstream.
 start_passthrough_haproxy() {
@@ -406,7 +413,7 @@ start_h2_sluice() {
 # form, to HOST), https (HTTP/1.1 over TLS to upstream.tls, end to end) or h2 (h2c).
 targets_of() {
     case $1 in
-        accesslog) echo "nginx sluice" ;;
+        accesslog) echo "nginx sluice nginx-off sluice-off" ;;
         passthrough) echo "haproxy sidecar gateway" ;;
         origination) echo "nginx sluice" ;;
         mesh) echo "nginx sluice" ;;
@@ -563,7 +570,7 @@ report=$run_dir/report.txt
     echo "upstream: nginx, 1 KiB body; one worker per proxy; pinned: $([ ${#proxy_cpu[@]} -gt 0 ] && echo 'proxies CPU 1, load+upstream CPU 0' || echo no)"
     echo "saturation: wrk -t1 -c$CONNS ${DURATION}s (h2: h2load -c$CONNS -m$STREAMS); fixed rate: $RATE req/s, $RATE_CONNS connections, ${DURATION}s"
     echo
-    printf '%-12s %-8s %9s %8s %9s %8s %8s %9s %8s %8s %9s %8s %6s\n' scenario target "req/s" "sat CPU%" \
+    printf '%-12s %-10s %9s %8s %9s %8s %8s %9s %8s %8s %9s %8s %6s\n' scenario target "req/s" "sat CPU%" \
         "sat ms/1k" "p50 ms" "p99 ms" "CPU ms/1k" "RSS MiB" "rps/anc" "satms/anc" "cpu/anc" errors
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b != "-" && b > 0) printf "%.2f", a / b; else printf "-" }'; }
     anchor=""
@@ -571,7 +578,7 @@ report=$run_dir/report.txt
         read -r scenario target rps satcpu satms p50 p99 cpu rss errors <<<"$r"
         [ "${anchor%% *}" != "$scenario" ] && anchor=$r
         read -r _ _ arps _ asatms _ _ acpu _ _ <<<"$anchor"
-        printf '%-12s %-8s %9s %8s %9s %8s %8s %9s %8s %8s %9s %8s %6s\n' "$scenario" "$target" "$rps" "$satcpu" \
+        printf '%-12s %-10s %9s %8s %9s %8s %8s %9s %8s %8s %9s %8s %6s\n' "$scenario" "$target" "$rps" "$satcpu" \
             "$satms" "$p50" "$p99" "$cpu" "$rss" "$(ratio "$rps" "$arps")" "$(ratio "$satms" "$asatms")" \
             "$(ratio "$cpu" "$acpu")" "$errors"
     done
@@ -579,6 +586,7 @@ report=$run_dir/report.txt
     echo "anc = the scenario's first row (nginx, or HAProxy for passthrough); for req/s higher is better,"
     echo "for CPU lower. sat ms/1k: the proxies' CPU per 1,000 requests during the saturation run;"
     echo "CPU ms/1k: the same at the fixed rate (HTTP/1.1 clients only). mesh rows sum both proxies."
+    echo "accesslog's -off rows: the same proxies with the log off (run.sh's row), for what the log costs."
     for n in "${notes[@]}"; do echo "$n"; done
     if [ "${#failed[@]}" -gt 0 ]; then echo; echo "not measured or failed: ${failed[*]}"; fi
     echo
