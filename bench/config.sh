@@ -46,41 +46,18 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || {
 }
 PATH=$PATH:/usr/sbin:/sbin
 
-if [ -z "$SLUICE_BIN" ]; then
-    log "building sluice (profile $SLUICE_PROFILE)"
-    cargo build --profile "$SLUICE_PROFILE" -p sluice
-    SLUICE_BIN=$repo/target/$SLUICE_PROFILE/sluice
-fi
+build_sluice
 log "building the config memory breakdown (crates/proxy/examples/config_memory.rs)"
 cargo build --profile "$SLUICE_PROFILE" --example config_memory -p sluice-proxy
 config_memory=$repo/target/$SLUICE_PROFILE/examples/config_memory
-log "building the load generator"
-cargo build --release --quiet --manifest-path bench/loadgen/Cargo.toml --target-dir "$out/target"
-loadgen=$out/target/release/sluice-loadgen
+build_loadgen
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
 # ---- upstream -------------------------------------------------------------------------------------
 mkdir -p "$run_dir/tmp"
-cat > "$run_dir/upstream.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-error_log stderr warn;
-pid $run_dir/upstream.pid;
-events { worker_connections 4096; }
-http {
-$(nginx_common)
-    server {
-        listen 127.0.0.1:$UP_PORT default_server;
-        location / { default_type text/plain; return 200 "ok"; }
-    }
-}
-CONF
-nginx -c "$run_dir/upstream.conf" -e stderr > "$run_dir/upstream.log" 2>&1 &
-pids+=($!)
+upstream_conf "127.0.0.1:$UP_PORT default_server" > "$run_dir/upstream.conf"
+start upstream nginx -c "$run_dir/upstream.conf" -e stderr
 
 # ---- config ---------------------------------------------------------------------------------------
 # N ServiceEntries (svc-i.bench.example, DNS-free STATIC endpoints) with a VirtualService each
@@ -99,26 +76,7 @@ generate() { # DIR N
             printf "    retries: {attempts: 2, perTryTimeout: 2s}\n---\n"
         }
     }' > "$dir/generated.yaml"
-    cat > "$dir/bench.yaml" <<CONF
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: upstream, namespace: default}
-spec:
-  hosts: [$HOST]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: STATIC
-  location: MESH_EXTERNAL
-  endpoints: [{address: 127.0.0.1, ports: {http: $UP_PORT}}]
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: istio, namespace: istio-system}
-data:
-  mesh: |-
-    accessLogFile: ""
-    outboundTrafficPolicy:
-      mode: REGISTRY_ONLY
-CONF
+    sluice_http_config "$dir" "$HOST" "$UP_PORT"
     write_route "$dir" 5s
 }
 
@@ -202,7 +160,7 @@ generations=$(compile_times "$run_dir/load-$n.log" | wc -l)
 
 report=$run_dir/report.txt
 {
-    echo "sluice config bench $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+    report_title "sluice config bench"
     echo "N ServiceEntries + N VirtualServices (+ 3 bench resources); sidecar with --concurrency 1"
     echo
     printf '%10s %10s %12s %12s %8s %10s %12s\n' resources "ready ms" "compile ms" "reload ms" reloads \

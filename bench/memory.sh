@@ -45,27 +45,19 @@ BLOCKED=blocked.example
 log() { printf '[memory] %s\n' "$*" >&2; }
 
 # ---- dependencies ---------------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ "${#need[@]}" -gt 0 ]; then
-    log "installing ${need[*]}"
-    # Packages must not start their system services (nginx would take port 80).
-    created_policy=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-        created_policy=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
-    [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
-fi
+need_packages nginx:nginx-light curl:curl
 PATH=$PATH:/usr/sbin:/sbin
 
-# Every connection is a descriptor in the flood tool and one (two, through to the upstream)
-# in the proxy; children inherit the limit.
-need_files=$((2 * CONNECTIONS + 1024))
+# Every connection is a descriptor in the flood tool and one in the proxy; the proxy's upstream
+# connections are few (the flood has at most 16 requests in flight), so 1,024 more cover them and
+# the rest. Each process has its own limit (children inherit it): 10,000 connections fit in a hard
+# limit of 20,000.
+need_files=$((CONNECTIONS + 1024))
 hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$need_files" ] && [ "$(id -u)" = 0 ]; then
+    # root may raise its hard limit (up to fs.nr_open).
+    ulimit -Hn "$need_files" 2>/dev/null && hard=$need_files
+fi
 if [ "$hard" != unlimited ] && [ "$hard" -lt "$need_files" ]; then
     log "need $need_files open files for $CONNECTIONS connections, but the hard limit (ulimit -Hn) is $hard"
     exit 1
@@ -73,32 +65,9 @@ fi
 ulimit -n "$need_files"
 
 # ---- builds ---------------------------------------------------------------------------------------
-if [[ " $TARGETS " == *" sluice "* ]] && [ -z "$SLUICE_BIN" ]; then
-    log "building sluice (profile $SLUICE_PROFILE)"
-    cargo build --profile "$SLUICE_PROFILE" -p sluice
-    SLUICE_BIN=$repo/target/$SLUICE_PROFILE/sluice
-fi
-log "building the flood tool"
-cargo build --release --quiet --manifest-path bench/loadgen/Cargo.toml --target-dir "$out/target"
-flood=$out/target/release/sluice-flood
-
-# ---- helpers --------------------------------------------------------------------------------------
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
+if [[ " $TARGETS " == *" sluice "* ]]; then build_sluice; fi
+build_loadgen
 trap cleanup EXIT
-
-# start NAME CMD... : runs CMD in the background, logs to $run_dir/NAME.log, sets $started_pid
-start() {
-    local name=$1; shift
-    "$@" >> "$run_dir/$name.log" 2>&1 &
-    started_pid=$!
-    pids+=("$started_pid")
-}
-
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 # answer PORT HOST: "status size" of one absolute-form request through PORT
 answer() {
@@ -108,23 +77,8 @@ answer() {
 
 # ---- upstream -------------------------------------------------------------------------------------
 mkdir -p "$run_dir/tmp"
-body=$(head -c 1024 /dev/zero | tr '\0' 'x')
-cat > "$run_dir/upstream.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile $need_files;
-error_log stderr warn;
-pid $run_dir/upstream.pid;
-events { worker_connections $need_files; }
-http {
-$(nginx_common)
-    server {
-        listen 127.0.0.1:$UP_PORT default_server;
-        location / { default_type text/plain; return 200 "$body"; }
-    }
-}
-CONF
+export NGINX_FILES=$need_files
+upstream_conf "127.0.0.1:$UP_PORT default_server" > "$run_dir/upstream.conf"
 start upstream nginx -c "$run_dir/upstream.conf" -e stderr
 for _ in $(seq 1 100); do
     [ "$(answer "$UP_PORT" "$HOST")" = "200 1024" ] && break
@@ -133,65 +87,14 @@ done
 [ "$(answer "$UP_PORT" "$HOST")" = "200 1024" ] || { log "upstream did not start"; cat "$run_dir/upstream.log"; exit 1; }
 
 # ---- proxies --------------------------------------------------------------------------------------
-cat > "$run_dir/nginx.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile $need_files;
-error_log stderr warn;
-pid $run_dir/nginx.pid;
-events { worker_connections $need_files; }
-http {
-$(nginx_common)
-    upstream up { server 127.0.0.1:$UP_PORT; keepalive 128; keepalive_requests 1000000; }
-    server {
-        listen 127.0.0.1:$NGINX_PORT default_server;
-        location / {
-            proxy_pass http://up;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-        }
-    }
+# nginx gets a second server block that answers BLOCKED itself, as sluice does under REGISTRY_ONLY.
+nginx_proxy_conf "127.0.0.1:$NGINX_PORT" "127.0.0.1:$UP_PORT" http "" "" "
     server {
         listen 127.0.0.1:$NGINX_PORT;
         server_name $BLOCKED;
         location / { return 502; }
-    }
-}
-CONF
-
-mkdir -p "$run_dir/sluice-config"
-cat > "$run_dir/sluice-config/bench.yaml" <<CONF
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: upstream
-spec:
-  hosts:
-  - $HOST
-  ports:
-  - number: 80
-    name: http
-    protocol: HTTP
-  resolution: STATIC
-  location: MESH_EXTERNAL
-  endpoints:
-  - address: 127.0.0.1
-    ports:
-      http: $UP_PORT
----
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: istio
-  namespace: istio-system
-data:
-  mesh: |-
-    accessLogFile: ""
-    outboundTrafficPolicy:
-      mode: REGISTRY_ONLY
-CONF
+    }" > "$run_dir/nginx.conf"
+sluice_http_config "$run_dir/sluice-config" "$HOST" "$UP_PORT"
 
 start_target() { # NAME → $proxy_pid, $proxy_port
     case $1 in
@@ -274,7 +177,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b != "-" && b > 0) pr
 
 report=$run_dir/report.txt
 {
-    echo "sluice memory bench $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+    report_title "sluice memory bench"
     echo "$CONNECTIONS idle keep-alive connections, one request each; RSS ${SETTLE}s after closing them; median of $RUNS runs"
     echo "cases: local = the proxy answers 502 itself; upstream = 200 with 1 KiB from nginx on 127.0.0.1:$UP_PORT"
     echo

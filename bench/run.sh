@@ -44,62 +44,20 @@ REQ_TARGET="http://$HOST/"
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 # ---- dependencies ---------------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v taskset >/dev/null 2>&1 || need+=(util-linux)
-if [ "${#need[@]}" -gt 0 ]; then
-    log "installing ${need[*]}"
-    # Packages must not start their system services (nginx would take port 80).
-    created_policy=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-        created_policy=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
-    [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
-fi
+need_packages nginx:nginx-light haproxy:haproxy wrk:wrk curl:curl taskset:util-linux
 PATH=$PATH:/usr/sbin:/sbin
 
 # ---- builds ---------------------------------------------------------------------------------------
-if [[ " $TARGETS " == *" sluice "* ]] && [ -z "$SLUICE_BIN" ]; then
-    log "building sluice (profile $SLUICE_PROFILE)"
-    cargo build --profile "$SLUICE_PROFILE" -p sluice
-    SLUICE_BIN=$repo/target/$SLUICE_PROFILE/sluice
-fi
+if [[ " $TARGETS " == *" sluice "* ]]; then build_sluice; fi
 if [[ " $TARGETS " == *" hyper-floor "* ]]; then
     log "building the hyper floor (crates/proxy/examples/bare_proxy.rs, profile $SLUICE_PROFILE)"
     cargo build --profile "$SLUICE_PROFILE" --example bare_proxy -p sluice-proxy
 fi
-log "building the load generator"
-cargo build --release --quiet --manifest-path bench/loadgen/Cargo.toml --target-dir "$out/target"
-loadgen=$out/target/release/sluice-loadgen
+build_loadgen
 
 # ---- helpers --------------------------------------------------------------------------------------
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
 trap cleanup EXIT
-
-ncpu=$(nproc)
-proxy_cpu=() load_cpu=()
-if [ "$PIN" = 1 ] && [ "$ncpu" -ge 2 ]; then
-    proxy_cpu=(taskset -c 1)
-    load_cpu=(taskset -c 0)
-fi
-
-# start NAME CMD... : runs CMD in the background, logs to $run_dir/NAME.log, sets $started_pid
-start() {
-    local name=$1; shift
-    "$@" > "$run_dir/$name.log" 2>&1 &
-    started_pid=$!
-    pids+=("$started_pid")
-}
+pin_cpus
 
 wait_http() { # URL [HOST]
     for _ in $(seq 1 100); do
@@ -109,58 +67,15 @@ wait_http() { # URL [HOST]
     return 1
 }
 
-cpu_ticks() { # PID → utime+stime in clock ticks
-    awk '{ print $14 + $15 }' "/proc/$1/stat"
-}
-clk_tck=$(getconf CLK_TCK)
-
-hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
-
 # ---- upstream -------------------------------------------------------------------------------------
-body=$(head -c 1024 /dev/zero | tr '\0' 'x')
-cat > "$run_dir/upstream.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-error_log stderr warn;
-pid $run_dir/upstream.pid;
-events { worker_connections 4096; }
-http {
-$(nginx_common)
-    server {
-        listen 127.0.0.1:$UP_PORT default_server;
-        location / { default_type text/plain; return 200 "$body"; }
-    }
-}
-CONF
 mkdir -p "$run_dir/tmp"
+upstream_conf "127.0.0.1:$UP_PORT default_server" > "$run_dir/upstream.conf"
 start upstream "${load_cpu[@]}" nginx -c "$run_dir/upstream.conf" -e stderr
-upstream_pid=$started_pid
 wait_http "http://127.0.0.1:$UP_PORT/" || { log "upstream did not start"; cat "$run_dir/upstream.log"; exit 1; }
 
 # ---- proxies --------------------------------------------------------------------------------------
 start_nginx() {
-    cat > "$run_dir/nginx.conf" <<CONF
-daemon off;
-master_process $( [ "$THREADS" = 1 ] && echo off || echo on );
-worker_processes $THREADS;
-error_log stderr warn;
-pid $run_dir/nginx.pid;
-events { worker_connections 4096; }
-http {
-$(nginx_common)
-    upstream up { server 127.0.0.1:$UP_PORT; keepalive 128; keepalive_requests 1000000; }
-    server {
-        listen 127.0.0.1:$NGINX_PORT default_server;
-        location / {
-            proxy_pass http://up;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-        }
-    }
-}
-CONF
+    NGINX_WORKERS=$THREADS nginx_proxy_conf "127.0.0.1:$NGINX_PORT" "127.0.0.1:$UP_PORT" > "$run_dir/nginx.conf"
     start nginx "${proxy_cpu[@]}" nginx -c "$run_dir/nginx.conf" -e stderr
     proxy_pid=$started_pid
     proxy_port=$NGINX_PORT
@@ -190,47 +105,14 @@ CONF
 }
 
 start_sluice() {
-    mkdir -p "$run_dir/sluice-config"
     # The upstream as a ServiceEntry with a static endpoint; access log off, as for nginx/HAProxy.
-    cat > "$run_dir/sluice-config/bench.yaml" <<CONF
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: upstream
-spec:
-  hosts:
-  - $HOST
-  ports:
-  - number: 80
-    name: http
-    protocol: HTTP
-  resolution: STATIC
-  location: MESH_EXTERNAL
-  endpoints:
-  - address: 127.0.0.1
-    ports:
-      http: $UP_PORT
----
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: istio
-  namespace: istio-system
-data:
-  mesh: |-
-    accessLogFile: ""
-    outboundTrafficPolicy:
-      mode: REGISTRY_ONLY
-CONF
+    sluice_http_config "$run_dir/sluice-config" "$HOST" "$UP_PORT"
     start sluice "${proxy_cpu[@]}" "$SLUICE_BIN" sidecar --concurrency "$THREADS" \
         --config "$run_dir/sluice-config" --proxy-port "$SLUICE_PORT" --outbound-port 28084 \
         --admin-port 28085 --status-port 28086 --stats-port 28087 --log-level warn
     proxy_pid=$started_pid
     proxy_port=$SLUICE_PORT
-    for _ in $(seq 1 100); do
-        curl -s -o /dev/null --max-time 1 --noproxy '*' http://127.0.0.1:28086/healthz/ready && break
-        sleep 0.1
-    done
+    wait_ready 28086 || true
 }
 
 # The least any hyper-based proxy pays per request: the part of sluice's gap to nginx that is not
@@ -330,7 +212,7 @@ for t in $TARGETS; do measure "$t"; done
 # ---- report ---------------------------------------------------------------------------------------
 report=$run_dir/report.txt
 {
-    echo "sluice bench $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+    report_title "sluice bench"
     echo "upstream: nginx, 1 KiB body on 127.0.0.1:$UP_PORT; proxies with $THREADS worker(s); pinned: $([ ${#proxy_cpu[@]} -gt 0 ] && echo 'proxy CPU 1, load+upstream CPU 0' || echo no)"
     echo "saturation: wrk -t1 -c$CONNS ${DURATION}s; latency + CPU: $RATE req/s fixed rate, $RATE_CONNS connections, ${DURATION}s (latency from the scheduled send time)"
     echo
