@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,13 @@ static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-atte
 static X_ENVOY_DECORATOR_OPERATION: HeaderName =
     HeaderName::from_static("x-envoy-decorator-operation");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+
+/// Names Istio gives the routes and cluster of requests no VirtualService routes (allocated once,
+/// not per request).
+static ALLOW_ANY_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("allow_any"));
+static BLOCK_ALL_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("block_all"));
+static PASSTHROUGH_CLUSTER: LazyLock<Arc<str>> =
+    LazyLock::new(|| Arc::from(sluice_model::PASSTHROUGH_CLUSTER));
 
 /// The side of the proxy whose requests are routed by VirtualServices: the outbound side of a
 /// sidecar (captured or explicit-proxy connections) and gateway listeners.
@@ -144,8 +151,7 @@ impl HttpSide for Routed {
 /// Everything known about the request being handled.
 struct RequestCtx<'a> {
     proxy: &'a Proxy,
-    authority: String,
-    /// The request's authority as the client sent it, for the upstream's `Host`.
+    /// The request's authority as the client sent it (`:authority`, else `Host`).
     authority_header: Option<HeaderValue>,
     port: u16,
     downstream: &'a Downstream,
@@ -187,14 +193,8 @@ impl<'a> RequestCtx<'a> {
             (None, None, Some(t)) => t.addr.port(),
             (None, None, None) => downstream.local.port(),
         };
-        let authority = authority_header
-            .as_ref()
-            .and_then(|a| a.to_str().ok())
-            .unwrap_or("")
-            .to_string();
         RequestCtx {
             proxy: &side.proxy,
-            authority,
             authority_header,
             port,
             downstream,
@@ -206,6 +206,14 @@ impl<'a> RequestCtx<'a> {
 
     fn server_header(&self) -> HeaderValue {
         self.proxy.server_header.clone()
+    }
+
+    /// The request's authority, `""` when it has none (or it is not text).
+    fn authority(&self) -> &str {
+        self.authority_header
+            .as_ref()
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or("")
     }
 
     /// The local reply for `err`, reaching no service.
@@ -287,7 +295,7 @@ async fn route_and_forward(
     let facts = HttpRequestFacts {
         method: parts.method.as_str(),
         scheme: &scheme,
-        authority: &ctx.authority,
+        authority: ctx.authority(),
         path_and_query: &path_and_query,
         headers: &parts.headers,
         port: ctx.port,
@@ -301,7 +309,7 @@ async fn route_and_forward(
             count_blocked(proxy, ctx);
             let (resp, mut outcome) = ctx.direct(
                 &LocalReply::direct(StatusCode::BAD_GATEWAY),
-                Some("block_all".into()),
+                Some(BLOCK_ALL_ROUTE.clone()),
             );
             outcome.service = Some(proxy.blackhole_labels.clone());
             (resp, outcome)
@@ -316,7 +324,7 @@ async fn route_and_forward(
         HttpDecision::Passthrough => {
             let passthrough = Forward {
                 cluster: None,
-                route_name: Some("allow_any".into()),
+                route_name: Some(ALLOW_ANY_ROUTE.clone()),
                 operation: None,
                 timeout: None,
                 retry: sluice_model::route::RetryPolicy::default(),
@@ -359,7 +367,7 @@ async fn route_and_forward(
                     let location = redirect_location(
                         rd,
                         &scheme,
-                        &ctx.authority,
+                        ctx.authority(),
                         ctx.port,
                         &path_and_query,
                         matched,
@@ -409,7 +417,7 @@ async fn route_and_forward(
 fn count_blocked(proxy: &Proxy, ctx: &RequestCtx<'_>) {
     let host = match &ctx.uri_target {
         Some((h, _)) => h.as_str(),
-        None => sluice_model::host::strip_port(&ctx.authority),
+        None => sluice_model::host::strip_port(ctx.authority()),
     };
     proxy.metrics.record_blocked(
         &proxy.workload.workload,
@@ -430,10 +438,10 @@ fn gateway_local_reply(
     path_and_query: &str,
 ) -> Option<(Response<ProxyBody>, Outcome)> {
     if let Some(server) = &gw.tls_server {
-        if parts.version == http::Version::HTTP_2 && edge::is_misdirected(server, &ctx.authority) {
+        if parts.version == http::Version::HTTP_2 && edge::is_misdirected(server, ctx.authority()) {
             tracing::debug!(
                 "misdirected request for {} on a connection for {} (port {})",
-                ctx.authority,
+                ctx.authority(),
                 server.source,
                 gw.port
             );
@@ -441,11 +449,11 @@ fn gateway_local_reply(
         }
         return None;
     }
-    if !snap.gateway_https_redirect(gw.port, &ctx.authority) {
+    if !snap.gateway_https_redirect(gw.port, ctx.authority()) {
         return None;
     }
     let mut reply = LocalReply::direct(StatusCode::MOVED_PERMANENTLY);
-    let location = edge::https_redirect_location(&ctx.authority, path_and_query);
+    let location = edge::https_redirect_location(ctx.authority(), path_and_query);
     if let Ok(v) = HeaderValue::from_str(&location) {
         reply.extra_headers.push((header::LOCATION, v));
     }
@@ -573,7 +581,7 @@ async fn endpoint_addr(
         None if ctx.gateway.is_some() => {
             let cluster = runtime.ok_or(ProxyError::NoHealthyUpstream)?.cluster();
             let port = cluster.original_destination_port(ProxyKind::Gateway);
-            let host = sluice_model::host::strip_port(&ctx.authority);
+            let host = sluice_model::host::strip_port(ctx.authority());
             if host.is_empty() {
                 return Err(ProxyError::NoHealthyUpstream);
             }
@@ -658,10 +666,10 @@ async fn forward(
     body: CountingBody,
     fwd: Forward<'_>,
 ) -> (Response<ProxyBody>, Outcome) {
-    let cluster_name: Arc<str> = fwd.cluster.as_ref().map_or_else(
-        || Arc::from(sluice_model::PASSTHROUGH_CLUSTER),
-        |c| c.name.clone(),
-    );
+    let cluster_name: Arc<str> = fwd
+        .cluster
+        .as_ref()
+        .map_or_else(|| PASSTHROUGH_CLUSTER.clone(), |c| c.name.clone());
     let runtime = fwd.cluster.as_ref().map(|c| proxy.cluster_runtime(c));
     let service = match (&fwd.cluster, &runtime) {
         (Some(c), Some(rt)) => rt.service_labels(c),
@@ -729,7 +737,7 @@ async fn forward(
     // SIMPLE/MUTUAL (SNI: the DestinationRule's, else the request's host, Envoy's auto SNI),
     // ISTIO_MUTUAL with the mesh identity, or plaintext.
     let security = match (&fwd.cluster, &runtime) {
-        (Some(c), Some(rt)) => cluster_security(rt, proxy.identity.as_ref(), c, &ctx.authority),
+        (Some(c), Some(rt)) => cluster_security(rt, proxy.identity.as_ref(), c, ctx.authority()),
         _ => UpstreamSecurity::Plain,
     };
     let upstream_principal: Option<Arc<str>> = security.expected_principal().map(Arc::from);
@@ -798,7 +806,7 @@ async fn forward(
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .filter(|a| !a.is_empty())
-            .unwrap_or(&ctx.authority);
+            .unwrap_or(ctx.authority());
         match h2_uri(&security, authority, &upstream_path) {
             Ok(u) if u.authority().is_some() => {
                 headers.remove(header::HOST);
@@ -1052,7 +1060,7 @@ fn spawn_mirror(
     };
     let cluster = cluster.clone();
     let proxy = proxy.clone();
-    let authority = ctx.authority.clone();
+    let authority = ctx.authority().to_string();
     let method = method.clone();
     let path = path.clone();
     let headers = headers.clone();

@@ -85,7 +85,8 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const INBOUND_PASSTHROUGH_CLUSTER_IPV6: &str = "InboundPassthroughClusterIpv6";
 
 /// Istio's inbound HTTP route is always named `default`.
-const ROUTE_NAME: &str = "default";
+static ROUTE_NAME: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("default"));
 
 /// Longest a client may take to complete the mesh mTLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -631,7 +632,7 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let route = || Some(Arc::from(ROUTE_NAME));
+    let route = || Some(ROUTE_NAME.clone());
     let fail = |err: ProxyError| {
         let (resp, outcome) = local_reply(SERVER_ISTIO_ENVOY.clone(), &err, route());
         let mut outcome = outcome.tried(Some(ctx.dst));
