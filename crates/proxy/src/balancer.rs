@@ -25,8 +25,8 @@ use sluice_model::registry::EndpointAddress;
 use sluice_model::{Cluster, Snapshot, UpstreamAddress};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::context::service_labels;
-use crate::telemetry::metrics::ServiceLabels;
+use crate::telemetry::metrics::{service_labels, ServiceLabels};
+use crate::upstream_security::UpstreamSecurity;
 
 /// Largest consistent-hash ring built, whatever the table size asks for (Envoy's maximum).
 const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
@@ -411,7 +411,7 @@ pub struct ClusterRuntime {
     /// Keep-alive HTTP/1.1 connections to this cluster's endpoints: they live and go with it.
     pub http1: crate::upstream_h1::Http1Pools,
     /// The ISTIO_MUTUAL security of the cluster version last seen (see `cluster_security`).
-    pub mesh_security: arc_swap::ArcSwapOption<(Arc<Cluster>, crate::upstream::UpstreamSecurity)>,
+    pub mesh_security: arc_swap::ArcSwapOption<(Arc<Cluster>, UpstreamSecurity)>,
 }
 
 impl ClusterRuntime {

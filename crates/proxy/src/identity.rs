@@ -43,8 +43,10 @@ use rustls::{
     RootCertStore, ServerConfig, SignatureScheme,
 };
 
-use crate::tls_server::{certified_key, parse_certs, FileStamp, SanMismatch};
-use crate::upstream::TlsSetupError;
+use crate::tls::{
+    apply_server_preferences, certified_key, parse_certs, provider, FileStamp, SanMismatch,
+    TlsSetupError,
+};
 
 /// The mesh root certificate (trust bundle; may hold several roots during a root rotation).
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
@@ -164,7 +166,7 @@ impl Identity {
     /// key). Call [`Identity::spawn_rotation`] to keep it current.
     pub fn load(opts: &IdentityOptions) -> Result<Arc<Identity>, IdentityError> {
         let spiffe_id = spiffe_id_for(&opts.trust_domain, &opts.namespace, &opts.service_account);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = provider();
         let root_path = opts.mesh_ca.join(ROOT_CERT_FILE);
         let key_path = opts.mesh_ca.join(ROOT_KEY_FILE);
         let mut watch = WatchState {
@@ -358,7 +360,7 @@ impl Identity {
                 .expect("the ring provider supports TLS 1.2 and 1.3")
                 .with_client_cert_verifier(verifier)
                 .with_cert_resolver(self.cert.clone());
-            crate::tls_server::apply_server_preferences(&mut config);
+            apply_server_preferences(&mut config);
             config.alpn_protocols = alpn.clone();
             config
         })

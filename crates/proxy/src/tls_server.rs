@@ -10,28 +10,23 @@
 //! does with a bad update, an unusable new certificate or CA keeps the last good one.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{ring, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
-    ServerConfig, SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
-};
-use sluice_model::gateway::{Credential, GatewayServer, ServerTls, ServerTlsMode, TlsVersion};
+use rustls::ServerConfig;
+use sluice_model::gateway::{Credential, GatewayServer, ServerTls, ServerTlsMode};
 use sluice_model::registry::Protocol;
 
-use crate::upstream::TlsSetupError;
+use crate::tls::{
+    apply_server_preferences, certified_key, client_verifier, protocol_versions, provider_for,
+    read_pem, FileStamp, TlsSetupError, ISTIO_ALPN,
+};
 
 /// How often certificate files are checked for changes (on the handshake path).
 const FILE_CHECK_INTERVAL_MS: u64 = 1000;
@@ -167,23 +162,6 @@ struct Failure {
     retry_at_ms: u64,
     /// What the server served before the failed update, and still serves.
     last_good: Option<Arc<Entry>>,
-}
-
-/// What every TLS server of sluice does beyond its settings:
-/// - the server's cipher-suite order wins over the client's for TLS 1.2 (as Envoy, which lists
-///   ECDHE-ECDSA/RSA with AES-GCM and ChaCha20 first): a client cannot steer the handshake to the
-///   weakest suite both allow. TLS 1.3 suites are all AEAD.
-/// - resumption: stateless tickets (TLS 1.2 tickets and TLS 1.3 PSK tickets, from rustls's
-///   rotating ticketer, a new key every 6 hours) plus rustls's in-memory session-ID cache for
-///   clients that do not take tickets. Like Envoy, tickets are per process: a restarted or another
-///   replica falls back to a full handshake.
-pub(crate) fn apply_server_preferences(config: &mut ServerConfig) {
-    config.ignore_client_order = true;
-    match ring::Ticketer::new() {
-        Ok(ticketer) => config.ticketer = ticketer,
-        // Only fails without a working random source; resumption by session ID still works.
-        Err(e) => tracing::warn!("TLS session tickets unavailable: {e}"),
-    }
 }
 
 /// A missing credential or a mode that does not terminate is a decision, not a broken update.
@@ -516,29 +494,6 @@ struct Stamps {
     ca: Option<FileStamp>,
 }
 
-/// What tells a file changed: a new modification time or size, or (Kubernetes mounts, `mv`)
-/// a new inode behind the same name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    dev: u64,
-    ino: u64,
-}
-
-impl FileStamp {
-    /// `None` when the file cannot be stat'ed (a change too, once it reappears).
-    pub(crate) fn of(path: &Path) -> Option<FileStamp> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            modified: meta.modified().ok(),
-            len: meta.len(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    }
-}
-
 /// Milliseconds since the first call: a cheap monotonic clock for the atomics above.
 fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -557,260 +512,6 @@ fn mode_name(mode: ServerTlsMode) -> &'static str {
     }
 }
 
-fn version_name(v: TlsVersion) -> &'static str {
-    match v {
-        TlsVersion::Tls10 => "TLSV1_0",
-        TlsVersion::Tls11 => "TLSV1_1",
-        TlsVersion::Tls12 => "TLSV1_2",
-        TlsVersion::Tls13 => "TLSV1_3",
-    }
-}
-
-/// `minProtocolVersion` / `maxProtocolVersion` as rustls versions. rustls has TLS 1.2 and 1.3
-/// only, so a minimum of 1.0 or 1.1 means 1.2; the default minimum is 1.2, as in Istio.
-fn protocol_versions(tls: &ServerTls) -> Result<Vec<&'static SupportedProtocolVersion>, String> {
-    let min = tls
-        .min_version
-        .unwrap_or(TlsVersion::Tls12)
-        .max(TlsVersion::Tls12);
-    let max = tls.max_version.unwrap_or(TlsVersion::Tls13);
-    if max < TlsVersion::Tls12 {
-        return Err(format!(
-            "maxProtocolVersion {} is older than TLSV1_2, the oldest version sluice supports",
-            version_name(max)
-        ));
-    }
-    if min > max {
-        return Err(format!(
-            "minProtocolVersion {} is newer than maxProtocolVersion {}",
-            version_name(min),
-            version_name(max)
-        ));
-    }
-    let mut versions = Vec::with_capacity(2);
-    if max >= TlsVersion::Tls13 {
-        versions.push(&rustls::version::TLS13);
-    }
-    if min <= TlsVersion::Tls12 {
-        versions.push(&rustls::version::TLS12);
-    }
-    Ok(versions)
-}
-
-/// The ring provider limited to `cipherSuites` (all of ring's suites when empty). TLS 1.3
-/// suites are always kept, as in Envoy, whose cipher list only applies to TLS 1.2.
-fn provider_for(cipher_suites: &[String]) -> Result<CryptoProvider, String> {
-    let default = ring::default_provider();
-    if cipher_suites.is_empty() {
-        return Ok(default);
-    }
-    let mut suites: Vec<SupportedCipherSuite> = default
-        .cipher_suites
-        .iter()
-        .copied()
-        .filter(|s| s.version() == &rustls::version::TLS13)
-        .collect();
-    // OpenSSL's `[A|B]` equal-preference groups (as in Envoy's default list) are flattened.
-    let names = cipher_suites
-        .iter()
-        .flat_map(|entry| entry.trim_matches(|c| c == '[' || c == ']').split('|'))
-        .map(str::trim)
-        .filter(|name| !name.is_empty());
-    for name in names {
-        match cipher_suite(name) {
-            CipherName::Suite(suite) => {
-                if !suites.iter().any(|s| s.suite() == suite.suite()) {
-                    suites.push(suite);
-                }
-            }
-            CipherName::Tls13 => {}
-            CipherName::Unsupported => tracing::warn!(
-                "cipher suite {name} is not implemented by rustls (CBC, RSA key exchange or \
-                 PSK); it is ignored"
-            ),
-            CipherName::Unknown => {
-                return Err(format!(
-                    "unknown cipher suite {name:?} in cipherSuites (expected names such as \
-                     ECDHE-RSA-AES128-GCM-SHA256)"
-                ))
-            }
-        }
-    }
-    Ok(CryptoProvider {
-        cipher_suites: suites,
-        ..default
-    })
-}
-
-enum CipherName {
-    Suite(SupportedCipherSuite),
-    /// A TLS 1.3 suite: always enabled anyway.
-    Tls13,
-    /// Known to OpenSSL/Envoy, not implemented by rustls.
-    Unsupported,
-    Unknown,
-}
-
-/// Envoy/OpenSSL cipher names (and the IANA names of the same suites).
-fn cipher_suite(name: &str) -> CipherName {
-    use ring::cipher_suite as cs;
-    let suite = match name {
-        "ECDHE-ECDSA-AES128-GCM-SHA256" | "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => {
-            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-        }
-        "ECDHE-RSA-AES128-GCM-SHA256" | "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => {
-            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
-        }
-        "ECDHE-ECDSA-AES256-GCM-SHA384" | "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => {
-            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-        }
-        "ECDHE-RSA-AES256-GCM-SHA384" | "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => {
-            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
-        }
-        "ECDHE-ECDSA-CHACHA20-POLY1305" | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
-            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-        }
-        "ECDHE-RSA-CHACHA20-POLY1305" | "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => {
-            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-        }
-        "TLS_AES_128_GCM_SHA256" | "TLS_AES_256_GCM_SHA384" | "TLS_CHACHA20_POLY1305_SHA256" => {
-            return CipherName::Tls13
-        }
-        "AES128-SHA"
-        | "AES256-SHA"
-        | "AES128-SHA256"
-        | "AES256-SHA256"
-        | "AES128-GCM-SHA256"
-        | "AES256-GCM-SHA384"
-        | "DES-CBC3-SHA"
-        | "ECDHE-ECDSA-AES128-SHA"
-        | "ECDHE-RSA-AES128-SHA"
-        | "ECDHE-ECDSA-AES256-SHA"
-        | "ECDHE-RSA-AES256-SHA"
-        | "ECDHE-ECDSA-AES128-SHA256"
-        | "ECDHE-RSA-AES128-SHA256"
-        | "ECDHE-ECDSA-AES256-SHA384"
-        | "ECDHE-RSA-AES256-SHA384"
-        | "PSK-AES128-CBC-SHA"
-        | "PSK-AES256-CBC-SHA"
-        | "PSK-CHACHA20-POLY1305"
-        | "ECDHE-PSK-AES128-CBC-SHA"
-        | "ECDHE-PSK-AES256-CBC-SHA"
-        | "ECDHE-PSK-CHACHA20-POLY1305" => return CipherName::Unsupported,
-        _ => return CipherName::Unknown,
-    };
-    CipherName::Suite(suite)
-}
-
-/// Verifies client certificates against the CA bundle; OPTIONAL_MUTUAL also lets clients
-/// without one in; `subjectAltNames` further restricts whose certificates are accepted.
-fn client_verifier(
-    tls: &ServerTls,
-    ca_pem: &[u8],
-    ca_origin: &str,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Arc<dyn ClientCertVerifier>, TlsSetupError> {
-    let mut roots = RootCertStore::empty();
-    for cert in parse_certs(ca_pem, ca_origin)? {
-        roots.add(cert).map_err(|e| TlsSetupError::Invalid {
-            path: ca_origin.to_string(),
-            message: format!("unusable CA certificate: {e}"),
-        })?;
-    }
-    let mut builder =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    if tls.mode == ServerTlsMode::OptionalMutual {
-        builder = builder.allow_unauthenticated();
-    }
-    let verifier = builder.build().map_err(|e| TlsSetupError::Invalid {
-        path: ca_origin.to_string(),
-        message: e.to_string(),
-    })?;
-    if tls.subject_alt_names.is_empty() {
-        return Ok(verifier);
-    }
-    Ok(Arc::new(SanRestricted {
-        inner: verifier,
-        allowed: tls.subject_alt_names.clone(),
-    }))
-}
-
-/// `subjectAltNames`: a verified client certificate must carry one of these as a URI or DNS SAN
-/// (exact match, DNS without regard to case), as Envoy's `match_typed_subject_alt_names`.
-#[derive(Debug)]
-struct SanRestricted {
-    inner: Arc<dyn ClientCertVerifier>,
-    allowed: Vec<String>,
-}
-
-impl ClientCertVerifier for SanRestricted {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let matches = cert
-            .valid_uri_names()
-            .any(|uri| self.allowed.iter().any(|a| a == uri))
-            || cert
-                .valid_dns_names()
-                .any(|dns| self.allowed.iter().any(|a| a.eq_ignore_ascii_case(dns)));
-        if matches {
-            return Ok(verified);
-        }
-        let presented: Vec<&str> = cert
-            .valid_uri_names()
-            .chain(cert.valid_dns_names())
-            .collect();
-        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(SanMismatch(format!(
-                "client certificate names {presented:?} match none of subjectAltNames {:?}",
-                self.allowed
-            )))),
-        )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// The configuration for a gateway server with `tls.mode: ISTIO_MUTUAL`: the gateway's own
 /// mesh certificate, and a client certificate from the mesh root required (Istio's
 /// `requireClientCertificate: true`). ALPN: `h2`/`http/1.1` for servers that serve HTTP, and
@@ -821,117 +522,11 @@ pub fn istio_mutual_config(
 ) -> Arc<ServerConfig> {
     let http = server.protocol == Protocol::Https || server.protocol.is_http();
     let alpn: &[&[u8]] = if http {
-        &[b"h2", b"http/1.1", crate::upstream::ISTIO_ALPN]
+        &[b"h2", b"http/1.1", ISTIO_ALPN]
     } else {
-        &[crate::upstream::ISTIO_ALPN]
+        &[ISTIO_ALPN]
     };
     identity.server_config(alpn, false)
-}
-
-/// A certificate whose SANs are not the expected ones (the message says which).
-#[derive(Debug)]
-pub(crate) struct SanMismatch(pub(crate) String);
-
-impl std::fmt::Display for SanMismatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SanMismatch {}
-
-/// The client certificate's identity for logs (`%DOWNSTREAM_PEER_URI_SAN%`): its first URI SAN,
-/// else its first DNS SAN, else its subject common name. `None` without a client certificate.
-pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<String> {
-    let cert = conn.peer_certificates()?.first()?;
-    let cert = webpki::EndEntityCert::try_from(cert).ok()?;
-    if let Some(uri) = cert.valid_uri_names().next() {
-        return Some(uri.to_string());
-    }
-    if let Some(dns) = cert.valid_dns_names().next() {
-        return Some(dns.to_string());
-    }
-    subject_common_name(cert.subject())
-}
-
-/// The first CN in a DER X.501 Name (the contents of its SEQUENCE: SETs of
-/// SEQUENCE { OID, value }).
-fn subject_common_name(mut name: &[u8]) -> Option<String> {
-    const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
-    while let Some((tag, set, rest)) = der_next(name) {
-        name = rest;
-        if tag != 0x31 {
-            continue;
-        }
-        let mut attributes = set;
-        while let Some((tag, attribute, rest)) = der_next(attributes) {
-            attributes = rest;
-            if tag != 0x30 {
-                continue;
-            }
-            let (oid_tag, oid, value) = der_next(attribute)?;
-            if oid_tag != 0x06 || oid != OID_COMMON_NAME {
-                continue;
-            }
-            let (string_tag, value, _) = der_next(value)?;
-            return match string_tag {
-                // BMPString: UTF-16BE.
-                0x1e => {
-                    let units: Vec<u16> = value
-                        .chunks_exact(2)
-                        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                        .collect();
-                    String::from_utf16(&units).ok()
-                }
-                // UTF8String, PrintableString, IA5String, TeletexString (ASCII in practice).
-                _ => String::from_utf8(value.to_vec()).ok(),
-            };
-        }
-    }
-    None
-}
-
-/// One DER TLV: (tag, contents, rest).
-fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
-/// A certificate chain and its private key, checked to belong together.
-pub(crate) fn certified_key(
-    cert_pem: &[u8],
-    cert_origin: &str,
-    key_pem: &[u8],
-    key_origin: &str,
-    provider: &CryptoProvider,
-) -> Result<CertifiedKey, TlsSetupError> {
-    let chain = parse_certs(cert_pem, cert_origin)?;
-    let key = parse_key(key_pem, key_origin)?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|e| TlsSetupError::Invalid {
-        path: key_origin.to_string(),
-        message: match e {
-            rustls::Error::InconsistentKeys(_) => {
-                format!("the private key does not match the certificate {cert_origin}")
-            }
-            e => format!("unusable private key: {e}"),
-        },
-    })
 }
 
 /// The certificate and key of `serverCertificate` / `privateKey` files.
@@ -963,138 +558,4 @@ fn secret_certified_key(
         &format!("Secret {name} private key"),
         provider,
     )
-}
-
-/// Reads a PEM file; `what` names the setting it comes from, for the error.
-pub(crate) fn read_pem(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsSetupError> {
-    std::fs::read(path).map_err(|source| TlsSetupError::Read {
-        what,
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// Every `CERTIFICATE` block of a PEM bundle (other blocks are skipped); at least one.
-pub(crate) fn parse_certs(
-    pem: &[u8],
-    origin: &str,
-) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsSetupError::Invalid {
-            path: origin.to_string(),
-            message: format!("malformed PEM: {e}"),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsSetupError::NoCertificate {
-            path: origin.to_string(),
-        });
-    }
-    Ok(certs)
-}
-
-/// The first private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-pub(crate) fn parse_key(pem: &[u8], origin: &str) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsSetupError::Invalid {
-        path: origin.to_string(),
-        message: match e {
-            rustls::pki_types::pem::Error::NoItemsFound => {
-                "no PEM private key found (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)".into()
-            }
-            e => format!("malformed PEM private key: {e}"),
-        },
-    })
-}
-
-/// [`read_pem`] then [`parse_certs`].
-pub(crate) fn read_certs(
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    parse_certs(&read_pem(path, what)?, &path.display().to_string())
-}
-
-/// [`read_pem`] then [`parse_key`].
-pub(crate) fn read_key(
-    path: &Path,
-    what: &'static str,
-) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
-    parse_key(&read_pem(path, what)?, &path.display().to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tls(min: Option<TlsVersion>, max: Option<TlsVersion>) -> ServerTls {
-        ServerTls {
-            mode: ServerTlsMode::Simple,
-            https_redirect: false,
-            credential: Credential::None,
-            min_version: min,
-            max_version: max,
-            cipher_suites: vec![],
-            subject_alt_names: vec![],
-        }
-    }
-
-    #[test]
-    fn versions_follow_istio_defaults_and_rustls_limits() {
-        let v = |min, max| {
-            protocol_versions(&tls(min, max))
-                .map(|v| v.iter().map(|v| v.version).collect::<Vec<_>>())
-        };
-        use rustls::ProtocolVersion::{TLSv1_2, TLSv1_3};
-        assert_eq!(v(None, None).unwrap(), vec![TLSv1_3, TLSv1_2]);
-        assert_eq!(
-            v(Some(TlsVersion::Tls10), None).unwrap(),
-            vec![TLSv1_3, TLSv1_2]
-        );
-        assert_eq!(v(Some(TlsVersion::Tls13), None).unwrap(), vec![TLSv1_3]);
-        assert_eq!(v(None, Some(TlsVersion::Tls12)).unwrap(), vec![TLSv1_2]);
-        assert!(v(None, Some(TlsVersion::Tls11))
-            .unwrap_err()
-            .contains("TLSV1_1"));
-        assert!(v(Some(TlsVersion::Tls13), Some(TlsVersion::Tls12)).is_err());
-    }
-
-    #[test]
-    fn cipher_names_map_to_rustls_suites() {
-        let p = provider_for(&["ECDHE-RSA-AES128-GCM-SHA256".into()]).unwrap();
-        let tls12: Vec<_> = p
-            .cipher_suites
-            .iter()
-            .filter(|s| s.version() == &rustls::version::TLS12)
-            .map(|s| s.suite())
-            .collect();
-        assert_eq!(
-            tls12,
-            vec![rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]
-        );
-        assert_eq!(
-            p.cipher_suites.len(),
-            4,
-            "the three TLS 1.3 suites are always kept"
-        );
-        let grouped = provider_for(&[
-            "[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]".into(),
-            "AES128-SHA".into(),
-        ])
-        .unwrap();
-        assert_eq!(grouped.cipher_suites.len(), 5);
-        let err = provider_for(&["ECDHE-RSA-NOPE".into()]).unwrap_err();
-        assert!(err.contains("ECDHE-RSA-NOPE"), "{err}");
-    }
-
-    #[test]
-    fn der_name_common_name() {
-        // SET { SEQUENCE { OID 2.5.4.10, "o" } }, SET { SEQUENCE { OID 2.5.4.3, UTF8 "cn" } }
-        let name = [
-            0x31, 0x0a, 0x30, 0x08, 0x06, 0x03, 0x55, 0x04, 0x0a, 0x13, 0x01, b'o', 0x31, 0x0b,
-            0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x02, b'c', b'n',
-        ];
-        assert_eq!(subject_common_name(&name).as_deref(), Some("cn"));
-        assert_eq!(subject_common_name(&name[..12]), None);
-        assert_eq!(subject_common_name(&name[..20]), None);
-    }
 }

@@ -23,6 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Metric, Registry};
+use sluice_model::Service;
 
 /// Envoy's default histogram buckets (`histogram_impl.cc` `defaultBuckets()`), which Istio uses for
 /// `istio_request_duration_milliseconds` (ms) and for the byte-size histograms alike.
@@ -190,6 +191,18 @@ impl Default for ServiceLabels {
     fn default() -> Self {
         Self::unknown()
     }
+}
+
+/// `destination_service*` labels for a service: Istio names a ServiceEntry destination by its
+/// host and a Kubernetes service by its short name.
+pub fn service_labels(svc: &Service) -> ServiceLabels {
+    let suffix = format!(".{}.{}", svc.namespace, sluice_model::host::CLUSTER_DOMAIN);
+    let name = svc
+        .hostname
+        .strip_suffix(suffix.as_str())
+        .unwrap_or(&svc.hostname)
+        .to_string();
+    ServiceLabels::new(svc.hostname.clone(), name, svc.namespace.clone())
 }
 
 /// Labels of the HTTP metrics (`istio_requests_total`, `istio_request_*`, `istio_response_bytes`).
