@@ -9,13 +9,16 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use sluice_api::networking::Labels;
 use sluice_model::registry::EndpointAddress;
-use sluice_model::{Cluster, Service, Snapshot, Workload, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+use sluice_model::{Cluster, Snapshot, Workload, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 
 use crate::balancer::{Balancers, ClusterRuntime};
 use crate::resolve::{ResolveError, Resolver};
 use crate::telemetry::accesslog::AccessLogger;
 use crate::telemetry::metrics::{Metrics, PeerLabels, ServiceLabels};
 use crate::upstream::HttpClients;
+
+// The request path names it through this module.
+pub use crate::telemetry::metrics::service_labels;
 
 /// Everything the data path shares: the current snapshot, DNS, upstream pools and telemetry.
 pub struct Proxy {
@@ -159,18 +162,6 @@ impl Proxy {
         }
         labels
     }
-}
-
-/// `destination_service*` labels for a service: Istio names a ServiceEntry destination by its
-/// host and a Kubernetes service by its short name.
-pub fn service_labels(svc: &Service) -> ServiceLabels {
-    let suffix = format!(".{}.{}", svc.namespace, sluice_model::host::CLUSTER_DOMAIN);
-    let name = svc
-        .hostname
-        .strip_suffix(suffix.as_str())
-        .unwrap_or(&svc.hostname)
-        .to_string();
-    ServiceLabels::new(svc.hostname.clone(), name, svc.namespace.clone())
 }
 
 /// `source_*`/`destination_*` labels for a workload the registry knows.

@@ -20,31 +20,31 @@
 //! peer's SPIFFE URI SAN is what is checked (the SNI, `outbound_.80_._.svc.ns.svc.cluster.local`,
 //! is only a routing key and is never matched against the certificate's names).
 
+mod ca;
+mod describe;
+mod files;
+mod verify;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{verify_server_cert_signed_by_trust_anchor, ResolvesClientCert};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme,
-};
+use rustls::{ClientConfig, ServerConfig};
 
-use crate::tls_server::{certified_key, parse_certs, FileStamp, SanMismatch};
-use crate::upstream::TlsSetupError;
+use crate::tls::{apply_server_preferences, certified_key, provider, FileStamp, TlsSetupError};
+
+pub use ca::{create_root, issue_workload_cert, IssuedCert, MeshCa};
+pub use describe::{describe_certs, describe_der, CertSummary};
+use files::{load_pair, load_roots};
+pub use files::{write_root_files, write_workload_files};
+use verify::{CurrentCert, MeshClientVerifier, MeshServerVerifier, Trust, TrustState};
 
 /// The mesh root certificate (trust bundle; may hold several roots during a root rotation).
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
@@ -57,8 +57,6 @@ pub const KEY_FILE: &str = "key.pem";
 
 /// How often the identity files are checked for changes.
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How far back a new certificate's validity starts, for peers whose clocks lag a little.
-const BACKDATE: Duration = Duration::from_secs(60);
 /// Self-issued certificates are renewed once this fraction of their lifetime has passed.
 const RENEW_FRACTION: f64 = 0.5;
 
@@ -164,7 +162,7 @@ impl Identity {
     /// key). Call [`Identity::spawn_rotation`] to keep it current.
     pub fn load(opts: &IdentityOptions) -> Result<Arc<Identity>, IdentityError> {
         let spiffe_id = spiffe_id_for(&opts.trust_domain, &opts.namespace, &opts.service_account);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = provider();
         let root_path = opts.mesh_ca.join(ROOT_CERT_FILE);
         let key_path = opts.mesh_ca.join(ROOT_KEY_FILE);
         let mut watch = WatchState {
@@ -251,24 +249,29 @@ impl Identity {
         }))
     }
 
-    /// Keeps the identity current on a tokio task (call from within a runtime; a second call
-    /// does nothing): re-issues a self-issued certificate at half its lifetime, re-reads the
-    /// identity files and the mesh root when they change (checked every second). The task ends
-    /// when the identity is dropped.
+    /// Keeps the identity current on a thread of its own (a second call does nothing):
+    /// re-issues a self-issued certificate at half its lifetime, re-reads the identity files and
+    /// the mesh root when they change (checked every second). Key generation and file reads
+    /// never run on a data-plane worker. The thread ends when the identity is dropped.
     pub fn spawn_rotation(self: &Arc<Self>) {
         if self.rotating.swap(true, Ordering::SeqCst) {
             return;
         }
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
+        let spawned = std::thread::Builder::new()
+            .name("sluice-identity".into())
+            .spawn(move || loop {
                 let wait = match weak.upgrade() {
                     Some(identity) => identity.refresh(),
                     None => return,
                 };
-                tokio::time::sleep(wait).await;
-            }
-        });
+                std::thread::sleep(wait);
+            });
+        if let Err(e) = spawned {
+            // Without the thread the certificate would expire unnoticed: say so loudly.
+            tracing::error!("cannot start the identity rotation thread: {e}");
+            self.rotating.store(false, Ordering::SeqCst);
+        }
     }
 
     /// `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
@@ -358,7 +361,7 @@ impl Identity {
                 .expect("the ring provider supports TLS 1.2 and 1.3")
                 .with_client_cert_verifier(verifier)
                 .with_cert_resolver(self.cert.clone());
-            crate::tls_server::apply_server_preferences(&mut config);
+            apply_server_preferences(&mut config);
             config.alpn_protocols = alpn.clone();
             config
         })
@@ -504,223 +507,6 @@ pub fn principal_of(spiffe_id: &str) -> &str {
     spiffe_id.strip_prefix("spiffe://").unwrap_or(spiffe_id)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Certificates and verification at handshake time
-
-/// Serves whatever certificate is current, to servers and clients alike.
-#[derive(Debug)]
-struct CurrentCert {
-    current: ArcSwap<CertifiedKey>,
-}
-
-impl ResolvesServerCert for CurrentCert {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
-    }
-}
-
-impl ResolvesClientCert for CurrentCert {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-/// The mesh trust bundle and the client verifiers built from it, swapped together.
-#[derive(Debug)]
-struct Trust {
-    current: ArcSwap<TrustState>,
-}
-
-#[derive(Debug)]
-struct TrustState {
-    roots: Arc<RootCertStore>,
-    client_required: Arc<dyn ClientCertVerifier>,
-    client_optional: Arc<dyn ClientCertVerifier>,
-}
-
-impl TrustState {
-    fn new(
-        roots: RootCertStore,
-        provider: &Arc<CryptoProvider>,
-        origin: &Path,
-    ) -> Result<TrustState, IdentityError> {
-        let roots = Arc::new(roots);
-        let invalid = |e: rustls::server::VerifierBuilderError| IdentityError::Invalid {
-            path: origin.to_path_buf(),
-            message: e.to_string(),
-        };
-        let client_required =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(invalid)?;
-        let client_optional =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(invalid)?;
-        Ok(TrustState {
-            roots,
-            client_required,
-            client_optional,
-        })
-    }
-}
-
-/// Chain to the mesh root (WebPKI semantics: validity, EKU serverAuth, signatures) and, when
-/// expected, a URI SAN among `expected_sans`; no DNS-name check.
-#[derive(Debug)]
-struct MeshServerVerifier {
-    trust: Arc<Trust>,
-    expected_sans: Vec<String>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for MeshServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.trust.current.load().roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        if self.expected_sans.is_empty() {
-            return Ok(ServerCertVerified::assertion());
-        }
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if cert
-            .valid_uri_names()
-            .any(|uri| self.expected_sans.iter().any(|s| s == uri))
-        {
-            return Ok(ServerCertVerified::assertion());
-        }
-        let presented: Vec<&str> = cert.valid_uri_names().collect();
-        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(SanMismatch(format!(
-                "server certificate URI SANs {presented:?} match none of the expected {:?}",
-                self.expected_sans
-            )))),
-        )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// A client certificate from the mesh root (required, or optional), through the current
-/// trust bundle.
-#[derive(Debug)]
-struct MeshClientVerifier {
-    trust: Arc<Trust>,
-    optional: bool,
-}
-
-impl MeshClientVerifier {
-    fn with<R>(&self, f: impl FnOnce(&dyn ClientCertVerifier) -> R) -> R {
-        let state = self.trust.current.load();
-        if self.optional {
-            f(state.client_optional.as_ref())
-        } else {
-            f(state.client_required.as_ref())
-        }
-    }
-}
-
-impl ClientCertVerifier for MeshClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        !self.optional
-    }
-
-    /// No CA names in the CertificateRequest: every mesh client has exactly one certificate,
-    /// and the bundle may change under a config that lives on.
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.with(|v| v.verify_client_cert(end_entity, intermediates, now))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.with(|v| v.verify_tls12_signature(message, cert, dss))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.with(|v| v.verify_tls13_signature(message, cert, dss))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.with(|v| v.supported_verify_schemes())
-    }
-}
-
 /// Configs by what they were built from; read lock-free per connection, written (copy on
 /// write) once per new key. Keys come from configuration, so the map stays small.
 struct ConfigCache<K, V> {
@@ -752,393 +538,4 @@ impl<K: Hash + Eq + Clone, V> ConfigCache<K, V> {
         self.map.store(Arc::new(map));
         value
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Files
-
-fn load_roots(path: &Path) -> Result<RootCertStore, IdentityError> {
-    let pem = read_file(path, "mesh root certificate")?;
-    let mut roots = RootCertStore::empty();
-    for cert in parse_certs(&pem, &path.display().to_string())? {
-        roots.add(cert).map_err(|e| IdentityError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("unusable root certificate: {e}"),
-        })?;
-    }
-    Ok(roots)
-}
-
-fn load_pair(
-    chain_path: &Path,
-    key_path: &Path,
-    provider: &CryptoProvider,
-) -> Result<CertifiedKey, IdentityError> {
-    let chain = read_file(chain_path, "workload certificate")?;
-    let key = read_file(key_path, "workload key")?;
-    Ok(certified_key(
-        &chain,
-        &chain_path.display().to_string(),
-        &key,
-        &key_path.display().to_string(),
-        provider,
-    )?)
-}
-
-fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, IdentityError> {
-    std::fs::read(path).map_err(|source| IdentityError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Writes the mesh root (`root-cert.pem`, `root-key.pem` with mode 0600) into `dir`, creating
-/// it. Existing files are replaced only with `overwrite`.
-pub fn write_root_files(
-    dir: &Path,
-    cert_pem: &str,
-    key_pem: &str,
-    overwrite: bool,
-) -> Result<(), IdentityError> {
-    let cert_path = dir.join(ROOT_CERT_FILE);
-    let key_path = dir.join(ROOT_KEY_FILE);
-    if !overwrite {
-        for path in [&cert_path, &key_path] {
-            if path.exists() {
-                return Err(IdentityError::Exists { path: path.clone() });
-            }
-        }
-    }
-    create_dir(dir)?;
-    write_atomically(&key_path, key_pem.as_bytes(), 0o600)?;
-    write_atomically(&cert_path, cert_pem.as_bytes(), 0o644)
-}
-
-/// Writes a workload identity (`cert-chain.pem`, `key.pem` with mode 0600, `root-cert.pem`)
-/// into `dir`, creating it. Each file is replaced by a rename, the certificate chain last, so
-/// a watching proxy never reads a half-written file (and keeps its last good pair if it reads
-/// the new key with the old certificate).
-pub fn write_workload_files(
-    dir: &Path,
-    cert_pem: &str,
-    key_pem: &str,
-    root_pem: &str,
-) -> Result<(), IdentityError> {
-    create_dir(dir)?;
-    write_atomically(&dir.join(ROOT_CERT_FILE), root_pem.as_bytes(), 0o644)?;
-    write_atomically(&dir.join(KEY_FILE), key_pem.as_bytes(), 0o600)?;
-    write_atomically(&dir.join(CERT_CHAIN_FILE), cert_pem.as_bytes(), 0o644)
-}
-
-fn create_dir(dir: &Path) -> Result<(), IdentityError> {
-    std::fs::create_dir_all(dir).map_err(|source| IdentityError::Write {
-        path: dir.to_path_buf(),
-        source,
-    })
-}
-
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp.{}", std::process::id()));
-    let write_err = |source| IdentityError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let _ = std::fs::remove_file(&tmp);
-    let result = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(write_err(e));
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Issuing
-
-/// A mesh CA that can sign workload certificates: the root certificate and its key.
-pub struct MeshCa {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    root_pem: String,
-}
-
-impl fmt::Debug for MeshCa {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MeshCa").finish_non_exhaustive()
-    }
-}
-
-/// A newly issued workload certificate.
-#[derive(Debug, Clone)]
-pub struct IssuedCert {
-    /// The leaf certificate (the root is the trust anchor, not part of the chain).
-    pub cert_pem: String,
-    /// Its PKCS#8 private key.
-    pub key_pem: String,
-    pub not_after: SystemTime,
-}
-
-impl MeshCa {
-    /// Reads `root-cert.pem` and `root-key.pem` from `dir`.
-    pub fn load(dir: &Path) -> Result<MeshCa, IdentityError> {
-        let cert_path = dir.join(ROOT_CERT_FILE);
-        let key_path = dir.join(ROOT_KEY_FILE);
-        let cert = read_file(&cert_path, "mesh root certificate")?;
-        let key = read_file(&key_path, "mesh root key")?;
-        let cert = String::from_utf8_lossy(&cert);
-        let key = String::from_utf8_lossy(&key);
-        Self::from_pem_parts(&cert, &key).map_err(|(which, message)| IdentityError::Invalid {
-            path: if which == Part::Key {
-                key_path
-            } else {
-                cert_path
-            },
-            message,
-        })
-    }
-
-    /// A CA from PEM text: the root certificate (a bundle is fine: the certificate matching the
-    /// key signs) and its PKCS#8 private key.
-    pub fn from_pem(root_cert_pem: &str, root_key_pem: &str) -> Result<MeshCa, IdentityError> {
-        Self::from_pem_parts(root_cert_pem, root_key_pem).map_err(|(which, message)| {
-            IdentityError::BadInput {
-                what: if which == Part::Key {
-                    "mesh root key"
-                } else {
-                    "mesh root certificate"
-                },
-                message,
-            }
-        })
-    }
-
-    fn from_pem_parts(root_cert_pem: &str, root_key_pem: &str) -> Result<MeshCa, (Part, String)> {
-        let key = rcgen::KeyPair::from_pem(root_key_pem).map_err(|e| {
-            let hint = if root_key_pem.contains("BEGIN RSA PRIVATE KEY")
-                || root_key_pem.contains("BEGIN EC PRIVATE KEY")
-            {
-                " (a PKCS#8 key is needed: openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8)"
-            } else {
-                ""
-            };
-            (Part::Key, format!("unusable private key: {e}{hint}"))
-        })?;
-        let certs = parse_certs(root_cert_pem.as_bytes(), "root")
-            .map_err(|e| (Part::Cert, strip_origin(&e.to_string(), "root")))?;
-        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-        let root = certs
-            .iter()
-            .find(|der| {
-                x509_parser::parse_x509_certificate(der)
-                    .is_ok_and(|(_, cert)| cert.public_key().raw == spki.as_slice())
-            })
-            .ok_or((
-                Part::Key,
-                "this key belongs to none of the root certificates".to_string(),
-            ))?;
-        let issuer = rcgen::Issuer::from_ca_cert_der(root, key)
-            .map_err(|e| (Part::Cert, format!("unusable root certificate: {e}")))?;
-        Ok(MeshCa {
-            issuer,
-            root_pem: root_cert_pem.to_string(),
-        })
-    }
-
-    /// The root certificate(s), PEM, as read.
-    pub fn root_pem(&self) -> &str {
-        &self.root_pem
-    }
-
-    /// A workload certificate for `spiffe_id`: a new EC P-256 key, the SPIFFE ID as the only
-    /// (critical) SAN and an empty subject as Istio issues them, EKU server and client auth,
-    /// valid from a minute ago for `ttl`.
-    pub fn issue(&self, spiffe_id: &str, ttl: Duration) -> Result<IssuedCert, IdentityError> {
-        let fail = |message: String| IdentityError::Issue {
-            subject: spiffe_id.to_string(),
-            message,
-        };
-        if !spiffe_id.starts_with("spiffe://") {
-            return Err(fail("a SPIFFE ID starts with spiffe://".into()));
-        }
-        let uri = rcgen::string::Ia5String::try_from(spiffe_id)
-            .map_err(|e| fail(format!("not an ASCII URI: {e}")))?;
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| fail(e.to_string()))?;
-        let now = SystemTime::now();
-        let not_after = now + ttl;
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
-        params.not_before = (now - BACKDATE).into();
-        params.not_after = not_after.into();
-        params.serial_number = Some(random_serial());
-        params.is_ca = rcgen::IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::DigitalSignature,
-            rcgen::KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|e| fail(e.to_string()))?;
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            not_after,
-        })
-    }
-}
-
-#[derive(PartialEq, Eq)]
-enum Part {
-    Cert,
-    Key,
-}
-
-fn strip_origin(message: &str, origin: &str) -> String {
-    message
-        .strip_prefix(origin)
-        .and_then(|m| m.strip_prefix(": "))
-        .unwrap_or(message)
-        .to_string()
-}
-
-/// A positive 128-bit serial number.
-fn random_serial() -> rcgen::SerialNumber {
-    let mut bytes: [u8; 16] = rand::random();
-    bytes[0] &= 0x7f;
-    bytes[0] |= 0x01;
-    rcgen::SerialNumber::from_slice(&bytes)
-}
-
-/// A new mesh root: a self-signed CA certificate (EC P-256, CN "sluice mesh root", O the trust
-/// domain, valid from a minute ago for `ttl`) and its PKCS#8 key, both PEM.
-pub fn create_root(trust_domain: &str, ttl: Duration) -> Result<(String, String), IdentityError> {
-    let fail = |message: String| IdentityError::Issue {
-        subject: "the mesh root".into(),
-        message,
-    };
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| fail(e.to_string()))?;
-    let now = SystemTime::now();
-    let mut params = rcgen::CertificateParams::default();
-    let mut name = rcgen::DistinguishedName::new();
-    name.push(rcgen::DnType::OrganizationName, trust_domain);
-    name.push(rcgen::DnType::CommonName, "sluice mesh root");
-    params.distinguished_name = name;
-    params.not_before = (now - BACKDATE).into();
-    params.not_after = (now + ttl).into();
-    params.serial_number = Some(random_serial());
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-/// A workload certificate for `spiffe_id` signed by the root: `(cert_pem, key_pem)`.
-pub fn issue_workload_cert(
-    root_cert_pem: &str,
-    root_key_pem: &str,
-    spiffe_id: &str,
-    ttl: Duration,
-) -> Result<(String, String), IdentityError> {
-    let issued = MeshCa::from_pem(root_cert_pem, root_key_pem)?.issue(spiffe_id, ttl)?;
-    Ok((issued.cert_pem, issued.key_pem))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Describing certificates
-
-/// What `sluice ca show` prints about a certificate.
-#[derive(Debug, Clone)]
-pub struct CertSummary {
-    /// RFC 4514-style, e.g. `O=cluster.local, CN=sluice mesh root`; empty for workload certs.
-    pub subject: String,
-    pub issuer: String,
-    /// The first organization (O) of the subject; the trust domain of a `sluice ca` root.
-    pub organization: Option<String>,
-    pub spiffe_id: Option<String>,
-    pub uri_sans: Vec<String>,
-    pub dns_sans: Vec<String>,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
-    pub is_ca: bool,
-    /// Hex, colon-separated.
-    pub serial: String,
-}
-
-/// Every certificate of a PEM bundle, described. Errors say what is wrong (the caller names
-/// the file).
-pub fn describe_certs(pem: &[u8]) -> Result<Vec<CertSummary>, String> {
-    let certs = parse_certs(pem, "").map_err(|e| strip_origin(&e.to_string(), ""))?;
-    certs.iter().map(|der| describe_der(der)).collect()
-}
-
-/// One DER certificate, described.
-pub fn describe_der(der: &[u8]) -> Result<CertSummary, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let mut uri_sans = Vec::new();
-    let mut dns_sans = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                x509_parser::extensions::GeneralName::URI(uri) => uri_sans.push(uri.to_string()),
-                x509_parser::extensions::GeneralName::DNSName(dns) => {
-                    dns_sans.push(dns.to_string())
-                }
-                _ => {}
-            }
-        }
-    }
-    let time = |t: &x509_parser::time::ASN1Time| {
-        let secs = t.timestamp();
-        if secs >= 0 {
-            UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
-        } else {
-            UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-        }
-    };
-    let organization = cert
-        .subject()
-        .iter_organization()
-        .next()
-        .and_then(|o| o.as_str().ok())
-        .map(str::to_string);
-    Ok(CertSummary {
-        subject: cert.subject().to_string(),
-        issuer: cert.issuer().to_string(),
-        organization,
-        spiffe_id: uri_sans
-            .iter()
-            .find(|u| u.starts_with("spiffe://"))
-            .cloned(),
-        uri_sans,
-        dns_sans,
-        not_before: time(&cert.validity().not_before),
-        not_after: time(&cert.validity().not_after),
-        is_ca: cert.is_ca(),
-        serial: cert.raw_serial_as_string(),
-    })
 }

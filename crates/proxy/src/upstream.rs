@@ -2,7 +2,7 @@
 //! settings (SIMPLE/MUTUAL with files, ISTIO_MUTUAL with the proxy's mesh identity), and where
 //! the HTTP/1.1 pools (`upstream_h1`) and HTTP/2 endpoints (`upstream_h2`) are found.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,11 +15,9 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use sluice_model::policy::{PoolLimits, TcpKeepalive};
-use sluice_model::{Cluster, UpstreamTls};
+use sluice_model::Cluster;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -27,13 +25,13 @@ use tokio_rustls::TlsConnector;
 
 use crate::balancer::{ClusterRuntime, ConnectionGuard};
 use crate::identity::Identity;
-use crate::tls_server::{read_certs, read_key};
+use crate::tls::{client_config, ISTIO_ALPN};
 use crate::upstream_h1::{Http1Pool, Http1Pools, PoolSettings};
 use crate::upstream_h2::Http2Endpoint;
 
-/// ALPN a sidecar offers when it originates Istio mutual TLS: the marker a PERMISSIVE inbound
-/// listener looks for to tell mesh mTLS from an application's own TLS.
-pub const ISTIO_ALPN: &[u8] = b"istio";
+// The request path names these through this module.
+pub use crate::tls::TlsSetupError;
+pub use crate::upstream_security::{security_for, UpstreamSecurity};
 
 /// ALPN offered with ISTIO_MUTUAL to clusters spoken to in HTTP/2 (Istio's `ALPNInMeshH2`).
 const MESH_ALPN_H2: &[&[u8]] = &[ISTIO_ALPN, b"h2"];
@@ -67,230 +65,6 @@ pub enum ExchangeError {
     /// The connection failed, or the stream was reset, before a response arrived.
     #[error("request: {0}")]
     Request(hyper::Error),
-}
-
-/// Why TLS origination could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
-    #[error("cannot read {what} {path}: {source}")]
-    Read {
-        what: &'static str,
-        path: String,
-        source: io::Error,
-    },
-    #[error("{path}: no PEM certificate found")]
-    NoCertificate { path: String },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Builds a rustls client configuration for TLS origination.
-pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, TlsSetupError> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsSetupError::Invalid {
-            path: String::new(),
-            message: e.to_string(),
-        })?;
-    let builder = if tls.insecure_skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        match &tls.ca_certificates {
-            Some(path) => {
-                for cert in read_certs(path, "caCertificates")? {
-                    roots.add(cert).map_err(|e| TlsSetupError::Invalid {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                }
-            }
-            None => {
-                // Envoy (and so Istio) trusts the operating system's CAs when none are given.
-                let native = rustls_native_certs::load_native_certs();
-                let (added, _) = roots.add_parsable_certificates(native.certs);
-                if added == 0 {
-                    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-                }
-            }
-        }
-        builder.with_root_certificates(roots)
-    };
-    let mut config = match (&tls.client_certificate, &tls.private_key) {
-        (Some(cert), Some(key)) if tls.mutual => {
-            let chain = read_certs(cert, "clientCertificate")?;
-            let key_der = read_key(key, "privateKey")?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| TlsSetupError::Invalid {
-                    path: cert.display().to_string(),
-                    message: e.to_string(),
-                })?
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// `insecureSkipVerify: true`: accept any server certificate.
-#[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// How a connection to an upstream is secured, chosen per cluster (and request, for SNI).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum UpstreamSecurity {
-    Plain,
-    /// DestinationRule SIMPLE / MUTUAL with this SNI.
-    Tls {
-        settings: Arc<UpstreamTls>,
-        sni: String,
-    },
-    /// ISTIO_MUTUAL with the proxy's mesh certificate: the DestinationRule's `sni`, else Istio's
-    /// (`outbound_.<port>_.<subset>_.<host>`); the peer's expected SPIFFE IDs.
-    IstioMutual {
-        identity: MeshIdentity,
-        sni: Arc<str>,
-        expected_sans: Arc<[String]>,
-    },
-}
-
-/// The proxy's identity as part of a pool key: compared by pointer (one identity per process;
-/// its certificate rotates inside it).
-#[derive(Clone)]
-pub struct MeshIdentity(pub Arc<Identity>);
-
-impl PartialEq for MeshIdentity {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for MeshIdentity {}
-
-impl std::hash::Hash for MeshIdentity {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.0) as usize).hash(state);
-    }
-}
-
-impl std::fmt::Debug for MeshIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0.spiffe_id())
-    }
-}
-
-impl UpstreamSecurity {
-    /// The expected peer principal for metrics (`destination_principal`): the one expected SAN
-    /// of an ISTIO_MUTUAL connection.
-    pub fn expected_principal(&self) -> Option<&str> {
-        match self {
-            UpstreamSecurity::IstioMutual { expected_sans, .. } if expected_sans.len() == 1 => {
-                Some(expected_sans[0].as_str())
-            }
-            _ => None,
-        }
-    }
-}
-
-/// ISTIO_MUTUAL clusters already reported as sent in plaintext (no mesh identity).
-static PLAINTEXT_FALLBACK_LOGGED: Mutex<Option<HashSet<Arc<str>>>> = Mutex::new(None);
-
-/// The security of connections to `cluster`. `authority` is the request's host (Envoy's auto
-/// SNI for SIMPLE without `sni`); TCP/TLS streams pass the service host.
-///
-/// ISTIO_MUTUAL without a mesh identity (no `--mesh-ca`) falls back to plaintext, logged once per
-/// cluster: Istio would fail these connections instead, but a proxy started without an identity
-/// was deliberately run outside the mesh's PKI, and a STRICT server refuses the plaintext anyway.
-pub fn security_for(
-    identity: Option<&Arc<Identity>>,
-    cluster: &Cluster,
-    authority: &str,
-) -> UpstreamSecurity {
-    let Some(tls) = &cluster.tls else {
-        return UpstreamSecurity::Plain;
-    };
-    if tls.istio_mutual {
-        if let Some(identity) = identity {
-            return UpstreamSecurity::IstioMutual {
-                identity: MeshIdentity(identity.clone()),
-                // A DestinationRule `sni` wins (routing through an egress gateway needs it).
-                sni: Arc::from(cluster.upstream_sni(authority).unwrap_or_default()),
-                expected_sans: tls.subject_alt_names.clone().into(),
-            };
-        }
-        let mut logged = PLAINTEXT_FALLBACK_LOGGED
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if logged
-            .get_or_insert_with(HashSet::new)
-            .insert(cluster.name.clone())
-        {
-            tracing::warn!(
-                "{}: ISTIO_MUTUAL requested (DestinationRule or auto mTLS) but this proxy has no \
-                 mesh identity (start it with --mesh-ca); sending plaintext. Istio would fail \
-                 these connections, and a STRICT server will refuse them",
-                cluster.name
-            );
-        }
-        return UpstreamSecurity::Plain;
-    }
-    let sni = cluster
-        .upstream_sni(authority)
-        .unwrap_or_default()
-        .into_owned();
-    UpstreamSecurity::Tls {
-        settings: tls.clone(),
-        sni,
-    }
 }
 
 /// [`security_for`] through `runtime`'s cache: an ISTIO_MUTUAL cluster's security (its SNI

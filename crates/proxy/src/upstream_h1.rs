@@ -29,10 +29,12 @@ use hyper::client::conn::http1;
 use sluice_model::policy::TcpKeepalive;
 
 use crate::balancer::ClusterRuntime;
+use crate::tls::TlsSetupError;
 use crate::upstream::{
-    ConnectionUseHandle, ExchangeError, ProxyBody, TlsSetupError, UpstreamConnInfo,
-    UpstreamConnector, UpstreamSecurity, UpstreamStream,
+    ConnectionUseHandle, ExchangeError, ProxyBody, UpstreamConnInfo, UpstreamConnector,
+    UpstreamStream,
 };
+use crate::upstream_security::UpstreamSecurity;
 
 /// The settings a pool's connections are made and kept with: a cluster's `connectionPool`
 /// (`connectTimeout`, `idleTimeout`, `tcpKeepalive`), or the passthrough defaults.

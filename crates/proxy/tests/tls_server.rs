@@ -16,8 +16,8 @@ use sluice_model::gateway::{
     Credential, GatewayHost, GatewayServer, ServerTls, ServerTlsMode, TlsVersion,
 };
 use sluice_model::Protocol;
-use sluice_proxy::tls_server::{peer_identity, ServerTlsStore};
-use sluice_proxy::upstream::TlsSetupError;
+use sluice_proxy::tls::{peer_identity, TlsSetupError};
+use sluice_proxy::tls_server::ServerTlsStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

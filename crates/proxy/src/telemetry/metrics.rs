@@ -9,21 +9,32 @@
 //! counter families are declared under their sample name (`istio_requests_total`), `le` goes last in
 //! bucket labels and loses a trailing `.0`, and `# EOF` / `# UNIT` lines are dropped.
 
-use std::borrow::Cow;
+mod blocked;
+mod exposition;
+pub mod histogram;
+mod labels;
+
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, LabelSetEncoder};
+use prometheus_client::encoding::EncodeMetric;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Metric, Registry};
 
-use super::histogram::EnvoyHistogram;
+pub use blocked::{BlockedLabels, BlockedProtocol, BLOCKED_OTHER_HOST, BLOCKED_SERIES_LIMIT};
+pub use labels::{
+    service_labels, HttpLabels, PeerLabels, Reporter, RequestProtocol, SecurityPolicy,
+    ServiceLabels, TcpLabels,
+};
+
+use exposition::openmetrics_to_prometheus;
+use histogram::EnvoyHistogram;
+use labels::BuildLabels;
 
 /// Envoy's default histogram buckets (`histogram_impl.cc` `defaultBuckets()`), which Istio uses for
 /// `istio_request_duration_milliseconds` (ms) and for the byte-size histograms alike.
@@ -34,475 +45,6 @@ pub const ENVOY_DEFAULT_BUCKETS: [f64; 19] = [
 
 /// The `Content-Type` of Prometheus text format 0.0.4.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-const UNKNOWN: &str = "unknown";
-
-// === Label values ===
-
-/// Which side of the connection reports the metric (`reporter` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reporter {
-    /// The client side: an outbound sidecar or a gateway.
-    Source,
-    /// The server side: an inbound sidecar.
-    Destination,
-    /// An ambient waypoint.
-    Waypoint,
-}
-
-impl Reporter {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reporter::Source => "source",
-            Reporter::Destination => "destination",
-            Reporter::Waypoint => "waypoint",
-        }
-    }
-}
-
-/// The `request_protocol` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RequestProtocol {
-    /// HTTP/1.x or HTTP/2 (not gRPC).
-    Http,
-    /// gRPC (content-type `application/grpc…`).
-    Grpc,
-    /// Raw TCP or TLS passthrough.
-    Tcp,
-}
-
-impl RequestProtocol {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestProtocol::Http => "http",
-            RequestProtocol::Grpc => "grpc",
-            RequestProtocol::Tcp => "tcp",
-        }
-    }
-}
-
-/// The `connection_security_policy` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SecurityPolicy {
-    /// The server saw a peer certificate and presented its own (mTLS).
-    MutualTls,
-    /// Plaintext (or one-way TLS) at the server.
-    None,
-    /// What the source side reports: it cannot know the server's view.
-    Unknown,
-}
-
-impl SecurityPolicy {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SecurityPolicy::MutualTls => "mutual_tls",
-            SecurityPolicy::None => "none",
-            SecurityPolicy::Unknown => UNKNOWN,
-        }
-    }
-}
-
-/// The identity labels of one workload (source or destination peer). Build one per peer and share it
-/// behind an `Arc`: per-request label sets then cost a few reference-count increments.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PeerLabels {
-    /// `*_workload`, e.g. `productpage-v1`.
-    pub workload: Arc<str>,
-    /// `*_workload_namespace`.
-    pub workload_namespace: Arc<str>,
-    /// `*_principal`, e.g. `spiffe://cluster.local/ns/default/sa/bookinfo-productpage`.
-    pub principal: Arc<str>,
-    /// `*_app` (the `app` label).
-    pub app: Arc<str>,
-    /// `*_version` (the `version` label).
-    pub version: Arc<str>,
-    /// `*_canonical_service`.
-    pub canonical_service: Arc<str>,
-    /// `*_canonical_revision`.
-    pub canonical_revision: Arc<str>,
-    /// `*_cluster`.
-    pub cluster: Arc<str>,
-}
-
-impl PeerLabels {
-    /// Every value `unknown`: what Istio reports for a peer it has no metadata for.
-    pub fn unknown() -> Self {
-        let u: Arc<str> = Arc::from(UNKNOWN);
-        PeerLabels {
-            workload: u.clone(),
-            workload_namespace: u.clone(),
-            principal: u.clone(),
-            app: u.clone(),
-            version: u.clone(),
-            canonical_service: u.clone(),
-            canonical_revision: u.clone(),
-            cluster: u,
-        }
-    }
-}
-
-impl Default for PeerLabels {
-    fn default() -> Self {
-        Self::unknown()
-    }
-}
-
-/// The destination service labels.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ServiceLabels {
-    /// `destination_service`: the FQDN host, e.g. `details.default.svc.cluster.local`.
-    pub service: Arc<str>,
-    /// `destination_service_name`: the short name, or `PassthroughCluster` / `BlackHoleCluster`.
-    pub service_name: Arc<str>,
-    /// `destination_service_namespace`.
-    pub service_namespace: Arc<str>,
-}
-
-impl ServiceLabels {
-    /// Labels for a known service.
-    pub fn new(
-        service: impl Into<Arc<str>>,
-        name: impl Into<Arc<str>>,
-        namespace: impl Into<Arc<str>>,
-    ) -> Self {
-        ServiceLabels {
-            service: service.into(),
-            service_name: name.into(),
-            service_namespace: namespace.into(),
-        }
-    }
-
-    /// All `unknown`.
-    pub fn unknown() -> Self {
-        Self::new(UNKNOWN, UNKNOWN, UNKNOWN)
-    }
-
-    /// Istio's labels for a special cluster (`PassthroughCluster`, `BlackHoleCluster`, …): the cluster
-    /// name as both service and service name, namespace unknown.
-    pub fn special_cluster(name: &str) -> Self {
-        Self::new(name, name, UNKNOWN)
-    }
-}
-
-impl Default for ServiceLabels {
-    fn default() -> Self {
-        Self::unknown()
-    }
-}
-
-/// Labels of the HTTP metrics (`istio_requests_total`, `istio_request_*`, `istio_response_bytes`).
-///
-/// `Hash` covers the small fields and the most selective names only (workloads, their namespaces,
-/// the service); `Eq` compares everything, starting with `Arc` pointers, so equal shared label
-/// parts cost no string comparison.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpLabels {
-    /// `reporter`.
-    pub reporter: Reporter,
-    /// `source_*`.
-    pub source: Arc<PeerLabels>,
-    /// `destination_*` workload labels.
-    pub destination: Arc<PeerLabels>,
-    /// `destination_service*`.
-    pub destination_service: Arc<ServiceLabels>,
-    /// `request_protocol` (`http` or `grpc`).
-    pub request_protocol: RequestProtocol,
-    /// `response_flags`: Envoy short flags, comma-joined; empty means `-`.
-    pub response_flags: Cow<'static, str>,
-    /// `connection_security_policy`.
-    pub connection_security_policy: SecurityPolicy,
-    /// `response_code`; 0 when no response was sent.
-    pub response_code: u16,
-    /// `grpc_response_status`; `None` prints the empty string (non-gRPC).
-    pub grpc_response_status: Option<u32>,
-}
-
-/// Labels of the TCP metrics (`istio_tcp_*`): the HTTP set without `response_code` and
-/// `grpc_response_status`; `request_protocol` is always `tcp`. `Hash` is partial, as for
-/// [`HttpLabels`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TcpLabels {
-    /// `reporter`.
-    pub reporter: Reporter,
-    /// `source_*`.
-    pub source: Arc<PeerLabels>,
-    /// `destination_*` workload labels.
-    pub destination: Arc<PeerLabels>,
-    /// `destination_service*`.
-    pub destination_service: Arc<ServiceLabels>,
-    /// `response_flags`; empty means `-`.
-    pub response_flags: Cow<'static, str>,
-    /// `connection_security_policy`.
-    pub connection_security_policy: SecurityPolicy,
-}
-
-/// Hashes the names that tell label sets apart in practice (workloads, namespaces, service), not all
-/// 19 identity strings: hashing a subset of what `Eq` compares keeps equal sets hashing alike, and
-/// sets that differ only elsewhere (version, cluster, …) merely share a bucket. Label values come
-/// from configuration and the registry, so a fast unkeyed hasher is fine for the series cache.
-fn hash_identity<H: Hasher>(src: &PeerLabels, dst: &PeerLabels, svc: &ServiceLabels, h: &mut H) {
-    src.workload.hash(h);
-    src.workload_namespace.hash(h);
-    dst.workload.hash(h);
-    dst.workload_namespace.hash(h);
-    svc.service.hash(h);
-}
-
-/// The enum labels packed into one word (each fits in two bits).
-fn small_labels(reporter: Reporter, protocol: RequestProtocol, policy: SecurityPolicy) -> u64 {
-    reporter as u64 | (protocol as u64) << 2 | (policy as u64) << 4
-}
-
-impl Hash for HttpLabels {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        let grpc = self.grpc_response_status.map_or(0, |s| u64::from(s) + 1);
-        h.write_u64(
-            small_labels(
-                self.reporter,
-                self.request_protocol,
-                self.connection_security_policy,
-            ) | u64::from(self.response_code) << 8
-                | grpc << 24,
-        );
-        self.response_flags.hash(h);
-        hash_identity(
-            &self.source,
-            &self.destination,
-            &self.destination_service,
-            h,
-        );
-    }
-}
-
-impl Hash for TcpLabels {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(small_labels(
-            self.reporter,
-            RequestProtocol::Tcp,
-            self.connection_security_policy,
-        ));
-        self.response_flags.hash(h);
-        hash_identity(
-            &self.source,
-            &self.destination,
-            &self.destination_service,
-            h,
-        );
-    }
-}
-
-/// Encodes one label with Prometheus escaping (prometheus-client writes values verbatim, and a quote or
-/// backslash in, say, a workload name would otherwise corrupt the whole exposition).
-fn label(enc: &mut LabelSetEncoder<'_>, key: &str, value: &str) -> fmt::Result {
-    let mut l = enc.encode_label();
-    let mut k = l.encode_label_key()?;
-    k.write_str(key)?;
-    let mut v = k.encode_label_value()?;
-    let mut last = 0;
-    for (i, c) in value.char_indices() {
-        let esc = match c {
-            '\\' => "\\\\",
-            '"' => "\\\"",
-            '\n' => "\\n",
-            _ => continue,
-        };
-        v.write_str(&value[last..i])?;
-        v.write_str(esc)?;
-        last = i + 1;
-    }
-    v.write_str(&value[last..])?;
-    v.finish()
-}
-
-/// The 23 labels HTTP and TCP share, borrowed from either label struct.
-struct CommonLabels<'a> {
-    reporter: Reporter,
-    src: &'a PeerLabels,
-    dst: &'a PeerLabels,
-    svc: &'a ServiceLabels,
-    protocol: RequestProtocol,
-    flags: &'a str,
-    policy: SecurityPolicy,
-}
-
-impl CommonLabels<'_> {
-    /// Writes the labels in Istio's order.
-    fn encode(&self, enc: &mut LabelSetEncoder<'_>) -> fmt::Result {
-        let (src, dst, svc) = (self.src, self.dst, self.svc);
-        label(enc, "reporter", self.reporter.as_str())?;
-        label(enc, "source_workload", &src.workload)?;
-        label(enc, "source_workload_namespace", &src.workload_namespace)?;
-        label(enc, "source_principal", &src.principal)?;
-        label(enc, "source_app", &src.app)?;
-        label(enc, "source_version", &src.version)?;
-        label(enc, "source_canonical_service", &src.canonical_service)?;
-        label(enc, "source_canonical_revision", &src.canonical_revision)?;
-        label(enc, "source_cluster", &src.cluster)?;
-        label(enc, "destination_workload", &dst.workload)?;
-        label(
-            enc,
-            "destination_workload_namespace",
-            &dst.workload_namespace,
-        )?;
-        label(enc, "destination_principal", &dst.principal)?;
-        label(enc, "destination_app", &dst.app)?;
-        label(enc, "destination_version", &dst.version)?;
-        label(enc, "destination_service", &svc.service)?;
-        label(enc, "destination_service_name", &svc.service_name)?;
-        label(enc, "destination_service_namespace", &svc.service_namespace)?;
-        label(enc, "destination_canonical_service", &dst.canonical_service)?;
-        label(
-            enc,
-            "destination_canonical_revision",
-            &dst.canonical_revision,
-        )?;
-        label(enc, "destination_cluster", &dst.cluster)?;
-        label(enc, "request_protocol", self.protocol.as_str())?;
-        let flags = if self.flags.is_empty() {
-            "-"
-        } else {
-            self.flags
-        };
-        label(enc, "response_flags", flags)?;
-        label(enc, "connection_security_policy", self.policy.as_str())
-    }
-}
-
-impl EncodeLabelSet for HttpLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> fmt::Result {
-        CommonLabels {
-            reporter: self.reporter,
-            src: &self.source,
-            dst: &self.destination,
-            svc: &self.destination_service,
-            protocol: self.request_protocol,
-            flags: &self.response_flags,
-            policy: self.connection_security_policy,
-        }
-        .encode(encoder)?;
-        let mut code = itoa_u32(u32::from(self.response_code));
-        label(encoder, "response_code", code.as_str())?;
-        match self.grpc_response_status {
-            Some(s) => {
-                code = itoa_u32(s);
-                label(encoder, "grpc_response_status", code.as_str())
-            }
-            None => label(encoder, "grpc_response_status", ""),
-        }
-    }
-}
-
-impl EncodeLabelSet for TcpLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> fmt::Result {
-        CommonLabels {
-            reporter: self.reporter,
-            src: &self.source,
-            dst: &self.destination,
-            svc: &self.destination_service,
-            protocol: RequestProtocol::Tcp,
-            flags: &self.response_flags,
-            policy: self.connection_security_policy,
-        }
-        .encode(encoder)
-    }
-}
-
-/// A small stack string for numeric label values.
-struct NumBuf {
-    buf: [u8; 10],
-    len: usize,
-}
-
-impl NumBuf {
-    fn as_str(&self) -> &str {
-        // Only ASCII digits are ever written.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("0")
-    }
-}
-
-fn itoa_u32(mut n: u32) -> NumBuf {
-    let mut tmp = [0u8; 10];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = tmp.len() - i;
-    let mut buf = [0u8; 10];
-    buf[..len].copy_from_slice(&tmp[i..]);
-    NumBuf { buf, len }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct BuildLabels {
-    tag: Arc<str>,
-}
-
-impl EncodeLabelSet for BuildLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> fmt::Result {
-        label(encoder, "component", "proxy")?;
-        label(encoder, "tag", &self.tag)
-    }
-}
-
-/// The `protocol` label of `sluice_egress_blocked_total`: how the refused call was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BlockedProtocol {
-    /// Plain HTTP (REGISTRY_ONLY `block_all` 502, gateway 404 for a host with no route).
-    Http,
-    /// TLS, named by its SNI (BlackHoleCluster, gateway without a filter chain for the SNI).
-    Tls,
-    /// Any other TCP (BlackHoleCluster), named by destination IP.
-    Tcp,
-}
-
-impl BlockedProtocol {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BlockedProtocol::Http => "http",
-            BlockedProtocol::Tls => "tls",
-            BlockedProtocol::Tcp => "tcp",
-        }
-    }
-}
-
-/// Distinct label sets `sluice_egress_blocked_total` keeps before folding new destinations into
-/// `destination_host="other"`: one series per refused host must not let a client that calls
-/// random names grow the exposition without bound.
-pub const BLOCKED_SERIES_LIMIT: usize = 1000;
-
-/// The folded `destination_host` once [`BLOCKED_SERIES_LIMIT`] is reached.
-pub const BLOCKED_OTHER_HOST: &str = "other";
-
-/// Labels of `sluice_egress_blocked_total`, in this order.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct BlockedLabels {
-    /// This proxy's workload (`source_workload` of Istio's metrics).
-    pub source_workload: Arc<str>,
-    /// The refused host: HTTP Host without port, TLS SNI, or the destination IP.
-    pub destination_host: Arc<str>,
-    /// The destination port the client called.
-    pub port: u16,
-    pub protocol: BlockedProtocol,
-}
-
-impl EncodeLabelSet for BlockedLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> fmt::Result {
-        label(encoder, "source_workload", &self.source_workload)?;
-        label(encoder, "destination_host", &self.destination_host)?;
-        let port = itoa_u32(u32::from(self.port));
-        label(encoder, "port", port.as_str())?;
-        label(encoder, "protocol", self.protocol.as_str())
-    }
-}
 
 // === Metrics ===
 
@@ -535,7 +77,7 @@ struct TcpSeries {
 }
 
 /// Label set → metric handles, so recording costs one lookup with a fast hash instead of a SipHash
-/// lookup over the full label set in each family. Keyed by content (cheap: see [`hash_identity`],
+/// lookup over the full label set in each family. Keyed by content (cheap: see `labels::hash_identity`,
 /// and `Eq` stops at equal `Arc` pointers), so peers built afresh per request still hit, and a
 /// freed label `Arc` whose address is reused cannot select a wrong series. Correct only because the
 /// families never drop a series: a cached handle always is the family's.
@@ -779,45 +321,6 @@ impl Metrics {
         });
     }
 
-    /// Counts one refused outbound call in `sluice_egress_blocked_total`. Once
-    /// [`BLOCKED_SERIES_LIMIT`] label sets exist, a new destination is counted under
-    /// `destination_host="other"` (same source, port and protocol).
-    pub fn record_blocked(
-        &self,
-        source_workload: &Arc<str>,
-        destination_host: &str,
-        port: u16,
-        protocol: BlockedProtocol,
-    ) {
-        let mut labels = BlockedLabels {
-            source_workload: source_workload.clone(),
-            destination_host: Arc::from(if destination_host.is_empty() {
-                "-"
-            } else {
-                destination_host
-            }),
-            port,
-            protocol,
-        };
-        if self.egress_blocked.get(&labels).is_none() {
-            let mut series = self
-                .egress_blocked_series
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if self.egress_blocked.get(&labels).is_none() {
-                if *series >= BLOCKED_SERIES_LIMIT {
-                    labels.destination_host = Arc::from(BLOCKED_OTHER_HOST);
-                    if self.egress_blocked.get(&labels).is_none() {
-                        *series += 1;
-                    }
-                } else {
-                    *series += 1;
-                }
-            }
-        }
-        self.egress_blocked.get_or_create(&labels).inc();
-    }
-
     /// `sluice_config_reloads_total`: increment once per applied snapshot.
     pub fn config_reloads(&self) -> &Counter {
         &self.config_reloads
@@ -860,112 +363,11 @@ impl Metrics {
     }
 }
 
-// === OpenMetrics → Prometheus 0.0.4 ===
-
-/// Rewrites prometheus-client's OpenMetrics text into Prometheus text format 0.0.4 as Envoy serves it.
-fn openmetrics_to_prometheus(src: &str) -> String {
-    let mut out = String::with_capacity(src.len() + 256);
-    let mut pending_help: Option<(&str, &str)> = None;
-    let mut in_histogram = false;
-    for line in src.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            pending_help = Some(rest.split_once(' ').unwrap_or((rest, "")));
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, ty) = rest.split_once(' ').unwrap_or((rest, "unknown"));
-            // 0.0.4 declares a family by its sample name; OpenMetrics by the name without suffix.
-            let (suffix, ty) = match ty {
-                "counter" => ("_total", "counter"),
-                "gauge" => ("", "gauge"),
-                "histogram" => ("", "histogram"),
-                "info" => ("_info", "gauge"),
-                _ => ("", "untyped"),
-            };
-            in_histogram = ty == "histogram";
-            if let Some((help_name, help)) = pending_help.take() {
-                if help_name == name {
-                    let _ = writeln!(out, "# HELP {name}{suffix} {help}");
-                }
-            }
-            let _ = writeln!(out, "# TYPE {name}{suffix} {ty}");
-            continue;
-        }
-        if line.starts_with('#') {
-            // `# EOF`, `# UNIT`: OpenMetrics-only.
-            continue;
-        }
-        if in_histogram {
-            if let Some(rewritten) = move_le_last(line) {
-                out.push_str(&rewritten);
-                out.push('\n');
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
-/// `x_bucket{le="1.0",a="b"} 3` → `x_bucket{a="b",le="1"} 3`. Returns `None` for lines that are not
-/// bucket samples with a leading `le`.
-fn move_le_last(line: &str) -> Option<String> {
-    let open = line.find("_bucket{le=\"")? + "_bucket{".len();
-    let value_start = open + "le=\"".len();
-    let value_len = line[value_start..].find('"')?;
-    let le = &line[value_start..value_start + value_len];
-    let le = le.strip_suffix(".0").unwrap_or(le);
-    let after_le = value_start + value_len + 1;
-    let rest = &line[after_le..];
-    // The remaining labels run to the `}` that is outside any quoted value.
-    let (labels, tail) = if let Some(stripped) = rest.strip_prefix(',') {
-        let end = closing_brace(stripped)?;
-        (&stripped[..end], &stripped[end + 1..])
-    } else {
-        ("", rest.strip_prefix('}')?)
-    };
-    let mut s = String::with_capacity(line.len() + 2);
-    s.push_str(&line[..open]);
-    if !labels.is_empty() {
-        s.push_str(labels);
-        s.push(',');
-    }
-    let _ = write!(s, "le=\"{le}\"}}{tail}");
-    Some(s)
-}
-
-fn closing_brace(s: &str) -> Option<usize> {
-    let mut in_quotes = false;
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if in_quotes => escaped = true,
-            '"' => in_quotes = !in_quotes,
-            '}' if !in_quotes => return Some(i),
-            _ => {}
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::borrow::Cow;
 
-    #[test]
-    fn le_moves_last() {
-        assert_eq!(
-            move_le_last(r#"h_bucket{le="1.0",a="x}\"y",b="z"} 3"#).as_deref(),
-            Some(r#"h_bucket{a="x}\"y",b="z",le="1"} 3"#)
-        );
-        assert_eq!(
-            move_le_last(r#"h_bucket{le="+Inf"} 3"#).as_deref(),
-            Some(r#"h_bucket{le="+Inf"} 3"#)
-        );
-        assert_eq!(move_le_last("h_sum 3.0"), None);
-    }
+    use super::*;
 
     fn peer(workload: &str) -> Arc<PeerLabels> {
         Arc::new(PeerLabels {
@@ -1124,12 +526,5 @@ mod tests {
             lines
         };
         assert_eq!(sorted(&cached), sorted(&plain));
-    }
-
-    #[test]
-    fn itoa() {
-        for n in [0, 7, 200, 65535, u32::MAX] {
-            assert_eq!(itoa_u32(n).as_str(), n.to_string());
-        }
     }
 }

@@ -9,7 +9,6 @@
 //! exposition output happens on scrape, file I/O happens on a dedicated thread.
 
 pub mod accesslog;
-pub mod histogram;
 pub mod metrics;
 
 pub use accesslog::{

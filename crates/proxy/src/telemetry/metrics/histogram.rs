@@ -12,7 +12,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
-use super::metrics::ENVOY_DEFAULT_BUCKETS;
+use super::ENVOY_DEFAULT_BUCKETS;
 
 const BUCKETS: usize = ENVOY_DEFAULT_BUCKETS.len() + 1;
 
