@@ -723,3 +723,21 @@ async fn new_mesh_root_is_trusted_after_the_bundle_changes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Rotation runs on a thread of its own, not on the data plane's workers: it needs no tokio
+/// runtime at all (a task would panic here without one) and keeps going while none exists.
+#[test]
+fn rotation_runs_on_its_own_thread() {
+    let mesh = Mesh::new("cluster.local");
+    let id = mesh.identity("foo", "httpbin", Duration::from_secs(2));
+    let first = leaf_der(&id);
+    id.spawn_rotation();
+    let start = Instant::now();
+    while leaf_der(&id) == first {
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "certificate not rotated without a runtime"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
