@@ -71,7 +71,7 @@ pub fn strip_port(authority: &str) -> &str {
 /// Host patterns (exact, `*suffix`, `*`) → values, answering "which patterns match this name"
 /// in time linear in the name's length, whatever the number of patterns. Comparing every name
 /// with every pattern made compile quadratic: 3,000 services and 3,000 DestinationRules were nine
-/// million comparisons per proxy per edit. Matching is [`matches`]' (ASCII case-insensitive).
+/// million comparisons per proxy per edit. Matching is [`matches()`]' (ASCII case-insensitive).
 #[derive(Debug)]
 pub struct HostMap<T> {
     exact: HashMap<String, Vec<T>>,

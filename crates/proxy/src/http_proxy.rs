@@ -1,7 +1,7 @@
 //! HTTP proxying on the outbound side of a sidecar and on gateway listeners: route each request
 //! with the snapshot it arrived under and carry out the decision (forward with timeouts and
 //! retries, fault, redirect, direct response, block). The request lifecycle around it (access
-//! log, metrics, authorization) is [`crate::http_manager`]'s.
+//! log, metrics, authorization) is `http_manager`'s.
 
 use std::borrow::Cow;
 use std::convert::Infallible;

@@ -8,7 +8,7 @@ pub mod context;
 pub mod detect;
 pub mod downstream;
 pub mod gateway;
-pub mod http_manager;
+pub(crate) mod http_manager;
 pub mod http_proxy;
 pub mod identity;
 pub mod inbound;

@@ -64,7 +64,7 @@ impl ConfigGate {
         }
     }
 
-    /// A gate that refuses traffic until [`ConfigGate::set_open`].
+    /// A gate that refuses traffic until `ConfigGate::set_open`.
     pub fn closed() -> ConfigGate {
         ConfigGate {
             open: AtomicBool::new(false),
@@ -109,7 +109,7 @@ pub struct StoreStatus {
     /// was refused.
     pub files: Vec<FileStatus>,
     /// Errors and warnings of the files as they are on disk now, and of the compiled snapshot
-    /// (at most [`MAX_STATUS_DIAGNOSTICS`]; `diagnostics_omitted` counts the rest).
+    /// (at most `MAX_STATUS_DIAGNOSTICS`; `diagnostics_omitted` counts the rest).
     pub diagnostics: Vec<String>,
     pub diagnostics_omitted: usize,
     pub generation: u64,

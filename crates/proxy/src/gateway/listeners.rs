@@ -47,7 +47,7 @@ impl ListenerStatus {
 
     /// Ready once the listeners have been reconciled with a loaded configuration and every
     /// port it declares is bound. A later configuration change does not make the gateway
-    /// unready while its listeners catch up (within [`FOLLOW_INTERVAL`]).
+    /// unready while its listeners catch up (within `FOLLOW_INTERVAL`).
     pub fn is_ready(&self) -> bool {
         self.generation > 0 && self.failed.is_empty() && self.tls_failed.is_empty()
     }
