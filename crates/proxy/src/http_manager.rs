@@ -30,7 +30,7 @@ use sluice_model::security::{AuthzDecision, AuthzRequest};
 use sluice_model::Snapshot;
 
 use crate::balancer::CallResult;
-use crate::body::{CountingBody, DownstreamBodyError, DownstreamFault, Finish, LoggedBody};
+use crate::body::{CountingBody, DownstreamFault, Finish, LoggedBody};
 use crate::context::Proxy;
 use crate::io::ByteCounter;
 use crate::stream::{rbac_denied_details, DownstreamPeer};
@@ -62,7 +62,7 @@ pub(crate) trait HttpSide: Send + Sync + 'static {
     fn on_request_head(&self, _headers: &mut HeaderMap) {}
 
     /// The downstream connection's fields of the access log line.
-    fn log_downstream(&self, rec: &mut AccessLogRecord, parts: &http::request::Parts);
+    fn log_downstream(&self, rec: &mut AccessLogRecord);
 
     /// Who is asking, for the AuthorizationPolicies; `None` where Envoy has no RBAC filter (the
     /// outbound side of a sidecar).
@@ -95,8 +95,6 @@ pub(crate) struct Call<'a> {
     pub body: CountingBody,
     /// `:authority`, else `Host`.
     pub authority: Option<HeaderValue>,
-    /// Set when reading the request body failed on the client's side.
-    pub body_error: DownstreamBodyError,
 }
 
 /// The peers of a request in the metrics.
@@ -186,7 +184,7 @@ pub(crate) async fn serve<S: HttpSide>(
     if proxy.access_log.is_enabled() {
         rec.set_request(&parts, proxy.access_log.needs_request_headers());
         rec.authority = authority.clone();
-        side.log_downstream(&mut rec, &parts);
+        side.log_downstream(&mut rec);
     }
     let grpc = parts
         .headers
@@ -210,7 +208,6 @@ pub(crate) async fn serve<S: HttpSide>(
                 parts,
                 body,
                 authority,
-                body_error: body_error.clone(),
             };
             side.respond(call).await
         }

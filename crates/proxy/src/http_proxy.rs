@@ -81,7 +81,7 @@ impl HttpSide for Routed {
         }
     }
 
-    fn log_downstream(&self, rec: &mut AccessLogRecord, _parts: &http::request::Parts) {
+    fn log_downstream(&self, rec: &mut AccessLogRecord) {
         let gw = self.gateway.as_deref();
         rec.downstream_remote_address = Some(self.downstream.remote);
         rec.requested_server_name = gw.and_then(|g| g.sni.clone());
@@ -112,9 +112,8 @@ impl HttpSide for Routed {
             parts,
             body,
             authority,
-            body_error,
         } = call;
-        let ctx = RequestCtx::new(self, &parts, authority, body_error);
+        let ctx = RequestCtx::new(self, &parts, authority, body.error());
         let mut delayed = false;
         let (response, mut outcome) =
             route_and_forward(&self.proxy, snap, &ctx, parts, body, &mut delayed).await;

@@ -577,7 +577,7 @@ impl HttpSide for InboundHttp {
         SERVER_ISTIO_ENVOY.clone()
     }
 
-    fn log_downstream(&self, rec: &mut AccessLogRecord, _parts: &http::request::Parts) {
+    fn log_downstream(&self, rec: &mut AccessLogRecord) {
         self.conn.log_downstream(rec);
     }
 

@@ -218,13 +218,7 @@ impl Snapshot {
     pub fn gateway_server(&self, port: u16, sni: Option<&str>) -> Option<&Arc<GatewayServer>> {
         let p = self.gateway_ports.iter().find(|p| p.number == port)?;
         if let Some(sni) = sni.filter(|s| !s.is_empty()) {
-            let sni = sni.to_ascii_lowercase();
-            let best = p
-                .servers
-                .iter()
-                .filter_map(|s| s.best_host_for(&sni).map(|h| (h, s)))
-                .min_by(|a, b| host::specificity(a.0, b.0));
-            if let Some((_, s)) = best {
+            if let Some(s) = p.server_for_host(&sni.to_ascii_lowercase()) {
                 return Some(s);
             }
         }
