@@ -59,6 +59,9 @@ pub fn decode_str(file: &Path, text: &str) -> LoadResult {
             .diagnostics
             .push(file_diagnostic(&file, e.line, e.message)),
     }
+    // The store keeps these for recompiles; a Vec that doubled while decoding would keep up to
+    // twice the resources' size.
+    out.resources.shrink_to_fit();
     out
 }
 
@@ -103,6 +106,7 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadResult {
     for file in &listing.files {
         out.extend(decode_file(file));
     }
+    out.resources.shrink_to_fit();
     out
 }
 

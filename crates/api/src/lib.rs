@@ -14,5 +14,7 @@ pub mod validate;
 pub mod work;
 
 pub use decode::{decode_bytes, decode_file, decode_str, load_paths, LoadResult};
-pub use resource::{Diagnostic, FieldLines, Kind, ObjectMeta, Origin, Resource, Severity, Spec};
+pub use resource::{
+    Diagnostic, FieldLines, Kind, ObjectMeta, Origin, Resource, ResourceFields, Severity, Spec,
+};
 pub use validate::validate;

@@ -252,14 +252,40 @@ pub enum Spec {
     AuthorizationPolicy(AuthorizationPolicy),
 }
 
-/// One decoded and typed resource.
+/// One decoded and typed resource. Cheap to clone: the config store hands every resource it
+/// holds to each compile, and a deep copy of thousands of them per reload cost time and left
+/// the allocator fragmented. Its fields are read through `Deref`; it is never changed once
+/// decoded.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Resource {
+pub struct Resource(Arc<ResourceFields>);
+
+/// What a [`Resource`] holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceFields {
     pub kind: Kind,
     pub api_version: String,
     pub meta: ObjectMeta,
     pub spec: Spec,
     pub origin: Origin,
+}
+
+impl Resource {
+    pub fn new(fields: ResourceFields) -> Resource {
+        Resource(Arc::new(fields))
+    }
+
+    /// The fields to change, copied first if another holder shares them (tests that derive
+    /// one resource from another).
+    pub fn make_mut(&mut self) -> &mut ResourceFields {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl std::ops::Deref for Resource {
+    type Target = ResourceFields;
+    fn deref(&self) -> &ResourceFields {
+        &self.0
+    }
 }
 
 impl Resource {

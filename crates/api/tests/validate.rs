@@ -971,7 +971,7 @@ fn gateway_server_without_hosts_after_decoding() {
         "Gateway",
         "servers:\n- port: {number: 80, name: http, protocol: HTTP}\n  hosts: ['*']\n",
     ));
-    let Spec::Gateway(gw) = &mut r.spec else {
+    let Spec::Gateway(gw) = &mut r.make_mut().spec else {
         panic!()
     };
     gw.servers[0].hosts.clear();

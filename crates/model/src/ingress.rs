@@ -14,7 +14,7 @@ use sluice_api::networking::{
     Destination, Gateway, HttpMatchRequest, HttpRoute, HttpRouteDestination, Labels, PortSelector,
     Server, ServerTlsSettings, ServicePort, StringMatch, VirtualService,
 };
-use sluice_api::{Diagnostic, Kind, ObjectMeta, Resource, Severity, Spec};
+use sluice_api::{Diagnostic, Kind, ObjectMeta, Resource, ResourceFields, Severity, Spec};
 
 use crate::host::CLUSTER_DOMAIN;
 use crate::mesh::{IngressMode, MeshSettings};
@@ -152,7 +152,7 @@ pub fn to_gateway_config(
             http: rules.into_iter().map(|r| r.route).collect(),
             ..VirtualService::default()
         };
-        out.push(Resource {
+        out.push(Resource::new(ResourceFields {
             kind: Kind::VirtualService,
             api_version: "networking.istio.io/v1".into(),
             meta: ObjectMeta {
@@ -164,7 +164,7 @@ pub fn to_gateway_config(
             },
             spec: Spec::VirtualService(vs),
             origin: first.origin.clone(),
-        });
+        }));
     }
     (out, diags)
 }
@@ -236,7 +236,7 @@ fn generated_gateway(
     });
     let mut selector = Labels::new();
     selector.insert("istio".into(), mesh.ingress_selector.clone());
-    Resource {
+    Resource::new(ResourceFields {
         kind: Kind::Gateway,
         api_version: "networking.istio.io/v1".into(),
         meta: ObjectMeta {
@@ -248,7 +248,7 @@ fn generated_gateway(
         },
         spec: Spec::Gateway(Gateway { servers, selector }),
         origin: res.origin.clone(),
-    }
+    })
 }
 
 /// Istio's `createFallbackStringMatch` for `ImplementationSpecific` (or no) `pathType`:

@@ -229,12 +229,16 @@ impl ClusterRef {
     }
 }
 
-/// Header edits (`headers.request` / `headers.response`).
+/// Header edits (`headers.request` / `headers.response`). A rule and each of its destinations
+/// carry two of these and most have none: empty, they take one pointer.
 #[derive(Debug, Clone, Default)]
-pub struct HeaderOps {
-    pub set: Vec<(HeaderName, HeaderValue)>,
-    pub add: Vec<(HeaderName, HeaderValue)>,
-    pub remove: Vec<HeaderName>,
+pub struct HeaderOps(Option<Box<HeaderEdits>>);
+
+#[derive(Debug, Clone, Default)]
+struct HeaderEdits {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
 }
 
 impl HeaderOps {
@@ -254,7 +258,7 @@ impl HeaderOps {
                 })
                 .collect()
         };
-        HeaderOps {
+        let edits = HeaderEdits {
             set: pairs(&ops.set),
             add: pairs(&ops.add),
             remove: ops
@@ -262,23 +266,28 @@ impl HeaderOps {
                 .iter()
                 .filter_map(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok())
                 .collect(),
-        }
+        };
+        let empty = edits.set.is_empty() && edits.add.is_empty() && edits.remove.is_empty();
+        HeaderOps((!empty).then(|| Box::new(edits)))
     }
 
     /// True if there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+        self.0.is_none()
     }
 
     /// Applies the edits: remove, then set (overwrite), then add (append).
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for name in &self.remove {
+        let Some(edits) = &self.0 else {
+            return;
+        };
+        for name in &edits.remove {
             headers.remove(name);
         }
-        for (name, value) in &self.set {
+        for (name, value) in &edits.set {
             headers.insert(name.clone(), value.clone());
         }
-        for (name, value) in &self.add {
+        for (name, value) in &edits.add {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -312,7 +321,9 @@ pub struct Redirect {
 #[derive(Debug, Clone)]
 pub enum RouteAction {
     Forward(Vec<WeightedTarget>),
-    Redirect(Redirect),
+    // Boxed, as are a rule's rewrite and fault: rarely set, and every rule of a snapshot
+    // would otherwise carry their size inline.
+    Redirect(Box<Redirect>),
     DirectResponse { status: u16, body: Arc<[u8]> },
 }
 
@@ -455,11 +466,11 @@ pub struct HttpRouteRule {
     pub action: RouteAction,
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
-    pub fault: Option<Fault>,
+    pub fault: Option<Box<Fault>>,
     pub mirrors: Vec<Mirror>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
-    pub rewrite: Option<Rewrite>,
+    pub rewrite: Option<Box<Rewrite>>,
     pub operation: Operation,
 }
 

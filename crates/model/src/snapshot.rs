@@ -264,7 +264,6 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
     }
     snap.sidecar_scope = sidecar_scope;
     build_clusters(&mut snap, resources);
-    build_default_routes(&mut snap);
     match proxy.kind {
         ProxyKind::Sidecar => build_virtual_services(&mut snap, resources),
         ProxyKind::Gateway => {
@@ -272,6 +271,8 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
             crate::ingress::attribute_diagnostics(resources, &mut snap.diagnostics);
         }
     }
+    // After the virtual hosts: a service whose host has one never uses its default route.
+    build_default_routes(&mut snap);
     build_host_aliases(&mut snap);
     build_workloads(&mut snap, resources);
     build_inbound_ports(&mut snap, resources, &all_services);

@@ -521,7 +521,7 @@ spec:
     let fixed: Vec<Resource> = res
         .into_iter()
         .map(|mut r| {
-            if let sluice_api::Spec::ServiceEntry(se) = &mut r.spec {
+            if let sluice_api::Spec::ServiceEntry(se) = &mut r.make_mut().spec {
                 se.ports[0].number = 80;
             }
             r

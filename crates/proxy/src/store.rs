@@ -49,6 +49,19 @@ const CONFIG_THREAD_STACK: usize = 16 * 1024 * 1024;
 /// file must not turn into gigabytes of log or a `/config_dump` nobody can read.
 const MAX_STATUS_DIAGNOSTICS: usize = 200;
 
+/// What the binary's allocator does with the memory a compile freed; see [`set_after_publish`].
+static AFTER_PUBLISH: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what the config thread runs after each snapshot it publishes. A compile allocates and
+/// frees megabytes on the config thread, which then sleeps until the next change: without a
+/// nudge the allocator keeps those pages (in the thread's cache and as dirty pages awaiting
+/// decay), and a sidecar's resident memory stays at its compile peak. The allocator is the
+/// binary's choice, so the binary says how to give the pages back. Set once; later calls are
+/// ignored.
+pub fn set_after_publish(release: fn()) {
+    let _ = AFTER_PUBLISH.set(release);
+}
+
 /// Whether the data listeners may carry traffic. Closed until the configuration has been
 /// accepted once without a refused policy file; never closed again by a config change.
 #[derive(Debug)]
@@ -308,6 +321,9 @@ impl ConfigStore {
         }
         if changed {
             self.publish();
+            if let Some(release) = AFTER_PUBLISH.get() {
+                release();
+            }
         }
         (changed, pending)
     }
@@ -406,36 +422,48 @@ impl ConfigStore {
 
     /// Every served resource, in creation order, with duplicates across files dropped.
     fn resources(&mut self) -> (Vec<Resource>, Vec<Diagnostic>) {
-        let mut seen: HashMap<(Kind, String, String), String> = HashMap::new();
+        // Resources are shared (`Resource` clones are reference counts), so this costs a vector
+        // and the lookups, not a copy of the config.
+        let mut seen: HashMap<(Kind, &str, &str), &Path> = HashMap::new();
         let mut out = Vec::new();
         let mut diags = Vec::new();
         for (path, file) in &self.files {
             for res in &file.good {
-                let key = (res.kind, res.meta.namespace.clone(), res.meta.name.clone());
+                let key = (
+                    res.kind,
+                    res.meta.namespace.as_str(),
+                    res.meta.name.as_str(),
+                );
                 if let Some(first) = seen.get(&key) {
                     diags.push(Diagnostic::at(
                         res,
                         Severity::Warning,
                         "metadata.name",
                         format!(
-                            "{} {} is also defined in {first}; that definition is used",
+                            "{} {} is also defined in {}; that definition is used",
                             res.kind,
-                            res.key()
+                            res.key(),
+                            first.display()
                         ),
                     ));
                     continue;
                 }
-                seen.insert(key.clone(), path.display().to_string());
-                if !self.first_seen.contains_key(&key) {
-                    self.seen_counter += 1;
-                    self.first_seen.insert(key, self.seen_counter);
-                }
-                out.push(res.clone());
+                seen.insert(key, path);
+                let owned_key = || (res.kind, res.meta.namespace.clone(), res.meta.name.clone());
+                let seen_order = match self.first_seen.get(&owned_key()) {
+                    Some(order) => *order,
+                    None => {
+                        self.seen_counter += 1;
+                        self.first_seen.insert(owned_key(), self.seen_counter);
+                        self.seen_counter
+                    }
+                };
+                out.push((seen_order, res.clone()));
             }
         }
         // The mesh config only gives way to another valid one.
-        match out.iter().find(|r| is_mesh_config(r)) {
-            Some(mesh) => self.mesh_last_good = Some(mesh.clone()),
+        match out.iter().find(|(_, r)| is_mesh_config(r)) {
+            Some((_, mesh)) => self.mesh_last_good = Some(mesh.clone()),
             None => {
                 if let Some(mesh) = &self.mesh_last_good {
                     let still_there = self.files.contains_key(mesh.origin.file.as_ref());
@@ -446,7 +474,16 @@ impl ConfigStore {
                             "data.mesh",
                             "the mesh config is no longer in this file; its last good version keeps serving (delete the file, or write the ConfigMap with an empty mesh, to return to the defaults)".to_string(),
                         ));
-                        out.push(mesh.clone());
+                        let seen_order = self
+                            .first_seen
+                            .get(&(
+                                mesh.kind,
+                                mesh.meta.namespace.clone(),
+                                mesh.meta.name.clone(),
+                            ))
+                            .copied()
+                            .unwrap_or(0);
+                        out.push((seen_order, mesh.clone()));
                     } else {
                         tracing::info!("mesh config file removed; mesh defaults apply");
                         self.mesh_last_good = None;
@@ -454,19 +491,13 @@ impl ConfigStore {
                 }
             }
         }
-        let first_seen = &self.first_seen;
-        let order = |r: &Resource| {
-            first_seen
-                .get(&(r.kind, r.meta.namespace.clone(), r.meta.name.clone()))
-                .copied()
-        };
-        out.sort_by(|a, b| {
+        out.sort_by(|(a_seen, a), (b_seen, b)| {
             sluice_model::snapshot::creation_order(a, b)
-                .then_with(|| order(a).cmp(&order(b)))
+                .then_with(|| a_seen.cmp(b_seen))
                 .then_with(|| a.meta.name.cmp(&b.meta.name))
                 .then_with(|| a.meta.namespace.cmp(&b.meta.namespace))
         });
-        (out, diags)
+        (out.into_iter().map(|(_, r)| r).collect(), diags)
     }
 
     /// Why traffic must stay refused, while the proxy has not been ready yet.

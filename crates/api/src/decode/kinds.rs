@@ -14,7 +14,9 @@ use crate::mesh::MeshConfig;
 use crate::networking::{
     DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
-use crate::resource::{Diagnostic, FieldLines, Kind, ObjectMeta, Origin, Resource, Severity, Spec};
+use crate::resource::{
+    Diagnostic, FieldLines, Kind, ObjectMeta, Origin, Resource, ResourceFields, Severity, Spec,
+};
 use crate::security::{AuthorizationPolicy, PeerAuthentication};
 
 use super::typed::{from_json, suggest};
@@ -232,7 +234,7 @@ fn decode_object(
     }
 
     let spec = decode_spec(kind, &meta, &mut root, d)?;
-    Some(Resource {
+    Some(Resource::new(ResourceFields {
         kind,
         api_version,
         meta,
@@ -242,7 +244,7 @@ fn decode_object(
             line: d.line,
             positions: Arc::new(FieldLines::from(std::mem::take(&mut d.positions))),
         },
-    })
+    }))
 }
 
 /// `Kind ns/name` from untyped metadata (`Kind` alone when there is no name).
