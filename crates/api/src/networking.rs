@@ -84,9 +84,9 @@ pub struct HttpRoute {
         alias = "direct_response",
         skip_serializing_if = "Option::is_none"
     )]
-    pub direct_response: Option<HttpDirectResponse>,
+    pub direct_response: Option<Box<HttpDirectResponse>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delegate: Option<Delegate>,
+    pub delegate: Option<Box<Delegate>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Box<HttpRewrite>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,7 +117,7 @@ pub struct HttpRoute {
         alias = "cors_policy",
         skip_serializing_if = "Option::is_none"
     )]
-    pub cors_policy: Option<serde_json::Value>,
+    pub cors_policy: Option<Box<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Box<Headers>>,
     /// Pre-1.0 forms (`appendHeaders`, `removeResponseHeaders`, …) are not accepted; see validation.
@@ -129,7 +129,8 @@ pub struct HttpRoute {
     pub websocket_upgrade: Option<bool>,
 }
 
-/// `HTTPMatchRequest`: conditions ANDed inside one block; blocks are ORed.
+/// `HTTPMatchRequest`: conditions ANDed inside one block; blocks are ORed. The rarely used string
+/// matches are boxed (an inline `StringMatch` is 72 bytes; `uri` is the common one).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpMatchRequest {
@@ -138,11 +139,11 @@ pub struct HttpMatchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<StringMatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheme: Option<StringMatch>,
+    pub scheme: Option<Box<StringMatch>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<StringMatch>,
+    pub method: Option<Box<StringMatch>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authority: Option<StringMatch>,
+    pub authority: Option<Box<StringMatch>>,
     #[serde(default)]
     pub headers: BTreeMap<String, StringMatch>,
     #[serde(default)]
@@ -205,7 +206,7 @@ pub struct HttpRouteDestination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Headers>,
+    pub headers: Option<Box<Headers>>,
 }
 
 /// `RouteDestination` (TLS and TCP routes).

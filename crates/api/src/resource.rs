@@ -134,73 +134,134 @@ pub struct ObjectMeta {
 pub struct Origin {
     pub file: Arc<Path>,
     pub line: u32,
-    pub positions: Arc<FieldLines>,
+    pub positions: FieldLines,
 }
 
 /// The line of every field path of one resource (`spec.http[0].timeout` → 12). A proxy keeps
-/// these for every resource it serves (a recompile can report any field), so they are packed: all
-/// paths in one string, and one sorted (end offset, line) pair per path, two allocations instead
-/// of a tree node and a string per field.
+/// these for every resource it serves (a recompile can report any field), so they are packed in
+/// one allocation: the paths in sorted order, each stored as front coding does (how many leading
+/// bytes it shares with the previous path, then the rest), with its line; every number a LEB128
+/// varint. Sorted field paths share long prefixes (`spec.http[0].route[0].destination.`), so
+/// this takes about a third of a string of whole paths. Lookups decode from the start: they
+/// happen only when a diagnostic names a field, and a resource has tens of paths.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldLines {
-    /// Every path, concatenated in sorted order.
-    paths: Box<str>,
-    /// Per path, in the same order: where it ends in `paths`, and its line.
-    entries: Box<[(u32, u32)]>,
+    packed: Box<[u8]>,
 }
 
 impl FieldLines {
     /// The line of exactly `path`.
     pub fn get(&self, path: &str) -> Option<u32> {
-        let (mut lo, mut hi) = (0, self.entries.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.path(mid).cmp(path) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(self.entries[mid].1),
+        let mut entries = self.iter();
+        while let Some((p, line)) = entries.next_entry() {
+            if p == path {
+                return Some(line);
             }
         }
         None
     }
 
     /// Every (path, line), sorted by path.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
-        (0..self.entries.len()).map(|i| (self.path(i), self.entries[i].1))
+    pub fn iter(&self) -> FieldLinesIter<'_> {
+        FieldLinesIter {
+            packed: &self.packed,
+            path: String::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        let mut n = 0;
+        let mut it = self.iter();
+        while it.advance().is_some() {
+            n += 1;
+        }
+        n
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.packed.is_empty()
     }
 
     /// Bytes held on the heap.
     pub fn heap_bytes(&self) -> usize {
-        self.paths.len() + std::mem::size_of_val(&*self.entries)
+        self.packed.len()
+    }
+}
+
+/// Decodes [`FieldLines`] in order; each path is rebuilt in the iterator's buffer, so entries are
+/// read one at a time with `next_entry` (a lending iterator).
+pub struct FieldLinesIter<'a> {
+    packed: &'a [u8],
+    path: String,
+}
+
+impl FieldLinesIter<'_> {
+    /// Decodes the next entry into `self.path` and returns its line.
+    fn advance(&mut self) -> Option<u32> {
+        if self.packed.is_empty() {
+            return None;
+        }
+        let shared = self.varint()? as usize;
+        let rest = self.varint()? as usize;
+        let line = self.varint()?;
+        let suffix = self.packed.get(..rest)?;
+        self.packed = &self.packed[rest..];
+        // Written from whole `str`s by `From` below, cut only at char boundaries.
+        self.path.truncate(shared);
+        self.path.push_str(std::str::from_utf8(suffix).ok()?);
+        Some(line)
     }
 
-    /// The `i`th path: from where the previous one ends to where it ends.
-    fn path(&self, i: usize) -> &str {
-        let start = i.checked_sub(1).map_or(0, |p| self.entries[p].0 as usize);
-        &self.paths[start..self.entries[i].0 as usize]
+    fn varint(&mut self) -> Option<u32> {
+        let mut value = 0u32;
+        for (i, byte) in self.packed.iter().enumerate().take(5) {
+            value |= u32::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                self.packed = &self.packed[i + 1..];
+                return Some(value);
+            }
+        }
+        None
     }
+
+    /// The next `(path, line)`; the path lives until the following call.
+    pub fn next_entry(&mut self) -> Option<(&str, u32)> {
+        let line = self.advance()?;
+        Some((&self.path, line))
+    }
+}
+
+fn push_varint(out: &mut Vec<u8>, mut value: u32) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 impl From<BTreeMap<String, u32>> for FieldLines {
     fn from(map: BTreeMap<String, u32>) -> Self {
-        let mut paths = String::with_capacity(map.keys().map(String::len).sum());
-        let mut entries = Vec::with_capacity(map.len());
-        // A BTreeMap iterates in sorted order, which `get`'s binary search relies on.
-        for (path, line) in map {
-            paths.push_str(&path);
-            entries.push((u32::try_from(paths.len()).unwrap_or(u32::MAX), line));
+        let mut packed = Vec::new();
+        let mut previous = "";
+        // A BTreeMap iterates in sorted order, which is what makes neighbours share prefixes.
+        for (path, line) in &map {
+            let mut shared = previous
+                .bytes()
+                .zip(path.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            while !path.is_char_boundary(shared) {
+                shared -= 1;
+            }
+            let rest = &path.as_bytes()[shared..];
+            push_varint(&mut packed, u32::try_from(shared).unwrap_or(u32::MAX));
+            push_varint(&mut packed, u32::try_from(rest.len()).unwrap_or(u32::MAX));
+            push_varint(&mut packed, *line);
+            packed.extend_from_slice(rest);
+            previous = path;
         }
         FieldLines {
-            paths: paths.into_boxed_str(),
-            entries: entries.into_boxed_slice(),
+            packed: packed.into_boxed_slice(),
         }
     }
 }
@@ -263,7 +324,8 @@ pub struct Resource(Arc<ResourceFields>);
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResourceFields {
     pub kind: Kind,
-    pub api_version: String,
+    /// One of [`Kind::api_versions`].
+    pub api_version: &'static str,
     pub meta: ObjectMeta,
     pub spec: Spec,
     pub origin: Origin,
@@ -382,16 +444,36 @@ mod tests {
         assert_eq!(lines.get("spec.htt"), None);
         assert_eq!(lines.get("spec.http[0]"), None);
         assert_eq!(lines.get(""), None);
-        assert!(lines
-            .iter()
-            .map(|(p, _)| p)
-            .eq(map.keys().map(String::as_str)));
+        let mut it = lines.iter();
+        for (path, line) in &map {
+            assert_eq!(it.next_entry(), Some((path.as_str(), *line)));
+        }
+        assert_eq!(it.next_entry(), None);
+        // Front coding shares prefixes: far smaller than the paths themselves.
+        assert!(lines.heap_bytes() < map.keys().map(String::len).sum::<usize>());
         assert!(FieldLines::default().get("spec").is_none());
+
+        // Long paths and large line numbers take multi-byte varints; a shared prefix never
+        // splits a character.
+        let long = format!("spec.{}", "x".repeat(300));
+        let odd: BTreeMap<String, u32> = [
+            (long.clone(), 70_000),
+            (format!("{long}.y"), 128),
+            ("spec.headers.é".to_string(), 5),
+            ("spec.headers.è".to_string(), 6),
+        ]
+        .into_iter()
+        .collect();
+        let packed = FieldLines::from(odd.clone());
+        for (path, line) in &odd {
+            assert_eq!(packed.get(path), Some(*line), "{path}");
+        }
+        assert_eq!(packed.len(), 4);
 
         let origin = Origin {
             file: Arc::from(Path::new("vs.yaml")),
             line: 1,
-            positions: Arc::new(lines),
+            positions: lines,
         };
         assert_eq!(origin.line_of("spec.http[0].timeout"), 9);
         assert_eq!(origin.line_of("spec.http[0].retries.attempts"), 5);

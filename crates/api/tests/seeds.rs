@@ -398,7 +398,7 @@ fn seed_003_ingresses() {
     ] {
         let r = load_clean(name);
         assert_eq!(
-            (r.kind, r.key().as_str(), r.api_version.as_str()),
+            (r.kind, r.key().as_str(), r.api_version),
             (Kind::Ingress, key, "extensions/v1beta1")
         );
         assert_eq!(

@@ -154,7 +154,7 @@ pub fn to_gateway_config(
         };
         out.push(Resource::new(ResourceFields {
             kind: Kind::VirtualService,
-            api_version: "networking.istio.io/v1".into(),
+            api_version: "networking.istio.io/v1",
             meta: ObjectMeta {
                 name,
                 namespace: first.meta.namespace.clone(),
@@ -238,7 +238,7 @@ fn generated_gateway(
     selector.insert("istio".into(), mesh.ingress_selector.clone());
     Resource::new(ResourceFields {
         kind: Kind::Gateway,
-        api_version: "networking.istio.io/v1".into(),
+        api_version: "networking.istio.io/v1",
         meta: ObjectMeta {
             name: name.to_string(),
             namespace: gateway_ns.to_string(),

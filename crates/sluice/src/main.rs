@@ -313,13 +313,19 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[export_name = "_rjem_malloc_conf"]
 pub static MALLOC_CONF: &[u8] = b"background_thread:true\0";
 
-/// Gives back what a config compile freed (see `sluice_proxy::store::set_after_publish`); runs on
-/// the config thread. The thread's cache of freed objects is emptied and switched off: the thread
-/// sleeps until the next change, and whatever its cache held would stay resident until then
-/// (decoding and compiling without it costs a little time, off the data path). Then every arena
-/// returns its unused dirty pages now instead of over the next `dirty_decay_ms`.
-fn release_freed_memory() {
+/// Runs first on the config thread (see `sluice_proxy::store::set_config_thread_start`): the
+/// thread works without jemalloc's cache of freed objects. With the cache, each allocation reuses
+/// the slot a temporary of the parse just freed, so the resources a load keeps are scattered
+/// over pages that stay resident for them; without it jemalloc packs them from the lowest free
+/// address. The thread is off the data path and mostly asleep, so the cache bought little anyway.
+fn config_thread_without_cache() {
     jemalloc_control(b"thread.tcache.enabled\0", Some(false));
+}
+
+/// Gives back what a config compile freed (see `sluice_proxy::store::set_after_publish`); runs on
+/// the config thread: every arena returns its unused dirty pages now instead of over the next
+/// `dirty_decay_ms`.
+fn release_freed_memory() {
     // jemalloc's `MALLCTL_ARENAS_ALL`: the command applies to every arena.
     jemalloc_control(b"arena.4096.purge\0", None);
 }
@@ -353,6 +359,7 @@ fn jemalloc_control(name: &[u8], value: Option<bool>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    sluice_proxy::store::set_config_thread_start(config_thread_without_cache);
     sluice_proxy::store::set_after_publish(release_freed_memory);
     // One-shot commands print their answer on stdout; the config store's progress lines would
     // only be noise there.

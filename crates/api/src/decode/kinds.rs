@@ -200,7 +200,8 @@ fn decode_object(
         );
         return None;
     }
-    if !accepted.contains(&api_version.as_str()) {
+    // The accepted spelling itself: every resource of a kind then shares one static string.
+    let Some(api_version) = accepted.iter().copied().find(|v| *v == api_version) else {
         let list = accepted.join(", ");
         if api_version.is_empty() {
             d.error(
@@ -214,7 +215,7 @@ fn decode_object(
             );
         }
         return None;
-    }
+    };
     let meta = decode_metadata(&mut root, d)?;
     if meta.name.is_empty() {
         d.error("metadata.name", "metadata.name is required");
@@ -242,7 +243,7 @@ fn decode_object(
         origin: Origin {
             file: file.clone(),
             line: d.line,
-            positions: Arc::new(FieldLines::from(std::mem::take(&mut d.positions))),
+            positions: FieldLines::from(std::mem::take(&mut d.positions)),
         },
     }))
 }

@@ -466,10 +466,10 @@ fn actions(r: &mut Report<'_>, h: &HttpRoute, base: &str, in_delegate: bool) {
 
 fn match_request(r: &mut Report<'_>, m: &HttpMatchRequest, base: &str, in_delegate: bool) {
     for (what, sm) in [
-        ("uri", &m.uri),
-        ("scheme", &m.scheme),
-        ("method", &m.method),
-        ("authority", &m.authority),
+        ("uri", m.uri.as_ref()),
+        ("scheme", m.scheme.as_deref()),
+        ("method", m.method.as_deref()),
+        ("authority", m.authority.as_deref()),
     ] {
         if let Some(sm) = sm {
             let path = format!("{base}.{what}");
@@ -823,7 +823,7 @@ fn http_route_destinations(r: &mut Report<'_>, routes: &[HttpRouteDestination], 
     let mut total: i64 = 0;
     for (j, d) in routes.iter().enumerate() {
         let path = format!("{base}.route[{j}]");
-        headers(r, &format!("{path}.headers"), d.headers.as_ref());
+        headers(r, &format!("{path}.headers"), d.headers.as_deref());
         destination(r, &d.destination, &format!("{path}.destination"));
         total += weight(r, d.weight, &path);
     }

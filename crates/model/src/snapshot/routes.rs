@@ -335,9 +335,9 @@ fn compile_match(m: &networking::HttpMatchRequest) -> RequestMatch {
     RequestMatch {
         uri: m.uri.as_ref().and_then(StrMatcher::compile),
         ignore_uri_case: m.ignore_uri_case,
-        scheme: m.scheme.as_ref().and_then(StrMatcher::compile),
-        method: m.method.as_ref().and_then(StrMatcher::compile),
-        authority: m.authority.as_ref().and_then(StrMatcher::compile),
+        scheme: m.scheme.as_deref().and_then(StrMatcher::compile),
+        method: m.method.as_deref().and_then(StrMatcher::compile),
+        authority: m.authority.as_deref().and_then(StrMatcher::compile),
         headers: hdrs(&m.headers),
         without_headers: hdrs(&m.without_headers),
         query_params: m
