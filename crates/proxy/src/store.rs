@@ -23,7 +23,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -279,6 +279,7 @@ impl ConfigStore {
     /// One pass: files modified within `settle` are left for a later pass. Returns whether a
     /// snapshot was published and whether some file was left.
     fn scan(&mut self, settle: Option<Duration>) -> (bool, bool) {
+        SCANS.fetch_add(1, Ordering::Relaxed);
         let listing = list_config_files(std::slice::from_ref(&self.dir));
         let hidden = listing.diagnostics();
         let mut changed = self.generation == 0 || hidden != self.hidden;
@@ -631,7 +632,12 @@ impl ConfigStore {
     fn watch_blocking(mut self, stop: tokio::sync::watch::Receiver<bool>) {
         use notify::Watcher;
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(16);
-        let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Every scan reads the files, and inotify reports those reads (open, access, close):
+            // taken as changes, each scan would set off the next, 20 times a second for good.
+            if event.as_ref().is_ok_and(|e| !may_change_content(&e.kind)) {
+                return;
+            }
             // A full channel already has a rescan queued.
             let _ = tx.try_send(());
         });
@@ -667,9 +673,45 @@ impl ConfigStore {
     }
 }
 
+/// Whether a file-system event may mean that config changed: anything but a read. A file closed
+/// after writing counts (it is how some writers finish).
+fn may_change_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// How many times any store in this process has read its directory (for tests and diagnostics).
+pub fn scans_total() -> u64 {
+    SCANS.load(Ordering::Relaxed)
+}
+
+static SCANS: AtomicU64 = AtomicU64::new(0);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_are_not_changes() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+        assert!(!may_change_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!may_change_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!may_change_content(&EventKind::Access(AccessKind::Read)));
+        assert!(may_change_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(may_change_content(&EventKind::Modify(ModifyKind::Any)));
+        assert!(may_change_content(&EventKind::Create(CreateKind::File)));
+        assert!(may_change_content(&EventKind::Any));
+    }
 
     #[test]
     fn policy_kinds_are_recognised_in_broken_text() {
