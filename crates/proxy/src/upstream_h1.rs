@@ -10,7 +10,7 @@
 //! the end. An idle connection is polled again when it is checked out (a closed one is dropped
 //! there, not used) and by a reaper that closes expired and dead idle connections.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
@@ -106,6 +106,9 @@ impl Http1Pools {
 }
 
 /// One open connection: hyper's request handle and the connection future that does its I/O.
+/// Always boxed: it is ~900 bytes (hyper's connection state and buffers), and a response carries
+/// it in its body through every layer of the request path, so a pointer moves instead of the
+/// connection (the copies were the top user-space cost per request).
 struct Conn {
     sender: http1::SendRequest<ProxyBody>,
     driver: http1::Connection<UpstreamStream, ProxyBody>,
@@ -128,7 +131,7 @@ impl Conn {
 }
 
 struct IdleConn {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -138,7 +141,7 @@ pub struct Http1Pool {
     settings: PoolSettings,
     connector: UpstreamConnector,
     /// Idle connections by endpoint; the most recently used last (reused first).
-    idle: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
+    idle: Mutex<FxHashMap<SocketAddr, Vec<IdleConn>>>,
     /// Wakes a request waiting for a connection slot when a connection comes back instead.
     returned: tokio::sync::Notify,
     reaping: AtomicBool,
@@ -154,7 +157,7 @@ impl Http1Pool {
             security: security.clone(),
             settings: settings.clone(),
             connector,
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(FxHashMap::default()),
             returned: tokio::sync::Notify::new(),
             reaping: AtomicBool::new(false),
         }
@@ -187,7 +190,10 @@ impl Http1Pool {
         loop {
             let (mut conn, reused) = match self.checkout(addr).await {
                 Some(c) => (c, true),
-                None => match self.connect(addr).await? {
+                // Boxed: opening a connection (TCP, maybe TLS) is the largest state this
+                // future would hold, and most requests reuse a connection; inline, every request
+                // would move it (twice) on its way to an `await`.
+                None => match Box::pin(self.connect(addr)).await? {
                     Some(c) => (c, false),
                     // A connection came back while this request waited for a slot.
                     None => continue,
@@ -236,7 +242,7 @@ impl Http1Pool {
     }
 
     /// An idle connection to `addr` that is still open and ready for a request.
-    async fn checkout(&self, addr: SocketAddr) -> Option<Conn> {
+    async fn checkout(&self, addr: SocketAddr) -> Option<Box<Conn>> {
         loop {
             let candidate = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -274,7 +280,7 @@ impl Http1Pool {
     /// A new connection to `addr`, ready for its first request; `None` when, while this waited
     /// for one of the cluster's `maxConnections` slots, a connection was returned to the pool
     /// (the request is pending until one or the other).
-    async fn connect(&self, addr: SocketAddr) -> Result<Option<Conn>, ExchangeError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Option<Box<Conn>>, ExchangeError> {
         let guard = match self.connector.runtime() {
             Some(rt) => {
                 if rt.connection_slots_full() {
@@ -300,12 +306,12 @@ impl Http1Pool {
         let (sender, driver) = http1::handshake(stream).await.map_err(|e| {
             ExchangeError::Connect(io::Error::new(io::ErrorKind::ConnectionAborted, e))
         })?;
-        let mut conn = Conn {
+        let mut conn = Box::new(Conn {
             sender,
             driver,
             info,
             usage,
-        };
+        });
         poll_fn(|cx| {
             if conn.drive(cx) {
                 return Poll::Ready(Err(ExchangeError::Connect(io::Error::new(
@@ -336,7 +342,7 @@ impl Http1Pool {
     }
 
     /// Returns a connection whose exchange has completed.
-    fn put_back(self: &Arc<Self>, conn: Conn) {
+    fn put_back(self: &Arc<Self>, conn: Box<Conn>) {
         let addr = conn.info.remote;
         self.idle
             .lock()
@@ -408,7 +414,7 @@ const REAP_PERIOD: Duration = Duration::from_secs(5);
 /// the last byte returns the connection to the pool, dropping it earlier closes the connection.
 pub struct PoolBody {
     body: Incoming,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     pool: Arc<Http1Pool>,
     /// The connection future has completed: it is not polled again.
     ended: bool,
