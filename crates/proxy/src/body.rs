@@ -134,7 +134,8 @@ impl Body for CountingBody {
 /// What a [`LoggedBody`] records when it ends.
 pub struct Finish {
     pub proxy: Arc<Proxy>,
-    pub rec: AccessLogRecord,
+    /// The access log line's record; `None` when no log is written.
+    pub rec: Option<Box<AccessLogRecord>>,
     pub labels: HttpLabels,
     pub start: Instant,
     pub received: ByteCounter,
@@ -161,17 +162,24 @@ impl LoggedBody {
         let Some(mut f) = self.finish.take() else {
             return;
         };
-        f.rec.bytes_sent = self.sent;
-        f.rec.bytes_received = f.received.get();
-        f.rec.duration = f.start.elapsed();
-        if client_gone && f.rec.response_flags == "-" {
-            f.rec.response_flags = Cow::Borrowed("DC");
+        let received = f.received.get();
+        let duration = f.start.elapsed();
+        let client_left = client_gone && f.labels.response_flags == "-";
+        if client_left {
             f.labels.response_flags = Cow::Borrowed("DC");
         }
         f.proxy
             .metrics
-            .record_http(&f.labels, f.rec.duration, f.rec.bytes_received, self.sent);
-        f.proxy.access_log.log(f.rec);
+            .record_http(&f.labels, duration, received, self.sent);
+        if let Some(mut rec) = f.rec {
+            rec.bytes_sent = self.sent;
+            rec.bytes_received = received;
+            rec.duration = duration;
+            if client_left {
+                rec.response_flags = Cow::Borrowed("DC");
+            }
+            f.proxy.access_log.log(*rec);
+        }
     }
 }
 

@@ -354,3 +354,100 @@ fn sidecars_default_to_two_workers_and_gateways_to_one_per_cpu() {
         cpus
     );
 }
+
+/// A plain HTTP/1.1 upstream on a free loopback port: answers every request `200 hello`,
+/// keep-alive. Returns its port.
+fn hello_upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let reply = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+                        if conn.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn one_worker_serves_traffic_on_the_main_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = hello_upstream();
+    std::fs::write(
+        dir.path().join("one.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: one, namespace: default}}
+spec:
+  hosts: [one.example]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {upstream}}}}}]
+"
+        ),
+    )
+    .unwrap();
+    let (status, proxy) = (free_port(), free_port());
+    let child = Child(
+        Command::new(SLUICE)
+            .args(["sidecar", "--concurrency", "1", "--config"])
+            .arg(dir.path())
+            .args(["--inbound-port", "0"])
+            .args(["--outbound-port", &free_port().to_string()])
+            .args(["--proxy-port", &proxy.to_string()])
+            .args(["--admin-port", &free_port().to_string()])
+            .args(["--status-port", &status.to_string()])
+            .args(["--stats-port", &free_port().to_string()])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sluice"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http(status, "GET", "/healthz/ready", "localhost")
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    {
+        assert!(Instant::now() < deadline, "the sidecar never got ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..20 {
+        let resp = http(
+            proxy,
+            "GET",
+            &format!("http://one.example/{i}"),
+            "one.example",
+        )
+        .expect("the proxy port answers");
+        assert!(resp.starts_with("HTTP/1.1 200"), "request {i}: {resp}");
+        assert!(resp.ends_with("hello"), "request {i}: {resp}");
+    }
+    // One worker is the main thread itself (tokio's current-thread scheduler): no worker pool.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.0.id()))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(
+        !threads.iter().any(|t| t.starts_with("tokio-rt-worker")),
+        "{threads:?}"
+    );
+}
