@@ -9,6 +9,10 @@ mod stream_routes;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+// The maps a request is looked up in (its host, its service's port) hash with FxHash: their keys
+// come from config, and SipHash's flooding resistance buys nothing for lookups.
+use rustc_hash::FxHashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -128,15 +132,15 @@ pub struct Snapshot {
     pub services: Vec<Arc<Service>>,
     /// Every cluster, by name.
     pub clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
-    vhosts_exact: HashMap<Arc<str>, Arc<VirtualHost>>,
+    vhosts_exact: FxHashMap<Arc<str>, Arc<VirtualHost>>,
     /// Wildcard virtual hosts, most specific first.
     vhosts_wildcard: Vec<Arc<VirtualHost>>,
     /// Services by exact host, and wildcard services most specific first (indexes into `services`).
-    services_exact: HashMap<Arc<str>, Vec<usize>>,
+    services_exact: FxHashMap<Arc<str>, Vec<usize>>,
     services_wildcard: Vec<usize>,
-    default_routes: HashMap<(usize, u16), Arc<HttpRouteRule>>,
+    default_routes: FxHashMap<(usize, u16), Arc<HttpRouteRule>>,
     /// Short names and VIPs a Host header may use for a service or virtual host, to its FQDN.
-    host_aliases: HashMap<Arc<str>, Arc<str>>,
+    host_aliases: FxHashMap<Arc<str>, Arc<str>>,
     pub tls_rules: Vec<StreamRule>,
     pub tcp_rules: Vec<StreamRule>,
     /// Problems found while compiling (dropped duplicates, unknown references).

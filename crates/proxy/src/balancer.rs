@@ -15,7 +15,7 @@ mod limits;
 mod outlier;
 mod status;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,7 +40,8 @@ use limits::semaphore;
 
 /// Runtime state of every cluster of the current snapshot, by cluster name.
 pub struct Balancers {
-    clusters: ArcSwap<HashMap<Arc<str>, Arc<ClusterRuntime>>>,
+    /// By cluster name, looked up per request (FxHash: the names come from config).
+    clusters: ArcSwap<FxHashMap<Arc<str>, Arc<ClusterRuntime>>>,
     /// Generation and address of the snapshot last reconciled with, so an unchanged snapshot
     /// costs two atomic loads per request.
     seen_generation: AtomicU64,
@@ -51,7 +52,7 @@ pub struct Balancers {
 impl Default for Balancers {
     fn default() -> Self {
         Balancers {
-            clusters: ArcSwap::from_pointee(HashMap::new()),
+            clusters: ArcSwap::from_pointee(FxHashMap::default()),
             seen_generation: AtomicU64::new(u64::MAX),
             seen_snapshot: AtomicUsize::new(0),
             reconciling: Mutex::new(()),
@@ -77,7 +78,7 @@ impl Balancers {
             return;
         }
         let old = self.clusters.load_full();
-        let mut next = HashMap::with_capacity(snap.clusters.len());
+        let mut next = FxHashMap::with_capacity_and_hasher(snap.clusters.len(), Default::default());
         for (name, cluster) in &snap.clusters {
             let rt = match old.get(name) {
                 Some(rt) => {
