@@ -153,11 +153,16 @@ impl HexBuf {
     }
 
     /// The low `digits` hex digits of `v`, lower case, zero-padded.
+    /// The low `digits` (16 or 32) hex digits of `v`, two per byte: shifting a u128 by a
+    /// different amount for every digit cost more than the rest of the header.
     fn hex(&mut self, v: u128, digits: usize) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        for i in 0..digits {
-            let shift = 4 * (digits - 1 - i);
-            self.bytes[self.len + i] = HEX[((v >> shift) & 0xf) as usize];
+        debug_assert!(matches!(digits, 16 | 32));
+        let bytes = v.to_be_bytes();
+        let out = &mut self.bytes[self.len..self.len + digits];
+        for (pair, b) in out.chunks_exact_mut(2).zip(&bytes[16 - digits / 2..]) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
         }
         self.len += digits;
     }
