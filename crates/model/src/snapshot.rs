@@ -9,12 +9,12 @@ mod stream_routes;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 // The maps a request is looked up in (its host, its service's port) hash with FxHash: their keys
 // come from config, and SipHash's flooding resistance buys nothing for lookups.
 use rustc_hash::FxHashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use sluice_api::networking::{self, Destination, HttpRoute, Labels};
 use sluice_api::{Diagnostic, Resource, Severity, Spec};

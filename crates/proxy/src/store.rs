@@ -49,29 +49,28 @@ const CONFIG_THREAD_STACK: usize = 16 * 1024 * 1024;
 /// file must not turn into gigabytes of log or a `/config_dump` nobody can read.
 const MAX_STATUS_DIAGNOSTICS: usize = 200;
 
-/// What the binary's allocator does with the memory a compile freed; see [`set_after_publish`].
-static AFTER_PUBLISH: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-
-/// Sets what the config thread runs after each snapshot it publishes. A compile allocates and
-/// frees megabytes on the config thread, which then sleeps until the next change: without a
-/// nudge the allocator keeps those pages (in the thread's cache and as dirty pages awaiting
-/// decay), and a sidecar's resident memory stays at its compile peak. The allocator is the
-/// binary's choice, so the binary says how to give the pages back. Set once; later calls are
-/// ignored.
-pub fn set_after_publish(release: fn()) {
-    let _ = AFTER_PUBLISH.set(release);
+/// What the binary's allocator does on the config thread. The allocator is the binary's choice,
+/// so the binary says how the thread should use it; see [`set_allocator_hooks`].
+#[derive(Debug, Clone, Copy)]
+pub struct AllocatorHooks {
+    /// Runs first on the config thread. The binary switches the thread's allocator cache off
+    /// there: a cache hands a freed temporary's slot to the next allocation, so the resources a
+    /// load keeps end up spread over pages that the parse's temporaries filled; without it they
+    /// are packed from the lowest free address (2,003 resources: 2.4 MiB less resident,
+    /// bench/README.md).
+    pub thread_start: fn(),
+    /// Runs after each snapshot the thread publishes. A compile allocates and frees megabytes,
+    /// and the thread then sleeps until the next change: without a nudge the allocator keeps
+    /// those pages as dirty pages awaiting decay, and a sidecar's resident memory stays at its
+    /// compile peak.
+    pub after_publish: fn(),
 }
 
-/// What the binary's allocator does when the config thread starts; see [`set_config_thread_start`].
-static CONFIG_THREAD_START: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+static ALLOCATOR_HOOKS: std::sync::OnceLock<AllocatorHooks> = std::sync::OnceLock::new();
 
-/// Sets what the config thread runs first. The binary switches the thread's allocator cache off
-/// there: a cache hands a freed temporary's slot to the next allocation, so the resources a load
-/// keeps end up spread over pages that the parse's temporaries filled; without it they are packed
-/// from the lowest free address (2,003 resources: 5 MiB less resident, bench/README.md). Set
-/// once; later calls are ignored.
-pub fn set_config_thread_start(start: fn()) {
-    let _ = CONFIG_THREAD_START.set(start);
+/// Sets the config thread's [`AllocatorHooks`]. Set once; later calls are ignored.
+pub fn set_allocator_hooks(hooks: AllocatorHooks) {
+    let _ = ALLOCATOR_HOOKS.set(hooks);
 }
 
 /// Whether the data listeners may carry traffic. Closed until the configuration has been
@@ -334,8 +333,8 @@ impl ConfigStore {
         }
         if changed {
             self.publish();
-            if let Some(release) = AFTER_PUBLISH.get() {
-                release();
+            if let Some(hooks) = ALLOCATOR_HOOKS.get() {
+                (hooks.after_publish)();
             }
         }
         (changed, pending)
@@ -614,8 +613,8 @@ impl ConfigStore {
             .name("sluice-config".into())
             .stack_size(CONFIG_THREAD_STACK)
             .spawn(move || {
-                if let Some(start) = CONFIG_THREAD_START.get() {
-                    start();
+                if let Some(hooks) = ALLOCATOR_HOOKS.get() {
+                    (hooks.thread_start)();
                 }
                 self.rescan();
                 let _ = loaded_tx.send(());

@@ -152,8 +152,7 @@ impl HexBuf {
         self.len += s.len();
     }
 
-    /// The low `digits` hex digits of `v`, lower case, zero-padded.
-    /// The low `digits` (16 or 32) hex digits of `v`, two per byte: shifting a u128 by a
+    /// The low `digits` (16 or 32) hex digits of `v`, lower case, zero-padded, two per byte: shifting a u128 by a
     /// different amount for every digit cost more than the rest of the header.
     fn hex(&mut self, v: u128, digits: usize) {
         const HEX: &[u8; 16] = b"0123456789abcdef";

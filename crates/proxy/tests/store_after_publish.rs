@@ -1,11 +1,11 @@
 //! The config thread hands the allocator its chance to give memory back after every snapshot it
-//! publishes, and only then (`store::set_after_publish`; the sluice binary purges jemalloc's
-//! arenas there). A test binary of its own: the hook is process-wide.
+//! publishes, and only then (`store::AllocatorHooks::after_publish`; the sluice binary purges
+//! jemalloc's arenas there). A test binary of its own: the hook is process-wide.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sluice_model::ProxyIdentity;
-use sluice_proxy::store::{set_after_publish, ConfigStore};
+use sluice_proxy::store::{set_allocator_hooks, AllocatorHooks, ConfigStore};
 
 static RELEASES: AtomicUsize = AtomicUsize::new(0);
 
@@ -24,7 +24,10 @@ spec:
 
 #[test]
 fn memory_is_released_after_each_publish_and_only_then() {
-    set_after_publish(count_release);
+    set_allocator_hooks(AllocatorHooks {
+        thread_start: || {},
+        after_publish: count_release,
+    });
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("se.yaml"), SE).unwrap();
     let mut store = ConfigStore::new(dir.path().to_path_buf(), ProxyIdentity::default());

@@ -321,7 +321,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[export_name = "_rjem_malloc_conf"]
 pub static MALLOC_CONF: &[u8] = b"background_thread:true\0";
 
-/// Runs first on the config thread (see `sluice_proxy::store::set_config_thread_start`): the
+/// Runs first on the config thread (see `sluice_proxy::store::AllocatorHooks`): the
 /// thread works without jemalloc's cache of freed objects. With the cache, each allocation reuses
 /// the slot a temporary of the parse just freed, so the resources a load keeps are scattered
 /// over pages that stay resident for them; without it jemalloc packs them from the lowest free
@@ -330,7 +330,7 @@ fn config_thread_without_cache() {
     jemalloc_control(b"thread.tcache.enabled\0", Some(false));
 }
 
-/// Gives back what a config compile freed (see `sluice_proxy::store::set_after_publish`); runs on
+/// Gives back what a config compile freed (see `sluice_proxy::store::AllocatorHooks`); runs on
 /// the config thread: every arena returns its unused dirty pages now instead of over the next
 /// `dirty_decay_ms`.
 fn release_freed_memory() {
@@ -367,8 +367,10 @@ fn jemalloc_control(name: &[u8], value: Option<bool>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    sluice_proxy::store::set_config_thread_start(config_thread_without_cache);
-    sluice_proxy::store::set_after_publish(release_freed_memory);
+    sluice_proxy::store::set_allocator_hooks(sluice_proxy::store::AllocatorHooks {
+        thread_start: config_thread_without_cache,
+        after_publish: release_freed_memory,
+    });
     // One-shot commands print their answer on stdout; the config store's progress lines would
     // only be noise there.
     let long_running = matches!(

@@ -10,7 +10,7 @@ use super::*;
 /// VirtualServices), and the `tls` / `tcp` rules of the others.
 #[derive(Debug, Default)]
 pub(super) struct GatewayRoutes {
-    pub(super) vhosts_exact: rustc_hash::FxHashMap<Arc<str>, Arc<VirtualHost>>,
+    pub(super) vhosts_exact: FxHashMap<Arc<str>, Arc<VirtualHost>>,
     /// Wildcard virtual hosts, most specific first (`*` last).
     pub(super) vhosts_wildcard: Vec<Arc<VirtualHost>>,
     /// Short VirtualService hosts as written (`httpbin`) → the vhost domain they resolved to:

@@ -9,7 +9,7 @@ use super::*;
 /// proxy's own namespace; and each single-IP address (VIP) of a service.
 pub(super) fn build_host_aliases(snap: &mut Snapshot) {
     let suffix = format!(".{}", host::CLUSTER_DOMAIN);
-    let mut aliases: rustc_hash::FxHashMap<Arc<str>, Arc<str>> = Default::default();
+    let mut aliases: FxHashMap<Arc<str>, Arc<str>> = Default::default();
     let names = snap
         .services
         .iter()
