@@ -5,8 +5,9 @@
 #     system service), curl, openssl, util-linux (setpriv), procps, and for the dashboard test
 #     prometheus (the tests run /usr/bin/prometheus themselves, in a test namespace; the package's
 #     own prometheus.service is not used) and chromium (headless, to load the dashboard page)
-#   - a Python venv with httpbin + gunicorn (scripts/requirements-test.txt) at $SLUICE_TEST_VENV,
-#     default <repo>/.venv
+#   - a Python venv with httpbin + gunicorn and grpcio + grpcio-tools + protobuf + xds-protos (for
+#     the xDS peer, crates/e2e/apps/xds_peer.py) from scripts/requirements-test.txt at
+#     $SLUICE_TEST_VENV, default <repo>/.venv
 #   - cargo-nextest, rustfmt and clippy if the toolchain lacks them
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,14 +56,16 @@ fi
 # --- Python venv with httpbin and gunicorn --------------------------------------------------------
 req="$repo/scripts/requirements-test.txt"
 stamp="$venv/.requirements.sha256"
+venv_imports='import httpbin, gunicorn, grpc, grpc_tools.protoc, google.protobuf.json_format, envoy.service.discovery.v3.ads_pb2_grpc'
 want=$(sha256sum "$req" | cut -d' ' -f1)
 if [ ! -x "$venv/bin/gunicorn" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
-    || ! "$venv/bin/python" -c 'import httpbin, gunicorn' >/dev/null 2>&1; then
+    || ! "$venv/bin/python" -c "$venv_imports" >/dev/null 2>&1; then
     log "creating Python venv at $venv from $req"
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q -r "$req"
-    "$venv/bin/python" -c 'import httpbin, gunicorn' >/dev/null
+    "$venv/bin/pip" check >&2
+    "$venv/bin/python" -c "$venv_imports" >/dev/null
     echo "$want" > "$stamp"
 fi
 

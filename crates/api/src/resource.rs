@@ -355,6 +355,113 @@ impl Resource {
     pub fn key(&self) -> String {
         format!("{}/{}", self.meta.namespace, self.meta.name)
     }
+
+    /// The spec as JSON, in the form the YAML writes it (camelCase fields, enums as names,
+    /// durations as `"5s"`): what the control plane carries to proxies over MCP. Decoding it
+    /// again as this resource's `spec` gives an equal [`Spec`].
+    ///
+    /// Kinds that keep their content beside `spec` give an object of those top-level fields
+    /// instead: ConfigMap `{"data": {…}}`, Secret `{"type": …, "data": {key: base64}}` (`type`
+    /// only when set), Endpoints `{"subsets": […]}`.
+    ///
+    /// Pre-1.0 fields that decoding accepts with a warning but Istio's API no longer has are
+    /// left out, so the JSON is what Istio's own decoder accepts: a destination's `name` (already
+    /// copied to `host` by decoding), a port selector's `name` and an HTTP route's
+    /// `websocketUpgrade` (both ignored). Only for resources written that way does decoding the
+    /// JSON give a `Spec` that differs, in exactly those fields.
+    pub fn spec_json(&self) -> Option<serde_json::Value> {
+        use serde_json::{json, Value};
+        let value = match &self.spec {
+            Spec::VirtualService(vs) => {
+                let mut vs = vs.clone();
+                strip_legacy_virtual_service(&mut vs);
+                serde_json::to_value(vs)
+            }
+            Spec::DestinationRule(dr) => {
+                let mut dr = dr.as_ref().clone();
+                strip_legacy_destination_rule(&mut dr);
+                serde_json::to_value(dr)
+            }
+            Spec::ServiceEntry(s) => serde_json::to_value(s),
+            Spec::Gateway(s) => serde_json::to_value(s),
+            Spec::WorkloadEntry(s) => serde_json::to_value(s),
+            Spec::Sidecar(s) => serde_json::to_value(s),
+            Spec::Service(s) => serde_json::to_value(s),
+            Spec::Ingress(s) => serde_json::to_value(s),
+            Spec::IngressClass(s) => serde_json::to_value(s),
+            Spec::PeerAuthentication(s) => serde_json::to_value(s),
+            Spec::AuthorizationPolicy(s) => serde_json::to_value(s),
+            Spec::Endpoints(subsets) => {
+                serde_json::to_value(subsets).map(|s| json!({ "subsets": s }))
+            }
+            // `mesh` is derived from `data.mesh` when decoding, so `data` is all there is.
+            Spec::ConfigMap { data, .. } => {
+                serde_json::to_value(data).map(|d| json!({ "data": d }))
+            }
+            Spec::Secret { secret_type, data } => {
+                use base64::Engine as _;
+                let encoded: serde_json::Map<String, Value> = data
+                    .iter()
+                    .map(|(k, v)| {
+                        let text = base64::engine::general_purpose::STANDARD.encode(v);
+                        (k.clone(), Value::String(text))
+                    })
+                    .collect();
+                let mut object = serde_json::Map::new();
+                if let Some(t) = secret_type {
+                    object.insert("type".to_string(), Value::String(t.clone()));
+                }
+                object.insert("data".to_string(), Value::Object(encoded));
+                Ok(Value::Object(object))
+            }
+        };
+        value.ok()
+    }
+}
+
+/// Clears the pre-1.0 fields of a VirtualService that Istio's API no longer has (see
+/// [`Resource::spec_json`]).
+fn strip_legacy_virtual_service(vs: &mut VirtualService) {
+    fn destination(d: &mut crate::networking::Destination) {
+        d.name = None;
+        if let Some(port) = d.port.as_mut() {
+            port.name = None;
+        }
+    }
+    for http in &mut vs.http {
+        http.websocket_upgrade = None;
+        http.route
+            .iter_mut()
+            .for_each(|r| destination(&mut r.destination));
+        if let Some(m) = http.mirror.as_mut() {
+            destination(m);
+        }
+        http.mirrors
+            .iter_mut()
+            .for_each(|m| destination(&mut m.destination));
+    }
+    let streams = vs.tls.iter_mut().flat_map(|t| t.route.iter_mut());
+    let streams = streams.chain(vs.tcp.iter_mut().flat_map(|t| t.route.iter_mut()));
+    streams.for_each(|r| destination(&mut r.destination));
+}
+
+/// Clears port selectors' pre-1.0 `name` in a DestinationRule's port-level settings.
+fn strip_legacy_destination_rule(dr: &mut DestinationRule) {
+    let policies = dr.traffic_policy.iter_mut();
+    let policies = policies.chain(
+        dr.subsets
+            .iter_mut()
+            .filter_map(|s| s.traffic_policy.as_mut()),
+    );
+    for policy in policies {
+        for port in policy
+            .port_level_settings
+            .iter_mut()
+            .filter_map(|p| p.port.as_mut())
+        {
+            port.name = None;
+        }
+    }
 }
 
 /// How bad a [`Diagnostic`] is.
@@ -400,6 +507,25 @@ impl Diagnostic {
     /// True for errors (the resource is refused); false for warnings.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
+    }
+
+    /// `Kind ns/name: field: message`, without the file and line: for config that came from a
+    /// control plane, where the file is the sender's (a NACK's `error_detail` carries this).
+    pub fn without_location(&self) -> String {
+        let mut out = String::new();
+        if let Some(r) = &self.resource {
+            out.push_str(r);
+            out.push_str(": ");
+        }
+        if !self.field.is_empty() {
+            out.push_str(&self.field);
+            out.push_str(": ");
+        }
+        if self.severity == Severity::Warning {
+            out.push_str("warning: ");
+        }
+        out.push_str(&self.message);
+        out
     }
 }
 

@@ -395,6 +395,50 @@ impl TestEnv {
         p.stop();
     }
 
+    /// Starts `sluice control --config <the test's config dir>` in the pod as `label`, serving
+    /// xDS on 127.0.0.1:`xds_port` and its monitoring port on `xds_port + 4` (15010 → 15014, as
+    /// istiod), and waits until it is ready. A sidecar started with
+    /// `SidecarOpts::xds("127.0.0.1:15010")` then takes its config from it.
+    pub fn start_control(&mut self, label: &str, xds_port: u16) {
+        let mut cmd = self.pod.cmd(crate::prereq::sluice_bin());
+        cmd.args([
+            "control",
+            "--config",
+            &self.config.path().to_string_lossy(),
+            "--bind",
+            "127.0.0.1",
+            "--xds-port",
+            &xds_port.to_string(),
+            "--monitoring-port",
+            &(xds_port + 4).to_string(),
+            "--name",
+            label,
+        ]);
+        if let Some(level) = std::env::var_os("SLUICE_E2E_LOG") {
+            cmd.env("SLUICE_LOG", level);
+        }
+        self.servers.retain(|p| p.label() != label);
+        self.servers.push(Proc::spawn(
+            label,
+            cmd,
+            &self.dir_path,
+            &self.logs,
+            None,
+            libc::SIGTERM,
+        ));
+        crate::eventually(
+            &format!("{label} ready"),
+            std::time::Duration::from_secs(20),
+            || {
+                let r = self.local_get(xds_port + 4, "/ready");
+                (r.status == 200).then_some(()).ok_or(format!(
+                    "{r}\n{}",
+                    crate::servers::server_log(&self.servers, label)
+                ))
+            },
+        );
+    }
+
     /// A curl run from the pod, trusting the test CA.
     pub fn curl(&self, url: &str) -> Curl {
         Curl::new(&self.pod, &self.dir_path, url).cacert(&self.pki.ca_cert)

@@ -56,6 +56,7 @@ pub mod servers;
 pub mod sidecar;
 pub mod slot;
 pub mod wait;
+pub mod xds_peer;
 
 pub use accesslog::AccessLogEntry;
 pub use config::ConfigDir;

@@ -74,6 +74,8 @@ pub struct SidecarOpts {
     pub inbound_port: Option<u16>,
     /// Wait for `/healthz/ready` after starting (default true).
     pub wait_ready: bool,
+    /// `--xds HOST:PORT[,…]` instead of `--config DIR`: config from a control plane.
+    pub xds: Option<String>,
 }
 
 impl SidecarOpts {
@@ -87,6 +89,7 @@ impl SidecarOpts {
             labels: "app=sleep".into(),
             inbound_port: None,
             wait_ready: true,
+            xds: None,
         }
     }
 
@@ -100,7 +103,14 @@ impl SidecarOpts {
             labels: "app=sleep".into(),
             inbound_port: None,
             wait_ready: true,
+            xds: None,
         }
+    }
+
+    /// Take the config from the control plane(s) at `servers` (`--xds`) instead of the folder.
+    pub fn xds(mut self, servers: &str) -> SidecarOpts {
+        self.xds = Some(servers.into());
+        self
     }
 
     /// `-i CIDRS` (comma-separated): capture only these outbound ranges.
@@ -184,10 +194,13 @@ impl SidecarOpts {
 
     /// The `sluice sidecar` arguments.
     pub fn sidecar_args(&self, config_dir: &str) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "sidecar".into(),
-            "--config".into(),
-            config_dir.into(),
+        let source = match &self.xds {
+            Some(servers) => ["--xds".to_string(), servers.clone()],
+            None => ["--config".to_string(), config_dir.to_string()],
+        };
+        let mut a: Vec<String> = vec!["sidecar".into()];
+        a.extend(source);
+        a.extend([
             "--namespace".into(),
             self.namespace.clone(),
             "--labels".into(),
@@ -198,7 +211,7 @@ impl SidecarOpts {
             STATUS_PORT.to_string(),
             "--stats-port".into(),
             STATS_PORT.to_string(),
-        ];
+        ]);
         if let Some(p) = self.proxy_port {
             a.push("--proxy-port".into());
             a.push(p.to_string());

@@ -22,12 +22,13 @@ use tokio::sync::Notify;
 use crate::identity::Identity;
 
 pub use server::{
-    serve_admin, serve_admin_with, serve_stats, serve_status, serve_status_with, MAX_ADMIN_RESPONSE,
+    respond, respond_json, serve_admin, serve_admin_with, serve_http, serve_stats, serve_status,
+    serve_status_with, Handler, MAX_ADMIN_RESPONSE,
 };
 pub use views::{certs_json, cluster_config, listeners_text, route_matches};
 
-const TEXT: &str = "text/plain; charset=UTF-8";
-const JSON: &str = "application/json";
+pub const TEXT: &str = "text/plain; charset=UTF-8";
+pub const JSON: &str = "application/json";
 
 /// What the admin servers report about the proxy. Implemented by the data plane.
 pub trait AdminSource: Send + Sync + 'static {

@@ -11,7 +11,6 @@ pub mod edge;
 pub mod listeners;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -23,7 +22,7 @@ use sluice_model::{ProxyIdentity, ProxyKind, Snapshot};
 use crate::admin::AdminSource;
 use crate::context::{workload_labels, Proxy};
 use crate::identity::IdentityOptions;
-use crate::runtime::{load_identity, OperatorListeners, OperatorPorts, Runtime};
+use crate::runtime::{load_identity, ConfigSource, OperatorListeners, OperatorPorts, Runtime};
 use crate::store::StoreStatus;
 use crate::telemetry::accesslog::AccessLogger;
 use crate::telemetry::metrics::{Metrics, PeerLabels};
@@ -34,7 +33,8 @@ use self::listeners::{ListenerSet, ListenerStatus};
 /// Everything `sluice gateway` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
-    pub config_dir: PathBuf,
+    /// Where the config comes from: `--config DIR` or `--xds HOST:PORT`.
+    pub config: ConfigSource,
     /// Namespace of the gateway workload (where `credentialName` Secrets are looked up).
     pub namespace: String,
     /// Labels of the gateway workload: Gateways whose `selector` is a subset of them are served.
@@ -231,7 +231,7 @@ pub async fn run_with_identity(
         service_account: identity.as_ref().map(|i| i.service_account.clone()),
         kind: ProxyKind::Gateway,
     };
-    let mut rt = Runtime::load_with(&opts.config_dir, proxy_identity, opts.downstream).await?;
+    let mut rt = Runtime::load_from(&opts.config, proxy_identity, opts.downstream).await?;
     let snapshots = rt.snapshots.clone();
     let mut proxy = gateway_proxy(
         snapshots.clone(),

@@ -27,3 +27,4 @@ pub mod upstream;
 pub mod upstream_h1;
 pub mod upstream_h2;
 pub mod upstream_security;
+pub mod xds_source;

@@ -118,6 +118,42 @@ impl OperatorListeners {
     }
 }
 
+/// Where a proxy's config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// `--config DIR`: a folder of YAML, watched.
+    Dir(PathBuf),
+    /// `--xds HOST:PORT[,HOST:PORT…]`: a control plane (sluice control or istiod), any replica.
+    Xds {
+        servers: String,
+        /// The node id to present; Istio's `sidecar~IP~POD.NS~NS.svc.cluster.local` form from
+        /// the host name when absent.
+        node_id: Option<String>,
+    },
+}
+
+/// What the runtime keeps of the config store once the store runs on its own thread.
+struct StoreHandles {
+    snapshots: Arc<ArcSwap<Snapshot>>,
+    status: Arc<ArcSwap<StoreStatus>>,
+    gate: Arc<crate::store::ConfigGate>,
+    balancers: Arc<crate::balancer::Balancers>,
+}
+
+impl StoreHandles {
+    /// Takes the handles of `store` and has it reconcile the per-cluster state on its thread.
+    fn take(store: &mut ConfigStore) -> StoreHandles {
+        let balancers = Arc::new(crate::balancer::Balancers::default());
+        store.reconcile(balancers.clone());
+        StoreHandles {
+            snapshots: store.snapshot(),
+            status: store.status(),
+            gate: store.gate(),
+            balancers,
+        }
+    }
+}
+
 /// The process-wide parts of a proxy: config, telemetry, operator ports and shutdown.
 pub struct Runtime {
     pub snapshots: Arc<ArcSwap<Snapshot>>,
@@ -149,6 +185,20 @@ impl Runtime {
         Runtime::load_with(config_dir, identity, DownstreamSettings::default()).await
     }
 
+    /// Loads the config from `source`; see [`Runtime::load_with`] and [`Runtime::load_xds`].
+    pub async fn load_from(
+        source: &ConfigSource,
+        identity: ProxyIdentity,
+        settings: DownstreamSettings,
+    ) -> anyhow::Result<Runtime> {
+        match source {
+            ConfigSource::Dir(dir) => Runtime::load_with(dir, identity, settings).await,
+            ConfigSource::Xds { servers, node_id } => {
+                Runtime::load_xds(servers, node_id.as_deref(), identity, settings).await
+            }
+        }
+    }
+
     /// [`Runtime::load`] with the operator's client-connection settings.
     pub async fn load_with(
         config_dir: &Path,
@@ -161,16 +211,51 @@ impl Runtime {
             config_dir.display()
         );
         let mut store = ConfigStore::new(config_dir.to_path_buf(), identity);
-        let balancers = Arc::new(crate::balancer::Balancers::default());
-        store.reconcile(balancers.clone());
-        let snapshots = store.snapshot();
-        let status = store.status();
-        let gate = store.gate();
+        let handles = StoreHandles::take(&mut store);
         let (stop_tx, stop_rx) = watch::channel(false);
         store
             .spawn(stop_rx.clone())
             .await
             .context("cannot start the config thread")?;
+        Runtime::assemble(handles, settings, stop_tx, stop_rx)
+    }
+
+    /// A runtime whose config comes from the control plane(s) at `servers` (`--xds`,
+    /// comma-separated replicas) instead of a folder. Not ready until every collection has
+    /// been accepted once; after that a lost control plane changes nothing in traffic.
+    pub async fn load_xds(
+        servers: &str,
+        node_id: Option<&str>,
+        identity: ProxyIdentity,
+        settings: DownstreamSettings,
+    ) -> anyhow::Result<Runtime> {
+        let node = crate::xds_source::node(&identity, node_id);
+        let client = crate::xds_source::client_config(servers, node);
+        anyhow::ensure!(
+            !client.servers.is_empty(),
+            "--xds {servers:?}: give the control plane as HOST:PORT"
+        );
+        let mut store = ConfigStore::new_xds(servers, client.collections.iter().cloned(), identity);
+        let handles = StoreHandles::take(&mut store);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        crate::xds_source::spawn(store, client, stop_rx.clone())
+            .context("cannot start the config thread")?;
+        Runtime::assemble(handles, settings, stop_tx, stop_rx)
+    }
+
+    /// Everything but the config source: metrics, the access log, operator signals.
+    fn assemble(
+        handles: StoreHandles,
+        settings: DownstreamSettings,
+        stop_tx: watch::Sender<bool>,
+        stop_rx: watch::Receiver<bool>,
+    ) -> anyhow::Result<Runtime> {
+        let StoreHandles {
+            snapshots,
+            status,
+            gate,
+            balancers,
+        } = handles;
         let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
         let access_log = AccessLogger::with_drop_counter(
             access_log_config(&snapshots.load()),

@@ -2,7 +2,6 @@
 //! admin ports.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -15,13 +14,16 @@ use crate::context::Proxy;
 use crate::identity::IdentityOptions;
 use crate::inbound::serve_captured_inbound;
 use crate::outbound::{serve_captured, serve_forward_proxy};
-use crate::runtime::{bind, load_identity, OperatorListeners, OperatorPorts, Runtime};
+use crate::runtime::{
+    bind, load_identity, ConfigSource, OperatorListeners, OperatorPorts, Runtime,
+};
 use crate::store::StoreStatus;
 
 /// Everything `sluice sidecar` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct SidecarOptions {
-    pub config_dir: PathBuf,
+    /// Where the config comes from: `--config DIR` or `--xds HOST:PORT`.
+    pub config: ConfigSource,
     pub namespace: String,
     pub labels: Labels,
     pub service_account: Option<String>,
@@ -131,7 +133,7 @@ pub async fn run_with_identity(
         service_account: opts.service_account.clone(),
         kind: sluice_model::ProxyKind::Sidecar,
     };
-    let mut rt = Runtime::load_with(&opts.config_dir, identity, opts.downstream).await?;
+    let mut rt = Runtime::load_from(&opts.config, identity, opts.downstream).await?;
     let snapshots = rt.snapshots.clone();
     let mut proxy = Proxy::new(
         snapshots.clone(),

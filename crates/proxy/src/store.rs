@@ -20,7 +20,7 @@
 //! path: requests hold the `Arc<Snapshot>` they started with.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -169,6 +169,30 @@ pub struct ConfigStore {
     gate: Arc<ConfigGate>,
     /// Reconciled with each snapshot here, on the config thread, before the data path sees it.
     balancers: Option<Arc<crate::balancer::Balancers>>,
+    /// Fed by a control plane (`--xds`): the collections it has not yet sent in a form this
+    /// store accepted. The proxy is not ready while any is missing. `None` for a folder.
+    xds_waiting: Option<BTreeSet<String>>,
+    /// Set by the control plane: receives every publish's resources instead of a compile.
+    sink: Option<ResourceSink>,
+}
+
+/// What a control plane does with the resources of each publish: (generation, resources in
+/// creation order).
+pub type ResourceSink = Box<dyn FnMut(u64, &[Resource]) + Send>;
+
+/// One collection of resources as a control plane sent it, for [`ConfigStore::spawn_xds`].
+pub struct CollectionUpdate {
+    /// The collection (istiod's type URL, e.g. `networking.istio.io/v1alpha3/ServiceEntry`).
+    pub collection: String,
+    /// Its resources as YAML/JSON documents, in the form `--config` files take.
+    pub text: String,
+    /// Ok once applied; Err with what to NACK when refused (the last good version stays).
+    pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// The name a collection's resources go by in diagnostics and the store's status.
+fn collection_path(collection: &str) -> PathBuf {
+    PathBuf::from(format!("xds:{collection}"))
 }
 
 fn content_hash(bytes: &[u8]) -> u64 {
@@ -244,7 +268,74 @@ impl ConfigStore {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             gate: Arc::new(ConfigGate::closed()),
             balancers: None,
+            xds_waiting: None,
+            sink: None,
         }
+    }
+
+    /// A store fed by the control plane at `server` with `collections` (see
+    /// [`ConfigStore::spawn_xds`]); not ready until every collection has been accepted once.
+    pub fn new_xds(
+        server: &str,
+        collections: impl IntoIterator<Item = String>,
+        proxy: ProxyIdentity,
+    ) -> ConfigStore {
+        let mut store = ConfigStore::new(PathBuf::from(format!("xds://{server}")), proxy);
+        store.xds_waiting = Some(collections.into_iter().collect());
+        store.status.store(Arc::new(StoreStatus {
+            config_dir: store.dir.display().to_string(),
+            not_ready: store.blocking_reasons(),
+            ..StoreStatus::default()
+        }));
+        store
+    }
+
+    /// Hands every publish's resources to `sink` instead of compiling a snapshot: the control
+    /// plane keeps the store's validation and last-good rules and serves what it publishes.
+    pub fn publish_to(&mut self, sink: ResourceSink) {
+        self.sink = Some(sink);
+    }
+
+    /// Applies one collection as a control plane sent it (the whole collection: resources it
+    /// no longer holds are withdrawn). A collection with an error is refused whole and its last
+    /// good version keeps serving; the error, as `Kind ns/name: field: message` lines, is what
+    /// to NACK with. Publishes when something changed.
+    pub fn apply_collection(&mut self, collection: &str, text: &str) -> Result<(), String> {
+        let (changed, result) = self.load_collection(collection, text);
+        if changed || self.generation == 0 {
+            self.publish();
+        }
+        result
+    }
+
+    /// Loads a collection without publishing; see [`ConfigStore::apply_collection`]. Returns
+    /// whether anything changed (what is served, what is reported, or readiness).
+    fn load_collection(&mut self, collection: &str, text: &str) -> (bool, Result<(), String>) {
+        let path = collection_path(collection);
+        let hash = content_hash(text.as_bytes());
+        let unchanged = self
+            .files
+            .get(&path)
+            .is_some_and(|f| f.content_hash == Some(hash));
+        if !unchanged {
+            self.load_file(path.clone(), hash, text.as_bytes().to_vec());
+        }
+        let mut changed = !unchanged;
+        let entry = &self.files[&path];
+        if entry.refused {
+            let errors: Vec<String> = entry
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .take(MAX_STATUS_DIAGNOSTICS)
+                .map(Diagnostic::without_location)
+                .collect();
+            return (changed, Err(errors.join("\n")));
+        }
+        if let Some(waiting) = &mut self.xds_waiting {
+            changed |= waiting.remove(collection);
+        }
+        (changed, Ok(()))
     }
 
     /// Reconciles `balancers` (the per-cluster load-balancing, breaker and pool state) with
@@ -517,6 +608,14 @@ impl ConfigStore {
         if self.gate.is_open() {
             return Vec::new();
         }
+        if let Some(waiting) = self.xds_waiting.as_ref().filter(|w| !w.is_empty()) {
+            let names: Vec<&str> = waiting.iter().map(String::as_str).collect();
+            return vec![format!(
+                "waiting for the control plane ({}) to send an acceptable {}",
+                self.dir.display().to_string().trim_start_matches("xds://"),
+                names.join(", ")
+            )];
+        }
         let files = self
             .files
             .iter()
@@ -543,6 +642,19 @@ impl ConfigStore {
     fn publish(&mut self) {
         self.generation += 1;
         let (resources, mut diagnostics) = self.resources();
+        if self.sink.is_some() {
+            // A control plane serves nothing while a refused file may hold policy: proxies
+            // would apply a config more open than the operator wrote.
+            let not_ready = self.blocking_reasons();
+            for reason in &not_ready {
+                tracing::error!("not serving: {reason}");
+            }
+            if let (true, Some(sink)) = (not_ready.is_empty(), &mut self.sink) {
+                sink(self.generation, &resources);
+            }
+            self.publish_status(diagnostics, not_ready);
+            return;
+        }
         let compiling = Instant::now();
         let snapshot = compile(&resources, &self.proxy, self.generation);
         // How long a push costs this proxy (bench/config.sh reads it).
@@ -559,9 +671,25 @@ impl ConfigStore {
         }
         diagnostics.extend(snapshot.diagnostics.iter().cloned());
         let not_ready = self.blocking_reasons();
+        let waiting = self.xds_waiting.as_ref().is_some_and(|w| !w.is_empty());
         for reason in &not_ready {
-            tracing::error!("not ready: {reason}");
+            if waiting {
+                // A connection's first responses arrive one collection at a time.
+                tracing::debug!("not ready: {reason}");
+            } else {
+                tracing::error!("not ready: {reason}");
+            }
         }
+        let snapshot = Arc::new(snapshot);
+        if let Some(balancers) = &self.balancers {
+            balancers.sync(&snapshot);
+        }
+        self.snapshot.store(snapshot);
+        self.publish_status(diagnostics, not_ready);
+    }
+
+    /// Stores the admin API's view and opens the gate once nothing blocks traffic.
+    fn publish_status(&mut self, diagnostics: Vec<Diagnostic>, not_ready: Vec<String>) {
         let all: Vec<&Diagnostic> = self
             .hidden
             .iter()
@@ -589,11 +717,6 @@ impl ConfigStore {
             ready: not_ready.is_empty(),
             not_ready: not_ready.clone(),
         };
-        let snapshot = Arc::new(snapshot);
-        if let Some(balancers) = &self.balancers {
-            balancers.sync(&snapshot);
-        }
-        self.snapshot.store(snapshot);
         self.status.store(Arc::new(status));
         if not_ready.is_empty() && !self.gate.is_open() {
             self.gate.set_open();
@@ -623,6 +746,48 @@ impl ConfigStore {
         loaded_rx
             .await
             .map_err(|_| anyhow::anyhow!("the config thread stopped while loading"))?;
+        Ok(handle)
+    }
+
+    /// Runs the store on a thread of its own, applying what the control-plane client sends on
+    /// `updates` until `stop` says so or the client goes away. Updates queued together are
+    /// applied together and published once (a connection's first responses arrive in a burst).
+    pub fn spawn_xds(
+        mut self,
+        updates: std::sync::mpsc::Receiver<CollectionUpdate>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+        let handle = std::thread::Builder::new()
+            .name("sluice-config".into())
+            .stack_size(CONFIG_THREAD_STACK)
+            .spawn(move || {
+                if let Some(hooks) = ALLOCATOR_HOOKS.get() {
+                    (hooks.thread_start)();
+                }
+                while !*stop.borrow() {
+                    let first = match updates.recv_timeout(RESCAN_INTERVAL) {
+                        Ok(update) => update,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    };
+                    let mut changed = false;
+                    let mut replies = Vec::new();
+                    for update in std::iter::once(first).chain(updates.try_iter()) {
+                        let (c, result) = self.load_collection(&update.collection, &update.text);
+                        changed |= c;
+                        replies.push((update.reply, result));
+                    }
+                    if changed {
+                        self.publish();
+                        if let Some(hooks) = ALLOCATOR_HOOKS.get() {
+                            (hooks.after_publish)();
+                        }
+                    }
+                    for (reply, result) in replies {
+                        let _ = reply.send(result);
+                    }
+                }
+            })?;
         Ok(handle)
     }
 

@@ -175,7 +175,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         admin = args.admin_port,
     );
     sidecar::run(SidecarOptions {
-        config_dir,
+        config: sluice_proxy::runtime::ConfigSource::Dir(config_dir),
         namespace: "default".into(),
         labels: [("app".to_string(), "demo".to_string())]
             .into_iter()

@@ -9,5 +9,6 @@ pub mod explain_cmd;
 pub mod http_get;
 pub mod init;
 pub mod proxy_config;
+pub mod proxy_status;
 pub mod suggest_cmd;
 pub mod validate_cmd;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use sluice::{analyze_cmd, ca, dashboard, demo, explain_cmd, init, suggest_cmd, validate_cmd};
 use sluice_proxy::gateway::{self, GatewayOptions};
 use sluice_proxy::identity::IdentityOptions;
+use sluice_proxy::runtime::ConfigSource;
 use sluice_proxy::sidecar::{self, SidecarOptions};
 
 /// Istio's traffic control (sidecar, gateways) as one small, fast binary that reads the Istio
@@ -61,13 +62,66 @@ enum Command {
     /// `cluster`, `listener`, `route` or `endpoint` (`--admin 127.0.0.1:15000`, `-o json`).
     #[command(name = "proxy-config", visible_alias = "pc")]
     ProxyConfig(sluice::proxy_config::ProxyConfigArgs),
+    /// The control plane: serve the config in --config to many proxies (`sluice sidecar|gateway
+    /// --xds HOST:15010`) over gRPC, as istiod does (Envoy ADS carrying Istio config as
+    /// MCP-over-XDS); istiod's metrics and /debug/syncz on the monitoring port (15014).
+    Control(ControlArgs),
+    /// Each proxy connected to the control plane and whether it has applied what it was sent
+    /// (SYNCED / STALE / NOT SENT), as `istioctl proxy-status`; with a node id, per collection.
+    #[command(name = "proxy-status", visible_alias = "ps")]
+    ProxyStatus(sluice::proxy_status::ProxyStatusArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ControlArgs {
+    /// Directory of Istio/Kubernetes YAML to serve (watched; the same validation and last-good
+    /// rules as a proxy's --config).
+    #[arg(long)]
+    config: PathBuf,
+    /// Plaintext xDS port (istiod's 15010).
+    #[arg(long, default_value_t = 15010)]
+    xds_port: u16,
+    /// Monitoring port: /metrics (istiod's pilot_* metrics), /ready, /debug/syncz (istiod's 15014).
+    #[arg(long, default_value_t = 15014)]
+    monitoring_port: u16,
+    /// Address both ports listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// This replica's name, shown by proxy-status [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Push once the config has been quiet this long (istiod's PILOT_DEBOUNCE_AFTER).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    debounce_after: std::time::Duration,
+    /// Push at the latest this long after the first change (istiod's PILOT_DEBOUNCE_MAX).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    debounce_max: std::time::Duration,
+}
+
+impl ControlArgs {
+    fn options(self) -> sluice_control::ControlOptions {
+        let name = self.name.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "sluice-control".to_string())
+        });
+        sluice_control::ControlOptions {
+            config_dir: self.config,
+            xds_addr: std::net::SocketAddr::new(self.bind, self.xds_port),
+            monitoring_addr: std::net::SocketAddr::new(self.bind, self.monitoring_port),
+            identifier: name,
+            debounce: sluice_control::push::Debounce {
+                after: self.debounce_after,
+                max: self.debounce_max,
+            },
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
 struct SidecarArgs {
-    /// Directory of Istio/Kubernetes YAML (watched; changes apply within a second).
-    #[arg(long)]
-    config: PathBuf,
+    #[command(flatten)]
+    source: ConfigSourceArgs,
     /// Namespace of this workload (for exportTo and telemetry).
     #[arg(long, default_value = "default")]
     namespace: String,
@@ -178,9 +232,8 @@ impl MeshIdentityArgs {
 
 #[derive(clap::Args, Debug)]
 struct GatewayArgs {
-    /// Directory of Istio/Kubernetes YAML (watched; changes apply within a second).
-    #[arg(long)]
-    config: PathBuf,
+    #[command(flatten)]
+    source: ConfigSourceArgs,
     /// Namespace of the gateway workload (TLS `credentialName` Secrets are read from it).
     #[arg(long, default_value = "istio-system")]
     namespace: String,
@@ -221,6 +274,36 @@ struct GatewayArgs {
     mesh: MeshIdentityArgs,
     #[command(flatten)]
     downstream: DownstreamArgs,
+}
+
+/// Where a proxy's config comes from: a folder, or a control plane.
+#[derive(clap::Args, Debug)]
+struct ConfigSourceArgs {
+    /// Directory of Istio/Kubernetes YAML (watched; changes apply within a second).
+    #[arg(long, required_unless_present = "xds", conflicts_with = "xds")]
+    config: Option<PathBuf>,
+    /// Take the config from a control plane instead: `sluice control` or istiod, HOST:PORT of
+    /// its plaintext xDS port (15010). Several replicas, comma-separated: any one will do.
+    /// Not ready until the first complete config; a refused config is NACKed and the last good
+    /// one keeps serving.
+    #[arg(long, value_name = "HOST:PORT")]
+    xds: Option<String>,
+    /// The node id to present to the control plane [default: Istio's
+    /// sidecar~IP~HOSTNAME.NS~NS.svc.cluster.local, router~… for a gateway].
+    #[arg(long, requires = "xds")]
+    xds_node_id: Option<String>,
+}
+
+impl ConfigSourceArgs {
+    fn source(self) -> ConfigSource {
+        match (self.config, self.xds) {
+            (Some(dir), _) => ConfigSource::Dir(dir),
+            (None, servers) => ConfigSource::Xds {
+                servers: servers.unwrap_or_default(),
+                node_id: self.xds_node_id,
+            },
+        }
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -375,7 +458,11 @@ fn main() -> ExitCode {
     // only be noise there.
     let long_running = matches!(
         cli.command,
-        Command::Sidecar(_) | Command::Gateway(_) | Command::Demo(_) | Command::Dashboard(_)
+        Command::Sidecar(_)
+            | Command::Gateway(_)
+            | Command::Demo(_)
+            | Command::Dashboard(_)
+            | Command::Control(_)
     );
     let default_level = if long_running { "info" } else { "warn" };
     init_logging(cli.log_level.as_deref().unwrap_or(default_level));
@@ -388,13 +475,17 @@ fn main() -> ExitCode {
         Command::Ca(args) => ca::run(&args),
         Command::Dashboard(args) => runtime().and_then(|rt| rt.block_on(dashboard::run(args))),
         Command::ProxyConfig(args) => sluice::proxy_config::run(&args),
+        Command::ProxyStatus(args) => sluice::proxy_status::run(&args),
+        Command::Control(args) => {
+            runtime().and_then(|rt| rt.block_on(sluice_control::run(args.options())))
+        }
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Sidecar(args) => {
             let identity = args
                 .mesh
                 .options(&args.namespace, args.service_account.as_deref());
             let opts = SidecarOptions {
-                config_dir: args.config,
+                config: args.source.source(),
                 namespace: args.namespace,
                 labels: args.labels.into_iter().collect(),
                 service_account: args.service_account,
@@ -415,7 +506,7 @@ fn main() -> ExitCode {
                 .mesh
                 .options(&args.namespace, args.service_account.as_deref());
             let opts = GatewayOptions {
-                config_dir: args.config,
+                config: args.source.source(),
                 namespace: args.namespace,
                 labels: args.labels.into_iter().collect(),
                 admin_port: args.admin_port,

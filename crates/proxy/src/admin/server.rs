@@ -31,7 +31,8 @@ const GRACE: Duration = Duration::from_secs(1);
 /// Admin clients are local tools; a client that does not send its headers within this time is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Handler = Arc<dyn Fn(&Parts) -> Response<Full<Bytes>> + Send + Sync>;
+/// Answers one request of an operator port from its head (these ports take no request bodies).
+pub type Handler = Arc<dyn Fn(&Parts) -> Response<Full<Bytes>> + Send + Sync>;
 
 /// Serves Envoy's admin API on `listener` until `shutdown` completes.
 ///
@@ -142,9 +143,9 @@ pub async fn serve_stats(
     serve_http(listener, handler, shutdown).await
 }
 
-/// The shared HTTP/1.1 accept loop. Stops accepting when `shutdown` completes, then gives in-flight
+/// The shared HTTP/1.1 accept loop (also the control plane's monitoring port). Stops accepting when `shutdown` completes, then gives in-flight
 /// requests [`GRACE`] to finish.
-async fn serve_http(
+pub async fn serve_http(
     listener: TcpListener,
     handler: Handler,
     shutdown: impl Future<Output = ()>,
@@ -188,7 +189,7 @@ async fn serve_http(
     Ok(())
 }
 
-pub(super) fn respond(
+pub fn respond(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
@@ -226,7 +227,7 @@ impl std::io::Write for BoundedBuffer {
     }
 }
 
-pub(super) fn respond_json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+pub fn respond_json(value: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut out = BoundedBuffer(Vec::new());
     match serde_json::to_writer_pretty(&mut out, value) {
         Ok(()) => {

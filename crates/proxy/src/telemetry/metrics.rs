@@ -32,7 +32,7 @@ pub use labels::{
     ServiceLabels, TcpLabels,
 };
 
-use exposition::openmetrics_to_prometheus;
+pub use exposition::openmetrics_to_prometheus;
 use histogram::EnvoyHistogram;
 use labels::BuildLabels;
 

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 /// Rewrites prometheus-client's OpenMetrics text into Prometheus text format 0.0.4 as Envoy serves it.
-pub(super) fn openmetrics_to_prometheus(src: &str) -> String {
+pub fn openmetrics_to_prometheus(src: &str) -> String {
     let mut out = String::with_capacity(src.len() + 256);
     let mut pending_help: Option<(&str, &str)> = None;
     let mut in_histogram = false;

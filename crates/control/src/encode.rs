@@ -1,0 +1,77 @@
+//! Config resources → the collections and MCP objects istiod would serve for them.
+//!
+//! Istio's kinds go in their own collections with the Istio message as body; the mesh config
+//! (the `istio-system/istio` ConfigMap's `data.mesh`) goes as `mesh.istio.io/v1alpha1/MeshConfig`
+//! as istiod sends it. Kubernetes kinds have no Istio message: sluice control sends them in
+//! collections named as istiod names their kinds (`core/v1/Service`), with the object's fields
+//! as a `google.protobuf.Struct` body, for sluice proxies. Secrets are never sent on the
+//! plaintext port: a private key must not cross the network in the clear.
+
+use serde_json::{json, Value};
+use sluice_api::{Kind, Resource, Spec};
+use sluice_xds::McpObject;
+
+/// The mesh config's collection (`core/v1alpha1/MeshConfig`, as istiod serves it).
+pub fn mesh_config_collection() -> &'static str {
+    sluice_xds::collection_for_kind("MeshConfig").map_or("core/v1alpha1/MeshConfig", |c| c.type_url)
+}
+
+/// The collection `res` is served in, and its MCP object; `None` for what is not served
+/// (ConfigMaps other than the mesh config, Secrets).
+pub fn mcp_object(res: &Resource) -> Option<(String, McpObject)> {
+    let meta = &res.meta;
+    let object = |name: String, spec: Value| McpObject {
+        name,
+        labels: meta
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        annotations: meta.annotations.clone(),
+        version: String::new(),
+        spec,
+    };
+    let namespaced = format!("{}/{}", meta.namespace, meta.name);
+    match &res.spec {
+        Spec::ConfigMap { mesh, .. } => {
+            let mesh = mesh.as_ref()?;
+            let is_mesh =
+                (meta.namespace.as_str(), meta.name.as_str()) == sluice_model::mesh::MESH_CONFIGMAP;
+            if !is_mesh {
+                return None;
+            }
+            let spec = serde_json::to_value(mesh).ok()?;
+            Some((
+                mesh_config_collection().to_string(),
+                object(String::new(), spec),
+            ))
+        }
+        Spec::Secret { .. } => None,
+        Spec::Service(_) | Spec::Endpoints(_) | Spec::Ingress(_) | Spec::IngressClass(_) => {
+            let collection = kubernetes_collection(res.kind)?;
+            let fields = match &res.spec {
+                Spec::Endpoints(subsets) => json!({ "subsets": subsets }),
+                _ => json!({ "spec": res.spec_json()? }),
+            };
+            Some((collection.to_string(), object(namespaced, fields)))
+        }
+        _ => {
+            let collection = sluice_xds::collection_for_kind(res.kind.as_str())?;
+            Some((
+                collection.type_url.to_string(),
+                object(namespaced, res.spec_json()?),
+            ))
+        }
+    }
+}
+
+/// istiod's names for the Kubernetes kinds' collections.
+fn kubernetes_collection(kind: Kind) -> Option<&'static str> {
+    Some(match kind {
+        Kind::Service => "core/v1/Service",
+        Kind::Endpoints => "core/v1/Endpoints",
+        Kind::Ingress => "networking.k8s.io/v1/Ingress",
+        Kind::IngressClass => "networking.k8s.io/v1/IngressClass",
+        _ => return None,
+    })
+}

@@ -1,0 +1,178 @@
+//! `sluice control`: one control plane for many proxies. It reads a config folder with the same
+//! store, validation and last-good rules as a proxy, and serves it over gRPC as istiod does:
+//! Envoy's Aggregated Discovery Service carrying Istio config as MCP resources
+//! (`sluice_xds`), on 15010 (plaintext). Its monitoring port (15014, as istiod's) serves
+//! istiod's metrics on `/metrics`, `/ready`, and `/debug/syncz` (what each connected proxy has
+//! been sent and has ACKed, which `sluice proxy-status` reads).
+//!
+//! Control work runs off the request path of nothing: the store reads and validates on its own
+//! thread; encoding happens once per change there; the ADS streams only clone encoded bytes.
+
+pub mod encode;
+pub mod metrics;
+pub mod push;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use http::StatusCode;
+use sluice_model::ProxyIdentity;
+use sluice_proxy::admin::{respond, respond_json, serve_http, Handler, JSON, TEXT};
+use sluice_proxy::store::ConfigStore;
+use sluice_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use sluice_xds::server::{AdsServer, Published};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::ControlMetrics;
+use crate::push::{debounce, Debounce, Encoder};
+
+/// Largest message the control plane accepts from a proxy (requests are small; a NACK's
+/// message is bounded by the proxy).
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// What `sluice control` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    pub config_dir: PathBuf,
+    /// The plaintext xDS port (istiod: 15010).
+    pub xds_addr: SocketAddr,
+    /// `/metrics`, `/ready`, `/debug/syncz` (istiod: 15014).
+    pub monitoring_addr: SocketAddr,
+    /// This replica's name, sent to proxies as `control_plane.identifier`.
+    pub identifier: String,
+    pub debounce: Debounce,
+}
+
+/// Runs the control plane until Ctrl-C or SIGTERM.
+pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        opts.config_dir.is_dir(),
+        "--config {}: not a directory",
+        opts.config_dir.display()
+    );
+    let metrics = Arc::new(ControlMetrics::new());
+    let xds_listener = TcpListener::bind(opts.xds_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (xDS)", opts.xds_addr))?;
+    let monitoring_listener = TcpListener::bind(opts.monitoring_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (monitoring)", opts.monitoring_addr))?;
+
+    let (candidates_tx, mut candidates_rx) = watch::channel::<Option<Arc<Published>>>(None);
+    let mut store = ConfigStore::new(opts.config_dir.clone(), ProxyIdentity::default());
+    let mut encoder = Encoder::default();
+    store.publish_to(Box::new(move |generation, resources| {
+        let published = encoder.encode(generation, resources);
+        candidates_tx.send_replace(Some(Arc::new(published)));
+    }));
+    let status = store.status();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    store
+        .spawn(stop_rx)
+        .await
+        .context("cannot start the config thread")?;
+    // The first load is served at once; later changes are debounced.
+    let first = candidates_rx
+        .borrow_and_update()
+        .clone()
+        .unwrap_or_default();
+    let (served_tx, served_rx) = watch::channel(first);
+    tokio::spawn(debounce(candidates_rx, served_tx, opts.debounce));
+
+    let ads = AdsServer::new(served_rx, metrics.clone(), &opts.identifier);
+    let service = AggregatedDiscoveryServiceServer::new(ads.clone())
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let incoming = sluice_xds::tonic::transport::server::TcpIncoming::from(xds_listener);
+    let shutdown = shutdown_signal();
+    let (quit_tx, quit_rx) = watch::channel(false);
+    let grpc = tokio::spawn({
+        let mut quit = quit_rx.clone();
+        sluice_xds::tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = quit.wait_for(|q| *q).await;
+            })
+    });
+    let handler = monitoring_handler(metrics, ads, status);
+    let monitoring = tokio::spawn({
+        let mut quit = quit_rx.clone();
+        serve_http(monitoring_listener, handler, async move {
+            let _ = quit.wait_for(|q| *q).await;
+        })
+    });
+    tracing::info!(
+        xds = %opts.xds_addr,
+        monitoring = %opts.monitoring_addr,
+        config = %opts.config_dir.display(),
+        "control plane serving"
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = quit_tx.send(true);
+    let _ = stop_tx.send(true);
+    let _ = grpc.await;
+    let _ = monitoring.await;
+    Ok(())
+}
+
+fn monitoring_handler(
+    metrics: Arc<ControlMetrics>,
+    ads: AdsServer,
+    status: Arc<arc_swap::ArcSwap<sluice_proxy::store::StoreStatus>>,
+) -> Handler {
+    Arc::new(move |parts| match parts.uri.path() {
+        "/metrics" | "/stats/prometheus" => respond(
+            StatusCode::OK,
+            sluice_proxy::telemetry::metrics::PROMETHEUS_CONTENT_TYPE,
+            metrics.encode(),
+        ),
+        "/ready" => {
+            let s = status.load();
+            if s.ready {
+                respond(StatusCode::OK, TEXT, "ready\n")
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!("not ready: {}\n", s.not_ready.join("; ")),
+                )
+            }
+        }
+        "/debug/syncz" => match serde_json::to_value(ads.connections()) {
+            Ok(v) => respond_json(&v),
+            Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, TEXT, e.to_string()),
+        },
+        "/debug/configz" => match serde_json::to_value(status.load().as_ref()) {
+            Ok(v) => respond_json(&v),
+            Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, JSON, e.to_string()),
+        },
+        _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,249 @@
+//! The ADS client side: one state-of-the-world stream to a control plane (sluice control or
+//! istiod), subscribed to a fixed list of collections, that hands each response to the proxy
+//! and ACKs or NACKs what the proxy says.
+//!
+//! A lost control plane changes nothing in traffic: the proxy keeps what it applied, and the
+//! client reconnects with exponential backoff and jitter, to the next address in its list (any
+//! replica will do), resuming with the versions it holds.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt as _;
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Endpoint;
+
+use crate::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use crate::discovery::{DiscoveryRequest, DiscoveryResponse};
+use crate::{decode_resource, McpObject, Node, RpcStatus};
+
+/// gRPC status code INTERNAL: what Envoy puts in a NACK's `error_detail`.
+const INTERNAL: i32 = 13;
+
+/// One collection received, for the proxy to apply.
+#[derive(Debug)]
+pub struct Received {
+    pub type_url: String,
+    pub version: String,
+    pub objects: Vec<McpObject>,
+    /// `Ok` to ACK; `Err(message)` to NACK with `message` (the proxy keeps its last good).
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// Where to connect and what to ask for.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `HOST:PORT` of each control-plane replica; tried in turn.
+    pub servers: Vec<String>,
+    pub node: Node,
+    /// Collections to subscribe to, in order.
+    pub collections: Vec<String>,
+    /// First reconnect delay; doubles up to `max_backoff`, with ±50% jitter.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Runs the client until `applier` is dropped: connects, subscribes, forwards responses, and
+/// reconnects whenever the stream ends.
+pub async fn run(config: ClientConfig, applier: mpsc::Sender<Received>) {
+    let mut versions: BTreeMap<String, String> = BTreeMap::new();
+    let mut backoff = config.initial_backoff;
+    let mut attempt = 0usize;
+    loop {
+        let server = &config.servers[attempt % config.servers.len().max(1)];
+        attempt += 1;
+        match stream_once(server, &config, &mut versions, &applier).await {
+            Ok(StreamEnd::ApplierGone) => return,
+            Ok(StreamEnd::Closed { received }) => {
+                tracing::warn!(server = %server, "control plane closed the stream; reconnecting");
+                if received {
+                    backoff = config.initial_backoff;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(server = %server, "control plane unreachable: {e}; retrying");
+            }
+        }
+        if applier.is_closed() {
+            return;
+        }
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(config.max_backoff);
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.5), so proxies that lost the same control plane do
+/// not all come back at once.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>())
+}
+
+enum StreamEnd {
+    ApplierGone,
+    Closed { received: bool },
+}
+
+async fn stream_once(
+    server: &str,
+    config: &ClientConfig,
+    versions: &mut BTreeMap<String, String>,
+    applier: &mpsc::Sender<Received>,
+) -> Result<StreamEnd, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{server}"))
+        .map_err(|e| format!("bad address {server}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(config.collections.len() + 4);
+    for (i, type_url) in config.collections.iter().enumerate() {
+        let request = DiscoveryRequest {
+            node: (i == 0).then(|| config.node.clone()),
+            type_url: type_url.clone(),
+            version_info: versions.get(type_url).cloned().unwrap_or_default(),
+            ..DiscoveryRequest::default()
+        };
+        tx.send(request)
+            .await
+            .map_err(|_| "request channel closed".to_string())?;
+    }
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut responses = client
+        .stream_aggregated_resources(requests)
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    tracing::info!(server = %server, "connected to the control plane");
+    let mut received = false;
+    // Responses are handed to the proxy as they arrive and answered in order as its verdicts
+    // come back, so a connection's first burst (one response per collection) is applied
+    // together instead of one compile per collection.
+    let mut verdicts: FuturesOrdered<Verdict> = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            message = responses.message() => {
+                let response = match message {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Ok(StreamEnd::Closed { received }),
+                    Err(status) => {
+                        if received {
+                            tracing::warn!(server = %server, "control-plane stream failed: {status}");
+                            return Ok(StreamEnd::Closed { received });
+                        }
+                        return Err(status.message().to_string());
+                    }
+                };
+                received = true;
+                let Some(verdict) = hand_over(response, applier).await else {
+                    return Ok(StreamEnd::ApplierGone);
+                };
+                verdicts.push_back(verdict);
+            }
+            Some((answered, result)) = verdicts.next(), if !verdicts.is_empty() => {
+                let Some(result) = result else {
+                    return Ok(StreamEnd::ApplierGone);
+                };
+                let request = answer(answered, result, versions);
+                if tx.send(request).await.is_err() {
+                    return Ok(StreamEnd::Closed { received });
+                }
+            }
+        }
+    }
+}
+
+/// What an ACK or NACK refers to: a response's type URL, version and nonce.
+struct Answered {
+    type_url: String,
+    version: String,
+    nonce: String,
+}
+
+/// A response on its way through the proxy: what it was, and the proxy's verdict (`None` when
+/// the proxy is gone).
+type Verdict =
+    Pin<Box<dyn Future<Output = (Answered, Option<Result<(), String>>)> + Send + 'static>>;
+
+/// Decodes `response` and hands it to the proxy. A response that does not decode is refused
+/// here. `None` when the proxy is gone.
+async fn hand_over(
+    response: DiscoveryResponse,
+    applier: &mpsc::Sender<Received>,
+) -> Option<Verdict> {
+    let decoded = response_parts(&response);
+    let answered = Answered {
+        type_url: response.type_url.clone(),
+        version: response.version_info.clone(),
+        nonce: response.nonce,
+    };
+    let objects = match decoded {
+        Ok(objects) => objects,
+        Err(message) => return Some(Box::pin(async move { (answered, Some(Err(message))) })),
+    };
+    let (reply, verdict) = oneshot::channel();
+    let received = Received {
+        type_url: response.type_url,
+        version: response.version_info,
+        objects,
+        reply,
+    };
+    applier.send(received).await.ok()?;
+    Some(Box::pin(async move { (answered, verdict.await.ok()) }))
+}
+
+/// The ACK (applied) or NACK (refused, with the message) for an answered response; an ACK
+/// records the version held, which a NACK reports and a reconnect resumes from.
+fn answer(
+    answered: Answered,
+    result: Result<(), String>,
+    versions: &mut BTreeMap<String, String>,
+) -> DiscoveryRequest {
+    match result {
+        Ok(()) => {
+            versions.insert(answered.type_url.clone(), answered.version.clone());
+            DiscoveryRequest {
+                type_url: answered.type_url,
+                version_info: answered.version,
+                response_nonce: answered.nonce,
+                ..DiscoveryRequest::default()
+            }
+        }
+        Err(message) => {
+            tracing::warn!(
+                type_url = %answered.type_url,
+                version = %answered.version,
+                "config refused (NACK): {message}"
+            );
+            DiscoveryRequest {
+                version_info: versions
+                    .get(&answered.type_url)
+                    .cloned()
+                    .unwrap_or_default(),
+                type_url: answered.type_url,
+                response_nonce: answered.nonce,
+                error_detail: Some(RpcStatus {
+                    code: INTERNAL,
+                    message,
+                    details: Vec::new(),
+                }),
+                ..DiscoveryRequest::default()
+            }
+        }
+    }
+}
+
+/// A response's collection, decoded; `Err` names the first resource that could not be.
+fn response_parts(response: &DiscoveryResponse) -> Result<Vec<McpObject>, String> {
+    response
+        .resources
+        .iter()
+        .map(|any| decode_resource(&response.type_url, any).map_err(|e| e.to_string()))
+        .collect()
+}

@@ -1,0 +1,376 @@
+//! The ADS server side: state-of-the-world `StreamAggregatedResources`, as istiod serves it.
+//!
+//! The control plane publishes [`Published`] config (each collection already encoded, with the
+//! version it last changed at) on a `watch` channel; every stream sends each collection it
+//! subscribed to when it subscribes and whenever that collection's version moves, and reads
+//! ACKs and NACKs back. Encoding happens once per publish, not once per proxy.
+//!
+//! Envoy's protocol rules followed here (envoy/api/v2/discovery.proto, "xDS REST and gRPC
+//! protocol"): a request whose `response_nonce` is not the last nonce sent for its type is
+//! stale and ignored; a request with `error_detail` is a NACK (the proxy keeps its previous
+//! config, `version_info` is the version it still holds); any other request with the current
+//! nonce is an ACK of the version it names. The first request of a type subscribes to it.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use futures_util::Stream;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use crate::discovery::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use crate::Any;
+
+/// One collection as published: its encoded resources and the version they were published at.
+#[derive(Debug, Clone, Default)]
+pub struct PublishedCollection {
+    pub version: String,
+    pub resources: Arc<Vec<Any>>,
+}
+
+/// Everything the control plane serves at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Collection type URL → its content.
+    pub collections: BTreeMap<String, PublishedCollection>,
+    /// When this config was published (for convergence times).
+    pub at: Option<Instant>,
+}
+
+/// What the server reports as it works (the control plane turns these into istiod's metrics).
+pub trait ServerEvents: Send + Sync + 'static {
+    /// A proxy connected (`true`) or went away (`false`).
+    fn connection(&self, _node_id: &str, _connected: bool) {}
+    /// A collection was sent to a proxy: how long since it was published, and its size.
+    fn pushed(&self, _type_url: &str, _since_publish: std::time::Duration, _bytes: usize) {}
+    /// A proxy ACKed a version; `since_push` is the time from our send to its ACK.
+    fn acked(&self, _type_url: &str, _since_publish: std::time::Duration) {}
+    /// A proxy refused a collection.
+    fn rejected(&self, _node_id: &str, _type_url: &str, _message: &str) {}
+}
+
+/// No-op events.
+pub struct NoEvents;
+impl ServerEvents for NoEvents {}
+
+/// A collection's state on one stream, as `proxy-status` shows it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TypeStatus {
+    /// The version last sent ("" when none yet).
+    pub sent: String,
+    /// The version the proxy last ACKed.
+    pub acked: String,
+    /// The message of the last NACK since the last ACK, if any.
+    pub nacked: Option<String>,
+}
+
+/// One connected proxy, as `proxy-status` shows it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConnectionStatus {
+    pub node_id: String,
+    pub peer: String,
+    /// The replica serving it (this one's `identifier`).
+    pub control_plane: String,
+    /// Unix seconds.
+    pub connected_at: u64,
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+/// The ADS service: give it to tonic with `AggregatedDiscoveryServiceServer::new`.
+#[derive(Clone)]
+pub struct AdsServer {
+    config: watch::Receiver<Arc<Published>>,
+    events: Arc<dyn ServerEvents>,
+    connections: Arc<Mutex<BTreeMap<u64, ConnectionStatus>>>,
+    /// Name of this replica, sent as `control_plane.identifier`.
+    identifier: Arc<str>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl AdsServer {
+    pub fn new(
+        config: watch::Receiver<Arc<Published>>,
+        events: Arc<dyn ServerEvents>,
+        identifier: &str,
+    ) -> AdsServer {
+        AdsServer {
+            config,
+            events,
+            connections: Arc::default(),
+            identifier: Arc::from(identifier),
+            next_id: Arc::default(),
+        }
+    }
+
+    /// Every connected proxy and the state of each of its collections.
+    pub fn connections(&self) -> Vec<ConnectionStatus> {
+        self.connections
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Responses to one stream.
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let stream = StreamState {
+            id,
+            server: self.clone(),
+            peer,
+            node_id: String::new(),
+            types: BTreeMap::new(),
+            nonce: 0,
+            tx,
+        };
+        tokio::spawn(stream.run(requests));
+        let responses = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Err(Status::unimplemented(
+            "delta xDS is not served yet; use StreamAggregatedResources (state of the world)",
+        ))
+    }
+}
+
+/// The collection a request's type URL names: by its main type URL or an alias
+/// (`networking.istio.io/v1alpha3/ServiceEntry` is served what `…/v1/ServiceEntry` is).
+fn published_collection<'a>(
+    published: &'a Published,
+    type_url: &str,
+) -> Option<&'a PublishedCollection> {
+    published.collections.get(type_url).or_else(|| {
+        let main = crate::collection(type_url)?.type_url;
+        published.collections.get(main)
+    })
+}
+
+/// What one stream has sent and been told, per collection.
+struct StreamType {
+    sent_version: Option<String>,
+    sent_nonce: String,
+    sent_at: Option<Instant>,
+    status: TypeStatus,
+}
+
+struct StreamState {
+    id: u64,
+    server: AdsServer,
+    peer: String,
+    node_id: String,
+    types: BTreeMap<String, StreamType>,
+    nonce: u64,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+}
+
+impl StreamState {
+    async fn run(mut self, mut requests: Streaming<DiscoveryRequest>) {
+        let mut config = self.server.config.clone();
+        config.mark_unchanged();
+        loop {
+            tokio::select! {
+                request = requests.message() => match request {
+                    Ok(Some(request)) => {
+                        if self.on_request(request).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(node = %self.node_id, "ADS stream ended: {status}");
+                        break;
+                    }
+                },
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let published = config.borrow_and_update().clone();
+                    if self.push_changed(&published).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if !self.node_id.is_empty() {
+            self.server.events.connection(&self.node_id, false);
+            tracing::info!(node = %self.node_id, peer = %self.peer, "proxy disconnected");
+        }
+        if let Ok(mut c) = self.server.connections.lock() {
+            c.remove(&self.id);
+        }
+    }
+
+    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), ()> {
+        if self.node_id.is_empty() {
+            let Some(node) = request.node.as_ref().filter(|n| !n.id.is_empty()) else {
+                let _ = self
+                    .tx
+                    .send(Err(Status::invalid_argument(
+                        "the first DiscoveryRequest of a stream must carry node.id",
+                    )))
+                    .await;
+                return Err(());
+            };
+            self.node_id = node.id.clone();
+            self.server.events.connection(&self.node_id, true);
+            tracing::info!(node = %self.node_id, peer = %self.peer, "proxy connected");
+            self.update_status();
+        }
+        let type_url = request.type_url.clone();
+        match self.types.get_mut(&type_url) {
+            None => {
+                self.types.insert(
+                    type_url.clone(),
+                    StreamType {
+                        sent_version: None,
+                        sent_nonce: String::new(),
+                        sent_at: None,
+                        status: TypeStatus {
+                            acked: request.version_info.clone(),
+                            ..TypeStatus::default()
+                        },
+                    },
+                );
+                let published = self.server.config.borrow().clone();
+                self.push(&type_url, &published).await?;
+            }
+            Some(state) => {
+                if request.response_nonce != state.sent_nonce {
+                    // Stale: an answer to a response that a newer one has replaced.
+                    return Ok(());
+                }
+                if let Some(error) = &request.error_detail {
+                    self.server
+                        .events
+                        .rejected(&self.node_id, &type_url, &error.message);
+                    tracing::warn!(
+                        node = %self.node_id,
+                        type_url = %type_url,
+                        version = %state.sent_version.as_deref().unwrap_or(""),
+                        "proxy rejected the config: {}",
+                        error.message
+                    );
+                    state.status.nacked = Some(error.message.clone());
+                } else {
+                    state.status.acked = request.version_info.clone();
+                    state.status.nacked = None;
+                    if let Some(at) = state.sent_at {
+                        self.server.events.acked(&type_url, at.elapsed());
+                    }
+                }
+            }
+        }
+        self.update_status();
+        Ok(())
+    }
+
+    /// Sends every subscribed collection whose version moved.
+    async fn push_changed(&mut self, published: &Published) -> Result<(), ()> {
+        let due: Vec<String> = self
+            .types
+            .iter()
+            .filter(|(t, s)| {
+                published_collection(published, t)
+                    .is_some_and(|c| s.sent_version.as_deref() != Some(c.version.as_str()))
+            })
+            .map(|(t, _)| t.clone())
+            .collect();
+        for type_url in due {
+            self.push(&type_url, published).await?;
+        }
+        self.update_status();
+        Ok(())
+    }
+
+    /// Sends `type_url` as published. A collection not published yet (the control plane has
+    /// not accepted its config, or does not serve the type) is not sent at all: an empty
+    /// answer would be a config, and an open one.
+    async fn push(&mut self, type_url: &str, published: &Published) -> Result<(), ()> {
+        let Some(collection) = published_collection(published, type_url) else {
+            return Ok(());
+        };
+        self.nonce += 1;
+        let nonce = format!("{}-{}", self.id, self.nonce);
+        let response = DiscoveryResponse {
+            version_info: collection.version.clone(),
+            resources: collection.resources.as_ref().clone(),
+            type_url: type_url.to_string(),
+            nonce: nonce.clone(),
+            control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
+                identifier: self.server.identifier.to_string(),
+            }),
+            ..DiscoveryResponse::default()
+        };
+        let bytes = collection.resources.iter().map(|a| a.value.len()).sum();
+        self.tx.send(Ok(response)).await.map_err(|_| ())?;
+        let now = Instant::now();
+        self.server.events.pushed(
+            type_url,
+            published.at.map(|at| now - at).unwrap_or_default(),
+            bytes,
+        );
+        if let Some(state) = self.types.get_mut(type_url) {
+            state.sent_version = Some(collection.version.clone());
+            state.sent_nonce = nonce;
+            state.sent_at = Some(published.at.unwrap_or(now));
+            state.status.sent = collection.version.clone();
+        }
+        Ok(())
+    }
+
+    fn update_status(&self) {
+        let status = ConnectionStatus {
+            node_id: self.node_id.clone(),
+            peer: self.peer.clone(),
+            control_plane: self.server.identifier.to_string(),
+            connected_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            types: self
+                .types
+                .iter()
+                .map(|(t, s)| (t.clone(), s.status.clone()))
+                .collect(),
+        };
+        if let Ok(mut c) = self.server.connections.lock() {
+            let entry = c.entry(self.id).or_insert(status.clone());
+            let connected_at = entry.connected_at;
+            *entry = ConnectionStatus {
+                connected_at,
+                ..status
+            };
+        }
+    }
+}
