@@ -4,11 +4,19 @@
 //! (the `istio-system/istio` ConfigMap's `data.mesh`) goes as `mesh.istio.io/v1alpha1/MeshConfig`
 //! as istiod sends it. Kubernetes kinds have no Istio message: sluice control sends them in
 //! collections named as istiod names their kinds (`core/v1/Service`), with the object's fields
-//! as a `google.protobuf.Struct` body, for sluice proxies. Secrets are never sent on the
-//! plaintext port: a private key must not cross the network in the clear.
+//! as a `google.protobuf.Struct` body, for sluice proxies.
+//!
+//! Each resource also gets its audience: a Secret only goes to proxies of its own namespace that
+//! proved who they are with a client certificate (the mutual-TLS port), as istiod's SDS serves
+//! a gateway only its own namespace's credentials, so a private key never crosses the plaintext
+//! port; a resource scoped by `exportTo` only to the namespaces it is exported to.
+
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 use sluice_api::{Kind, Resource, Spec};
+use sluice_model::registry::{visibility, ExportTo};
+use sluice_xds::server::Audience;
 use sluice_xds::McpObject;
 
 /// The mesh config's collection (`core/v1alpha1/MeshConfig`, as istiod serves it).
@@ -16,8 +24,20 @@ pub fn mesh_config_collection() -> &'static str {
     sluice_xds::collection_for_kind("MeshConfig").map_or("core/v1alpha1/MeshConfig", |c| c.type_url)
 }
 
+/// Who may receive `res`.
+pub fn audience(res: &Resource) -> Audience {
+    if let Spec::Secret { .. } = res.spec {
+        return Audience::AuthenticatedIn(res.meta.namespace.clone());
+    }
+    match visibility(res) {
+        None | Some(ExportTo::All) => Audience::Everyone,
+        Some(ExportTo::Namespaces(namespaces)) if namespaces.is_empty() => Audience::Nobody,
+        Some(ExportTo::Namespaces(namespaces)) => Audience::Namespaces(Arc::from(namespaces)),
+    }
+}
+
 /// The collection `res` is served in, and its MCP object; `None` for what is not served
-/// (ConfigMaps other than the mesh config, Secrets).
+/// (ConfigMaps other than the mesh config).
 pub fn mcp_object(res: &Resource) -> Option<(String, McpObject)> {
     let meta = &res.meta;
     let object = |name: String, spec: Value| McpObject {
@@ -46,11 +66,15 @@ pub fn mcp_object(res: &Resource) -> Option<(String, McpObject)> {
                 object(String::new(), spec),
             ))
         }
-        Spec::Secret { .. } => None,
-        Spec::Service(_) | Spec::Endpoints(_) | Spec::Ingress(_) | Spec::IngressClass(_) => {
+        Spec::Service(_)
+        | Spec::Endpoints(_)
+        | Spec::Ingress(_)
+        | Spec::IngressClass(_)
+        | Spec::Secret { .. } => {
             let collection = kubernetes_collection(res.kind)?;
             let fields = match &res.spec {
-                Spec::Endpoints(subsets) => json!({ "subsets": subsets }),
+                // Already the object's fields (`subsets`; `type` and base64 `data`).
+                Spec::Endpoints(_) | Spec::Secret { .. } => res.spec_json()?,
                 _ => json!({ "spec": res.spec_json()? }),
             };
             Some((collection.to_string(), object(namespaced, fields)))
@@ -70,6 +94,7 @@ fn kubernetes_collection(kind: Kind) -> Option<&'static str> {
     Some(match kind {
         Kind::Service => "core/v1/Service",
         Kind::Endpoints => "core/v1/Endpoints",
+        Kind::Secret => "core/v1/Secret",
         Kind::Ingress => "networking.k8s.io/v1/Ingress",
         Kind::IngressClass => "networking.k8s.io/v1/IngressClass",
         _ => return None,

@@ -1,15 +1,18 @@
 //! `sluice control`: one control plane for many proxies. It reads a config folder with the same
 //! store, validation and last-good rules as a proxy, and serves it over gRPC as istiod does:
 //! Envoy's Aggregated Discovery Service carrying Istio config as MCP resources
-//! (`sluice_xds`), on 15010 (plaintext). Its monitoring port (15014, as istiod's) serves
+//! (`sluice_xds`), on 15010 (plaintext) and, with a mesh identity, 15012 (mutual TLS: the
+//! proxy's namespace comes from its certificate, and only there are Secrets served). Its
+//! monitoring port (15014, as istiod's) serves
 //! istiod's metrics on `/metrics`, `/ready`, and `/debug/syncz` (what each connected proxy has
 //! been sent and has ACKed, which `sluice proxy-status` reads).
 //!
-//! Control work runs off the request path of nothing: the store reads and validates on its own
-//! thread; encoding happens once per change there; the ADS streams only clone encoded bytes.
+//! The store reads and validates on its own thread, and encoding happens there once per change;
+//! the ADS streams only select (scoping) and clone encoded bytes.
 
 pub mod encode;
 pub mod metrics;
+pub mod mtls;
 pub mod push;
 
 use std::net::SocketAddr;
@@ -44,6 +47,16 @@ pub struct ControlOptions {
     /// This replica's name, sent to proxies as `control_plane.identifier`.
     pub identifier: String,
     pub debounce: Debounce,
+    /// The mutual-TLS xDS port (istiod: 15012) and the control plane's own identity.
+    pub tls: Option<ControlTls>,
+}
+
+/// The mutual-TLS port: where, and as whom (a workload identity from the mesh root, istiod's
+/// `spiffe://TD/ns/istio-system/sa/istiod` by default).
+#[derive(Debug, Clone)]
+pub struct ControlTls {
+    pub addr: SocketAddr,
+    pub identity: sluice_proxy::identity::IdentityOptions,
 }
 
 /// Runs the control plane until Ctrl-C or SIGTERM.
@@ -88,6 +101,26 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
     let incoming = sluice_xds::tonic::transport::server::TcpIncoming::from(xds_listener);
     let shutdown = shutdown_signal();
     let (quit_tx, quit_rx) = watch::channel(false);
+    let grpc_tls = match &opts.tls {
+        None => None,
+        Some(tls) => {
+            let identity = sluice_proxy::runtime::load_identity(Some(&tls.identity))?
+                .context("no mesh identity")?;
+            let listener = TcpListener::bind(tls.addr)
+                .await
+                .with_context(|| format!("cannot listen on {} (xDS, mutual TLS)", tls.addr))?;
+            let config = identity.server_config(&[b"h2"], false);
+            let incoming = mtls::incoming(listener, config);
+            let mut quit = quit_rx.clone();
+            Some(tokio::spawn(
+                sluice_xds::tonic::transport::Server::builder()
+                    .add_service(service.clone())
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = quit.wait_for(|q| *q).await;
+                    }),
+            ))
+        }
+    };
     let grpc = tokio::spawn({
         let mut quit = quit_rx.clone();
         sluice_xds::tonic::transport::Server::builder()
@@ -105,6 +138,7 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
     });
     tracing::info!(
         xds = %opts.xds_addr,
+        xds_mtls = ?opts.tls.as_ref().map(|t| t.addr),
         monitoring = %opts.monitoring_addr,
         config = %opts.config_dir.display(),
         "control plane serving"
@@ -114,6 +148,9 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
     let _ = quit_tx.send(true);
     let _ = stop_tx.send(true);
     let _ = grpc.await;
+    if let Some(grpc_tls) = grpc_tls {
+        let _ = grpc_tls.await;
+    }
     let _ = monitoring.await;
     Ok(())
 }

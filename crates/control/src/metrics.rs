@@ -5,13 +5,16 @@
 //! istiod's counters have no `_total` suffix (`pilot_xds_pushes`), which OpenMetrics requires
 //! of a counter; they are exposed as gauges that only go up, so the names dashboards and alerts
 //! use for istiod are the names here. `type` is the collection's type URL, as istiod labels a
-//! type it has no short name for.
+//! type it has no short name for. `pilot_xds_config_size_bytes{type}` is istiod's too; sluice's
+//! own `sluice_xds_scoped_resources_total{type}` and `sluice_xds_scoped_bytes_total{type}`
+//! count what scoping (`exportTo`, Secrets' namespaces) kept from proxies, i.e. what it saves.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -37,7 +40,10 @@ pub struct ControlMetrics {
     pushes: Family<TypeLabel, Count>,
     rejects: Family<TypeLabel, Count>,
     push_time: Family<TypeLabel, Histogram>,
+    config_size: Family<TypeLabel, Histogram>,
     convergence: Histogram,
+    scoped_resources: Family<TypeLabel, Counter>,
+    scoped_bytes: Family<TypeLabel, Counter>,
 }
 
 impl Default for ControlMetrics {
@@ -57,6 +63,11 @@ impl ControlMetrics {
             Histogram::new([0.01, 0.1, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0])
         });
         let convergence = Histogram::new([0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0]);
+        let config_size = Family::<TypeLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([1.0, 10000.0, 1000000.0, 4000000.0, 10000000.0, 40000000.0])
+        });
+        let scoped_resources = Family::<TypeLabel, Counter>::default();
+        let scoped_bytes = Family::<TypeLabel, Counter>::default();
         registry.register(
             "pilot_xds",
             "Number of endpoints connected to this pilot using XDS.",
@@ -78,6 +89,21 @@ impl ControlMetrics {
             push_time.clone(),
         );
         registry.register(
+            "pilot_xds_config_size_bytes",
+            "Distribution of configuration sizes pushed to clients",
+            config_size.clone(),
+        );
+        registry.register(
+            "sluice_xds_scoped_resources",
+            "Resources not sent to a proxy because they are not visible to it (exportTo, a Secret of another namespace or over plaintext).",
+            scoped_resources.clone(),
+        );
+        registry.register(
+            "sluice_xds_scoped_bytes",
+            "Bytes of resources not sent to a proxy because they are not visible to it.",
+            scoped_bytes.clone(),
+        );
+        registry.register(
             "pilot_proxy_convergence_time",
             "Delay in seconds between config change and a proxy receiving all required configuration.",
             convergence.clone(),
@@ -88,7 +114,10 @@ impl ControlMetrics {
             pushes,
             rejects,
             push_time,
+            config_size,
             convergence,
+            scoped_resources,
+            scoped_bytes,
         }
     }
 
@@ -126,8 +155,9 @@ impl ServerEvents for ControlMetrics {
         }
     }
 
-    fn pushed(&self, type_url: &str, since_publish: Duration, _bytes: usize) {
+    fn pushed(&self, type_url: &str, since_publish: Duration, bytes: usize) {
         let label = type_label(type_url);
+        self.config_size.get_or_create(&label).observe(bytes as f64);
         self.pushes.get_or_create(&label).inc();
         self.push_time
             .get_or_create(&label)
@@ -140,5 +170,13 @@ impl ServerEvents for ControlMetrics {
 
     fn rejected(&self, _node_id: &str, type_url: &str, _message: &str) {
         self.rejects.get_or_create(&type_label(type_url)).inc();
+    }
+
+    fn scoped(&self, type_url: &str, withheld: usize, bytes: usize) {
+        let label = type_label(type_url);
+        self.scoped_resources
+            .get_or_create(&label)
+            .inc_by(withheld as u64);
+        self.scoped_bytes.get_or_create(&label).inc_by(bytes as u64);
     }
 }

@@ -10,7 +10,7 @@ use sluice_api::Resource;
 use sluice_xds::server::{Published, PublishedCollection};
 use tokio::sync::watch;
 
-use crate::encode::mcp_object;
+use crate::encode::{audience, mcp_object};
 
 /// Encodes publishes; remembers each collection's last content so an unchanged collection
 /// keeps its version (and is not pushed again).
@@ -24,17 +24,22 @@ impl Encoder {
     /// resource that cannot be encoded keeps its last version whole (never a collection with a
     /// policy missing), and the error is logged with the resource's name.
     pub fn encode(&mut self, generation: u64, resources: &[Resource]) -> Published {
-        let mut grouped: BTreeMap<String, Vec<_>> = sluice_proxy::xds_source::collections()
-            .into_iter()
-            .map(|c| (c, Vec::new()))
-            .collect();
+        let mut grouped: BTreeMap<String, (Vec<_>, Vec<_>)> =
+            sluice_proxy::xds_source::collections()
+                .into_iter()
+                .map(|c| (c, (Vec::new(), Vec::new())))
+                .collect();
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
         for res in resources {
             let Some((collection, object)) = mcp_object(res) else {
                 continue;
             };
             match sluice_xds::encode_resource(&collection, &object) {
-                Ok(any) => grouped.entry(collection).or_default().push(any),
+                Ok(any) => {
+                    let (anys, audiences) = grouped.entry(collection).or_default();
+                    anys.push(any);
+                    audiences.push(audience(res));
+                }
                 Err(e) => {
                     tracing::error!(
                         "{} {}: cannot be sent to proxies: {e}; {collection} keeps its last version",
@@ -46,9 +51,11 @@ impl Encoder {
             }
         }
         let mut collections = BTreeMap::new();
-        for (collection, anys) in grouped {
+        for (collection, (anys, audiences)) in grouped {
             let previous = self.last.get(&collection);
-            let unchanged = previous.is_some_and(|p| p.resources.as_ref() == &anys);
+            let unchanged = previous.is_some_and(|p| {
+                p.resources.as_ref() == &anys && p.audiences.as_ref() == &audiences
+            });
             let entry = if failed.contains_key(&collection) || unchanged {
                 // Never sent before and cannot be sent now: proxies get nothing for it (and
                 // stay not ready), not an empty collection that would open what it guards.
@@ -58,6 +65,7 @@ impl Encoder {
                 PublishedCollection {
                     version: generation.to_string(),
                     resources: Arc::new(anys),
+                    audiences: Arc::new(audiences),
                 }
             };
             self.last.insert(collection.clone(), entry.clone());

@@ -63,7 +63,10 @@ fn nothing_is_served_while_a_policy_file_has_never_been_accepted() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("mesh.yaml"),
-        MESH.replace("REGISTRY_ONLY", "REGISTRY_ONLY\n    connectTimeout: 10 seconds"),
+        MESH.replace(
+            "REGISTRY_ONLY",
+            "REGISTRY_ONLY\n    connectTimeout: 10 seconds",
+        ),
     )
     .unwrap();
     std::fs::write(dir.path().join("se.yaml"), SE).unwrap();
@@ -72,12 +75,18 @@ fn nothing_is_served_while_a_policy_file_has_never_been_accepted() {
     assert!(seen.lock().unwrap().is_empty(), "nothing may be served");
     let status = store.status().load();
     assert!(!status.ready);
-    assert!(status.not_ready.join(" ").contains("mesh.yaml"), "{:?}", status.not_ready);
+    assert!(
+        status.not_ready.join(" ").contains("mesh.yaml"),
+        "{:?}",
+        status.not_ready
+    );
 
     std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
     store.rescan();
     let seen = seen.lock().unwrap();
-    let published = seen.last().expect("served once the mesh config is accepted");
+    let published = seen
+        .last()
+        .expect("served once the mesh config is accepted");
     assert!(store.status().load().ready);
     // Every collection a proxy subscribes to is there, so a proxy can become ready.
     for collection in sluice_proxy::xds_source::collections() {
@@ -94,10 +103,13 @@ fn nothing_is_served_while_a_policy_file_has_never_been_accepted() {
         "type.googleapis.com/istio.mesh.v1alpha1.MeshConfig"
     );
     let decoded = sluice_xds::decode_resource("core/v1alpha1/MeshConfig", &mesh[0]).unwrap();
-    assert_eq!(decoded.spec["outboundTrafficPolicy"]["mode"], "REGISTRY_ONLY");
+    assert_eq!(
+        decoded.spec["outboundTrafficPolicy"]["mode"],
+        "REGISTRY_ONLY"
+    );
     let se = &published.collections["networking.istio.io/v1/ServiceEntry"].resources;
-    let decoded = sluice_xds::decode_resource("networking.istio.io/v1/ServiceEntry", &se[0])
-        .unwrap();
+    let decoded =
+        sluice_xds::decode_resource("networking.istio.io/v1/ServiceEntry", &se[0]).unwrap();
     assert_eq!(decoded.name, "default/ext");
     assert_eq!(decoded.spec["hosts"][0], "httpbin.org");
 }

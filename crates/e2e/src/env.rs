@@ -400,6 +400,12 @@ impl TestEnv {
     /// istiod), and waits until it is ready. A sidecar started with
     /// `SidecarOpts::xds("127.0.0.1:15010")` then takes its config from it.
     pub fn start_control(&mut self, label: &str, xds_port: u16) {
+        self.start_control_with(label, xds_port, &[]);
+    }
+
+    /// [`TestEnv::start_control`] with more arguments (e.g. `--mesh-ca DIR` for the mutual-TLS
+    /// port, 15012 unless `--xds-tls-port` says otherwise).
+    pub fn start_control_with(&mut self, label: &str, xds_port: u16, extra: &[&str]) {
         let mut cmd = self.pod.cmd(crate::prereq::sluice_bin());
         cmd.args([
             "control",
@@ -414,6 +420,7 @@ impl TestEnv {
             "--name",
             label,
         ]);
+        cmd.args(extra);
         if let Some(level) = std::env::var_os("SLUICE_E2E_LOG") {
             cmd.env("SLUICE_LOG", level);
         }

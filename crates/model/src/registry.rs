@@ -628,17 +628,7 @@ fn from_kube_service(res: &Resource, spec: &ServiceSpec, index: &Index<'_, '_>) 
             Resolution::Static
         }
     };
-    let export_to = match res.meta.annotations.get(EXPORT_TO_ANNOTATION) {
-        Some(list) => {
-            let list: Vec<String> = list
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-            ExportTo::parse(&list, ns)
-        }
-        None => ExportTo::All,
-    };
+    let export_to = service_export_to(res, ns);
     Arc::new(Service {
         hostname: format!("{name}.{ns}.{CLUSTER_DOMAIN}")
             .to_ascii_lowercase()
@@ -656,6 +646,37 @@ fn from_kube_service(res: &Resource, spec: &ServiceSpec, index: &Index<'_, '_>) 
 
 /// Annotation that sets a Kubernetes Service's visibility, as `exportTo` does for Istio kinds.
 pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
+
+/// A Kubernetes Service's visibility from its annotation (everyone without one).
+fn service_export_to(res: &Resource, ns: &str) -> ExportTo {
+    match res.meta.annotations.get(EXPORT_TO_ANNOTATION) {
+        Some(list) => {
+            let list: Vec<String> = list
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            ExportTo::parse(&list, ns)
+        }
+        None => ExportTo::All,
+    }
+}
+
+/// Which proxies may use `res`, for the kinds whose visibility Istio scopes (`exportTo` of
+/// ServiceEntry, VirtualService and DestinationRule; a Service's exportTo annotation); `None`
+/// for the others, which every proxy receives. A control plane sends a resource only to the
+/// namespaces it is visible to: the proxies of other namespaces would ignore it anyway
+/// (the compile applies the same rule).
+pub fn visibility(res: &Resource) -> Option<ExportTo> {
+    let ns = &res.meta.namespace;
+    match &res.spec {
+        Spec::ServiceEntry(se) => Some(ExportTo::parse(&se.export_to, ns)),
+        Spec::VirtualService(vs) => Some(ExportTo::parse(&vs.export_to, ns)),
+        Spec::DestinationRule(dr) => Some(ExportTo::parse(&dr.export_to, ns)),
+        Spec::Service(_) => Some(service_export_to(res, ns)),
+        _ => None,
+    }
+}
 
 /// Parses `1.2.3.4` or `1.2.3.0/24`.
 pub fn parse_net(s: &str) -> Option<IpNet> {

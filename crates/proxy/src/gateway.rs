@@ -231,7 +231,13 @@ pub async fn run_with_identity(
         service_account: identity.as_ref().map(|i| i.service_account.clone()),
         kind: ProxyKind::Gateway,
     };
-    let mut rt = Runtime::load_from(&opts.config, proxy_identity, opts.downstream).await?;
+    let mut rt = Runtime::load_from(
+        &opts.config,
+        proxy_identity,
+        opts.downstream,
+        mesh_identity.as_ref(),
+    )
+    .await?;
     let snapshots = rt.snapshots.clone();
     let mut proxy = gateway_proxy(
         snapshots.clone(),

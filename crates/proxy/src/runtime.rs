@@ -129,7 +129,25 @@ pub enum ConfigSource {
         /// The node id to present; Istio's `sidecar~IP~POD.NS~NS.svc.cluster.local` form from
         /// the host name when absent.
         node_id: Option<String>,
+        /// Mutual TLS (`--xds-tls`, or a server on istiod's 15012): the proxy presents its mesh
+        /// identity and accepts only a control plane whose certificate carries
+        /// `control_plane_identity`.
+        tls: bool,
+        /// Default `spiffe://TD/ns/istio-system/sa/istiod`, TD being the proxy's trust domain.
+        control_plane_identity: Option<String>,
     },
+}
+
+impl ConfigSource {
+    /// Whether the control-plane connection is mutual TLS: asked for, or a server on 15012.
+    pub fn wants_tls(&self) -> bool {
+        match self {
+            ConfigSource::Dir(_) => false,
+            ConfigSource::Xds { servers, tls, .. } => {
+                *tls || servers.split(',').any(|s| s.trim().ends_with(":15012"))
+            }
+        }
+    }
 }
 
 /// What the runtime keeps of the config store once the store runs on its own thread.
@@ -186,15 +204,45 @@ impl Runtime {
     }
 
     /// Loads the config from `source`; see [`Runtime::load_with`] and [`Runtime::load_xds`].
+    /// `mesh` is the proxy's mesh identity, which a mutual-TLS control plane needs.
     pub async fn load_from(
         source: &ConfigSource,
         identity: ProxyIdentity,
         settings: DownstreamSettings,
+        mesh: Option<&Arc<Identity>>,
     ) -> anyhow::Result<Runtime> {
+        let tls = source.wants_tls();
         match source {
             ConfigSource::Dir(dir) => Runtime::load_with(dir, identity, settings).await,
-            ConfigSource::Xds { servers, node_id } => {
-                Runtime::load_xds(servers, node_id.as_deref(), identity, settings).await
+            ConfigSource::Xds {
+                servers,
+                node_id,
+                control_plane_identity,
+                ..
+            } => {
+                let tls = if tls {
+                    let mesh = mesh.with_context(|| {
+                        format!(
+                            "--xds {servers}: mutual TLS to the control plane (15012 or --xds-tls) \
+                             needs this proxy's mesh identity: give --mesh-ca (or use the \
+                             plaintext port, 15010)"
+                        )
+                    })?;
+                    let expected = control_plane_identity.clone().unwrap_or_else(|| {
+                        let trust_domain = mesh
+                            .spiffe_id()
+                            .trim_start_matches("spiffe://")
+                            .split('/')
+                            .next()
+                            .unwrap_or("cluster.local")
+                            .to_string();
+                        format!("spiffe://{trust_domain}/ns/istio-system/sa/istiod")
+                    });
+                    Some(mesh.client_config(&[expected], &[b"h2"]))
+                } else {
+                    None
+                };
+                Runtime::load_xds(servers, node_id.as_deref(), identity, settings, tls).await
             }
         }
     }
@@ -228,9 +276,10 @@ impl Runtime {
         node_id: Option<&str>,
         identity: ProxyIdentity,
         settings: DownstreamSettings,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> anyhow::Result<Runtime> {
         let node = crate::xds_source::node(&identity, node_id);
-        let client = crate::xds_source::client_config(servers, node);
+        let client = crate::xds_source::client_config(servers, node, tls);
         anyhow::ensure!(
             !client.servers.is_empty(),
             "--xds {servers:?}: give the control plane as HOST:PORT"

@@ -133,7 +133,13 @@ pub async fn run_with_identity(
         service_account: opts.service_account.clone(),
         kind: sluice_model::ProxyKind::Sidecar,
     };
-    let mut rt = Runtime::load_from(&opts.config, identity, opts.downstream).await?;
+    let mut rt = Runtime::load_from(
+        &opts.config,
+        identity,
+        opts.downstream,
+        mesh_identity.as_ref(),
+    )
+    .await?;
     let snapshots = rt.snapshots.clone();
     let mut proxy = Proxy::new(
         snapshots.clone(),

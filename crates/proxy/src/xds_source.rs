@@ -20,11 +20,12 @@ use sluice_xds::McpObject;
 use crate::store::{CollectionUpdate, ConfigStore};
 
 /// The Kubernetes kinds sluice control also serves, as istiod names their collections (istiod
-/// itself sends Services as ServiceEntries instead). Secrets are not among them: a private key
-/// does not cross the plaintext port.
+/// itself sends Services as ServiceEntries instead). Secrets reach only a proxy that proved its
+/// namespace with a client certificate (the mutual-TLS port), and only its namespace's.
 pub const KUBERNETES_COLLECTIONS: &[&str] = &[
     "core/v1/Service",
     "core/v1/Endpoints",
+    "core/v1/Secret",
     "networking.k8s.io/v1/Ingress",
     "networking.k8s.io/v1/IngressClass",
 ];
@@ -257,8 +258,13 @@ async fn client_loop(
     wire.abort();
 }
 
-/// The ADS client settings for `--xds`: comma-separated replicas, Istio's collections.
-pub fn client_config(servers: &str, node: sluice_xds::Node) -> ClientConfig {
+/// The ADS client settings for `--xds`: comma-separated replicas, Istio's collections, mutual
+/// TLS with `tls` (the proxy's client config) when given.
+pub fn client_config(
+    servers: &str,
+    node: sluice_xds::Node,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> ClientConfig {
     ClientConfig {
         servers: servers
             .split(',')
@@ -270,5 +276,6 @@ pub fn client_config(servers: &str, node: sluice_xds::Node) -> ClientConfig {
         collections: collections(),
         initial_backoff: Duration::from_millis(500),
         max_backoff: Duration::from_secs(15),
+        tls,
     }
 }

@@ -96,6 +96,18 @@ struct ControlArgs {
     /// Push at the latest this long after the first change (istiod's PILOT_DEBOUNCE_MAX).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     debounce_max: std::time::Duration,
+    /// Mutual-TLS xDS port (istiod's 15012), served with --mesh-ca: proxies present their mesh
+    /// identity, which fixes their namespace; gateways get their namespace's Secrets only here.
+    #[arg(long, default_value_t = 15012)]
+    xds_tls_port: u16,
+    /// Namespace of the control plane's own identity (its certificate's SPIFFE ID).
+    #[arg(long, default_value = "istio-system")]
+    namespace: String,
+    /// Service account of the control plane's own identity.
+    #[arg(long, default_value = "istiod")]
+    service_account: String,
+    #[command(flatten)]
+    mesh: MeshIdentityArgs,
 }
 
 impl ControlArgs {
@@ -105,7 +117,15 @@ impl ControlArgs {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "sluice-control".to_string())
         });
+        let tls = self
+            .mesh
+            .options(&self.namespace, Some(&self.service_account))
+            .map(|identity| sluice_control::ControlTls {
+                addr: std::net::SocketAddr::new(self.bind, self.xds_tls_port),
+                identity,
+            });
         sluice_control::ControlOptions {
+            tls,
             config_dir: self.config,
             xds_addr: std::net::SocketAddr::new(self.bind, self.xds_port),
             monitoring_addr: std::net::SocketAddr::new(self.bind, self.monitoring_port),
@@ -292,6 +312,15 @@ struct ConfigSourceArgs {
     /// sidecar~IP~HOSTNAME.NS~NS.svc.cluster.local, router~… for a gateway].
     #[arg(long, requires = "xds")]
     xds_node_id: Option<String>,
+    /// Mutual TLS to the control plane, presenting this proxy's mesh identity (--mesh-ca); on by
+    /// itself for a server on istiod's port 15012. Secrets (gateway credentials) are only served
+    /// this way, and only the proxy's own namespace's.
+    #[arg(long, requires = "xds")]
+    xds_tls: bool,
+    /// The SPIFFE ID the control plane's certificate must carry over mutual TLS [default:
+    /// spiffe://TD/ns/istio-system/sa/istiod, TD being this proxy's trust domain].
+    #[arg(long, value_name = "SPIFFE_ID", requires = "xds")]
+    xds_identity: Option<String>,
 }
 
 impl ConfigSourceArgs {
@@ -301,6 +330,8 @@ impl ConfigSourceArgs {
             (None, servers) => ConfigSource::Xds {
                 servers: servers.unwrap_or_default(),
                 node_id: self.xds_node_id,
+                tls: self.xds_tls,
+                control_plane_identity: self.xds_identity,
             },
         }
     }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
@@ -45,6 +46,9 @@ pub struct ClientConfig {
     /// First reconnect delay; doubles up to `max_backoff`, with ±50% jitter.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Mutual TLS (istiod's 15012): the proxy's client config, which presents its workload
+    /// certificate and verifies the control plane's. `None`: plaintext (15010).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Runs the client until `applier` is dropped: connects, subscribes, forwards responses, and
@@ -98,7 +102,13 @@ async fn stream_once(
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let channel = match &config.tls {
+        None => endpoint.connect().await.map_err(|e| e.to_string())?,
+        Some(tls) => endpoint
+            .connect_with_connector(tls_connector(server, tls.clone()))
+            .await
+            .map_err(|e| format!("{e}: {}", error_chain(&e)))?,
+    };
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(config.collections.len() + 4);
@@ -246,4 +256,48 @@ fn response_parts(response: &DiscoveryResponse) -> Result<Vec<McpObject>, String
         .iter()
         .map(|any| decode_resource(&response.type_url, any).map_err(|e| e.to_string()))
         .collect()
+}
+
+/// Connects over TCP to `server` and completes a TLS handshake with `tls` (ALPN h2) before
+/// gRPC speaks; the server name is the address's host part.
+fn tls_connector(
+    server: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    tonic::transport::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone {
+    let server = server.to_string();
+    tower::service_fn(move |_uri: tonic::transport::Uri| {
+        let server = server.clone();
+        let tls = tls.clone();
+        async move {
+            let host = server
+                .rsplit_once(':')
+                .map_or(server.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let name = rustls_pki_types::ServerName::try_from(host)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tcp = tokio::net::TcpStream::connect(&server).await?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
+}
+
+/// The causes under a connection error (tonic's top-level message is just "transport error").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push(s.to_string());
+        source = s.source();
+    }
+    out.join(": ")
 }

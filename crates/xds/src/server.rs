@@ -32,6 +32,53 @@ use crate::Any;
 pub struct PublishedCollection {
     pub version: String,
     pub resources: Arc<Vec<Any>>,
+    /// Who may receive each resource, index for index with `resources`; empty means everyone.
+    pub audiences: Arc<Vec<Audience>>,
+}
+
+/// Which proxies a resource is for: the control plane decides (from `exportTo`, from a
+/// Secret's namespace); the server only applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    Everyone,
+    /// Proxies in one of these namespaces.
+    Namespaces(Arc<[String]>),
+    /// Proxies in this namespace whose identity was proven by a client certificate.
+    AuthenticatedIn(String),
+    /// Nobody (`exportTo: ["~"]`).
+    Nobody,
+}
+
+impl Audience {
+    /// Whether a proxy of `scope` receives the resource.
+    pub fn admits(&self, scope: &PeerScope) -> bool {
+        match self {
+            Audience::Everyone => true,
+            Audience::Namespaces(namespaces) => namespaces.contains(&scope.namespace),
+            Audience::AuthenticatedIn(namespace) => {
+                scope.authenticated.is_some() && *namespace == scope.namespace
+            }
+            Audience::Nobody => false,
+        }
+    }
+}
+
+/// Who is at the other end of a stream, as far as scoping is concerned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerScope {
+    /// The proxy's namespace: from its certificate when it has one, else from its node.
+    pub namespace: String,
+    /// The SPIFFE ID its client certificate proved, if the stream is mutual TLS.
+    pub authenticated: Option<String>,
+}
+
+/// What a mutual-TLS connection proved about the peer: the listener's connections report it as
+/// their tonic `ConnectInfo`, and tonic puts it in each request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsConnectInfo {
+    pub remote: std::net::SocketAddr,
+    /// The SPIFFE ID of the client certificate.
+    pub identity: String,
 }
 
 /// Everything the control plane serves at one moment.
@@ -53,6 +100,8 @@ pub trait ServerEvents: Send + Sync + 'static {
     fn acked(&self, _type_url: &str, _since_publish: std::time::Duration) {}
     /// A proxy refused a collection.
     fn rejected(&self, _node_id: &str, _type_url: &str, _message: &str) {}
+    /// Scoping kept `withheld` resources of a collection (and `bytes` of them) from a proxy.
+    fn scoped(&self, _type_url: &str, _withheld: usize, _bytes: usize) {}
 }
 
 /// No-op events.
@@ -77,6 +126,10 @@ pub struct ConnectionStatus {
     pub peer: String,
     /// The replica serving it (this one's `identifier`).
     pub control_plane: String,
+    /// The namespace its config is scoped to.
+    pub namespace: String,
+    /// The SPIFFE ID its client certificate proved (mutual-TLS port only).
+    pub identity: Option<String>,
     /// Unix seconds.
     pub connected_at: u64,
     pub types: BTreeMap<String, TypeStatus>,
@@ -130,10 +183,13 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        let mtls = request.extensions().get::<MtlsConnectInfo>().cloned();
         let peer = request
             .remote_addr()
+            .or(mtls.as_ref().map(|m| m.remote))
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let identity = mtls.map(|m| m.identity);
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -142,6 +198,10 @@ impl AggregatedDiscoveryService for AdsServer {
             server: self.clone(),
             peer,
             node_id: String::new(),
+            scope: PeerScope {
+                namespace: String::new(),
+                authenticated: identity,
+            },
             types: BTreeMap::new(),
             nonce: 0,
             tx,
@@ -178,6 +238,9 @@ fn published_collection<'a>(
 /// What one stream has sent and been told, per collection.
 struct StreamType {
     sent_version: Option<String>,
+    /// What the proxy was sent last, after scoping: a collection whose version moved but whose
+    /// resources for this proxy did not is not sent again.
+    sent_signature: Option<u64>,
     sent_nonce: String,
     sent_at: Option<Instant>,
     status: TypeStatus,
@@ -188,6 +251,7 @@ struct StreamState {
     server: AdsServer,
     peer: String,
     node_id: String,
+    scope: PeerScope,
     types: BTreeMap<String, StreamType>,
     nonce: u64,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
@@ -242,6 +306,14 @@ impl StreamState {
                     .await;
                 return Err(());
             };
+            match node_namespace(node, self.scope.authenticated.as_deref()) {
+                Ok(namespace) => self.scope.namespace = namespace,
+                Err(message) => {
+                    tracing::warn!(node = %node.id, peer = %self.peer, "proxy refused: {message}");
+                    let _ = self.tx.send(Err(Status::permission_denied(message))).await;
+                    return Err(());
+                }
+            }
             self.node_id = node.id.clone();
             self.server.events.connection(&self.node_id, true);
             tracing::info!(node = %self.node_id, peer = %self.peer, "proxy connected");
@@ -254,6 +326,7 @@ impl StreamState {
                     type_url.clone(),
                     StreamType {
                         sent_version: None,
+                        sent_signature: None,
                         sent_nonce: String::new(),
                         sent_at: None,
                         status: TypeStatus {
@@ -320,11 +393,23 @@ impl StreamState {
         let Some(collection) = published_collection(published, type_url) else {
             return Ok(());
         };
+        let (resources, signature, withheld) = scoped(collection, &self.scope);
+        if let Some(state) = self.types.get_mut(type_url) {
+            if state.sent_signature == Some(signature) {
+                // Nothing this proxy receives changed: record the version as sent and synced.
+                state.sent_version = Some(collection.version.clone());
+                return Ok(());
+            }
+        }
+        if withheld.0 > 0 {
+            self.server.events.scoped(type_url, withheld.0, withheld.1);
+        }
         self.nonce += 1;
         let nonce = format!("{}-{}", self.id, self.nonce);
+        let bytes = resources.iter().map(|a| a.value.len()).sum();
         let response = DiscoveryResponse {
             version_info: collection.version.clone(),
-            resources: collection.resources.as_ref().clone(),
+            resources,
             type_url: type_url.to_string(),
             nonce: nonce.clone(),
             control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
@@ -332,7 +417,6 @@ impl StreamState {
             }),
             ..DiscoveryResponse::default()
         };
-        let bytes = collection.resources.iter().map(|a| a.value.len()).sum();
         self.tx.send(Ok(response)).await.map_err(|_| ())?;
         let now = Instant::now();
         self.server.events.pushed(
@@ -342,6 +426,7 @@ impl StreamState {
         );
         if let Some(state) = self.types.get_mut(type_url) {
             state.sent_version = Some(collection.version.clone());
+            state.sent_signature = Some(signature);
             state.sent_nonce = nonce;
             state.sent_at = Some(published.at.unwrap_or(now));
             state.status.sent = collection.version.clone();
@@ -354,6 +439,8 @@ impl StreamState {
             node_id: self.node_id.clone(),
             peer: self.peer.clone(),
             control_plane: self.server.identifier.to_string(),
+            namespace: self.scope.namespace.clone(),
+            identity: self.scope.authenticated.clone(),
             connected_at: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -372,5 +459,138 @@ impl StreamState {
                 ..status
             };
         }
+    }
+}
+
+/// The resources of `collection` that a proxy of `scope` receives, a signature of them (to skip
+/// a push that would change nothing for it), and how many resources and bytes were withheld.
+fn scoped(collection: &PublishedCollection, scope: &PeerScope) -> (Vec<Any>, u64, (usize, usize)) {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut withheld = (0, 0);
+    let mut out = Vec::with_capacity(collection.resources.len());
+    for (i, any) in collection.resources.iter().enumerate() {
+        let admitted = collection
+            .audiences
+            .get(i)
+            .is_none_or(|audience| audience.admits(scope));
+        if admitted {
+            any.value.hash(&mut hasher);
+            out.push(any.clone());
+        } else {
+            withheld.0 += 1;
+            withheld.1 += any.value.len();
+        }
+    }
+    out.len().hash(&mut hasher);
+    (out, hasher.finish(), withheld)
+}
+
+/// The namespace a proxy's config is scoped to. With a client certificate, the namespace of its
+/// SPIFFE ID (`spiffe://TD/ns/NS/sa/SA`), and a node that claims another is refused, as istiod
+/// refuses it; without one, the node's `NAMESPACE` metadata, else the namespace in an Istio
+/// node id (`sidecar~IP~POD.NS~NS.svc.cluster.local`).
+fn node_namespace(node: &crate::Node, authenticated: Option<&str>) -> Result<String, String> {
+    let claimed = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("NAMESPACE"))
+        .and_then(|v| match &v.kind {
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .or_else(|| {
+            let dns_domain = node.id.split('~').nth(3)?;
+            Some(dns_domain.split('.').next()?.to_string())
+        })
+        .filter(|ns| !ns.is_empty());
+    let Some(spiffe) = authenticated else {
+        return Ok(claimed.unwrap_or_else(|| "default".to_string()));
+    };
+    let proven = spiffe
+        .split('/')
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[0] == "ns")
+        .map(|w| w[1].to_string())
+        .ok_or_else(|| format!("client certificate {spiffe} names no namespace"))?;
+    match claimed {
+        Some(claimed) if claimed != proven => Err(format!(
+            "node {} claims namespace {claimed}, but its certificate ({spiffe}) is for {proven}",
+            node.id
+        )),
+        _ => Ok(proven),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+
+    fn node(id: &str, namespace: Option<&str>) -> crate::Node {
+        crate::Node {
+            id: id.to_string(),
+            metadata: namespace.map(|ns| Struct {
+                fields: [(
+                    "NAMESPACE".to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue(ns.to_string())),
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            }),
+            ..crate::Node::default()
+        }
+    }
+
+    #[test]
+    fn the_certificate_decides_the_namespace() {
+        let id = "sidecar~10.0.0.1~app.shop~shop.svc.cluster.local";
+        // Plaintext: the metadata, else the node id, else default.
+        assert_eq!(node_namespace(&node(id, Some("web")), None).unwrap(), "web");
+        assert_eq!(node_namespace(&node(id, None), None).unwrap(), "shop");
+        assert_eq!(node_namespace(&node("x", None), None).unwrap(), "default");
+        // Mutual TLS: the certificate's namespace; a node claiming another is refused.
+        let spiffe = "spiffe://cluster.local/ns/shop/sa/app";
+        assert_eq!(
+            node_namespace(&node(id, None), Some(spiffe)).unwrap(),
+            "shop"
+        );
+        assert_eq!(
+            node_namespace(&node("x", None), Some(spiffe)).unwrap(),
+            "shop"
+        );
+        let refused = node_namespace(&node(id, Some("web")), Some(spiffe)).unwrap_err();
+        assert!(refused.contains("claims namespace web"), "{refused}");
+        assert!(node_namespace(&node(id, None), Some("spiffe://cluster.local/sa/x")).is_err());
+    }
+
+    #[test]
+    fn audiences_admit_whom_they_name() {
+        let plain = PeerScope {
+            namespace: "a".into(),
+            authenticated: None,
+        };
+        let proven = PeerScope {
+            namespace: "a".into(),
+            authenticated: Some("spiffe://cluster.local/ns/a/sa/gw".into()),
+        };
+        assert!(Audience::Everyone.admits(&plain));
+        assert!(!Audience::Nobody.admits(&proven));
+        let ns = Audience::Namespaces(Arc::from(vec!["a".to_string()]));
+        assert!(ns.admits(&plain));
+        assert!(!ns.admits(&PeerScope {
+            namespace: "b".into(),
+            authenticated: None
+        }));
+        let secret = Audience::AuthenticatedIn("a".into());
+        assert!(!secret.admits(&plain), "never over plaintext");
+        assert!(secret.admits(&proven));
+        assert!(!secret.admits(&PeerScope {
+            namespace: "b".into(),
+            ..proven.clone()
+        }));
     }
 }

@@ -54,6 +54,7 @@ fn published(version: &str, host: &str) -> Published {
         PublishedCollection {
             version: version.into(),
             resources: Arc::new(vec![se]),
+            ..PublishedCollection::default()
         },
     );
     collections.insert(
@@ -61,6 +62,7 @@ fn published(version: &str, host: &str) -> Published {
         PublishedCollection {
             version: "1".into(),
             resources: Arc::new(Vec::new()),
+            ..PublishedCollection::default()
         },
     );
     // DR is never published: a client subscribed to it must get nothing.
@@ -99,6 +101,7 @@ fn client(servers: Vec<String>, collections: &[&str]) -> ClientConfig {
         collections: collections.iter().map(|c| c.to_string()).collect(),
         initial_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
+        tls: None,
     }
 }
 
@@ -257,4 +260,123 @@ async fn a_stream_without_a_node_is_refused() {
     assert_eq!(status.code(), sluice_xds::tonic::Code::InvalidArgument);
     assert!(status.message().contains("node"), "{status}");
     assert!(ads.connections().is_empty());
+}
+
+fn node_in(namespace: &str) -> Node {
+    use sluice_xds::envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    Node {
+        id: format!("sidecar~10.0.0.1~app.{namespace}~{namespace}.svc.cluster.local"),
+        metadata: Some(Struct {
+            fields: [(
+                "NAMESPACE".to_string(),
+                Value {
+                    kind: Some(Kind::StringValue(namespace.to_string())),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        }),
+        ..Node::default()
+    }
+}
+
+/// Two ServiceEntries: one for everyone, one exported to namespace `a` only (its host varies);
+/// and one Secret for namespace `a`, which no plaintext stream may receive.
+fn scoped_config(version: &str, private_host: &str) -> Published {
+    use sluice_xds::server::Audience;
+    let public = encode_resource(SE, &service_entry("public.example")).unwrap();
+    let mut private = service_entry(private_host);
+    private.name = "a/private".into();
+    let private = encode_resource(SE, &private).unwrap();
+    let secret = McpObject {
+        name: "a/creds".into(),
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
+        version: String::new(),
+        spec: json!({"type": "Opaque", "data": {"token": "c2VjcmV0"}}),
+    };
+    let secret = encode_resource("core/v1/Secret", &secret).unwrap();
+    let mut collections = BTreeMap::new();
+    collections.insert(
+        SE.to_string(),
+        PublishedCollection {
+            version: version.into(),
+            resources: Arc::new(vec![public, private]),
+            audiences: Arc::new(vec![
+                Audience::Everyone,
+                Audience::Namespaces(Arc::from(vec!["a".to_string()])),
+            ]),
+        },
+    );
+    collections.insert(
+        "core/v1/Secret".to_string(),
+        PublishedCollection {
+            version: version.into(),
+            resources: Arc::new(vec![secret]),
+            audiences: Arc::new(vec![Audience::AuthenticatedIn("a".into())]),
+        },
+    );
+    Published {
+        collections,
+        at: Some(std::time::Instant::now()),
+    }
+}
+
+#[tokio::test]
+async fn scoping_withholds_what_a_namespace_may_not_see_and_skips_pushes_that_change_nothing() {
+    let (config_tx, config_rx) = watch::channel(Arc::new(scoped_config("1", "v1.private")));
+    let events = Arc::new(Recorded::default());
+    let (addr, ads, _server) = serve(config_rx, events, "replica").await;
+    let start = |namespace: &str| {
+        let (applier, received) = mpsc::channel(16);
+        let mut config = client(vec![addr.clone()], &[SE, "core/v1/Secret"]);
+        config.node = node_in(namespace);
+        tokio::spawn(sluice_xds::client::run(config, applier));
+        received
+    };
+    let mut in_a = start("a");
+    let mut in_b = start("b");
+    let hosts = |r: &Received| -> Vec<String> {
+        r.objects
+            .iter()
+            .map(|o| o.spec["hosts"][0].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    for (rx, want) in [
+        (&mut in_a, vec!["public.example", "v1.private"]),
+        (&mut in_b, vec!["public.example"]),
+    ] {
+        for _ in 0..2 {
+            let r = next(rx).await;
+            if r.type_url == SE {
+                assert_eq!(hosts(&r), want);
+            } else {
+                assert!(
+                    r.objects.is_empty(),
+                    "no Secret over plaintext: {:?}",
+                    r.objects
+                );
+            }
+            r.reply.send(Ok(())).unwrap();
+        }
+    }
+    let namespaces: Vec<String> = ads
+        .connections()
+        .iter()
+        .map(|c| c.namespace.clone())
+        .collect();
+    assert!(namespaces.contains(&"a".to_string()) && namespaces.contains(&"b".to_string()));
+
+    // Only the resource namespace `a` sees changes: `a` gets version 2, `b` gets nothing.
+    config_tx.send_replace(Arc::new(scoped_config("2", "v2.private")));
+    let r = next(&mut in_a).await;
+    assert_eq!((r.type_url.as_str(), r.version.as_str()), (SE, "2"));
+    assert_eq!(hosts(&r), vec!["public.example", "v2.private"]);
+    r.reply.send(Ok(())).unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), in_b.recv())
+            .await
+            .is_err(),
+        "nothing namespace b receives changed: no push"
+    );
 }
