@@ -24,11 +24,10 @@ impl Encoder {
     /// resource that cannot be encoded keeps its last version whole (never a collection with a
     /// policy missing), and the error is logged with the resource's name.
     pub fn encode(&mut self, generation: u64, resources: &[Resource]) -> Published {
-        let mut grouped: BTreeMap<String, (Vec<_>, Vec<_>)> =
-            sluice_proxy::xds_source::collections()
-                .into_iter()
-                .map(|c| (c, (Vec::new(), Vec::new())))
-                .collect();
+        let mut grouped: BTreeMap<String, Grouped> = sluice_proxy::xds_source::collections()
+            .into_iter()
+            .map(|c| (c, Grouped::default()))
+            .collect();
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
         for res in resources {
             let Some((collection, object)) = mcp_object(res) else {
@@ -36,9 +35,15 @@ impl Encoder {
             };
             match sluice_xds::encode_resource(&collection, &object) {
                 Ok(any) => {
-                    let (anys, audiences) = grouped.entry(collection).or_default();
-                    anys.push(any);
-                    audiences.push(audience(res));
+                    let group = grouped.entry(collection).or_default();
+                    group.anys.push(any);
+                    group.audiences.push(audience(res));
+                    // Delta xDS names resources; the bare MeshConfig is unnamed.
+                    group.names.push(if object.name.is_empty() {
+                        res.kind.to_string()
+                    } else {
+                        object.name
+                    });
                 }
                 Err(e) => {
                     tracing::error!(
@@ -51,10 +56,17 @@ impl Encoder {
             }
         }
         let mut collections = BTreeMap::new();
-        for (collection, (anys, audiences)) in grouped {
+        for (collection, group) in grouped {
+            let Grouped {
+                anys,
+                audiences,
+                names,
+            } = group;
             let previous = self.last.get(&collection);
             let unchanged = previous.is_some_and(|p| {
-                p.resources.as_ref() == &anys && p.audiences.as_ref() == &audiences
+                p.resources.as_ref() == &anys
+                    && p.audiences.as_ref() == &audiences
+                    && p.names.as_ref() == &names
             });
             let entry = if failed.contains_key(&collection) || unchanged {
                 // Never sent before and cannot be sent now: proxies get nothing for it (and
@@ -66,6 +78,7 @@ impl Encoder {
                     version: generation.to_string(),
                     resources: Arc::new(anys),
                     audiences: Arc::new(audiences),
+                    names: Arc::new(names),
                 }
             };
             self.last.insert(collection.clone(), entry.clone());
@@ -76,6 +89,14 @@ impl Encoder {
             at: Some(Instant::now()),
         }
     }
+}
+
+/// One collection's resources while a publish is encoded, index for index.
+#[derive(Default)]
+struct Grouped {
+    anys: Vec<sluice_xds::Any>,
+    audiences: Vec<sluice_xds::server::Audience>,
+    names: Vec<String>,
 }
 
 /// How long to wait for quiet before pushing, and the longest a push may be held back.

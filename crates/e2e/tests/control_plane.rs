@@ -224,7 +224,7 @@ fn a_sidecar_fed_by_sluice_control_enforces_its_config_and_outlives_it() {
 }
 
 #[test]
-fn with_two_control_plane_replicas_losing_the_one_in_use_changes_nothing() {
+fn with_two_control_plane_replicas_losing_the_one_in_use_changes_nothing_delta_xds() {
     let mut env = TestEnv::new("control_plane_replicas");
     env.config
         .write("mesh.yaml", &mesh_configmap("REGISTRY_ONLY", ""));
@@ -232,7 +232,12 @@ fn with_two_control_plane_replicas_losing_the_one_in_use_changes_nothing() {
     env.config.write("vs.yaml", &vs_httpbin_timeout("3s"));
     env.start_control("control-a", 15010);
     env.start_control("control-b", 15020);
-    env.start_sidecar(SidecarOpts::captured().xds("127.0.0.1:15010,127.0.0.1:15020"));
+    // Delta xDS: after the failover, the sidecar resumes from the versions it holds.
+    env.start_sidecar(
+        SidecarOpts::captured()
+            .xds("127.0.0.1:15010,127.0.0.1:15020")
+            .arg("--xds-delta"),
+    );
     env.curl("http://httpbin.org/get").run().expect_status(200);
     let a = proxy_status(&env, 15014, None);
     assert!(

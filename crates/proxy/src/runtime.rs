@@ -135,6 +135,8 @@ pub enum ConfigSource {
         tls: bool,
         /// Default `spiffe://TD/ns/istio-system/sa/istiod`, TD being the proxy's trust domain.
         control_plane_identity: Option<String>,
+        /// Delta xDS (`--xds-delta`): only changed resources travel.
+        delta: bool,
     },
 }
 
@@ -148,6 +150,16 @@ impl ConfigSource {
             }
         }
     }
+}
+
+/// How to reach the control plane (`--xds`).
+pub struct XdsClient<'a> {
+    /// `HOST:PORT[,HOST:PORT…]`.
+    pub servers: &'a str,
+    pub node_id: Option<&'a str>,
+    /// The proxy's client config for mutual TLS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub delta: bool,
 }
 
 /// What the runtime keeps of the config store once the store runs on its own thread.
@@ -218,6 +230,7 @@ impl Runtime {
                 servers,
                 node_id,
                 control_plane_identity,
+                delta,
                 ..
             } => {
                 let tls = if tls {
@@ -242,7 +255,13 @@ impl Runtime {
                 } else {
                     None
                 };
-                Runtime::load_xds(servers, node_id.as_deref(), identity, settings, tls).await
+                let client = XdsClient {
+                    servers,
+                    node_id: node_id.as_deref(),
+                    tls,
+                    delta: *delta,
+                };
+                Runtime::load_xds(client, identity, settings).await
             }
         }
     }
@@ -272,14 +291,13 @@ impl Runtime {
     /// comma-separated replicas) instead of a folder. Not ready until every collection has
     /// been accepted once; after that a lost control plane changes nothing in traffic.
     pub async fn load_xds(
-        servers: &str,
-        node_id: Option<&str>,
+        xds: XdsClient<'_>,
         identity: ProxyIdentity,
         settings: DownstreamSettings,
-        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> anyhow::Result<Runtime> {
-        let node = crate::xds_source::node(&identity, node_id);
-        let client = crate::xds_source::client_config(servers, node, tls);
+        let servers = xds.servers;
+        let node = crate::xds_source::node(&identity, xds.node_id);
+        let client = crate::xds_source::client_config(servers, node, xds.tls, xds.delta);
         anyhow::ensure!(
             !client.servers.is_empty(),
             "--xds {servers:?}: give the control plane as HOST:PORT"

@@ -264,6 +264,7 @@ pub fn client_config(
     servers: &str,
     node: sluice_xds::Node,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    delta: bool,
 ) -> ClientConfig {
     ClientConfig {
         servers: servers
@@ -277,5 +278,6 @@ pub fn client_config(
         initial_backoff: Duration::from_millis(500),
         max_backoff: Duration::from_secs(15),
         tls,
+        delta,
     }
 }

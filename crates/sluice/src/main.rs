@@ -321,6 +321,10 @@ struct ConfigSourceArgs {
     /// spiffe://TD/ns/istio-system/sa/istiod, TD being this proxy's trust domain].
     #[arg(long, value_name = "SPIFFE_ID", requires = "xds")]
     xds_identity: Option<String>,
+    /// Delta xDS: only the resources that changed travel, and a reconnect resends only what
+    /// changed meanwhile (state of the world otherwise, as istiod's default).
+    #[arg(long, requires = "xds")]
+    xds_delta: bool,
 }
 
 impl ConfigSourceArgs {
@@ -332,6 +336,7 @@ impl ConfigSourceArgs {
                 node_id: self.xds_node_id,
                 tls: self.xds_tls,
                 control_plane_identity: self.xds_identity,
+                delta: self.xds_delta,
             },
         }
     }

@@ -49,18 +49,27 @@ pub struct ClientConfig {
     /// Mutual TLS (istiod's 15012): the proxy's client config, which presents its workload
     /// certificate and verifies the control plane's. `None`: plaintext (15010).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Delta xDS (`DeltaAggregatedResources`): only changed resources travel, and a reconnect
+    /// resends only what changed meanwhile.
+    pub delta: bool,
 }
 
 /// Runs the client until `applier` is dropped: connects, subscribes, forwards responses, and
 /// reconnects whenever the stream ends.
 pub async fn run(config: ClientConfig, applier: mpsc::Sender<Received>) {
     let mut versions: BTreeMap<String, String> = BTreeMap::new();
+    let mut held: BTreeMap<String, Held> = BTreeMap::new();
     let mut backoff = config.initial_backoff;
     let mut attempt = 0usize;
     loop {
         let server = &config.servers[attempt % config.servers.len().max(1)];
         attempt += 1;
-        match stream_once(server, &config, &mut versions, &applier).await {
+        let ended = if config.delta {
+            delta_stream_once(server, &config, &mut held, &applier).await
+        } else {
+            stream_once(server, &config, &mut versions, &applier).await
+        };
+        match ended {
             Ok(StreamEnd::ApplierGone) => return,
             Ok(StreamEnd::Closed { received }) => {
                 tracing::warn!(server = %server, "control plane closed the stream; reconnecting");
@@ -91,24 +100,29 @@ enum StreamEnd {
     Closed { received: bool },
 }
 
+/// A gRPC channel to `server`, over mutual TLS when the config says so.
+async fn connect(server: &str, config: &ClientConfig) -> Result<tonic::transport::Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{server}"))
+        .map_err(|e| format!("bad address {server}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    match &config.tls {
+        None => endpoint.connect().await.map_err(|e| e.to_string()),
+        Some(tls) => endpoint
+            .connect_with_connector(tls_connector(server, tls.clone()))
+            .await
+            .map_err(|e| format!("{e}: {}", error_chain(&e))),
+    }
+}
+
 async fn stream_once(
     server: &str,
     config: &ClientConfig,
     versions: &mut BTreeMap<String, String>,
     applier: &mpsc::Sender<Received>,
 ) -> Result<StreamEnd, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{server}"))
-        .map_err(|e| format!("bad address {server}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let channel = match &config.tls {
-        None => endpoint.connect().await.map_err(|e| e.to_string())?,
-        Some(tls) => endpoint
-            .connect_with_connector(tls_connector(server, tls.clone()))
-            .await
-            .map_err(|e| format!("{e}: {}", error_chain(&e)))?,
-    };
+    let channel = connect(server, config).await?;
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(config.collections.len() + 4);
@@ -300,4 +314,130 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out.join(": ")
+}
+
+/// A collection as a delta client holds it: name → (version, object).
+type Held = BTreeMap<String, (String, McpObject)>;
+
+/// One delta stream: subscribes to every collection (wildcard) with the versions held, applies
+/// each response on top of what is held, and ACKs or NACKs it. Responses are handled one at a
+/// time: each builds on the last one the proxy accepted.
+async fn delta_stream_once(
+    server: &str,
+    config: &ClientConfig,
+    held: &mut BTreeMap<String, Held>,
+    applier: &mpsc::Sender<Received>,
+) -> Result<StreamEnd, String> {
+    use crate::discovery::DeltaDiscoveryRequest;
+    let channel = connect(server, config).await?;
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(config.collections.len() + 4);
+    for (i, type_url) in config.collections.iter().enumerate() {
+        let initial_resource_versions = held
+            .get(type_url)
+            .map(|h| h.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let request = DeltaDiscoveryRequest {
+            node: (i == 0).then(|| config.node.clone()),
+            type_url: type_url.clone(),
+            initial_resource_versions,
+            ..DeltaDiscoveryRequest::default()
+        };
+        tx.send(request)
+            .await
+            .map_err(|_| "request channel closed".to_string())?;
+    }
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut responses = client
+        .delta_aggregated_resources(requests)
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    tracing::info!(server = %server, "connected to the control plane (delta)");
+    let mut received = false;
+    loop {
+        let response = match responses.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(StreamEnd::Closed { received }),
+            Err(status) if received => {
+                tracing::warn!(server = %server, "control-plane stream failed: {status}");
+                return Ok(StreamEnd::Closed { received });
+            }
+            Err(status) => return Err(status.message().to_string()),
+        };
+        received = true;
+        let type_url = response.type_url.clone();
+        let mut candidate = held.get(&type_url).cloned().unwrap_or_default();
+        let mut decoded = Ok(());
+        for resource in &response.resources {
+            let Some(any) = &resource.resource else {
+                decoded = Err(format!(
+                    "{type_url}: resource {} has no body",
+                    resource.name
+                ));
+                break;
+            };
+            match decode_resource(&type_url, any) {
+                Ok(object) => {
+                    candidate.insert(resource.name.clone(), (resource.version.clone(), object));
+                }
+                Err(e) => {
+                    decoded = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        for name in &response.removed_resources {
+            candidate.remove(name);
+        }
+        let result = match decoded {
+            Err(message) => Err(message),
+            Ok(()) => {
+                let (reply, verdict) = oneshot::channel();
+                let objects = candidate.values().map(|(_, o)| o.clone()).collect();
+                let received = Received {
+                    type_url: type_url.clone(),
+                    version: response.system_version_info.clone(),
+                    objects,
+                    reply,
+                };
+                if applier.send(received).await.is_err() {
+                    return Ok(StreamEnd::ApplierGone);
+                }
+                match verdict.await {
+                    Ok(result) => result,
+                    Err(_) => return Ok(StreamEnd::ApplierGone),
+                }
+            }
+        };
+        let error_detail = match result {
+            Ok(()) => {
+                held.insert(type_url.clone(), candidate);
+                None
+            }
+            Err(message) => {
+                tracing::warn!(
+                    type_url = %type_url,
+                    version = %response.system_version_info,
+                    "config refused (NACK): {message}"
+                );
+                Some(RpcStatus {
+                    code: INTERNAL,
+                    message,
+                    details: Vec::new(),
+                })
+            }
+        };
+        let answer = DeltaDiscoveryRequest {
+            type_url,
+            response_nonce: response.nonce,
+            error_detail,
+            ..DeltaDiscoveryRequest::default()
+        };
+        if tx.send(answer).await.is_err() {
+            return Ok(StreamEnd::Closed { received });
+        }
+    }
 }

@@ -68,6 +68,7 @@ mod schema;
 
 pub mod client;
 pub mod server;
+mod server_delta;
 
 use std::collections::BTreeMap;
 

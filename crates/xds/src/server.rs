@@ -34,6 +34,20 @@ pub struct PublishedCollection {
     pub resources: Arc<Vec<Any>>,
     /// Who may receive each resource, index for index with `resources`; empty means everyone.
     pub audiences: Arc<Vec<Audience>>,
+    /// Each resource's name (`namespace/name`), index for index; delta xDS names resources.
+    /// Empty: the resources are named by their position.
+    pub names: Arc<Vec<String>>,
+}
+
+impl PublishedCollection {
+    /// The name delta xDS knows resource `i` by.
+    pub(crate) fn name(&self, i: usize) -> String {
+        self.names
+            .get(i)
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .unwrap_or_else(|| i.to_string())
+    }
 }
 
 /// Which proxies a resource is for: the control plane decides (from `exportTo`, from a
@@ -138,11 +152,11 @@ pub struct ConnectionStatus {
 /// The ADS service: give it to tonic with `AggregatedDiscoveryServiceServer::new`.
 #[derive(Clone)]
 pub struct AdsServer {
-    config: watch::Receiver<Arc<Published>>,
-    events: Arc<dyn ServerEvents>,
-    connections: Arc<Mutex<BTreeMap<u64, ConnectionStatus>>>,
+    pub(crate) config: watch::Receiver<Arc<Published>>,
+    pub(crate) events: Arc<dyn ServerEvents>,
+    pub(crate) connections: Arc<Mutex<BTreeMap<u64, ConnectionStatus>>>,
     /// Name of this replica, sent as `control_plane.identifier`.
-    identifier: Arc<str>,
+    pub(crate) identifier: Arc<str>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -215,17 +229,34 @@ impl AggregatedDiscoveryService for AdsServer {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        Err(Status::unimplemented(
-            "delta xDS is not served yet; use StreamAggregatedResources (state of the world)",
-        ))
+        let mtls = request.extensions().get::<MtlsConnectInfo>().cloned();
+        let peer = request
+            .remote_addr()
+            .or(mtls.as_ref().map(|m| m.remote))
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let stream = crate::server_delta::DeltaState::new(
+            self.clone(),
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+            peer,
+            mtls.map(|m| m.identity),
+            tx,
+        );
+        tokio::spawn(stream.run(requests));
+        let responses = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
 /// The collection a request's type URL names: by its main type URL or an alias
 /// (`networking.istio.io/v1alpha3/ServiceEntry` is served what `…/v1/ServiceEntry` is).
-fn published_collection<'a>(
+pub(crate) fn published_collection<'a>(
     published: &'a Published,
     type_url: &str,
 ) -> Option<&'a PublishedCollection> {
@@ -490,7 +521,10 @@ fn scoped(collection: &PublishedCollection, scope: &PeerScope) -> (Vec<Any>, u64
 /// SPIFFE ID (`spiffe://TD/ns/NS/sa/SA`), and a node that claims another is refused, as istiod
 /// refuses it; without one, the node's `NAMESPACE` metadata, else the namespace in an Istio
 /// node id (`sidecar~IP~POD.NS~NS.svc.cluster.local`).
-fn node_namespace(node: &crate::Node, authenticated: Option<&str>) -> Result<String, String> {
+pub(crate) fn node_namespace(
+    node: &crate::Node,
+    authenticated: Option<&str>,
+) -> Result<String, String> {
     let claimed = node
         .metadata
         .as_ref()

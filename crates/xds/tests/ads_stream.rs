@@ -102,6 +102,7 @@ fn client(servers: Vec<String>, collections: &[&str]) -> ClientConfig {
         initial_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
         tls: None,
+        delta: false,
     }
 }
 
@@ -306,6 +307,7 @@ fn scoped_config(version: &str, private_host: &str) -> Published {
                 Audience::Everyone,
                 Audience::Namespaces(Arc::from(vec!["a".to_string()])),
             ]),
+            names: Arc::default(),
         },
     );
     collections.insert(
@@ -314,6 +316,7 @@ fn scoped_config(version: &str, private_host: &str) -> Published {
             version: version.into(),
             resources: Arc::new(vec![secret]),
             audiences: Arc::new(vec![Audience::AuthenticatedIn("a".into())]),
+            names: Arc::default(),
         },
     );
     Published {
@@ -379,4 +382,148 @@ async fn scoping_withholds_what_a_namespace_may_not_see_and_skips_pushes_that_ch
             .is_err(),
         "nothing namespace b receives changed: no push"
     );
+}
+
+#[tokio::test]
+async fn delta_sends_only_what_changed_and_resumes_from_the_versions_held() {
+    use sluice_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use sluice_xds::discovery::DeltaDiscoveryRequest;
+    let named = |mut p: Published| {
+        let se = p.collections.get_mut(SE).unwrap();
+        se.names = Arc::new(vec!["default/ext".to_string()]);
+        p
+    };
+    let (config_tx, config_rx) = watch::channel(Arc::new(named(published("1", "a.example"))));
+    let (addr, _ads, _server) = serve(config_rx, Arc::new(Recorded::default()), "replica").await;
+
+    let open = |initial: std::collections::HashMap<String, String>| {
+        let addr = addr.clone();
+        async move {
+            let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(8);
+            tx.send(DeltaDiscoveryRequest {
+                node: Some(node_in("default")),
+                type_url: SE.into(),
+                initial_resource_versions: initial,
+                ..DeltaDiscoveryRequest::default()
+            })
+            .await
+            .unwrap();
+            let requests = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|r| (r, rx))
+            });
+            let responses = client
+                .delta_aggregated_resources(requests)
+                .await
+                .unwrap()
+                .into_inner();
+            (tx, responses)
+        }
+    };
+    let (tx, mut responses) = open(Default::default()).await;
+    let first = responses.message().await.unwrap().unwrap();
+    assert_eq!(first.resources.len(), 1);
+    assert_eq!(first.resources[0].name, "default/ext");
+    let held_version = first.resources[0].version.clone();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: SE.into(),
+        response_nonce: first.nonce.clone(),
+        ..DeltaDiscoveryRequest::default()
+    })
+    .await
+    .unwrap();
+
+    // A change: the one resource travels again, with a new version.
+    config_tx.send_replace(Arc::new(named(published("2", "b.example"))));
+    let second = responses.message().await.unwrap().unwrap();
+    assert_eq!(second.system_version_info, "2");
+    assert_eq!(second.resources.len(), 1);
+    assert_ne!(second.resources[0].version, held_version);
+    assert!(second.removed_resources.is_empty());
+    tx.send(DeltaDiscoveryRequest {
+        type_url: SE.into(),
+        response_nonce: second.nonce.clone(),
+        ..DeltaDiscoveryRequest::default()
+    })
+    .await
+    .unwrap();
+
+    // The resource goes away: only its name travels.
+    let mut gone = published("3", "b.example");
+    gone.collections.insert(
+        SE.to_string(),
+        PublishedCollection {
+            version: "3".into(),
+            ..PublishedCollection::default()
+        },
+    );
+    config_tx.send_replace(Arc::new(gone));
+    let third = responses.message().await.unwrap().unwrap();
+    assert!(third.resources.is_empty());
+    assert_eq!(third.removed_resources, vec!["default/ext".to_string()]);
+
+    // A new stream that already holds the current version gets an empty first answer.
+    config_tx.send_replace(Arc::new(named(published("4", "b.example"))));
+    let current = second.resources[0].version.clone();
+    let (_tx2, mut responses2) =
+        open([("default/ext".to_string(), current)].into_iter().collect()).await;
+    let resumed = responses2.message().await.unwrap().unwrap();
+    assert!(
+        resumed.resources.is_empty() && resumed.removed_resources.is_empty(),
+        "nothing changed since what it holds: {resumed:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_delta_client_hands_the_proxy_whole_collections() {
+    let named = |mut p: Published, names: Vec<&str>| {
+        let se = p.collections.get_mut(SE).unwrap();
+        se.names = Arc::new(names.into_iter().map(str::to_string).collect());
+        p
+    };
+    let (config_tx, config_rx) = watch::channel(Arc::new(named(
+        published("1", "a.example"),
+        vec!["default/ext"],
+    )));
+    let (addr, ads, _server) = serve(config_rx, Arc::new(Recorded::default()), "replica").await;
+    let (applier, mut received) = mpsc::channel(16);
+    let mut config = client(vec![addr], &[SE, VS]);
+    config.delta = true;
+    let _client = tokio::spawn(sluice_xds::client::run(config, applier));
+    for _ in 0..2 {
+        let r = next(&mut received).await;
+        if r.type_url == SE {
+            assert_eq!(r.objects.len(), 1);
+        }
+        r.reply.send(Ok(())).unwrap();
+    }
+    // Refused: the proxy keeps what it had, the server knows it.
+    config_tx.send_replace(Arc::new(named(
+        published("2", "b.example"),
+        vec!["default/ext"],
+    )));
+    let r = next(&mut received).await;
+    assert_eq!(r.objects[0].spec["hosts"][0], "b.example");
+    r.reply
+        .send(Err("ServiceEntry default/ext: spec.hosts[0]: no".into()))
+        .unwrap();
+    eventually("the NACK reaches the server", || {
+        ads.connections()
+            .first()
+            .and_then(|c| c.types.get(SE).cloned())
+            .is_some_and(|t| t.nacked.is_some())
+    })
+    .await;
+    // The next change is computed from what the proxy kept, and arrives whole.
+    config_tx.send_replace(Arc::new(named(
+        published("3", "c.example"),
+        vec!["default/ext"],
+    )));
+    let r = next(&mut received).await;
+    assert_eq!(r.version, "3");
+    assert_eq!(r.objects.len(), 1);
+    assert_eq!(r.objects[0].spec["hosts"][0], "c.example");
+    r.reply.send(Ok(())).unwrap();
 }

@@ -1,0 +1,315 @@
+//! Delta xDS (`DeltaAggregatedResources`): each response carries only the resources that are new
+//! or changed for this proxy since what it holds, and the names of those it must drop.
+//!
+//! The protocol (Envoy's "incremental xDS"): the first request of a type subscribes to it
+//! (sluice serves every collection as a wildcard subscription) and names, in
+//! `initial_resource_versions`, what the proxy already holds from an earlier stream, so a
+//! reconnect resends only what changed meanwhile. A resource's version here is a digest of its
+//! encoded bytes. A NACK (a request with `error_detail`) means the proxy kept what it had: the
+//! next push is computed from what it last ACKed.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use crate::server::{
+    node_namespace, published_collection, AdsServer, ConnectionStatus, PeerScope, Published,
+    PublishedCollection, TypeStatus,
+};
+use crate::Any;
+
+/// Name → version, as a proxy holds a collection.
+type Versions = BTreeMap<String, String>;
+
+/// One collection on one delta stream.
+struct DeltaType {
+    /// What the proxy holds once it ACKs what was sent last.
+    sent: Versions,
+    /// What the proxy holds for sure (its last ACK, or what it said it held).
+    acked: Versions,
+    sent_nonce: String,
+    sent_at: Option<Instant>,
+    /// Whether anything was sent on this stream yet (the first answer is sent even when empty,
+    /// so the proxy knows the collection is complete).
+    answered: bool,
+    status: TypeStatus,
+}
+
+pub(crate) struct DeltaState {
+    server: AdsServer,
+    id: u64,
+    peer: String,
+    node_id: String,
+    scope: PeerScope,
+    types: BTreeMap<String, DeltaType>,
+    nonce: u64,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+}
+
+impl DeltaState {
+    pub(crate) fn new(
+        server: AdsServer,
+        id: u64,
+        peer: String,
+        identity: Option<String>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> DeltaState {
+        DeltaState {
+            server,
+            id,
+            peer,
+            node_id: String::new(),
+            scope: PeerScope {
+                namespace: String::new(),
+                authenticated: identity,
+            },
+            types: BTreeMap::new(),
+            nonce: 0,
+            tx,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut requests: Streaming<DeltaDiscoveryRequest>) {
+        let mut config = self.server.config.clone();
+        config.mark_unchanged();
+        loop {
+            tokio::select! {
+                request = requests.message() => match request {
+                    Ok(Some(request)) => {
+                        if self.on_request(request).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let published = config.borrow_and_update().clone();
+                    let types: Vec<String> = self.types.keys().cloned().collect();
+                    let mut failed = false;
+                    for type_url in types {
+                        if self.push(&type_url, &published).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    self.update_status();
+                    if failed {
+                        break;
+                    }
+                }
+            }
+        }
+        if !self.node_id.is_empty() {
+            self.server.events.connection(&self.node_id, false);
+            tracing::info!(node = %self.node_id, peer = %self.peer, "proxy disconnected (delta)");
+        }
+        if let Ok(mut c) = self.server.connections.lock() {
+            c.remove(&self.id);
+        }
+    }
+
+    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), ()> {
+        if self.node_id.is_empty() {
+            let Some(node) = request.node.as_ref().filter(|n| !n.id.is_empty()) else {
+                let _ = self
+                    .tx
+                    .send(Err(Status::invalid_argument(
+                        "the first DeltaDiscoveryRequest of a stream must carry node.id",
+                    )))
+                    .await;
+                return Err(());
+            };
+            match node_namespace(node, self.scope.authenticated.as_deref()) {
+                Ok(namespace) => self.scope.namespace = namespace,
+                Err(message) => {
+                    tracing::warn!(node = %node.id, peer = %self.peer, "proxy refused: {message}");
+                    let _ = self.tx.send(Err(Status::permission_denied(message))).await;
+                    return Err(());
+                }
+            }
+            self.node_id = node.id.clone();
+            self.server.events.connection(&self.node_id, true);
+            tracing::info!(node = %self.node_id, peer = %self.peer, "proxy connected (delta)");
+        }
+        let type_url = request.type_url.clone();
+        match self.types.get_mut(&type_url) {
+            None => {
+                let held: Versions = request.initial_resource_versions.into_iter().collect();
+                self.types.insert(
+                    type_url.clone(),
+                    DeltaType {
+                        sent: held.clone(),
+                        acked: held,
+                        sent_nonce: String::new(),
+                        sent_at: None,
+                        answered: false,
+                        status: TypeStatus::default(),
+                    },
+                );
+                let published = self.server.config.borrow().clone();
+                self.push(&type_url, &published).await?;
+            }
+            Some(state) => {
+                if request.response_nonce.is_empty() || request.response_nonce != state.sent_nonce {
+                    // A stale answer, or a change of subscription (every collection is served
+                    // whole, so there is nothing to change).
+                    return Ok(());
+                }
+                if let Some(error) = &request.error_detail {
+                    self.server
+                        .events
+                        .rejected(&self.node_id, &type_url, &error.message);
+                    tracing::warn!(
+                        node = %self.node_id,
+                        type_url = %type_url,
+                        "proxy rejected the config: {}",
+                        error.message
+                    );
+                    state.status.nacked = Some(error.message.clone());
+                    // It kept what it had: the next push starts from there.
+                    state.sent = state.acked.clone();
+                } else {
+                    state.acked = state.sent.clone();
+                    state.status.acked = state.status.sent.clone();
+                    state.status.nacked = None;
+                    if let Some(at) = state.sent_at {
+                        self.server.events.acked(&type_url, at.elapsed());
+                    }
+                }
+            }
+        }
+        self.update_status();
+        Ok(())
+    }
+
+    /// Sends what changed in `type_url` for this proxy since what it holds, if anything did
+    /// (and always the first time, so the proxy knows the collection is complete).
+    async fn push(&mut self, type_url: &str, published: &Published) -> Result<(), ()> {
+        let Some(collection) = published_collection(published, type_url) else {
+            return Ok(());
+        };
+        let (current, withheld) = entries(collection, &self.scope);
+        let Some(state) = self.types.get_mut(type_url) else {
+            return Ok(());
+        };
+        let changed: Vec<Resource> = current
+            .iter()
+            .filter(|(name, (version, _))| state.sent.get(*name) != Some(version))
+            .map(|(name, (version, any))| Resource {
+                name: name.clone(),
+                version: version.clone(),
+                resource: Some(any.clone()),
+                ..Resource::default()
+            })
+            .collect();
+        let removed: Vec<String> = state
+            .sent
+            .keys()
+            .filter(|name| !current.contains_key(*name))
+            .cloned()
+            .collect();
+        if changed.is_empty() && removed.is_empty() && state.answered {
+            state.status.sent = collection.version.clone();
+            if state.status.nacked.is_none() {
+                state.status.acked = collection.version.clone();
+            }
+            return Ok(());
+        }
+        if withheld.0 > 0 {
+            self.server.events.scoped(type_url, withheld.0, withheld.1);
+        }
+        self.nonce += 1;
+        let nonce = format!("{}-d{}", self.id, self.nonce);
+        let bytes = changed
+            .iter()
+            .filter_map(|r| r.resource.as_ref())
+            .map(|a| a.value.len())
+            .sum();
+        let response = DeltaDiscoveryResponse {
+            system_version_info: collection.version.clone(),
+            resources: changed,
+            removed_resources: removed,
+            type_url: type_url.to_string(),
+            nonce: nonce.clone(),
+            control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
+                identifier: self.server.identifier.to_string(),
+            }),
+            ..DeltaDiscoveryResponse::default()
+        };
+        self.tx.send(Ok(response)).await.map_err(|_| ())?;
+        let now = Instant::now();
+        self.server.events.pushed(
+            type_url,
+            published.at.map(|at| now - at).unwrap_or_default(),
+            bytes,
+        );
+        state.sent = current.into_iter().map(|(n, (v, _))| (n, v)).collect();
+        state.sent_nonce = nonce;
+        state.sent_at = Some(published.at.unwrap_or(now));
+        state.answered = true;
+        state.status.sent = collection.version.clone();
+        Ok(())
+    }
+
+    fn update_status(&self) {
+        let status = ConnectionStatus {
+            node_id: self.node_id.clone(),
+            peer: self.peer.clone(),
+            control_plane: self.server.identifier.to_string(),
+            namespace: self.scope.namespace.clone(),
+            identity: self.scope.authenticated.clone(),
+            connected_at: std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            types: self
+                .types
+                .iter()
+                .map(|(t, s)| (t.clone(), s.status.clone()))
+                .collect(),
+        };
+        if let Ok(mut c) = self.server.connections.lock() {
+            let entry = c.entry(self.id).or_insert(status.clone());
+            let connected_at = entry.connected_at;
+            *entry = ConnectionStatus {
+                connected_at,
+                ..status
+            };
+        }
+    }
+}
+
+/// The resources of `collection` a proxy of `scope` receives, by name, with their versions;
+/// and how many resources and bytes scoping withheld.
+fn entries(
+    collection: &PublishedCollection,
+    scope: &PeerScope,
+) -> (BTreeMap<String, (String, Any)>, (usize, usize)) {
+    let mut out = BTreeMap::new();
+    let mut withheld = (0, 0);
+    for (i, any) in collection.resources.iter().enumerate() {
+        let admitted = collection
+            .audiences
+            .get(i)
+            .is_none_or(|audience| audience.admits(scope));
+        if !admitted {
+            withheld.0 += 1;
+            withheld.1 += any.value.len();
+            continue;
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        any.value.hash(&mut hasher);
+        out.insert(
+            collection.name(i),
+            (format!("{:016x}", hasher.finish()), any.clone()),
+        );
+    }
+    (out, withheld)
+}
