@@ -21,7 +21,9 @@
 //!
 //! The config directory (one for every proxy, as one cluster) starts with the mesh ConfigMap
 //! (`REGISTRY_ONLY`, access log on stdout: the seed's environment) and the egress gateway's Service
-//! and WorkloadEntry. No namespace has a default route; only the test's subnet and loopback are
+//! and WorkloadEntry. By default every proxy reads it (`--config DIR`); after
+//! [`EgressEnv::start_control`], `sluice control` serves it from the hub (`10.234.N.5:15010`, a
+//! [`ControlPlane`]) and the proxies started afterwards take it from there (`--xds`). No namespace has a default route; only the test's subnet and loopback are
 //! ever addressed. Teardown happens on drop, also when the test panics, after every log has been
 //! printed.
 
@@ -36,6 +38,7 @@ use crate::curl::{Curl, CurlResult};
 use crate::egress_config::{egress_service_yaml, EGRESS_FQDN, EGRESS_LABELS, ISTIO_SYSTEM};
 use crate::env::{chmod, dnsmasq_command, Workspace};
 use crate::gateway::Gateway;
+use crate::mesh::{node_id, ControlPlane, CONTROL_HOST};
 use crate::metrics;
 use crate::netns::Netns;
 use crate::pki::{Ca, Leaf, Usage};
@@ -281,6 +284,10 @@ pub struct EgressEnv {
     pub name: String,
     gateway: Option<Gateway>,
     pods: Vec<EgressPod>,
+    /// `sluice control` on the hub, once [`EgressEnv::start_control`] was called.
+    control: Option<ControlPlane>,
+    /// `--xds` of the proxies started from now on (`None`: `--config DIR`).
+    xds: Option<String>,
     servers: Vec<Proc>,
     pub gw: Netns,
     pub ext: Netns,
@@ -367,6 +374,8 @@ impl EgressEnv {
             name: test.to_string(),
             gateway: None,
             pods: Vec::new(),
+            control: None,
+            xds: None,
             servers: Vec::new(),
             gw,
             ext,
@@ -554,6 +563,14 @@ impl EgressEnv {
                 opts = opts.arg(&a);
             }
         }
+        if let Some(servers) = &self.xds {
+            opts = opts.xds(servers).arg("--xds-node-id").arg(&node_id(
+                "sidecar",
+                ip,
+                &spec.name,
+                &spec.namespace,
+            ));
+        }
         let sc = sidecar::launch(
             &ns,
             &self.dir_path,
@@ -593,13 +610,19 @@ impl EgressEnv {
     /// Starts `sluice gateway --config DIR --namespace istio-system --labels
     /// istio=egressgateway,app=istio-egressgateway --admin-port 15000 --status-port 15021
     /// --stats-port 15090 [--mesh-ca DIR [--cert-ttl T]]` as root in the gateway namespace and
-    /// waits for `/healthz/ready` (20 s).
+    /// waits for `/healthz/ready` (20 s). After [`EgressEnv::start_control`], `--xds
+    /// 10.234.N.5:15010 --xds-node-id router~…` instead of `--config DIR`.
     pub fn start_gateway(&mut self, identity: Option<&MeshIdentity>) -> &Gateway {
         assert!(self.gateway.is_none(), "a gateway is already running");
+        let config = self.config.path().to_string_lossy().into_owned();
+        let source = match &self.xds {
+            Some(servers) => ["--xds", servers.as_str()],
+            None => ["--config", config.as_str()],
+        };
         let mut args: Vec<String> = [
             "gateway",
-            "--config",
-            &self.config.path().to_string_lossy(),
+            source[0],
+            source[1],
             "--namespace",
             ISTIO_SYSTEM,
             "--labels",
@@ -621,8 +644,66 @@ impl EgressEnv {
                 args.push("istio-egressgateway-service-account".into());
             }
         }
+        if self.xds.is_some() {
+            args.push("--xds-node-id".into());
+            args.push(self.gateway_node_id());
+        }
         let gateway = Gateway::launch(&self.gw, &self.dir_path, &self.logs, &mut self.starts, args);
         self.gateway.insert(gateway)
+    }
+
+    /// Starts `sluice control` on the config directory in the hub, on its own address
+    /// (`10.234.N.5`), and waits until it is ready. From then on every sidecar and the gateway
+    /// start with `--xds 10.234.N.5:15010` (and `--xds-node-id`) instead of `--config DIR`:
+    /// call it before starting them. `env.apply`, `env.set_mesh` and the rest reach the proxies
+    /// through the control plane.
+    pub fn start_control(&mut self) -> &mut ControlPlane {
+        assert!(
+            self.control.is_none(),
+            "the control plane is already started"
+        );
+        let cp = ControlPlane::start(
+            &self.hub,
+            self.addrs.ip(CONTROL_HOST),
+            self.config.path(),
+            &self.dir_path,
+            &self.logs,
+        );
+        self.xds = Some(cp.xds_addr());
+        self.control.insert(cp)
+    }
+
+    /// The control plane; panics if [`EgressEnv::start_control`] was not called.
+    pub fn control(&self) -> &ControlPlane {
+        self.control
+            .as_ref()
+            .expect("no control plane: call start_control first")
+    }
+
+    /// The control plane, to kill and restart it.
+    pub fn control_mut(&mut self) -> &mut ControlPlane {
+        self.control
+            .as_mut()
+            .expect("no control plane: call start_control first")
+    }
+
+    /// The node id the sidecar of pod `pod` presents to the control plane
+    /// (`sidecar~<pod IP>~<pod>.<namespace>~<namespace>.svc.cluster.local`).
+    pub fn pod_node_id(&self, pod: &str) -> String {
+        let p = self.pod(pod);
+        node_id("sidecar", p.ip, &p.spec.name, &p.spec.namespace)
+    }
+
+    /// The node id the gateway presents to the control plane (`router~<gateway IP>~
+    /// istio-egressgateway-1.istio-system~istio-system.svc.cluster.local`: the pod its
+    /// WorkloadEntry names).
+    pub fn gateway_node_id(&self) -> String {
+        node_id(
+            "router",
+            self.addrs.gateway,
+            "istio-egressgateway-1",
+            ISTIO_SYSTEM,
+        )
     }
 
     /// The running gateway.

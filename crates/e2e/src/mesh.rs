@@ -21,6 +21,11 @@
 //! `app=<app>`, port 8080 named `http`, `clusterIP`) and a `WorkloadEntry` per pod (its address and
 //! `app`/`version` labels), all in namespace `tutorial`.
 //!
+//! With [`MeshEnv::start_control`], `sluice control` serves that directory from the hub instead
+//! (`10.234.N.5`, named `istiod.istio-system.svc.cluster.local` by the mesh's DNS; a
+//! [`ControlPlane`], which the egress harness uses too), and the sidecars started afterwards take
+//! their config from it (`--xds istiod.istio-system.svc.cluster.local:15010`).
+//!
 //! No namespace has a default route; the only addresses ever used are the test's own subnet and
 //! loopback. Teardown (pods, servers, namespaces, temporary directory) happens on drop, also when
 //! the test panics, after every log has been printed.
@@ -28,6 +33,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::accesslog::AccessLogEntry;
@@ -285,11 +291,15 @@ impl MeshAddrs {
     }
 }
 
-/// One mesh test's world. Field order is teardown order: pods (sidecars, apps, namespaces), hub
-/// servers, hub namespace, temporary directory, slot.
+/// One mesh test's world. Field order is teardown order: pods (sidecars, apps, namespaces), the
+/// control plane, hub servers, hub namespace, temporary directory, slot.
 pub struct MeshEnv {
     pub name: String,
     pods: Vec<Pod>,
+    /// `sluice control` on the hub, once [`MeshEnv::start_control`] was called.
+    control: Option<ControlPlane>,
+    /// `--xds` of the sidecars started from now on (`None`: `--config DIR`).
+    xds: Option<String>,
     servers: Vec<Proc>,
     /// The hub: bridge, DNS, worldclockapi.com.
     pub hub: Netns,
@@ -340,6 +350,8 @@ impl MeshEnv {
         let mut env = MeshEnv {
             name: test.to_string(),
             pods: Vec::new(),
+            control: None,
+            xds: None,
             servers: Vec::new(),
             hub,
             addrs,
@@ -536,6 +548,9 @@ impl MeshEnv {
         for (app, vip) in &self.services {
             text.push_str(&format!("{vip} {app}.{NAMESPACE}.svc.cluster.local\n"));
         }
+        if let Some(cp) = &self.control {
+            text.push_str(&format!("{} {ISTIOD_FQDN}\n", cp.ip));
+        }
         let current = std::fs::read_to_string(&self.hosts_file).unwrap_or_default();
         if current == text {
             return;
@@ -551,6 +566,9 @@ impl MeshEnv {
         unsafe { libc::kill(dns.pid() as libc::pid_t, libc::SIGHUP) };
         for (app, vip) in &self.services {
             self.wait_resolves(&format!("{app}.{NAMESPACE}.svc.cluster.local"), *vip);
+        }
+        if let Some(cp) = &self.control {
+            self.wait_resolves(ISTIOD_FQDN, cp.ip);
         }
     }
 
@@ -582,10 +600,16 @@ impl MeshEnv {
 
     fn start_sidecar(&mut self, i: usize) {
         let pod = &self.pods[i];
-        let opts = SidecarOpts::captured()
+        let mut opts = SidecarOpts::captured()
             .inbound("*", INBOUND_EXCLUDE)
             .namespace(NAMESPACE)
             .labels(&pod.spec.labels());
+        if let Some(servers) = &self.xds {
+            opts = opts
+                .xds(servers)
+                .arg("--xds-node-id")
+                .arg(&self.node_id(&pod.spec.name));
+        }
         let sc = sidecar::launch(
             &pod.ns,
             &self.dir_path,
@@ -628,6 +652,65 @@ impl MeshEnv {
     /// only the pod's inbound capture.
     pub fn hub_curl(&self, url: &str) -> Curl {
         Curl::new(&self.hub, &self.dir_path, url).max_time(15.0)
+    }
+
+    /// Starts `sluice control` on the config directory in the hub, on its own address
+    /// (`10.234.N.5`, named [`ISTIOD_FQDN`] by the mesh's DNS), and waits until it is ready.
+    /// From then on every sidecar starts with `--xds istiod.istio-system.svc.cluster.local:15010`
+    /// (and `--xds-node-id`, [`MeshEnv::node_id`]) instead of `--config DIR`: call it before
+    /// adding the pods. `mesh.apply`, `mesh.config.write` and the rest reach the sidecars through
+    /// the control plane.
+    pub fn start_control(&mut self) -> &mut ControlPlane {
+        assert!(
+            self.control.is_none(),
+            "the control plane is already started"
+        );
+        let cp = ControlPlane::start(
+            &self.hub,
+            self.addrs.ip(CONTROL_HOST),
+            self.config.path(),
+            &self.dir_path,
+            &self.logs,
+        );
+        self.control = Some(cp);
+        self.update_dns();
+        self.xds = Some(format!("{ISTIOD_FQDN}:{XDS_PORT}"));
+        self.control_mut()
+    }
+
+    /// The control plane; panics if [`MeshEnv::start_control`] was not called.
+    pub fn control(&self) -> &ControlPlane {
+        self.control
+            .as_ref()
+            .expect("no control plane: call start_control first")
+    }
+
+    /// The control plane, to kill and restart it.
+    pub fn control_mut(&mut self) -> &mut ControlPlane {
+        self.control
+            .as_mut()
+            .expect("no control plane: call start_control first")
+    }
+
+    /// The node id the sidecar of pod `pod` presents to the control plane
+    /// (`sidecar~<pod IP>~<pod>.tutorial~tutorial.svc.cluster.local`).
+    pub fn node_id(&self, pod: &str) -> String {
+        let ip = self
+            .pods
+            .iter()
+            .find(|p| p.spec.name == pod)
+            .map(|p| p.ip)
+            .unwrap_or_else(|| panic!("no pod named {pod}"));
+        node_id("sidecar", ip, pod, NAMESPACE)
+    }
+
+    /// The node ids of every pod with a sidecar.
+    pub fn node_ids(&self) -> Vec<String> {
+        self.pods
+            .iter()
+            .filter(|p| p.spec.sidecar)
+            .map(|p| self.node_id(&p.spec.name))
+            .collect()
     }
 
     /// What a hub server (`dnsmasq`, `worldclockapi`) wrote so far.
@@ -725,4 +808,251 @@ spec:
         app = spec.app,
         version = spec.version
     )
+}
+
+// ─── the control plane (`sluice control`), for this harness and the egress one ───
+
+/// The plaintext xDS port of the tests' control plane (istiod's).
+pub const XDS_PORT: u16 = 15010;
+/// Its monitoring port (istiod's): `/ready`, `/metrics`, `/debug/syncz`.
+pub const MONITORING_PORT: u16 = 15014;
+/// The last octet of the control plane's address in a hub (`10.234.N.5`: free in the mesh and
+/// the egress layouts alike).
+pub const CONTROL_HOST: u8 = 5;
+/// The name the mesh's DNS gives the control plane, as istiod's Service is named.
+pub const ISTIOD_FQDN: &str = "istiod.istio-system.svc.cluster.local";
+
+/// The node id a proxy presents to the control plane, in Istio's form
+/// (`sidecar~10.234.7.40~client.tutorial~tutorial.svc.cluster.local`; `router~…` for a gateway),
+/// with the pod's own IP and name: every test pod shares the host's hostname, which the default
+/// node id is made of, while in a cluster each pod has its own.
+pub fn node_id(role: &str, ip: Ipv4Addr, pod: &str, namespace: &str) -> String {
+    format!("{role}~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local")
+}
+
+/// `sluice control --config DIR --bind IP --xds-port 15010 --monitoring-port 15014 --name
+/// control[-N]` as root in a hub namespace, on an address of its own added to the hub's bridge,
+/// so every namespace wired to the hub reaches it (and nothing outside the test does). The Nth
+/// start is named `control-N` (its log files and its `--name`, which `proxy-status` shows).
+pub struct ControlPlane {
+    proc: Option<Proc>,
+    netns: String,
+    /// The address both ports listen on.
+    pub ip: Ipv4Addr,
+    config: PathBuf,
+    dir: PathBuf,
+    logs: LogBook,
+    starts: usize,
+}
+
+impl ControlPlane {
+    /// Adds `ip/32` to `hub`'s `br0`, starts the control plane on it serving `config`, and waits
+    /// until it is ready.
+    pub(crate) fn start(
+        hub: &Netns,
+        ip: Ipv4Addr,
+        config: &Path,
+        dir: &Path,
+        logs: &LogBook,
+    ) -> ControlPlane {
+        hub.ip(&["addr", "add", &format!("{ip}/32"), "dev", "br0"]);
+        let mut cp = ControlPlane {
+            proc: None,
+            netns: hub.name().to_string(),
+            ip,
+            config: config.to_path_buf(),
+            dir: dir.to_path_buf(),
+            logs: logs.clone(),
+            starts: 0,
+        };
+        cp.restart();
+        cp
+    }
+
+    /// The running replica's `--name` (`control`, then `control-2`, …).
+    pub fn name(&self) -> String {
+        match self.starts {
+            0 | 1 => "control".to_string(),
+            n => format!("control-{n}"),
+        }
+    }
+
+    /// `IP:15010`, for `--xds`.
+    pub fn xds_addr(&self) -> String {
+        format!("{}:{XDS_PORT}", self.ip)
+    }
+
+    /// `IP:15014`, for `sluice proxy-status --control`.
+    pub fn monitoring_addr(&self) -> String {
+        format!("{}:{MONITORING_PORT}", self.ip)
+    }
+
+    /// Whether a control plane process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(|p| p.exited().is_none())
+    }
+
+    /// Starts a new control plane process (the Nth start is `control-N`) on the same address and
+    /// ports, and waits (20 s) until its `/ready` answers 200. Panics if one is still running.
+    pub fn restart(&mut self) {
+        assert!(
+            !self.is_running(),
+            "a control plane is already running ({})",
+            self.name()
+        );
+        self.starts += 1;
+        let name = self.name();
+        let mut cmd = Command::new(&tools().ip);
+        cmd.args(["netns", "exec", &self.netns])
+            .arg(crate::prereq::sluice_bin())
+            .arg("control")
+            .arg("--config")
+            .arg(&self.config)
+            .args([
+                "--bind",
+                &self.ip.to_string(),
+                "--xds-port",
+                &XDS_PORT.to_string(),
+                "--monitoring-port",
+                &MONITORING_PORT.to_string(),
+                "--name",
+                &name,
+            ]);
+        crate::process::scrub_env(&mut cmd);
+        if let Some(level) = std::env::var_os("SLUICE_E2E_LOG") {
+            cmd.env("SLUICE_LOG", level);
+        }
+        self.proc = Some(Proc::spawn(
+            &name,
+            cmd,
+            &self.dir,
+            &self.logs,
+            None,
+            libc::SIGTERM,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.get("/ready");
+            if r.exit_code == 0 && r.status == 200 {
+                return;
+            }
+            if let Some(status) = self.proc.as_mut().and_then(|p| p.exited()) {
+                panic!(
+                    "`sluice control` ({name}) exited ({status}) before it got ready; last probe:\n{r}\n{}",
+                    self.logs.dump(80)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "`sluice control` ({name}) did not answer 200 on http://{}/ready within 20 s; last probe:\n{r}\n{}",
+                    self.monitoring_addr(),
+                    self.logs.dump(80)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `signal` (`libc::SIGKILL`: gone without a word to its proxies; `libc::SIGTERM`: its
+    /// own shutdown) and waits (5 s, then SIGKILL) until the process has exited.
+    pub fn kill(&mut self, signal: i32) -> std::process::ExitStatus {
+        let name = self.name();
+        let proc = self
+            .proc
+            .as_mut()
+            .unwrap_or_else(|| panic!("no control plane process to kill"));
+        if proc.exited().is_none() {
+            // SAFETY: kill(2) on our own child, not yet reaped (so its pid cannot be reused).
+            unsafe { libc::kill(proc.pid() as libc::pid_t, signal) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proc.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proc.stop()
+            .unwrap_or_else(|| panic!("cannot reap the control plane {name}"))
+    }
+
+    /// `GET http://IP:15014<path>` from the hub.
+    pub fn get(&self, path: &str) -> CurlResult {
+        Curl::in_netns(
+            &self.netns,
+            &self.dir,
+            &format!("http://{}{path}", self.monitoring_addr()),
+        )
+        .max_time(5.0)
+        .run()
+    }
+
+    /// `/debug/syncz`: per connected proxy, its node id, replica and collections; panics unless
+    /// it answers 200 with JSON.
+    pub fn syncz(&self) -> serde_json::Value {
+        let r = self.get("/debug/syncz");
+        r.expect_status(200);
+        serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("/debug/syncz is not JSON ({e}):\n{r}"))
+    }
+
+    /// `sluice proxy-status --control IP:15014 [NODE]` in the hub; panics unless it exits 0.
+    pub fn proxy_status(&self, node: Option<&str>) -> String {
+        let mut cmd = Command::new(&tools().ip);
+        cmd.args(["netns", "exec", &self.netns])
+            .arg(crate::prereq::sluice_bin())
+            .args(["proxy-status", "--control", &self.monitoring_addr()])
+            .args(node)
+            .stdin(std::process::Stdio::null());
+        crate::process::scrub_env(&mut cmd);
+        let out = cmd.output().expect("run sluice proxy-status");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "sluice proxy-status failed ({}): {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    /// Waits (up to `timeout`) until each of `nodes` is connected to the running replica and has
+    /// ACKed every collection it was sent (none STALE, none NOT SENT); returns `/debug/syncz`.
+    /// A proxy that was sent the config of this replica and ACKed it holds that config.
+    #[track_caller]
+    pub fn wait_synced(&self, nodes: &[String], timeout: Duration) -> serde_json::Value {
+        let name = self.name();
+        crate::wait::eventually(
+            &format!("{} proxies synced with {name}", nodes.len()),
+            timeout,
+            || {
+                let syncz = self.syncz();
+                let proxies = syncz.as_array().cloned().unwrap_or_default();
+                for node in nodes {
+                    let Some(p) = proxies.iter().find(|p| p["node_id"] == node.as_str()) else {
+                        return Err(format!("{node} is not connected:\n{syncz:#}"));
+                    };
+                    if p["control_plane"] != name.as_str() {
+                        return Err(format!("{node} is not on {name}:\n{p:#}"));
+                    }
+                    let types = p["types"].as_object().cloned().unwrap_or_default();
+                    if types.is_empty() {
+                        return Err(format!("{node} subscribed to nothing:\n{p:#}"));
+                    }
+                    for (t, s) in &types {
+                        let sent = s["sent"].as_str().unwrap_or("");
+                        if sent.is_empty() || s["acked"] != sent || !s["nacked"].is_null() {
+                            return Err(format!("{node}: {t} not synced: {s}"));
+                        }
+                    }
+                }
+                Ok(syncz.clone())
+            },
+        )
+    }
+
+    /// What the running (or last) control plane wrote to stderr, its log.
+    pub fn log(&self) -> String {
+        self.proc
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p.stderr_path()).unwrap_or_default())
+            .unwrap_or_default()
+    }
 }

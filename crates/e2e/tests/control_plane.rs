@@ -520,3 +520,26 @@ fn over_mutual_tls_the_certificate_fixes_the_namespace_and_only_its_secrets_are_
     let r = env.curl("http://127.0.0.1:15012/").max_time(3.0).run();
     assert_ne!(r.status, 200, "{r}");
 }
+
+#[test]
+fn the_first_request_after_ready_is_logged_as_the_control_planes_mesh_config_says() {
+    let mut env = TestEnv::new("control_plane_access_log");
+    env.config.write(
+        "mesh.yaml",
+        &mesh_configmap("REGISTRY_ONLY", "accessLogEncoding: JSON"),
+    );
+    env.config.write("se.yaml", SE_HTTPBIN_EXT);
+    env.start_control("control-a", 15010);
+    // Ready means the config has arrived; the log settings arrive with it, not a tick later.
+    env.start_sidecar(SidecarOpts::captured().xds("127.0.0.1:15010"));
+    env.curl("http://httpbin.org/get").run().expect_status(200);
+    let lines = eventually("the request is logged", Duration::from_secs(5), || {
+        let lines = env.sidecar().stdout_lines();
+        (!lines.is_empty())
+            .then_some(lines.clone())
+            .ok_or(format!("{lines:?}"))
+    });
+    let first: serde_json::Value = serde_json::from_str(&lines[0])
+        .unwrap_or_else(|e| panic!("the first access-log line is not JSON ({e}): {lines:?}"));
+    assert_eq!(first["authority"], "httpbin.org", "{first}");
+}

@@ -274,7 +274,6 @@ pub async fn run_with_identity(
     });
     let ports: Vec<SocketAddr> = listeners.bound().map(|(_, a)| a).collect();
 
-    rt.spawn_config_watch();
     tokio::spawn(listeners.follow(snapshots.clone(), rt.listeners_stopped()));
     rt.identity = proxy.identity.clone();
     rt.spawn_operator(operator, admin);

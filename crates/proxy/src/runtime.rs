@@ -44,6 +44,19 @@ pub fn access_log_config(snap: &Snapshot) -> AccessLogConfig {
     }
 }
 
+/// Switches `log` to `wanted` unless that is what it has.
+fn apply_access_log_config(log: &AccessLogger, wanted: AccessLogConfig) {
+    if log.config() == wanted {
+        return;
+    }
+    match log.reconfigure(wanted.clone()) {
+        Ok(()) => tracing::info!("access log reconfigured: {wanted:?}"),
+        Err(e) => {
+            tracing::error!("access log configuration refused, keeping the previous one: {e}")
+        }
+    }
+}
+
 static LOG_CONTROL: OnceLock<Arc<dyn LogControl>> = OnceLock::new();
 
 /// Hands the process's log filter control to every proxy runtime started afterwards (the
@@ -168,6 +181,10 @@ struct StoreHandles {
     status: Arc<ArcSwap<StoreStatus>>,
     gate: Arc<crate::store::ConfigGate>,
     balancers: Arc<crate::balancer::Balancers>,
+    /// The access log, once it exists: the store applies the mesh config's log settings with
+    /// each snapshot, before traffic flows on it (a proxy fed by `--xds` becomes ready the
+    /// moment its config arrives, and its first requests must be logged as that config says).
+    access_log: Arc<OnceLock<AccessLogger>>,
 }
 
 impl StoreHandles {
@@ -175,11 +192,19 @@ impl StoreHandles {
     fn take(store: &mut ConfigStore) -> StoreHandles {
         let balancers = Arc::new(crate::balancer::Balancers::default());
         store.reconcile(balancers.clone());
+        let access_log: Arc<OnceLock<AccessLogger>> = Arc::default();
+        let log = access_log.clone();
+        store.before_publish(Box::new(move |snapshot| {
+            if let Some(log) = log.get() {
+                apply_access_log_config(log, access_log_config(snapshot));
+            }
+        }));
         StoreHandles {
             snapshots: store.snapshot(),
             status: store.status(),
             gate: store.gate(),
             balancers,
+            access_log,
         }
     }
 }
@@ -322,6 +347,7 @@ impl Runtime {
             status,
             gate,
             balancers,
+            access_log: access_log_slot,
         } = handles;
         let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
         let access_log = AccessLogger::with_drop_counter(
@@ -335,6 +361,9 @@ impl Runtime {
             AccessLogger::new(AccessLogConfig::default())
         })
         .context("cannot start the access log")?;
+        let _ = access_log_slot.set(access_log.clone());
+        // A snapshot published while the log was being opened is applied here.
+        apply_access_log_config(&access_log, access_log_config(&snapshots.load()));
         let drain = DrainSignal::new();
         Ok(Runtime {
             snapshots,
@@ -390,35 +419,6 @@ impl Runtime {
             log: log_control(),
             identity: self.identity.clone(),
         }
-    }
-
-    /// Follows mesh-config edits of the access log (the config directory itself is watched by
-    /// the config thread since [`Runtime::load`]).
-    pub fn spawn_config_watch(&mut self) {
-        let snapshots = self.snapshots.clone();
-        let access_log = self.access_log.clone();
-        let stop = self.stopped();
-        tokio::spawn(async move {
-            let mut applied = access_log_config(&snapshots.load());
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = tick.tick() => {}
-                }
-                let wanted = access_log_config(&snapshots.load());
-                if wanted != applied {
-                    match access_log.reconfigure(wanted.clone()) {
-                        Ok(()) => tracing::info!("access log reconfigured: {wanted:?}"),
-                        Err(e) => tracing::error!(
-                            "access log configuration refused, keeping the previous one: {e}"
-                        ),
-                    }
-                    applied = wanted;
-                }
-            }
-        });
     }
 
     /// Serves the admin, health and stats ports from `admin` until shutdown.

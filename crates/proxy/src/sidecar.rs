@@ -199,7 +199,6 @@ pub async fn run_with_identity(
         .collect(),
     });
 
-    rt.spawn_config_watch();
     let ipv6_outbound = outbound6.as_ref().and_then(|l| l.local_addr().ok());
     let ipv6_inbound = inbound6.as_ref().and_then(|l| l.local_addr().ok());
     for listener in std::iter::once(outbound).chain(outbound6) {

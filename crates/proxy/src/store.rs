@@ -174,7 +174,13 @@ pub struct ConfigStore {
     xds_waiting: Option<BTreeSet<String>>,
     /// Set by the control plane: receives every publish's resources instead of a compile.
     sink: Option<ResourceSink>,
+    /// Runs with each compiled snapshot before the data path sees it (and before the gate
+    /// opens): what must change together with the config, such as the access log's settings.
+    before_publish: Option<SnapshotHook>,
 }
+
+/// See [`ConfigStore::before_publish`].
+pub type SnapshotHook = Box<dyn Fn(&Snapshot) + Send>;
 
 /// What a control plane does with the resources of each publish: (generation, resources in
 /// creation order).
@@ -270,6 +276,7 @@ impl ConfigStore {
             balancers: None,
             xds_waiting: None,
             sink: None,
+            before_publish: None,
         }
     }
 
@@ -288,6 +295,12 @@ impl ConfigStore {
             ..StoreStatus::default()
         }));
         store
+    }
+
+    /// Runs `hook` with each snapshot before it is published (and before traffic may flow on
+    /// it), on the config thread.
+    pub fn before_publish(&mut self, hook: SnapshotHook) {
+        self.before_publish = Some(hook);
     }
 
     /// Hands every publish's resources to `sink` instead of compiling a snapshot: the control
@@ -683,6 +696,9 @@ impl ConfigStore {
         let snapshot = Arc::new(snapshot);
         if let Some(balancers) = &self.balancers {
             balancers.sync(&snapshot);
+        }
+        if let Some(hook) = &self.before_publish {
+            hook(&snapshot);
         }
         self.snapshot.store(snapshot);
         self.publish_status(diagnostics, not_ready);
