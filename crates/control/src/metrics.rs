@@ -70,22 +70,22 @@ impl ControlMetrics {
         let scoped_bytes = Family::<TypeLabel, Counter>::default();
         registry.register(
             "pilot_xds",
-            "Number of endpoints connected to this pilot using XDS.",
+            "Number of endpoints connected to this pilot using XDS",
             connected.clone(),
         );
         registry.register(
             "pilot_xds_pushes",
-            "Pilot build and send errors for lds, rds, cds and eds.",
+            "Pilot build and send errors for lds, rds, cds and eds",
             pushes.clone(),
         );
         registry.register(
             "pilot_total_xds_rejects",
-            "Total number of XDS responses from pilot rejected by proxy.",
+            "Total number of XDS responses from pilot rejected by proxy",
             rejects.clone(),
         );
         registry.register(
             "pilot_xds_push_time",
-            "Total time in seconds Pilot takes to push lds, rds, cds and eds.",
+            "Total time in seconds Pilot takes to push lds, rds, cds and eds",
             push_time.clone(),
         );
         registry.register(
@@ -95,17 +95,17 @@ impl ControlMetrics {
         );
         registry.register(
             "sluice_xds_scoped_resources",
-            "Resources not sent to a proxy because they are not visible to it (exportTo, a Secret of another namespace or over plaintext).",
+            "Resources not sent to a proxy because they are not visible to it (exportTo, a Secret of another namespace or over plaintext)",
             scoped_resources.clone(),
         );
         registry.register(
             "sluice_xds_scoped_bytes",
-            "Bytes of resources not sent to a proxy because they are not visible to it.",
+            "Bytes of resources not sent to a proxy because they are not visible to it",
             scoped_bytes.clone(),
         );
         registry.register(
             "pilot_proxy_convergence_time",
-            "Delay in seconds between config change and a proxy receiving all required configuration.",
+            "Delay in seconds between config change and a proxy receiving all required configuration",
             convergence.clone(),
         );
         ControlMetrics {

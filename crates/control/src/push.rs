@@ -76,9 +76,10 @@ impl Encoder {
             } else {
                 PublishedCollection {
                     version: generation.to_string(),
-                    resources: Arc::new(anys),
+                    digests: Arc::new(anys.iter().map(sluice_xds::server::digest).collect()),
                     audiences: Arc::new(audiences),
                     names: Arc::new(names),
+                    resources: Arc::new(anys),
                 }
             };
             self.last.insert(collection.clone(), entry.clone());

@@ -106,7 +106,9 @@ async fn connect(server: &str, config: &ClientConfig) -> Result<tonic::transport
         .map_err(|e| format!("bad address {server}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
+        // A control plane busy pushing to thousands of proxies may answer pings late; a short
+        // timeout would drop a healthy stream and add a reconnect to its load.
+        .keep_alive_timeout(Duration::from_secs(30));
     match &config.tls {
         None => endpoint.connect().await.map_err(|e| e.to_string()),
         Some(tls) => endpoint

@@ -37,10 +37,29 @@ pub struct PublishedCollection {
     /// Each resource's name (`namespace/name`), index for index; delta xDS names resources.
     /// Empty: the resources are named by their position.
     pub names: Arc<Vec<String>>,
+    /// A digest of each resource's bytes, index for index, computed once per publish (see
+    /// [`digest`]); empty: computed per stream when needed.
+    pub digests: Arc<Vec<u64>>,
+}
+
+/// The digest of an encoded resource that [`PublishedCollection::digests`] holds.
+pub fn digest(any: &Any) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    any.value.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl PublishedCollection {
     /// The name delta xDS knows resource `i` by.
+    /// The digest of resource `i`.
+    pub(crate) fn digest(&self, i: usize) -> u64 {
+        match self.digests.get(i) {
+            Some(d) => *d,
+            None => digest(&self.resources[i]),
+        }
+    }
+
     pub(crate) fn name(&self, i: usize) -> String {
         self.names
             .get(i)
@@ -456,10 +475,15 @@ impl StreamState {
             bytes,
         );
         if let Some(state) = self.types.get_mut(type_url) {
+            // Convergence is timed from the change; a proxy's first answer on a new stream is
+            // timed from the send (it did not wait for any change).
+            state.sent_at = Some(match state.sent_version {
+                Some(_) => published.at.unwrap_or(now),
+                None => now,
+            });
             state.sent_version = Some(collection.version.clone());
             state.sent_signature = Some(signature);
             state.sent_nonce = nonce;
-            state.sent_at = Some(published.at.unwrap_or(now));
             state.status.sent = collection.version.clone();
         }
         Ok(())
@@ -498,6 +522,15 @@ impl StreamState {
 fn scoped(collection: &PublishedCollection, scope: &PeerScope) -> (Vec<Any>, u64, (usize, usize)) {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    if collection.audiences.is_empty() {
+        // Everyone gets everything: the version moves exactly when the content does.
+        collection.version.hash(&mut hasher);
+        return (
+            collection.resources.as_ref().clone(),
+            hasher.finish(),
+            (0, 0),
+        );
+    }
     let mut withheld = (0, 0);
     let mut out = Vec::with_capacity(collection.resources.len());
     for (i, any) in collection.resources.iter().enumerate() {
@@ -506,7 +539,7 @@ fn scoped(collection: &PublishedCollection, scope: &PeerScope) -> (Vec<Any>, u64
             .get(i)
             .is_none_or(|audience| audience.admits(scope));
         if admitted {
-            any.value.hash(&mut hasher);
+            collection.digest(i).hash(&mut hasher);
             out.push(any.clone());
         } else {
             withheld.0 += 1;

@@ -9,7 +9,6 @@
 //! next push is computed from what it last ACKed.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -36,6 +35,9 @@ struct DeltaType {
     /// Whether anything was sent on this stream yet (the first answer is sent even when empty,
     /// so the proxy knows the collection is complete).
     answered: bool,
+    /// The collection version the last push looked at: a collection whose version has not
+    /// moved since is not looked at again.
+    seen_version: Option<String>,
     status: TypeStatus,
 }
 
@@ -150,6 +152,7 @@ impl DeltaState {
                         sent_nonce: String::new(),
                         sent_at: None,
                         answered: false,
+                        seen_version: None,
                         status: TypeStatus::default(),
                     },
                 );
@@ -195,10 +198,18 @@ impl DeltaState {
         let Some(collection) = published_collection(published, type_url) else {
             return Ok(());
         };
-        let (current, withheld) = entries(collection, &self.scope);
         let Some(state) = self.types.get_mut(type_url) else {
             return Ok(());
         };
+        // After a NACK the proxy may hold less than was sent: look again whatever the version.
+        if state.answered
+            && state.status.nacked.is_none()
+            && state.seen_version.as_deref() == Some(collection.version.as_str())
+        {
+            return Ok(());
+        }
+        state.seen_version = Some(collection.version.clone());
+        let (current, withheld) = entries(collection, &self.scope);
         let changed: Vec<Resource> = current
             .iter()
             .filter(|(name, (version, _))| state.sent.get(*name) != Some(version))
@@ -252,7 +263,12 @@ impl DeltaState {
         );
         state.sent = current.into_iter().map(|(n, (v, _))| (n, v)).collect();
         state.sent_nonce = nonce;
-        state.sent_at = Some(published.at.unwrap_or(now));
+        // Convergence is timed from the change; a stream's first answer from the send.
+        state.sent_at = Some(if state.answered {
+            published.at.unwrap_or(now)
+        } else {
+            now
+        });
         state.answered = true;
         state.status.sent = collection.version.clone();
         Ok(())
@@ -304,11 +320,9 @@ fn entries(
             withheld.1 += any.value.len();
             continue;
         }
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        any.value.hash(&mut hasher);
         out.insert(
             collection.name(i),
-            (format!("{:016x}", hasher.finish()), any.clone()),
+            (format!("{:016x}", collection.digest(i)), any.clone()),
         );
     }
     (out, withheld)

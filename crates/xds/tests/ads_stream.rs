@@ -308,6 +308,7 @@ fn scoped_config(version: &str, private_host: &str) -> Published {
                 Audience::Namespaces(Arc::from(vec!["a".to_string()])),
             ]),
             names: Arc::default(),
+            digests: Arc::default(),
         },
     );
     collections.insert(
@@ -317,6 +318,7 @@ fn scoped_config(version: &str, private_host: &str) -> Published {
             resources: Arc::new(vec![secret]),
             audiences: Arc::new(vec![Audience::AuthenticatedIn("a".into())]),
             names: Arc::default(),
+            digests: Arc::default(),
         },
     );
     Published {
