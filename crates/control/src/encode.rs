@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use sluice_api::{Kind, Resource, Spec};
+use sluice_api::{Resource, Spec};
 use sluice_model::registry::{visibility, ExportTo};
 use sluice_xds::server::Audience;
 use sluice_xds::McpObject;
@@ -71,7 +71,7 @@ pub fn mcp_object(res: &Resource) -> Option<(String, McpObject)> {
         | Spec::Ingress(_)
         | Spec::IngressClass(_)
         | Spec::Secret { .. } => {
-            let collection = kubernetes_collection(res.kind)?;
+            let collection = sluice_proxy::xds_source::kubernetes_collection(res.kind)?;
             let fields = match &res.spec {
                 // Already the object's fields (`subsets`; `type` and base64 `data`).
                 Spec::Endpoints(_) | Spec::Secret { .. } => res.spec_json()?,
@@ -87,16 +87,4 @@ pub fn mcp_object(res: &Resource) -> Option<(String, McpObject)> {
             ))
         }
     }
-}
-
-/// istiod's names for the Kubernetes kinds' collections.
-fn kubernetes_collection(kind: Kind) -> Option<&'static str> {
-    Some(match kind {
-        Kind::Service => "core/v1/Service",
-        Kind::Endpoints => "core/v1/Endpoints",
-        Kind::Secret => "core/v1/Secret",
-        Kind::Ingress => "networking.k8s.io/v1/Ingress",
-        Kind::IngressClass => "networking.k8s.io/v1/IngressClass",
-        _ => return None,
-    })
 }

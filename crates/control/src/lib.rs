@@ -111,31 +111,20 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {} (xDS, mutual TLS)", tls.addr))?;
             let config = identity.server_config(&[b"h2"], false);
             let incoming = mtls::incoming(listener, config);
-            let mut quit = quit_rx.clone();
             Some(tokio::spawn(
                 sluice_xds::tonic::transport::Server::builder()
                     .add_service(service.clone())
-                    .serve_with_incoming_shutdown(incoming, async move {
-                        let _ = quit.wait_for(|q| *q).await;
-                    }),
+                    .serve_with_incoming_shutdown(incoming, quitting(&quit_rx)),
             ))
         }
     };
-    let grpc = tokio::spawn({
-        let mut quit = quit_rx.clone();
+    let grpc = tokio::spawn(
         sluice_xds::tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = quit.wait_for(|q| *q).await;
-            })
-    });
+            .serve_with_incoming_shutdown(incoming, quitting(&quit_rx)),
+    );
     let handler = monitoring_handler(metrics, ads, status);
-    let monitoring = tokio::spawn({
-        let mut quit = quit_rx.clone();
-        serve_http(monitoring_listener, handler, async move {
-            let _ = quit.wait_for(|q| *q).await;
-        })
-    });
+    let monitoring = tokio::spawn(serve_http(monitoring_listener, handler, quitting(&quit_rx)));
     tracing::info!(
         xds = %opts.xds_addr,
         xds_mtls = ?opts.tls.as_ref().map(|t| t.addr),
@@ -188,6 +177,14 @@ fn monitoring_handler(
         },
         _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
     })
+}
+
+/// Completes once `quit` turns true.
+fn quitting(quit: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + use<> {
+    let mut quit = quit.clone();
+    async move {
+        let _ = quit.wait_for(|q| *q).await;
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

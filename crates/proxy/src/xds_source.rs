@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
+use sluice_api::Kind;
 use sluice_model::{ProxyIdentity, ProxyKind};
 use sluice_xds::client::{ClientConfig, Received};
 use sluice_xds::McpObject;
@@ -22,13 +23,21 @@ use crate::store::{CollectionUpdate, ConfigStore};
 /// The Kubernetes kinds sluice control also serves, as istiod names their collections (istiod
 /// itself sends Services as ServiceEntries instead). Secrets reach only a proxy that proved its
 /// namespace with a client certificate (the mutual-TLS port), and only its namespace's.
-pub const KUBERNETES_COLLECTIONS: &[&str] = &[
-    "core/v1/Service",
-    "core/v1/Endpoints",
-    "core/v1/Secret",
-    "networking.k8s.io/v1/Ingress",
-    "networking.k8s.io/v1/IngressClass",
+pub const KUBERNETES_COLLECTIONS: &[(Kind, &str)] = &[
+    (Kind::Service, "core/v1/Service"),
+    (Kind::Endpoints, "core/v1/Endpoints"),
+    (Kind::Secret, "core/v1/Secret"),
+    (Kind::Ingress, "networking.k8s.io/v1/Ingress"),
+    (Kind::IngressClass, "networking.k8s.io/v1/IngressClass"),
 ];
+
+/// The collection a Kubernetes kind travels in, if it is one the control plane serves.
+pub fn kubernetes_collection(kind: Kind) -> Option<&'static str> {
+    KUBERNETES_COLLECTIONS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, c)| *c)
+}
 
 /// The collections a proxy subscribes to: Istio's, under the type URLs istiod serves them
 /// (MeshConfig first), then the Kubernetes kinds.
@@ -38,7 +47,7 @@ pub fn collections() -> Vec<String> {
     istio
         .iter()
         .map(|c| c.type_url)
-        .chain(KUBERNETES_COLLECTIONS.iter().copied())
+        .chain(KUBERNETES_COLLECTIONS.iter().map(|(_, c)| *c))
         .map(str::to_string)
         .collect()
 }

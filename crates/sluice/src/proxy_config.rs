@@ -63,7 +63,7 @@ pub fn run(args: &ProxyConfigArgs) -> anyhow::Result<()> {
 
 /// Fetches what `args` asks for and renders it.
 pub fn render(args: &ProxyConfigArgs) -> anyhow::Result<String> {
-    let admin = Admin::new(&args.admin)?;
+    let admin = LocalApi::new(&args.admin, ADMIN)?;
     match (args.kind, args.output) {
         (ConfigKind::Endpoint, OutputFormat::Json) => {
             pretty(&admin.get_json("/clusters?format=json")?)
@@ -88,31 +88,59 @@ fn pretty(v: &Value) -> anyhow::Result<String> {
 
 // === Admin API client ===
 
-/// A proxy's admin API.
-struct Admin {
+/// A local operator HTTP API that a command reads (a proxy's admin API, the control plane's
+/// monitoring port), with the words its errors use.
+pub(crate) struct LocalApi {
     addr: SocketAddr,
     name: String,
+    role: ApiRole,
 }
 
-impl Admin {
-    fn new(addr: &str) -> anyhow::Result<Admin> {
+/// How errors name a [`LocalApi`]: the flag that gave its address, what it is, and what the
+/// user should check when it cannot be reached.
+pub(crate) struct ApiRole {
+    /// `--admin`.
+    pub flag: &'static str,
+    /// `the proxy's admin API`.
+    pub what: &'static str,
+    /// `is the proxy running, and is --admin its admin port?`
+    pub hint: &'static str,
+    /// `a sluice or Envoy admin port`, for an answer that is not JSON.
+    pub kind: &'static str,
+    /// The User-Agent.
+    pub agent: &'static str,
+}
+
+/// A proxy's admin API.
+const ADMIN: ApiRole = ApiRole {
+    flag: "--admin",
+    what: "the proxy's admin API",
+    hint: "is the proxy running, and is --admin its admin port?",
+    kind: "a sluice or Envoy admin port",
+    agent: "sluice-proxy-config",
+};
+
+impl LocalApi {
+    pub(crate) fn new(addr: &str, role: ApiRole) -> anyhow::Result<LocalApi> {
+        let flag = role.flag;
         let resolved = addr
             .to_socket_addrs()
-            .with_context(|| format!("--admin {addr}: not a host:port address"))?
+            .with_context(|| format!("{flag} {addr}: not a host:port address"))?
             .next()
-            .with_context(|| format!("--admin {addr}: resolves to no address"))?;
-        Ok(Admin {
+            .with_context(|| format!("{flag} {addr}: resolves to no address"))?;
+        Ok(LocalApi {
             addr: resolved,
             name: addr.to_string(),
+            role,
         })
     }
 
-    fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) fn get_json(&self, path: &str) -> anyhow::Result<Value> {
         let body = self.get_text(path)?;
         serde_json::from_str(&body).with_context(|| {
             format!(
-                "GET http://{}{path}: the answer is not JSON (is {} a sluice or Envoy admin port?)",
-                self.name, self.name
+                "GET http://{}{path}: the answer is not JSON (is {} {}?)",
+                self.name, self.name, self.role.kind
             )
         })
     }
@@ -120,16 +148,15 @@ impl Admin {
     fn get_text(&self, path: &str) -> anyhow::Result<String> {
         let url = format!("http://{}{path}", self.name);
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sluice-proxy-config\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-            self.name
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            self.name, self.role.agent
         );
         let raw = http_get::exchange(&self.addr, &request).map_err(|(step, e)| {
             let e = anyhow::Error::new(e);
             match step {
                 Step::Connect => e.context(format!(
-                    "cannot connect to the proxy's admin API at {}: is the proxy running, and is \
-                     --admin its admin port?",
-                    self.name
+                    "cannot connect to {} at {}: {}",
+                    self.role.what, self.name, self.role.hint
                 )),
                 Step::Send => e.context(format!("GET {url}: cannot send the request")),
                 Step::Receive => e.context(format!("GET {url}: cannot read the answer")),
@@ -146,7 +173,7 @@ impl Admin {
 // === Tables ===
 
 /// Aligned columns, `PADDING` spaces apart; the last column is not padded.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

@@ -6,13 +6,10 @@
 //! in flight, or refused: the NACK's message is shown with `sluice proxy-status NODE`), NOT
 //! SENT (subscribed, nothing published for it yet).
 
-use std::fmt::Write as _;
-use std::net::{SocketAddr, ToSocketAddrs};
-
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use serde_json::Value;
 
-use crate::http_get::{self, parse_response};
+use crate::proxy_config::{table, ApiRole, LocalApi};
 
 /// `sluice proxy-status` arguments.
 #[derive(clap::Args, Debug)]
@@ -46,30 +43,17 @@ pub fn run(args: &ProxyStatusArgs) -> anyhow::Result<()> {
 }
 
 fn fetch(control: &str) -> anyhow::Result<Value> {
-    let addr: SocketAddr = control
-        .to_socket_addrs()
-        .with_context(|| format!("--control {control}: not a host:port address"))?
-        .next()
-        .with_context(|| format!("--control {control}: resolves to no address"))?;
-    let request = format!(
-        "GET /debug/syncz HTTP/1.1\r\nHost: {control}\r\nUser-Agent: sluice-proxy-status\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
-    let raw = http_get::exchange(&addr, &request).map_err(|(_, e)| {
-        anyhow::Error::new(e).context(format!(
-            "cannot reach the control plane's monitoring port at {control}: is `sluice control` \
-             running, and is --control its --monitoring-port?"
-        ))
-    })?;
-    let (status, body) = parse_response(&raw)?;
-    if status != 200 {
-        bail!(
-            "GET http://{control}/debug/syncz: HTTP {status}: {}",
-            body.trim()
-        );
-    }
-    serde_json::from_str(&body).with_context(|| {
-        format!("GET http://{control}/debug/syncz: the answer is not JSON (is {control} a sluice control monitoring port?)")
-    })
+    let monitoring = LocalApi::new(
+        control,
+        ApiRole {
+            flag: "--control",
+            what: "the control plane's monitoring port",
+            hint: "is `sluice control` running, and is --control its --monitoring-port?",
+            kind: "a sluice control monitoring port",
+            agent: "sluice-proxy-status",
+        },
+    )?;
+    monitoring.get_json("/debug/syncz")
 }
 
 /// A collection's state on one proxy.
@@ -87,12 +71,7 @@ pub fn sync_state(t: &Value) -> &'static str {
 
 /// One row per proxy: NAME, CONTROL PLANE, SYNCED / STALE / NOT SENT counts, VERSION.
 pub fn proxies_table(syncz: &Value, control: &str) -> String {
-    let mut rows = vec![[
-        "NAME".to_string(),
-        "CONTROL PLANE".to_string(),
-        "CONFIG".to_string(),
-        "VERSION".to_string(),
-    ]];
+    let mut rows = Vec::new();
     let empty = Vec::new();
     for proxy in syncz.as_array().unwrap_or(&empty) {
         let types = proxy["types"].as_object();
@@ -114,7 +93,7 @@ pub fn proxies_table(syncz: &Value, control: &str) -> String {
                 format!("STALE ({synced} synced, {stale} stale, {not_sent} not sent)")
             }
         };
-        rows.push([
+        rows.push(vec![
             proxy["node_id"].as_str().unwrap_or("").to_string(),
             proxy["control_plane"]
                 .as_str()
@@ -129,7 +108,7 @@ pub fn proxies_table(syncz: &Value, control: &str) -> String {
                 .unwrap_or_default(),
         ]);
     }
-    table(&rows)
+    table(&["NAME", "CONTROL PLANE", "CONFIG", "VERSION"], &rows)
 }
 
 /// One row per collection of one proxy: TYPE, STATUS, SENT, ACKED, ERROR.
@@ -153,15 +132,9 @@ pub fn node_table(syncz: &Value, node: &str) -> anyhow::Result<String> {
                 .join(", ")
         ),
     };
-    let mut rows = vec![[
-        "TYPE".to_string(),
-        "STATUS".to_string(),
-        "SENT".to_string(),
-        "ACKED".to_string(),
-        "ERROR".to_string(),
-    ]];
+    let mut rows = Vec::new();
     for (type_url, t) in proxy["types"].as_object().into_iter().flatten() {
-        rows.push([
+        rows.push(vec![
             type_url.clone(),
             sync_state(t).to_string(),
             t["sent"].as_str().unwrap_or("").to_string(),
@@ -169,30 +142,7 @@ pub fn node_table(syncz: &Value, node: &str) -> anyhow::Result<String> {
             t["nacked"].as_str().unwrap_or("").replace('\n', "; "),
         ]);
     }
-    Ok(table(&rows))
-}
-
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == N {
-                line.push_str(cell);
-            } else {
-                let _ = write!(line, "{cell:<width$}", width = widths[i] + 5);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    Ok(table(&["TYPE", "STATUS", "SENT", "ACKED", "ERROR"], &rows))
 }
 
 #[cfg(test)]

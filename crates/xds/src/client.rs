@@ -100,6 +100,48 @@ enum StreamEnd {
     Closed { received: bool },
 }
 
+/// The requests of a new ADS stream, with one subscription per collection already in them
+/// (`subscribe(node, type_url)`; the node goes with the first only), and the sender for the
+/// ACKs and NACKs to come.
+fn open_requests<R: Send + 'static>(
+    config: &ClientConfig,
+    mut subscribe: impl FnMut(Option<Node>, &str) -> R,
+) -> (mpsc::Sender<R>, mpsc::Receiver<R>) {
+    let (tx, rx) = mpsc::channel::<R>(config.collections.len() + 4);
+    for (i, type_url) in config.collections.iter().enumerate() {
+        let node = (i == 0).then(|| config.node.clone());
+        // Room for every subscription was made above; nothing has been received yet.
+        let _ = tx.try_send(subscribe(node, type_url));
+    }
+    (tx, rx)
+}
+
+/// A channel's receiving end as a request stream.
+fn receiver_stream<R: Send + 'static>(
+    rx: mpsc::Receiver<R>,
+) -> impl futures_util::Stream<Item = R> + Send + 'static {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+}
+
+/// The next response of a stream, or how the stream ended: closed by the control plane, or
+/// failed after something was received (both mean reconnect). A failure before anything was
+/// received is the connection attempt's error.
+async fn next_response<T>(
+    responses: &mut tonic::Streaming<T>,
+    received: bool,
+    server: &str,
+) -> Result<Result<T, StreamEnd>, String> {
+    match responses.message().await {
+        Ok(Some(response)) => Ok(Ok(response)),
+        Ok(None) => Ok(Err(StreamEnd::Closed { received })),
+        Err(status) if received => {
+            tracing::warn!(server = %server, "control-plane stream failed: {status}");
+            Ok(Err(StreamEnd::Closed { received }))
+        }
+        Err(status) => Err(status.message().to_string()),
+    }
+}
+
 /// A gRPC channel to `server`, over mutual TLS when the config says so.
 async fn connect(server: &str, config: &ClientConfig) -> Result<tonic::transport::Channel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{server}"))
@@ -127,22 +169,14 @@ async fn stream_once(
     let channel = connect(server, config).await?;
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(config.collections.len() + 4);
-    for (i, type_url) in config.collections.iter().enumerate() {
-        let request = DiscoveryRequest {
-            node: (i == 0).then(|| config.node.clone()),
-            type_url: type_url.clone(),
-            version_info: versions.get(type_url).cloned().unwrap_or_default(),
-            ..DiscoveryRequest::default()
-        };
-        tx.send(request)
-            .await
-            .map_err(|_| "request channel closed".to_string())?;
-    }
-    let requests =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let (tx, requests) = open_requests(config, |node, type_url| DiscoveryRequest {
+        node,
+        type_url: type_url.to_string(),
+        version_info: versions.get(type_url).cloned().unwrap_or_default(),
+        ..DiscoveryRequest::default()
+    });
     let mut responses = client
-        .stream_aggregated_resources(requests)
+        .stream_aggregated_resources(receiver_stream(requests))
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner();
@@ -154,17 +188,10 @@ async fn stream_once(
     let mut verdicts: FuturesOrdered<Verdict> = FuturesOrdered::new();
     loop {
         tokio::select! {
-            message = responses.message() => {
-                let response = match message {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return Ok(StreamEnd::Closed { received }),
-                    Err(status) => {
-                        if received {
-                            tracing::warn!(server = %server, "control-plane stream failed: {status}");
-                            return Ok(StreamEnd::Closed { received });
-                        }
-                        return Err(status.message().to_string());
-                    }
+            message = next_response(&mut responses, received, server) => {
+                let response = match message? {
+                    Ok(response) => response,
+                    Err(end) => return Ok(end),
                 };
                 received = true;
                 let Some(verdict) = hand_over(response, applier).await else {
@@ -334,40 +361,26 @@ async fn delta_stream_once(
     let channel = connect(server, config).await?;
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(config.collections.len() + 4);
-    for (i, type_url) in config.collections.iter().enumerate() {
-        let initial_resource_versions = held
+    let (tx, requests) = open_requests(config, |node, type_url| DeltaDiscoveryRequest {
+        node,
+        type_url: type_url.to_string(),
+        initial_resource_versions: held
             .get(type_url)
             .map(|h| h.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        let request = DeltaDiscoveryRequest {
-            node: (i == 0).then(|| config.node.clone()),
-            type_url: type_url.clone(),
-            initial_resource_versions,
-            ..DeltaDiscoveryRequest::default()
-        };
-        tx.send(request)
-            .await
-            .map_err(|_| "request channel closed".to_string())?;
-    }
-    let requests =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+            .unwrap_or_default(),
+        ..DeltaDiscoveryRequest::default()
+    });
     let mut responses = client
-        .delta_aggregated_resources(requests)
+        .delta_aggregated_resources(receiver_stream(requests))
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner();
     tracing::info!(server = %server, "connected to the control plane (delta)");
     let mut received = false;
     loop {
-        let response = match responses.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(StreamEnd::Closed { received }),
-            Err(status) if received => {
-                tracing::warn!(server = %server, "control-plane stream failed: {status}");
-                return Ok(StreamEnd::Closed { received });
-            }
-            Err(status) => return Err(status.message().to_string()),
+        let response = match next_response(&mut responses, received, server).await? {
+            Ok(response) => response,
+            Err(end) => return Ok(end),
         };
         received = true;
         let type_url = response.type_url.clone();

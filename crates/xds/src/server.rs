@@ -216,60 +216,120 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let mtls = request.extensions().get::<MtlsConnectInfo>().cloned();
-        let peer = request
-            .remote_addr()
-            .or(mtls.as_ref().map(|m| m.remote))
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let identity = mtls.map(|m| m.identity);
-        let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let stream = StreamState {
-            id,
-            server: self.clone(),
-            peer,
-            node_id: String::new(),
-            scope: PeerScope {
-                namespace: String::new(),
-                authenticated: identity,
-            },
+            peer: StreamPeer::new(self, &request),
             types: BTreeMap::new(),
             nonce: 0,
             tx,
         };
-        tokio::spawn(stream.run(requests));
-        let responses = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        Ok(Response::new(Box::pin(responses)))
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(Box::pin(receiver_stream(rx))))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let stream = crate::server_delta::DeltaState::new(StreamPeer::new(self, &request), tx);
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(Box::pin(receiver_stream(rx))))
+    }
+}
+
+/// A channel's receiving end as the response stream tonic sends from.
+fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+/// Who is at the other end of one stream, state of the world or delta: its connection, the node
+/// it named in its first request, and the scope that gives it.
+pub(crate) struct StreamPeer {
+    pub(crate) server: AdsServer,
+    pub(crate) id: u64,
+    pub(crate) peer: String,
+    pub(crate) node_id: String,
+    pub(crate) scope: PeerScope,
+    connected_at: u64,
+}
+
+impl StreamPeer {
+    fn new<T>(server: &AdsServer, request: &Request<T>) -> StreamPeer {
         let mtls = request.extensions().get::<MtlsConnectInfo>().cloned();
         let peer = request
             .remote_addr()
             .or(mtls.as_ref().map(|m| m.remote))
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let stream = crate::server_delta::DeltaState::new(
-            self.clone(),
-            self.next_id.fetch_add(1, Ordering::Relaxed),
+        StreamPeer {
+            server: server.clone(),
+            id: server.next_id.fetch_add(1, Ordering::Relaxed),
             peer,
-            mtls.map(|m| m.identity),
-            tx,
-        );
-        tokio::spawn(stream.run(requests));
-        let responses = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        Ok(Response::new(Box::pin(responses)))
+            node_id: String::new(),
+            scope: PeerScope {
+                namespace: String::new(),
+                authenticated: mtls.map(|m| m.identity),
+            },
+            connected_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+
+    /// Takes the node from the stream's first request (nothing to do after that); the status
+    /// that ends the stream when there is none, or when its namespace is not the one its
+    /// certificate proves.
+    pub(crate) fn identify(&mut self, node: Option<&crate::Node>) -> Result<(), Status> {
+        if !self.node_id.is_empty() {
+            return Ok(());
+        }
+        let Some(node) = node.filter(|n| !n.id.is_empty()) else {
+            return Err(Status::invalid_argument(
+                "the first request of a stream must carry node.id",
+            ));
+        };
+        match node_namespace(node, self.scope.authenticated.as_deref()) {
+            Ok(namespace) => self.scope.namespace = namespace,
+            Err(message) => {
+                tracing::warn!(node = %node.id, peer = %self.peer, "proxy refused: {message}");
+                return Err(Status::permission_denied(message));
+            }
+        }
+        self.node_id = node.id.clone();
+        self.server.events.connection(&self.node_id, true);
+        tracing::info!(node = %self.node_id, peer = %self.peer, "proxy connected");
+        Ok(())
+    }
+
+    /// Publishes this stream's collections' state for `/debug/syncz`.
+    pub(crate) fn record<'a>(&self, types: impl Iterator<Item = (&'a String, &'a TypeStatus)>) {
+        let status = ConnectionStatus {
+            node_id: self.node_id.clone(),
+            peer: self.peer.clone(),
+            control_plane: self.server.identifier.to_string(),
+            namespace: self.scope.namespace.clone(),
+            identity: self.scope.authenticated.clone(),
+            connected_at: self.connected_at,
+            types: types.map(|(t, s)| (t.clone(), s.clone())).collect(),
+        };
+        if let Ok(mut c) = self.server.connections.lock() {
+            c.insert(self.id, status);
+        }
+    }
+
+    /// The stream ended.
+    pub(crate) fn disconnected(&self) {
+        if !self.node_id.is_empty() {
+            self.server.events.connection(&self.node_id, false);
+            tracing::info!(node = %self.node_id, peer = %self.peer, "proxy disconnected");
+        }
+        if let Ok(mut c) = self.server.connections.lock() {
+            c.remove(&self.id);
+        }
     }
 }
 
@@ -297,11 +357,7 @@ struct StreamType {
 }
 
 struct StreamState {
-    id: u64,
-    server: AdsServer,
-    peer: String,
-    node_id: String,
-    scope: PeerScope,
+    peer: StreamPeer,
     types: BTreeMap<String, StreamType>,
     nonce: u64,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
@@ -309,7 +365,7 @@ struct StreamState {
 
 impl StreamState {
     async fn run(mut self, mut requests: Streaming<DiscoveryRequest>) {
-        let mut config = self.server.config.clone();
+        let mut config = self.peer.server.config.clone();
         config.mark_unchanged();
         loop {
             tokio::select! {
@@ -321,7 +377,7 @@ impl StreamState {
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(node = %self.node_id, "ADS stream ended: {status}");
+                        tracing::debug!(node = %self.peer.node_id, "ADS stream ended: {status}");
                         break;
                     }
                 },
@@ -336,38 +392,13 @@ impl StreamState {
                 }
             }
         }
-        if !self.node_id.is_empty() {
-            self.server.events.connection(&self.node_id, false);
-            tracing::info!(node = %self.node_id, peer = %self.peer, "proxy disconnected");
-        }
-        if let Ok(mut c) = self.server.connections.lock() {
-            c.remove(&self.id);
-        }
+        self.peer.disconnected();
     }
 
     async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), ()> {
-        if self.node_id.is_empty() {
-            let Some(node) = request.node.as_ref().filter(|n| !n.id.is_empty()) else {
-                let _ = self
-                    .tx
-                    .send(Err(Status::invalid_argument(
-                        "the first DiscoveryRequest of a stream must carry node.id",
-                    )))
-                    .await;
-                return Err(());
-            };
-            match node_namespace(node, self.scope.authenticated.as_deref()) {
-                Ok(namespace) => self.scope.namespace = namespace,
-                Err(message) => {
-                    tracing::warn!(node = %node.id, peer = %self.peer, "proxy refused: {message}");
-                    let _ = self.tx.send(Err(Status::permission_denied(message))).await;
-                    return Err(());
-                }
-            }
-            self.node_id = node.id.clone();
-            self.server.events.connection(&self.node_id, true);
-            tracing::info!(node = %self.node_id, peer = %self.peer, "proxy connected");
-            self.update_status();
+        if let Err(status) = self.peer.identify(request.node.as_ref()) {
+            let _ = self.tx.send(Err(status)).await;
+            return Err(());
         }
         let type_url = request.type_url.clone();
         match self.types.get_mut(&type_url) {
@@ -385,7 +416,7 @@ impl StreamState {
                         },
                     },
                 );
-                let published = self.server.config.borrow().clone();
+                let published = self.peer.server.config.borrow().clone();
                 self.push(&type_url, &published).await?;
             }
             Some(state) => {
@@ -394,11 +425,12 @@ impl StreamState {
                     return Ok(());
                 }
                 if let Some(error) = &request.error_detail {
-                    self.server
+                    self.peer
+                        .server
                         .events
-                        .rejected(&self.node_id, &type_url, &error.message);
+                        .rejected(&self.peer.node_id, &type_url, &error.message);
                     tracing::warn!(
-                        node = %self.node_id,
+                        node = %self.peer.node_id,
                         type_url = %type_url,
                         version = %state.sent_version.as_deref().unwrap_or(""),
                         "proxy rejected the config: {}",
@@ -409,7 +441,7 @@ impl StreamState {
                     state.status.acked = request.version_info.clone();
                     state.status.nacked = None;
                     if let Some(at) = state.sent_at {
-                        self.server.events.acked(&type_url, at.elapsed());
+                        self.peer.server.events.acked(&type_url, at.elapsed());
                     }
                 }
             }
@@ -443,7 +475,7 @@ impl StreamState {
         let Some(collection) = published_collection(published, type_url) else {
             return Ok(());
         };
-        let (resources, signature, withheld) = scoped(collection, &self.scope);
+        let (resources, signature, withheld) = scoped(collection, &self.peer.scope);
         if let Some(state) = self.types.get_mut(type_url) {
             if state.sent_signature == Some(signature) {
                 // Nothing this proxy receives changed: record the version as sent and synced.
@@ -452,10 +484,13 @@ impl StreamState {
             }
         }
         if withheld.0 > 0 {
-            self.server.events.scoped(type_url, withheld.0, withheld.1);
+            self.peer
+                .server
+                .events
+                .scoped(type_url, withheld.0, withheld.1);
         }
         self.nonce += 1;
-        let nonce = format!("{}-{}", self.id, self.nonce);
+        let nonce = format!("{}-{}", self.peer.id, self.nonce);
         let bytes = resources.iter().map(|a| a.value.len()).sum();
         let response = DiscoveryResponse {
             version_info: collection.version.clone(),
@@ -463,13 +498,13 @@ impl StreamState {
             type_url: type_url.to_string(),
             nonce: nonce.clone(),
             control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
-                identifier: self.server.identifier.to_string(),
+                identifier: self.peer.server.identifier.to_string(),
             }),
             ..DiscoveryResponse::default()
         };
         self.tx.send(Ok(response)).await.map_err(|_| ())?;
         let now = Instant::now();
-        self.server.events.pushed(
+        self.peer.server.events.pushed(
             type_url,
             published.at.map(|at| now - at).unwrap_or_default(),
             bytes,
@@ -490,30 +525,8 @@ impl StreamState {
     }
 
     fn update_status(&self) {
-        let status = ConnectionStatus {
-            node_id: self.node_id.clone(),
-            peer: self.peer.clone(),
-            control_plane: self.server.identifier.to_string(),
-            namespace: self.scope.namespace.clone(),
-            identity: self.scope.authenticated.clone(),
-            connected_at: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            types: self
-                .types
-                .iter()
-                .map(|(t, s)| (t.clone(), s.status.clone()))
-                .collect(),
-        };
-        if let Ok(mut c) = self.server.connections.lock() {
-            let entry = c.entry(self.id).or_insert(status.clone());
-            let connected_at = entry.connected_at;
-            *entry = ConnectionStatus {
-                connected_at,
-                ..status
-            };
-        }
+        self.peer
+            .record(self.types.iter().map(|(t, s)| (t, &s.status)));
     }
 }
 
@@ -531,23 +544,37 @@ fn scoped(collection: &PublishedCollection, scope: &PeerScope) -> (Vec<Any>, u64
             (0, 0),
         );
     }
+    let (admitted, withheld) = admitted(collection, scope);
+    let mut out = Vec::with_capacity(admitted.len());
+    for i in admitted {
+        collection.digest(i).hash(&mut hasher);
+        out.push(collection.resources[i].clone());
+    }
+    out.len().hash(&mut hasher);
+    (out, hasher.finish(), withheld)
+}
+
+/// The positions of the resources of `collection` a proxy of `scope` receives, and how many
+/// resources and bytes were withheld from it.
+pub(crate) fn admitted(
+    collection: &PublishedCollection,
+    scope: &PeerScope,
+) -> (Vec<usize>, (usize, usize)) {
     let mut withheld = (0, 0);
     let mut out = Vec::with_capacity(collection.resources.len());
     for (i, any) in collection.resources.iter().enumerate() {
-        let admitted = collection
+        let admits = collection
             .audiences
             .get(i)
             .is_none_or(|audience| audience.admits(scope));
-        if admitted {
-            collection.digest(i).hash(&mut hasher);
-            out.push(any.clone());
+        if admits {
+            out.push(i);
         } else {
             withheld.0 += 1;
             withheld.1 += any.value.len();
         }
     }
-    out.len().hash(&mut hasher);
-    (out, hasher.finish(), withheld)
+    (out, withheld)
 }
 
 /// The namespace a proxy's config is scoped to. With a client certificate, the namespace of its

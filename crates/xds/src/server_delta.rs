@@ -16,8 +16,8 @@ use tonic::{Status, Streaming};
 
 use crate::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use crate::server::{
-    node_namespace, published_collection, AdsServer, ConnectionStatus, PeerScope, Published,
-    PublishedCollection, TypeStatus,
+    admitted, published_collection, PeerScope, Published, PublishedCollection, StreamPeer,
+    TypeStatus,
 };
 use crate::Any;
 
@@ -42,11 +42,7 @@ struct DeltaType {
 }
 
 pub(crate) struct DeltaState {
-    server: AdsServer,
-    id: u64,
-    peer: String,
-    node_id: String,
-    scope: PeerScope,
+    peer: StreamPeer,
     types: BTreeMap<String, DeltaType>,
     nonce: u64,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
@@ -54,21 +50,11 @@ pub(crate) struct DeltaState {
 
 impl DeltaState {
     pub(crate) fn new(
-        server: AdsServer,
-        id: u64,
-        peer: String,
-        identity: Option<String>,
+        peer: StreamPeer,
         tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> DeltaState {
         DeltaState {
-            server,
-            id,
             peer,
-            node_id: String::new(),
-            scope: PeerScope {
-                namespace: String::new(),
-                authenticated: identity,
-            },
             types: BTreeMap::new(),
             nonce: 0,
             tx,
@@ -76,7 +62,7 @@ impl DeltaState {
     }
 
     pub(crate) async fn run(mut self, mut requests: Streaming<DeltaDiscoveryRequest>) {
-        let mut config = self.server.config.clone();
+        let mut config = self.peer.server.config.clone();
         config.mark_unchanged();
         loop {
             tokio::select! {
@@ -108,37 +94,13 @@ impl DeltaState {
                 }
             }
         }
-        if !self.node_id.is_empty() {
-            self.server.events.connection(&self.node_id, false);
-            tracing::info!(node = %self.node_id, peer = %self.peer, "proxy disconnected (delta)");
-        }
-        if let Ok(mut c) = self.server.connections.lock() {
-            c.remove(&self.id);
-        }
+        self.peer.disconnected();
     }
 
     async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), ()> {
-        if self.node_id.is_empty() {
-            let Some(node) = request.node.as_ref().filter(|n| !n.id.is_empty()) else {
-                let _ = self
-                    .tx
-                    .send(Err(Status::invalid_argument(
-                        "the first DeltaDiscoveryRequest of a stream must carry node.id",
-                    )))
-                    .await;
-                return Err(());
-            };
-            match node_namespace(node, self.scope.authenticated.as_deref()) {
-                Ok(namespace) => self.scope.namespace = namespace,
-                Err(message) => {
-                    tracing::warn!(node = %node.id, peer = %self.peer, "proxy refused: {message}");
-                    let _ = self.tx.send(Err(Status::permission_denied(message))).await;
-                    return Err(());
-                }
-            }
-            self.node_id = node.id.clone();
-            self.server.events.connection(&self.node_id, true);
-            tracing::info!(node = %self.node_id, peer = %self.peer, "proxy connected (delta)");
+        if let Err(status) = self.peer.identify(request.node.as_ref()) {
+            let _ = self.tx.send(Err(status)).await;
+            return Err(());
         }
         let type_url = request.type_url.clone();
         match self.types.get_mut(&type_url) {
@@ -156,7 +118,7 @@ impl DeltaState {
                         status: TypeStatus::default(),
                     },
                 );
-                let published = self.server.config.borrow().clone();
+                let published = self.peer.server.config.borrow().clone();
                 self.push(&type_url, &published).await?;
             }
             Some(state) => {
@@ -166,11 +128,12 @@ impl DeltaState {
                     return Ok(());
                 }
                 if let Some(error) = &request.error_detail {
-                    self.server
+                    self.peer
+                        .server
                         .events
-                        .rejected(&self.node_id, &type_url, &error.message);
+                        .rejected(&self.peer.node_id, &type_url, &error.message);
                     tracing::warn!(
-                        node = %self.node_id,
+                        node = %self.peer.node_id,
                         type_url = %type_url,
                         "proxy rejected the config: {}",
                         error.message
@@ -183,7 +146,7 @@ impl DeltaState {
                     state.status.acked = state.status.sent.clone();
                     state.status.nacked = None;
                     if let Some(at) = state.sent_at {
-                        self.server.events.acked(&type_url, at.elapsed());
+                        self.peer.server.events.acked(&type_url, at.elapsed());
                     }
                 }
             }
@@ -209,7 +172,7 @@ impl DeltaState {
             return Ok(());
         }
         state.seen_version = Some(collection.version.clone());
-        let (current, withheld) = entries(collection, &self.scope);
+        let (current, withheld) = entries(collection, &self.peer.scope);
         let changed: Vec<Resource> = current
             .iter()
             .filter(|(name, (version, _))| state.sent.get(*name) != Some(version))
@@ -234,10 +197,13 @@ impl DeltaState {
             return Ok(());
         }
         if withheld.0 > 0 {
-            self.server.events.scoped(type_url, withheld.0, withheld.1);
+            self.peer
+                .server
+                .events
+                .scoped(type_url, withheld.0, withheld.1);
         }
         self.nonce += 1;
-        let nonce = format!("{}-d{}", self.id, self.nonce);
+        let nonce = format!("{}-d{}", self.peer.id, self.nonce);
         let bytes = changed
             .iter()
             .filter_map(|r| r.resource.as_ref())
@@ -250,13 +216,13 @@ impl DeltaState {
             type_url: type_url.to_string(),
             nonce: nonce.clone(),
             control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
-                identifier: self.server.identifier.to_string(),
+                identifier: self.peer.server.identifier.to_string(),
             }),
             ..DeltaDiscoveryResponse::default()
         };
         self.tx.send(Ok(response)).await.map_err(|_| ())?;
         let now = Instant::now();
-        self.server.events.pushed(
+        self.peer.server.events.pushed(
             type_url,
             published.at.map(|at| now - at).unwrap_or_default(),
             bytes,
@@ -275,30 +241,8 @@ impl DeltaState {
     }
 
     fn update_status(&self) {
-        let status = ConnectionStatus {
-            node_id: self.node_id.clone(),
-            peer: self.peer.clone(),
-            control_plane: self.server.identifier.to_string(),
-            namespace: self.scope.namespace.clone(),
-            identity: self.scope.authenticated.clone(),
-            connected_at: std::time::SystemTime::now()
-                .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            types: self
-                .types
-                .iter()
-                .map(|(t, s)| (t.clone(), s.status.clone()))
-                .collect(),
-        };
-        if let Ok(mut c) = self.server.connections.lock() {
-            let entry = c.entry(self.id).or_insert(status.clone());
-            let connected_at = entry.connected_at;
-            *entry = ConnectionStatus {
-                connected_at,
-                ..status
-            };
-        }
+        self.peer
+            .record(self.types.iter().map(|(t, s)| (t, &s.status)));
     }
 }
 
@@ -308,22 +252,16 @@ fn entries(
     collection: &PublishedCollection,
     scope: &PeerScope,
 ) -> (BTreeMap<String, (String, Any)>, (usize, usize)) {
-    let mut out = BTreeMap::new();
-    let mut withheld = (0, 0);
-    for (i, any) in collection.resources.iter().enumerate() {
-        let admitted = collection
-            .audiences
-            .get(i)
-            .is_none_or(|audience| audience.admits(scope));
-        if !admitted {
-            withheld.0 += 1;
-            withheld.1 += any.value.len();
-            continue;
-        }
-        out.insert(
-            collection.name(i),
-            (format!("{:016x}", collection.digest(i)), any.clone()),
-        );
-    }
+    let (admitted, withheld) = admitted(collection, scope);
+    let out = admitted
+        .into_iter()
+        .map(|i| {
+            let version = format!("{:016x}", collection.digest(i));
+            (
+                collection.name(i),
+                (version, collection.resources[i].clone()),
+            )
+        })
+        .collect();
     (out, withheld)
 }
