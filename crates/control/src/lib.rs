@@ -14,6 +14,7 @@ pub mod encode;
 pub mod metrics;
 pub mod mtls;
 pub mod push;
+mod sidecars;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +25,6 @@ use http::StatusCode;
 use sluice_model::ProxyIdentity;
 use sluice_proxy::admin::{respond, respond_json, serve_http, Handler, JSON, TEXT};
 use sluice_proxy::store::ConfigStore;
-use sluice_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use sluice_xds::server::{AdsServer, Published};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -96,8 +96,7 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
     tokio::spawn(debounce(candidates_rx, served_tx, opts.debounce));
 
     let ads = AdsServer::new(served_rx, metrics.clone(), &opts.identifier);
-    let service = AggregatedDiscoveryServiceServer::new(ads.clone())
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let service = ads.service(MAX_REQUEST_BYTES);
     let incoming = sluice_xds::tonic::transport::server::TcpIncoming::from(xds_listener);
     let shutdown = shutdown_signal();
     let (quit_tx, quit_rx) = watch::channel(false);

@@ -29,13 +29,18 @@ impl Encoder {
             .map(|c| (c, Grouped::default()))
             .collect();
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
-        for res in resources {
+        // Where each resource a Sidecar may scope went: (index, collection, position).
+        let mut placed = Vec::new();
+        for (index, res) in resources.iter().enumerate() {
             let Some((collection, object)) = mcp_object(res) else {
                 continue;
             };
             match sluice_xds::encode_resource(&collection, &object) {
                 Ok(any) => {
-                    let group = grouped.entry(collection).or_default();
+                    let group = grouped.entry(collection.clone()).or_default();
+                    if crate::sidecars::scoped_kind(res.kind) {
+                        placed.push((index, collection, group.anys.len()));
+                    }
                     group.anys.push(any);
                     group.audiences.push(audience(res));
                     // Delta xDS names resources; the bare MeshConfig is unnamed.
@@ -80,14 +85,21 @@ impl Encoder {
                     audiences: Arc::new(audiences),
                     names: Arc::new(names),
                     resources: Arc::new(anys),
+                    ..PublishedCollection::default()
                 }
             };
             self.last.insert(collection.clone(), entry.clone());
             collections.insert(collection, entry);
         }
+        // A collection that kept its last version holds other resources than `resources`:
+        // Sidecars do not scope it (its proxies get all of it, never less than they need).
+        placed.retain(|(_, collection, _)| !failed.contains_key(collection));
+        let sidecars = crate::sidecars::SidecarSelection::new(resources, placed)
+            .map(|s| Arc::new(s) as Arc<dyn sluice_xds::server::SelectSidecar>);
         Published {
             collections,
             at: Some(Instant::now()),
+            sidecars,
         }
     }
 }

@@ -142,3 +142,179 @@ fn only_changed_collections_get_a_new_version() {
     let third = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(version(&second, vs), version(&third, vs));
 }
+
+/// A Sidecar in `shop` that imports its own namespace and `istio-system`; a workload-specific
+/// one for `app: api` that imports only `istio-system`; the root namespace's default, whose `.`
+/// is each proxy's own namespace.
+const SIDECAR_SCOPING: &str = "
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: shop}
+spec:
+  egress: [{hosts: [./*, istio-system/*]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: api, namespace: shop}
+spec:
+  workloadSelector: {labels: {app: api}}
+  egress: [{hosts: [istio-system/*]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec:
+  egress: [{hosts: [./*]}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cart, namespace: shop}
+spec: {hosts: [cart.shop.example], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: telemetry, namespace: istio-system}
+spec: {hosts: [telemetry.example], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ledger, namespace: bank}
+spec: {hosts: [ledger.bank.example], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: payments, namespace: bank}
+spec: {hosts: [payments.bank.example], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: pay, namespace: shop}
+spec:
+  hosts: [pay.shop.example]
+  http: [{route: [{destination: {host: payments.bank.example}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ledger, namespace: bank}
+spec:
+  hosts: [ledger.bank.example]
+  http: [{timeout: 2s, route: [{destination: {host: ledger.bank.example}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ledger, namespace: bank}
+spec: {host: ledger.bank.example, trafficPolicy: {tls: {mode: SIMPLE}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: payments, namespace: bank}
+spec: {host: payments.bank.example, trafficPolicy: {tls: {mode: SIMPLE}}}
+";
+
+/// The names of the resources of `collection` a proxy of `namespace` with `labels` receives.
+fn imported(
+    published: &Published,
+    collection: &str,
+    namespace: &str,
+    labels: &[(&str, &str)],
+    is_sidecar: bool,
+) -> Vec<String> {
+    use sluice_xds::server::PeerScope;
+    let scope = PeerScope {
+        namespace: namespace.to_string(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        is_sidecar,
+        ..PeerScope::default()
+    };
+    let selected = match (&published.sidecars, is_sidecar) {
+        (Some(select), true) => select.select(&scope),
+        _ => None,
+    };
+    let c = &published.collections[collection];
+    let set = selected
+        .as_ref()
+        .and_then(|s| s.collections.get(collection));
+    let mut names: Vec<String> = (0..c.resources.len())
+        .filter(|i| set.is_none_or(|s| s.imported.contains(i)))
+        .map(|i| c.names[i].clone())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_sidecar_resource_scopes_what_its_proxies_receive() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    std::fs::write(dir.path().join("scoping.yaml"), SIDECAR_SCOPING).unwrap();
+    let (mut store, seen) = control_store(dir.path());
+    store.rescan();
+    let published = seen.lock().unwrap().last().cloned().expect("published");
+    let se = "networking.istio.io/v1/ServiceEntry";
+    let vs = "networking.istio.io/v1/VirtualService";
+    let dr = "networking.istio.io/v1/DestinationRule";
+
+    // shop's default Sidecar: its own namespace, istio-system, and the service its imported
+    // VirtualService routes to (bank/payments), with that service's DestinationRule.
+    assert_eq!(
+        imported(&published, se, "shop", &[("app", "web")], true),
+        ["bank/payments", "istio-system/telemetry", "shop/cart"]
+    );
+    assert_eq!(
+        imported(&published, vs, "shop", &[("app", "web")], true),
+        ["shop/pay"]
+    );
+    assert_eq!(
+        imported(&published, dr, "shop", &[("app", "web")], true),
+        ["bank/payments"]
+    );
+    // The workload-specific Sidecar wins for `app: api`; its own namespace's services still
+    // come (its inbound side needs the services that select it).
+    assert_eq!(
+        imported(&published, se, "shop", &[("app", "api")], true),
+        ["istio-system/telemetry", "shop/cart"]
+    );
+    assert!(imported(&published, vs, "shop", &[("app", "api")], true).is_empty());
+    assert!(imported(&published, dr, "shop", &[("app", "api")], true).is_empty());
+    // bank has no Sidecar: the root namespace's default applies, `.` meaning bank.
+    assert_eq!(
+        imported(&published, se, "bank", &[], true),
+        ["bank/ledger", "bank/payments"]
+    );
+    assert_eq!(imported(&published, vs, "bank", &[], true), ["bank/ledger"]);
+    assert_eq!(
+        imported(&published, dr, "bank", &[], true),
+        ["bank/ledger", "bank/payments"]
+    );
+    // Gateways take no Sidecar: everything visible.
+    assert_eq!(imported(&published, se, "shop", &[], false).len(), 4);
+    assert_eq!(imported(&published, vs, "shop", &[], false).len(), 2);
+    // Kinds a Sidecar does not scope are not scoped.
+    let select = published.sidecars.as_ref().expect("scoped by Sidecars");
+    let shop = select
+        .select(&sluice_xds::server::PeerScope {
+            namespace: "shop".into(),
+            is_sidecar: true,
+            ..Default::default()
+        })
+        .expect("shop's default Sidecar");
+    assert!(shop
+        .collections
+        .keys()
+        .all(|c| [se, vs, dr].contains(&c.as_str())));
+    assert!(shop.key.contains("shop/default"), "{}", shop.key);
+}
+
+#[test]
+fn without_a_sidecar_resource_nothing_is_scoped_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    std::fs::write(dir.path().join("se.yaml"), SE).unwrap();
+    let (mut store, seen) = control_store(dir.path());
+    store.rescan();
+    let published = seen.lock().unwrap().last().cloned().expect("published");
+    assert!(published.sidecars.is_none());
+}

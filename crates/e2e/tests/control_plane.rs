@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_e2e::config::{mesh_configmap, vs_httpbin_timeout, SE_HTTPBIN_EXT};
+use sluice_e2e::config::{mesh_configmap, vs_httpbin_timeout, SE_HTTPBIN_EXT, SE_VS_GOOGLE};
 use sluice_e2e::sidecar::STATUS_PORT;
 use sluice_e2e::{eventually, SidecarOpts, TestEnv};
 
@@ -542,4 +542,74 @@ fn the_first_request_after_ready_is_logged_as_the_control_planes_mesh_config_say
     let first: serde_json::Value = serde_json::from_str(&lines[0])
         .unwrap_or_else(|e| panic!("the first access-log line is not JSON ({e}): {lines:?}"));
     assert_eq!(first["authority"], "httpbin.org", "{first}");
+}
+
+/// The `Sidecar` of the sidecar's namespace (`default`): its own namespace, plus `extra`.
+fn sidecar_importing(extra: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: default}}
+spec:
+  egress:
+  - hosts: [./*{extra}]
+"
+    )
+}
+
+/// The count of `sluice_xds_scoped_resources_total` for `type_url` on the control plane.
+fn scoped_resources(env: &TestEnv, type_url: &str) -> u64 {
+    let metrics = env.local_get(15014, "/metrics");
+    metrics.expect_status(200);
+    let prefix = format!("sluice_xds_scoped_resources_total{{type=\"{type_url}\"}} ");
+    metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().expect("a counter"))
+}
+
+#[test]
+fn a_sidecar_resource_scopes_what_the_control_plane_sends_and_its_change_is_pushed() {
+    let mut env = TestEnv::new("control_plane_sidecar_scope");
+    env.config
+        .write("mesh.yaml", &mesh_configmap("REGISTRY_ONLY", ""));
+    env.config.write("se.yaml", SE_HTTPBIN_EXT);
+    // www.google.com's ServiceEntry and VirtualService live in another namespace.
+    env.config.write(
+        "google.yaml",
+        &SE_VS_GOOGLE.replace("metadata:\n", "metadata:\n  namespace: partners\n"),
+    );
+    env.config.write("sidecar.yaml", &sidecar_importing(""));
+    env.start_control("control-a", 15010);
+    env.start_sidecar(SidecarOpts::captured().xds("127.0.0.1:15010"));
+
+    env.curl("http://httpbin.org/get").run().expect_status(200);
+    // Not imported: an unknown host, which REGISTRY_ONLY blocks, as with the folder.
+    let r = env.curl("https://www.google.com/get").max_time(5.0).run();
+    assert_ne!(r.status, 200, "www.google.com is not imported:\n{r}");
+    // And the control plane never sent it: partners' ServiceEntry and VirtualService were
+    // withheld from this proxy.
+    let se = "networking.istio.io/v1/ServiceEntry";
+    let vs = "networking.istio.io/v1/VirtualService";
+    assert!(scoped_resources(&env, se) >= 1, "the ServiceEntry withheld");
+    assert!(
+        scoped_resources(&env, vs) >= 1,
+        "the VirtualService withheld"
+    );
+
+    // The Sidecar now imports partners/*: no ServiceEntry changed, but what this proxy
+    // receives did, so it is pushed, and www.google.com works.
+    env.config
+        .write("sidecar.yaml", &sidecar_importing(", partners/*"));
+    eventually(
+        "www.google.com imported once the Sidecar says so",
+        Duration::from_secs(20),
+        || {
+            let r = env.curl("https://www.google.com/get").max_time(5.0).run();
+            (r.status == 200).then_some(()).ok_or(format!("{r}"))
+        },
+    );
+    let log = env.server_log("control-a");
+    assert!(!log.contains("panicked"), "{log}");
 }

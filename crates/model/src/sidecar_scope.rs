@@ -84,6 +84,15 @@ impl std::fmt::Debug for ImportIndex {
 }
 
 impl SidecarScope {
+    /// The scope Sidecar `res` gives proxies of namespace `proxy_ns` (its `.` hosts are
+    /// theirs); `None` if `res` is not a Sidecar.
+    pub fn of(res: &Resource, proxy_ns: &str) -> Option<SidecarScope> {
+        match &res.spec {
+            Spec::Sidecar(sc) => Some(SidecarScope::from_resource(res, sc, proxy_ns)),
+            _ => None,
+        }
+    }
+
     fn from_resource(res: &Resource, sc: &networking::Sidecar, proxy_ns: &str) -> SidecarScope {
         let outbound_policy = sc.outbound_traffic_policy.as_ref().map(|p| {
             // The enum's zero value is REGISTRY_ONLY: `outboundTrafficPolicy: {}` blocks.
@@ -250,37 +259,60 @@ pub fn virtual_service_destinations(
         by_host.entry(&s.hostname).or_default().push(s);
     }
     let mut out = HashSet::new();
-    for res in resources {
+    for h in imported_destination_hosts(scope, resources, proxy_ns) {
+        let best = by_host
+            .get(h.as_str())
+            .into_iter()
+            .flatten()
+            .min_by_key(|s| (*s.namespace != *proxy_ns, s.namespace.clone()));
+        if let Some(s) = best {
+            out.insert((s.hostname.clone(), s.namespace.clone()));
+        }
+    }
+    out
+}
+
+/// The VirtualServices a proxy of `proxy_ns` under `scope` imports: bound to `mesh`, exported
+/// to its namespace, with a host its egress listeners import.
+pub fn imported_virtual_services<'r>(
+    scope: &'r SidecarScope,
+    resources: &'r [Resource],
+    proxy_ns: &'r str,
+) -> impl Iterator<Item = (&'r Resource, &'r networking::VirtualService)> {
+    resources.iter().filter_map(move |res| {
         let Spec::VirtualService(vs) = &res.spec else {
-            continue;
+            return None;
         };
         let ns = res.meta.namespace.as_str();
         if !crate::snapshot::binds_to_mesh(&vs.gateways)
             || !ExportTo::parse(&vs.export_to, ns).visible_to(proxy_ns)
         {
-            continue;
+            return None;
         }
         let hosts: Vec<Arc<str>> = vs
             .hosts
             .iter()
             .map(|h| Arc::from(host::resolve_short_name(h, ns)))
             .collect();
-        if !scope.imports_virtual_service(ns, &hosts) {
-            continue;
-        }
-        for dest in destinations(vs) {
-            let h = host::resolve_short_name(dest.host_name(), ns);
-            let best = by_host
-                .get(h.as_str())
-                .into_iter()
-                .flatten()
-                .min_by_key(|s| (*s.namespace != *proxy_ns, s.namespace.clone()));
-            if let Some(s) = best {
-                out.insert((s.hostname.clone(), s.namespace.clone()));
-            }
-        }
-    }
-    out
+        scope
+            .imports_virtual_service(ns, &hosts)
+            .then_some((res, vs))
+    })
+}
+
+/// The hosts (fully qualified) that the VirtualServices a proxy of `proxy_ns` under `scope`
+/// imports route, mirror or forward to.
+pub fn imported_destination_hosts(
+    scope: &SidecarScope,
+    resources: &[Resource],
+    proxy_ns: &str,
+) -> Vec<String> {
+    imported_virtual_services(scope, resources, proxy_ns)
+        .flat_map(|(res, vs)| {
+            let ns = res.meta.namespace.as_str();
+            destinations(vs).map(move |d| host::resolve_short_name(d.host_name(), ns))
+        })
+        .collect()
 }
 
 /// Every destination of a VirtualService: routes, mirrors, TLS and TCP routes.

@@ -69,6 +69,10 @@ mod schema;
 pub mod client;
 pub mod server;
 mod server_delta;
+mod server_responses;
+mod server_wire;
+
+pub use server_wire::AdsService;
 
 use std::collections::BTreeMap;
 

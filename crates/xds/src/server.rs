@@ -12,19 +12,18 @@
 //! nonce is an ACK of the version it names. The first request of a type subscribes to it.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use futures_util::Stream;
-use tokio::sync::{mpsc, watch};
-use tonic::{Request, Response, Status, Streaming};
+use envoy_types::pb::google::protobuf::value::Kind;
+use tokio::sync::watch;
+use tonic::{Status, Streaming};
 
-use crate::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use crate::discovery::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use crate::discovery::DiscoveryRequest;
+pub use crate::server_responses::ResponseCache;
+use crate::server_responses::{nonce_field, Encoded, ScopeKey};
+use crate::server_wire::{Outgoing, ResponseSender};
 use crate::Any;
 
 /// One collection as published: its encoded resources and the version they were published at.
@@ -40,6 +39,8 @@ pub struct PublishedCollection {
     /// A digest of each resource's bytes, index for index, computed once per publish (see
     /// [`digest`]); empty: computed per stream when needed.
     pub digests: Arc<Vec<u64>>,
+    /// Responses encoded from this collection, shared by every stream.
+    pub responses: Arc<ResponseCache>,
 }
 
 /// The digest of an encoded resource that [`PublishedCollection::digests`] holds.
@@ -51,7 +52,6 @@ pub fn digest(any: &Any) -> u64 {
 }
 
 impl PublishedCollection {
-    /// The name delta xDS knows resource `i` by.
     /// The digest of resource `i`.
     pub(crate) fn digest(&self, i: usize) -> u64 {
         match self.digests.get(i) {
@@ -60,12 +60,35 @@ impl PublishedCollection {
         }
     }
 
+    /// The name delta xDS knows resource `i` by.
     pub(crate) fn name(&self, i: usize) -> String {
         self.names
             .get(i)
             .filter(|n| !n.is_empty())
             .cloned()
             .unwrap_or_else(|| i.to_string())
+    }
+
+    /// The positions of the resources a proxy of `scope` receives from this collection (whose
+    /// main type URL is `main`), and how many resources and bytes were withheld from it.
+    pub(crate) fn admitted(&self, main: &str, scope: &PeerScope) -> (Vec<usize>, (usize, usize)) {
+        let imports = scope.imports(main);
+        let mut withheld = (0, 0);
+        let mut out = Vec::with_capacity(self.resources.len());
+        for (i, any) in self.resources.iter().enumerate() {
+            let visible = self
+                .audiences
+                .get(i)
+                .is_none_or(|audience| audience.admits(scope));
+            let imported = imports.is_none_or(|set| set.imported.contains(&i));
+            if visible && imported {
+                out.push(i);
+            } else {
+                withheld.0 += 1;
+                withheld.1 += any.value.len();
+            }
+        }
+        (out, withheld)
     }
 }
 
@@ -97,12 +120,66 @@ impl Audience {
 }
 
 /// Who is at the other end of a stream, as far as scoping is concerned.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct PeerScope {
     /// The proxy's namespace: from its certificate when it has one, else from its node.
     pub namespace: String,
     /// The SPIFFE ID its client certificate proved, if the stream is mutual TLS.
     pub authenticated: Option<String>,
+    /// Its workload's labels (the node's `LABELS` metadata).
+    pub labels: BTreeMap<String, String>,
+    /// Whether it is a sidecar (an Istio node id `sidecar~…`): only sidecars take a Sidecar.
+    pub is_sidecar: bool,
+    /// What the Sidecar that applies to it imports, in the config being pushed.
+    pub sidecar: Option<Arc<SidecarImports>>,
+}
+
+impl PeerScope {
+    /// The resources of collection `main` the proxy's Sidecar imports; `None` when every
+    /// resource is (no Sidecar applies, or it does not scope that collection).
+    pub(crate) fn imports(&self, main: &str) -> Option<&ImportSet> {
+        self.sidecar.as_ref()?.collections.get(main)
+    }
+}
+
+/// Picks the Sidecar resource that applies to a proxy and says what it imports. The control
+/// plane implements it with Istio's rules (it knows the config); the server asks it once per
+/// stream and publish.
+pub trait SelectSidecar: Send + Sync + std::fmt::Debug {
+    /// What the Sidecar that applies to a proxy of `scope` imports, if one applies.
+    fn select(&self, scope: &PeerScope) -> Option<Arc<SidecarImports>>;
+}
+
+/// What one Sidecar imports, as resolved for the proxies of one namespace.
+#[derive(Debug, Default)]
+pub struct SidecarImports {
+    /// Names the Sidecar and the namespace (`istio-system/default for shop`).
+    pub key: Arc<str>,
+    /// The collections it scopes (by main type URL): which of their resources it imports.
+    pub collections: BTreeMap<String, ImportSet>,
+}
+
+/// The positions of the resources of one collection that a Sidecar imports.
+#[derive(Debug, Default)]
+pub struct ImportSet {
+    pub imported: std::collections::HashSet<usize>,
+    /// A digest of `imported`: proxies whose Sidecars import the same resources receive the
+    /// same response, and a change of what is imported is a change to push.
+    pub digest: u64,
+}
+
+impl ImportSet {
+    pub fn new(imported: std::collections::HashSet<usize>) -> ImportSet {
+        use std::hash::{Hash, Hasher};
+        let mut sorted: Vec<usize> = imported.iter().copied().collect();
+        sorted.sort_unstable();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        sorted.hash(&mut hasher);
+        ImportSet {
+            imported,
+            digest: hasher.finish(),
+        }
+    }
 }
 
 /// What a mutual-TLS connection proved about the peer: the listener's connections report it as
@@ -121,6 +198,8 @@ pub struct Published {
     pub collections: BTreeMap<String, PublishedCollection>,
     /// When this config was published (for convergence times).
     pub at: Option<Instant>,
+    /// Which Sidecar applies to which proxy, for collections with `imported_by`.
+    pub sidecars: Option<Arc<dyn SelectSidecar>>,
 }
 
 /// What the server reports as it works (the control plane turns these into istiod's metrics).
@@ -168,7 +247,7 @@ pub struct ConnectionStatus {
     pub types: BTreeMap<String, TypeStatus>,
 }
 
-/// The ADS service: give it to tonic with `AggregatedDiscoveryServiceServer::new`.
+/// The ADS server: give tonic its [`AdsServer::service`].
 #[derive(Clone)]
 pub struct AdsServer {
     pub(crate) config: watch::Receiver<Arc<Published>>,
@@ -203,48 +282,6 @@ impl AdsServer {
     }
 }
 
-/// Responses to one stream.
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
-type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream;
-    type DeltaAggregatedResourcesStream = DeltaStream;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<ResponseStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        let stream = StreamState {
-            peer: StreamPeer::new(self, &request),
-            types: BTreeMap::new(),
-            nonce: 0,
-            tx,
-        };
-        tokio::spawn(stream.run(request.into_inner()));
-        Ok(Response::new(Box::pin(receiver_stream(rx))))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        let stream = crate::server_delta::DeltaState::new(StreamPeer::new(self, &request), tx);
-        tokio::spawn(stream.run(request.into_inner()));
-        Ok(Response::new(Box::pin(receiver_stream(rx))))
-    }
-}
-
-/// A channel's receiving end as the response stream tonic sends from.
-fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send {
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-}
-
 /// Who is at the other end of one stream, state of the world or delta: its connection, the node
 /// it named in its first request, and the scope that gives it.
 pub(crate) struct StreamPeer {
@@ -254,13 +291,18 @@ pub(crate) struct StreamPeer {
     pub(crate) node_id: String,
     pub(crate) scope: PeerScope,
     connected_at: u64,
+    /// Responses sent (each one's nonce counts them).
+    sent: u64,
 }
 
 impl StreamPeer {
-    fn new<T>(server: &AdsServer, request: &Request<T>) -> StreamPeer {
-        let mtls = request.extensions().get::<MtlsConnectInfo>().cloned();
-        let peer = request
-            .remote_addr()
+    /// A new stream, from its request's extensions (where tonic's server puts what the
+    /// connection proved: its address, and on the mutual-TLS port the peer's identity).
+    pub(crate) fn new(server: &AdsServer, extensions: &http::Extensions) -> StreamPeer {
+        let mtls = extensions.get::<MtlsConnectInfo>().cloned();
+        let peer = extensions
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|c| c.remote_addr())
             .or(mtls.as_ref().map(|m| m.remote))
             .map(|a| a.to_string())
             .unwrap_or_default();
@@ -270,13 +312,14 @@ impl StreamPeer {
             peer,
             node_id: String::new(),
             scope: PeerScope {
-                namespace: String::new(),
                 authenticated: mtls.map(|m| m.identity),
+                ..PeerScope::default()
             },
             connected_at: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            sent: 0,
         }
     }
 
@@ -299,10 +342,51 @@ impl StreamPeer {
                 return Err(Status::permission_denied(message));
             }
         }
+        self.scope.labels = node_labels(node);
+        self.scope.is_sidecar = node.id.starts_with("sidecar~");
         self.node_id = node.id.clone();
         self.server.events.connection(&self.node_id, true);
         tracing::info!(node = %self.node_id, peer = %self.peer, "proxy connected");
         Ok(())
+    }
+
+    /// Picks the Sidecar that applies to this proxy in `published` (it may change with any
+    /// publish: a Sidecar added, changed or removed).
+    pub(crate) fn select_sidecar(&mut self, published: &Published) {
+        self.scope.sidecar = match &published.sidecars {
+            Some(select) if self.scope.is_sidecar => select.select(&self.scope),
+            _ => None,
+        };
+    }
+
+    /// Sends `encoded` with the stream's next nonce (unique on this replica), and reports the
+    /// push. Returns the nonce and when it was sent.
+    pub(crate) async fn send(
+        &mut self,
+        tx: &ResponseSender,
+        type_url: &str,
+        published: &Published,
+        encoded: &Encoded,
+    ) -> Result<(String, Instant), ()> {
+        self.sent += 1;
+        let nonce = format!("{}-{}", self.id, self.sent);
+        if encoded.withheld.0 > 0 {
+            self.server
+                .events
+                .scoped(type_url, encoded.withheld.0, encoded.withheld.1);
+        }
+        let out = Outgoing {
+            body: encoded.body.clone(),
+            nonce_field: nonce_field(&nonce),
+        };
+        tx.send(Ok(out)).await.map_err(|_| ())?;
+        let now = Instant::now();
+        self.server.events.pushed(
+            type_url,
+            published.at.map(|at| now - at).unwrap_or_default(),
+            encoded.bytes,
+        );
+        Ok((nonce, now))
     }
 
     /// Publishes this stream's collections' state for `/debug/syncz`.
@@ -335,19 +419,27 @@ impl StreamPeer {
 
 /// The collection a request's type URL names: by its main type URL or an alias
 /// (`networking.istio.io/v1alpha3/ServiceEntry` is served what `…/v1/ServiceEntry` is).
+/// Returns it with its main type URL.
 pub(crate) fn published_collection<'a>(
     published: &'a Published,
     type_url: &str,
-) -> Option<&'a PublishedCollection> {
-    published.collections.get(type_url).or_else(|| {
-        let main = crate::collection(type_url)?.type_url;
-        published.collections.get(main)
-    })
+) -> Option<(&'a str, &'a PublishedCollection)> {
+    let main = match published.collections.contains_key(type_url) {
+        true => type_url,
+        false => crate::collection(type_url)?.type_url,
+    };
+    published
+        .collections
+        .get_key_value(main)
+        .map(|(k, c)| (k.as_str(), c))
 }
 
 /// What one stream has sent and been told, per collection.
 struct StreamType {
     sent_version: Option<String>,
+    /// The scope the last push was computed for: a publish that moves neither the version nor
+    /// the scope (the Sidecar that applies) changes nothing for the proxy.
+    sent_scope: Option<ScopeKey>,
     /// What the proxy was sent last, after scoping: a collection whose version moved but whose
     /// resources for this proxy did not is not sent again.
     sent_signature: Option<u64>,
@@ -356,15 +448,22 @@ struct StreamType {
     status: TypeStatus,
 }
 
-struct StreamState {
+pub(crate) struct StreamState {
     peer: StreamPeer,
     types: BTreeMap<String, StreamType>,
-    nonce: u64,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: ResponseSender,
 }
 
 impl StreamState {
-    async fn run(mut self, mut requests: Streaming<DiscoveryRequest>) {
+    pub(crate) fn new(peer: StreamPeer, tx: ResponseSender) -> StreamState {
+        StreamState {
+            peer,
+            types: BTreeMap::new(),
+            tx,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut requests: Streaming<DiscoveryRequest>) {
         let mut config = self.peer.server.config.clone();
         config.mark_unchanged();
         loop {
@@ -407,6 +506,7 @@ impl StreamState {
                     type_url.clone(),
                     StreamType {
                         sent_version: None,
+                        sent_scope: None,
                         sent_signature: None,
                         sent_nonce: String::new(),
                         sent_at: None,
@@ -417,6 +517,7 @@ impl StreamState {
                     },
                 );
                 let published = self.peer.server.config.borrow().clone();
+                self.peer.select_sidecar(&published);
                 self.push(&type_url, &published).await?;
             }
             Some(state) => {
@@ -450,14 +551,18 @@ impl StreamState {
         Ok(())
     }
 
-    /// Sends every subscribed collection whose version moved.
+    /// Sends every subscribed collection whose version (or scope for this proxy) moved.
     async fn push_changed(&mut self, published: &Published) -> Result<(), ()> {
+        self.peer.select_sidecar(published);
+        let scope = &self.peer.scope;
         let due: Vec<String> = self
             .types
             .iter()
             .filter(|(t, s)| {
-                published_collection(published, t)
-                    .is_some_and(|c| s.sent_version.as_deref() != Some(c.version.as_str()))
+                published_collection(published, t).is_some_and(|(main, c)| {
+                    s.sent_version.as_deref() != Some(c.version.as_str())
+                        || s.sent_scope.as_ref() != Some(&c.scope_key(main, scope))
+                })
             })
             .map(|(t, _)| t.clone())
             .collect();
@@ -472,43 +577,29 @@ impl StreamState {
     /// not accepted its config, or does not serve the type) is not sent at all: an empty
     /// answer would be a config, and an open one.
     async fn push(&mut self, type_url: &str, published: &Published) -> Result<(), ()> {
-        let Some(collection) = published_collection(published, type_url) else {
+        let Some((main, collection)) = published_collection(published, type_url) else {
             return Ok(());
         };
-        let (resources, signature, withheld) = scoped(collection, &self.peer.scope);
-        if let Some(state) = self.types.get_mut(type_url) {
-            if state.sent_signature == Some(signature) {
-                // Nothing this proxy receives changed: record the version as sent and synced.
-                state.sent_version = Some(collection.version.clone());
-                return Ok(());
-            }
-        }
-        if withheld.0 > 0 {
-            self.peer
-                .server
-                .events
-                .scoped(type_url, withheld.0, withheld.1);
-        }
-        self.nonce += 1;
-        let nonce = format!("{}-{}", self.peer.id, self.nonce);
-        let bytes = resources.iter().map(|a| a.value.len()).sum();
-        let response = DiscoveryResponse {
-            version_info: collection.version.clone(),
-            resources,
-            type_url: type_url.to_string(),
-            nonce: nonce.clone(),
-            control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
-                identifier: self.peer.server.identifier.to_string(),
-            }),
-            ..DiscoveryResponse::default()
-        };
-        self.tx.send(Ok(response)).await.map_err(|_| ())?;
-        let now = Instant::now();
-        self.peer.server.events.pushed(
+        let scope_key = collection.scope_key(main, &self.peer.scope);
+        let encoded = collection.sotw_response(
+            main,
             type_url,
-            published.at.map(|at| now - at).unwrap_or_default(),
-            bytes,
+            &self.peer.scope,
+            &self.peer.server.identifier,
         );
+        let Some(state) = self.types.get_mut(type_url) else {
+            return Ok(());
+        };
+        state.sent_scope = Some(scope_key);
+        if state.sent_signature == Some(encoded.signature) {
+            // Nothing this proxy receives changed: record the version as sent and synced.
+            state.sent_version = Some(collection.version.clone());
+            return Ok(());
+        }
+        let (nonce, now) = self
+            .peer
+            .send(&self.tx, type_url, published, &encoded)
+            .await?;
         if let Some(state) = self.types.get_mut(type_url) {
             // Convergence is timed from the change; a proxy's first answer on a new stream is
             // timed from the send (it did not wait for any change).
@@ -517,7 +608,7 @@ impl StreamState {
                 None => now,
             });
             state.sent_version = Some(collection.version.clone());
-            state.sent_signature = Some(signature);
+            state.sent_signature = Some(encoded.signature);
             state.sent_nonce = nonce;
             state.status.sent = collection.version.clone();
         }
@@ -530,51 +621,24 @@ impl StreamState {
     }
 }
 
-/// The resources of `collection` that a proxy of `scope` receives, a signature of them (to skip
-/// a push that would change nothing for it), and how many resources and bytes were withheld.
-fn scoped(collection: &PublishedCollection, scope: &PeerScope) -> (Vec<Any>, u64, (usize, usize)) {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    if collection.audiences.is_empty() {
-        // Everyone gets everything: the version moves exactly when the content does.
-        collection.version.hash(&mut hasher);
-        return (
-            collection.resources.as_ref().clone(),
-            hasher.finish(),
-            (0, 0),
-        );
-    }
-    let (admitted, withheld) = admitted(collection, scope);
-    let mut out = Vec::with_capacity(admitted.len());
-    for i in admitted {
-        collection.digest(i).hash(&mut hasher);
-        out.push(collection.resources[i].clone());
-    }
-    out.len().hash(&mut hasher);
-    (out, hasher.finish(), withheld)
-}
-
-/// The positions of the resources of `collection` a proxy of `scope` receives, and how many
-/// resources and bytes were withheld from it.
-pub(crate) fn admitted(
-    collection: &PublishedCollection,
-    scope: &PeerScope,
-) -> (Vec<usize>, (usize, usize)) {
-    let mut withheld = (0, 0);
-    let mut out = Vec::with_capacity(collection.resources.len());
-    for (i, any) in collection.resources.iter().enumerate() {
-        let admits = collection
-            .audiences
-            .get(i)
-            .is_none_or(|audience| audience.admits(scope));
-        if admits {
-            out.push(i);
-        } else {
-            withheld.0 += 1;
-            withheld.1 += any.value.len();
-        }
-    }
-    (out, withheld)
+/// The node's `LABELS` metadata (string values only, as Istio writes them).
+fn node_labels(node: &crate::Node) -> BTreeMap<String, String> {
+    let Some(Kind::StructValue(labels)) = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("LABELS"))
+        .and_then(|v| v.kind.as_ref())
+    else {
+        return BTreeMap::new();
+    };
+    labels
+        .fields
+        .iter()
+        .filter_map(|(k, v)| match &v.kind {
+            Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The namespace a proxy's config is scoped to. With a client certificate, the namespace of its
@@ -590,7 +654,7 @@ pub(crate) fn node_namespace(
         .as_ref()
         .and_then(|m| m.fields.get("NAMESPACE"))
         .and_then(|v| match &v.kind {
-            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s.clone()),
+            Some(Kind::StringValue(s)) => Some(s.clone()),
             _ => None,
         })
         .or_else(|| {
@@ -665,11 +729,12 @@ mod tests {
     fn audiences_admit_whom_they_name() {
         let plain = PeerScope {
             namespace: "a".into(),
-            authenticated: None,
+            ..PeerScope::default()
         };
         let proven = PeerScope {
             namespace: "a".into(),
             authenticated: Some("spiffe://cluster.local/ns/a/sa/gw".into()),
+            ..PeerScope::default()
         };
         assert!(Audience::Everyone.admits(&plain));
         assert!(!Audience::Nobody.admits(&proven));
@@ -677,7 +742,7 @@ mod tests {
         assert!(ns.admits(&plain));
         assert!(!ns.admits(&PeerScope {
             namespace: "b".into(),
-            authenticated: None
+            ..PeerScope::default()
         }));
         let secret = Audience::AuthenticatedIn("a".into());
         assert!(!secret.admits(&plain), "never over plaintext");

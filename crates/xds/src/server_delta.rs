@@ -9,54 +9,52 @@
 //! next push is computed from what it last ACKed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
-use crate::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use crate::server::{
-    admitted, published_collection, PeerScope, Published, PublishedCollection, StreamPeer,
-    TypeStatus,
-};
-use crate::Any;
+use crate::discovery::DeltaDiscoveryRequest;
+use crate::server::{published_collection, Published, StreamPeer, TypeStatus};
+use crate::server_responses::{HeldId, ScopeKey, Versions};
+use crate::server_wire::ResponseSender;
 
-/// Name → version, as a proxy holds a collection.
-type Versions = BTreeMap<String, String>;
+/// What a proxy holds of a collection: its names and versions, and, when it is what some
+/// publish gave every proxy of a scope, which (so the response from there is shared).
+#[derive(Clone)]
+struct Held {
+    versions: Arc<Versions>,
+    id: Option<HeldId>,
+}
 
 /// One collection on one delta stream.
 struct DeltaType {
     /// What the proxy holds once it ACKs what was sent last.
-    sent: Versions,
+    sent: Held,
     /// What the proxy holds for sure (its last ACK, or what it said it held).
-    acked: Versions,
+    acked: Held,
     sent_nonce: String,
     sent_at: Option<Instant>,
     /// Whether anything was sent on this stream yet (the first answer is sent even when empty,
     /// so the proxy knows the collection is complete).
     answered: bool,
-    /// The collection version the last push looked at: a collection whose version has not
-    /// moved since is not looked at again.
-    seen_version: Option<String>,
+    /// The collection version and scope the last push looked at: a publish that moves neither
+    /// is not looked at again.
+    seen: Option<(String, ScopeKey)>,
     status: TypeStatus,
 }
 
 pub(crate) struct DeltaState {
     peer: StreamPeer,
     types: BTreeMap<String, DeltaType>,
-    nonce: u64,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: ResponseSender,
 }
 
 impl DeltaState {
-    pub(crate) fn new(
-        peer: StreamPeer,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    ) -> DeltaState {
+    pub(crate) fn new(peer: StreamPeer, tx: ResponseSender) -> DeltaState {
         DeltaState {
             peer,
             types: BTreeMap::new(),
-            nonce: 0,
             tx,
         }
     }
@@ -79,6 +77,7 @@ impl DeltaState {
                         break;
                     }
                     let published = config.borrow_and_update().clone();
+                    self.peer.select_sidecar(&published);
                     let types: Vec<String> = self.types.keys().cloned().collect();
                     let mut failed = false;
                     for type_url in types {
@@ -105,7 +104,13 @@ impl DeltaState {
         let type_url = request.type_url.clone();
         match self.types.get_mut(&type_url) {
             None => {
-                let held: Versions = request.initial_resource_versions.into_iter().collect();
+                let declared: Versions = request.initial_resource_versions.into_iter().collect();
+                let held = Held {
+                    // Holding nothing is what every new proxy holds; what a proxy says it
+                    // holds is its own.
+                    id: declared.is_empty().then_some(HeldId::Nothing),
+                    versions: Arc::new(declared),
+                };
                 self.types.insert(
                     type_url.clone(),
                     DeltaType {
@@ -114,11 +119,12 @@ impl DeltaState {
                         sent_nonce: String::new(),
                         sent_at: None,
                         answered: false,
-                        seen_version: None,
+                        seen: None,
                         status: TypeStatus::default(),
                     },
                 );
                 let published = self.peer.server.config.borrow().clone();
+                self.peer.select_sidecar(&published);
                 self.push(&type_url, &published).await?;
             }
             Some(state) => {
@@ -158,76 +164,52 @@ impl DeltaState {
     /// Sends what changed in `type_url` for this proxy since what it holds, if anything did
     /// (and always the first time, so the proxy knows the collection is complete).
     async fn push(&mut self, type_url: &str, published: &Published) -> Result<(), ()> {
-        let Some(collection) = published_collection(published, type_url) else {
+        let Some((main, collection)) = published_collection(published, type_url) else {
             return Ok(());
         };
         let Some(state) = self.types.get_mut(type_url) else {
             return Ok(());
         };
+        let scope_key = collection.scope_key(main, &self.peer.scope);
+        let seen = (collection.version.clone(), scope_key.clone());
         // After a NACK the proxy may hold less than was sent: look again whatever the version.
-        if state.answered
-            && state.status.nacked.is_none()
-            && state.seen_version.as_deref() == Some(collection.version.as_str())
-        {
+        if state.answered && state.status.nacked.is_none() && state.seen.as_ref() == Some(&seen) {
             return Ok(());
         }
-        state.seen_version = Some(collection.version.clone());
-        let (current, withheld) = entries(collection, &self.peer.scope);
-        let changed: Vec<Resource> = current
-            .iter()
-            .filter(|(name, (version, _))| state.sent.get(*name) != Some(version))
-            .map(|(name, (version, any))| Resource {
-                name: name.clone(),
-                version: version.clone(),
-                resource: Some(any.clone()),
-                ..Resource::default()
-            })
-            .collect();
-        let removed: Vec<String> = state
-            .sent
-            .keys()
-            .filter(|name| !current.contains_key(*name))
-            .cloned()
-            .collect();
-        if changed.is_empty() && removed.is_empty() && state.answered {
-            state.status.sent = collection.version.clone();
+        state.seen = Some(seen);
+        let encoded = collection.delta_response(
+            main,
+            type_url,
+            &self.peer.scope,
+            &self.peer.server.identifier,
+            &state.sent.versions,
+            state.sent.id.clone(),
+        );
+        let now_held = Held {
+            versions: encoded.holds.clone(),
+            id: Some(HeldId::Published {
+                version: collection.version.clone(),
+                scope: scope_key,
+            }),
+        };
+        if !encoded.changes && state.answered {
+            // What it holds is what it would get (though perhaps from another publish).
+            state.sent = now_held.clone();
             if state.status.nacked.is_none() {
+                state.acked = now_held;
                 state.status.acked = collection.version.clone();
             }
+            state.status.sent = collection.version.clone();
             return Ok(());
         }
-        if withheld.0 > 0 {
-            self.peer
-                .server
-                .events
-                .scoped(type_url, withheld.0, withheld.1);
-        }
-        self.nonce += 1;
-        let nonce = format!("{}-d{}", self.peer.id, self.nonce);
-        let bytes = changed
-            .iter()
-            .filter_map(|r| r.resource.as_ref())
-            .map(|a| a.value.len())
-            .sum();
-        let response = DeltaDiscoveryResponse {
-            system_version_info: collection.version.clone(),
-            resources: changed,
-            removed_resources: removed,
-            type_url: type_url.to_string(),
-            nonce: nonce.clone(),
-            control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
-                identifier: self.peer.server.identifier.to_string(),
-            }),
-            ..DeltaDiscoveryResponse::default()
+        let (nonce, now) = self
+            .peer
+            .send(&self.tx, type_url, published, &encoded)
+            .await?;
+        let Some(state) = self.types.get_mut(type_url) else {
+            return Ok(());
         };
-        self.tx.send(Ok(response)).await.map_err(|_| ())?;
-        let now = Instant::now();
-        self.peer.server.events.pushed(
-            type_url,
-            published.at.map(|at| now - at).unwrap_or_default(),
-            bytes,
-        );
-        state.sent = current.into_iter().map(|(n, (v, _))| (n, v)).collect();
+        state.sent = now_held;
         state.sent_nonce = nonce;
         // Convergence is timed from the change; a stream's first answer from the send.
         state.sent_at = Some(if state.answered {
@@ -244,24 +226,4 @@ impl DeltaState {
         self.peer
             .record(self.types.iter().map(|(t, s)| (t, &s.status)));
     }
-}
-
-/// The resources of `collection` a proxy of `scope` receives, by name, with their versions;
-/// and how many resources and bytes scoping withheld.
-fn entries(
-    collection: &PublishedCollection,
-    scope: &PeerScope,
-) -> (BTreeMap<String, (String, Any)>, (usize, usize)) {
-    let (admitted, withheld) = admitted(collection, scope);
-    let out = admitted
-        .into_iter()
-        .map(|i| {
-            let version = format!("{:016x}", collection.digest(i));
-            (
-                collection.name(i),
-                (version, collection.resources[i].clone()),
-            )
-        })
-        .collect();
-    (out, withheld)
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_xds::client::{ClientConfig, Received};
-use sluice_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use sluice_xds::server::{AdsServer, Published, PublishedCollection, ServerEvents};
 use sluice_xds::{encode_resource, McpObject, Node};
 use tokio::sync::{mpsc, watch};
@@ -69,6 +68,7 @@ fn published(version: &str, host: &str) -> Published {
     Published {
         collections,
         at: Some(std::time::Instant::now()),
+        sidecars: None,
     }
 }
 
@@ -80,7 +80,7 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let ads = AdsServer::new(config, events, name);
-    let service = AggregatedDiscoveryServiceServer::new(ads.clone());
+    let service = ads.service(1 << 20);
     let incoming = sluice_xds::tonic::transport::server::TcpIncoming::from(listener);
     let task = tokio::spawn(async move {
         let _ = sluice_xds::tonic::transport::Server::builder()
@@ -307,8 +307,7 @@ fn scoped_config(version: &str, private_host: &str) -> Published {
                 Audience::Everyone,
                 Audience::Namespaces(Arc::from(vec!["a".to_string()])),
             ]),
-            names: Arc::default(),
-            digests: Arc::default(),
+            ..PublishedCollection::default()
         },
     );
     collections.insert(
@@ -317,13 +316,13 @@ fn scoped_config(version: &str, private_host: &str) -> Published {
             version: version.into(),
             resources: Arc::new(vec![secret]),
             audiences: Arc::new(vec![Audience::AuthenticatedIn("a".into())]),
-            names: Arc::default(),
-            digests: Arc::default(),
+            ..PublishedCollection::default()
         },
     );
     Published {
         collections,
         at: Some(std::time::Instant::now()),
+        sidecars: None,
     }
 }
 
