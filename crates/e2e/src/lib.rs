@@ -44,6 +44,7 @@ pub mod dashboard;
 pub mod egress;
 pub mod egress_config;
 pub mod env;
+pub mod fake_apiserver;
 pub mod gateway;
 pub mod gateway_config;
 pub mod mesh;

@@ -174,6 +174,12 @@ pub struct ConfigStore {
     xds_waiting: Option<BTreeSet<String>>,
     /// Set by the control plane: receives every publish's resources instead of a compile.
     sink: Option<ResourceSink>,
+    /// Whether `dir` is a folder to read (a store fed only by the Kubernetes API has none).
+    folder: bool,
+    /// The path prefixes of objects from other sources than the folder (see
+    /// [`SourceUpdate`]), and those not listed once yet (the store is not ready while any is).
+    source_prefixes: Vec<String>,
+    sources_waiting: BTreeSet<String>,
     /// Runs with each compiled snapshot before the data path sees it (and before the gate
     /// opens): what must change together with the config, such as the access log's settings.
     before_publish: Option<SnapshotHook>,
@@ -194,6 +200,28 @@ pub struct CollectionUpdate {
     pub text: String,
     /// Ok once applied; Err with what to NACK when refused (the last good version stays).
     pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Objects from another source than the folder (the Kubernetes API), for
+/// [`ConfigStore::spawn_with_sources`]. Each object is a config file of its own, named by its
+/// path (`kube:Service/ns/name`), so one that fails validation is refused alone and its last
+/// good version keeps serving, as a folder's file would.
+#[derive(Debug)]
+pub enum SourceUpdate {
+    /// Every object under `prefix` as the source lists it now (its first list, or a new one
+    /// after its watch expired): the objects not in it are gone.
+    Listed {
+        prefix: String,
+        objects: Vec<(String, String)>,
+    },
+    /// An object added or changed: its path and its text (YAML or JSON).
+    Applied {
+        path: String,
+        text: String,
+    },
+    Deleted {
+        path: String,
+    },
 }
 
 /// The name a collection's resources go by in diagnostics and the store's status.
@@ -276,7 +304,73 @@ impl ConfigStore {
             balancers: None,
             xds_waiting: None,
             sink: None,
+            folder: true,
+            source_prefixes: Vec::new(),
+            sources_waiting: BTreeSet::new(),
             before_publish: None,
+        }
+    }
+
+    /// A store with no folder, fed only by other sources ([`ConfigStore::add_source`]);
+    /// `name` says where its config comes from (`kube://…`).
+    pub fn without_folder(name: &str, proxy: ProxyIdentity) -> ConfigStore {
+        let mut store = ConfigStore::new(PathBuf::from(name), proxy);
+        store.folder = false;
+        store
+    }
+
+    /// Takes objects from another source than the folder under paths that start with each of
+    /// `prefixes` (`kube:Service/`, …); the store is not ready until each has been listed once
+    /// ([`SourceUpdate::Listed`]).
+    pub fn add_source(&mut self, prefixes: impl IntoIterator<Item = String>) {
+        for prefix in prefixes {
+            self.sources_waiting.insert(prefix.clone());
+            self.source_prefixes.push(prefix);
+        }
+    }
+
+    fn is_source_object(&self, path: &Path) -> bool {
+        let path = path.to_string_lossy();
+        self.source_prefixes.iter().any(|p| path.starts_with(p))
+    }
+
+    /// Applies one update from another source; whether anything changed.
+    fn apply_source(&mut self, update: SourceUpdate) -> bool {
+        let load = |store: &mut ConfigStore, path: String, text: String| -> bool {
+            let path = PathBuf::from(path);
+            let hash = content_hash(text.as_bytes());
+            if store
+                .files
+                .get(&path)
+                .is_some_and(|f| f.content_hash == Some(hash))
+            {
+                return false;
+            }
+            store.load_file(path, hash, text.into_bytes());
+            true
+        };
+        match update {
+            SourceUpdate::Listed { prefix, objects } => {
+                let mut changed = self.sources_waiting.remove(&prefix);
+                let listed: BTreeSet<PathBuf> =
+                    objects.iter().map(|(p, _)| PathBuf::from(p)).collect();
+                let gone: Vec<PathBuf> = self
+                    .files
+                    .keys()
+                    .filter(|p| p.to_string_lossy().starts_with(&prefix) && !listed.contains(*p))
+                    .cloned()
+                    .collect();
+                for path in gone {
+                    self.files.remove(&path);
+                    changed = true;
+                }
+                for (path, text) in objects {
+                    changed |= load(self, path, text);
+                }
+                changed
+            }
+            SourceUpdate::Applied { path, text } => load(self, path, text),
+            SourceUpdate::Deleted { path } => self.files.remove(Path::new(&path)).is_some(),
         }
     }
 
@@ -383,7 +477,10 @@ impl ConfigStore {
     /// snapshot was published and whether some file was left.
     fn scan(&mut self, settle: Option<Duration>) -> (bool, bool) {
         SCANS.fetch_add(1, Ordering::Relaxed);
-        let listing = list_config_files(std::slice::from_ref(&self.dir));
+        let listing = match self.folder {
+            true => list_config_files(std::slice::from_ref(&self.dir)),
+            false => list_config_files(&[]),
+        };
         let hidden = listing.diagnostics();
         let mut changed = self.generation == 0 || hidden != self.hidden;
         for d in hidden.iter().filter(|d| !self.hidden.contains(d)) {
@@ -395,7 +492,11 @@ impl ConfigStore {
         let removed: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|p| listing.files.binary_search(p).is_err() && !listing.may_hide(p))
+            .filter(|p| {
+                listing.files.binary_search(p).is_err()
+                    && !listing.may_hide(p)
+                    && !self.is_source_object(p)
+            })
             .cloned()
             .collect();
         for path in removed {
@@ -621,6 +722,17 @@ impl ConfigStore {
         if self.gate.is_open() {
             return Vec::new();
         }
+        if !self.sources_waiting.is_empty() {
+            let names: Vec<&str> = self
+                .sources_waiting
+                .iter()
+                .map(|p| p.trim_end_matches('/'))
+                .collect();
+            return vec![format!(
+                "waiting for the first complete list of {}",
+                names.join(", ")
+            )];
+        }
         if let Some(waiting) = self.xds_waiting.as_ref().filter(|w| !w.is_empty()) {
             let names: Vec<&str> = waiting.iter().map(String::as_str).collect();
             return vec![format!(
@@ -744,8 +856,18 @@ impl ConfigStore {
     /// says so. Returns once the first load has been published, so the caller starts with a
     /// snapshot (or with the reasons the proxy is not ready).
     pub async fn spawn(
+        self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+        self.spawn_with_sources(stop, None).await
+    }
+
+    /// [`ConfigStore::spawn`], also applying what another source sends on `sources` (updates
+    /// queued together are applied together and published once).
+    pub async fn spawn_with_sources(
         mut self,
         stop: tokio::sync::watch::Receiver<bool>,
+        sources: Option<std::sync::mpsc::Receiver<SourceUpdate>>,
     ) -> anyhow::Result<std::thread::JoinHandle<()>> {
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
         let handle = std::thread::Builder::new()
@@ -757,7 +879,7 @@ impl ConfigStore {
                 }
                 self.rescan();
                 let _ = loaded_tx.send(());
-                self.watch_blocking(stop);
+                self.watch_blocking(stop, sources);
             })?;
         loaded_rx
             .await
@@ -808,21 +930,27 @@ impl ConfigStore {
     }
 
     /// Watches the directory until `stop` turns true, rescanning on file-system events and every
-    /// [`RESCAN_INTERVAL`].
-    fn watch_blocking(mut self, stop: tokio::sync::watch::Receiver<bool>) {
+    /// [`RESCAN_INTERVAL`], and applies what `sources` sends as it comes.
+    fn watch_blocking(
+        mut self,
+        stop: tokio::sync::watch::Receiver<bool>,
+        sources: Option<std::sync::mpsc::Receiver<SourceUpdate>>,
+    ) {
         use notify::Watcher;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(16);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Wake>(1024);
+        let files_tx = tx.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // Every scan reads the files, and inotify reports those reads (open, access, close):
             // taken as changes, each scan would set off the next, 20 times a second for good.
             if event.as_ref().is_ok_and(|e| !may_change_content(&e.kind)) {
                 return;
             }
-            // A full channel already has a rescan queued.
-            let _ = tx.try_send(());
+            // A full channel already has a rescan queued (or will wake soon enough).
+            let _ = files_tx.try_send(Wake::Files);
         });
-        let _watcher = match watcher {
-            Ok(mut w) => match w.watch(&self.dir, notify::RecursiveMode::Recursive) {
+        let _watcher = match (self.folder, watcher) {
+            (false, _) => None,
+            (true, Ok(mut w)) => match w.watch(&self.dir, notify::RecursiveMode::Recursive) {
                 Ok(()) => Some(w),
                 Err(e) => {
                     tracing::warn!(
@@ -832,25 +960,72 @@ impl ConfigStore {
                     None
                 }
             },
-            Err(e) => {
+            (true, Err(e)) => {
                 tracing::warn!("file watching unavailable: {e}; polling every second");
                 None
             }
         };
+        if let Some(sources) = sources {
+            // The source's updates join the file events, so the loop waits on one channel.
+            let tx = tx.clone();
+            let _ = std::thread::Builder::new()
+                .name("sluice-sources".into())
+                .spawn(move || {
+                    for update in sources {
+                        if tx.send(Wake::Source(update)).is_err() {
+                            return;
+                        }
+                    }
+                });
+        }
+        drop(tx);
         let mut wait = RESCAN_INTERVAL;
         while !*stop.borrow() {
-            if rx.recv_timeout(wait).is_ok() {
-                // Editors write files in several steps; let them finish.
-                std::thread::sleep(Duration::from_millis(50));
-                while rx.try_recv().is_ok() {}
+            let mut files_due = false;
+            let mut sources_changed = false;
+            let mut take = |store: &mut ConfigStore, wake: Wake| match wake {
+                Wake::Files => files_due = true,
+                Wake::Source(update) => sources_changed |= store.apply_source(update),
+            };
+            match rx.recv_timeout(wait) {
+                Ok(Wake::Files) => {
+                    // Editors write files in several steps; let them finish.
+                    std::thread::sleep(Duration::from_millis(50));
+                    take(&mut self, Wake::Files);
+                }
+                Ok(wake) => take(&mut self, wake),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => take(&mut self, Wake::Files),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(wait);
+                    take(&mut self, Wake::Files);
+                }
+            }
+            while let Ok(wake) = rx.try_recv() {
+                take(&mut self, wake);
             }
             if *stop.borrow() {
                 return;
             }
-            let (_, pending) = self.scan(Some(SETTLE));
-            wait = if pending { SETTLE } else { RESCAN_INTERVAL };
+            let mut published = false;
+            if files_due && self.folder {
+                let (changed, pending) = self.scan(Some(SETTLE));
+                published = changed;
+                wait = if pending { SETTLE } else { RESCAN_INTERVAL };
+            }
+            if sources_changed && !published {
+                self.publish();
+                if let Some(hooks) = ALLOCATOR_HOOKS.get() {
+                    (hooks.after_publish)();
+                }
+            }
         }
     }
+}
+
+/// What wakes the config thread: a file-system event, or an update from another source.
+enum Wake {
+    Files,
+    Source(SourceUpdate),
 }
 
 /// Whether a file-system event may mean that config changed: anything but a read. A file closed

@@ -14,7 +14,7 @@ use sluice_proxy::sidecar::{self, SidecarOptions};
 /// Istio's traffic control (sidecar, gateways) as one small, fast binary that reads the Istio
 /// networking API as you already write it.
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about, long_about = None)]
+#[command(name = "sluice", version = sluice::version_cmd::LONG_VERSION, about, long_about = None)]
 struct Cli {
     /// Log level for sluice's own logs on stderr (error, warn, info, debug, trace), or a
     /// tracing filter such as `sluice_proxy=debug`. Access logs go where the mesh config says.
@@ -70,14 +70,33 @@ enum Command {
     /// (SYNCED / STALE / NOT SENT), as `istioctl proxy-status`; with a node id, per collection.
     #[command(name = "proxy-status", visible_alias = "ps")]
     ProxyStatus(sluice::proxy_status::ProxyStatusArgs),
+    /// Add the sidecar to the workloads of a manifest, as `istioctl kube-inject`: an istio-init
+    /// container (`sluice init`) and an istio-proxy container (`sluice sidecar --xds`), with
+    /// Istio's annotations honoured; other documents pass through unchanged.
+    Inject(sluice::inject_cmd::InjectArgs),
+    /// Wait until the proxy next to this process is ready (/healthz/ready on 15021); the hook
+    /// that holds an injected application until its proxy is up (holdApplicationUntilProxyStarts).
+    Wait(sluice::inject_cmd::WaitArgs),
+    /// The release and the commit this binary was built from (as --version); `-o json`.
+    Version(sluice::version_cmd::VersionArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct ControlArgs {
     /// Directory of Istio/Kubernetes YAML to serve (watched; the same validation and last-good
     /// rules as a proxy's --config).
+    #[arg(long, required_unless_present = "kube")]
+    config: Option<PathBuf>,
+    /// Also serve what the Kubernetes API holds (Istio's resources, Services, EndpointSlices,
+    /// ready Pods, the `istio` ConfigMap of --namespace, the Secrets Gateways name), watched.
+    /// The cluster comes from KUBECONFIG or ~/.kube/config, else the pod's service account.
     #[arg(long)]
-    config: PathBuf,
+    kube: bool,
+    /// With --kube: the namespaces whose Secrets Gateways and DestinationRules may name in
+    /// `credentialName` (Secrets are read only there; the RBAC in deploy/ grants exactly that)
+    /// [default: --namespace].
+    #[arg(long, value_delimiter = ',', value_name = "NS,...")]
+    credential_namespaces: Vec<String>,
     /// Plaintext xDS port (istiod's 15010).
     #[arg(long, default_value_t = 15010)]
     xds_port: u16,
@@ -108,6 +127,8 @@ struct ControlArgs {
     service_account: String,
     #[command(flatten)]
     mesh: MeshIdentityArgs,
+    #[command(flatten)]
+    webhook: sluice::inject_cmd::WebhookArgs,
 }
 
 impl ControlArgs {
@@ -124,9 +145,20 @@ impl ControlArgs {
                 addr: std::net::SocketAddr::new(self.bind, self.xds_tls_port),
                 identity,
             });
+        let webhook =
+            self.webhook
+                .options(self.bind, &self.namespace, self.mesh.mesh_ca.as_deref());
         sluice_control::ControlOptions {
+            webhook,
             tls,
             config_dir: self.config,
+            kube: self.kube,
+            istio_namespace: self.namespace.clone(),
+            credential_namespaces: if self.credential_namespaces.is_empty() {
+                vec![self.namespace.clone()]
+            } else {
+                self.credential_namespaces.clone()
+            },
             xds_addr: std::net::SocketAddr::new(self.bind, self.xds_port),
             monitoring_addr: std::net::SocketAddr::new(self.bind, self.monitoring_port),
             identifier: name,
@@ -512,6 +544,9 @@ fn main() -> ExitCode {
         Command::Dashboard(args) => runtime().and_then(|rt| rt.block_on(dashboard::run(args))),
         Command::ProxyConfig(args) => sluice::proxy_config::run(&args),
         Command::ProxyStatus(args) => sluice::proxy_status::run(&args),
+        Command::Inject(args) => return ExitCode::from(sluice::inject_cmd::run(&args) as u8),
+        Command::Wait(args) => sluice::inject_cmd::wait(&args),
+        Command::Version(args) => sluice::version_cmd::run(&args),
         Command::Control(args) => {
             runtime().and_then(|rt| rt.block_on(sluice_control::run(args.options())))
         }

@@ -1,0 +1,16 @@
+//! sluice in a Kubernetes cluster.
+//!
+//! - [`source`]: the cluster's API as a config source for `sluice control --kube` (kube-rs
+//!   reflectors over the objects istiod watches for traffic control).
+//! - [`inject`]: sidecar injection into workload manifests (`sluice inject`, as
+//!   `istioctl kube-inject`), and the same as a mutating admission webhook ([`webhook`]).
+//! - [`status`]: analysis results written to the Istio resources' status, as istiod does.
+//! - [`webhook`]: the admission webhooks `sluice control` serves: injection, and validation
+//!   that refuses what `sluice validate` refuses.
+
+pub use kube;
+
+pub mod inject;
+pub mod source;
+pub mod status;
+pub mod webhook;

@@ -1,0 +1,136 @@
+//! Analysis results written to the Istio resources' `status.validationMessages`, as istiod
+//! does with `PILOT_ENABLE_ANALYSIS` (istio/api `meta/v1alpha1/status.proto`: each message is
+//! an `AnalysisMessageBase`: `type {name, code}`, `level`, `documentationUrl`), so
+//! `kubectl get virtualservice -o yaml` shows what `sluice analyze` would say.
+//!
+//! Only objects read from the API are written (their store path is `kube:Kind/ns/name`), a
+//! status only when it changes, and an object whose messages went away gets an empty list.
+//! Writing a status changes the object's `resourceVersion` but not its config: the source
+//! leaves `status` out, so it causes no push.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use serde_json::{json, Value};
+use sluice_api::Resource;
+use sluice_model::analyze::{analyze, Level, Message};
+
+/// How long the config must be quiet before it is analyzed again.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// The Istio kinds whose status is written: (kind, group, plural).
+const WRITTEN: &[(&str, &str, &str)] = &[
+    ("VirtualService", "networking.istio.io", "virtualservices"),
+    ("DestinationRule", "networking.istio.io", "destinationrules"),
+    ("ServiceEntry", "networking.istio.io", "serviceentries"),
+    ("Gateway", "networking.istio.io", "gateways"),
+    ("Sidecar", "networking.istio.io", "sidecars"),
+    ("WorkloadEntry", "networking.istio.io", "workloadentries"),
+    (
+        "AuthorizationPolicy",
+        "security.istio.io",
+        "authorizationpolicies",
+    ),
+    (
+        "PeerAuthentication",
+        "security.istio.io",
+        "peerauthentications",
+    ),
+];
+
+/// Analyzes every config `configs` publishes and writes each API object's messages to its
+/// status, until `configs` closes.
+pub async fn run(
+    client: kube::Client,
+    mut configs: tokio::sync::watch::Receiver<Arc<Vec<Resource>>>,
+) {
+    // path → the messages last written (what the object's status says now, as far as known).
+    let mut written: HashMap<String, Value> = HashMap::new();
+    while configs.changed().await.is_ok() {
+        tokio::time::sleep(QUIET).await;
+        let resources = configs.borrow_and_update().clone();
+        let Ok(messages) = tokio::task::spawn_blocking(move || {
+            let messages = analyze(&resources);
+            desired(&resources, &messages)
+        })
+        .await
+        else {
+            continue;
+        };
+        for (path, status) in &messages {
+            if written.get(path) == Some(status) {
+                continue;
+            }
+            // Nothing to say, and nothing said before: leave the object alone.
+            if !written.contains_key(path) && status.as_array().is_some_and(Vec::is_empty) {
+                continue;
+            }
+            match patch(&client, path, status).await {
+                Ok(()) => {
+                    written.insert(path.clone(), status.clone());
+                }
+                Err(e) => tracing::warn!(object = %path, "cannot write status: {e}"),
+            }
+        }
+        written.retain(|path, _| messages.contains_key(path));
+    }
+}
+
+/// Every API object's `validationMessages`, by store path (`kube:Kind/ns/name`).
+fn desired(resources: &[Resource], messages: &[Message]) -> BTreeMap<String, Value> {
+    let mut out: BTreeMap<String, Value> = resources
+        .iter()
+        .map(|r| r.origin.file.display().to_string())
+        .filter(|path| writable(path).is_some())
+        .map(|path| (path, json!([])))
+        .collect();
+    for m in messages {
+        if let Some(Value::Array(list)) = out.get_mut(&m.file) {
+            let mut entry = json!({
+                "level": match m.level {
+                    Level::Error => "ERROR",
+                    Level::Warning => "WARNING",
+                    Level::Info => "INFO",
+                },
+                "type": {"code": m.code, "name": m.name},
+            });
+            if let Some(url) = m.documentation_url() {
+                entry["documentationUrl"] = json!(url);
+            }
+            if !list.contains(&entry) {
+                list.push(entry);
+            }
+        }
+    }
+    out
+}
+
+/// (kind, group, plural, namespace, name) of an API object's store path, for the kinds whose
+/// status is written.
+fn writable(path: &str) -> Option<(&'static str, &'static str, &'static str, &str, &str)> {
+    let rest = path.strip_prefix("kube:")?;
+    let (kind, rest) = rest.split_once('/')?;
+    let (ns, name) = rest.split_once('/')?;
+    let (kind, group, plural) = WRITTEN.iter().find(|(k, _, _)| *k == kind)?;
+    Some((kind, group, plural, ns, name))
+}
+
+async fn patch(client: &kube::Client, path: &str, messages: &Value) -> Result<(), kube::Error> {
+    let Some((kind, group, plural, ns, name)) = writable(path) else {
+        return Ok(());
+    };
+    let resource = ApiResource {
+        group: group.to_string(),
+        version: "v1".to_string(),
+        api_version: format!("{group}/v1"),
+        kind: kind.to_string(),
+        plural: plural.to_string(),
+    };
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource);
+    let body = json!({"status": {"validationMessages": messages}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+        .map(|_| ())
+}
