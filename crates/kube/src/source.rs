@@ -135,6 +135,12 @@ fn path(path_kind: &str, namespace: &str, name: &str) -> String {
     format!("kube:{path_kind}/{namespace}/{name}")
 }
 
+/// What the source lists and watches in the API, as (API group, plural): what its RBAC must
+/// grant (`deploy/base/rbac.yaml`; its test compares the two).
+pub fn watched_resources() -> Vec<(&'static str, &'static str)> {
+    WATCHED.iter().map(|w| (w.group, w.plural)).collect()
+}
+
 /// The prefixes the store waits for before it is ready (each kind's first complete list).
 pub fn prefixes() -> Vec<String> {
     WATCHED.iter().map(|w| prefix(w.path_kind)).collect()

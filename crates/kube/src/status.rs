@@ -40,6 +40,15 @@ const WRITTEN: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The status subresources written, as (API group, `plural/status`): what the RBAC must grant
+/// `patch` on.
+pub fn written_resources() -> Vec<(&'static str, String)> {
+    WRITTEN
+        .iter()
+        .map(|(_, group, plural)| (*group, format!("{plural}/status")))
+        .collect()
+}
+
 /// Analyzes every config `configs` publishes and writes each API object's messages to its
 /// status, until `configs` closes.
 pub async fn run(
