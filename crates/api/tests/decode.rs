@@ -370,15 +370,54 @@ fn unknown_kinds_are_skipped_with_a_warning() {
 }
 
 #[test]
-fn a_misspelled_kind_gets_a_suggestion() {
+fn a_misspelled_kind_is_an_error_with_a_suggestion() {
     let d = only_diagnostic(
         "apiVersion: networking.istio.io/v1\nkind: VirtualSevice\nmetadata: {name: a}\n",
     );
-    assert_eq!(d.severity, Severity::Warning);
+    assert_eq!(d.severity, Severity::Error);
     assert_eq!(
         d.message,
-        "kind VirtualSevice is not used by sluice; ignored (did you mean VirtualService?)"
+        "unknown kind VirtualSevice (did you mean VirtualService?)"
     );
+    let d = only_diagnostic(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntery\nmetadata: {name: a}\n",
+    );
+    assert_eq!(d.severity, Severity::Error);
+    assert_eq!(
+        d.message,
+        "unknown kind ServiceEntery (did you mean ServiceEntry?)"
+    );
+    // Any other kind in an Istio group is unknown to Istio as well.
+    let d = only_diagnostic(
+        "apiVersion: networking.istio.io/v1\nkind: TrafficSplit\nmetadata: {name: a}\n",
+    );
+    assert_eq!(d.severity, Severity::Error);
+    assert_eq!(
+        d.message,
+        "unknown kind TrafficSplit: networking.istio.io has no such kind"
+    );
+}
+
+#[test]
+fn istio_kinds_sluice_does_not_enforce_are_valid_with_a_warning() {
+    for (api_version, kind) in [
+        ("security.istio.io/v1", "RequestAuthentication"),
+        ("telemetry.istio.io/v1", "Telemetry"),
+        ("networking.istio.io/v1", "WorkloadGroup"),
+        ("networking.istio.io/v1beta1", "ProxyConfig"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter"),
+        ("extensions.istio.io/v1alpha1", "WasmPlugin"),
+    ] {
+        let d = only_diagnostic(&format!(
+            "apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: a}}\nspec: {{}}\n"
+        ));
+        assert_eq!(d.severity, Severity::Warning, "{kind}");
+        assert!(
+            d.message.starts_with(&format!("SLU0003: {kind} ("))
+                && d.message.contains("does not enforce"),
+            "{d}"
+        );
+    }
 }
 
 #[test]

@@ -377,10 +377,13 @@ pub fn describe_cluster(c: &Cluster, kind: ProxyKind) -> ClusterExplanation {
             )
         } else {
             let mode = if t.mutual { "MUTUAL" } else { "SIMPLE" };
-            let ca = t
-                .ca_certificates
-                .as_ref()
-                .map_or_else(|| "system roots".to_string(), |p| p.display().to_string());
+            let ca = if t.insecure_skip_verify {
+                "none: insecureSkipVerify, the server's certificate is not checked".to_string()
+            } else {
+                t.ca_certificates
+                    .as_ref()
+                    .map_or_else(|| "system roots".to_string(), |p| p.display().to_string())
+            };
             let sni = t.sni.as_deref().unwrap_or("the request's host");
             format!("{mode} origination, SNI {sni}, CA {ca}")
         }
@@ -462,6 +465,35 @@ fn targets(
         first_failure.unwrap_or(Outcome::NoCluster)
     };
     (out, outcome)
+}
+
+/// A `tls`/`tcp` rule's match blocks as written (`sniHosts [a.com], port 443`, blocks joined by
+/// "or"); `None` for a rule without match blocks, which takes every connection.
+fn stream_matches(matches: &[crate::route::StreamMatch]) -> Option<String> {
+    let blocks: Vec<String> = matches
+        .iter()
+        .map(|m| {
+            let mut parts = Vec::new();
+            if !m.sni_hosts.is_empty() {
+                let hosts: Vec<&str> = m.sni_hosts.iter().map(|h| h.as_ref()).collect();
+                parts.push(format!("sniHosts [{}]", hosts.join(", ")));
+            }
+            if !m.destination_subnets.is_empty() {
+                let nets: Vec<String> = m
+                    .destination_subnets
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                parts.push(format!("destinationSubnets [{}]", nets.join(", ")));
+            }
+            if let Some(p) = m.port {
+                parts.push(format!("port {p}"));
+            }
+            parts.join(", ")
+        })
+        .filter(|b| !b.is_empty())
+        .collect();
+    (!blocks.is_empty()).then(|| blocks.join(" or "))
 }
 
 fn route_explanation(rule: &HttpRouteRule, matched: Option<&RequestMatch>) -> RouteExplanation {
@@ -772,7 +804,7 @@ fn stream_decision(
             e.route = Some(RouteExplanation {
                 source: rule.source.to_string(),
                 name: None,
-                matched: None,
+                matched: stream_matches(&rule.matches),
                 timeout: None,
                 retries: "none".to_string(),
                 fault: None,

@@ -355,3 +355,45 @@ spec:
         "{gateway}"
     );
 }
+
+#[test]
+fn tls_rules_show_their_match_and_skipped_verification_is_not_called_system_roots() {
+    let snap = snapshot_in("default", &[("app", "sleep")], CONFIG);
+    // A `tls` rule with sniHosts and port is matched by them, not "a rule without match".
+    let e = explain(
+        &snap,
+        &Probe::parse("tls://api.example.com:443", "GET", &[]).unwrap(),
+    );
+    let text = render(&e);
+    assert!(
+        text.contains("Matched:   sniHosts [api.example.com], port 443"),
+        "{text}"
+    );
+    assert!(!text.contains("rule without match"), "{text}");
+
+    // Origination with insecureSkipVerify checks no CA at all.
+    let config = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [ext.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ext}
+spec:
+  host: ext.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, insecureSkipVerify: true}
+";
+    let snap = snapshot_in("default", &[("app", "sleep")], config);
+    let text = render(&explain(&snap, &http("http://ext.example.com/", &[])));
+    assert!(
+        text.contains("CA none: insecureSkipVerify, the server's certificate is not checked"),
+        "{text}"
+    );
+    assert!(!text.contains("system roots"), "{text}");
+}

@@ -52,6 +52,57 @@ fn validate_reports_file_line_resource_field_and_exits_1() {
     );
 }
 
+/// istioctl's `-f`, a one-line summary when all is well, an empty folder said to be empty, and
+/// a misspelled kind refused with a suggestion (it would otherwise silently not apply).
+#[test]
+fn validate_takes_f_sums_up_and_refuses_misspelled_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(
+        dir.path(),
+        "good.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec: {hosts: [a.example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a.example.com], http: [{route: [{destination: {host: a.example.com}}]}]}\n",
+    );
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(SLUICE)
+            .arg("validate")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, stdout, _) = run(&["-f".as_ref(), good.as_os_str()]);
+    assert_eq!((code, stdout.as_str()), (Some(0), "✔ 2 resources valid\n"));
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, stdout, _) = run(&[empty.as_os_str()]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        stdout,
+        format!("no resources found in {}\n", empty.display())
+    );
+
+    let (code, _, stderr) = run(&[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("nothing to check"), "{stderr}");
+
+    let typo = write(
+        dir.path(),
+        "typo.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntery\nmetadata: {name: a}\nspec: {hosts: [b.example.com]}\n",
+    );
+    let (code, stdout, _) = run(&["-f".as_ref(), typo.as_os_str()]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("ServiceEntery default/a: kind: unknown kind ServiceEntery (did you mean ServiceEntry?)"),
+        "{stdout}"
+    );
+}
+
 /// Kills the demo when the test ends, however it ends.
 struct Child(std::process::Child);
 impl Drop for Child {

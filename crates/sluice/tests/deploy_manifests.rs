@@ -1026,7 +1026,7 @@ fn mesh_config_is_accepted_by_sluice_validate() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.trim().is_empty(),
+        out.status.success() && stdout.trim() == "✔ 1 resource valid",
         "sluice validate on the mesh ConfigMap:\n{stdout}"
     );
 }

@@ -129,6 +129,7 @@ spec:
 gw.yaml:13: Gateway istio-system/gw: spec.servers[0].tls.caCertificates: warning: file D/ca-dir is not a regular file (the gateway will not be ready until it is a regular file)
 gw.yaml:23: DestinationRule default/dr: spec.trafficPolicy.tls.clientCertificate: warning: file D/missing.crt does not exist (TLS connections to a.example.com will fail until it does)
 gw.yaml:24: DestinationRule default/dr: spec.trafficPolicy.tls.privateKey: warning: file D/tls.crt/key is not readable: Not a directory (TLS connections to a.example.com will fail until it is readable)
+✔ 2 resources valid, 4 warnings
 "
     );
 

@@ -134,6 +134,61 @@ pub(super) fn decode_document(doc: Document, file: &Arc<Path>, out: &mut LoadRes
     out.diagnostics.extend(d.diagnostics);
 }
 
+/// Istio's kinds that sluice reads but does not enforce: Istio accepts them, so a file that
+/// holds them is valid; what they ask for does not happen here, which the warning says.
+const ISTIO_NOT_ENFORCED: [(&str, &str); 6] = [
+    ("RequestAuthentication", "security.istio.io"),
+    ("Telemetry", "telemetry.istio.io"),
+    ("WorkloadGroup", "networking.istio.io"),
+    ("ProxyConfig", "networking.istio.io"),
+    ("EnvoyFilter", "networking.istio.io"),
+    ("WasmPlugin", "extensions.istio.io"),
+];
+
+/// A kind sluice has no schema for:
+/// - one of Istio's that sluice does not enforce: a warning (SLU0003) that says so;
+/// - any other kind in an Istio API group, or a near-miss of a kind sluice reads
+///   (`ServiceEntery`): an error, with "did you mean", since what the operator meant would
+///   silently not happen;
+/// - anything else (a Deployment, a ServiceAccount): a warning that it is ignored.
+fn unknown_kind(kind_name: &str, api_version: &str, d: &mut Doc) {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    if let Some((_, istio_group)) = ISTIO_NOT_ENFORCED
+        .iter()
+        .find(|(k, g)| *k == kind_name && (group.is_empty() || group == *g))
+    {
+        d.warn(
+            "kind",
+            format!(
+                "SLU0003: {kind_name} ({istio_group}) is valid Istio config, but sluice does not \
+                 enforce it: what it asks for does not happen"
+            ),
+        );
+        return;
+    }
+    // Only near-identical names: `ServiceAccount` is not a misspelled `Service`.
+    let near = Kind::ALL
+        .into_iter()
+        .map(|k| k.as_str())
+        .chain(ISTIO_NOT_ENFORCED.iter().map(|(k, _)| *k))
+        .find(|k| strsim::damerau_levenshtein(kind_name, k) <= 2);
+    let istio_group = group.ends_with(".istio.io") || group == "istio.io";
+    match near {
+        Some(k) => d.error(
+            "kind",
+            format!("unknown kind {kind_name} (did you mean {k}?)"),
+        ),
+        None if istio_group => d.error(
+            "kind",
+            format!("unknown kind {kind_name}: {group} has no such kind"),
+        ),
+        None => d.warn(
+            "kind",
+            format!("kind {kind_name} is not used by sluice; ignored"),
+        ),
+    }
+}
+
 fn decode_object(
     value: Value,
     d: &mut Doc,
@@ -176,16 +231,7 @@ fn decode_object(
     d.label = Some(raw_label(&kind_name, &root));
 
     let Some(kind) = Kind::parse(&kind_name) else {
-        // Only near-identical names: `ServiceAccount` is not a misspelled `Service`.
-        let hint = Kind::ALL
-            .into_iter()
-            .find(|k| strsim::damerau_levenshtein(&kind_name, k.as_str()) <= 2)
-            .map(|k| format!(" (did you mean {k}?)"))
-            .unwrap_or_default();
-        d.warn(
-            "kind",
-            format!("kind {kind_name} is not used by sluice; ignored{hint}"),
-        );
+        unknown_kind(&kind_name, &api_version, d);
         return None;
     };
 
