@@ -19,7 +19,10 @@ use std::sync::Arc;
 use crate::resource::{Diagnostic, Resource, Severity};
 
 pub use files::{list_config_files, read_config_file, Listing, MAX_FILE_BYTES};
-pub use yaml::{MAX_ALIAS_NODES, MAX_DEPTH, MAX_OBJECT_BYTES, MAX_TEXT_BYTES};
+pub use yaml::{
+    parse_documents, Document, Positions, YamlError, MAX_ALIAS_NODES, MAX_DEPTH, MAX_OBJECT_BYTES,
+    MAX_TEXT_BYTES,
+};
 
 /// Resources and problems found while loading files.
 ///

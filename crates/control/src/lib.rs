@@ -123,15 +123,15 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
     };
     // With the API as a source, each published config is analyzed and the messages written to
     // the objects' status.
-    let (analysis_tx, analysis_rx) = watch::channel(Arc::new(Vec::new()));
-    if let Some(client) = kube_client {
-        tokio::spawn(sluice_kube::status::run(client, analysis_rx));
-    }
+    let analysis = kube_client.map(|client| {
+        let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+        tokio::spawn(sluice_kube::status::run(client, rx));
+        tx
+    });
     let mut encoder = Encoder::default();
-    let analyze = opts.kube;
     store.publish_to(Box::new(move |generation, resources| {
-        if analyze {
-            analysis_tx.send_replace(Arc::new(resources.to_vec()));
+        if let Some(analysis) = &analysis {
+            analysis.send_replace(Arc::new(resources.to_vec()));
         }
         let published = encoder.encode(generation, resources);
         candidates_tx.send_replace(Some(Arc::new(published)));

@@ -118,9 +118,9 @@ impl SidecarSelection {
                 imported_hosts.insert(&s.hostname, ());
             }
         }
-        let virtual_services: HashSet<*const Resource> =
+        let virtual_services: HashSet<String> =
             sidecar_scope::imported_virtual_services(scope, &self.resources, ns)
-                .map(|(r, _)| r as *const Resource)
+                .map(|(r, _)| r.key())
                 .collect();
         let mut collections: BTreeMap<String, HashSet<usize>> = BTreeMap::new();
         for (index, collection, position) in &self.placed {
@@ -135,7 +135,7 @@ impl SidecarSelection {
                 Spec::Endpoints(_) => {
                     imported_sources.contains(format!("Service {}", res.key()).as_str())
                 }
-                Spec::VirtualService(_) => virtual_services.contains(&(res as *const Resource)),
+                Spec::VirtualService(_) => virtual_services.contains(&res.key()),
                 Spec::DestinationRule(dr) => imported_hosts
                     .any_intersecting(&resolve_short_name(&dr.host, &res.meta.namespace)),
                 _ => true,

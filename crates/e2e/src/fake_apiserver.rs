@@ -84,6 +84,27 @@ fn collection_of(api_version: &str, kind: &str) -> Option<&'static Kind> {
     })
 }
 
+/// A kubeconfig that points a client at the fake API server at `addr` (plain HTTP, no
+/// credentials).
+pub fn kubeconfig(addr: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: fake
+  cluster:
+    server: http://{addr}
+contexts:
+- name: fake
+  context: {{cluster: fake, user: nobody}}
+current-context: fake
+users:
+- name: nobody
+  user: {{}}
+"
+    )
+}
+
 /// One change, as a watch sends it.
 struct Change {
     version: u64,
@@ -150,23 +171,7 @@ impl FakeApiServer {
 
     /// A kubeconfig that points a client at this server, without credentials.
     pub fn kubeconfig(&self) -> String {
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: fake
-  cluster:
-    server: http://{}
-contexts:
-- name: fake
-  context: {{cluster: fake, user: nobody}}
-current-context: fake
-users:
-- name: nobody
-  user: {{}}
-",
-            self.addr
-        )
+        kubeconfig(&self.addr.to_string())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -74,13 +74,7 @@ fn sluice_control_reads_the_kubernetes_api_and_follows_its_changes() {
     api.arg(API).arg(&objects);
     env.start_process("apiserver", api);
     let kubeconfig = env.dir().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{API}\"}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: nobody}}\ncurrent-context: fake\nusers:\n- name: nobody\n  user: {{}}\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, sluice_e2e::fake_apiserver::kubeconfig(API)).unwrap();
     let kubeconfig = kubeconfig.to_string_lossy().to_string();
     env.start_control_from(
         "control-kube",

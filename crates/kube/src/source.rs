@@ -39,6 +39,22 @@ struct Watched {
     plural: &'static str,
 }
 
+impl Watched {
+    /// `group/version`, or `version` for the core group.
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Whether its objects name Secrets in `credentialName`.
+    fn names_credentials(&self) -> bool {
+        matches!(self.path_kind, "Gateway" | "DestinationRule")
+    }
+}
+
 const fn watched(
     path_kind: &'static str,
     group: &'static str,
@@ -141,6 +157,15 @@ pub fn watched_resources() -> Vec<(&'static str, &'static str)> {
     WATCHED.iter().map(|w| (w.group, w.plural)).collect()
 }
 
+/// The Istio kinds read from the API, as (kind, API group, plural): those whose status
+/// [`crate::status`] writes.
+pub fn istio_kinds() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    WATCHED
+        .iter()
+        .filter(|w| w.group.ends_with(".istio.io"))
+        .map(|w| (w.kind, w.group, w.plural))
+}
+
 /// The prefixes the store waits for before it is ready (each kind's first complete list).
 pub fn prefixes() -> Vec<String> {
     WATCHED.iter().map(|w| prefix(w.path_kind)).collect()
@@ -182,11 +207,7 @@ pub async fn run(client: kube::Client, options: KubeOptions, updates: Sender<Sou
         let resource = ApiResource {
             group: w.group.to_string(),
             version: w.version.to_string(),
-            api_version: if w.group.is_empty() {
-                w.version.to_string()
-            } else {
-                format!("{}/{}", w.group, w.version)
-            },
+            api_version: w.api_version(),
             kind: w.kind.to_string(),
             plural: w.plural.to_string(),
         };
@@ -292,8 +313,8 @@ struct State {
     secrets_listed: BTreeSet<String>,
     /// (kind, namespace, name) of a Gateway or DestinationRule → the Secrets it names.
     credential_refs: HashMap<Owner, Vec<Key>>,
-    /// Secrets passed on to the store.
-    secrets_sent: BTreeSet<(String, String)>,
+    /// Secrets passed on to the store, as sent; `None` until their first complete list.
+    secrets_sent: Option<BTreeMap<Key, Value>>,
     /// Which of Secret, Gateway and DestinationRule have been listed once: Secrets are
     /// listed to the store only when all three have.
     listed: BTreeSet<&'static str>,
@@ -339,7 +360,8 @@ impl State {
                     self.sync_secrets(out);
                 }
                 _ => {
-                    if matches!(w.path_kind, "Gateway" | "DestinationRule") {
+                    let names_credentials = w.names_credentials();
+                    if names_credentials {
                         self.credential_refs
                             .retain(|(kind, _, _), _| *kind != w.path_kind);
                         for obj in &objects {
@@ -358,7 +380,9 @@ impl State {
                         prefix: prefix(w.path_kind),
                         objects,
                     });
-                    self.sync_secrets(out);
+                    if names_credentials {
+                        self.sync_secrets(out);
+                    }
                 }
             },
             Seen::Applied(w, obj) if w.path_kind == "Endpoints" => {
@@ -377,9 +401,6 @@ impl State {
                     self.sync_secrets(out);
                     return;
                 }
-                if matches!(w.path_kind, "Gateway" | "DestinationRule") {
-                    self.note_credentials(w, &obj, true);
-                }
                 let path = path(w.path_kind, &ns, &name);
                 out.push(match document(w, &obj) {
                     Some(doc) => SourceUpdate::Applied {
@@ -389,7 +410,10 @@ impl State {
                     // A pod that is no longer ready or running is no workload.
                     None => SourceUpdate::Deleted { path },
                 });
-                self.sync_secrets(out);
+                if w.names_credentials() {
+                    self.note_credentials(w, &obj, true);
+                    self.sync_secrets(out);
+                }
             }
             Seen::Deleted(w, obj) => {
                 let Some((ns, name)) = key(&obj) else { return };
@@ -398,13 +422,13 @@ impl State {
                     self.sync_secrets(out);
                     return;
                 }
-                if matches!(w.path_kind, "Gateway" | "DestinationRule") {
-                    self.note_credentials(w, &obj, false);
-                }
                 out.push(SourceUpdate::Deleted {
                     path: path(w.path_kind, &ns, &name),
                 });
-                self.sync_secrets(out);
+                if w.names_credentials() {
+                    self.note_credentials(w, &obj, false);
+                    self.sync_secrets(out);
+                }
             }
         }
     }
@@ -472,8 +496,8 @@ impl State {
         self.credential_refs.insert(owner, refs);
     }
 
-    /// Passes on the Secrets that are named now and were not, and withdraws those no longer
-    /// named; the first time, as the Secrets' complete list.
+    /// Passes on the Secrets that are named now and are new or changed since last sent, and
+    /// withdraws those no longer named; the first time, as the Secrets' complete list.
     fn sync_secrets(&mut self, out: &mut Vec<SourceUpdate>) {
         if !["Secret", "Gateway", "DestinationRule"]
             .iter()
@@ -481,44 +505,31 @@ impl State {
         {
             return;
         }
-        let named: BTreeSet<(String, String)> = self
+        let named: BTreeMap<Key, Value> = self
             .credential_refs
             .values()
             .flatten()
-            .filter(|k| self.secrets.contains_key(*k))
-            .cloned()
+            .filter_map(|k| Some((k.clone(), self.secrets.get(k)?.clone())))
             .collect();
-        let first = !self.listed.contains("secrets sent");
-        if first {
-            self.listed.insert("secrets sent");
-            let objects = named
-                .iter()
-                .map(|(ns, name)| {
-                    (
-                        path("Secret", ns, name),
-                        text(&self.secrets[&(ns.clone(), name.clone())]),
-                    )
-                })
-                .collect();
-            out.push(SourceUpdate::Listed {
+        let update = |(ns, name): &Key, doc: &Value| (path("Secret", ns, name), text(doc));
+        match &self.secrets_sent {
+            None => out.push(SourceUpdate::Listed {
                 prefix: prefix("Secret"),
-                objects,
-            });
-        } else {
-            for (ns, name) in self.secrets_sent.difference(&named) {
-                out.push(SourceUpdate::Deleted {
-                    path: path("Secret", ns, name),
-                });
-            }
-            // Every named Secret again: the store skips those whose text did not change.
-            for (ns, name) in &named {
-                out.push(SourceUpdate::Applied {
-                    path: path("Secret", ns, name),
-                    text: text(&self.secrets[&(ns.clone(), name.clone())]),
-                });
+                objects: named.iter().map(|(k, doc)| update(k, doc)).collect(),
+            }),
+            Some(sent) => {
+                for (ns, name) in sent.keys().filter(|k| !named.contains_key(*k)) {
+                    out.push(SourceUpdate::Deleted {
+                        path: path("Secret", ns, name),
+                    });
+                }
+                for (k, doc) in named.iter().filter(|(k, doc)| sent.get(*k) != Some(*doc)) {
+                    let (path, text) = update(k, doc);
+                    out.push(SourceUpdate::Applied { path, text });
+                }
             }
         }
-        self.secrets_sent = named;
+        self.secrets_sent = Some(named);
     }
 }
 
@@ -628,11 +639,7 @@ fn document(w: Watched, obj: &DynamicObject) -> Option<Value> {
     if let Some(created) = &obj.metadata.creation_timestamp {
         metadata.insert("creationTimestamp".into(), json!(created.0.to_string()));
     }
-    let api_version = if w.group.is_empty() {
-        w.version.to_string()
-    } else {
-        format!("{}/{}", w.group, w.version)
-    };
+    let api_version = w.api_version();
     let mut doc = Map::new();
     match w.path_kind {
         "Pod" => return pod_workload(obj, metadata, labels),

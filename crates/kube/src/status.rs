@@ -20,32 +20,11 @@ use sluice_model::analyze::{analyze, Level, Message};
 /// How long the config must be quiet before it is analyzed again.
 const QUIET: Duration = Duration::from_millis(500);
 
-/// The Istio kinds whose status is written: (kind, group, plural).
-const WRITTEN: &[(&str, &str, &str)] = &[
-    ("VirtualService", "networking.istio.io", "virtualservices"),
-    ("DestinationRule", "networking.istio.io", "destinationrules"),
-    ("ServiceEntry", "networking.istio.io", "serviceentries"),
-    ("Gateway", "networking.istio.io", "gateways"),
-    ("Sidecar", "networking.istio.io", "sidecars"),
-    ("WorkloadEntry", "networking.istio.io", "workloadentries"),
-    (
-        "AuthorizationPolicy",
-        "security.istio.io",
-        "authorizationpolicies",
-    ),
-    (
-        "PeerAuthentication",
-        "security.istio.io",
-        "peerauthentications",
-    ),
-];
-
 /// The status subresources written, as (API group, `plural/status`): what the RBAC must grant
 /// `patch` on.
 pub fn written_resources() -> Vec<(&'static str, String)> {
-    WRITTEN
-        .iter()
-        .map(|(_, group, plural)| (*group, format!("{plural}/status")))
+    crate::source::istio_kinds()
+        .map(|(_, group, plural)| (group, format!("{plural}/status")))
         .collect()
 }
 
@@ -116,13 +95,13 @@ fn desired(resources: &[Resource], messages: &[Message]) -> BTreeMap<String, Val
     out
 }
 
-/// (kind, group, plural, namespace, name) of an API object's store path, for the kinds whose
-/// status is written.
+/// (kind, group, plural, namespace, name) of an API object's store path, for the Istio kinds
+/// (whose status is written).
 fn writable(path: &str) -> Option<(&'static str, &'static str, &'static str, &str, &str)> {
     let rest = path.strip_prefix("kube:")?;
     let (kind, rest) = rest.split_once('/')?;
     let (ns, name) = rest.split_once('/')?;
-    let (kind, group, plural) = WRITTEN.iter().find(|(k, _, _)| *k == kind)?;
+    let (kind, group, plural) = crate::source::istio_kinds().find(|(k, _, _)| *k == kind)?;
     Some((kind, group, plural, ns, name))
 }
 

@@ -336,19 +336,6 @@ impl ConfigStore {
 
     /// Applies one update from another source; whether anything changed.
     fn apply_source(&mut self, update: SourceUpdate) -> bool {
-        let load = |store: &mut ConfigStore, path: String, text: String| -> bool {
-            let path = PathBuf::from(path);
-            let hash = content_hash(text.as_bytes());
-            if store
-                .files
-                .get(&path)
-                .is_some_and(|f| f.content_hash == Some(hash))
-            {
-                return false;
-            }
-            store.load_file(path, hash, text.into_bytes());
-            true
-        };
         match update {
             SourceUpdate::Listed { prefix, objects } => {
                 let mut changed = self.sources_waiting.remove(&prefix);
@@ -365,11 +352,13 @@ impl ConfigStore {
                     changed = true;
                 }
                 for (path, text) in objects {
-                    changed |= load(self, path, text);
+                    changed |= self.load_if_changed(PathBuf::from(path), text.into_bytes());
                 }
                 changed
             }
-            SourceUpdate::Applied { path, text } => load(self, path, text),
+            SourceUpdate::Applied { path, text } => {
+                self.load_if_changed(PathBuf::from(path), text.into_bytes())
+            }
             SourceUpdate::Deleted { path } => self.files.remove(Path::new(&path)).is_some(),
         }
     }
@@ -419,15 +408,7 @@ impl ConfigStore {
     /// whether anything changed (what is served, what is reported, or readiness).
     fn load_collection(&mut self, collection: &str, text: &str) -> (bool, Result<(), String>) {
         let path = collection_path(collection);
-        let hash = content_hash(text.as_bytes());
-        let unchanged = self
-            .files
-            .get(&path)
-            .is_some_and(|f| f.content_hash == Some(hash));
-        if !unchanged {
-            self.load_file(path.clone(), hash, text.as_bytes().to_vec());
-        }
-        let mut changed = !unchanged;
+        let mut changed = self.load_if_changed(path.clone(), text.as_bytes().to_vec());
         let entry = &self.files[&path];
         if entry.refused {
             let errors: Vec<String> = entry
@@ -511,18 +492,7 @@ impl ConfigStore {
                 continue;
             }
             match read_config_file(&path) {
-                Ok(bytes) => {
-                    let hash = content_hash(&bytes);
-                    if self
-                        .files
-                        .get(&path)
-                        .is_some_and(|f| f.content_hash == Some(hash))
-                    {
-                        continue;
-                    }
-                    changed = true;
-                    self.load_file(path, hash, bytes);
-                }
+                Ok(bytes) => changed |= self.load_if_changed(path, bytes),
                 Err(message) => {
                     if self.files.get(&path).is_some_and(|f| {
                         f.content_hash.is_none()
@@ -571,6 +541,21 @@ impl ConfigStore {
                 may_hold_policy: true,
             },
         );
+    }
+
+    /// Loads `bytes` as the file at `path` unless they are what it already holds; whether they
+    /// were loaded.
+    fn load_if_changed(&mut self, path: PathBuf, bytes: Vec<u8>) -> bool {
+        let hash = content_hash(&bytes);
+        if self
+            .files
+            .get(&path)
+            .is_some_and(|f| f.content_hash == Some(hash))
+        {
+            return false;
+        }
+        self.load_file(path, hash, bytes);
+        true
     }
 
     fn load_file(&mut self, path: PathBuf, hash: u64, bytes: Vec<u8>) {

@@ -389,6 +389,36 @@ impl StreamPeer {
         Ok((nonce, now))
     }
 
+    /// The proxy refused what it was sent of `type_url` (and keeps what it had): reported, and
+    /// kept in `status` until its next ACK.
+    pub(crate) fn nacked(&self, type_url: &str, status: &mut TypeStatus, message: &str) {
+        self.server
+            .events
+            .rejected(&self.node_id, type_url, message);
+        tracing::warn!(
+            node = %self.node_id,
+            type_url = %type_url,
+            version = %status.sent,
+            "proxy rejected the config: {message}"
+        );
+        status.nacked = Some(message.to_string());
+    }
+
+    /// The proxy applied `version` of `type_url`; `sent_at` times its convergence.
+    pub(crate) fn acked(
+        &self,
+        type_url: &str,
+        status: &mut TypeStatus,
+        version: String,
+        sent_at: Option<Instant>,
+    ) {
+        status.acked = version;
+        status.nacked = None;
+        if let Some(at) = sent_at {
+            self.server.events.acked(type_url, at.elapsed());
+        }
+    }
+
     /// Publishes this stream's collections' state for `/debug/syncz`.
     pub(crate) fn record<'a>(&self, types: impl Iterator<Item = (&'a String, &'a TypeStatus)>) {
         let status = ConnectionStatus {
@@ -525,25 +555,16 @@ impl StreamState {
                     // Stale: an answer to a response that a newer one has replaced.
                     return Ok(());
                 }
-                if let Some(error) = &request.error_detail {
-                    self.peer
-                        .server
-                        .events
-                        .rejected(&self.peer.node_id, &type_url, &error.message);
-                    tracing::warn!(
-                        node = %self.peer.node_id,
-                        type_url = %type_url,
-                        version = %state.sent_version.as_deref().unwrap_or(""),
-                        "proxy rejected the config: {}",
-                        error.message
-                    );
-                    state.status.nacked = Some(error.message.clone());
-                } else {
-                    state.status.acked = request.version_info.clone();
-                    state.status.nacked = None;
-                    if let Some(at) = state.sent_at {
-                        self.peer.server.events.acked(&type_url, at.elapsed());
-                    }
+                match &request.error_detail {
+                    Some(error) => self
+                        .peer
+                        .nacked(&type_url, &mut state.status, &error.message),
+                    None => self.peer.acked(
+                        &type_url,
+                        &mut state.status,
+                        request.version_info.clone(),
+                        state.sent_at,
+                    ),
                 }
             }
         }

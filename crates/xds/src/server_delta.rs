@@ -133,26 +133,18 @@ impl DeltaState {
                     // whole, so there is nothing to change).
                     return Ok(());
                 }
-                if let Some(error) = &request.error_detail {
-                    self.peer
-                        .server
-                        .events
-                        .rejected(&self.peer.node_id, &type_url, &error.message);
-                    tracing::warn!(
-                        node = %self.peer.node_id,
-                        type_url = %type_url,
-                        "proxy rejected the config: {}",
-                        error.message
-                    );
-                    state.status.nacked = Some(error.message.clone());
-                    // It kept what it had: the next push starts from there.
-                    state.sent = state.acked.clone();
-                } else {
-                    state.acked = state.sent.clone();
-                    state.status.acked = state.status.sent.clone();
-                    state.status.nacked = None;
-                    if let Some(at) = state.sent_at {
-                        self.peer.server.events.acked(&type_url, at.elapsed());
+                match &request.error_detail {
+                    Some(error) => {
+                        self.peer
+                            .nacked(&type_url, &mut state.status, &error.message);
+                        // It kept what it had: the next push starts from there.
+                        state.sent = state.acked.clone();
+                    }
+                    None => {
+                        state.acked = state.sent.clone();
+                        let version = state.status.sent.clone();
+                        self.peer
+                            .acked(&type_url, &mut state.status, version, state.sent_at);
                     }
                 }
             }

@@ -15,7 +15,7 @@ use serde_json::{Map, Number, Value};
 pub use limits::{MAX_ALIAS_NODES, MAX_DEPTH, MAX_OBJECT_BYTES, MAX_TEXT_BYTES};
 
 /// Field path (`spec.http[0].timeout`) → 1-based line.
-pub(crate) type Positions = BTreeMap<String, u32>;
+pub type Positions = BTreeMap<String, u32>;
 
 /// The entries of `positions` whose paths start with `prefix`, found without looking at the
 /// others (a scan of the whole table per list item or per route made decoding quadratic).
@@ -34,7 +34,7 @@ pub(crate) fn positions_under<'p>(
 
 /// One YAML document, converted.
 #[derive(Debug, Clone)]
-pub(crate) struct Document {
+pub struct Document {
     pub value: Value,
     /// Paths relative to the document root.
     pub positions: Positions,
@@ -45,7 +45,7 @@ pub(crate) struct Document {
 /// A problem that makes the text unreadable as YAML, or unrepresentable as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub(crate) struct YamlError {
+pub struct YamlError {
     pub line: u32,
     pub message: String,
 }
@@ -55,7 +55,7 @@ pub(crate) struct YamlError {
 /// A syntax error anywhere fails the whole text: the parser cannot tell where the broken document
 /// ends, so documents after it cannot be trusted, and a half-read file is worse than a reported one.
 /// So does a text beyond the bounds of [`limits`] (nesting depth, size, alias expansion).
-pub(crate) fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
+pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut docs = Vec::new();
     let mut paths = PathBudget::for_text(text);
