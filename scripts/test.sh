@@ -12,6 +12,10 @@ scripts/install-test-deps.sh
 
 export SLUICE_TEST_VENV="${SLUICE_TEST_VENV:-$PWD/.venv}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Incremental compilation data is written for every crate of every test binary (tens of GB for
+# this workspace) and a run from a clean clone never reuses it; without it the whole build fits
+# on a small disk (CI once ran out of space).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::resource::{Diagnostic, Resource, Severity};
 
 pub use files::{list_config_files, read_config_file, Listing, MAX_FILE_BYTES};
+pub use kinds::decode_mesh_file;
 pub use yaml::{
     parse_documents, Document, Positions, YamlError, MAX_ALIAS_NODES, MAX_DEPTH, MAX_OBJECT_BYTES,
     MAX_TEXT_BYTES,
@@ -34,6 +35,11 @@ pub struct LoadResult {
     pub resources: Vec<Resource>,
     /// Errors and warnings, in the order they were found.
     pub diagnostics: Vec<Diagnostic>,
+    /// Valid documents of Istio kinds sluice validates but does not enforce (RequestAuthentication,
+    /// WasmPlugin, …): they are not in `resources`, since nothing serves them. A valid Telemetry
+    /// is in `resources` instead, as [`Kind::Telemetry`](crate::Kind::Telemetry), which only
+    /// `sluice analyze` reads.
+    pub unenforced: usize,
 }
 
 impl LoadResult {
@@ -45,22 +51,26 @@ impl LoadResult {
     fn extend(&mut self, other: LoadResult) {
         self.resources.extend(other.resources);
         self.diagnostics.extend(other.diagnostics);
+        self.unenforced += other.unenforced;
     }
 }
 
 /// Decodes every document of one file's text. `file` is only used in diagnostics and origins.
+///
+/// Documents are read as `kubectl` reads them (see [`yaml`]): the text is cut on `---` lines
+/// and each piece is parsed alone, so a document with a YAML error is reported (at its line in
+/// the file) and left out, and every other document is still decoded. All the errors of the
+/// text are reported in one run.
 pub fn decode_str(file: &Path, text: &str) -> LoadResult {
     let file: Arc<Path> = Arc::from(file);
     let mut out = LoadResult::default();
-    match yaml::parse_documents(text) {
-        Ok(docs) => {
-            for doc in docs {
-                kinds::decode_document(doc, &file, &mut out);
-            }
+    for doc in yaml::read_documents(text) {
+        match doc {
+            Ok(doc) => kinds::decode_document(doc, &file, &mut out),
+            Err(e) => out
+                .diagnostics
+                .push(file_diagnostic(&file, e.line, e.message)),
         }
-        Err(e) => out
-            .diagnostics
-            .push(file_diagnostic(&file, e.line, e.message)),
     }
     // The store keeps these for recompiles; a Vec that doubled while decoding would keep up to
     // twice the resources' size.
@@ -74,8 +84,8 @@ pub fn decode_file(file: &Path) -> LoadResult {
     match read_config_file(file) {
         Ok(bytes) => decode_bytes(file, bytes),
         Err(message) => LoadResult {
-            resources: Vec::new(),
             diagnostics: vec![file_diagnostic(file, 0, message)],
+            ..LoadResult::default()
         },
     }
 }
@@ -85,12 +95,12 @@ pub fn decode_bytes(file: &Path, bytes: Vec<u8>) -> LoadResult {
     match String::from_utf8(bytes) {
         Ok(text) => decode_str(file, &text),
         Err(_) => LoadResult {
-            resources: Vec::new(),
             diagnostics: vec![file_diagnostic(
                 file,
                 1,
                 "file is not valid UTF-8 text".to_string(),
             )],
+            ..LoadResult::default()
         },
     }
 }

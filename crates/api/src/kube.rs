@@ -1,5 +1,6 @@
 //! The Kubernetes objects sluice reads next to Istio's: Service, Endpoints, Secret, ConfigMap,
-//! Ingress and IngressClass.
+//! Ingress and IngressClass; and, for `sluice analyze` only, Pod, Namespace and the Gateway
+//! API's Gateway.
 //!
 //! Unlike Istio specs, these are decoded leniently (unknown fields are ignored): Kubernetes objects
 //! carry many fields that do not affect traffic (`sessionAffinity`, `status`, …) and users paste them
@@ -201,3 +202,47 @@ pub struct IngressClassSpec {
 
 /// Data of a `Secret` (base64 `data` and plain `stringData`, merged and decoded).
 pub type SecretData = BTreeMap<String, Vec<u8>>;
+
+/// What `sluice analyze` reads of a `Pod` besides its metadata (its labels are the metadata's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// `status.podIP`.
+    #[serde(skip)]
+    pub pod_ip: Option<String>,
+}
+
+/// `status` of a `Pod`: its address.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PodStatus {
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+}
+
+/// What `sluice analyze` reads of a Gateway API `Gateway` (`gateway.networking.k8s.io`): its
+/// listeners, which decide the hosts a VirtualService bound to it may use.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesGatewaySpec {
+    #[serde(default)]
+    pub listeners: Vec<GatewayListener>,
+}
+
+/// `listeners[]` of a Gateway API `Gateway`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayListener {
+    #[serde(default)]
+    pub name: String,
+    /// Unset or empty: every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub port: u32,
+    #[serde(default)]
+    pub protocol: String,
+}

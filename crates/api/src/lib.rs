@@ -10,6 +10,7 @@ pub mod mesh;
 pub mod networking;
 pub mod resource;
 pub mod security;
+pub mod unenforced;
 pub mod validate;
 pub mod work;
 

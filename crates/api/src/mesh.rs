@@ -83,4 +83,35 @@ pub struct MeshConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub enable_auto_mtls: Option<bool>,
+    /// `defaultConfig`: the proxies' defaults. sluice reads `proxyMetadata` only, for the
+    /// analyzers (DNS address auto-allocation); never serialized, since no proxy reads it (the
+    /// control plane's wire schema does not carry it).
+    #[serde(default, alias = "default_config", skip_serializing)]
+    pub default_config: Option<ProxyDefaults>,
+}
+
+/// `MeshConfig.defaultConfig` (Istio's ProxyConfig), the part sluice reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyDefaults {
+    #[serde(
+        default,
+        alias = "proxy_metadata",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub proxy_metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl MeshConfig {
+    /// Whether proxies allocate addresses to ServiceEntry hosts themselves (DNS capture with
+    /// `ISTIO_META_DNS_AUTO_ALLOCATE` or `PILOT_ENABLE_IP_AUTOALLOCATE`), as Istio's
+    /// ServiceEntry analyzer reads it.
+    pub fn dns_auto_allocates(&self) -> bool {
+        let Some(meta) = self.default_config.as_ref().map(|d| &d.proxy_metadata) else {
+            return false;
+        };
+        let on = |k: &str| meta.get(k).is_some_and(|v| v == "true");
+        on("ISTIO_META_DNS_CAPTURE")
+            && (on("ISTIO_META_DNS_AUTO_ALLOCATE") || on("PILOT_ENABLE_IP_AUTOALLOCATE"))
+    }
 }

@@ -117,7 +117,7 @@ pub struct HttpRoute {
         alias = "cors_policy",
         skip_serializing_if = "Option::is_none"
     )]
-    pub cors_policy: Option<Box<serde_json::Value>>,
+    pub cors_policy: Option<Box<CorsPolicy>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Box<Headers>>,
     /// Pre-1.0 forms (`appendHeaders`, `removeResponseHeaders`, …) are not accepted; see validation.
@@ -202,6 +202,10 @@ impl Destination {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteDestination {
+    /// Required, but decoded when absent (as Istio's protobuf decoding leaves it unset), so
+    /// validation can refuse it by name and `sluice analyze` still reports the route: absent
+    /// reads as `Destination::default()`, with an empty host.
+    #[serde(default)]
     pub destination: Destination,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
@@ -213,6 +217,9 @@ pub struct HttpRouteDestination {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteDestination {
+    /// Required; absent decodes as `Destination::default()` (see
+    /// [`HttpRouteDestination::destination`]).
+    #[serde(default)]
     pub destination: Destination,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
@@ -335,6 +342,54 @@ pub struct HttpRetry {
     pub backoff: Option<Duration>,
 }
 
+/// `CorsPolicy`. Decoded and validated; sluice does not answer CORS preflights yet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    /// Deprecated exact-match form of `allowOrigins`.
+    #[serde(default, alias = "allow_origin", skip_serializing_if = "Vec::is_empty")]
+    pub allow_origin: Vec<String>,
+    #[serde(
+        default,
+        alias = "allow_origins",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub allow_origins: Vec<StringMatch>,
+    #[serde(
+        default,
+        alias = "allow_methods",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub allow_methods: Vec<String>,
+    #[serde(
+        default,
+        alias = "allow_headers",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub allow_headers: Vec<String>,
+    #[serde(
+        default,
+        alias = "expose_headers",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub expose_headers: Vec<String>,
+    #[serde(default, alias = "max_age", skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    #[serde(
+        default,
+        alias = "allow_credentials",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_credentials: Option<bool>,
+    /// `UNSPECIFIED`, `FORWARD` or `IGNORE`.
+    #[serde(
+        default,
+        alias = "unmatched_preflights",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unmatched_preflights: Option<String>,
+}
+
 /// `HTTPFaultInjection`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -398,6 +453,9 @@ pub struct FaultAbort {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpMirrorPolicy {
+    /// Required; absent decodes as `Destination::default()` (see
+    /// [`HttpRouteDestination::destination`]).
+    #[serde(default)]
     pub destination: Destination,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
@@ -521,6 +579,27 @@ pub struct ServiceEntry {
     pub export_to: Vec<String>,
     #[serde(default, alias = "subject_alt_names")]
     pub subject_alt_names: Vec<String>,
+    /// The addresses istiod allocated to the hosts (`status.addresses[].value`), as
+    /// `kubectl get -o yaml` prints them: read for analysis only (IST0134 is not due when Istio
+    /// gave the ServiceEntry an address), never sent or served.
+    #[serde(skip)]
+    pub allocated_addresses: Vec<String>,
+}
+
+/// `ServiceEntry.status`, the part sluice reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntryStatus {
+    #[serde(default)]
+    pub addresses: Vec<ServiceEntryAddress>,
+}
+
+/// One of `ServiceEntryStatus.addresses`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntryAddress {
+    #[serde(default)]
+    pub value: String,
 }
 
 /// `ServicePort` (ServiceEntry and Gateway servers).
@@ -593,12 +672,14 @@ pub struct DestinationRule {
     pub subsets: Vec<Subset>,
     #[serde(default, alias = "export_to")]
     pub export_to: Vec<String>,
+    /// `istio.type.v1beta1.WorkloadSelector` (`matchLabels`), unlike the Sidecar's and
+    /// ServiceEntry's `labels`.
     #[serde(
         default,
         alias = "workload_selector",
         skip_serializing_if = "Option::is_none"
     )]
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<crate::security::PolicySelector>,
 }
 
 /// `Subset`.
@@ -644,19 +725,61 @@ pub struct TrafficPolicy {
     #[serde(default, alias = "port_level_settings")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tunnel: Option<serde_json::Value>,
+    pub tunnel: Option<TunnelSettings>,
     #[serde(
         default,
         alias = "proxy_protocol",
         skip_serializing_if = "Option::is_none"
     )]
-    pub proxy_protocol: Option<serde_json::Value>,
+    pub proxy_protocol: Option<ProxyProtocol>,
     #[serde(
         default,
         alias = "retry_budget",
         skip_serializing_if = "Option::is_none"
     )]
-    pub retry_budget: Option<serde_json::Value>,
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `TrafficPolicy.TunnelSettings`: tunnel TCP to the upstream through an HTTP CONNECT/POST proxy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TunnelSettings {
+    /// `CONNECT` (the default) or `POST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, alias = "target_host")]
+    pub target_host: String,
+    #[serde(default, alias = "target_port")]
+    pub target_port: u32,
+}
+
+/// `TrafficPolicy.ProxyProtocol`: send a PROXY protocol header to the upstream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyProtocol {
+    /// `V1` (the default) or `V2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// `TrafficPolicy.RetryBudget`: retries allowed as a share of active requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(
+        default,
+        alias = "min_retry_concurrency",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_retry_concurrency: Option<u32>,
+    #[serde(
+        default,
+        alias = "budget_interval",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub budget_interval: Option<Duration>,
 }
 
 /// `TrafficPolicy.PortTrafficPolicy`: replaces the policy it sits in for one port.
@@ -705,7 +828,19 @@ pub struct LoadBalancerSettings {
         alias = "locality_lb_setting",
         skip_serializing_if = "Option::is_none"
     )]
-    pub locality_lb_setting: Option<serde_json::Value>,
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+    #[serde(
+        default,
+        alias = "zone_aware_lb_setting",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub zone_aware_lb_setting: Option<ZoneAwareLbSetting>,
+    #[serde(
+        default,
+        alias = "backend_utilization",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_utilization: Option<BackendUtilization>,
     #[serde(
         default,
         alias = "warmup_duration_secs",
@@ -713,7 +848,119 @@ pub struct LoadBalancerSettings {
     )]
     pub warmup_duration_secs: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warmup: Option<serde_json::Value>,
+    pub warmup: Option<WarmupConfiguration>,
+}
+
+/// `WarmupConfiguration`: slow start for new endpoints. `duration` is required.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WarmupConfiguration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
+    #[serde(
+        default,
+        alias = "minimum_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub minimum_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggression: Option<f64>,
+}
+
+/// `LocalityLoadBalancerSetting`: `distribute` or `failover` (with `failoverPriority`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbSetting {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<LocalityDistribute>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    #[serde(
+        default,
+        alias = "failover_priority",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub failover_priority: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// `LocalityLoadBalancerSetting.Distribute`: traffic from `from` split over `to` (weights sum to 100).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityDistribute {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: BTreeMap<String, u32>,
+}
+
+/// `LocalityLoadBalancerSetting.Failover` (and the zone-aware one): region `from` fails over to `to`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityFailover {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: String,
+}
+
+/// `ZoneAwareLoadBalancerSetting`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneAwareLbSetting {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    #[serde(
+        default,
+        alias = "failover_priority",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub failover_priority: Vec<String>,
+    #[serde(
+        default,
+        alias = "min_cluster_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_cluster_size: Option<u64>,
+}
+
+/// `LoadBalancerSettings.BackendUtilization`: weights from the endpoints' reported load (ORCA).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendUtilization {
+    #[serde(
+        default,
+        alias = "error_utilization_penalty_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub error_utilization_penalty_percent: Option<u32>,
+    #[serde(
+        default,
+        alias = "metric_names_for_computing_utilization",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub metric_names_for_computing_utilization: Vec<String>,
+    #[serde(
+        default,
+        alias = "weight_expiration_period",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub weight_expiration_period: Option<Duration>,
+    #[serde(
+        default,
+        alias = "weight_stabilization_period",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub weight_stabilization_period: Option<Duration>,
+    #[serde(
+        default,
+        alias = "weight_update_period",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub weight_update_period: Option<Duration>,
 }
 
 /// `LoadBalancerSettings.ConsistentHashLB`: one hash key, and the ring-hash or Maglev table.
@@ -767,8 +1014,18 @@ pub struct HttpCookie {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<CookieAttribute>,
+}
+
+/// `HTTPCookie.Attribute`: an extra attribute of the generated cookie (`SameSite=Strict`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CookieAttribute {
     #[serde(default)]
-    pub attributes: Vec<serde_json::Value>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// `ConsistentHashLB.RingHash`.
@@ -906,6 +1163,24 @@ pub struct HttpSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_concurrent_streams: Option<i32>,
+    /// HTTP/2 PING keep-alive towards the upstream.
+    #[serde(
+        default,
+        rename = "http2KeepAlive",
+        alias = "http2_keep_alive",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http2_keep_alive: Option<ConnectionKeepalive>,
+}
+
+/// `HTTPSettings.ConnectionKeepalive`: both fields are required.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionKeepalive {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
 }
 
 /// `OutlierDetection`: passive health checking.
@@ -964,6 +1239,13 @@ pub struct OutlierDetection {
         skip_serializing_if = "Option::is_none"
     )]
     pub min_health_percent: Option<i32>,
+    /// HTTP status codes (100..599) counted as errors, in place of 5xx.
+    #[serde(
+        default,
+        alias = "outlier_detection_http_error_codes",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub outlier_detection_http_error_codes: Vec<u32>,
 }
 
 /// `ClientTLSSettings`: TLS origination towards the upstream.
@@ -1082,7 +1364,7 @@ pub struct ServerTlsSettings {
     #[serde(default, alias = "credential_names")]
     pub credential_names: Vec<String>,
     #[serde(default, alias = "tls_certificates")]
-    pub tls_certificates: Vec<serde_json::Value>,
+    pub tls_certificates: Vec<TlsCertificate>,
     #[serde(
         default,
         alias = "ca_cert_credential_name",
@@ -1109,6 +1391,38 @@ pub struct ServerTlsSettings {
     pub max_protocol_version: Option<String>,
     #[serde(default, alias = "cipher_suites")]
     pub cipher_suites: Vec<String>,
+    #[serde(default, alias = "ecdh_curves", skip_serializing_if = "Vec::is_empty")]
+    pub ecdh_curves: Vec<String>,
+    #[serde(
+        default,
+        alias = "insecure_skip_verify",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// `ServerTLSSettings.TLSCertificate`: one of up to two server certificates (RSA and ECDSA).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsCertificate {
+    #[serde(
+        default,
+        alias = "server_certificate",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub server_certificate: Option<String>,
+    #[serde(
+        default,
+        alias = "private_key",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_key: Option<String>,
+    #[serde(
+        default,
+        alias = "ca_certificates",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ca_certificates: Option<String>,
 }
 
 // === Sidecar ===
@@ -1125,7 +1439,7 @@ pub struct Sidecar {
     )]
     pub workload_selector: Option<WorkloadSelector>,
     #[serde(default)]
-    pub ingress: Vec<serde_json::Value>,
+    pub ingress: Vec<IstioIngressListener>,
     #[serde(default)]
     pub egress: Vec<IstioEgressListener>,
     #[serde(
@@ -1133,13 +1447,44 @@ pub struct Sidecar {
         alias = "inbound_connection_pool",
         skip_serializing_if = "Option::is_none"
     )]
-    pub inbound_connection_pool: Option<serde_json::Value>,
+    pub inbound_connection_pool: Option<ConnectionPoolSettings>,
     #[serde(
         default,
         alias = "outbound_traffic_policy",
         skip_serializing_if = "Option::is_none"
     )]
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+/// `IstioIngressListener`: a port of the workload, with its own TLS and connection pool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioIngressListener {
+    /// Required; `None` is refused by validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<ServicePort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    #[serde(
+        default,
+        alias = "capture_mode",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capture_mode: Option<String>,
+    #[serde(
+        default,
+        alias = "default_endpoint",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsSettings>,
+    #[serde(
+        default,
+        alias = "connection_pool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connection_pool: Option<ConnectionPoolSettings>,
 }
 
 /// `IstioEgressListener`.
@@ -1171,5 +1516,5 @@ pub struct OutboundTrafficPolicy {
         alias = "egress_proxy",
         skip_serializing_if = "Option::is_none"
     )]
-    pub egress_proxy: Option<serde_json::Value>,
+    pub egress_proxy: Option<Destination>,
 }

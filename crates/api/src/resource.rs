@@ -7,12 +7,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kube::{EndpointSubset, IngressClassSpec, IngressSpec, SecretData, ServiceSpec};
+use crate::kube::{
+    EndpointSubset, IngressClassSpec, IngressSpec, KubernetesGatewaySpec, PodSpec, SecretData,
+    ServiceSpec,
+};
 use crate::mesh::MeshConfig;
 use crate::networking::{
     DestinationRule, Gateway, Labels, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 use crate::security::{AuthorizationPolicy, PeerAuthentication};
+use crate::unenforced::Telemetry;
 
 /// The kinds sluice reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -31,11 +35,26 @@ pub enum Kind {
     IngressClass,
     PeerAuthentication,
     AuthorizationPolicy,
+    /// Read only by `sluice analyze` (the workloads Istio's analyzers match selectors with);
+    /// proxies and the control plane ignore Pods.
+    Pod,
+    /// Read only by `sluice analyze` (which namespaces exist); ignored elsewhere.
+    Namespace,
+    /// A Gateway API `Gateway` (`gateway.networking.k8s.io`), written `kind: Gateway` like
+    /// Istio's: read only by `sluice analyze`, for the VirtualServices that name it. Sluice does
+    /// not serve the Gateway API.
+    KubernetesGateway,
+    /// Istio's Telemetry: validated as the webhook does but not enforced (see
+    /// [`crate::unenforced`]); a valid one is read only by `sluice analyze`, for the workloads
+    /// its selector names.
+    Telemetry,
 }
 
 impl Kind {
     /// Every kind, for "did you mean" suggestions and help text.
-    pub const ALL: [Kind; 14] = [
+    /// [`Kind::KubernetesGateway`] comes after [`Kind::Gateway`], so that [`Kind::parse`] of
+    /// `Gateway` is Istio's.
+    pub const ALL: [Kind; 18] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -50,6 +69,10 @@ impl Kind {
         Kind::IngressClass,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::KubernetesGateway,
+        Kind::Telemetry,
     ];
 
     /// The `kind:` string.
@@ -69,6 +92,10 @@ impl Kind {
             Kind::IngressClass => "IngressClass",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::Pod => "Pod",
+            Kind::Namespace => "Namespace",
+            Kind::KubernetesGateway => "Gateway",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -86,7 +113,12 @@ impl Kind {
             | Kind::Gateway
             | Kind::WorkloadEntry
             | Kind::Sidecar => ISTIO,
-            Kind::Service | Kind::Endpoints | Kind::Secret | Kind::ConfigMap => &["v1"],
+            Kind::Service
+            | Kind::Endpoints
+            | Kind::Secret
+            | Kind::ConfigMap
+            | Kind::Pod
+            | Kind::Namespace => &["v1"],
             Kind::Ingress => &[
                 "networking.k8s.io/v1",
                 "networking.k8s.io/v1beta1",
@@ -96,12 +128,41 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
                 &["security.istio.io/v1", "security.istio.io/v1beta1"]
             }
+            Kind::KubernetesGateway => &[
+                "gateway.networking.k8s.io/v1",
+                "gateway.networking.k8s.io/v1beta1",
+                "gateway.networking.k8s.io/v1alpha2",
+            ],
+            Kind::Telemetry => &["telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"],
         }
     }
 
-    /// Parses a `kind:` string.
+    /// Kinds only `sluice analyze` reads (Pod, Namespace, the Gateway API's Gateway,
+    /// Telemetry): proxies and the control plane ignore them. A problem in a Pod, Namespace or
+    /// Gateway API Gateway is never an error that refuses its file; Telemetry is checked as
+    /// Istio's webhook does, and an invalid one is an error like any Istio kind.
+    pub fn is_analysis_only(self) -> bool {
+        matches!(
+            self,
+            Kind::Pod | Kind::Namespace | Kind::KubernetesGateway | Kind::Telemetry
+        )
+    }
+
+    /// Parses a `kind:` string (Istio's kind where two API groups use the name).
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Parses a `kind:` string written with `api_version`: the kind of that name in the
+    /// version's API group, else [`Kind::parse`]'s.
+    pub fn parse_in(s: &str, api_version: &str) -> Option<Kind> {
+        let group = |v: &str| v.rsplit_once('/').map_or("", |(g, _)| g).to_string();
+        let wanted = group(api_version);
+        Kind::ALL
+            .into_iter()
+            .filter(|k| k.as_str() == s)
+            .find(|k| k.api_versions().iter().any(|v| group(v) == wanted))
+            .or_else(|| Kind::parse(s))
     }
 }
 
@@ -311,6 +372,13 @@ pub enum Spec {
     IngressClass(IngressClassSpec),
     PeerAuthentication(PeerAuthentication),
     AuthorizationPolicy(AuthorizationPolicy),
+    /// Labels are the metadata's.
+    Pod(PodSpec),
+    /// Nothing but its metadata.
+    Namespace,
+    KubernetesGateway(KubernetesGatewaySpec),
+    /// A valid Telemetry (boxed: it is larger than most specs and rarely present).
+    Telemetry(Box<Telemetry>),
 }
 
 /// One decoded and typed resource. Cheap to clone: the config store hands every resource it
@@ -363,6 +431,8 @@ impl Resource {
     /// Kinds that keep their content beside `spec` give an object of those top-level fields
     /// instead: ConfigMap `{"data": {…}}`, Secret `{"type": …, "data": {key: base64}}` (`type`
     /// only when set), Endpoints `{"subsets": […]}`.
+    /// Pods, Namespaces, Gateway API Gateways and Telemetries, which only `sluice analyze`
+    /// reads, give `None`.
     ///
     /// Pre-1.0 fields that decoding accepts with a warning but Istio's API no longer has are
     /// left out, so the JSON is what Istio's own decoder accepts: a destination's `name` (already
@@ -413,6 +483,10 @@ impl Resource {
                 }
                 object.insert("data".to_string(), Value::Object(encoded));
                 Ok(Value::Object(object))
+            }
+            // Read only by `sluice analyze`: never carried to a proxy.
+            Spec::Pod(_) | Spec::Namespace | Spec::KubernetesGateway(_) | Spec::Telemetry(_) => {
+                return None
             }
         };
         value.ok()

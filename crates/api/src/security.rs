@@ -178,6 +178,19 @@ pub struct Source {
     pub service_accounts: Vec<String>,
     #[serde(default, alias = "not_service_accounts")]
     pub not_service_accounts: Vec<String>,
+    /// Trust domains of the peer's mTLS identity; `*` prefix/suffix wildcards.
+    #[serde(
+        default,
+        alias = "trust_domains",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub trust_domains: Vec<String>,
+    #[serde(
+        default,
+        alias = "not_trust_domains",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub not_trust_domains: Vec<String>,
 }
 
 /// `Rule.To`.

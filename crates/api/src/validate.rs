@@ -14,6 +14,7 @@ mod gateway;
 mod host_index;
 mod kube;
 mod names;
+pub(crate) mod other_kinds;
 mod security;
 mod service_entry;
 mod sidecar;
@@ -39,6 +40,11 @@ pub fn bounded_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
 
 /// Validates one resource; errors mean the resource must not be served.
 pub fn validate(res: &Resource) -> Vec<Diagnostic> {
+    // Read only by `sluice analyze`: nothing a proxy would refuse (a Telemetry is checked
+    // while decoding, and only a valid one becomes a resource).
+    if res.kind.is_analysis_only() {
+        return Vec::new();
+    }
     let mut r = Report::new(res);
     common::metadata(&mut r);
     match &res.spec {
@@ -56,7 +62,14 @@ pub fn validate(res: &Resource) -> Vec<Diagnostic> {
         Spec::ConfigMap {
             mesh: Some(mesh), ..
         } => kube::mesh_config(&mut r, mesh),
-        Spec::ConfigMap { mesh: None, .. } | Spec::Secret { .. } | Spec::IngressClass(_) => {}
+        Spec::ConfigMap { mesh: None, .. }
+        | Spec::Secret { .. }
+        | Spec::IngressClass(_)
+        | Spec::Pod(_)
+        | Spec::Namespace
+        | Spec::KubernetesGateway(_)
+        // Checked while decoding, with the other kinds sluice does not enforce.
+        | Spec::Telemetry(_) => {}
     }
     r.out
 }

@@ -28,15 +28,15 @@ fn nested_block_sequences(levels: usize) -> String {
     format!("{}x\n", "- ".repeat(levels))
 }
 
-/// A VirtualService whose `corsPolicy` (kept as untyped JSON) nests down to exactly `levels`
-/// levels in all: root, spec, http, http[0], corsPolicy are the first five.
+/// A VirtualService whose `status` (not read, so free-form) nests down to exactly `levels`
+/// levels in all: root and status are the first two.
 pub fn deep_virtual_service(levels: usize) -> String {
     let mut text = String::from(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: deep\nspec:\n  hosts: [a.example.com]\n  http:\n  - route:\n    - destination: {host: a.example.com}\n    corsPolicy: ",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: deep\nspec:\n  hosts: [a.example.com]\n  http:\n  - route:\n    - destination: {host: a.example.com}\nstatus: ",
     );
-    text.push_str(&"{a: ".repeat(levels - 4));
+    text.push_str(&"{a: ".repeat(levels - 1));
     text.push('1');
-    text.push_str(&"}".repeat(levels - 4));
+    text.push_str(&"}".repeat(levels - 1));
     text.push('\n');
     text
 }

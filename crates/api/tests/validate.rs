@@ -247,6 +247,43 @@ fn virtual_service_destinations_and_weights() {
             good: "hosts: [a.com]\nhttp:\n- route:\n  - destination: {host: a.com}\n    weight: 100\n",
         },
         Case {
+            // Left out: decoded (Istio's protobuf leaves it unset), refused by validation.
+            kind: "VirtualService",
+            bad: "hosts: [a.com]\nhttp:\n- route:\n  - weight: 100\n",
+            severity: Error,
+            field: "spec.http[0].route[0].destination",
+            line: 4,
+            message: "destination is required",
+            good: "hosts: [a.com]\nhttp:\n- route:\n  - weight: 100\n    destination: {host: a.com}\n",
+        },
+        Case {
+            kind: "VirtualService",
+            bad: "hosts: [a.com]\nhttp:\n- route: [{}]\n",
+            severity: Error,
+            field: "spec.http[0].route[0].destination",
+            line: 3,
+            message: "destination is required",
+            good: "hosts: [a.com]\nhttp:\n- route: [{destination: {host: a.com}}]\n",
+        },
+        Case {
+            kind: "VirtualService",
+            bad: "hosts: [a.com]\ntcp:\n- route:\n  - weight: 100\n",
+            severity: Error,
+            field: "spec.tcp[0].route[0].destination",
+            line: 4,
+            message: "destination is required",
+            good: "hosts: [a.com]\ntcp:\n- route:\n  - destination: {host: a.com}\n",
+        },
+        Case {
+            kind: "VirtualService",
+            bad: "hosts: [a.com]\nhttp:\n- route:\n  - destination: {host: a.com}\n  mirrors:\n  - percentage: {value: 5}\n",
+            severity: Error,
+            field: "spec.http[0].mirrors[0].destination",
+            line: 6,
+            message: "destination is required for mirrors",
+            good: "hosts: [a.com]\nhttp:\n- route:\n  - destination: {host: a.com}\n  mirrors:\n  - percentage: {value: 5}\n    destination: {host: b.com}\n",
+        },
+        Case {
             kind: "VirtualService",
             bad: "hosts: [a.com]\nhttp:\n- route:\n  - destination: {subset: v1}\n",
             severity: Error,
@@ -611,12 +648,12 @@ fn export_to_rules() {
         },
         Case {
             kind: "DestinationRule",
-            bad: "host: a\nworkloadSelector: {labels: {app: a}}\nexportTo: ['*']\n",
+            bad: "host: a\nworkloadSelector: {matchLabels: {app: a}}\nexportTo: ['*']\n",
             severity: Error,
             field: "spec.exportTo",
             line: 3,
             message: "destination rule with workload selector cannot have exportTo beyond current namespace",
-            good: "host: a\nworkloadSelector: {labels: {app: a}}\nexportTo: ['.']\n",
+            good: "host: a\nworkloadSelector: {matchLabels: {app: a}}\nexportTo: ['.']\n",
         },
     ]);
 }
@@ -1445,7 +1482,8 @@ fn authorization_policy_actions_and_selectors() {
             field: "spec.targetRef.kind",
             line: 2,
             message: "targetRef must be to one of core/Service, networking.istio.io/ServiceEntry, \
-                      gateway.networking.k8s.io/Gateway but was /Deployment",
+                      gateway.networking.k8s.io/Gateway, gateway.networking.k8s.io/GatewayClass \
+                      but was /Deployment",
             good: "targetRef:\n  kind: Service\n  name: gw\n",
         },
     ]);
@@ -1523,7 +1561,7 @@ fn authorization_policy_rules() {
             severity: Error,
             field: "spec.rules[0].to[0].operation.paths[0]",
             line: 4,
-            message: "invalid or unsupported path template, found in Paths",
+            message: "invalid or unsupported path /{*}/foo/{bar}, found in Paths: contains '{' or '}' beyond a supported path template",
             good: "rules:\n- to:\n  - operation:\n      paths: [\"/{*}/foo/{**}\"]\n",
         },
         Case {

@@ -37,7 +37,7 @@ pub fn audience(res: &Resource) -> Audience {
 }
 
 /// The collection `res` is served in, and its MCP object; `None` for what is not served
-/// (ConfigMaps other than the mesh config).
+/// (ConfigMaps other than the mesh config, the kinds only `sluice analyze` reads).
 pub fn mcp_object(res: &Resource) -> Option<(String, McpObject)> {
     let meta = &res.meta;
     let object = |name: String, spec: Value| McpObject {
@@ -79,6 +79,8 @@ pub fn mcp_object(res: &Resource) -> Option<(String, McpObject)> {
             };
             Some((collection.to_string(), object(namespaced, fields)))
         }
+        // Read only by `sluice analyze`; a Gateway API Gateway is not Istio's.
+        _ if res.kind.is_analysis_only() => None,
         _ => {
             let collection = sluice_xds::collection_for_kind(res.kind.as_str())?;
             Some((

@@ -318,3 +318,46 @@ fn without_a_sidecar_resource_nothing_is_scoped_by_one() {
     let published = seen.lock().unwrap().last().cloned().expect("published");
     assert!(published.sidecars.is_none());
 }
+
+#[test]
+fn kinds_only_analyze_reads_are_never_published() {
+    // A valid Telemetry becomes a resource (for `sluice analyze`'s selector checks), a Pod too;
+    // neither is Istio config a proxy gets from sluice control.
+    const ANALYSIS_ONLY: &str = "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: ext-logs, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  accessLogging: [{providers: [{name: envoy}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: default, labels: {app: web}}
+";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    std::fs::write(dir.path().join("vs.yaml"), VS).unwrap();
+    std::fs::write(dir.path().join("telemetry.yaml"), ANALYSIS_ONLY).unwrap();
+    let (mut store, seen) = control_store(dir.path());
+    store.rescan();
+    let published = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        published.collections["networking.istio.io/v1/VirtualService"]
+            .resources
+            .len(),
+        1
+    );
+    for (collection, content) in &published.collections {
+        assert!(
+            content
+                .names
+                .iter()
+                .all(|n| !n.ends_with("/ext-logs") && !n.ends_with("/web-0")),
+            "{collection} carries {:?}",
+            content.names
+        );
+        if collection.contains("Telemetry") || collection.ends_with("/Pod") {
+            assert!(content.resources.is_empty(), "{collection} is not empty");
+        }
+    }
+}

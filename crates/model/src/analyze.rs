@@ -7,24 +7,33 @@
 //! [`from_diagnostic`]. Problems Istio has no code for, but that sluice can prove, use codes of
 //! their own in the `SLU` range (see [`CODES`]).
 //!
-//! Istio looks at Pods; sluice has none. Where an Istio analyzer matches Pods, sluice matches the
-//! workloads the config declares instead (WorkloadEntries, ServiceEntry endpoints, Endpoints
-//! addresses), and skips checks that need running Pods: see [`SKIPPED`].
+//! Like istioctl, the analyzers read the Pods and Namespaces of the input (proxies ignore
+//! them), and assume an ingress gateway Pod labelled `istio: ingressgateway` in istio-system,
+//! with its Service `istio-ingressgateway` (ports 80, 443, 31400, 15443) unless the files define
+//! one (see `workloads`). Sluice's own config folders usually hold no Pods: selectors are then
+//! also matched with what the config declares (WorkloadEntries, endpoints, the Services that
+//! select workloads), rather than reported as matching nothing. See [`SKIPPED`] for what
+//! differs from Istio.
 
+mod authz;
 mod certificates;
 mod destinations;
 mod gateways;
+mod lookup;
+mod pem;
 mod routes;
 mod rules;
 mod service_entries;
 mod sidecars;
+mod telemetry;
+mod workloads;
 
 use std::fmt;
 
 use serde::Serialize;
 
 pub use certificates::{certificate_file_diagnostics, certificate_file_messages, FileProblem};
-use sluice_api::{Diagnostic, Resource, Severity};
+use sluice_api::{Diagnostic, Resource, Severity, Spec};
 
 /// How bad a [`Message`] is. Sorted Error first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -147,6 +156,13 @@ pub const CONFLICTING_GATEWAYS: Code = Code {
     level: Level::Error,
     description: "Gateway should not have the same selector, port and matched hosts of server",
 };
+/// IST0159.
+pub const CONFLICTING_TELEMETRY_WORKLOAD_SELECTORS: Code = Code {
+    code: "IST0159",
+    name: "ConflictingTelemetryWorkloadSelectors",
+    level: Level::Error,
+    description: "A Telemetry resource selects the same workloads as another Telemetry resource (workloads are the Pods and WorkloadEntries the config declares).",
+};
 /// IST0161.
 pub const INVALID_GATEWAY_CREDENTIAL: Code = Code {
     code: "IST0161",
@@ -200,12 +216,32 @@ pub const CERTIFICATE_FILE_UNUSABLE: Code = Code {
     description: "A Gateway server or DestinationRule names a certificate, key or CA file that does not exist, cannot be read, or is not a regular file on this machine: the gateway is not ready (or TLS origination fails) until it can be read.",
 };
 
+/// SLU0003: sluice's own. Valid Istio config of a kind sluice validates but does not enforce
+/// (RequestAuthentication, Telemetry, …, Gateway API Gateways): nothing is wrong with it for
+/// Istio, so it is information, not a warning.
+pub const KIND_NOT_ENFORCED: Code = Code {
+    code: "SLU0003",
+    name: "KindNotEnforced",
+    level: Level::Info,
+    description: "A resource of a kind Istio knows and sluice validates but does not enforce (RequestAuthentication, Telemetry, WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin, TrafficExtension, Gateway API Gateways): what it asks for does not happen with sluice.",
+};
+
+/// SLU0004: sluice's own, as SLU0003 for a field.
+pub const FIELD_NOT_ENFORCED: Code = Code {
+    code: "SLU0004",
+    name: "FieldNotEnforced",
+    level: Level::Info,
+    description: "A field Istio accepts and sluice validates but does not act on yet (e.g. DestinationRule localityLbSetting or warmup, Sidecar ingress, VirtualService corsPolicy): the proxy behaves as if it were not set.",
+};
+
+/// IST0110.
 pub const CONFLICTING_SIDECAR_WORKLOAD_SELECTORS: Code = Code {
     code: "IST0110",
     name: "ConflictingSidecarWorkloadSelectors",
     level: Level::Error,
-    description: "A Sidecar resource selects the same workloads as another Sidecar resource (workloads are the WorkloadEntries the config declares).",
+    description: "A Sidecar resource selects the same workloads as another Sidecar resource (workloads are the Pods and WorkloadEntries the config declares).",
 };
+/// IST0111.
 pub const MULTIPLE_SIDECARS_WITHOUT_SELECTORS: Code = Code {
     code: "IST0111",
     name: "MultipleSidecarsWithoutWorkloadSelectors",
@@ -229,6 +265,7 @@ pub const CODES: &[Code] = &[
     SCHEMA_WARNING,
     SERVICE_ENTRY_ADDRESSES_REQUIRED,
     CONFLICTING_GATEWAYS,
+    CONFLICTING_TELEMETRY_WORKLOAD_SELECTORS,
     INVALID_GATEWAY_CREDENTIAL,
     GATEWAY_PORT_NOT_DEFINED_ON_SERVICE,
     DESTINATION_RULE_SUBSET_NOT_SELECT_PODS,
@@ -236,17 +273,31 @@ pub const CODES: &[Code] = &[
     CONFLICTING_SERVICE_ENTRY_PROTOCOL,
     DESTINATION_PORT_PINNED_TO_ONLY_SERVICE_PORT,
     CERTIFICATE_FILE_UNUSABLE,
+    KIND_NOT_ENFORCED,
+    FIELD_NOT_ENFORCED,
 ];
 
-/// Istio checks `sluice analyze` does not make, and why.
+/// Istio checks `sluice analyze` does not make (or makes differently), and why.
 pub const SKIPPED: &[(&str, &str)] = &[
     (
-        "IST0101 Gateway selector",
-        "a Gateway selector matching no Pod: sluice has no Pods; gateway proxies are `sluice gateway --labels`, which the config does not list",
+        "IST0101 selector without Pods",
+        "when the input declares no Pods, a Gateway, Sidecar or Telemetry selector is also matched with the Services that select such workloads (and a Sidecar's or Telemetry's with WorkloadEntries, also when there are Pods), and a Gateway selector that contains the assumed ingress gateway Pod's labels picks it: sluice's config folders hold no Pods (`sluice gateway --labels` names the workload), and istioctl would report every such selector",
+    ),
+    (
+        "IST0101 namespace without Namespaces",
+        "an AuthorizationPolicy's source namespaces are checked only when the input declares Namespace objects; istioctl reading files alone would report every one",
     ),
     (
         "IST0134 DNS auto-allocation",
         "ISTIO_META_DNS_CAPTURE/AUTO_ALLOCATE are not read: the warning is given whenever addresses are missing",
+    ),
+    (
+        "IST0145 Pods",
+        "two Gateways with different selectors conflict when one Pod has both selectors' labels (Istio also asks that one selector's text contain the other's); without Pods in the input, when one selector contains the other",
+    ),
+    (
+        "IST0173 Pods and Nodes",
+        "subsets are matched with the endpoints the config declares and with the Pods the host's Service selects in its namespace (Istio: any Pod); Nodes are not read, so topology labels are left out of the match",
     ),
 ];
 
@@ -309,8 +360,40 @@ impl fmt::Display for Message {
     }
 }
 
-/// A decode or validation diagnostic as IST0106 (error) or IST0133 (warning).
+/// A decode or validation diagnostic as IST0106 (error) or IST0133 (warning). A warning that a
+/// VirtualService rule is never used is IST0130 instead, as Istio's schema analyzer reports it:
+/// the same message as the analyzers', so [`sort`] keeps one of the two.
 pub fn from_diagnostic(d: &Diagnostic) -> Message {
+    if let Some(rule) = unused_rule_warning(d) {
+        let code = &VIRTUAL_SERVICE_UNREACHABLE_RULE;
+        return Message {
+            code: code.code,
+            name: code.name,
+            level: code.level,
+            origin: d.resource.clone(),
+            file: d.file.clone(),
+            line: d.line,
+            text: format!("VirtualService rule {rule}."),
+        };
+    }
+    // sluice's own notes on valid config it does not act on: not a schema problem for Istio.
+    for own in [&KIND_NOT_ENFORCED, &FIELD_NOT_ENFORCED] {
+        if let Some(text) = d
+            .message
+            .strip_prefix(own.code)
+            .and_then(|t| t.strip_prefix(": "))
+        {
+            return Message {
+                code: own.code,
+                name: own.name,
+                level: own.level,
+                origin: d.resource.clone(),
+                file: d.file.clone(),
+                line: d.line,
+                text: text.to_string(),
+            };
+        }
+    }
     let (code, prefix) = match d.severity {
         Severity::Error => (&SCHEMA_VALIDATION_ERROR, "Schema validation error"),
         Severity::Warning => (&SCHEMA_WARNING, "Schema validation warning"),
@@ -331,15 +414,43 @@ pub fn from_diagnostic(d: &Diagnostic) -> Message {
     }
 }
 
+/// `#1 not used (reason)` of the webhook's warning `virtualService rule #1 not used (reason)`.
+fn unused_rule_warning(d: &Diagnostic) -> Option<&str> {
+    if d.severity != Severity::Warning {
+        return None;
+    }
+    let rest = d.message.strip_prefix("virtualService rule ")?;
+    rest.contains(" not used (").then_some(rest)
+}
+
 /// Every whole-config problem in `resources` (decoded and valid), sorted with [`sort`].
 pub fn analyze(resources: &[Resource]) -> Vec<Message> {
+    analyze_with_mesh(resources, None)
+}
+
+/// [`analyze`] with a mesh config given apart (istioctl's `--meshConfigFile`); without one, the
+/// `istio-system/istio` ConfigMap among `resources` is the mesh config, if there is one.
+pub fn analyze_with_mesh(
+    resources: &[Resource],
+    mesh: Option<&sluice_api::mesh::MeshConfig>,
+) -> Vec<Message> {
+    let mesh = mesh.or_else(|| {
+        resources.iter().find_map(|r| match &r.spec {
+            Spec::ConfigMap { mesh: Some(m), .. } => Some(&**m),
+            _ => None,
+        })
+    });
     let mut out = Vec::new();
+    let default_labels = workloads::default_ingress_labels();
+    let pods = workloads::Pods::new(resources, &default_labels);
+    authz::check(resources, &mut out);
     destinations::check(resources, &mut out);
-    gateways::check(resources, &mut out);
+    gateways::check(resources, &pods, &mut out);
     routes::check(resources, &mut out);
-    rules::check(resources, &mut out);
-    service_entries::check(resources, &mut out);
-    sidecars::check(resources, &mut out);
+    rules::check(resources, &pods, &mut out);
+    service_entries::check(resources, mesh, &mut out);
+    sidecars::check(resources, &pods, &mut out);
+    telemetry::check(resources, &pods, &mut out);
     sort(&mut out);
     out
 }
@@ -389,6 +500,28 @@ fn listed<'a>(names: impl IntoIterator<Item = &'a String, IntoIter: ExactSizeIte
 fn go_list<T: fmt::Display>(items: &[T]) -> String {
     let parts: Vec<String> = items.iter().map(ToString::to_string).collect();
     format!("[{}]", parts.join(" "))
+}
+
+/// IST0101 `selector`: the `selector` written at `field` picks no workload. On the line of its
+/// first label, as istioctl points at it.
+fn selector_not_found(
+    res: &Resource,
+    field: &str,
+    selector: &sluice_api::networking::Labels,
+) -> Message {
+    let at = match selector.keys().next() {
+        Some(label) => format!("{field}.{label}"),
+        None => field.to_string(),
+    };
+    Message::at(
+        &REFERENCED_RESOURCE_NOT_FOUND,
+        res,
+        &at,
+        format!(
+            "Referenced selector not found: {:?}",
+            selector_string(selector)
+        ),
+    )
 }
 
 /// A label selector as Kubernetes prints it: `k=v,k2=v2` (keys sorted).

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use sluice_api::networking::{
     ClientTlsSettings, Destination, DestinationRule, Subset, VirtualService,
 };
-use sluice_api::{Diagnostic, Resource, Severity, Spec};
+use sluice_api::{Diagnostic, Kind, Resource, Severity, Spec};
 
 use crate::gateway;
 use crate::host;
@@ -244,6 +244,7 @@ pub fn check(resources: &[Resource]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     check_gateways(resources, &mut out);
     check_security(resources, &mut out);
+    out.extend(fields_not_acted_on(resources));
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
@@ -453,6 +454,84 @@ fn istio_mutual_extra_fields(tls: &ClientTlsSettings) -> Vec<&'static str> {
         fields.push("insecureSkipVerify");
     }
     fields
+}
+
+/// Fields of Istio's API that sluice accepts (Istio does, so valid config must load) but does not
+/// act on, by kind and the end of their path without list indices. Each is said once per resource,
+/// so that no setting an operator relies on is silently ignored.
+const FIELDS_NOT_ACTED_ON: [(Kind, &str); 16] = [
+    (Kind::DestinationRule, "loadBalancer.localityLbSetting"),
+    (Kind::DestinationRule, "loadBalancer.zoneAwareLbSetting"),
+    (Kind::DestinationRule, "loadBalancer.backendUtilization"),
+    (Kind::DestinationRule, "loadBalancer.warmup"),
+    (Kind::DestinationRule, "httpCookie.attributes"),
+    (Kind::DestinationRule, "http.http2KeepAlive"),
+    (
+        Kind::DestinationRule,
+        "outlierDetection.outlierDetectionHttpErrorCodes",
+    ),
+    (Kind::DestinationRule, "trafficPolicy.tunnel"),
+    (Kind::DestinationRule, "trafficPolicy.proxyProtocol"),
+    (Kind::DestinationRule, "trafficPolicy.retryBudget"),
+    (Kind::Gateway, "tls.ecdhCurves"),
+    (Kind::Gateway, "tls.insecureSkipVerify"),
+    (Kind::Sidecar, "spec.ingress"),
+    (Kind::Sidecar, "spec.inboundConnectionPool"),
+    (Kind::Sidecar, "outboundTrafficPolicy.egressProxy"),
+    (Kind::VirtualService, "corsPolicy"),
+];
+
+/// A warning (SLU0004) for each field of [`FIELDS_NOT_ACTED_ON`] a resource sets.
+pub fn fields_not_acted_on(resources: &[Resource]) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for res in resources {
+        if !FIELDS_NOT_ACTED_ON.iter().any(|(k, _)| *k == res.kind) {
+            continue;
+        }
+        let mut said: Vec<&str> = Vec::new();
+        let mut entries = res.origin.positions.iter();
+        while let Some((path, _)) = entries.next_entry() {
+            let plain = without_indices(path);
+            let Some((_, field)) = FIELDS_NOT_ACTED_ON.iter().find(|(k, f)| {
+                *k == res.kind
+                    && plain.ends_with(f)
+                    && (plain.len() == f.len() || plain[..plain.len() - f.len()].ends_with('.'))
+            }) else {
+                continue;
+            };
+            if said.contains(field) {
+                continue;
+            }
+            said.push(field);
+            let path = path.to_string();
+            let name = field.rsplit('.').next().unwrap_or(field);
+            out.push(Diagnostic::at(
+                res,
+                Severity::Warning,
+                path,
+                format!(
+                    "SLU0004: `{name}` is valid Istio config, but sluice does not act on it yet: \
+                     the proxy behaves as if it were not set"
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// `spec.subsets[0].trafficPolicy` → `spec.subsets.trafficPolicy`.
+fn without_indices(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut depth = 0;
+    for c in path.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// AuthorizationPolicies sluice does not enforce (AUDIT, CUSTOM), and DestinationRule

@@ -282,15 +282,25 @@ fn compile_rule(
 ) -> CompiledRule {
     let mut when = Vec::new();
     for (j, c) in rule.when.iter().enumerate() {
-        match condition(c) {
+        match condition(c, policy_ns) {
             Some(cond) => when.push(cond),
-            None => warn(
-                format!("when[{j}].key"),
-                format!(
-                    "sluice cannot evaluate `{}`: it never matches (so `notValues` always do)",
-                    c.key
-                ),
-            ),
+            None => {
+                warn(
+                    format!("when[{j}].key"),
+                    format!(
+                        "sluice cannot evaluate `{}`: it never matches (so `notValues` always do)",
+                        c.key
+                    ),
+                );
+                // Kept as a condition that never matches: left out, it would widen an ALLOW
+                // rule to requests the policy did not allow.
+                let never = |v: &Vec<String>| v.iter().map(|_| Pattern::Never).collect();
+                when.push(Cond {
+                    attr: Attr::Metadata,
+                    values: never(&c.values),
+                    not_values: never(&c.not_values),
+                });
+            }
         }
         if c.key == "destination.ip" {
             warn(
@@ -334,6 +344,8 @@ enum Attr {
     Namespace,
     /// Service accounts, `NAME` resolved against the policy's namespace.
     ServiceAccount,
+    /// The trust domain of the peer's SPIFFE identity (`spiffe://TD/…`).
+    TrustDomain,
     SourceIp,
     RemoteIp,
     RequestPrincipal,
@@ -375,6 +387,9 @@ enum Pattern {
     Host(StrPattern, Option<u16>),
     /// A service account `(namespace, name)`.
     ServiceAccount(String, String),
+    /// A trust domain: `*` (any SPIFFE identity), exact, or one `*` standing for any characters
+    /// but `/` (Istio's `spiffe://PREFIX[^/]*SUFFIX/.*`).
+    TrustDomain(TrustDomainPattern),
     /// A value that can never match (unparsable; validation reports it).
     Never,
 }
@@ -531,6 +546,9 @@ impl Cond {
             (Attr::ServiceAccount, Pattern::ServiceAccount(ns, sa)) => {
                 principal.is_some_and(|p| principal_has_service_account(p, ns, sa))
             }
+            (Attr::TrustDomain, Pattern::TrustDomain(td)) => {
+                principal.is_some_and(|p| td.matches(p))
+            }
             (Attr::SourceIp | Attr::RemoteIp, Pattern::Net(net)) => {
                 req.source_ip.is_some_and(|ip| net.contains(&ip))
             }
@@ -605,6 +623,7 @@ fn pattern(attr: &Attr, v: &str, policy_ns: &str) -> Pattern {
             Some((ns, sa)) => Pattern::ServiceAccount(ns.into(), sa.into()),
             None => Pattern::ServiceAccount(policy_ns.into(), v.into()),
         },
+        Attr::TrustDomain => Pattern::TrustDomain(TrustDomainPattern::new(v)),
         Attr::RequestPrincipal | Attr::RequestAuth | Attr::Metadata => {
             Pattern::Str(StrPattern::new(v, false))
         }
@@ -621,6 +640,7 @@ fn source(s: &Source, policy_ns: &str) -> Vec<Cond> {
             &s.not_request_principals,
         ),
         (Attr::Namespace, &s.namespaces, &s.not_namespaces),
+        (Attr::TrustDomain, &s.trust_domains, &s.not_trust_domains),
         (Attr::SourceIp, &s.ip_blocks, &s.not_ip_blocks),
         (Attr::RemoteIp, &s.remote_ip_blocks, &s.not_remote_ip_blocks),
         (
@@ -649,11 +669,13 @@ fn operation(o: &Operation) -> Vec<Cond> {
 
 /// A `when` condition; `None` for a key sluice cannot evaluate at all (validation refuses
 /// unknown keys, so this is only reached for keys of newer Istio releases).
-fn condition(c: &Condition) -> Option<Cond> {
+fn condition(c: &Condition, policy_ns: &str) -> Option<Cond> {
     let key = c.key.as_str();
     let attr = match key {
         "source.principal" => Attr::Principal,
         "source.namespace" => Attr::Namespace,
+        "source.serviceAccount" => Attr::ServiceAccount,
+        "source.trustDomain" => Attr::TrustDomain,
         "source.ip" => Attr::SourceIp,
         "remote.ip" => Attr::RemoteIp,
         "request.auth.principal" => Attr::RequestPrincipal,
@@ -667,7 +689,42 @@ fn condition(c: &Condition) -> Option<Cond> {
         _ if key.starts_with("experimental.envoy.filters.") => Attr::Metadata,
         _ => return None,
     };
-    Cond::new(attr, &c.values, &c.not_values, "")
+    Cond::new(attr, &c.values, &c.not_values, policy_ns)
+}
+
+/// A `trustDomains` value, matched against a principal without its `spiffe://`.
+#[derive(Debug, Clone)]
+struct TrustDomainPattern {
+    /// Before and after the `*`; `None` for an exact value.
+    wildcard: Option<(String, String)>,
+    exact: String,
+}
+
+impl TrustDomainPattern {
+    fn new(v: &str) -> TrustDomainPattern {
+        TrustDomainPattern {
+            wildcard: v
+                .split_once('*')
+                .map(|(pre, post)| (pre.to_string(), post.to_string())),
+            exact: v.to_string(),
+        }
+    }
+
+    /// `principal` is `TD/ns/…`: its trust domain is what comes before the first `/` (a
+    /// principal without one has none, and matches nothing, as Istio's prefix `spiffe://TD/`).
+    fn matches(&self, principal: &str) -> bool {
+        let Some((td, _)) = principal.split_once('/') else {
+            return false;
+        };
+        match &self.wildcard {
+            None => td == self.exact,
+            Some((pre, post)) => {
+                td.len() >= pre.len() + post.len()
+                    && td.starts_with(pre.as_str())
+                    && td.ends_with(post.as_str())
+            }
+        }
+    }
 }
 
 /// The PeerAuthentication of a workload in `namespace` with `labels`: the mode for its ports and

@@ -629,3 +629,62 @@ fn gateways_do_not_follow_the_client_on_sniffed_ports() {
         UpstreamProtocol::Downstream
     );
 }
+
+/// Istio fields sluice accepts but does not act on are never silently ignored: one warning per
+/// field and resource, on the field as written (snake_case too), none for fields it enforces.
+#[test]
+fn fields_sluice_does_not_act_on_are_said() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      warmup: {duration: 10s}
+    tls: {mode: SIMPLE, insecureSkipVerify: true}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer:
+        simple: LEAST_REQUEST
+        warmup: {duration: 20s}
+      proxy_protocol: {version: V1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - corsPolicy: {allowOrigins: [{exact: "https://a.example"}]}
+    route:
+    - destination: {host: reviews}
+"#;
+    let said: Vec<(String, String)> = sluice_model::references::check(&common::resources(yaml))
+        .into_iter()
+        .filter(|d| d.message.starts_with("SLU0004"))
+        .map(|d| (d.resource.unwrap_or_default(), d.field))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            (
+                "DestinationRule default/reviews".to_string(),
+                "spec.subsets[0].trafficPolicy.loadBalancer.warmup".to_string()
+            ),
+            // Written `proxy_protocol`, named as Istio's API spells it.
+            (
+                "DestinationRule default/reviews".to_string(),
+                "spec.subsets[0].trafficPolicy.proxyProtocol".to_string()
+            ),
+            (
+                "VirtualService default/reviews".to_string(),
+                "spec.http[0].corsPolicy".to_string()
+            ),
+        ]
+    );
+}

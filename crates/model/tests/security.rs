@@ -811,3 +811,48 @@ spec:
         UpstreamAddress::Endpoints(vec![])
     );
 }
+
+#[test]
+fn trust_domains_match_the_peer_identity_and_never_widen_an_allow() {
+    let yaml = policy(
+        "foo",
+        "allow-td",
+        "rules:\n- from:\n  - source:\n      trustDomains: [cluster.local, \"corp-*\"]\n      notTrustDomains: [corp-old]\n",
+    );
+    let snap = authz("foo", &[("app", "httpbin")], &yaml);
+    let a = &snap.authorization;
+    assert_eq!(a.check(&sleep_in("bar")), AuthzDecision::Allow);
+    assert_eq!(
+        a.check(&peer("bar", "corp-eu/ns/bar/sa/x")),
+        AuthzDecision::Allow
+    );
+    // The trust domain is the identity's first segment only.
+    assert_eq!(a.check(&peer("bar", "x.org/corp-eu/ns/bar/sa/x")), none());
+    assert_eq!(a.check(&peer("bar", "corp-old/ns/bar/sa/x")), none());
+    assert_eq!(a.check(&peer("bar", "other.org/ns/bar/sa/x")), none());
+    let plaintext = AuthzRequest {
+        source_principal: None,
+        source_namespace: None,
+        ..sleep_in("foo")
+    };
+    assert_eq!(a.check(&plaintext), none());
+}
+
+#[test]
+fn when_trust_domain_and_service_account_keys() {
+    let yaml = policy(
+        "foo",
+        "allow-sa",
+        "rules:\n- when:\n  - key: source.trustDomain\n    values: [cluster.local]\n  - key: source.serviceAccount\n    values: [sleep, \"bar/api\"]\n",
+    );
+    let snap = authz("foo", &[("app", "httpbin")], &yaml);
+    let a = &snap.authorization;
+    // `sleep` alone is the policy's namespace's service account.
+    assert_eq!(a.check(&sleep_in("foo")), AuthzDecision::Allow);
+    assert_eq!(a.check(&sleep_in("bar")), none());
+    assert_eq!(
+        a.check(&peer("bar", "cluster.local/ns/bar/sa/api")),
+        AuthzDecision::Allow
+    );
+    assert_eq!(a.check(&peer("bar", "other.org/ns/bar/sa/api")), none());
+}

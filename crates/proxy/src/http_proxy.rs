@@ -129,20 +129,19 @@ impl HttpSide for Routed {
             || proxy.unknown_peer.clone(),
             |u| proxy.peer_with_principal(snap, u.remote.ip(), outcome.upstream_principal.as_ref()),
         );
-        // A gateway that terminated mesh mTLS names its caller (as the inbound side does).
-        let peer = self.gateway.as_ref().and_then(|g| g.peer.as_ref());
-        let (source, security) = match peer {
-            Some(p) => (p.labels(&proxy.workload), SecurityPolicy::MutualTls),
-            None => (proxy.workload.clone(), SecurityPolicy::Unknown),
-        };
+        // Reported as the source, like Istio's gateways: `source_*` is this proxy's own workload
+        // even when a gateway terminated its caller's mesh mTLS (the caller's identity is in the
+        // access log's %DOWNSTREAM_PEER_URI_SAN%), and a source cannot know the destination's
+        // policy, so `connection_security_policy` is `unknown`. Naming the caller here put the
+        // caller → gateway edge's mTLS lock on the gateway → service edge of a service graph.
         Peers {
-            source,
+            source: proxy.workload.clone(),
             destination,
             service: outcome
                 .service
                 .clone()
                 .unwrap_or_else(|| proxy.unknown_service.clone()),
-            security,
+            security: SecurityPolicy::Unknown,
         }
     }
 }

@@ -495,7 +495,7 @@ async fn carry_out<S>(
     };
     let Some(mut upstream) = upstream else {
         let mut labels = tcp_labels(&proxy, service, flags);
-        apply_side_labels(&mut labels, &side, &security);
+        apply_side_labels(&mut labels, &security);
         proxy.metrics.tcp_opened(&labels);
         proxy.metrics.tcp_closed(&labels, 0, 0);
         rec.response_flags = Cow::Borrowed(flags);
@@ -508,7 +508,7 @@ async fn carry_out<S>(
     if let Some(addr) = rec.upstream_host {
         labels.destination = proxy.peer_at(&snap, addr.ip());
     }
-    apply_side_labels(&mut labels, &side, &security);
+    apply_side_labels(&mut labels, &security);
     proxy.metrics.tcp_opened(&labels);
     let mut counted = CountingStream::new(&mut downstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await {
@@ -553,16 +553,13 @@ pub fn count_blocked(proxy: &Proxy, conn: &StreamConn) {
     );
 }
 
-/// The peers' principals on a stream's labels: the ISTIO_MUTUAL server's expected identity as
-/// `destination_principal`, and on a gateway that terminated mesh mTLS, the caller's identity as
-/// `source_principal` with `connection_security_policy="mutual_tls"`.
-fn apply_side_labels(labels: &mut TcpLabels, side: &Side, security: &UpstreamSecurity) {
+/// The ISTIO_MUTUAL server's expected identity as `destination_principal`. The source stays
+/// this proxy's own workload with `connection_security_policy="unknown"` even on a gateway that
+/// terminated its caller's mesh mTLS: Istio's gateways report as the source, and the caller's
+/// identity is in the access log (%DOWNSTREAM_PEER_URI_SAN%).
+fn apply_side_labels(labels: &mut TcpLabels, security: &UpstreamSecurity) {
     if let Some(p) = security.expected_principal() {
         labels.destination = with_principal(&labels.destination, p);
-    }
-    if let Some(peer) = &side.peer {
-        labels.source = peer.labels(&labels.source);
-        labels.connection_security_policy = SecurityPolicy::MutualTls;
     }
 }
 

@@ -37,10 +37,10 @@ pub fn check(paths: &[PathBuf]) -> Vec<Diagnostic> {
     check_counted(paths).0
 }
 
-/// [`check`], and how many resources were read.
+/// [`check`], and how many resources were read (those of kinds sluice does not enforce too).
 fn check_counted(paths: &[PathBuf]) -> (Vec<Diagnostic>, usize) {
     let loaded = load_paths(paths);
-    let count = loaded.resources.len();
+    let count = loaded.resources.len() + loaded.unenforced;
     let mut out = loaded.diagnostics;
     let mut served = Vec::with_capacity(loaded.resources.len());
     for res in loaded.resources {

@@ -77,6 +77,19 @@ fn validate_takes_f_sums_up_and_refuses_misspelled_kinds() {
     let (code, stdout, _) = run(&["-f".as_ref(), good.as_os_str()]);
     assert_eq!((code, stdout.as_str()), (Some(0), "✔ 2 resources valid\n"));
 
+    // A valid Telemetry counts as a resource: it is valid, though sluice does not enforce it.
+    let telemetry = write(
+        dir.path(),
+        "telemetry.yml",
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\nspec: {accessLogging: [{providers: [{name: envoy}]}]}\n",
+    );
+    let (code, stdout, _) = run(&["-f".as_ref(), telemetry.as_os_str()]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("SLU0003") && stdout.ends_with("✔ 1 resource valid, 1 warning\n"),
+        "{stdout}"
+    );
+
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let (code, stdout, _) = run(&[empty.as_os_str()]);

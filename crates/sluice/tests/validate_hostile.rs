@@ -134,7 +134,7 @@ gw.yaml:24: DestinationRule default/dr: spec.trafficPolicy.tls.privateKey: warni
     );
 
     let out = Command::new(SLUICE)
-        .arg("analyze")
+        .args(["analyze", "--all-namespaces"])
         .arg(&path)
         .output()
         .expect("run sluice");

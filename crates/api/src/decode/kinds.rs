@@ -9,7 +9,10 @@ use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::kube::{EndpointSubset, IngressClassSpec, IngressSpec, SecretData, ServiceSpec};
+use crate::kube::{
+    EndpointSubset, IngressClassSpec, IngressSpec, KubernetesGatewaySpec, PodSpec, PodStatus,
+    SecretData, ServiceSpec,
+};
 use crate::mesh::MeshConfig;
 use crate::networking::{
     DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
@@ -18,6 +21,8 @@ use crate::resource::{
     Diagnostic, FieldLines, Kind, ObjectMeta, Origin, Resource, ResourceFields, Severity, Spec,
 };
 use crate::security::{AuthorizationPolicy, PeerAuthentication};
+use crate::unenforced::{UnenforcedKind, UnenforcedSpec};
+use crate::validate::other_kinds;
 
 use super::typed::{from_json, suggest};
 use super::yaml::{self, Document, Positions};
@@ -50,6 +55,9 @@ struct Doc {
     /// `Kind ns/name` once known (or just `Kind`).
     label: Option<String>,
     diagnostics: Vec<Diagnostic>,
+    /// A valid document of a kind sluice validates but does not enforce, which does not become
+    /// a resource (a valid Telemetry does, and is counted as one).
+    unenforced: bool,
 }
 
 impl Doc {
@@ -126,52 +134,35 @@ pub(super) fn decode_document(doc: Document, file: &Arc<Path>, out: &mut LoadRes
         line,
         label: None,
         diagnostics: Vec::new(),
+        unenforced: false,
     };
     let resource = decode_object(value, &mut d, file, out);
     if let Some(r) = resource.filter(|_| !d.has_errors()) {
         out.resources.push(r);
     }
+    if d.unenforced && !d.has_errors() {
+        out.unenforced += 1;
+    }
     out.diagnostics.extend(d.diagnostics);
 }
 
-/// Istio's kinds that sluice reads but does not enforce: Istio accepts them, so a file that
-/// holds them is valid; what they ask for does not happen here, which the warning says.
-const ISTIO_NOT_ENFORCED: [(&str, &str); 6] = [
-    ("RequestAuthentication", "security.istio.io"),
-    ("Telemetry", "telemetry.istio.io"),
-    ("WorkloadGroup", "networking.istio.io"),
-    ("ProxyConfig", "networking.istio.io"),
-    ("EnvoyFilter", "networking.istio.io"),
-    ("WasmPlugin", "extensions.istio.io"),
-];
-
 /// A kind sluice has no schema for:
-/// - one of Istio's that sluice does not enforce: a warning (SLU0003) that says so;
-/// - any other kind in an Istio API group, or a near-miss of a kind sluice reads
+/// - any kind in an Istio API group, or a near-miss of a kind sluice reads
 ///   (`ServiceEntery`): an error, with "did you mean", since what the operator meant would
 ///   silently not happen;
 /// - anything else (a Deployment, a ServiceAccount): a warning that it is ignored.
 fn unknown_kind(kind_name: &str, api_version: &str, d: &mut Doc) {
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-    if let Some((_, istio_group)) = ISTIO_NOT_ENFORCED
-        .iter()
-        .find(|(k, g)| *k == kind_name && (group.is_empty() || group == *g))
-    {
-        d.warn(
-            "kind",
-            format!(
-                "SLU0003: {kind_name} ({istio_group}) is valid Istio config, but sluice does not \
-                 enforce it: what it asks for does not happen"
-            ),
-        );
-        return;
-    }
-    // Only near-identical names: `ServiceAccount` is not a misspelled `Service`.
+    // Only near-identical names: `ServiceAccount` is not a misspelled `Service`, and two
+    // letters are too many for a short name (`Job` and `Node` are not a misspelled `Pod`).
     let near = Kind::ALL
         .into_iter()
         .map(|k| k.as_str())
-        .chain(ISTIO_NOT_ENFORCED.iter().map(|(k, _)| *k))
-        .find(|k| strsim::damerau_levenshtein(kind_name, k) <= 2);
+        .chain(UnenforcedKind::ALL.into_iter().map(UnenforcedKind::as_str))
+        .find(|k| {
+            let most = if k.len() <= 4 { 1 } else { 2 };
+            strsim::damerau_levenshtein(kind_name, k) <= most
+        });
     let istio_group = group.ends_with(".istio.io") || group == "istio.io";
     match near {
         Some(k) => d.error(
@@ -230,16 +221,47 @@ fn decode_object(
     // Label diagnostics from the raw metadata, so even objects sluice ignores are named.
     d.label = Some(raw_label(&kind_name, &root));
 
-    let Some(kind) = Kind::parse(&kind_name) else {
+    if let Some(kind) = UnenforcedKind::parse(&kind_name) {
+        return decode_unenforced(kind, &api_version, &mut root, d, file);
+    }
+    let Some(kind) = Kind::parse_in(&kind_name, &api_version) else {
         unknown_kind(&kind_name, &api_version, d);
         return None;
     };
+    if !kind.is_analysis_only() {
+        return decode_known(kind, &kind_name, &api_version, root, d, file);
+    }
+    // Proxies do not use these kinds: one sluice cannot read is left out with warnings, and
+    // never makes a proxy refuse its file.
+    let first = d.diagnostics.len();
+    let resource = decode_known(kind, &kind_name, &api_version, root, d, file);
+    if !d.diagnostics[first..].iter().any(Diagnostic::is_error) {
+        return resource;
+    }
+    for diagnostic in &mut d.diagnostics[first..] {
+        diagnostic.severity = Severity::Warning;
+    }
+    d.warn(
+        "kind",
+        format!("this {kind_name} is ignored: proxies do not use it, and `sluice analyze` cannot read it"),
+    );
+    None
+}
 
+/// The rest of [`decode_object`] for a kind sluice reads: `apiVersion`, metadata and spec.
+fn decode_known(
+    kind: Kind,
+    kind_name: &str,
+    api_version: &str,
+    mut root: Map<String, Value>,
+    d: &mut Doc,
+    file: &Arc<Path>,
+) -> Option<Resource> {
     let accepted = kind.api_versions();
     // Same kind name, another API group (the Gateway API's `Gateway`): a different object that
     // sluice does not read, rather than a wrong version of one it does.
     let group = |v: &str| v.rsplit_once('/').map_or("", |(g, _)| g).to_string();
-    if !api_version.is_empty() && !accepted.iter().any(|v| group(v) == group(&api_version)) {
+    if !api_version.is_empty() && !accepted.iter().any(|v| group(v) == group(api_version)) {
         d.warn(
             "apiVersion",
             format!("kind {kind_name} of {api_version} is not used by sluice; ignored"),
@@ -268,6 +290,34 @@ fn decode_object(
         return None;
     }
 
+    warn_unknown_top_level(&root, d);
+
+    let spec = decode_spec(kind, &meta, &mut root, d)?;
+    if kind == Kind::KubernetesGateway {
+        d.warn(
+            "apiVersion",
+            format!(
+                "SLU0003: {kind_name} ({api_version}) is not served by sluice (it does not \
+                 implement the Gateway API); only `sluice analyze` reads it, for the \
+                 VirtualServices that name it"
+            ),
+        );
+    }
+    Some(Resource::new(ResourceFields {
+        kind,
+        api_version,
+        meta,
+        spec,
+        origin: Origin {
+            file: file.clone(),
+            line: d.line,
+            positions: FieldLines::from(std::mem::take(&mut d.positions)),
+        },
+    }))
+}
+
+/// Warns about top-level keys sluice does not read (`sepc:`).
+fn warn_unknown_top_level(root: &Map<String, Value>, d: &mut Doc) {
     for key in root.keys() {
         if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
             let hint = suggest(key, &TOP_LEVEL_KEYS)
@@ -279,13 +329,105 @@ fn decode_object(
             );
         }
     }
+}
 
-    let spec = decode_spec(kind, &meta, &mut root, d)?;
+/// One of Istio's kinds that sluice validates but does not enforce ([`UnenforcedKind`]):
+/// decoded and checked as Istio's webhook and CRD schema would, so a document Istio refuses is
+/// refused here too. A valid one gets a warning (SLU0003) that what it asks for does not
+/// happen. Only a valid Telemetry becomes a [`Resource`] ([`Kind::Telemetry`], which only
+/// `sluice analyze` reads); nothing downstream reads the others.
+fn decode_unenforced(
+    kind: UnenforcedKind,
+    api_version: &str,
+    root: &mut Map<String, Value>,
+    d: &mut Doc,
+    file: &Arc<Path>,
+) -> Option<Resource> {
+    let accepted = kind.api_versions();
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    if !api_version.is_empty() && group != kind.group() {
+        // Same name in another API group: another object, which sluice does not read.
+        d.warn(
+            "apiVersion",
+            format!(
+                "kind {kind} of {api_version} is not used by sluice; ignored",
+                kind = kind.as_str()
+            ),
+        );
+        return None;
+    }
+    if !accepted.contains(&api_version) {
+        let list = accepted.join(", ");
+        let kind = kind.as_str();
+        if api_version.is_empty() {
+            d.error(
+                "apiVersion",
+                format!("apiVersion is required; {kind} accepts {list}"),
+            );
+        } else {
+            d.error(
+                "apiVersion",
+                format!("apiVersion {api_version} is not supported for {kind}; use one of {list}"),
+            );
+        }
+        return None;
+    }
+    let meta = decode_metadata(root, d)?;
+    if meta.name.is_empty() {
+        d.error("metadata.name", "metadata.name is required");
+        return None;
+    }
+    warn_unknown_top_level(root, d);
+    let value = take_spec(root);
+    let spec = match kind {
+        UnenforcedKind::RequestAuthentication => d
+            .typed(value, "spec")
+            .map(UnenforcedSpec::RequestAuthentication),
+        UnenforcedKind::Telemetry => d
+            .typed(value, "spec")
+            .map(|t| UnenforcedSpec::Telemetry(Box::new(t))),
+        UnenforcedKind::WorkloadGroup => d
+            .typed(value, "spec")
+            .map(|wg| UnenforcedSpec::WorkloadGroup(Box::new(wg))),
+        UnenforcedKind::ProxyConfig => d.typed(value, "spec").map(UnenforcedSpec::ProxyConfig),
+        UnenforcedKind::EnvoyFilter => d.typed(value, "spec").map(UnenforcedSpec::EnvoyFilter),
+        UnenforcedKind::WasmPlugin => d
+            .typed(value, "spec")
+            .map(|wp| UnenforcedSpec::WasmPlugin(Box::new(wp))),
+        UnenforcedKind::TrafficExtension => d
+            .typed(value, "spec")
+            .map(|te| UnenforcedSpec::TrafficExtension(Box::new(te))),
+    };
+    let spec = spec?;
+    for f in other_kinds::check(&meta, &spec) {
+        d.push(f.severity, f.field, f.message);
+    }
+    if d.has_errors() {
+        return None;
+    }
+    d.warn(
+        "kind",
+        format!(
+            "SLU0003: {kind} ({group}) is valid Istio config, but sluice does not enforce \
+                 it: what it asks for does not happen",
+            kind = kind.as_str(),
+            group = kind.group()
+        ),
+    );
+    let UnenforcedSpec::Telemetry(telemetry) = spec else {
+        d.unenforced = true;
+        return None;
+    };
+    let api_version = Kind::Telemetry
+        .api_versions()
+        .iter()
+        .copied()
+        .find(|v| *v == api_version)?;
     Some(Resource::new(ResourceFields {
-        kind,
+        kind: Kind::Telemetry,
         api_version,
         meta,
-        spec,
+        spec: Spec::Telemetry(telemetry),
         origin: Origin {
             file: file.clone(),
             line: d.line,
@@ -356,7 +498,15 @@ fn decode_spec(
             d.warn_all(warnings);
             Spec::DestinationRule(Box::new(dr))
         }
-        Kind::ServiceEntry => Spec::ServiceEntry(d.typed::<ServiceEntry>(take_spec(root), "spec")?),
+        Kind::ServiceEntry => {
+            let mut se: ServiceEntry = d.typed(take_spec(root), "spec")?;
+            // Only the addresses Istio allocated; the rest of a status is istiod's business.
+            if let Some(status) = root.remove("status").filter(|v| v.is_object()) {
+                let status: crate::networking::ServiceEntryStatus = d.typed(status, "status")?;
+                se.allocated_addresses = status.addresses.into_iter().map(|a| a.value).collect();
+            }
+            Spec::ServiceEntry(se)
+        }
         Kind::Gateway => {
             let mut gw: Gateway = d.typed(take_spec(root), "spec")?;
             let warnings = legacy::gateway(&mut gw);
@@ -389,6 +539,22 @@ fn decode_spec(
         Kind::AuthorizationPolicy => {
             Spec::AuthorizationPolicy(d.typed::<AuthorizationPolicy>(take_spec(root), "spec")?)
         }
+        Kind::Pod => {
+            let mut pod: PodSpec = d.typed(take_spec(root), "spec")?;
+            let status = match root.remove("status") {
+                None | Some(Value::Null) => PodStatus::default(),
+                Some(v) => d.typed(v, "status")?,
+            };
+            pod.pod_ip = status.pod_ip;
+            Spec::Pod(pod)
+        }
+        Kind::Namespace => Spec::Namespace,
+        Kind::KubernetesGateway => {
+            Spec::KubernetesGateway(d.typed::<KubernetesGatewaySpec>(take_spec(root), "spec")?)
+        }
+        // `decode_unenforced` reads Telemetry documents, with Istio's checks; this is the same
+        // typed decoding, for completeness.
+        Kind::Telemetry => Spec::Telemetry(Box::new(d.typed(take_spec(root), "spec")?)),
     })
 }
 
@@ -446,6 +612,39 @@ fn decode_config_map(
         _ => None,
     };
     Some(Spec::ConfigMap { data, mesh })
+}
+
+/// A MeshConfig file (istioctl's `--meshConfigFile`): the YAML of the ConfigMap's `mesh` key on
+/// its own. Errors name the file and line.
+pub fn decode_mesh_file(file: &Path, text: &str) -> Result<MeshConfig, Vec<Diagnostic>> {
+    let mut d = Doc {
+        file: Arc::from(file),
+        positions: Positions::new(),
+        line: 1,
+        label: None,
+        diagnostics: Vec::new(),
+        unenforced: false,
+    };
+    let docs = match yaml::parse_documents(text) {
+        Ok(docs) => docs,
+        Err(e) => {
+            d.line = e.line;
+            d.error("", format!("invalid mesh config: {}", e.message));
+            return Err(d.diagnostics);
+        }
+    };
+    let Some(doc) = docs.into_iter().next() else {
+        return Ok(MeshConfig::default());
+    };
+    d.positions = doc.positions;
+    d.line = doc.line;
+    match from_json::<MeshConfig>(doc.value, "") {
+        Ok(mesh) => Ok(mesh),
+        Err(e) => {
+            d.error(e.path, format!("invalid mesh config: {}", e.message));
+            Err(d.diagnostics)
+        }
+    }
 }
 
 /// The embedded MeshConfig YAML. Errors point at `data.mesh` and say which line of the embedded
@@ -525,5 +724,85 @@ fn flatten_list(
             file,
             out,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::kube::PodSpec;
+    use crate::resource::{Kind, Spec};
+
+    fn decode(text: &str) -> crate::decode::LoadResult {
+        crate::decode::decode_str(Path::new("t.yaml"), text)
+    }
+
+    #[test]
+    fn pods_namespaces_and_gateway_api_gateways_are_read_for_analysis() {
+        let out = decode(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop, labels: {app: web}}\n\
+             spec:\n  nodeName: node-a\n  serviceAccountName: web\n  containers: [{name: web, image: nginx}]\n\
+             status: {podIP: 10.0.0.7, phase: Running, conditions: [{type: Ready}]}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\n\
+             spec:\n  gatewayClassName: istio\n  listeners:\n  - {name: http, hostname: a.example.com, port: 80, protocol: HTTP}\n  - {name: any, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n",
+        );
+        let kinds: Vec<Kind> = out.resources.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [Kind::Pod, Kind::Namespace, Kind::KubernetesGateway]);
+        let Spec::Pod(pod) = &out.resources[0].spec else {
+            panic!("{:?}", out.resources[0].spec)
+        };
+        assert_eq!(
+            pod,
+            &PodSpec {
+                service_account_name: Some("web".into()),
+                node_name: Some("node-a".into()),
+                pod_ip: Some("10.0.0.7".into()),
+            }
+        );
+        assert_eq!(out.resources[0].meta.labels["app"], "web");
+        assert_eq!(out.resources[1].spec, Spec::Namespace);
+        let Spec::KubernetesGateway(gw) = &out.resources[2].spec else {
+            panic!("{:?}", out.resources[2].spec)
+        };
+        let hosts: Vec<Option<&str>> = gw.listeners.iter().map(|l| l.hostname.as_deref()).collect();
+        assert_eq!(hosts, [Some("a.example.com"), None]);
+        assert_eq!(out.resources[2].kind.as_str(), "Gateway");
+        // Only the Gateway API Gateway is said not to be served; Pods and Namespaces are quiet.
+        assert_eq!(out.diagnostics.len(), 1, "{:?}", out.diagnostics);
+        assert!(out.diagnostics[0].message.contains("not served by sluice"));
+        assert!(!out.has_errors());
+        // Not carried to proxies.
+        assert!(out.resources.iter().all(|r| r.spec_json().is_none()));
+    }
+
+    #[test]
+    fn an_unreadable_pod_or_gateway_api_gateway_is_ignored_with_warnings_not_refused() {
+        let out = decode(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: [a]}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1alpha1\nkind: Gateway\nmetadata: {name: g}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {labels: [x]}\n",
+        );
+        assert!(out.resources.is_empty());
+        assert!(!out.has_errors(), "{:?}", out.diagnostics);
+        let ignored = out
+            .diagnostics
+            .iter()
+            .filter(|d| d.message.contains("is ignored: proxies do not use it"))
+            .count();
+        assert_eq!(ignored, 3, "{:?}", out.diagnostics);
+    }
+
+    #[test]
+    fn short_kind_names_are_not_misspellings_of_pod() {
+        for kind in ["Job", "Node", "Role"] {
+            let out = decode(&format!(
+                "apiVersion: example.com/v1\nkind: {kind}\nmetadata: {{name: a}}\n"
+            ));
+            assert!(!out.has_errors(), "{kind}: {:?}", out.diagnostics);
+        }
+        let out = decode("apiVersion: v1\nkind: Pods\nmetadata: {name: a}\n");
+        assert!(out.diagnostics[0].message.contains("did you mean Pod?"));
     }
 }

@@ -1,16 +1,31 @@
-//! YAML text → JSON values plus the line of every field.
+//! YAML text → JSON values plus the line of every field, read the way Kubernetes reads it.
 //!
 //! Decoding goes through `serde_json::Value` because the typed structs are plain serde structs and
 //! `serde_path_to_error` reports failures as a path; keeping a path → line table next to the value
 //! turns every such path back into a line of the user's file.
+//!
+//! Users paste what `kubectl` and `istioctl` accept, so the text is read as they read it
+//! (`sigs.k8s.io/yaml` over go-yaml, see [`resolve`] and [`compat`]):
+//! 1. the file is cut into documents on `---` lines before any parsing ([`split`]), and each
+//!    document is parsed on its own: a document that does not parse fails alone, with its
+//!    line in the whole file, and the others are read;
+//! 2. where saphyr's parser reads differently from go-yaml's (indentation inside flow
+//!    collections, `:` ending a plain scalar in one), the text is first rewritten so that it
+//!    reads the same ([`compat`]);
+//! 3. the parser's events go, after [`limits`] has checked each one, straight into the JSON
+//!    value and the line table ([`build`]), with scalars resolved as go-yaml v2 resolves them
+//!    and duplicate keys refused.
 
+mod build;
+mod compat;
 mod limits;
+mod resolve;
+mod split;
 
 use std::collections::BTreeMap;
 
-use saphyr::{MarkedYaml, Scalar, ScanError, YamlData, YamlLoader};
-use saphyr_parser::{Event, Parser, SpannedEventReceiver};
-use serde_json::{Map, Number, Value};
+use saphyr_parser::{Event, Parser, ScanError};
+use serde_json::Value;
 
 pub use limits::{MAX_ALIAS_NODES, MAX_DEPTH, MAX_OBJECT_BYTES, MAX_TEXT_BYTES};
 
@@ -52,72 +67,221 @@ pub struct YamlError {
 
 /// Parses every document of `text`, skipping empty ones (`---` with nothing after it).
 ///
-/// A syntax error anywhere fails the whole text: the parser cannot tell where the broken document
-/// ends, so documents after it cannot be trusted, and a half-read file is worse than a reported one.
-/// So does a text beyond the bounds of [`limits`] (nesting depth, size, alias expansion).
+/// The first document that cannot be read fails the whole text; [`read_documents`] reads the
+/// others anyway. So does a text beyond the bounds of [`limits`] (nesting depth, size, alias
+/// expansion).
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
+    read_documents(text).into_iter().collect()
+}
+
+/// Reads every document of `text`, in order, as `kubectl` does: each is its value, or the
+/// reason it cannot be read (with its line in the whole text). Empty documents are left out.
+///
+/// Documents are the pieces between `---` lines (see [`split`]); a piece holding several YAML
+/// documents (separated by `...`) is read up to the end of its first, as go-yaml reads it.
+/// A text larger than [`MAX_TEXT_BYTES`] is one error.
+pub(crate) fn read_documents(text: &str) -> Vec<Result<Document, YamlError>> {
+    if let Err(e) = limits::check_text_size(text) {
+        return vec![Err(e)];
+    }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut docs = Vec::new();
-    let mut paths = PathBudget::for_text(text);
-    load(text, |node| {
-        if is_empty_document(&node) {
-            return Ok(());
+    let mut budgets = Budgets {
+        paths: PathBudget::for_text(text),
+        alias_nodes: 0,
+    };
+    let mut out = Vec::new();
+    for chunk in split::split(text) {
+        if let Some((line, rest)) = chunk.bad_separator {
+            out.push(Err(YamlError {
+                line,
+                message: format!(
+                    "invalid document separator `---{}{rest}`: Kubernetes allows only spaces or a \
+                     # comment after `---`, and does not read the document it starts",
+                    if rest.starts_with('-') { "" } else { " " }
+                ),
+            }));
+            continue;
         }
-        let mut positions = Positions::new();
-        let value = convert(&node, &mut positions, &mut paths)?;
-        let line = first_key_line(&node);
-        add_camel_case_aliases(&mut positions);
-        docs.push(Document {
-            value,
-            positions,
-            line,
-        });
-        Ok(())
-    })?;
-    Ok(docs)
+        if let Some(result) = read_chunk(chunk, &mut budgets) {
+            out.push(result);
+        }
+    }
+    out
 }
 
-/// Loads the documents of `text` one at a time, feeding saphyr's loader one parser event at a
-/// time after [`limits::Limits`] has checked it, and hands each finished document to `each`.
-/// (saphyr's own `load_from_str` drives the loader with a recursive descent, which is what
-/// overflowed the stack on deeply nested input.) One document's node tree is held at a time:
-/// a tree costs tens of bytes per byte of text, and a file of thousands of resources made the
-/// proxy's memory peak at dozens of MiB while it loaded.
-fn load<'a>(
-    text: &'a str,
-    mut each: impl FnMut(MarkedYaml<'a>) -> Result<(), YamlError>,
-) -> Result<(), YamlError> {
-    let mut limits = limits::Limits::new(text)?;
-    let mut loader: YamlLoader<'a, MarkedYaml<'a>> = YamlLoader::default();
-    for event in Parser::new_from_str(text) {
-        let (event, span) = event.map_err(|e| scan_error(&e))?;
-        limits.check(&event, span)?;
-        let document_end = matches!(event, Event::DocumentEnd);
-        loader.on_event(event, span);
-        if let Some(e) = loader.error() {
-            return Err(scan_error(e));
+/// What all documents of a text share: the bounds are on the whole text, so that splitting a
+/// hostile text into many documents does not multiply them.
+#[derive(Clone)]
+struct Budgets {
+    paths: PathBudget,
+    alias_nodes: u64,
+}
+
+/// One `---`-separated piece: its first document, `None` when it has none.
+fn read_chunk(
+    chunk: split::Chunk<'_>,
+    budgets: &mut Budgets,
+) -> Option<Result<Document, YamlError>> {
+    let line_offset = chunk.first_line.saturating_sub(1);
+    let as_written = Source {
+        text: chunk.text,
+        original: chunk.text,
+        rewrite: None,
+        line_offset,
+    };
+    let edits = compat::scan(chunk.text);
+    if edits.is_empty() {
+        return parse(&as_written, budgets, None).0;
+    }
+    // Padding only makes saphyr accept indentation that go-yaml ignores: when saphyr reads the
+    // text as written, it reads it as go-yaml does, and nothing needs rewriting.
+    let mut failed = None;
+    if edits.iter().all(|e| matches!(e.what, compat::What::Pad(_))) {
+        let before = budgets.clone();
+        let result = parse(&as_written, budgets, None).0;
+        if !matches!(result, Some(Err(_))) {
+            return result;
         }
-        if document_end {
-            // Anchors are scoped to their document, so a fresh loader loses nothing.
-            for node in std::mem::take(&mut loader).into_documents() {
-                each(node)?;
+        failed = Some((result, budgets.clone()));
+        *budgets = before;
+    }
+    let rewrite = compat::Rewrite::new(chunk.text, &edits);
+    let before = budgets.clone();
+    let mut verifier = compat::Verifier::new(&rewrite);
+    let rewritten = Source {
+        text: &rewrite.text,
+        original: chunk.text,
+        rewrite: Some(&rewrite),
+        line_offset,
+    };
+    let (result, stopped) = parse(&rewritten, budgets, Some(&mut verifier));
+    if verifier.holds(&rewrite, stopped) {
+        return result;
+    }
+    // The rewrite did not read as intended: the text as written decides.
+    match failed {
+        Some((result, after)) => {
+            *budgets = after;
+            result
+        }
+        None => {
+            *budgets = before;
+            parse(&as_written, budgets, None).0
+        }
+    }
+}
+
+/// The text given to the parser, and where it came from.
+struct Source<'s> {
+    text: &'s str,
+    /// The text as written (differs from `text` when rewritten).
+    original: &'s str,
+    rewrite: Option<&'s compat::Rewrite>,
+    /// Lines before this text's first in the whole file.
+    line_offset: u32,
+}
+
+/// Parses the first document of `source`. Also returns the char offset of `source.text`
+/// where reading stopped: on an error, or at the end of the first document (`usize::MAX`
+/// when the parser read the whole text).
+fn parse(
+    source: &Source<'_>,
+    budgets: &mut Budgets,
+    mut verifier: Option<&mut compat::Verifier<'_>>,
+) -> (Option<Result<Document, YamlError>>, usize) {
+    let shift = |e: YamlError| YamlError {
+        line: e.line.saturating_add(source.line_offset),
+        message: e.message,
+    };
+    let mut limits = limits::Limits::new(source.text, source.rewrite, budgets.alias_nodes);
+    let mut builder = build::Builder::new(&mut budgets.paths, source.line_offset);
+    let mut failure = None;
+    let mut stopped = usize::MAX;
+    for event in Parser::new_from_str(source.text) {
+        let (event, span) = match event {
+            Ok(event) => event,
+            Err(e) => {
+                failure = Some((e.marker().index(), scan_error(&e, source)));
+                break;
             }
+        };
+        if let Some(v) = verifier.as_deref_mut() {
+            v.observe(&event, span);
+        }
+        let last = matches!(event, Event::DocumentEnd) && builder.has_root();
+        let step = limits
+            .check(&event, span)
+            .map_err(shift)
+            .and_then(|()| builder.event(event, span));
+        if let Err(e) = step {
+            failure = Some((span.start.index(), e));
+            break;
+        }
+        if last {
+            stopped = span.end.index();
+            break;
         }
     }
-    for node in loader.into_documents() {
-        each(node)?;
+    budgets.alias_nodes = limits.alias_nodes();
+    match failure {
+        Some((at, e)) => (Some(Err(e)), at),
+        None => (builder.finish().map(Ok), stopped),
     }
-    Ok(())
 }
 
-fn scan_error(e: &ScanError) -> YamlError {
+fn scan_error(e: &ScanError, source: &Source<'_>) -> YamlError {
+    // The column in the text as written.
+    let offset = CharCursor::new(source.text).byte_offset(e.marker().index());
+    let offset = source.rewrite.map_or(offset, |r| r.original(offset));
+    let offset = offset.min(source.original.len());
+    let line_start = source.original[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let column = source.original[line_start..offset].chars().count() + 1;
     YamlError {
-        line: to_line(e.marker().line()),
-        message: format!(
-            "invalid YAML: {} (column {})",
-            e.info(),
-            e.marker().col() + 1
-        ),
+        line: to_line(e.marker().line()).saturating_add(source.line_offset),
+        message: format!("invalid YAML: {} (column {column})", e.info()),
+    }
+}
+
+/// Character index → byte offset in one text, for saphyr's markers (which count characters):
+/// moves forward from the last lookup, and starts over when asked for an earlier one.
+pub(super) struct CharCursor<'t> {
+    text: &'t str,
+    ascii: bool,
+    chars: usize,
+    bytes: usize,
+}
+
+impl<'t> CharCursor<'t> {
+    pub(super) fn new(text: &'t str) -> Self {
+        CharCursor {
+            text,
+            ascii: text.is_ascii(),
+            chars: 0,
+            bytes: 0,
+        }
+    }
+
+    pub(super) fn byte_offset(&mut self, char_index: usize) -> usize {
+        if self.ascii {
+            return char_index.min(self.text.len());
+        }
+        if char_index < self.chars {
+            self.chars = 0;
+            self.bytes = 0;
+        }
+        let rest = &self.text[self.bytes..];
+        let advance = rest
+            .char_indices()
+            .nth(char_index - self.chars)
+            .map_or(rest.len(), |(b, _)| b);
+        self.chars = char_index;
+        self.bytes += advance;
+        self.bytes
+    }
+
+    pub(super) fn char_at(&mut self, char_index: usize) -> Option<char> {
+        let offset = self.byte_offset(char_index);
+        self.text[offset..].chars().next()
     }
 }
 
@@ -126,6 +290,7 @@ fn scan_error(e: &ScanError) -> YamlError {
 /// position table hundreds of times larger than the text. Real documents use about one byte of
 /// paths per byte of text, the `kind: List`s that `kubectl get -o yaml` prints up to about
 /// twenty (every path repeats `items[N].`); the bound leaves a margin above that.
+#[derive(Clone)]
 struct PathBudget {
     left: usize,
 }
@@ -163,26 +328,6 @@ fn to_line(line: usize) -> u32 {
     u32::try_from(line.max(1)).unwrap_or(u32::MAX)
 }
 
-fn is_empty_document(node: &MarkedYaml<'_>) -> bool {
-    matches!(
-        node.data,
-        YamlData::BadValue | YamlData::Value(Scalar::Null)
-    )
-}
-
-fn first_key_line(node: &MarkedYaml<'_>) -> u32 {
-    match &node.data {
-        YamlData::Mapping(map) => map
-            .iter()
-            .next()
-            .map_or(to_line(node.span.start.line()), |(k, _)| {
-                to_line(k.span.start.line())
-            }),
-        YamlData::Tagged(_, inner) => first_key_line(inner),
-        _ => to_line(node.span.start.line()),
-    }
-}
-
 /// Joins a parent path and a map key the way paths are written everywhere: `a.b`, `a[0].b`.
 pub(crate) fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
@@ -192,245 +337,9 @@ pub(crate) fn join(parent: &str, key: &str) -> String {
     }
 }
 
-/// A collection being converted: its children are converted one at a time on an explicit stack,
-/// so nesting costs heap, not call stack (a recursive version took 4 KiB of stack per level).
-enum Frame<'a, 'y> {
-    Sequence {
-        items: &'a [MarkedYaml<'y>],
-        path: String,
-        out: Vec<Value>,
-    },
-    Mapping {
-        entries: Vec<(&'a MarkedYaml<'y>, &'a MarkedYaml<'y>)>,
-        /// Next entry to convert; past the entries, the next merge source.
-        next: usize,
-        path: String,
-        out: Map<String, Value>,
-        /// The key of the value being converted.
-        key: Option<String>,
-        /// `<<: *anchor` merge keys (YAML 1.1, which Kubernetes' decoder speaks): explicit keys
-        /// win over merged ones, so merges are applied after the explicit keys.
-        merges: Vec<&'a MarkedYaml<'y>>,
-        merging: Option<usize>,
-    },
-}
-
-/// What a frame asks for next.
-enum Step<'a, 'y> {
-    Child(&'a MarkedYaml<'y>, String),
-    Done(Value),
-}
-
-impl<'a, 'y> Frame<'a, 'y> {
-    /// The frame for a collection, or the value of a scalar.
-    fn open(
-        node: &'a MarkedYaml<'y>,
-        path: String,
-    ) -> Result<Result<Frame<'a, 'y>, Value>, YamlError> {
-        let mut node = node;
-        while let YamlData::Tagged(_, inner) = &node.data {
-            node = inner;
-        }
-        Ok(match &node.data {
-            YamlData::Value(scalar) => Err(scalar_to_json(scalar)),
-            YamlData::Representation(text, style, tag) => {
-                // Only produced when early parsing is off; resolve it the same way the loader would.
-                match Scalar::parse_from_cow_and_metadata(text.clone(), *style, tag.as_ref()) {
-                    Some(s) => Err(scalar_to_json(&s)),
-                    None => return Err(bad_value(node)),
-                }
-            }
-            YamlData::Sequence(items) => Ok(Frame::Sequence {
-                items,
-                out: Vec::with_capacity(items.len()),
-                path,
-            }),
-            YamlData::Mapping(map) => {
-                let mut entries = Vec::with_capacity(map.len());
-                let mut merges = Vec::new();
-                for (k, v) in map.iter() {
-                    if matches!(&k.data, YamlData::Value(Scalar::String(s)) if s == "<<") {
-                        match &v.data {
-                            YamlData::Sequence(items) => merges.extend(items.iter()),
-                            _ => merges.push(v),
-                        }
-                    } else {
-                        entries.push((k, v));
-                    }
-                }
-                Ok(Frame::Mapping {
-                    entries,
-                    next: 0,
-                    path,
-                    out: Map::new(),
-                    key: None,
-                    merges,
-                    merging: None,
-                })
-            }
-            YamlData::Tagged(..) | YamlData::Alias(_) | YamlData::BadValue => {
-                return Err(bad_value(node))
-            }
-        })
-    }
-
-    /// Takes the converted value of the child asked for last.
-    fn accept(&mut self, value: Value) -> Result<(), YamlError> {
-        match self {
-            Frame::Sequence { out, .. } => out.push(value),
-            Frame::Mapping {
-                out,
-                key,
-                merges,
-                merging,
-                ..
-            } => match (key.take(), *merging) {
-                (Some(k), _) => {
-                    out.insert(k, value);
-                }
-                (None, Some(i)) => {
-                    let Value::Object(merged) = value else {
-                        return Err(YamlError {
-                            line: to_line(merges[i].span.start.line()),
-                            message: "a `<<` merge key must refer to a mapping".to_string(),
-                        });
-                    };
-                    for (k, v) in merged {
-                        out.entry(k).or_insert(v);
-                    }
-                }
-                (None, None) => {}
-            },
-        }
-        Ok(())
-    }
-
-    /// The next child to convert (its position recorded), or the finished value.
-    fn step(
-        &mut self,
-        positions: &mut Positions,
-        budget: &mut PathBudget,
-    ) -> Result<Step<'a, 'y>, YamlError> {
-        match self {
-            Frame::Sequence { items, path, out } => match items.get(out.len()) {
-                Some(item) => {
-                    let item_path = format!("{path}[{}]", out.len());
-                    let line = to_line(item.span.start.line());
-                    budget.take(&item_path, line)?;
-                    positions.insert(item_path.clone(), line);
-                    Ok(Step::Child(item, item_path))
-                }
-                None => Ok(Step::Done(Value::Array(std::mem::take(out)))),
-            },
-            Frame::Mapping {
-                entries,
-                next,
-                path,
-                out,
-                key,
-                merges,
-                merging,
-            } => {
-                if let Some((k, v)) = entries.get(*next).copied() {
-                    *next += 1;
-                    let name = key_to_string(k)?;
-                    let key_path = join(path, &name);
-                    let line = to_line(k.span.start.line());
-                    budget.take(&key_path, line)?;
-                    positions.insert(key_path.clone(), line);
-                    *key = Some(name);
-                    return Ok(Step::Child(v, key_path));
-                }
-                // Merge sources are converted at this mapping's own path.
-                let i = merging.map_or(0, |i| i + 1);
-                match merges.get(i).copied() {
-                    Some(source) => {
-                        *merging = Some(i);
-                        Ok(Step::Child(source, path.clone()))
-                    }
-                    None => Ok(Step::Done(Value::Object(std::mem::take(out)))),
-                }
-            }
-        }
-    }
-}
-
-fn convert(
-    node: &MarkedYaml<'_>,
-    positions: &mut Positions,
-    budget: &mut PathBudget,
-) -> Result<Value, YamlError> {
-    let mut stack = Vec::new();
-    let mut finished = match Frame::open(node, String::new())? {
-        Ok(frame) => {
-            stack.push(frame);
-            None
-        }
-        Err(value) => return Ok(value),
-    };
-    loop {
-        let Some(top) = stack.last_mut() else {
-            return Ok(finished.unwrap_or(Value::Null));
-        };
-        if let Some(value) = finished.take() {
-            top.accept(value)?;
-        }
-        match top.step(positions, budget)? {
-            Step::Child(child, path) => match Frame::open(child, path)? {
-                Ok(frame) => stack.push(frame),
-                Err(value) => finished = Some(value),
-            },
-            Step::Done(value) => {
-                stack.pop();
-                finished = Some(value);
-            }
-        }
-    }
-}
-
-fn bad_value(node: &MarkedYaml<'_>) -> YamlError {
-    YamlError {
-        line: to_line(node.span.start.line()),
-        message: "invalid YAML value (a tagged scalar that does not parse as its tag, or an unknown alias)"
-            .to_string(),
-    }
-}
-
-fn key_to_string(key: &MarkedYaml<'_>) -> Result<String, YamlError> {
-    match &key.data {
-        YamlData::Value(Scalar::String(s)) => Ok(s.to_string()),
-        YamlData::Value(Scalar::Null) => Ok(String::new()),
-        YamlData::Value(scalar) => Ok(match scalar_to_json(scalar) {
-            Value::String(s) => s,
-            other => other.to_string(),
-        }),
-        YamlData::Representation(text, _, _) => Ok(text.to_string()),
-        YamlData::Tagged(_, inner) => key_to_string(inner),
-        _ => Err(YamlError {
-            line: to_line(key.span.start.line()),
-            message: "mapping keys must be plain scalars (complex `? key` keys are not supported)"
-                .to_string(),
-        }),
-    }
-}
-
-fn scalar_to_json(scalar: &Scalar<'_>) -> Value {
-    match scalar {
-        Scalar::Null => Value::Null,
-        Scalar::Boolean(b) => Value::Bool(*b),
-        Scalar::Integer(i) => Value::Number(Number::from(*i)),
-        // NaN and infinities have no JSON form; keep the text so the typed decoder can say what
-        // it expected instead of silently reading null.
-        Scalar::FloatingPoint(f) => Number::from_f64(f.0)
-            .map(Value::Number)
-            .unwrap_or_else(|| Value::String(f.0.to_string())),
-        Scalar::String(s) => Value::String(s.to_string()),
-    }
-}
-
 /// Also records every path under its camelCase spelling (`sni_hosts` → `sniHosts`), so code that
 /// reports on a field by its canonical name finds the line however the user spelled it.
-fn add_camel_case_aliases(positions: &mut Positions) {
+pub(super) fn add_camel_case_aliases(positions: &mut Positions) {
     let aliases: Vec<(String, u32)> = positions
         .iter()
         .filter(|(path, _)| path.contains('_'))
@@ -506,5 +415,43 @@ mod tests {
         let err = parse_documents("a: 1\nb: [1, 2\nc: 3\n").unwrap_err();
         assert!(err.line >= 2, "{err:?}");
         assert!(err.message.starts_with("invalid YAML"));
+    }
+
+    #[test]
+    fn a_rewrite_that_does_not_read_as_intended_is_not_used() {
+        // The pre-pass takes the `[` starting a continuation line of a plain scalar for a flow
+        // sequence and quotes `x:` in it; the parse shows no such quoted scalar, so the text
+        // as written is read (go-yaml reads the same string).
+        let docs = parse_documents("desc: see\n  [x:] here\n").unwrap();
+        assert_eq!(docs[0].value["desc"], "see [x:] here");
+    }
+
+    #[test]
+    fn a_piece_is_read_to_the_end_of_its_first_document() {
+        // go-yaml decodes one document per piece: what follows `...` is not read.
+        let docs = parse_documents("x: 1\n...\ny: [\n").unwrap();
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].value, serde_json::json!({"x": 1}));
+        // Nor are edits made after it checked.
+        let docs = parse_documents("x: [a:]\n...\ny: [\n  \"b\"\n]\n").unwrap();
+        assert_eq!(docs[0].value, serde_json::json!({"x": ["a:"]}));
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded_over_the_whole_file() {
+        // 9,000 alias nodes per document is fine alone; twenty documents of it are not.
+        let doc = format!(
+            "a: &a [{}]\nb: [{}]\n",
+            vec!["x"; 90].join(", "),
+            vec!["*a"; 99].join(", ")
+        );
+        assert!(parse_documents(&doc).is_ok());
+        let many = vec![doc; 20].join("---\n");
+        let results = read_documents(&many);
+        assert_eq!(results.len(), 20);
+        let first_bad = results.iter().position(Result::is_err).unwrap();
+        assert!(first_bad > 1, "{first_bad}");
+        let err = results[first_bad].as_ref().unwrap_err();
+        assert!(err.message.contains("more than"), "{err:?}");
     }
 }

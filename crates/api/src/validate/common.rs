@@ -223,16 +223,52 @@ pub(super) fn regex(re: &str, what: &str) -> Result<(), String> {
     }
 }
 
+/// HTTP/2 pseudo-headers Istio accepts as header match names.
+const PSEUDO_HEADERS: [&str; 5] = [":method", ":scheme", ":authority", ":path", ":status"];
+
+/// An HTTP token (RFC 9110 `tchar`s), which is what Istio accepts as a header name.
+pub(super) fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+}
+
+/// Istio's JWT claim routing header, `@request.auth.claims.a.b` or `@request.auth.claims[a][b]`
+/// (Istio's `jwt.ToRoutingClaim`).
+fn is_jwt_claim_route(name: &str) -> bool {
+    const PREFIX: &str = "@request.auth.claims";
+    if name.len() < PREFIX.len() || !name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX) {
+        return false;
+    }
+    let rest = &name[PREFIX.len()..];
+    (rest.starts_with('.') && rest.len() > 1)
+        || (rest.starts_with('[') && rest.ends_with(']') && rest.len() > 2)
+}
+
 /// A header name in a match (`headers`, `withoutHeaders`).
 pub(super) fn header_match_name(r: &mut Report<'_>, path: &str, name: &str) {
     if name.is_empty() {
         r.error(path, "header name cannot be empty");
         return;
     }
-    if !name
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-    {
+    if is_jwt_claim_route(name) {
+        // Valid for Istio, which matches it against the request's validated JWT; sluice does not
+        // validate JWTs (RequestAuthentication), so the match never holds and its route is
+        // never taken (and `withoutHeaders` on it always holds).
+        r.warn(
+            path,
+            format!(
+                "SLU0004: `{name}` is valid Istio config, but sluice does not validate JWTs \
+                 (RequestAuthentication), so this claim never matches"
+            ),
+        );
+        return;
+    }
+    if PSEUDO_HEADERS.contains(&name) {
+        return;
+    }
+    if !is_token(name) {
         r.error(
             path,
             format!("header name {name} is not a valid header name"),

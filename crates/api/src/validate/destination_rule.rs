@@ -5,10 +5,11 @@ use std::collections::BTreeSet;
 use crate::duration::Duration;
 use crate::networking::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
-    OutlierDetection, TrafficPolicy,
+    LocalityFailover, LocalityLbSetting, OutlierDetection, RetryBudget, TrafficPolicy,
+    TunnelSettings, WarmupConfiguration, ZoneAwareLbSetting,
 };
 
-use super::common::{export_to, workload_selector};
+use super::common::export_to;
 use super::names::{self, is_dns1123_label};
 use super::Report;
 
@@ -57,7 +58,13 @@ pub(super) fn check(r: &mut Report<'_>, dr: &DestinationRule) {
     }
     export_to(r, &dr.export_to, false, dr.workload_selector.is_some());
     if let Some(sel) = &dr.workload_selector {
-        workload_selector(r, "spec.workloadSelector", &sel.labels, "destination rule");
+        super::security::selector_labels(r, "spec.workloadSelector.matchLabels", &sel.match_labels);
+        if sel.match_labels.is_empty() {
+            r.warn(
+                "spec.workloadSelector",
+                "workload selector specified without labels",
+            );
+        }
     }
 }
 
@@ -76,6 +83,20 @@ fn traffic_policy(r: &mut Report<'_>, tp: &TrafficPolicy, base: &str) {
     }
     if tp.tunnel.is_some() && tp.proxy_protocol.is_some() {
         r.error(base, "tunnel and proxyProtocol must not be set together");
+    }
+    if let Some(tunnel) = &tp.tunnel {
+        tunnel_settings(r, tunnel, &format!("{base}.tunnel"));
+    }
+    if let Some(pp) = &tp.proxy_protocol {
+        if let Some(v) = pp.version.as_deref().filter(|v| !["V1", "V2"].contains(v)) {
+            r.error(
+                format!("{base}.proxyProtocol.version"),
+                format!("invalid proxy protocol version {v}; expected V1 or V2"),
+            );
+        }
+    }
+    if let Some(budget) = &tp.retry_budget {
+        retry_budget(r, budget, &format!("{base}.retryBudget"));
     }
     components(
         r,
@@ -129,8 +150,57 @@ fn components(
         connection_pool(r, pool, &format!("{base}.connectionPool"));
     }
     if let Some(lb) = lb {
-        load_balancer(r, lb, &format!("{base}.loadBalancer"));
+        load_balancer(r, lb, outlier.is_some(), &format!("{base}.loadBalancer"));
     }
+}
+
+/// `validateTunnelSettings`.
+fn tunnel_settings(r: &mut Report<'_>, t: &TunnelSettings, base: &str) {
+    if let Some(p) = t
+        .protocol
+        .as_deref()
+        .filter(|p| !["", "CONNECT", "POST"].contains(p))
+    {
+        r.error(
+            format!("{base}.protocol"),
+            format!("tunnel protocol must be \"CONNECT\" or \"POST\", not {p:?}"),
+        );
+    }
+    if t.target_host.is_empty() {
+        r.error(
+            format!("{base}.targetHost"),
+            "tunnel target host is required",
+        );
+    } else if names::fqdn(&t.target_host).is_err() && !names::is_ip(&t.target_host) {
+        r.error(
+            format!("{base}.targetHost"),
+            format!(
+                "tunnel target host must be a valid FQDN or IP address: {}",
+                t.target_host
+            ),
+        );
+    }
+    if let Err(e) = names::port(t.target_port) {
+        r.error(
+            format!("{base}.targetPort"),
+            format!("tunnel target port is invalid: {e}"),
+        );
+    }
+}
+
+/// `retryBudget`: the CRD's bounds.
+fn retry_budget(r: &mut Report<'_>, b: &RetryBudget, base: &str) {
+    if let Some(p) = b.percent.filter(|p| !(0.0..=100.0).contains(p)) {
+        r.error(
+            format!("{base}.percent"),
+            format!("percent must be between 0 and 100, got {p}"),
+        );
+    }
+    duration_field(
+        r,
+        format!("{base}.budgetInterval"),
+        b.budget_interval.as_ref(),
+    );
 }
 
 fn duration_field(r: &mut Report<'_>, path: String, d: Option<&Duration>) {
@@ -161,6 +231,14 @@ fn outlier_detection(r: &mut Report<'_>, od: &OutlierDetection, base: &str) {
         );
     }
     duration_field(r, format!("{base}.interval"), od.interval.as_ref());
+    for (i, code) in od.outlier_detection_http_error_codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            r.error(
+                format!("{base}.outlierDetectionHttpErrorCodes[{i}]"),
+                format!("HTTP status code {code} is not in range 100..599"),
+            );
+        }
+    }
     for (field, value) in [
         ("maxEjectionPercent", od.max_ejection_percent),
         ("minHealthPercent", od.min_health_percent),
@@ -175,7 +253,7 @@ fn outlier_detection(r: &mut Report<'_>, od: &OutlierDetection, base: &str) {
 }
 
 /// `validateConnectionPool`.
-fn connection_pool(r: &mut Report<'_>, pool: &ConnectionPoolSettings, base: &str) {
+pub(super) fn connection_pool(r: &mut Report<'_>, pool: &ConnectionPoolSettings, base: &str) {
     if pool.http.is_none() && pool.tcp.is_none() {
         r.error(base, "connection pool must have at least one field");
         return;
@@ -233,6 +311,18 @@ fn connection_pool(r: &mut Report<'_>, pool: &ConnectionPoolSettings, base: &str
             http.max_concurrent_streams,
             "max concurrent streams",
         );
+        if let Some(ka) = &http.http2_keep_alive {
+            let k = format!("{b}.http2KeepAlive");
+            for (field, value) in [("interval", &ka.interval), ("timeout", &ka.timeout)] {
+                match value {
+                    None => r.error(
+                        format!("{k}.{field}"),
+                        format!("http2 keepalive {field} is required"),
+                    ),
+                    Some(d) => r.check(format!("{k}.{field}"), names::duration(d)),
+                }
+            }
+        }
     }
     if let Some(tcp) = &pool.tcp {
         let b = format!("{base}.tcp");
@@ -270,7 +360,26 @@ fn connection_pool(r: &mut Report<'_>, pool: &ConnectionPoolSettings, base: &str
 }
 
 /// `validateLoadBalancer`.
-fn load_balancer(r: &mut Report<'_>, lb: &LoadBalancerSettings, base: &str) {
+fn load_balancer(r: &mut Report<'_>, lb: &LoadBalancerSettings, outlier: bool, base: &str) {
+    let policies = usize::from(lb.simple.is_some())
+        + usize::from(lb.consistent_hash.is_some())
+        + usize::from(lb.backend_utilization.is_some());
+    if policies > 1 {
+        r.error(
+            base,
+            "only one of simple, consistentHash or backendUtilization can be set",
+        );
+    }
+    if let Some(bu) = &lb.backend_utilization {
+        let b = format!("{base}.backendUtilization");
+        for (field, d) in [
+            ("weightExpirationPeriod", &bu.weight_expiration_period),
+            ("weightStabilizationPeriod", &bu.weight_stabilization_period),
+            ("weightUpdatePeriod", &bu.weight_update_period),
+        ] {
+            duration_field(r, format!("{b}.{field}"), d.as_ref());
+        }
+    }
     if let Some(simple) = &lb.simple {
         if !SIMPLE_LB.contains(&simple.as_str()) {
             r.error(
@@ -280,9 +389,6 @@ fn load_balancer(r: &mut Report<'_>, lb: &LoadBalancerSettings, base: &str) {
                     SIMPLE_LB.join(", ")
                 ),
             );
-        }
-        if lb.consistent_hash.is_some() {
-            r.error(base, "only one of simple or consistentHash can be set");
         }
     }
     if let Some(ch) = &lb.consistent_hash {
@@ -297,11 +403,25 @@ fn load_balancer(r: &mut Report<'_>, lb: &LoadBalancerSettings, base: &str) {
                 "only one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName can be set",
             );
         }
-        if ch.http_cookie.as_ref().is_some_and(|c| c.name.is_empty()) {
-            r.error(
-                format!("{b}.httpCookie.name"),
-                "name required for HttpCookie",
-            );
+        if let Some(cookie) = &ch.http_cookie {
+            if cookie.name.is_empty() {
+                r.error(
+                    format!("{b}.httpCookie.name"),
+                    "name required for HttpCookie",
+                );
+            }
+            let mut seen = BTreeSet::new();
+            for (i, attr) in cookie.attributes.iter().enumerate() {
+                let path = format!("{b}.httpCookie.attributes[{i}].name");
+                if attr.name.is_empty() {
+                    r.error(path, "cookie attribute name cannot be empty");
+                } else if !seen.insert(attr.name.as_str()) {
+                    r.error(
+                        path,
+                        format!("duplicate cookie attribute name: {}", attr.name),
+                    );
+                }
+            }
         }
         if ch.ring_hash.is_some() && ch.maglev.is_some() {
             r.error(b.clone(), "only one of ringHash or maglev can be set");
@@ -335,11 +455,231 @@ fn load_balancer(r: &mut Report<'_>, lb: &LoadBalancerSettings, base: &str) {
             }
         }
     }
+    if lb.locality_lb_setting.is_some() && lb.zone_aware_lb_setting.is_some() {
+        r.error(
+            base,
+            "only one of localityLbSetting and zoneAwareLbSetting can be set",
+        );
+    }
+    if let Some(l) = &lb.locality_lb_setting {
+        locality_lb(r, l, outlier, &format!("{base}.localityLbSetting"));
+    }
+    if let Some(z) = &lb.zone_aware_lb_setting {
+        zone_aware_lb(r, z, outlier, &format!("{base}.zoneAwareLbSetting"));
+    }
     duration_field(
         r,
         format!("{base}.warmupDurationSecs"),
         lb.warmup_duration_secs.as_ref(),
     );
+    if let Some(w) = &lb.warmup {
+        warmup(r, w, &format!("{base}.warmup"));
+    }
+}
+
+/// `warmup`: the webhook's and the CRD's bounds.
+fn warmup(r: &mut Report<'_>, w: &WarmupConfiguration, base: &str) {
+    match &w.duration {
+        None => r.error(format!("{base}.duration"), "duration is required"),
+        Some(d) => r.check(format!("{base}.duration"), names::duration(d)),
+    }
+    if let Some(p) = w.minimum_percent.filter(|p| !(0.0..=100.0).contains(p)) {
+        r.error(
+            format!("{base}.minimumPercent"),
+            format!("minimumPercent must be between 0 and 100, got {p}"),
+        );
+    }
+    if let Some(a) = w.aggression.filter(|a| *a <= 0.0 || a.is_nan()) {
+        r.error(
+            format!("{base}.aggression"),
+            format!("aggression should be greater than 0, got {a}"),
+        );
+    }
+}
+
+/// The topology labels that locality load balancing already orders by.
+const TOPOLOGY_LABELS: [&str; 3] = [
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+];
+
+/// `ValidateLocalityLbSetting`.
+fn locality_lb(r: &mut Report<'_>, l: &LocalityLbSetting, outlier: bool, base: &str) {
+    if !l.distribute.is_empty() && !l.failover.is_empty() {
+        r.error(
+            base,
+            "can not simultaneously specify 'distribute' and 'failover'",
+        );
+        return;
+    }
+    if !l.failover.is_empty() {
+        if let Some(label) = l
+            .failover_priority
+            .iter()
+            .find(|p| TOPOLOGY_LABELS.contains(&p.as_str()))
+        {
+            r.error(
+                format!("{base}.failoverPriority"),
+                format!(
+                    "can not simultaneously set 'failover' and topology label '{label}' in 'failover_priority'"
+                ),
+            );
+            return;
+        }
+    }
+    let mut sources = Vec::new();
+    for (i, d) in l.distribute.iter().enumerate() {
+        let path = format!("{base}.distribute[{i}]");
+        sources.push(d.from.as_str());
+        if d.to.values().any(|w| !(1..=100).contains(w)) {
+            r.error(
+                format!("{path}.to"),
+                "locality weight must be in range [1, 100]",
+            );
+            return;
+        }
+        let total: u64 = d.to.values().map(|w| u64::from(*w)).sum();
+        if total != 100 {
+            r.error(
+                format!("{path}.to"),
+                format!("total locality weight {total} != 100"),
+            );
+            return;
+        }
+        let to: Vec<&str> = d.to.keys().map(String::as_str).collect();
+        r.check(format!("{path}.to"), localities(&to));
+    }
+    r.check(format!("{base}.distribute"), localities(&sources));
+    if (!l.failover.is_empty() || !l.failover_priority.is_empty()) && !outlier {
+        r.warn(
+            base,
+            "outlier detection policy must be provided for failover",
+        );
+    }
+    failovers(
+        r,
+        &l.failover,
+        base,
+        "locality lb failover",
+        "locality lb failover only specify region",
+    );
+}
+
+/// `ValidateZoneAwareLbSetting`.
+fn zone_aware_lb(r: &mut Report<'_>, z: &ZoneAwareLbSetting, outlier: bool, base: &str) {
+    for (i, label) in z.failover_priority.iter().enumerate() {
+        if TOPOLOGY_LABELS.contains(&label.as_str()) {
+            r.error(
+                format!("{base}.failoverPriority[{i}]"),
+                format!(
+                    "'failover_priority' for zone aware lb must not use topology label '{label}'; \
+                     region- and zone-level routing are handled automatically"
+                ),
+            );
+        }
+    }
+    if z.min_cluster_size == Some(0) {
+        r.error(
+            format!("{base}.minClusterSize"),
+            "minClusterSize must be at least 1",
+        );
+    }
+    if (!z.failover.is_empty() || !z.failover_priority.is_empty()) && !outlier {
+        r.warn(
+            base,
+            "outlier detection policy must be provided for failover",
+        );
+    }
+    failovers(
+        r,
+        &z.failover,
+        base,
+        "zone aware lb failover",
+        "zone aware lb failover only specifies region; zone and subzone failover are handled automatically",
+    );
+}
+
+/// The region-to-region failover pairs of both locality settings.
+fn failovers(
+    r: &mut Report<'_>,
+    list: &[LocalityFailover],
+    base: &str,
+    what: &str,
+    region_only: &str,
+) {
+    for (i, f) in list.iter().enumerate() {
+        let path = format!("{base}.failover[{i}]");
+        if f.from == f.to {
+            let settings = what.trim_end_matches(" failover");
+            r.error(
+                path.clone(),
+                format!("{settings} failover settings must specify different regions"),
+            );
+        }
+        if f.from.contains('/') || f.to.contains('/') {
+            r.error(path.clone(), region_only);
+        }
+        if f.from.contains('*') || f.to.contains('*') {
+            r.error(
+                path,
+                format!("{what} region should not contain '*' wildcard"),
+            );
+        }
+    }
+}
+
+/// `validateLocalities`: `region[/zone[/subzone]]`, a single trailing `*`, none overlapping.
+fn localities(list: &[&str]) -> Result<(), String> {
+    // region -> zone -> subzones; "*" marks "all of it".
+    let mut seen: std::collections::BTreeMap<
+        &str,
+        std::collections::BTreeMap<&str, BTreeSet<&str>>,
+    > = std::collections::BTreeMap::new();
+    let overlap = |l: &str| format!("locality {l} overlap with previous specified ones");
+    for &l in list {
+        let stars = l.matches('*').count();
+        if stars > 1 || (stars == 1 && !l.ends_with('*')) {
+            return Err(format!(
+                "locality {l} wildcard '*' number can not exceed 1 and must be in the end"
+            ));
+        }
+        if seen.contains_key("*") {
+            return Err(overlap(l));
+        }
+        let parts: Vec<&str> = l.splitn(3, '/').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!(
+                "locality {l} must not contain empty region/zone/subzone info"
+            ));
+        }
+        let region = parts[0];
+        let zone = parts.get(1).copied().unwrap_or("*");
+        let sub = parts.get(2).copied().unwrap_or("*");
+        if parts.len() == 1 || region == "*" {
+            if seen.contains_key(region) {
+                return Err(overlap(l));
+            }
+            seen.insert(region, [("*", BTreeSet::from(["*"]))].into());
+            continue;
+        }
+        let zones = seen.entry(region).or_default();
+        if zones.contains_key("*") {
+            return Err(overlap(l));
+        }
+        if parts.len() == 2 || zone == "*" {
+            if zones.contains_key(zone) {
+                return Err(overlap(l));
+            }
+            zones.insert(zone, BTreeSet::from(["*"]));
+            continue;
+        }
+        let subs = zones.entry(zone).or_default();
+        if subs.contains("*") || !subs.insert(sub) {
+            return Err(overlap(l));
+        }
+    }
+    Ok(())
 }
 
 /// Envoy's primality test for Maglev table sizes (`isPrime` in Istio, copied from Envoy).

@@ -156,7 +156,39 @@ fn check_server(r: &mut Report<'_>, server: &Server, base: &str) {
     }
 }
 
-fn tls_options(r: &mut Report<'_>, tls: &ServerTlsSettings, base: &str) {
+/// The TLS protocol versions of `minProtocolVersion` / `maxProtocolVersion`.
+const TLS_VERSIONS: [&str; 5] = ["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"];
+
+/// The cipher suites a gateway can offer (BoringSSL's names, without PSK).
+const CIPHER_SUITES: [&str; 15] = [
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA",
+    "AES256-SHA",
+    "DES-CBC3-SHA",
+];
+
+/// `IsValidCipherSuite`: a known suite, `ALL`, or an expression starting with an operator.
+fn valid_cipher(cs: &str) -> bool {
+    cs.is_empty()
+        || cs == "ALL"
+        || !cs.starts_with(|c: char| c.is_alphanumeric())
+        || CIPHER_SUITES.contains(&cs)
+}
+
+/// `validateTLSOptions`, with the CRD's rules on certificate sources (Gateway servers and
+/// Sidecar ingress listeners).
+pub(super) fn tls_options(r: &mut Report<'_>, tls: &ServerTlsSettings, base: &str) {
     let mode = tls.mode.as_deref().unwrap_or("PASSTHROUGH");
     if !SERVER_TLS_MODES.contains(&mode) {
         r.error(
@@ -167,6 +199,20 @@ fn tls_options(r: &mut Report<'_>, tls: &ServerTlsSettings, base: &str) {
             ),
         );
         return;
+    }
+    for (field, v) in [
+        ("minProtocolVersion", &tls.min_protocol_version),
+        ("maxProtocolVersion", &tls.max_protocol_version),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !TLS_VERSIONS.contains(v)) {
+            r.error(
+                format!("{base}.{field}"),
+                format!(
+                    "invalid TLS version {v}; expected one of {}",
+                    TLS_VERSIONS.join(", ")
+                ),
+            );
+        }
     }
     let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
     if matches!(
@@ -180,18 +226,62 @@ fn tls_options(r: &mut Report<'_>, tls: &ServerTlsSettings, base: &str) {
              longer include compatible ciphers.",
         );
     }
+    let mut invalid = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let mut duplicate = BTreeSet::new();
+    for cs in &tls.cipher_suites {
+        if !valid_cipher(cs) {
+            invalid.insert(cs.as_str());
+        } else if !seen.insert(cs.as_str()) {
+            duplicate.insert(cs.as_str());
+        }
+    }
+    for (list, what) in [(&invalid, "invalid"), (&duplicate, "duplicate")] {
+        if !list.is_empty() {
+            let names: Vec<&str> = list.iter().copied().collect();
+            r.warn(
+                format!("{base}.cipherSuites"),
+                format!("ignoring {what} cipher suites: [{}]", names.join(" ")),
+            );
+        }
+    }
+    for (field, len) in [
+        ("credentialNames", tls.credential_names.len()),
+        ("tlsCertificates", tls.tls_certificates.len()),
+    ] {
+        if len > 2 {
+            r.error(
+                format!("{base}.{field}"),
+                format!("{field} may hold at most 2 entries, found {len}"),
+            );
+        }
+    }
     if mode == "ISTIO_MUTUAL" {
-        for (field, value, what) in [
+        for (field, present, what) in [
             (
                 "serverCertificate",
-                &tls.server_certificate,
+                set(&tls.server_certificate),
                 "server certificate",
             ),
-            ("privateKey", &tls.private_key, "private key"),
-            ("caCertificates", &tls.ca_certificates, "CA bundle"),
-            ("credentialName", &tls.credential_name, "credentialName"),
+            ("privateKey", set(&tls.private_key), "private key"),
+            ("caCertificates", set(&tls.ca_certificates), "CA bundle"),
+            (
+                "tlsCertificates",
+                !tls.tls_certificates.is_empty(),
+                "tlsCertificates",
+            ),
+            (
+                "credentialName",
+                set(&tls.credential_name),
+                "credentialName",
+            ),
+            (
+                "credentialNames",
+                !tls.credential_names.is_empty(),
+                "credentialNames",
+            ),
         ] {
-            if set(value) {
+            if present {
                 r.error(
                     format!("{base}.{field}"),
                     format!("ISTIO_MUTUAL TLS cannot have associated {what}"),
@@ -204,37 +294,65 @@ fn tls_options(r: &mut Report<'_>, tls: &ServerTlsSettings, base: &str) {
         || set(&tls.server_certificate)
         || set(&tls.private_key)
         || set(&tls.ca_certificates)
-        || set(&tls.credential_name);
+        || !tls.tls_certificates.is_empty()
+        || set(&tls.credential_name)
+        || !tls.credential_names.is_empty();
     if (mode == "PASSTHROUGH" || mode == "AUTO_PASSTHROUGH") && has_files {
         r.warn(
             base,
             format!("{mode} mode does not use certificates, they will be ignored"),
         );
     }
-    // Credentials fetched from a Secret replace the certificate files.
-    let credential = set(&tls.credential_name)
-        || !tls.credential_names.is_empty()
-        || !tls.tls_certificates.is_empty();
+    let sources = usize::from(set(&tls.server_certificate) && set(&tls.private_key))
+        + usize::from(set(&tls.credential_name))
+        + usize::from(!tls.credential_names.is_empty())
+        + usize::from(!tls.tls_certificates.is_empty());
+    if sources > 1 {
+        r.error(
+            base,
+            "only one of credentialName, credentialNames, serverCertificate/privateKey or \
+             tlsCertificates should be specified",
+        );
+    }
     let terminating = matches!(mode, "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL");
+    // Credentials fetched from a Secret replace the certificate files.
+    let credential = set(&tls.credential_name) || !tls.credential_names.is_empty();
     if terminating && !credential {
         let label = if mode == "SIMPLE" { "SIMPLE" } else { "MUTUAL" };
-        if !set(&tls.server_certificate) {
-            r.error(
-                format!("{base}.serverCertificate"),
-                format!("{label} TLS requires a server certificate"),
-            );
-        }
-        if !set(&tls.private_key) {
-            r.error(
-                format!("{base}.privateKey"),
-                format!("{label} TLS requires a private key"),
-            );
-        }
         if mode != "SIMPLE" && !set(&tls.ca_certificates) {
             r.error(
                 format!("{base}.caCertificates"),
                 "MUTUAL TLS requires a client CA bundle",
             );
+        }
+        if tls.tls_certificates.is_empty() {
+            if !set(&tls.server_certificate) {
+                r.error(
+                    format!("{base}.serverCertificate"),
+                    format!("{label} TLS requires a server certificate"),
+                );
+            }
+            if !set(&tls.private_key) {
+                r.error(
+                    format!("{base}.privateKey"),
+                    format!("{label} TLS requires a private key"),
+                );
+            }
+        }
+        for (i, cert) in tls.tls_certificates.iter().enumerate() {
+            let path = format!("{base}.tlsCertificates[{i}]");
+            if !set(&cert.server_certificate) {
+                r.error(
+                    format!("{path}.serverCertificate"),
+                    format!("{label} TLS requires a server certificate"),
+                );
+            }
+            if !set(&cert.private_key) {
+                r.error(
+                    format!("{path}.privateKey"),
+                    format!("{label} TLS requires a private key"),
+                );
+            }
         }
     }
     if set(&tls.ca_crl) {

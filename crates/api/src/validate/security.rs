@@ -82,7 +82,7 @@ fn selector(r: &mut Report<'_>, sel: Option<&PolicySelector>) {
     }
 }
 
-fn selector_labels(r: &mut Report<'_>, path: &str, labels: &Labels) {
+pub(super) fn selector_labels(r: &mut Report<'_>, path: &str, labels: &Labels) {
     for (k, v) in labels {
         if k.is_empty() {
             r.error(
@@ -100,10 +100,11 @@ fn selector_labels(r: &mut Report<'_>, path: &str, labels: &Labels) {
 }
 
 /// The kinds a `targetRef` may name, as `group/kind` (`core` for the empty group).
-const TARGET_REF_KINDS: [(&str, &str); 3] = [
+const TARGET_REF_KINDS: [(&str, &str); 4] = [
     ("core", "Service"),
     ("networking.istio.io", "ServiceEntry"),
     ("gateway.networking.k8s.io", "Gateway"),
+    ("gateway.networking.k8s.io", "GatewayClass"),
 ];
 
 fn target_ref(r: &mut Report<'_>, path: &str, t: &PolicyTargetReference) {
@@ -320,6 +321,26 @@ fn custom(r: &mut Report<'_>, ap: &AuthorizationPolicy) {
                     "From.NotRequestPrincipals",
                     "notRequestPrincipals",
                 ),
+                (
+                    !src.service_accounts.is_empty(),
+                    "From.ServiceAccounts",
+                    "serviceAccounts",
+                ),
+                (
+                    !src.not_service_accounts.is_empty(),
+                    "From.NotServiceAccounts",
+                    "notServiceAccounts",
+                ),
+                (
+                    !src.trust_domains.is_empty(),
+                    "From.TrustDomains",
+                    "trustDomains",
+                ),
+                (
+                    !src.not_trust_domains.is_empty(),
+                    "From.NotTrustDomains",
+                    "notTrustDomains",
+                ),
             ] {
                 if set {
                     r.error(
@@ -331,7 +352,13 @@ fn custom(r: &mut Report<'_>, ap: &AuthorizationPolicy) {
         }
         for (j, cond) in rule.when.iter().enumerate() {
             let k = cond.key.as_str();
-            if k == "source.namespace" || k == "source.principal" || k.starts_with("request.auth.")
+            if matches!(
+                k,
+                "source.namespace"
+                    | "source.serviceAccount"
+                    | "source.trustDomain"
+                    | "source.principal"
+            ) || k.starts_with("request.auth.")
             {
                 r.error(
                     format!("spec.rules[{i}].when[{j}].key"),
@@ -344,7 +371,7 @@ fn custom(r: &mut Report<'_>, ap: &AuthorizationPolicy) {
 
 /// Checks one `source`; returns whether it uses attributes a TCP connection has.
 fn source(r: &mut Report<'_>, path: &str, src: &Source, rule: usize) -> bool {
-    let lists: [(&str, &str, &Vec<String>); 12] = [
+    let lists: [(&str, &str, &Vec<String>); 14] = [
         ("principals", "Principals", &src.principals),
         (
             "requestPrincipals",
@@ -373,6 +400,8 @@ fn source(r: &mut Report<'_>, path: &str, src: &Source, rule: usize) -> bool {
             "NotServiceAccounts",
             &src.not_service_accounts,
         ),
+        ("trustDomains", "TrustDomains", &src.trust_domains),
+        ("notTrustDomains", "NotTrustDomains", &src.not_trust_domains),
     ];
     if lists.iter().all(|(_, _, l)| l.is_empty()) {
         r.error(
@@ -393,19 +422,33 @@ fn source(r: &mut Report<'_>, path: &str, src: &Source, rule: usize) -> bool {
         }
     }
     empty_values(r, path, &lists);
+    let identities = src.principals.len()
+        + src.not_principals.len()
+        + src.namespaces.len()
+        + src.not_namespaces.len();
+    if identities > 0 && src.service_accounts.len() + src.not_service_accounts.len() > 0 {
+        r.error(
+            path,
+            format!(
+                "cannot set serviceAccounts with namespaces or principals, found at rule {rule}"
+            ),
+        );
+    }
     for (field, list) in [
         ("serviceAccounts", &src.service_accounts),
         ("notServiceAccounts", &src.not_service_accounts),
     ] {
-        for (k, v) in list.iter().enumerate() {
-            if v.contains('*') || v.split('/').count() > 2 {
-                r.error(
-                    format!("{path}.{field}[{k}]"),
-                    format!(
-                        "invalid service account {v:?}: use NAME or NAMESPACE/NAME, without wildcards"
-                    ),
-                );
-            }
+        if let Err((k, e)) = service_accounts(list) {
+            let at = k.map_or(String::new(), |k| format!("[{k}]"));
+            r.error(format!("{path}.{field}{at}"), e);
+        }
+    }
+    for (field, list) in [
+        ("trustDomains", &src.trust_domains),
+        ("notTrustDomains", &src.not_trust_domains),
+    ] {
+        if let Err((k, e)) = trust_domains(list) {
+            r.error(format!("{path}.{field}[{k}]"), e);
         }
     }
     !src.principals.is_empty()
@@ -450,14 +493,93 @@ fn operation(r: &mut Report<'_>, path: &str, op: &Operation, rule: usize) -> boo
         ("paths", "Paths", &op.paths),
         ("notPaths", "NotPaths", &op.not_paths),
     ] {
-        if let Some(k) = list.iter().position(|p| !valid_path_template(p)) {
+        if let Some((k, e)) = list
+            .iter()
+            .enumerate()
+            .find_map(|(k, p)| path_template(p).err().map(|e| (k, e)))
+        {
             r.error(
                 format!("{path}.{field}[{k}]"),
-                format!("invalid or unsupported path template, found in {name}"),
+                format!(
+                    "invalid or unsupported path {}, found in {name}: {e}",
+                    list[k]
+                ),
             );
         }
     }
     !op.ports.is_empty() || !op.not_ports.is_empty()
+}
+
+/// The most service accounts one list may hold (Istio bounds the configuration size).
+const MAX_SERVICE_ACCOUNTS: usize = 16;
+
+/// `CheckServiceAccount`: at most 16 values, each `NAME` or `NAMESPACE/NAME`, no wildcard, at
+/// most 320 characters. The error names the value's index when it is about one value.
+fn service_accounts(list: &[String]) -> Result<(), (Option<usize>, String)> {
+    if list.len() > MAX_SERVICE_ACCOUNTS {
+        return Err((
+            None,
+            format!(
+                "may not have more than {MAX_SERVICE_ACCOUNTS} values, found {}",
+                list.len()
+            ),
+        ));
+    }
+    for (k, v) in list.iter().enumerate() {
+        // Empty values are reported with the other lists.
+        if v.is_empty() {
+            continue;
+        }
+        let problem = if v.contains('*') {
+            Some(format!("wildcard not allowed in service account {v:?}"))
+        } else if v.len() > 320 {
+            Some(format!(
+                "service account cannot exceed 320 characters, found {}",
+                v.len()
+            ))
+        } else {
+            match v.split_once('/') {
+                Some((ns, sa)) if ns.is_empty() || sa.is_empty() || sa.contains('/') => {
+                    Some(format!(
+                    "expected format 'serviceAccount' or 'namespace/serviceAccount', found {v:?}"
+                ))
+                }
+                _ => None,
+            }
+        };
+        if let Some(p) = problem {
+            return Err((Some(k), p));
+        }
+    }
+    Ok(())
+}
+
+/// `CheckWildcardValues`: at most one `*`, at the start or the end.
+fn wildcard_value(v: &str) -> Result<(), String> {
+    let stars = v.matches('*').count();
+    if stars > 1 {
+        return Err(format!("at most one wildcard is allowed, found {v:?}"));
+    }
+    if stars == 1 && v != "*" && !v.starts_with('*') && !v.ends_with('*') {
+        return Err(format!(
+            "wildcard is only allowed at the start or end, found {v:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// `CheckTrustDomainValues`: wildcard rules, and no `/`.
+fn trust_domains(list: &[String]) -> Result<(), (usize, String)> {
+    for (k, v) in list.iter().enumerate() {
+        if v.is_empty() {
+            continue;
+        }
+        wildcard_value(v).map_err(|e| (k, e))?;
+        if v.contains('/') {
+            return Err((k, format!("trust domain must not contain '/', found {v:?}")));
+        }
+    }
+    Ok(())
 }
 
 /// `CheckEmptyValues`: the first empty string of each list.
@@ -496,41 +618,36 @@ fn port_string(v: &str) -> Result<(), String> {
     }
 }
 
-/// `CheckValidPathTemplate`: a path using `{*}`/`{**}` must not also use named variables,
-/// empty braces or bare `*`/`**` segments.
-fn valid_path_template(path: &str) -> bool {
-    if !(path.contains("{*}") || path.contains("{**}")) {
-        return true;
-    }
-    // Istio's `\/{\w+\=\*[*]?\}|{\w*\}|\/\*[*]?|\*[*]?\/`, without a regex.
-    let b = path.as_bytes();
-    for (i, c) in b.iter().enumerate() {
-        match c {
-            b'{' => {
-                let Some(end) = path[i..].find('}') else {
-                    continue;
-                };
-                let inner = &path[i + 1..i + end];
-                let word = |s: &str| s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
-                if word(inner) {
-                    return false;
-                }
-                if let Some((name, rest)) = inner.split_once('=') {
-                    if !name.is_empty() && word(name) && (rest == "*" || rest == "**") {
-                        return false;
-                    }
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => return false,
-            b'*' if b.get(i + 1) == Some(&b'/')
-                || (b.get(i + 1) == Some(&b'*') && b.get(i + 2) == Some(&b'/')) =>
-            {
-                return false
+/// `CheckValidPathTemplate`: `{*}` matches one segment and `{**}` the rest (last only); any
+/// other brace is refused, and beside a template every segment must be a plain URI `pchar`
+/// literal.
+fn path_template(path: &str) -> Result<(), String> {
+    let template = path.contains("{*}") || path.contains("{**}");
+    let mut any_seen = false;
+    for glob in path.trim_matches('/').split('/') {
+        match glob {
+            "{*}" | "{**}" if any_seen => return Err("{**} is not the last operator".into()),
+            "{*}" => continue,
+            "{**}" => {
+                any_seen = true;
+                continue;
             }
             _ => {}
         }
+        if glob.contains(['{', '}']) {
+            return Err("contains '{' or '}' beyond a supported path template".into());
+        }
+        let literal = !glob.is_empty()
+            && glob
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@=".contains(&c));
+        if template && !literal {
+            return Err(format!(
+                "contains segment {glob:?} with invalid string literal"
+            ));
+        }
     }
-    true
+    Ok(())
 }
 
 /// The attribute keys of `when`, as `ValidateAttribute` accepts them.
@@ -549,6 +666,8 @@ fn attribute(key: &str, values: &[String]) -> Result<(), String> {
     match key {
         _ if key.starts_with("request.headers") => map_key(),
         "source.ip" | "remote.ip" | "destination.ip" => ips(),
+        "source.serviceAccount" => service_accounts(values).map_err(|(_, e)| e),
+        "source.trustDomain" => values.iter().try_for_each(|v| wildcard_value(v)),
         "source.namespace"
         | "source.principal"
         | "request.auth.principal"

@@ -1,11 +1,11 @@
 //! VirtualService destinations: hosts the registry does not know (IST0101 `host`, `mirror host`,
 //! `host:port`), subsets no DestinationRule defines (IST0101 `host+subset in destinationrule`),
-//! multi-port services without a port at a gateway (IST0112), and a portless HTTP route to a
+//! multi-port services without a port (IST0112), and a portless HTTP route to a
 //! single-port ServiceEntry whose port is not the usual one (SLU0001, seed 004).
 //!
-//! Hosts are matched exactly, as the data path resolves destinations: a concrete name under a
-//! wildcard ServiceEntry host has no cluster (503 NC). `exportTo` is not applied: a reference is
-//! reported only when it fails for every proxy.
+//! Hosts are found as Istio's analyzers find them ([`super::lookup`]): `exportTo` of the
+//! ServiceEntry (or the Service's `networking.istio.io/exportTo` annotation) decides which
+//! namespaces see a host, and a name under a wildcard ServiceEntry host is found.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use sluice_api::networking::{Destination, VirtualService};
 use sluice_api::{Resource, Spec};
 
+use super::lookup::ServiceHosts;
 use super::{
     go_list, Message, DESTINATION_PORT_PINNED_TO_ONLY_SERVICE_PORT, REFERENCED_RESOURCE_NOT_FOUND,
     VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
@@ -24,7 +25,10 @@ use crate::references::{
 use crate::registry::{self, Service};
 
 struct Context<'a> {
+    /// Sluice's registry, for SLU0001.
     services: HashMap<Arc<str>, Arc<Service>>,
+    /// Istio's view of hosts, for IST0101 and IST0112.
+    hosts: ServiceHosts,
     rules: SubsetIndex<'a>,
 }
 
@@ -35,6 +39,7 @@ pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
     }
     let ctx = Context {
         services,
+        hosts: ServiceHosts::new(resources),
         rules: SubsetIndex::new(resources),
     };
     for res in resources {
@@ -45,11 +50,6 @@ pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
             check_destination(&ctx, res, vs, &field, dest, role, out);
         }
     }
-}
-
-/// True when some match block or the VirtualService itself binds to a Gateway (not `mesh`).
-fn binds_to_gateway(vs: &VirtualService) -> bool {
-    vs.gateways.iter().any(|g| g != "mesh")
 }
 
 fn check_destination(
@@ -82,7 +82,7 @@ fn check_destination(
             ));
         }
     }
-    let Some(svc) = ctx.services.get(fqdn.as_str()) else {
+    let Some(found) = ctx.hosts.find(&res.meta.namespace, &vs.export_to, written) else {
         let kind = if role == Role::Mirror {
             "mirror host"
         } else {
@@ -96,35 +96,31 @@ fn check_destination(
         ));
         return;
     };
-    let port = dest.port.as_ref().map(|p| p.number).filter(|n| *n != 0);
-    match port {
-        Some(n) => {
-            if !svc.ports.iter().any(|p| u32::from(p.number) == n) {
+    match &dest.port {
+        Some(p) => {
+            if !found.ports.contains(&p.number) {
                 out.push(Message::at(
                     &REFERENCED_RESOURCE_NOT_FOUND,
                     res,
                     &format!("{field}.port"),
                     format!(
                         "Referenced host:port not found: {:?}",
-                        format!("{written}:{n}")
+                        format!("{written}:{}", p.number)
                     ),
                 ));
             }
         }
         None => {
-            // In a sidecar a portless destination uses the port the client called; at a gateway
-            // that is the gateway's listening port, which the service rarely has (503 NC).
-            if svc.ports.len() > 1 && binds_to_gateway(vs) {
+            // Istio asks for a port whatever binds the VirtualService: in a sidecar a portless
+            // destination takes the port the client called, at a gateway the gateway's
+            // listening port, which the service rarely has (503 NC).
+            if found.ports.len() > 1 {
                 // The list is Istio's message; past a few ports it only makes the output grow
                 // with the service's size for every route that names it.
-                let mut ports: Vec<String> = svc
-                    .ports
-                    .iter()
-                    .take(16)
-                    .map(|p| p.number.to_string())
-                    .collect();
-                if svc.ports.len() > 16 {
-                    ports.push(format!("\u{2026} ({} more)", svc.ports.len() - 16));
+                let mut ports: Vec<String> =
+                    found.ports.iter().take(16).map(u32::to_string).collect();
+                if found.ports.len() > 16 {
+                    ports.push(format!("\u{2026} ({} more)", found.ports.len() - 16));
                 }
                 out.push(Message::at(
                     &VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
@@ -136,7 +132,8 @@ fn check_destination(
                     ),
                 ));
             }
-            if role == Role::HttpRoute {
+            let svc = ctx.services.get(fqdn.as_str());
+            if let (Role::HttpRoute, Some(svc)) = (role, svc) {
                 if let Some(only) = surprising_single_port(svc) {
                     let usual = usual_port(svc.ports[0].protocol);
                     out.push(Message::at(

@@ -1,28 +1,39 @@
 //! Gateways and the VirtualServices bound to them: unknown `gateways` entries (IST0101
-//! `gateway`), missing or unusable `credentialName` Secrets (IST0101 `credentialName`, IST0161),
-//! VirtualService hosts no server of the Gateway admits (IST0132), Gateways that claim the same
-//! selector, port and hosts (IST0145), and server ports the gateway workload's Service does not
-//! expose (IST0162).
+//! `gateway`), selectors that pick no workload (IST0101 `selector`), missing or unusable
+//! `credentialName` Secrets (IST0101 `credentialName`, IST0161), VirtualService hosts no server
+//! of the Gateway admits (IST0132), Gateways that claim the same selector, port and hosts
+//! (IST0145), and server ports the gateway workload's Service does not expose (IST0162).
+//!
+//! A Gateway's workload is the Pods its selector picks ([`super::workloads`]), in any
+//! namespace: their namespace is where its `credentialName` Secrets are, and the Services of
+//! that namespace that select them expose its ports. A VirtualService may also name a Gateway
+//! API Gateway (`gateway.networking.k8s.io`), whose listeners' hostnames admit its hosts.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use sluice_api::kube::IntOrString;
+use sluice_api::kube::{IntOrString, KubernetesGatewaySpec, SecretData, ServiceSpec};
 use sluice_api::networking::{Gateway, Labels};
 use sluice_api::{Resource, Spec};
 
+use super::pem::certificate_problem;
+use super::workloads::{
+    default_ingress_labels, same_workload, standing_services, Pod, Pods, DEFAULT_INGRESS_PORTS,
+    DEFAULT_INGRESS_SERVICE,
+};
 use super::{
-    go_list, selector_string, Message, CONFLICTING_GATEWAYS, GATEWAY_PORT_NOT_DEFINED_ON_SERVICE,
-    INVALID_GATEWAY_CREDENTIAL, REFERENCED_RESOURCE_NOT_FOUND,
+    go_list, selector_not_found, selector_string, Message, CONFLICTING_GATEWAYS,
+    GATEWAY_PORT_NOT_DEFINED_ON_SERVICE, INVALID_GATEWAY_CREDENTIAL, REFERENCED_RESOURCE_NOT_FOUND,
     VIRTUAL_SERVICE_HOST_NOT_FOUND_IN_GATEWAY,
 };
-use crate::gateway::{
-    credential_secret, resolve_credential, resolve_gateway_name, GatewayHost, Secrets,
-};
-use crate::host::HostIndex;
+use crate::gateway::{credential_secret, resolve_gateway_name, GatewayHost, Secrets};
+use crate::host::{self, HostIndex};
 use crate::references::DEFAULT_GATEWAY_NAMESPACE;
 use crate::registry::labels_subset;
 
-pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
+/// Gateway API Gateways by `ns/name`.
+type KubernetesGateways<'a> = HashMap<String, &'a KubernetesGatewaySpec>;
+
+pub(super) fn check(resources: &[Resource], pods: &Pods<'_>, out: &mut Vec<Message>) {
     let gateways: BTreeMap<String, (&Resource, &Gateway)> = resources
         .iter()
         .filter_map(|r| match &r.spec {
@@ -30,19 +41,33 @@ pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
             _ => None,
         })
         .collect();
-    virtual_service_gateways(resources, &gateways, out);
+    let kubernetes_gateways: KubernetesGateways<'_> = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::KubernetesGateway(gw) => Some((r.key(), gw)),
+            _ => None,
+        })
+        .collect();
+    virtual_service_gateways(resources, &gateways, &kubernetes_gateways, out);
     let secrets = Secrets::new(resources);
+    let default_labels = default_ingress_labels();
+    let services = KubeServices::new(resources);
     for (res, gw) in gateways.values() {
-        credentials(&secrets, res, gw, out);
-        service_ports(resources, res, gw, out);
+        let Some(workload) = workload(resources, pods, &services, &default_labels, gw) else {
+            out.push(selector_not_found(res, "spec.selector", &gw.selector));
+            continue;
+        };
+        credentials(&secrets, res, gw, workload.namespace, out);
+        service_ports(res, gw, &workload.ports, out);
     }
-    conflicts(&gateways, out);
+    conflicts(&gateways, pods, out);
 }
 
 /// IST0101 `gateway` and IST0132.
 fn virtual_service_gateways(
     resources: &[Resource],
     gateways: &BTreeMap<String, (&Resource, &Gateway)>,
+    kubernetes_gateways: &KubernetesGateways<'_>,
     out: &mut Vec<Message>,
 ) {
     let mut server_hosts: HashMap<String, GatewayHostIndex> = HashMap::new();
@@ -66,26 +91,42 @@ fn virtual_service_gateways(
         }
         let mut seen = BTreeSet::new();
         for (field, written) in entries {
+            // A Gateway the control plane makes of a Kubernetes Gateway: istioctl reports it as
+            // IST0166, which sluice does not claim.
+            if is_internal_gateway_reference(written) {
+                continue;
+            }
             let Some(name) = resolve_gateway_name(written, ns) else {
                 continue;
             };
-            let Some((_, gw)) = gateways.get(&name) else {
+            let gw = gateways.get(&name).map(|(_, gw)| *gw);
+            let kubernetes_gw = gw
+                .is_none()
+                .then(|| kubernetes_gateways.get(&name).copied())
+                .flatten();
+            if gw.is_none() && kubernetes_gw.is_none() {
                 out.push(Message::at(
                     &REFERENCED_RESOURCE_NOT_FOUND,
                     res,
                     &field,
                     format!("Referenced gateway not found: {written:?}"),
                 ));
-                continue;
-            };
+            }
             if !field.starts_with("spec.gateways") || !seen.insert(name.clone()) {
                 continue;
             }
-            let server_hosts = server_hosts
-                .entry(name.clone())
-                .or_insert_with(|| GatewayHostIndex::new(&name, gw));
-            let admitted = vs.hosts.iter().any(|h| server_hosts.admit(h, ns));
-            if !admitted && !vs.hosts.is_empty() {
+            // A Gateway that does not exist admits no host either (Istio reports both).
+            let admitted = match (gw, kubernetes_gw) {
+                (Some(gw), _) => {
+                    let server_hosts = server_hosts
+                        .entry(name.clone())
+                        .or_insert_with(|| GatewayHostIndex::new(&name, gw));
+                    vs.hosts.iter().any(|h| server_hosts.admit(h, ns))
+                }
+                (None, Some(gw)) => listeners_admit(gw, &vs.hosts),
+                (None, None) => false,
+            };
+            if !admitted {
                 out.push(Message::at(
                     &VIRTUAL_SERVICE_HOST_NOT_FOUND_IN_GATEWAY,
                     res,
@@ -99,6 +140,16 @@ fn virtual_service_gateways(
             }
         }
     }
+}
+
+/// True when a listener of a Gateway API Gateway admits one of `hosts`, as Istio's analyzer
+/// decides it: a listener without a hostname admits every host, else its hostname must
+/// overlap one (`namespace/` prefixes and the routes' own hostnames are not looked at).
+fn listeners_admit(gw: &KubernetesGatewaySpec, hosts: &[String]) -> bool {
+    gw.listeners.iter().any(|l| match l.hostname.as_deref() {
+        None | Some("") => true,
+        Some(name) => hosts.iter().any(|h| host::intersects(name, h)),
+    })
 }
 
 /// The server hosts of one Gateway, indexed: those open to every namespace, and those of each
@@ -146,9 +197,16 @@ impl GatewayHostIndex {
     }
 }
 
-/// IST0101 `credentialName` (no such Secret) and IST0161 (the Secret has no usable key pair).
-/// Secrets are looked up where `sluice gateway` runs by default, istio-system.
-fn credentials(secrets: &Secrets<'_>, res: &Resource, gw: &Gateway, out: &mut Vec<Message>) {
+/// IST0101 `credentialName` (no such Secret) and IST0161 (the Secret holds no certificate and
+/// key, or its certificate cannot be served: not PEM, not X.509, expired or not yet valid).
+/// Secrets are looked up in `gw_ns`, the namespace of the gateway's workload.
+fn credentials(
+    secrets: &Secrets<'_>,
+    res: &Resource,
+    gw: &Gateway,
+    gw_ns: &str,
+    out: &mut Vec<Message>,
+) {
     for (i, server) in gw.servers.iter().enumerate() {
         let Some(name) = server
             .tls
@@ -158,77 +216,190 @@ fn credentials(secrets: &Secrets<'_>, res: &Resource, gw: &Gateway, out: &mut Ve
         else {
             continue;
         };
-        let (ns, secret) = credential_secret(name, DEFAULT_GATEWAY_NAMESPACE);
-        let exists = secrets.get(ns, secret).is_some();
+        let (ns, secret) = credential_secret(name, gw_ns);
         let field = format!("spec.servers[{i}].tls.credentialName");
-        if !exists {
+        let Some(data) = secrets.get(ns, secret) else {
             out.push(Message::at(
                 &REFERENCED_RESOURCE_NOT_FOUND,
                 res,
                 &field,
                 format!("Referenced credentialName not found: {name:?}"),
             ));
-        } else if resolve_credential(secrets, DEFAULT_GATEWAY_NAMESPACE, name).is_err() {
+            continue;
+        };
+        if !servable_credential(data) {
             out.push(Message::at(
                 &INVALID_GATEWAY_CREDENTIAL,
                 res,
                 &field,
                 format!(
-                    "The credential referenced by the Gateway {} in namespace {} is invalid, which can cause the traffic not to work as expected.",
-                    res.meta.name, res.meta.namespace
+                    "The credential referenced by the Gateway {} in namespace {gw_ns} is invalid, which can cause the traffic not to work as expected.",
+                    res.meta.name
                 ),
             ));
         }
     }
 }
 
-/// True when a Service with `service` selector and a Gateway with `gateway` selector can pick
-/// the same workload: one selector contains the other.
-fn same_workload(service: &Labels, gateway: &Labels) -> bool {
-    !service.is_empty()
-        && !gateway.is_empty()
-        && (labels_subset(service, gateway) || labels_subset(gateway, service))
+/// True when the Secret has a certificate and key (`cert`/`key`, else `tls.crt`/`tls.key`,
+/// both non-empty) and the certificate can be served now (Istio's `ExtractCertInfo` and
+/// `ValidateCertificate`).
+fn servable_credential(data: &SecretData) -> bool {
+    let pair = |cert: &str, key: &str| {
+        let value = |k: &str| data.get(k).filter(|v| !v.is_empty());
+        value(cert).filter(|_| value(key).is_some())
+    };
+    let Some(cert) = pair("cert", "key").or_else(|| pair("tls.crt", "tls.key")) else {
+        return false;
+    };
+    certificate_problem(cert).is_none()
 }
 
-/// IST0162: only when a Service of the gateway workload is in the config.
-fn service_ports(resources: &[Resource], res: &Resource, gw: &Gateway, out: &mut Vec<Message>) {
-    let mut found = false;
-    let mut targets = BTreeSet::new();
-    for r in resources {
-        let Spec::Service(svc) = &r.spec else {
-            continue;
-        };
-        if !same_workload(&svc.selector, &gw.selector) {
-            continue;
-        }
-        found = true;
-        for p in &svc.ports {
-            if p.protocol
-                .as_deref()
-                .is_some_and(|proto| !proto.eq_ignore_ascii_case("TCP"))
-            {
-                continue;
+/// True for a reference to a Gateway made of a Kubernetes Gateway
+/// (`ns/name~istio-autogenerated-k8s-gateway~listener`).
+fn is_internal_gateway_reference(written: &str) -> bool {
+    let name = written.split_once('/').map_or(written, |(_, n)| n);
+    name.contains("~istio-autogenerated-k8s-gateway~")
+}
+
+/// The Kubernetes Services by namespace, and whether the files define the ingress gateway's
+/// Service istioctl otherwise assumes.
+struct KubeServices<'r> {
+    by_namespace: HashMap<&'r str, Vec<&'r ServiceSpec>>,
+    default_defined: bool,
+}
+
+impl<'r> KubeServices<'r> {
+    fn new(resources: &'r [Resource]) -> Self {
+        let mut by_namespace: HashMap<&str, Vec<&ServiceSpec>> = HashMap::new();
+        let mut default_defined = false;
+        for r in resources {
+            if let Spec::Service(svc) = &r.spec {
+                by_namespace.entry(&r.meta.namespace).or_default().push(svc);
+                default_defined |= r.meta.namespace == DEFAULT_GATEWAY_NAMESPACE
+                    && r.meta.name == DEFAULT_INGRESS_SERVICE;
             }
-            let target = match &p.target_port {
-                Some(IntOrString::Int(n)) if *n != 0 => *n,
-                Some(IntOrString::String(s)) => s.parse().unwrap_or(p.port),
-                _ => p.port,
-            };
-            targets.insert(target);
+        }
+        KubeServices {
+            by_namespace,
+            default_defined,
         }
     }
-    if !found {
-        return;
+}
+
+/// A Gateway's workload: the namespace of its Pods, and the ports their Services expose.
+struct Workload<'a> {
+    namespace: &'a str,
+    ports: WorkloadPorts,
+}
+
+/// The workload a Gateway's selector picks, as Istio's `IngressGatewayPortAnalyzer` and
+/// `SecretAnalyzer` find it: the Pods it selects (the first one's namespace is the
+/// workload's) and, for each, the Services of the Pod's namespace that select it. Without Pods
+/// in the input, also the Services that stand for them ([`standing_services`]). `None` when
+/// nothing is found (IST0101 `selector`).
+fn workload<'a>(
+    resources: &'a [Resource],
+    pods: &Pods<'a>,
+    services: &KubeServices<'a>,
+    default_labels: &Labels,
+    gw: &'a Gateway,
+) -> Option<Workload<'a>> {
+    let mut ports = WorkloadPorts::default();
+    let mut namespace = None;
+    // Replicas share their labels: their Services need looking up once.
+    let mut seen: HashSet<(&str, &Labels)> = HashSet::new();
+    let mut picked: Vec<&Pod<'_>> = pods.selected(&gw.selector).collect();
+    if picked.is_empty() && !pods.declared() {
+        // The ingress gateway Pod istioctl assumes stands for a real one, which has more
+        // labels: a selector that contains its labels may pick it.
+        picked.extend(
+            pods.in_namespace(DEFAULT_GATEWAY_NAMESPACE)
+                .filter(|p| same_workload(p.labels, &gw.selector)),
+        );
     }
+    for pod in picked {
+        namespace.get_or_insert(pod.namespace);
+        if !seen.insert((pod.namespace, pod.labels)) {
+            continue;
+        }
+        let in_namespace = services.by_namespace.get(pod.namespace);
+        for svc in in_namespace.into_iter().flatten() {
+            if labels_subset(&svc.selector, pod.labels) {
+                for p in &svc.ports {
+                    ports.add(p.port, p.target_port.as_ref(), p.protocol.as_deref());
+                }
+            }
+        }
+        if !services.default_defined
+            && pod.namespace == DEFAULT_GATEWAY_NAMESPACE
+            && labels_subset(default_labels, pod.labels)
+        {
+            for p in DEFAULT_INGRESS_PORTS {
+                ports.add(p, Some(&IntOrString::Int(p)), Some("TCP"));
+            }
+        }
+    }
+    // Without Pods in the input, the assumed one may not be labelled as the gateway really is.
+    if !pods.declared() {
+        for (r, svc) in standing_services(resources, &gw.selector, None) {
+            namespace.get_or_insert(r.meta.namespace.as_str());
+            for p in &svc.ports {
+                ports.add(p.port, p.target_port.as_ref(), p.protocol.as_deref());
+            }
+        }
+    }
+    Some(Workload {
+        namespace: namespace?,
+        ports,
+    })
+}
+
+/// The ports through which a gateway workload's Services reach it, as Istio's
+/// `IngressGatewayPortAnalyzer` collects them: every TCP port's target port (its port when it
+/// has none or a named one), and each port that has a target port (a server listening on the
+/// Service port is reached through it).
+#[derive(Default)]
+struct WorkloadPorts {
+    targets: BTreeSet<u32>,
+    mapped: BTreeSet<u32>,
+}
+
+impl WorkloadPorts {
+    fn add(&mut self, port: u32, target: Option<&IntOrString>, protocol: Option<&str>) {
+        // Kubernetes makes an unset protocol TCP; Istio compares the set value exactly.
+        if protocol.is_some_and(|p| p != "TCP") {
+            return;
+        }
+        let target = match target {
+            Some(IntOrString::Int(n)) => *n,
+            Some(IntOrString::String(s)) => s.parse().unwrap_or(0),
+            None => 0,
+        };
+        if target != 0 {
+            self.targets.insert(target);
+            self.mapped.insert(port);
+        } else {
+            self.targets.insert(port);
+        }
+    }
+
+    fn reach(&self, port: u32) -> bool {
+        self.targets.contains(&port) || self.mapped.contains(&port)
+    }
+}
+
+/// IST0162: a server port no Service of the gateway's workload reaches.
+fn service_ports(res: &Resource, gw: &Gateway, ports: &WorkloadPorts, out: &mut Vec<Message>) {
     for (i, server) in gw.servers.iter().enumerate() {
-        if !targets.contains(&server.port.number) {
+        let number = server.port.number;
+        if number != 0 && !ports.reach(number) {
             out.push(Message::at(
                 &GATEWAY_PORT_NOT_DEFINED_ON_SERVICE,
                 res,
                 &format!("spec.servers[{i}].port.number"),
                 format!(
-                    "The gateway is listening on a target port (port {}) that is not defined in the Service associated with its workload instances (Pod selector {}). If you need to access the gateway port through the gateway Service, it will not be available.",
-                    server.port.number,
+                    "The gateway is listening on a target port (port {number}) that is not defined in the Service associated with its workload instances (Pod selector {}). If you need to access the gateway port through the gateway Service, it will not be available.",
                     selector_string(&gw.selector)
                 ),
             ));
@@ -236,64 +407,74 @@ fn service_ports(resources: &[Resource], res: &Resource, gw: &Gateway, out: &mut
     }
 }
 
-/// A Gateway (`ns/name`) and the hosts of one of its servers.
-type ServerHosts = (String, Vec<String>);
-
-/// IST0145: Gateways with the same selector and port whose server hosts overlap.
-fn conflicts(gateways: &BTreeMap<String, (&Resource, &Gateway)>, out: &mut Vec<Message>) {
-    // (selector, port) → [(gateway key, hosts)]
-    let mut by_port: BTreeMap<(String, u32), Vec<ServerHosts>> = BTreeMap::new();
-    for (key, (res, gw)) in gateways {
-        for server in &gw.servers {
-            let hosts: Vec<String> = if server.hosts.is_empty() {
-                vec!["*".to_string()]
-            } else {
-                server
-                    .hosts
-                    .iter()
-                    .map(|h| GatewayHost::parse(h, &res.meta.namespace).host.to_string())
-                    .collect()
-            };
-            by_port
-                .entry((selector_string(&gw.selector), server.port.number))
-                .or_default()
-                .push((key.clone(), hosts));
-        }
+/// True when two Gateways' selectors pick the same workload: the same selector, or one Pod
+/// that both select. Without Pods in the input, one selector containing the other.
+fn same_gateway_workload(pods: &Pods<'_>, a: &Labels, b: &Labels) -> bool {
+    if a == b {
+        return true;
     }
-    for ((selector, port), servers) in by_port {
-        let mut index = HostIndex::default();
-        for (j, (_, hosts)) in servers.iter().enumerate() {
-            for h in hosts {
-                index.insert(h, j);
+    if !pods.declared() {
+        return same_workload(a, b);
+    }
+    if b.iter().any(|(k, v)| a.get(k).is_some_and(|w| w != v)) {
+        return false;
+    }
+    let mut both = a.clone();
+    both.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let found = pods.selected(&both).next().is_some();
+    found
+}
+
+/// IST0145, as Istio's `ConflictingGatewayAnalyzer`: a server of a Gateway conflicts with the
+/// servers of other Gateways for the same workload on the same port that list one of its hosts,
+/// written the same, with the same `bind`. One message per such server.
+fn conflicts(
+    gateways: &BTreeMap<String, (&Resource, &Gateway)>,
+    pods: &Pods<'_>,
+    out: &mut Vec<Message>,
+) {
+    // (port, host, bind) → the Gateways with such a server, each once.
+    let mut servers: HashMap<(u32, &str, &str), Vec<&str>> = HashMap::new();
+    for (key, (_, gw)) in gateways {
+        for server in &gw.servers {
+            let bind = server.bind.as_deref().unwrap_or("");
+            for h in &server.hosts {
+                let list = servers.entry((server.port.number, h, bind)).or_default();
+                if list.last() != Some(&key.as_str()) {
+                    list.push(key);
+                }
             }
         }
-        for (i, (a, hosts_a)) in servers.iter().enumerate() {
+    }
+    for (key, (res, gw)) in gateways {
+        for server in &gw.servers {
+            let port = server.port.number;
+            let bind = server.bind.as_deref().unwrap_or("");
             let mut others = BTreeSet::new();
-            let mut shared = BTreeSet::new();
-            for ha in hosts_a {
-                index.visit_intersecting(ha, |&j| {
-                    let b = &servers[j].0;
-                    if j != i && b != a {
-                        others.insert(b.clone());
-                        shared.insert(ha.clone());
+            for h in &server.hosts {
+                let Some(list) = servers.get(&(port, h.as_str(), bind)) else {
+                    continue;
+                };
+                for other in list {
+                    if *other != key
+                        && same_gateway_workload(pods, &gw.selector, &gateways[*other].1.selector)
+                    {
+                        others.insert(other.to_string());
                     }
-                    true
-                });
+                }
             }
             if others.is_empty() {
                 continue;
             }
-            let (res, _) = gateways[a];
-            let others = super::listed(&others);
-            let shared: Vec<String> = shared.into_iter().collect();
             out.push(Message::at(
                 &CONFLICTING_GATEWAYS,
                 res,
                 "spec.servers",
                 format!(
-                    "Conflict with gateways {} (workload selector {selector}, port {port}, hosts {}).",
-                    others,
-                    shared.join(",")
+                    "Conflict with gateways {} (workload selector {}, port {port}, hosts {}).",
+                    super::listed(&others),
+                    selector_string(&gw.selector),
+                    server.hosts.join(",")
                 ),
             ));
         }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde_json::Value;
-use sluice_api::networking::{HttpMatchRequest, HttpRoute, VirtualService};
+use sluice_api::networking::{HttpMatchRequest, HttpRoute, StringMatch, VirtualService};
 use sluice_api::{Resource, Spec};
 
 use super::{
@@ -13,7 +13,7 @@ use super::{
     VIRTUAL_SERVICE_UNREACHABLE_RULE,
 };
 use crate::host;
-use crate::registry::ExportTo;
+use crate::host::HostIndex;
 use crate::snapshot::binds_to_mesh;
 
 pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
@@ -25,145 +25,97 @@ pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
     }
 }
 
-/// The VirtualServices that define one host, with what IST0109 needs to list the ones each
-/// conflicts with (those whose `exportTo` overlaps its own) without comparing every pair: with
-/// thousands of VirtualServices for one host, pairwise comparison and complete lists made the
-/// analysis and its output grow with the square of their number.
-#[derive(Default)]
-struct HostDefinitions<'r> {
-    /// (resource, key, scope), each VirtualService once.
-    entries: Vec<(&'r Resource, String, ExportTo)>,
-    keys: HashSet<String>,
-}
-
-impl HostDefinitions<'_> {
-    fn report(self, host: &str, out: &mut Vec<Message>) {
-        let entries = self.entries;
-        // Keys exported everywhere; keys of every entry exported somewhere; namespace →
-        // entries exported there. All sorted by key.
-        let mut everywhere: Vec<&str> = Vec::new();
-        let mut somewhere: Vec<&str> = Vec::new();
-        let mut by_namespace: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (_, key, scope) in &entries {
-            match scope {
-                ExportTo::All => {
-                    everywhere.push(key);
-                    somewhere.push(key);
-                }
-                ExportTo::Namespaces(list) if !list.is_empty() => {
-                    somewhere.push(key);
-                    let unique: BTreeSet<&str> = list.iter().map(String::as_str).collect();
-                    for ns in unique {
-                        by_namespace.entry(ns).or_default().push(key);
-                    }
-                }
-                ExportTo::Namespaces(_) => {}
-            }
-        }
-        everywhere.sort_unstable();
-        somewhere.sort_unstable();
-        for list in by_namespace.values_mut() {
-            list.sort_unstable();
-        }
-        // Those exported to several namespaces: the union, once per distinct set.
-        let mut unions: HashMap<&[String], Vec<&str>> = HashMap::new();
-        for (res, _, scope) in &entries {
-            // The VirtualServices this one conflicts with, and itself: exported everywhere it
-            // is, or (exported everywhere) to at least one of the namespaces it is exported to.
-            let (first, second): (&[&str], &[&str]) = match scope {
-                ExportTo::All => (&somewhere, &[]),
-                ExportTo::Namespaces(list) if list.is_empty() => continue,
-                ExportTo::Namespaces(list) => {
-                    let unique: BTreeSet<&str> = list.iter().map(String::as_str).collect();
-                    if unique.len() == 1 {
-                        let ns = unique.first().copied().unwrap_or_default();
-                        let posting = by_namespace.get(ns).map_or(&[][..], Vec::as_slice);
-                        (&everywhere, posting)
-                    } else {
-                        let union = unions.entry(list).or_insert_with(|| {
-                            let mut keys: Vec<&str> = unique
-                                .iter()
-                                .filter_map(|ns| by_namespace.get(ns))
-                                .flatten()
-                                .copied()
-                                .collect();
-                            keys.sort_unstable();
-                            keys.dedup();
-                            keys
-                        });
-                        (&everywhere, union.as_slice())
-                    }
-                }
-            };
-            let total = first.len() + second.len();
-            if total < 2 {
-                continue;
-            }
-            let names = merge_sorted(first, second, super::MAX_LISTED);
-            let mut names = names.join(",");
-            if total > super::MAX_LISTED {
-                names.push_str(&format!(" and {} more", total - super::MAX_LISTED));
-            }
-            out.push(Message::at(
-                &CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS,
-                res,
-                "spec.hosts",
-                format!(
-                    "The VirtualServices {names} associated with mesh gateway define the same host {host} which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource."
-                ),
-            ));
-        }
+/// Istio's `ConvertHostToFQDN`: a name without a dot (and not a wildcard) is a Service of `ns`.
+/// Unlike [`host::resolve_short_name`], `*` stays as written and case is kept.
+pub(super) fn istio_fqdn(host: &str, ns: &str) -> String {
+    if !host.starts_with('*') && !host.contains('.') {
+        format!("{host}.{ns}.{}", host::CLUSTER_DOMAIN)
+    } else {
+        host.to_string()
     }
 }
 
-/// The first `n` of two sorted, disjoint lists, in order.
-fn merge_sorted<'a>(a: &[&'a str], b: &[&'a str], n: usize) -> Vec<&'a str> {
-    let (mut i, mut j) = (0, 0);
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let next = match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) if x <= y => {
-                i += 1;
-                x
-            }
-            (_, Some(y)) => {
-                j += 1;
-                y
-            }
-            (Some(x), None) => {
-                i += 1;
-                x
-            }
-            (None, None) => break,
-        };
-        out.push(*next);
+/// The namespaces a VirtualService or ServiceEntry is exported to: `*` alone when it is
+/// exported everywhere (no `exportTo`, or `*` among them), else each namespace once (`.` is
+/// its own).
+pub(super) fn export_scopes(export_to: &[String], ns: &str) -> BTreeSet<String> {
+    if export_to.is_empty() || export_to.iter().any(|e| e == "*") {
+        return BTreeSet::from(["*".to_string()]);
     }
-    out
+    export_to
+        .iter()
+        .map(|e| if e == "." { ns.to_string() } else { e.clone() })
+        .collect()
 }
 
-/// IST0109. Sidecars do not merge VirtualServices: only the oldest one's `http` rules for a host
-/// are used, so only VirtualServices with `http` rules are compared.
+/// IST0109, as Istio's `ConflictingMeshGatewayHostsAnalyzer`: mesh VirtualServices are grouped
+/// by (exportTo scope, host); a group of VirtualServices exported to some namespaces also
+/// takes in those exported everywhere whose host overlaps (wildcards included). Each
+/// VirtualService of a group of two or more is reported once, for the first such group.
 fn mesh_host_conflicts(resources: &[Resource], out: &mut Vec<Message>) {
-    let mut by_host: BTreeMap<String, HostDefinitions<'_>> = BTreeMap::new();
+    // (scope, host) → VirtualServices, each once, in resource order.
+    let mut groups: BTreeMap<(String, String), Vec<&Resource>> = BTreeMap::new();
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
         };
-        if !binds_to_mesh(&vs.gateways) || vs.http.is_empty() {
+        if !binds_to_mesh(&vs.gateways) {
             continue;
         }
-        let scope = ExportTo::parse(&vs.export_to, &res.meta.namespace);
-        let key = res.key();
-        for h in &vs.hosts {
-            let fqdn = host::resolve_short_name(h, &res.meta.namespace);
-            let defs = by_host.entry(fqdn).or_default();
-            if defs.keys.insert(key.clone()) {
-                defs.entries.push((res, key.clone(), scope.clone()));
+        let ns = res.meta.namespace.as_str();
+        for scope in export_scopes(&vs.export_to, ns) {
+            for h in &vs.hosts {
+                let group = groups
+                    .entry((scope.clone(), istio_fqdn(h, ns)))
+                    .or_default();
+                if !group.last().is_some_and(|r| std::ptr::eq(*r, res)) {
+                    group.push(res);
+                }
             }
         }
     }
-    for (host, defs) in by_host {
-        defs.report(&host, out);
+    let mut everywhere: HostIndex<usize> = HostIndex::default();
+    let keys: Vec<&(String, String)> = groups.keys().collect();
+    for (i, (scope, h)) in keys.iter().enumerate() {
+        if scope == "*" {
+            everywhere.insert(&h.to_ascii_lowercase(), i);
+        }
+    }
+    let lists: Vec<&Vec<&Resource>> = groups.values().collect();
+    let mut reported: HashSet<String> = HashSet::new();
+    for (i, (scope, h)) in keys.iter().enumerate() {
+        let mut members: Vec<&Resource> = lists[i].clone();
+        if scope != "*" {
+            let mut others: Vec<usize> = Vec::new();
+            everywhere.visit_intersecting(&h.to_ascii_lowercase(), |&j| {
+                others.push(j);
+                true
+            });
+            others.sort_unstable();
+            others.dedup();
+            for j in others {
+                members.extend(lists[j].iter().copied());
+            }
+        }
+        if members.len() < 2 {
+            continue;
+        }
+        let mut names: Vec<String> = members.iter().map(|r| r.key()).collect();
+        names.sort_unstable();
+        let names = super::listed(&names);
+        for res in members {
+            if !reported.insert(res.key()) {
+                continue;
+            }
+            out.push(Message::at(
+                &CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS,
+                res,
+                "metadata.name",
+                format!(
+                    "The VirtualServices {names} associated with mesh gateway define the same host {scope}/{h} which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource."
+                ),
+            ));
+        }
     }
 }
 
@@ -175,42 +127,106 @@ fn rule_name(name: Option<&str>, index: usize) -> String {
     }
 }
 
-/// A match block's identity for duplicate detection (Istio compares their JSON).
+/// A match block's identity for duplicate detection: Istio compares their JSON without the
+/// block's `name`, which only labels it.
 fn as_json<T: serde::Serialize>(m: &T) -> String {
-    serde_json::to_string(m).unwrap_or_default()
+    match serde_json::to_value(m) {
+        Ok(Value::Object(map)) => {
+            // Sorted by key: removing a key from an order-preserving map moves another one.
+            let fields: BTreeMap<String, Value> =
+                map.into_iter().filter(|(k, _)| k != "name").collect();
+            serde_json::to_string(&fields).unwrap_or_default()
+        }
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
 }
 
-/// A prefix-only-different match: its `uri.prefix` and the rest of the block, for overlap checks.
-struct PrefixMatch {
-    prefix: String,
-    rest: Value,
+/// `exact:v` or `prefix:v`; empty for a regex, which Istio does not compare.
+fn exact_or_prefix(m: Option<&StringMatch>) -> String {
+    let Some(m) = m else {
+        return String::new();
+    };
+    match (m.exact.as_deref(), m.prefix.as_deref()) {
+        (Some(e), _) if !e.is_empty() => format!("exact:{e}"),
+        (_, Some(p)) if !p.is_empty() => format!("prefix:{p}"),
+        _ => String::new(),
+    }
+}
+
+fn exact_or_prefix_map(m: &BTreeMap<String, StringMatch>) -> BTreeMap<&str, String> {
+    m.iter()
+        .map(|(k, v)| (k.as_str(), exact_or_prefix(Some(v))))
+        .collect()
+}
+
+/// A match block with a `uri.prefix`, reduced to what Istio compares to find an earlier block
+/// that covers it (`genMatchHTTPRoutes`): port, method (GET when unset), authority, headers,
+/// query parameters and absent headers.
+struct PrefixMatch<'a> {
+    prefix: &'a str,
+    port: u32,
+    method: String,
+    authority: String,
+    headers: BTreeMap<&'a str, String>,
+    query_params: BTreeMap<&'a str, String>,
+    without_headers: BTreeMap<&'a str, String>,
     rule: String,
     matchno: String,
     rule_index: usize,
     match_index: usize,
 }
 
-fn prefix_match(
-    m: &HttpMatchRequest,
-    rule: &str,
-    i: usize,
-    j: usize,
-    matchno: String,
-) -> Option<PrefixMatch> {
-    let prefix = m.uri.as_ref()?.prefix.clone()?;
-    let mut rest = serde_json::to_value(m).ok()?;
-    if let Value::Object(map) = &mut rest {
-        map.remove("uri");
-        map.remove("name");
+impl<'a> PrefixMatch<'a> {
+    fn new(
+        m: &'a HttpMatchRequest,
+        rule: &str,
+        i: usize,
+        j: usize,
+        matchno: String,
+    ) -> Option<Self> {
+        let prefix = m
+            .uri
+            .as_ref()?
+            .prefix
+            .as_deref()
+            .filter(|p| !p.is_empty())?;
+        let mut method = exact_or_prefix(m.method.as_deref());
+        if method.is_empty() {
+            method = "exact:GET".to_string();
+        }
+        Some(PrefixMatch {
+            prefix,
+            port: m.port,
+            method,
+            authority: exact_or_prefix(m.authority.as_deref()),
+            headers: exact_or_prefix_map(&m.headers),
+            query_params: exact_or_prefix_map(&m.query_params),
+            without_headers: exact_or_prefix_map(&m.without_headers),
+            rule: rule.to_string(),
+            matchno,
+            rule_index: i,
+            match_index: j,
+        })
     }
-    Some(PrefixMatch {
-        prefix,
-        rest,
-        rule: rule.to_string(),
-        matchno,
-        rule_index: i,
-        match_index: j,
-    })
+
+    /// True when this (earlier) block takes the requests of `later`, as Istio's
+    /// `coveredValidation` decides it (its prefix comparisons of the other conditions included).
+    fn covers(&self, later: &PrefixMatch<'_>) -> bool {
+        let value_covers = |a: &str, b: &str| a == b || a.starts_with(b);
+        let map_covers = |a: &BTreeMap<&str, String>, b: &BTreeMap<&str, String>| {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(k, v)| b.get(k).is_some_and(|w| value_covers(v, w)))
+        };
+        later.prefix.starts_with(self.prefix)
+            && later.port == self.port
+            && value_covers(&self.method, &later.method)
+            && value_covers(&self.authority, &later.authority)
+            && map_covers(&self.headers, &later.headers)
+            && map_covers(&self.query_params, &later.query_params)
+            && map_covers(&self.without_headers, &later.without_headers)
+    }
 }
 
 struct Reporter<'a> {
@@ -269,7 +285,7 @@ fn unreachable_rules(res: &Resource, vs: &VirtualService, out: &mut Vec<Message>
 fn http_rules(routes: &[HttpRoute], r: &mut Reporter<'_>) {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut empty_seen = false;
-    let mut prefixes: Vec<PrefixMatch> = Vec::new();
+    let mut prefixes: Vec<PrefixMatch<'_>> = Vec::new();
     for (i, route) in routes.iter().enumerate() {
         let name = rule_name(route.name.as_deref(), i);
         if route.matches.is_empty() {
@@ -294,16 +310,17 @@ fn http_rules(routes: &[HttpRoute], r: &mut Reporter<'_>) {
                 continue;
             }
             seen.insert(key, i);
-            prefixes.extend(prefix_match(m, &name, i, j, matchno));
+            prefixes.extend(PrefixMatch::new(m, &name, i, j, matchno));
         }
         if duplicates == route.matches.len() {
             r.unreachable(i, &name, "all matches used by prior rules");
         }
     }
-    // An earlier prefix covers a later, longer one with otherwise identical conditions.
+    // An earlier prefix block covers a later one with a longer prefix: compared in pairs, as
+    // Istio does, and only blocks with a prefix take part.
     for (a_idx, a) in prefixes.iter().enumerate() {
         for b in &prefixes[a_idx + 1..] {
-            if a.prefix != b.prefix && b.prefix.starts_with(&a.prefix) && a.rest == b.rest {
+            if a.prefix != b.prefix && a.covers(b) {
                 let matchno = format!("{} of prefix {}", b.matchno, b.prefix);
                 let dup = format!("{} of prefix {} on {}", a.matchno, a.prefix, a.rule);
                 r.ineffective(b.rule_index, b.match_index, &b.rule, &matchno, &dup);
@@ -323,6 +340,10 @@ fn stream_rules(rules: &[(Vec<String>, usize)], r: &mut Reporter<'_>) {
                 r.unreachable(*i, &name, "only the last rule can have no matches");
             }
             empty_seen = true;
+            continue;
+        }
+        if empty_seen {
+            r.unreachable(*i, &name, "route without matches defined before");
             continue;
         }
         let mut duplicates = 0;

@@ -10,18 +10,24 @@ use super::{Message, CONFLICTING_SERVICE_ENTRY_PROTOCOL, SERVICE_ENTRY_ADDRESSES
 /// (exportTo scope, host, port); scope `*` is every namespace.
 type ScopedHostPort = (String, String, u32);
 
-pub(super) fn check(resources: &[Resource], out: &mut Vec<Message>) {
+pub(super) fn check(
+    resources: &[Resource],
+    mesh: Option<&sluice_api::mesh::MeshConfig>,
+    out: &mut Vec<Message>,
+) {
+    // Proxies that allocate addresses themselves need none in the ServiceEntry.
+    let auto_allocated = mesh.is_some_and(|m| m.dns_auto_allocates());
     // (scope, host, port) → [(protocol, resource)]; scope "*" is every namespace.
     let mut index: BTreeMap<ScopedHostPort, Vec<(String, &Resource)>> = BTreeMap::new();
     for res in resources {
         let Spec::ServiceEntry(se) = &res.spec else {
             continue;
         };
-        // Istio compares the written protocol exactly: "" or "TCP".
-        if se.addresses.is_empty() {
+        // Istio compares the written protocol without case: "" or "TCP".
+        if se.addresses.is_empty() && se.allocated_addresses.is_empty() && !auto_allocated {
             for (i, p) in se.ports.iter().enumerate() {
                 let proto = p.protocol.as_deref().unwrap_or("");
-                if proto.is_empty() || proto == "TCP" {
+                if proto.is_empty() || proto.eq_ignore_ascii_case("TCP") {
                     out.push(Message::at(
                         &SERVICE_ENTRY_ADDRESSES_REQUIRED,
                         res,

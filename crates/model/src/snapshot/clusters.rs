@@ -85,7 +85,8 @@ impl<'a> DestinationRules<'a> {
             let visible = ExportTo::parse(&dr.export_to, &r.meta.namespace)
                 .visible_to(&proxy.namespace)
                 && dr.workload_selector.as_ref().is_none_or(|sel| {
-                    r.meta.namespace == proxy.namespace && labels_subset(&sel.labels, &proxy.labels)
+                    r.meta.namespace == proxy.namespace
+                        && labels_subset(&sel.match_labels, &proxy.labels)
                 });
             if visible {
                 by_namespace

@@ -1,14 +1,15 @@
 //! Bounds on what one text may make the decoder build, checked on the parser's event stream
-//! before the loader sees each event, so that no recursive step (the loader's tree, the YAML →
-//! JSON conversion, dropping either tree, typed decoding, validation, compile) ever meets a
-//! document deeper or larger than these bounds. A config file is written by people and tools we
-//! do not control, and a live edit must never crash or stall a running proxy.
+//! before the builder sees each event, so that no recursive step (dropping the JSON value,
+//! typed decoding, validation, compile) ever meets a document deeper or larger than these
+//! bounds. A config file is written by people and tools we do not control, and a live edit must
+//! never crash or stall a running proxy.
 
 use std::collections::HashMap;
 
 use saphyr_parser::{Event, Span};
 
-use super::{to_line, YamlError};
+use super::compat::Rewrite;
+use super::{to_line, CharCursor, YamlError};
 
 /// Deepest nesting accepted, counted in mappings and sequences (the root one is level 1).
 ///
@@ -31,7 +32,7 @@ pub const MAX_TEXT_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024;
 
 /// Nodes that aliases may add, counting each `*alias` as the size of what it refers to and each
-/// anchored node once more (the loader keeps a copy of it). Real files use anchors for a few
+/// anchored node once more (the builder keeps a copy of it). Real files use anchors for a few
 /// small snippets; without a bound, nine nested lines of aliases make a billion nodes.
 pub const MAX_ALIAS_NODES: u64 = 100_000;
 
@@ -67,14 +68,30 @@ struct Open {
     line: u32,
 }
 
-/// Checks the events of one text, in order.
+/// Refuses a text larger than [`MAX_TEXT_BYTES`] before anything reads it.
+pub(super) fn check_text_size(text: &str) -> Result<(), YamlError> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(YamlError {
+            line: 1,
+            message: format!(
+                "text is {} bytes, larger than the {} MiB that sluice decodes at once",
+                text.len(),
+                MAX_TEXT_BYTES / (1024 * 1024)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the events of one document's text, in order.
 pub(super) struct Limits<'t> {
-    text: &'t str,
-    /// Character → byte offset conversion, advanced monotonically (markers count characters).
-    cursor_chars: usize,
-    cursor_bytes: usize,
+    /// Markers count characters, sizes are in bytes of the original text.
+    cursor: CharCursor<'t>,
+    /// The edits made to the text before parsing, if any (sizes count the text as written).
+    rewrite: Option<&'t Rewrite>,
     stack: Vec<Open>,
     anchors: HashMap<usize, Shape>,
+    /// Counted over all the documents of a file: see [`Limits::alias_nodes`].
     alias_nodes: u64,
     nodes: u64,
     root_key: Option<String>,
@@ -85,39 +102,34 @@ pub(super) struct Limits<'t> {
 }
 
 impl<'t> Limits<'t> {
-    pub(super) fn new(text: &'t str) -> Result<Self, YamlError> {
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(YamlError {
-                line: 1,
-                message: format!(
-                    "text is {} bytes, larger than the {} MiB that sluice decodes at once",
-                    text.len(),
-                    MAX_TEXT_BYTES / (1024 * 1024)
-                ),
-            });
-        }
-        Ok(Limits {
-            text,
-            cursor_chars: 0,
-            cursor_bytes: 0,
+    /// `alias_nodes`: what the file's earlier documents used of [`MAX_ALIAS_NODES`], so that
+    /// splitting a bomb over many documents does not multiply the bound.
+    pub(super) fn new(text: &'t str, rewrite: Option<&'t Rewrite>, alias_nodes: u64) -> Self {
+        Limits {
+            cursor: CharCursor::new(text),
+            rewrite,
             stack: Vec::new(),
             anchors: HashMap::new(),
-            alias_nodes: 0,
+            alias_nodes,
             nodes: 0,
             root_key: None,
             is_list: false,
             root: None,
             largest_item: None,
-        })
+        }
     }
 
-    /// Checks one event before the loader builds anything from it.
+    /// Alias nodes counted so far, this document's included.
+    pub(super) fn alias_nodes(&self) -> u64 {
+        self.alias_nodes
+    }
+
+    /// Checks one event before anything is built from it.
     pub(super) fn check(&mut self, event: &Event<'_>, span: Span) -> Result<(), YamlError> {
         let line = to_line(span.start.line());
         match event {
             Event::DocumentStart(_) => {
-                // Anchors belong to their document. saphyr's recursive loader forgets them
-                // between documents; this event-driven one must do it itself.
+                // Anchors belong to their document.
                 self.anchors.clear();
                 self.nodes = 0;
                 self.root_key = None;
@@ -280,18 +292,10 @@ impl<'t> Limits<'t> {
         }
     }
 
-    /// The byte offset of a character index (markers count characters, limits count bytes).
+    /// The byte offset in the original text of a character index of the parsed one.
     fn byte_offset(&mut self, char_index: usize) -> usize {
-        if char_index < self.cursor_chars {
-            self.cursor_chars = 0;
-            self.cursor_bytes = 0;
-        }
-        let rest = &self.text[self.cursor_bytes..];
-        let step = char_index - self.cursor_chars;
-        let advance = rest.char_indices().nth(step).map_or(rest.len(), |(b, _)| b);
-        self.cursor_chars = char_index;
-        self.cursor_bytes += advance;
-        self.cursor_bytes
+        let offset = self.cursor.byte_offset(char_index);
+        self.rewrite.map_or(offset, |r| r.original(offset))
     }
 }
 
