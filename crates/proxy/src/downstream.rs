@@ -278,7 +278,9 @@ where
         })
     };
     let builder = server_builder(&lifecycle.settings);
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    // With upgrades: a WebSocket handshake that the upstream accepts (101) becomes a tunnel
+    // (`http_manager::upgrade`).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
         done = conn.as_mut() => return done.map_err(|e| e.to_string()),

@@ -41,6 +41,9 @@ use crate::telemetry::metrics::{
 use crate::upstream::UpstreamConnInfo;
 use crate::upstream::{tls_failure_reason, ExchangeError, ProxyBody, TlsSetupError};
 
+pub(crate) mod upgrade;
+use upgrade::UpgradeRequest;
+
 pub(crate) static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -95,6 +98,9 @@ pub(crate) struct Call<'a> {
     pub body: CountingBody,
     /// `:authority`, else `Host`.
     pub authority: Option<HeaderValue>,
+    /// The `Upgrade` value of a WebSocket upgrade request, which is forwarded with it (over
+    /// HTTP/1.1, once: no retry, no mirror); its 101 answer carries an [`Outcome::tunnel`].
+    pub upgrade: Option<HeaderValue>,
 }
 
 /// The peers of a request in the metrics.
@@ -120,6 +126,8 @@ pub(crate) struct Outcome {
     /// The identity the upstream had to prove (ISTIO_MUTUAL with one expected SAN):
     /// `destination_principal`.
     pub upstream_principal: Option<Arc<str>>,
+    /// The upstream half of an accepted (101) upgrade.
+    pub tunnel: Option<upgrade::Tunnel>,
 }
 
 impl Outcome {
@@ -134,6 +142,7 @@ impl Outcome {
             upstream: None,
             upstream_service_time: None,
             upstream_principal: None,
+            tunnel: None,
         }
     }
 
@@ -148,6 +157,7 @@ impl Outcome {
             upstream,
             upstream_service_time: Some(service_time),
             upstream_principal: None,
+            tunnel: None,
         }
     }
 
@@ -172,6 +182,12 @@ pub(crate) async fn serve<S: HttpSide>(
     let proxy = side.proxy().clone();
     let snap = proxy.snapshots.load_full();
     let (mut parts, body) = req.into_parts();
+    // Read before the edge rewrites the head, as Envoy's codec does.
+    let upgrade = upgrade::classify(&parts);
+    let downstream_upgrade = match upgrade {
+        UpgradeRequest::WebSocket(_) => parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+        _ => None,
+    };
     side.on_request_head(&mut parts.headers);
     crate::trace::ensure_request_id(&mut parts.headers);
     // Join the caller's trace (W3C / B3) with a new span for this hop, or start one.
@@ -201,6 +217,12 @@ pub(crate) async fn serve<S: HttpSide>(
             .authz_subject()
             .and_then(|who| authorize(&snap, &who, &parts, authority.as_ref())),
     };
+    let (refused, upgrade) = match (refused, upgrade) {
+        (Some(err), _) => (Some(err), None),
+        (None, UpgradeRequest::Refused) => (Some(ProxyError::UpgradeFailed), None),
+        (None, UpgradeRequest::WebSocket(value)) => (None, Some(value)),
+        (None, UpgradeRequest::None) => (None, None),
+    };
     let (response, mut outcome) = match refused {
         Some(err) => local_reply(side.server_header(), &err, None),
         None => {
@@ -209,13 +231,14 @@ pub(crate) async fn serve<S: HttpSide>(
                 parts,
                 body,
                 authority,
+                upgrade,
             };
             side.respond(call).await
         }
     };
     // The client broke its own request body and no upstream answered: its fault, answered as
     // such (never as an upstream failure).
-    let (response, outcome) = match body_error.get() {
+    let (response, mut outcome) = match body_error.get() {
         Some(fault) if outcome.upstream_service_time.is_none() => {
             let err = ProxyError::Downstream(fault);
             let reply = err.reply(false);
@@ -226,6 +249,7 @@ pub(crate) async fn serve<S: HttpSide>(
         _ => (response, outcome),
     };
 
+    let tunnel = outcome.tunnel.take();
     let status = response.status().as_u16();
     let peers = side.peers(&snap, &outcome);
     if let Some(rec) = rec.as_deref_mut() {
@@ -257,16 +281,21 @@ pub(crate) async fn serve<S: HttpSide>(
         grpc_response_status: None,
     };
     let (parts, body) = response.into_parts();
-    let logged = LoggedBody::new(
-        body,
-        Finish {
-            proxy,
-            rec,
-            labels,
-            start,
-            received,
-        },
-    );
+    let finish = Finish {
+        proxy,
+        rec,
+        labels,
+        start,
+        received,
+    };
+    if let (Some(tunnel), Some(downstream)) = (tunnel, downstream_upgrade) {
+        if upgrade::accepted(parts.status) {
+            // The line is written when the tunnel ends, with its bytes.
+            upgrade::splice(downstream, tunnel, finish);
+            return Ok(Response::from_parts(parts, upgrade::empty_body()));
+        }
+    }
+    let logged = LoggedBody::new(body, finish);
     Ok(Response::from_parts(parts, logged.boxed_unsync()))
 }
 
@@ -346,7 +375,16 @@ pub(crate) fn downstream_response_head(
     service_time: u64,
 ) {
     head.version = version;
+    // An accepted upgrade keeps its `Upgrade`: only the proxy's own upgrade path gets a 101.
+    let upgrade = upgrade::accepted(head.status)
+        .then(|| head.headers.get(header::UPGRADE).cloned())
+        .flatten();
     strip_hop_by_hop(&mut head.headers);
+    if let Some(u) = upgrade {
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers.insert(header::UPGRADE, u);
+    }
     head.headers.insert(header::SERVER, server);
     head.headers.insert(
         X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
@@ -488,6 +526,9 @@ pub(crate) enum ProxyError {
     Misdirected,
     /// A fault injection abort with this status.
     FaultAbort(StatusCode),
+    /// An HTTP/1.1 upgrade of a type no `upgrade_config` enables (Istio enables `websocket`
+    /// only): Envoy's 403 `upgrade_failed`, closing the connection.
+    UpgradeFailed,
 }
 
 impl ProxyError {
@@ -532,7 +573,8 @@ impl ProxyError {
             | ProxyError::Overflow
             | ProxyError::BadRequest
             | ProxyError::Misdirected
-            | ProxyError::FaultAbort(_) => Party::Proxy,
+            | ProxyError::FaultAbort(_)
+            | ProxyError::UpgradeFailed => Party::Proxy,
             ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailure { .. }
             | ProxyError::Reset
@@ -666,6 +708,14 @@ impl ProxyError {
             ),
             ProxyError::FaultAbort(status) => {
                 LocalReply::new(*status, "fault filter abort", "FI", "fault_filter_abort")
+            }
+            ProxyError::UpgradeFailed => {
+                let mut r = LocalReply::new(S::FORBIDDEN, "", "-", "upgrade_failed");
+                // The client may already be sending the protocol it asked for: no further
+                // request is read from this connection (HTTP/1.1 smuggling).
+                r.extra_headers
+                    .push((header::CONNECTION, HeaderValue::from_static("close")));
+                r
             }
         };
         if retries_exhausted {
@@ -822,6 +872,35 @@ mod tests {
         let mut clean = headers(&[("host", "a"), ("content-length", "2")]);
         strip_hop_by_hop(&mut clean);
         assert_eq!(names(&clean), ["content-length", "host"]);
+    }
+
+    #[test]
+    fn a_switching_response_keeps_its_upgrade_and_others_lose_it() {
+        let head = |status: u16| {
+            let mut resp = Response::builder().status(status);
+            for (k, v) in [("connection", "Upgrade"), ("upgrade", "websocket")] {
+                resp = resp.header(k, v);
+            }
+            let mut parts = resp.body(()).unwrap().into_parts().0;
+            downstream_response_head(
+                &mut parts,
+                Version::HTTP_11,
+                HeaderValue::from_static("envoy"),
+                3,
+            );
+            parts
+        };
+        let switched = head(101);
+        assert_eq!(switched.headers[header::UPGRADE], "websocket");
+        assert_eq!(switched.headers[header::CONNECTION], "upgrade");
+        let refused = head(200);
+        assert!(!refused.headers.contains_key(header::UPGRADE));
+        assert!(!refused.headers.contains_key(header::CONNECTION));
+
+        let reply = ProxyError::UpgradeFailed.reply(false);
+        assert_eq!((reply.status.as_u16(), reply.flags), (403, "-"));
+        assert_eq!(reply.details, "upgrade_failed");
+        assert!(!ProxyError::UpgradeFailed.is_retried_by(&retry_on("5xx,reset")));
     }
 
     fn retry_on(tokens: &str) -> RetryOn {

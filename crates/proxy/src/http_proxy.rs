@@ -30,6 +30,7 @@ use crate::balancer::{
 use crate::body::{CountingBody, DownstreamBodyError, DownstreamFault};
 use crate::context::{Downstream, Proxy};
 use crate::gateway::edge::{self, GatewayConn};
+use crate::http_manager::upgrade::{self, Tunnel};
 use crate::http_manager::{
     downstream_response_head, local_reply, local_response, upstream_request_headers, with_flag,
     AuthzSubject, Call, HttpSide, LocalReply, Outcome, Peers, ProxyError,
@@ -37,7 +38,8 @@ use crate::http_manager::{
 use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{Reporter, SecurityPolicy};
 use crate::upstream::{
-    cluster_security, security_for, BoxError, ProxyBody, UpstreamConnInfo, UpstreamSecurity,
+    cluster_security, security_for, BoxError, ProxyBody, UpstreamConnInfo, UpstreamConnector,
+    UpstreamSecurity,
 };
 
 /// Largest request body buffered so it can be retried or mirrored; larger bodies are streamed once.
@@ -112,8 +114,10 @@ impl HttpSide for Routed {
             parts,
             body,
             authority,
+            upgrade,
         } = call;
-        let ctx = RequestCtx::new(self, &parts, authority, body.error());
+        let mut ctx = RequestCtx::new(self, &parts, authority, body.error());
+        ctx.upgrade = upgrade;
         let mut delayed = false;
         let (response, mut outcome) =
             route_and_forward(&self.proxy, snap, &ctx, parts, body, &mut delayed).await;
@@ -158,6 +162,8 @@ struct RequestCtx<'a> {
     gateway: Option<&'a GatewayConn>,
     /// Whether reading the request body failed on the client's side.
     body_error: DownstreamBodyError,
+    /// The `Upgrade` value of a WebSocket upgrade request.
+    upgrade: Option<HeaderValue>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -199,6 +205,7 @@ impl<'a> RequestCtx<'a> {
             uri_target,
             gateway,
             body_error,
+            upgrade: None,
         }
     }
 
@@ -687,6 +694,9 @@ async fn forward(
     let path_and_query = request_path.as_ref().map_or("/", |p| p.as_str());
     let mut headers = std::mem::take(&mut parts.headers);
     upstream_request_headers(&mut headers, ctx.authority_header.as_ref());
+    if let Some(u) = &ctx.upgrade {
+        upgrade::restore_request_headers(&mut headers, u);
+    }
     if let Some(op) = fwd.operation {
         if let Some(v) = op.header_value(ctx.port) {
             headers.insert(X_ENVOY_DECORATOR_OPERATION.clone(), v);
@@ -743,10 +753,29 @@ async fn forward(
     // sniffed ports following the client); passthrough follows the client.
     let downstream_version = parts.version;
     let downstream_h2 = downstream_version == Version::HTTP_2;
-    let http2 = fwd.cluster.as_ref().map_or(downstream_h2, |c| {
-        c.upstream_protocol.is_http2(downstream_h2)
-    });
-    let pool = if http2 {
+    // An upgrade goes over HTTP/1.1 whatever the cluster's protocol (RFC 8441 is not
+    // supported), on a connection of its own.
+    let http2 = ctx.upgrade.is_none()
+        && fwd.cluster.as_ref().map_or(downstream_h2, |c| {
+            c.upstream_protocol.is_http2(downstream_h2)
+        });
+    let upgrade_connector = if ctx.upgrade.is_some() {
+        match UpstreamConnector::new(
+            &security,
+            PASSTHROUGH_CONNECT_TIMEOUT,
+            runtime.as_ref(),
+            false,
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("TLS origination for {cluster_name} is misconfigured: {e}");
+                return fail(ProxyError::tls_setup(&e), false, None);
+            }
+        }
+    } else {
+        None
+    };
+    let pool = if http2 || upgrade_connector.is_some() {
         // HTTP/2 connections are per endpoint, picked in each try.
         None
     } else {
@@ -772,7 +801,8 @@ async fn forward(
             return fail(ProxyError::Downstream(fault), false, None);
         }
     };
-    let retryable = matches!(body, RequestBody::Buffered(_));
+    // An upgrade request is never retried nor mirrored (Envoy's router).
+    let retryable = matches!(body, RequestBody::Buffered(_)) && ctx.upgrade.is_none();
     // The HTTP/1.1 request line's path, parsed once (not per try or per mirror); the request's own when not
     // rewritten.
     let upstream_pq = match (&upstream_path, &request_path) {
@@ -782,7 +812,8 @@ async fn forward(
     let Ok(upstream_pq) = upstream_pq else {
         return fail(ProxyError::BadRequest, false, None);
     };
-    if let (Some(rule), RequestBody::Buffered(bytes)) = (fwd.rule, &body) {
+    let mirrored = fwd.rule.filter(|_| retryable);
+    if let (Some(rule), RequestBody::Buffered(bytes)) = (mirrored, &body) {
         for m in &rule.mirrors {
             if roll_percent(m.percent) {
                 spawn_mirror(
@@ -874,6 +905,15 @@ async fn forward(
         );
         let try_start = Instant::now();
         let call = async {
+            if let Some(connector) = &upgrade_connector {
+                return upgrade::send(connector, addr, req)
+                    .await
+                    .map(|resp| resp.map(Either::Right))
+                    .map_err(|e| {
+                        tracing::debug!("upgrade to {addr} for {cluster_name} failed: {e}");
+                        ProxyError::exchange(&e)
+                    });
+            }
             match &pool {
                 Some(pool) => pool
                     .send(addr, req, per_connection, max_duration)
@@ -917,7 +957,7 @@ async fn forward(
             }
         };
         let failure = match result {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
                 let status = resp.status().as_u16();
                 if let Some(g) = &endpoint {
                     g.report(CallResult::Status(status));
@@ -931,6 +971,13 @@ async fn forward(
                     }
                 }
                 let service_time = try_start.elapsed().as_millis() as u64;
+                // An accepted upgrade's permits and endpoint count last as long as its tunnel.
+                let held = (request_permit, endpoint, retry_permit);
+                let (tunnel, held) = if ctx.upgrade.is_some() && upgrade::accepted(resp.status()) {
+                    (Some(Tunnel::new(&mut resp, Box::new(held))), None)
+                } else {
+                    (None, Some(held))
+                };
                 let info = resp.extensions().get::<UpstreamConnInfo>().copied();
                 let (mut rparts, rbody) = resp.into_parts();
                 downstream_response_head(
@@ -950,14 +997,13 @@ async fn forward(
                 if let Some(t) = fwd.target {
                     t.response_headers.apply(&mut rparts.headers);
                 }
-                let rbody = if request_permit.is_some() || endpoint.is_some() {
-                    HeldBody {
+                let rbody = match held {
+                    Some(held) if held.0.is_some() || held.1.is_some() => HeldBody {
                         inner: rbody,
-                        _held: (request_permit, endpoint, retry_permit),
+                        _held: held,
                     }
-                    .boxed_unsync()
-                } else {
-                    rbody.boxed_unsync()
+                    .boxed_unsync(),
+                    _ => rbody.boxed_unsync(),
                 };
                 let resp = Response::from_parts(rparts, rbody);
                 // The last try still failed in a retriable way: Envoy's UpstreamRetryLimitExceeded.
@@ -970,6 +1016,7 @@ async fn forward(
                 outcome.cluster = Some(cluster_name.clone());
                 outcome.service = Some(service.clone());
                 outcome.upstream_principal = upstream_principal.clone();
+                outcome.tunnel = tunnel;
                 return (resp, outcome);
             }
             Ok(Err(failure)) => {

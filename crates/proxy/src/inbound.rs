@@ -55,6 +55,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::context::{service_labels, Proxy};
 use crate::detect::{detect, with_client_hello, Detected};
+use crate::http_manager::upgrade::{self, Tunnel};
 use crate::http_manager::{
     downstream_response_head, local_reply, upstream_request_headers, AuthzSubject, Call, HttpSide,
     Outcome, Peers, ProxyError,
@@ -597,6 +598,7 @@ impl HttpSide for InboundHttp {
             call.parts,
             call.body.boxed_unsync(),
             call.authority,
+            call.upgrade,
         )
         .await
     }
@@ -618,15 +620,22 @@ async fn forward(
     parts: http::request::Parts,
     body: ProxyBody,
     authority: Option<HeaderValue>,
+    upgrade: Option<HeaderValue>,
 ) -> (Response<ProxyBody>, Outcome) {
     let downstream_version = parts.version;
     let mut headers = parts.headers;
     upstream_request_headers(&mut headers, authority.as_ref());
+    if let Some(u) = &upgrade {
+        upgrade::restore_request_headers(&mut headers, u);
+    }
     // Inbound clusters follow the outbound rule without DestinationRule settings: HTTP/2 for
     // `http2`/`grpc` ports, the client's version for sniffed ports (`grpc-web` is forwarded as
     // is, so it keeps HTTP/1.1).
-    let h2 = UpstreamProtocol::for_port(ctx.declared, &PoolLimits::default(), ProxyKind::Sidecar)
-        .is_http2(downstream_version == Version::HTTP_2);
+    // An upgrade goes over HTTP/1.1 on a connection of its own (a pooled one would be lost to
+    // the tunnel).
+    let h2 = upgrade.is_none()
+        && UpstreamProtocol::for_port(ctx.declared, &PoolLimits::default(), ProxyKind::Sidecar)
+            .is_http2(downstream_version == Version::HTTP_2);
     let path = parts
         .uri
         .path_and_query()
@@ -660,7 +669,11 @@ async fn forward(
     *req.headers_mut() = headers;
 
     let sent_at = Instant::now();
-    let sent = if h2 {
+    let sent = if upgrade.is_some() {
+        let connector = UpstreamConnector::to_application(inbound.connect_timeout);
+        let sent = upgrade::send(&connector, ctx.dst, req).await;
+        sent.map(|r| r.map(Either::Right))
+    } else if h2 {
         let sent = inbound.http2_endpoint(ctx.dst).send(req, 0, None).await;
         sent.map(|r| r.map(Either::Right))
     } else {
@@ -668,7 +681,9 @@ async fn forward(
         sent.map(|r| r.map(Either::Left))
     };
     match sent {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            let tunnel = (upgrade.is_some() && upgrade::accepted(resp.status()))
+                .then(|| Tunnel::new(&mut resp, Box::new(())));
             let upstream = resp.extensions().get::<UpstreamConnInfo>().copied();
             let service_time = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
             let (mut head, body) = resp.into_parts();
@@ -684,6 +699,7 @@ async fn forward(
             }
             outcome.route_name = route();
             outcome.cluster = Some(ctx.cluster.clone());
+            outcome.tunnel = tunnel;
             (Response::from_parts(head, body.boxed_unsync()), outcome)
         }
         Err(e) => {

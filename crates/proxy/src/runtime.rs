@@ -297,9 +297,10 @@ impl Runtime {
         identity: ProxyIdentity,
         settings: DownstreamSettings,
     ) -> anyhow::Result<Runtime> {
+        // A directory, or one file (watched through its parent directory).
         anyhow::ensure!(
-            config_dir.is_dir(),
-            "--config {}: not a directory",
+            config_dir.exists(),
+            "--config {}: no such file or directory",
             config_dir.display()
         );
         let mut store = ConfigStore::new(config_dir.to_path_buf(), identity);
@@ -423,6 +424,12 @@ impl Runtime {
 
     /// Serves the admin, health and stats ports from `admin` until shutdown.
     pub fn spawn_operator(&self, listeners: OperatorListeners, admin: Arc<dyn AdminSource>) {
+        // A gateway's route tables are per port, apart from the sidecar's virtual hosts: the
+        // dump shows them for `sluice proxy-config route`.
+        let admin: Arc<dyn AdminSource> = Arc::new(crate::admin::WithGatewayRoutes {
+            inner: admin,
+            snapshots: self.snapshots.clone(),
+        });
         let controls = self.admin_controls();
         tokio::spawn(serve_admin_with(
             listeners.admin,

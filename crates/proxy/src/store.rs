@@ -1,10 +1,13 @@
-//! The config store: watches `--config DIR`, keeps the last good version of every file, and
-//! publishes a freshly compiled [`Snapshot`] whenever the set of valid resources changes.
+//! The config store: watches `--config DIR` (or `--config FILE`), keeps the last good version of
+//! every file, and publishes a freshly compiled [`Snapshot`] whenever the set of valid resources
+//! changes.
 //!
 //! Fail closed, never more open than the operator wrote:
 //! - a file that fails to decode or validate, or cannot be read (no permission, a FIFO, a
 //!   dangling link, too large), is reported and its last good version keeps serving; a removed
-//!   file removes its resources, a file emptied in place does not (delete it to withdraw);
+//!   file removes its resources, a file emptied in place does not (delete it to withdraw); a
+//!   `--config FILE` that disappears is reported and keeps serving (an editor that saves by
+//!   renaming removes it for a moment; the operator cannot have meant "no config at all");
 //! - the mesh config (`istio-system/istio`), once served, is only replaced by another valid one:
 //!   if it disappears from a file that still exists (truncated, edited out), the last good one
 //!   stays;
@@ -21,6 +24,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -476,6 +480,7 @@ impl ConfigStore {
             .filter(|p| {
                 listing.files.binary_search(p).is_err()
                     && !listing.may_hide(p)
+                    && !listing.unreadable.iter().any(|(u, _)| u == *p)
                     && !self.is_source_object(p)
             })
             .cloned()
@@ -924,23 +929,29 @@ impl ConfigStore {
         use notify::Watcher;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Wake>(1024);
         let files_tx = tx.clone();
+        let event_target = WatchTarget::of(&self.dir);
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // Every scan reads the files, and inotify reports those reads (open, access, close):
             // taken as changes, each scan would set off the next, 20 times a second for good.
             if event.as_ref().is_ok_and(|e| !may_change_content(&e.kind)) {
                 return;
             }
+            // `--config FILE` watches the whole parent directory: its other files are not ours.
+            if event.as_ref().is_ok_and(|e| !event_target.concerns(e)) {
+                return;
+            }
             // A full channel already has a rescan queued (or will wake soon enough).
             let _ = files_tx.try_send(Wake::Files);
         });
+        let target = WatchTarget::of(&self.dir);
         let _watcher = match (self.folder, watcher) {
             (false, _) => None,
-            (true, Ok(mut w)) => match w.watch(&self.dir, notify::RecursiveMode::Recursive) {
+            (true, Ok(mut w)) => match w.watch(target.path(), target.mode()) {
                 Ok(()) => Some(w),
                 Err(e) => {
                     tracing::warn!(
                         "cannot watch {}: {e}; polling every second",
-                        self.dir.display()
+                        target.path().display()
                     );
                     None
                 }
@@ -1002,6 +1013,66 @@ impl ConfigStore {
                 if let Some(hooks) = ALLOCATOR_HOOKS.get() {
                     (hooks.after_publish)();
                 }
+            }
+        }
+    }
+}
+
+/// What the store watches for `--config PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WatchTarget {
+    /// A directory, with everything below it.
+    Dir(PathBuf),
+    /// One file, through its parent directory: a watch on the file itself would follow the
+    /// inode, and editors and `kubectl cp` that save by writing a new file and renaming it over
+    /// the old one would leave the watch on a file nobody sees any more.
+    File { parent: PathBuf, name: OsString },
+}
+
+impl WatchTarget {
+    fn of(config: &Path) -> WatchTarget {
+        match (config.is_dir(), config.file_name()) {
+            (false, Some(name)) => {
+                let parent = match config.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                WatchTarget::File {
+                    parent,
+                    name: name.to_os_string(),
+                }
+            }
+            _ => WatchTarget::Dir(config.to_path_buf()),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            WatchTarget::Dir(dir) => dir,
+            WatchTarget::File { parent, .. } => parent,
+        }
+    }
+
+    fn mode(&self) -> notify::RecursiveMode {
+        match self {
+            WatchTarget::Dir(_) => notify::RecursiveMode::Recursive,
+            WatchTarget::File { .. } => notify::RecursiveMode::NonRecursive,
+        }
+    }
+
+    /// Whether `event` may be about the config: for one file, an event on that name, or on a
+    /// Kubernetes ConfigMap volume's `..data` link that the file points through, or one that
+    /// names no path (the kernel's queue overflowed: anything may have changed).
+    fn concerns(&self, event: &notify::Event) -> bool {
+        match self {
+            WatchTarget::Dir(_) => true,
+            WatchTarget::File { name, .. } => {
+                event.paths.is_empty()
+                    || event.paths.iter().any(|p| {
+                        p.file_name().is_some_and(|n| {
+                            n == name.as_os_str() || n.as_encoded_bytes().starts_with(b"..")
+                        })
+                    })
             }
         }
     }

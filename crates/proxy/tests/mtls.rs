@@ -25,7 +25,7 @@ const SERVER_ID: &str = "spiffe://cluster.local/ns/server/sa/server-sa";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/client/sa/client-sa";
 
 mod common;
-use common::{http_app, tcp_app, MeshCa, Telemetry};
+use common::{http_app, tcp_app, AnyCert, MeshCa, Telemetry};
 
 /// A server sidecar's inbound listener: every connection's original destination is `app`.
 struct Server {
@@ -426,52 +426,6 @@ async fn wrong_server_identity_is_a_tls_connect_failure() {
 }
 
 // === egress gateway: mesh mTLS wrapping the application's TLS ===
-
-/// Accepts any server certificate (the inner TLS is the application's business).
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 /// An "external" TLS server: completes the handshake and writes the SNI it received.
 async fn external_tls_server() -> std::net::SocketAddr {

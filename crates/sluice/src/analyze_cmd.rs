@@ -14,7 +14,7 @@
 //! unknown field, which Istio's decoder ignores, is reported and the resource kept without it.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal as _, Read as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -189,8 +189,8 @@ pub struct AnalyzeArgs {
     /// files does not wait on anything.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_go_duration)]
     pub timeout: Duration,
-    /// Color the level of log lines [default: true when stdout is a terminal and TERM is not
-    /// dumb].
+    /// Color the level of log lines [default: true when stdout is a terminal, TERM is not dumb
+    /// and NO_COLOR is not set].
     #[arg(
         long,
         value_name = "BOOL",
@@ -980,13 +980,11 @@ fn print_out(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
-/// Whether log lines are colored: `--color`, else when stdout is a terminal and TERM is not
-/// `dumb` (istioctl's default).
+/// Whether log lines are colored: `--color`, else when stdout is a terminal, TERM is not `dumb`
+/// (istioctl's default) and NO_COLOR is not set.
 fn use_color(args: &AnalyzeArgs) -> bool {
-    args.color.unwrap_or_else(|| {
-        let dumb = std::env::var("TERM").is_ok_and(|t| t.eq_ignore_ascii_case("dumb"));
-        !dumb && std::io::stdout().is_terminal()
-    })
+    args.color
+        .unwrap_or_else(|| crate::color::enabled(crate::color::Stream::Stdout))
 }
 
 /// Runs `sluice analyze`; returns the exit status (79 when issues reach --failure-threshold).

@@ -39,9 +39,10 @@ pub const UPSTREAM_PORT: u16 = 18080;
 /// Options of `sluice demo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Port of the explicit proxy the curl commands use.
-    #[arg(long, default_value_t = 15080)]
-    pub proxy_port: u16,
+    /// Port of the demo's explicit proxy, the one the curl commands use (`curl -x
+    /// http://127.0.0.1:PORT`).
+    #[arg(long = "port", visible_alias = "proxy-port", default_value_t = 15080)]
+    pub port: u16,
     /// Port of the admin API (config dump, clusters, stats).
     #[arg(long, default_value_t = 15000)]
     pub admin_port: u16,
@@ -160,7 +161,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     write_examples(&config_dir)?;
 
-    let proxy = format!("http://127.0.0.1:{}", args.proxy_port);
+    let proxy = format!("http://127.0.0.1:{}", args.port);
     println!(
         "\nsluice demo: a sidecar in explicit-proxy mode on {proxy}, config in {dir}\n\
          (REGISTRY_ONLY mesh; ServiceEntry for httpbin.demo; VirtualService with a 1s timeout)\n\n\
@@ -184,7 +185,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         // Nothing is captured in the demo; let the OS pick free ports for the unused listeners.
         outbound_port: 0,
         inbound_port: None,
-        proxy_port: args.proxy_port,
+        proxy_port: args.port,
         proxy_bind: std::net::IpAddr::from([127, 0, 0, 1]),
         admin_port: args.admin_port,
         status_port: 0,

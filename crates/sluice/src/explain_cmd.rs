@@ -28,8 +28,9 @@ Examples:
   sluice explain --config ./istio --from default/app=sleep -H 'end-user: jason' http://reviews:9080/
   sluice explain --config ./istio --gateway --from istio-system/istio=egressgateway tls://api.example.com:443")]
 pub struct ExplainArgs {
-    /// Directory of Istio/Kubernetes YAML, as given to `sluice sidecar`/`gateway --config`.
-    #[arg(long)]
+    /// Istio/Kubernetes YAML, a directory or one file, as given to `sluice sidecar`/`gateway
+    /// --config`.
+    #[arg(long, value_name = "FILE|DIR")]
     pub config: PathBuf,
     /// The proxy: `NAMESPACE/k=v,k=v`, `NAMESPACE`, or `k=v,…` (namespace `default` for a
     /// sidecar, `istio-system` for a gateway).
@@ -99,9 +100,9 @@ pub fn explanation(args: &ExplainArgs) -> Result<Explanation, String> {
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
     let probe = Probe::parse(&args.url, &args.method, &headers)?;
-    if !args.config.is_dir() {
+    if !args.config.exists() {
         return Err(format!(
-            "--config {}: not a directory",
+            "--config {}: no such file or directory",
             args.config.display()
         ));
     }

@@ -3,6 +3,8 @@
 
 pub mod analyze_cmd;
 pub mod ca;
+pub mod cli_docs;
+pub mod color;
 pub mod dashboard;
 pub mod demo;
 pub mod explain_cmd;

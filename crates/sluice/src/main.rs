@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use sluice::{analyze_cmd, ca, dashboard, demo, explain_cmd, init, suggest_cmd, validate_cmd};
 use sluice_proxy::gateway::{self, GatewayOptions};
 use sluice_proxy::identity::IdentityOptions;
@@ -79,13 +79,18 @@ enum Command {
     Wait(sluice::inject_cmd::WaitArgs),
     /// The release and the commit this binary was built from (as --version); `-o json`.
     Version(sluice::version_cmd::VersionArgs),
+    /// Print the shell completion script for bash, zsh or fish (also elvish, powershell).
+    Completion(sluice::cli_docs::CompletionArgs),
+    /// Print the manual pages (roff) of every command, or write one file per command with
+    /// --dir.
+    Man(sluice::cli_docs::ManArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct ControlArgs {
-    /// Directory of Istio/Kubernetes YAML to serve (watched; the same validation and last-good
-    /// rules as a proxy's --config).
-    #[arg(long, required_unless_present = "kube")]
+    /// Istio/Kubernetes YAML to serve: a directory (every *.yaml, *.yml, *.json below it) or
+    /// one file, watched; the same validation and last-good rules as a proxy's --config.
+    #[arg(long, value_name = "FILE|DIR", required_unless_present = "kube")]
     config: Option<PathBuf>,
     /// Also serve what the Kubernetes API holds (Istio's resources, Services, EndpointSlices,
     /// ready Pods, the `istio` ConfigMap of --namespace, the Secrets Gateways name), watched.
@@ -331,8 +336,14 @@ struct GatewayArgs {
 /// Where a proxy's config comes from: a folder, or a control plane.
 #[derive(clap::Args, Debug)]
 struct ConfigSourceArgs {
-    /// Directory of Istio/Kubernetes YAML (watched; changes apply within a second).
-    #[arg(long, required_unless_present = "xds", conflicts_with = "xds")]
+    /// Istio/Kubernetes YAML: a directory (every *.yaml, *.yml, *.json below it) or one file;
+    /// watched, changes apply within a second.
+    #[arg(
+        long,
+        value_name = "FILE|DIR",
+        required_unless_present = "xds",
+        conflicts_with = "xds"
+    )]
     config: Option<PathBuf>,
     /// Take the config from a control plane instead: `sluice control` or istiod, HOST:PORT of
     /// its plaintext xDS port (15010). Several replicas, comma-separated: any one will do.
@@ -399,8 +410,9 @@ fn init_logging(level: &str) {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                // Colour codes only for a person at a terminal, not in files and log collectors.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                // Colour codes only for a person at a terminal, not in files and log collectors,
+                // and not for anyone who set NO_COLOR.
+                .with_ansi(sluice::color::enabled(sluice::color::Stream::Stderr))
                 .with_target(false),
         )
         .init();
@@ -547,6 +559,8 @@ fn main() -> ExitCode {
         Command::Inject(args) => return ExitCode::from(sluice::inject_cmd::run(&args) as u8),
         Command::Wait(args) => sluice::inject_cmd::wait(&args),
         Command::Version(args) => sluice::version_cmd::run(&args),
+        Command::Completion(args) => sluice::cli_docs::run_completion(Cli::command(), &args),
+        Command::Man(args) => sluice::cli_docs::man(Cli::command(), &args),
         Command::Control(args) => {
             runtime().and_then(|rt| rt.block_on(sluice_control::run(args.options())))
         }

@@ -25,7 +25,8 @@ pub struct ProxyConfigArgs {
     /// Admin API address of the proxy (its --admin-port on 127.0.0.1).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: String,
-    /// Output format: a table (short), or the admin API's JSON as it is (json).
+    /// Output format: a table (short), or the admin API's data for the asked section only, as
+    /// JSON or YAML.
     #[arg(short = 'o', long = "output", value_enum, default_value = "short")]
     pub output: OutputFormat,
 }
@@ -52,6 +53,7 @@ pub enum ConfigKind {
 pub enum OutputFormat {
     Short,
     Json,
+    Yaml,
 }
 
 /// Runs the command, printing to stdout.
@@ -65,10 +67,14 @@ pub fn run(args: &ProxyConfigArgs) -> anyhow::Result<()> {
 pub fn render(args: &ProxyConfigArgs) -> anyhow::Result<String> {
     let admin = LocalApi::new(&args.admin, ADMIN)?;
     match (args.kind, args.output) {
-        (ConfigKind::Endpoint, OutputFormat::Json) => {
-            pretty(&admin.get_json("/clusters?format=json")?)
+        (kind, OutputFormat::Json | OutputFormat::Yaml) => {
+            let data = section(&admin, kind)?;
+            if args.output == OutputFormat::Yaml {
+                Ok(sluice_kube::inject::yaml::to_yaml(&data))
+            } else {
+                pretty(&data)
+            }
         }
-        (_, OutputFormat::Json) => pretty(&admin.get_json("/config_dump")?),
         (ConfigKind::Cluster, _) => Ok(cluster_table(&admin.get_json("/config_dump")?)),
         (ConfigKind::Listener, _) => {
             let dump = admin.get_json("/config_dump")?;
@@ -78,6 +84,41 @@ pub fn render(args: &ProxyConfigArgs) -> anyhow::Result<String> {
         (ConfigKind::Route, _) => Ok(route_table(&admin.get_json("/config_dump")?)),
         (ConfigKind::Endpoint, _) => Ok(endpoint_table(&admin.get_json("/clusters?format=json")?)),
     }
+}
+
+/// The part of the admin API's state that `kind` is about, for `-o json|yaml`: an object with
+/// the dump's keys for it (`clusters`; `listeners` with the `services` a sidecar's outbound
+/// listener routes, or a gateway's `gateway_ports`; `virtual_hosts` and the TLS/TCP routes, or
+/// a gateway's `gateway_routes`), or `/clusters?format=json` for endpoints.
+fn section(admin: &LocalApi, kind: ConfigKind) -> anyhow::Result<Value> {
+    if kind == ConfigKind::Endpoint {
+        return admin.get_json("/clusters?format=json");
+    }
+    let dump = admin.get_json("/config_dump")?;
+    let keys: &[&str] = match (kind, is_gateway(&dump)) {
+        (ConfigKind::Cluster, _) => &["clusters"],
+        (ConfigKind::Listener, false) => &["services"],
+        (ConfigKind::Listener, true) => &["gateway_ports", "listener_errors"],
+        (ConfigKind::Route, false) => &["virtual_hosts", "tls_routes", "tcp_routes"],
+        (ConfigKind::Route, true) => &["gateway_routes"],
+        (ConfigKind::Endpoint, _) => &[],
+    };
+    let mut out = serde_json::Map::new();
+    if kind == ConfigKind::Listener {
+        let text = admin.get_text("/listeners")?;
+        let bound: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.split_once("::"))
+            .map(|(name, address)| serde_json::json!({"name": name, "address": address}))
+            .collect();
+        out.insert("listeners".into(), Value::Array(bound));
+    }
+    for key in keys {
+        if let Some(v) = dump.get(*key) {
+            out.insert((*key).to_string(), v.clone());
+        }
+    }
+    Ok(Value::Object(out))
 }
 
 fn pretty(v: &Value) -> anyhow::Result<String> {
@@ -411,6 +452,9 @@ pub fn listener_table(dump: &Value, listeners_text: &str) -> String {
 /// gateway), then the catch-all of each port (`allow_any` or `block_all`).
 pub fn route_table(dump: &Value) -> String {
     let gateway = is_gateway(dump);
+    if gateway {
+        return gateway_route_table(dump);
+    }
     let services: Vec<&Value> = dump
         .get("services")
         .and_then(Value::as_array)
@@ -530,6 +574,103 @@ pub fn route_table(dump: &Value) -> String {
             ]);
         }
     }
+    rows.sort_by_key(|r| r[0].trim_start_matches("http.").parse::<u32>().unwrap_or(0));
+    table(
+        &["NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE"],
+        &rows,
+    )
+}
+
+/// A gateway's routes: one route table per gateway port (`http.<port>`), one row per route match
+/// of each virtual host bound to it; an HTTP port with no virtual host answers everything with
+/// 404 (`blackhole:<port>`), as istioctl shows it.
+fn gateway_route_table(dump: &Value) -> String {
+    let http_ports: std::collections::BTreeSet<u64> = dump
+        .get("gateway_ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p.get("servers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|s| {
+                    let protocol = str_of(s, "protocol");
+                    let passthrough = s
+                        .pointer("/tls/mode")
+                        .and_then(Value::as_str)
+                        .is_some_and(|m| m.to_ascii_lowercase().contains("passthrough"));
+                    is_http_protocol(protocol) || (protocol == "Https" && !passthrough)
+                })
+        })
+        .filter_map(|p| p.get("number").and_then(Value::as_u64))
+        .collect();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for table in dump
+        .get("gateway_routes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let port = table.get("port").and_then(Value::as_u64).unwrap_or(0);
+        let name = match str_of(table, "name") {
+            "" => format!("http.{port}"),
+            n => n.to_string(),
+        };
+        let mut any = false;
+        for vh in table
+            .get("virtual_hosts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let domain = str_of(vh, "domain");
+            let vs = resource_ref(str_of(vh, "source"), "VirtualService");
+            for route in vh
+                .get("routes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let rule_vs = resource_ref(str_of(route, "source"), "VirtualService");
+                let vs = if rule_vs == "-" { vs.clone() } else { rule_vs };
+                let matches: Vec<String> = route
+                    .get("matches")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect();
+                let matches = if matches.is_empty() {
+                    vec!["/*".to_string()]
+                } else {
+                    matches
+                };
+                for m in matches {
+                    any = true;
+                    rows.push(vec![
+                        name.clone(),
+                        format!("{domain}:{port}"),
+                        domain.to_string(),
+                        m,
+                        vs.clone(),
+                    ]);
+                }
+            }
+        }
+        if !any && http_ports.contains(&port) {
+            rows.push(vec![
+                name,
+                format!("blackhole:{port}"),
+                "*".to_string(),
+                "/*  404".to_string(),
+                "-".to_string(),
+            ]);
+        }
+    }
+    // Stable: by port, keeping each table's own order (most specific host first).
     rows.sort_by_key(|r| r[0].trim_start_matches("http.").parse::<u32>().unwrap_or(0));
     table(
         &["NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE"],

@@ -19,7 +19,7 @@ pub struct ProxyStatusArgs {
     /// The control plane's monitoring address (`sluice control --monitoring-port`).
     #[arg(long, default_value = "127.0.0.1:15014")]
     pub control: String,
-    /// Output format: a table (short), or `/debug/syncz` as it is (json).
+    /// Output format: a table (short), or `/debug/syncz` as it is (json, yaml).
     #[arg(short = 'o', long = "output", value_enum, default_value = "short")]
     pub output: crate::proxy_config::OutputFormat,
 }
@@ -33,6 +33,7 @@ pub fn run(args: &ProxyStatusArgs) -> anyhow::Result<()> {
             s.push('\n');
             s
         }
+        crate::proxy_config::OutputFormat::Yaml => sluice_kube::inject::yaml::to_yaml(&syncz),
         crate::proxy_config::OutputFormat::Short => match &args.node {
             None => proxies_table(&syncz, &args.control),
             Some(node) => node_table(&syncz, node)?,

@@ -152,13 +152,7 @@ fn demo_shows_allowed_blocked_and_timeout() {
     let admin_port = "15400";
     let demo = Child(
         Command::new(SLUICE)
-            .args([
-                "demo",
-                "--proxy-port",
-                proxy_port,
-                "--admin-port",
-                admin_port,
-            ])
+            .args(["demo", "--port", proxy_port, "--admin-port", admin_port])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -252,6 +252,16 @@ spec:
         v["clusters"].as_array().is_some_and(|c| !c.is_empty()),
         "{out}"
     );
+    // Only the asked section, in JSON and in YAML.
+    assert_eq!(v.as_object().unwrap().len(), 1, "{out}");
+    let (ok, out, err) = proxy_config(admin, &["route", "-o", "yaml"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        yaml_top_keys(&out),
+        ["virtual_hosts", "tls_routes", "tcp_routes"],
+        "{out}"
+    );
+    assert!(out.contains("- domain: httpbin.example.com\n"), "{out}");
 
     // /logging: a debug line appears only once debug is switched on.
     let call = || {
@@ -450,4 +460,147 @@ spec:
         !threads.iter().any(|t| t.starts_with("tokio-rt-worker")),
         "{threads:?}"
     );
+}
+
+/// The top-level keys of a YAML document printed by `-o yaml` (lines that start a mapping key
+/// at column 0).
+fn yaml_top_keys(yaml: &str) -> Vec<String> {
+    yaml.lines()
+        .filter(|l| !l.starts_with([' ', '-', '#']) && !l.is_empty())
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+#[test]
+fn proxy_config_route_reads_a_gateway_and_output_formats_print_only_the_section() {
+    // docs/ingress-gateway.md's Gateway and VirtualService as written, on a free port, with
+    // the Service they route to, in one file.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: httpbin-gateway
+spec:
+  servers:
+  - port:
+      number: {port}
+      name: http
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: httpbin
+spec:
+  hosts:
+  - httpbin
+  gateways:
+  - httpbin-gateway
+  http:
+  - match:
+      uri:
+        prefix: /status
+    route:
+    - destination:
+        port:
+          number: 8000
+        name: httpbin
+  - match:
+      uri:
+        prefix: /delay
+    route:
+    - destination:
+        port:
+          number: 8000
+        name: httpbin
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  ports: [{{port: 8000, name: http}}]
+  selector: {{app: httpbin}}
+"
+        ),
+    )
+    .unwrap();
+    let admin = free_port();
+    let _gateway = Child(
+        Command::new(SLUICE)
+            .args(["gateway", "--bind", "127.0.0.1", "--config"])
+            .arg(&file)
+            .args(["--admin-port", &admin.to_string()])
+            .args(["--status-port", &free_port().to_string()])
+            .args(["--stats-port", &free_port().to_string()])
+            .args(["--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http(admin, "GET", "/ready", "admin").is_none_or(|r| !r.contains("LIVE")) {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (ok, out, err) = proxy_config(admin, &["route"]);
+    assert!(ok, "{err}");
+    let table = format!("http.{port}");
+    let vhost = format!("httpbin.default.svc.cluster.local:{port}");
+    for prefix in ["/status*", "/delay*"] {
+        assert!(
+            has_row(
+                &out,
+                &[
+                    &table,
+                    &vhost,
+                    "httpbin.default.svc.cluster.local",
+                    prefix,
+                    "httpbin.default"
+                ]
+            ),
+            "{out}"
+        );
+    }
+
+    // -o yaml / -o json: the asked section, not the whole dump.
+    let (ok, out, err) = proxy_config(admin, &["route", "-o", "yaml"]);
+    assert!(ok, "{err}");
+    assert_eq!(yaml_top_keys(&out), ["gateway_routes"], "{out}");
+    assert!(out.contains(&format!("- name: {table}\n")), "{out}");
+    assert!(out.contains("\"/status*\""), "{out}");
+    let (ok, out, err) = proxy_config(admin, &["cluster", "-o", "yaml"]);
+    assert!(ok, "{err}");
+    assert_eq!(yaml_top_keys(&out), ["clusters"], "{out}");
+    assert!(
+        out.contains("- name: \"outbound|8000||httpbin.default.svc.cluster.local\""),
+        "{out}"
+    );
+    let (ok, out, err) = proxy_config(admin, &["listener", "-o", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["listeners", "gateway_ports", "listener_errors"],
+        "{out}"
+    );
+    assert_eq!(
+        v["listeners"][0]["address"],
+        format!("127.0.0.1:{port}").as_str(),
+        "{out}"
+    );
+    let (ok, out, err) = proxy_config(admin, &["route", "-o", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["gateway_routes"], "{out}");
 }

@@ -119,6 +119,82 @@ pub(super) fn listeners_json(text: &str) -> serde_json::Value {
     serde_json::json!({ "listener_statuses": statuses })
 }
 
+/// A gateway's HTTP route tables for `/config_dump` (`gateway_routes`): per gateway port, the
+/// virtual hosts of the VirtualServices bound to its servers, most specific first, as
+/// `sluice proxy-config route` lists them (`http.<port>`). Empty for a sidecar, whose virtual
+/// hosts are the dump's `virtual_hosts`.
+pub fn gateway_routes(snap: &sluice_model::Snapshot) -> serde_json::Value {
+    let ports: Vec<serde_json::Value> = snap
+        .gateway_ports()
+        .iter()
+        .map(|port| {
+            let vhosts: Vec<serde_json::Value> = snap
+                .gateway_virtual_hosts(port.number)
+                .into_iter()
+                .map(|v| {
+                    serde_json::json!({
+                        "domain": v.domain.as_ref(),
+                        "source": v.source.as_ref(),
+                        "routes": v.rules.iter().map(|r| serde_json::json!({
+                            "name": r.name.as_deref(),
+                            "source": r.source.as_ref(),
+                            "matches": route_matches(r),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": format!("http.{}", port.number),
+                "port": port.number,
+                "virtual_hosts": vhosts,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(ports)
+}
+
+/// An [`AdminSource`](crate::admin::AdminSource) whose `/config_dump` also carries the gateway
+/// route tables ([`gateway_routes`]) when the proxy is a gateway and the inner dump has none.
+pub struct WithGatewayRoutes {
+    pub inner: std::sync::Arc<dyn crate::admin::AdminSource>,
+    pub snapshots: std::sync::Arc<arc_swap::ArcSwap<sluice_model::Snapshot>>,
+}
+
+impl crate::admin::AdminSource for WithGatewayRoutes {
+    fn config_dump(&self) -> serde_json::Value {
+        let mut dump = self.inner.config_dump();
+        let snap = self.snapshots.load();
+        if snap.proxy.kind == sluice_model::ProxyKind::Gateway {
+            if let Some(obj) = dump.as_object_mut() {
+                if !obj.contains_key("gateway_routes") {
+                    obj.insert("gateway_routes".into(), gateway_routes(&snap));
+                }
+            }
+        }
+        dump
+    }
+
+    fn clusters_text(&self) -> String {
+        self.inner.clusters_text()
+    }
+
+    fn clusters_json(&self) -> serde_json::Value {
+        self.inner.clusters_json()
+    }
+
+    fn listeners_text(&self) -> String {
+        self.inner.listeners_text()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+
+    fn not_ready_reason(&self) -> String {
+        self.inner.not_ready_reason()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
