@@ -231,7 +231,7 @@ pub const FIELD_NOT_ENFORCED: Code = Code {
     code: "SLU0004",
     name: "FieldNotEnforced",
     level: Level::Info,
-    description: "A field Istio accepts and sluice validates but does not act on yet (e.g. DestinationRule localityLbSetting or warmup, Sidecar ingress, VirtualService corsPolicy): the proxy behaves as if it were not set.",
+    description: "A field Istio accepts and sluice validates but does not act on yet (e.g. DestinationRule zoneAwareLbSetting or warmup, Sidecar ingress, VirtualService corsPolicy): the proxy behaves as if it were not set.",
 };
 
 /// IST0110.

@@ -109,6 +109,10 @@ pub struct Cluster {
     pub limits: PoolLimits,
     /// `outlierDetection`; `None` when the DestinationRule does not enable it.
     pub outlier: Option<OutlierPolicy>,
+    /// Locality failover: the priority of each of `endpoints` (0 = preferred; see
+    /// [`crate::policy::locality_plan`]). `None` = every endpoint has priority 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priorities: Option<Arc<[u32]>>,
     /// `DestinationRule ns/name` that set the policy, for explanations.
     pub policy_source: Option<Arc<str>>,
     /// The HTTP version requests to this cluster's endpoints are sent in.
@@ -221,6 +225,15 @@ impl Cluster {
             .copied()
             .or(self.port.target_port)
             .unwrap_or(self.port.number)
+    }
+
+    /// The locality priority of the `i`th entry of [`Cluster::upstream`] (0 when none is set).
+    pub fn endpoint_priority(&self, i: usize) -> u32 {
+        self.priorities
+            .as_ref()
+            .and_then(|p| p.get(i))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Where connections for this cluster go.

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sluice_api::networking::{
-    ConnectionPoolSettings, ConsistentHashLb, LoadBalancerSettings, OutlierDetection,
+    ConnectionPoolSettings, ConsistentHashLb, Labels, LoadBalancerSettings, LocalityLbSetting,
+    OutlierDetection,
 };
+
+use crate::registry::Endpoint;
 
 /// How an endpoint is chosen for each request or connection (`loadBalancer`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
@@ -342,4 +345,265 @@ impl OutlierPolicy {
                 .map_or(d.min_health_percent, |p| p.min(100)),
         }
     }
+}
+
+/// The label Istio reads a workload's locality from (`region.zone.subzone`: label values
+/// cannot hold `/`).
+pub const LOCALITY_LABEL: &str = "istio-locality";
+/// Kubernetes topology labels (Istio adds them to every endpoint from its locality).
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+const NETWORK_LABEL: &str = "topology.istio.io/network";
+
+/// A locality `region/zone/subzone` (Envoy's `core.Locality`); missing parts are empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+impl Locality {
+    /// `region/zone/subzone` (Istio's `SplitLocalityLabel`: `/`, or `.` in a label value).
+    pub fn parse(s: &str) -> Locality {
+        let sep = if s.contains('/') { '/' } else { '.' };
+        let mut parts = s.splitn(3, sep).map(str::to_string);
+        Locality {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            subzone: parts.next().unwrap_or_default(),
+        }
+    }
+
+    /// The locality workload `labels` declare: `istio-locality`, else the topology labels (a
+    /// region is required); `None` when they declare none.
+    pub fn from_labels(labels: &Labels) -> Option<Locality> {
+        if let Some(l) = labels.get(LOCALITY_LABEL).filter(|l| !l.is_empty()) {
+            return Some(Locality::parse(l));
+        }
+        let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        let region = get(REGION_LABEL);
+        (!region.is_empty()).then(|| Locality {
+            region,
+            zone: get(ZONE_LABEL),
+            subzone: get(SUBZONE_LABEL),
+        })
+    }
+
+    /// [`Locality::from_labels`] as `region/zone/subzone`.
+    pub fn label_string(labels: &Labels) -> Option<std::sync::Arc<str>> {
+        Locality::from_labels(labels).map(|l| l.to_string().into())
+    }
+
+    /// Istio's `LocalityMatch`: `rule` is `region[/zone[/subzone]]`, each part possibly `*`.
+    pub fn matches(&self, rule: &str) -> bool {
+        let r = Locality::parse(rule);
+        (r.region == "*" || r.region == self.region)
+            && (r.zone.is_empty() || r.zone == "*" || r.zone == self.zone)
+            && (r.subzone.is_empty() || r.subzone == "*" || r.subzone == self.subzone)
+    }
+
+    /// Istio's `LbPriority`: 0 same subzone, 1 same zone, 2 same region, 3 elsewhere.
+    fn lb_priority(&self, ep: &Locality) -> u32 {
+        if self.region != ep.region {
+            3
+        } else if self.zone != ep.zone {
+            2
+        } else if self.subzone != ep.subzone {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// The value of a topology label of this locality (Istio's `AugmentLabels`).
+    fn label(&self, key: &str) -> Option<&str> {
+        let v = match key {
+            REGION_LABEL => &self.region,
+            ZONE_LABEL => &self.zone,
+            SUBZONE_LABEL => &self.subzone,
+            _ => return None,
+        };
+        (!v.is_empty()).then_some(v.as_str())
+    }
+}
+
+impl std::fmt::Display for Locality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.region)?;
+        for part in [&self.zone, &self.subzone] {
+            if part.is_empty() {
+                break;
+            }
+            write!(f, "/{part}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What locality load balancing does to one cluster's endpoints.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LocalityPlan {
+    /// `distribute`: the endpoints with locality-weighted weights, those of localities it does
+    /// not name removed. `None` = unchanged.
+    pub endpoints: Option<Vec<Endpoint>>,
+    /// Failover: the priority of each endpoint (0 = preferred), aligned with the endpoints.
+    /// `None` = all 0.
+    pub priorities: Option<Vec<u32>>,
+}
+
+/// Istio's `ApplyLocalityLoadBalancer` for a proxy with `proxy_labels` (its locality comes from
+/// them, see [`Locality::from_labels`]). `setting` is the DestinationRule's `localityLbSetting`;
+/// without one the mesh default applies (Istio's: enabled, no failover rules). `enabled: false`
+/// turns it off; `distribute` reweights localities whatever the outlier detection; failover
+/// (`failover`, `failoverPriority`, and the default region/zone/subzone order) only applies when
+/// the cluster has outlier detection (`outlier`), as in Istio.
+pub fn locality_plan(
+    setting: Option<&LocalityLbSetting>,
+    outlier: bool,
+    proxy_labels: &Labels,
+    endpoints: &[Endpoint],
+) -> LocalityPlan {
+    let default = LocalityLbSetting::default();
+    let setting = setting.unwrap_or(&default);
+    if setting.enabled == Some(false) || endpoints.is_empty() {
+        return LocalityPlan::default();
+    }
+    // Endpoints without localities all share one priority (the common case: no cost per cluster).
+    if setting.failover_priority.is_empty()
+        && setting.distribute.is_empty()
+        && endpoints.iter().all(|e| e.locality.is_none())
+    {
+        return LocalityPlan::default();
+    }
+    let proxy = Locality::from_labels(proxy_labels).unwrap_or_default();
+    let ep_locality: Vec<Locality> = endpoints
+        .iter()
+        .map(|e| {
+            e.locality
+                .as_deref()
+                .map(Locality::parse)
+                .unwrap_or_default()
+        })
+        .collect();
+    if !setting.distribute.is_empty() {
+        let Some(d) = setting.distribute.iter().find(|d| proxy.matches(&d.from)) else {
+            return LocalityPlan::default();
+        };
+        return LocalityPlan {
+            endpoints: Some(distribute(&d.to, endpoints, &ep_locality)),
+            priorities: None,
+        };
+    }
+    if !outlier {
+        return LocalityPlan::default();
+    }
+    let mut prio: Vec<u32> = vec![0; endpoints.len()];
+    let labels = &setting.failover_priority;
+    if !labels.is_empty() && !proxy_labels.is_empty() {
+        for (i, ep) in endpoints.iter().enumerate() {
+            prio[i] = failover_priority(labels, proxy_labels, ep, &ep_locality[i]);
+        }
+        dense(&mut prio);
+    }
+    if labels.is_empty() || !setting.failover.is_empty() {
+        for (i, loc) in ep_locality.iter().enumerate() {
+            let mut p = proxy.lb_priority(loc);
+            if p == 3 {
+                if let Some(f) = setting.failover.iter().find(|f| f.from == proxy.region) {
+                    if loc.region != f.to {
+                        p = 4;
+                    }
+                }
+            }
+            prio[i] = prio[i] * 5 + p;
+        }
+        dense(&mut prio);
+    }
+    LocalityPlan {
+        endpoints: None,
+        priorities: prio.iter().any(|p| *p != 0).then_some(prio),
+    }
+}
+
+/// Renumbers priorities 0, 1, 2… keeping their order.
+fn dense(prio: &mut [u32]) {
+    let mut levels: Vec<u32> = prio.to_vec();
+    levels.sort_unstable();
+    levels.dedup();
+    for p in prio.iter_mut() {
+        *p = levels.partition_point(|l| l < p) as u32;
+    }
+}
+
+/// Istio's `applyFailoverPriorityPerLocality`: 0 when the endpoint agrees with the proxy on every
+/// label (`label=value` compares with that value instead), else the number of labels minus the
+/// index of the first disagreeing one; a first `topology.istio.io/network` label only adds.
+fn failover_priority(labels: &[String], proxy: &Labels, ep: &Endpoint, loc: &Locality) -> u32 {
+    let n = labels.len() as u32;
+    let includes_network = labels.first().is_some_and(|l| l == NETWORK_LABEL);
+    let (mut priority, mut adjust) = (0, 0);
+    for (j, spec) in labels.iter().enumerate() {
+        let (key, wanted) = match spec.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (spec.as_str(), None),
+        };
+        let for_proxy = wanted.or_else(|| proxy.get(key).map(String::as_str));
+        let for_ep = ep
+            .labels
+            .get(key)
+            .map(String::as_str)
+            .or_else(|| loc.label(key));
+        if for_proxy.unwrap_or("") != for_ep.unwrap_or("") {
+            if j == 0 && includes_network {
+                adjust = n;
+                continue;
+            }
+            priority = n - j as u32;
+            break;
+        }
+    }
+    priority + adjust
+}
+
+/// Istio's `applyLocalityWeights`: each locality matching a `to` entry (first entry wins) gets
+/// that entry's weight, shared by the matching localities in proportion to their endpoints'
+/// weights; endpoints of other localities get no traffic. Envoy picks a locality by weight,
+/// then an endpoint inside it; one endpoint weight carries both here (locality weight × 100 ×
+/// the endpoint's share of its locality).
+fn distribute(
+    to: &std::collections::BTreeMap<String, u32>,
+    endpoints: &[Endpoint],
+    loc: &[Locality],
+) -> Vec<Endpoint> {
+    use std::collections::HashMap;
+    let mut group_weight: HashMap<&Locality, u64> = HashMap::new();
+    for (ep, l) in endpoints.iter().zip(loc) {
+        *group_weight.entry(l).or_default() += u64::from(ep.weight.max(1));
+    }
+    let mut locality_weight: HashMap<&Locality, u64> = HashMap::new();
+    for (pattern, weight) in to {
+        let matched: Vec<&Locality> = group_weight
+            .keys()
+            .copied()
+            .filter(|l| !locality_weight.contains_key(l) && l.matches(pattern))
+            .collect();
+        let total: u64 = matched.iter().map(|l| group_weight[l]).sum();
+        for l in matched {
+            let w = (group_weight[l] * u64::from(*weight)).div_ceil(total.max(1));
+            locality_weight.insert(l, w);
+        }
+    }
+    endpoints
+        .iter()
+        .zip(loc)
+        .filter_map(|(ep, l)| {
+            let lw = *locality_weight.get(l).filter(|w| **w > 0)?;
+            let share = (lw * 100 * u64::from(ep.weight.max(1))).div_ceil(group_weight[l]);
+            let mut ep = ep.clone();
+            ep.weight = u32::try_from(share).unwrap_or(u32::MAX).max(1);
+            Some(ep)
+        })
+        .collect()
 }

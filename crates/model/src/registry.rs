@@ -168,6 +168,10 @@ pub struct Endpoint {
     pub ports: BTreeMap<String, u16>,
     pub labels: Labels,
     pub weight: u32,
+    /// `region/zone/subzone`: the WorkloadEntry's `locality`, else its topology labels
+    /// (`istio-locality`, `topology.kubernetes.io/region|zone`, `topology.istio.io/subzone`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locality: Option<Arc<str>>,
 }
 
 /// A destination host with its ports and endpoints.
@@ -375,6 +379,12 @@ fn endpoint_from_entry(we: &networking::WorkloadEntry, labels: Labels) -> Endpoi
     Endpoint {
         address: endpoint_address(&we.address),
         ports: u16_ports(&we.ports),
+        locality: we
+            .locality
+            .as_deref()
+            .filter(|l| !l.is_empty())
+            .map(Arc::from)
+            .or_else(|| crate::policy::Locality::label_string(&labels)),
         labels,
         weight: we.weight.unwrap_or(1).max(1),
     }
@@ -559,6 +569,7 @@ fn from_kube_service(res: &Resource, spec: &ServiceSpec, index: &Index<'_, '_>) 
             ports: BTreeMap::new(),
             labels: Labels::new(),
             weight: 1,
+            locality: None,
         });
         Resolution::Dns
     } else {
@@ -617,6 +628,7 @@ fn from_kube_service(res: &Resource, spec: &ServiceSpec, index: &Index<'_, '_>) 
                 endpoints.push(Endpoint {
                     address: EndpointAddress::Ip(ip),
                     ports: port_map.clone(),
+                    locality: crate::policy::Locality::label_string(&labels),
                     labels,
                     weight: 1,
                 });

@@ -217,6 +217,10 @@ struct ClusterState {
     original_dst: bool,
     /// `destination_service*` labels of the cluster's service, built once per generation.
     service_labels: Arc<ServiceLabels>,
+    /// Locality failover: the priority of each endpoint, and how many priorities there are
+    /// (1 = no failover: `priorities` is empty).
+    priorities: Vec<u32>,
+    levels: u32,
 }
 
 impl ClusterState {
@@ -226,7 +230,13 @@ impl ClusterState {
             LbPolicy::ConsistentHash(h) => build_ring(&endpoints, h),
             _ => Vec::new(),
         };
+        let priorities: Vec<u32> = (0..endpoints.len())
+            .map(|i| cluster.endpoint_priority(i))
+            .collect();
+        let levels = priorities.iter().max().map_or(1, |m| m + 1);
         ClusterState {
+            priorities: if levels > 1 { priorities } else { Vec::new() },
+            levels,
             cluster: cluster.clone(),
             endpoints,
             weights_equal,

@@ -196,6 +196,17 @@ impl Body for LoggedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     self.sent += d.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    // A gRPC request's final status (the label is set for gRPC requests only).
+                    if let Some(f) = self
+                        .finish
+                        .as_mut()
+                        .filter(|f| f.labels.grpc_response_status.is_some())
+                    {
+                        if let Some(status) = crate::http_manager::grpc::grpc_status(trailers) {
+                            f.labels.grpc_response_status = Some(status);
+                        }
+                    }
                 }
                 if self.inner.is_end_stream() {
                     self.complete(false);

@@ -41,6 +41,7 @@ use crate::telemetry::metrics::{
 use crate::upstream::UpstreamConnInfo;
 use crate::upstream::{tls_failure_reason, ExchangeError, ProxyBody, TlsSetupError};
 
+pub(crate) mod grpc;
 pub(crate) mod upgrade;
 use upgrade::UpgradeRequest;
 
@@ -203,10 +204,7 @@ pub(crate) async fn serve<S: HttpSide>(
         side.log_downstream(&mut rec);
         rec
     });
-    let grpc = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let grpc = grpc::is_grpc_content_type(parts.headers.get(header::CONTENT_TYPE));
 
     let received = ByteCounter::default();
     let body = CountingBody::new(body, received.clone());
@@ -248,6 +246,12 @@ pub(crate) async fn serve<S: HttpSide>(
         }
         _ => (response, outcome),
     };
+    // Envoy answers a gRPC request's local reply in gRPC: trailers-only, HTTP 200.
+    let response = if grpc && outcome.upstream_service_time.is_none() {
+        grpc::trailers_only(response).await
+    } else {
+        response
+    };
 
     let tunnel = outcome.tunnel.take();
     let status = response.status().as_u16();
@@ -265,7 +269,7 @@ pub(crate) async fn serve<S: HttpSide>(
             rec.response_headers = Some(response.headers().clone());
         }
     }
-    let labels = HttpLabels {
+    let mut labels = HttpLabels {
         reporter: S::REPORTER,
         source: peers.source,
         destination: peers.destination,
@@ -278,9 +282,14 @@ pub(crate) async fn serve<S: HttpSide>(
         response_flags: outcome.flags,
         connection_security_policy: peers.security,
         response_code: status,
+        // For gRPC: what the response head says (trailers-only, else the HTTP status), replaced
+        // by the `grpc-status` trailer when one comes (`LoggedBody`).
         grpc_response_status: None,
     };
     let (parts, body) = response.into_parts();
+    if grpc {
+        labels.grpc_response_status = Some(grpc::initial_status(&parts));
+    }
     let finish = Finish {
         proxy,
         rec,

@@ -500,7 +500,7 @@ async fn max_requests_per_connection_retires_h2_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_h2_upstream_is_503_uf() {
+async fn unreachable_h2_upstream_is_uf_and_grpc_unavailable() {
     // A port nobody listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -509,10 +509,18 @@ async fn unreachable_h2_upstream_is_503_uf() {
     let yaml = service_yaml(7078, "name: grpc, protocol: GRPC", "grpc", closed);
     let sc = sidecar(&yaml, 7078).await;
     let got = h2_call(sc.addr, "grpc.example.com").await;
-    assert_eq!(got.status, 503, "{got:?}");
-    assert!(got.body.contains("connection failure"), "{got:?}");
+    // A gRPC request's 503 goes out as Envoy's trailers-only gRPC reply: 200, UNAVAILABLE.
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.headers["grpc-status"], "14", "{got:?}");
+    assert!(
+        got.headers["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("connection failure"),
+        "{got:?}"
+    );
     let log = sc.log_lines();
-    assert!(log.contains(" 503 UF"), "{log}");
+    assert!(log.contains(" 200 UF"), "{log}");
 }
 
 // === gateway ===

@@ -80,7 +80,7 @@ Codes: Istio's IST codes, levels and message texts (istioctl analyze), plus slui
           (RequestAuthentication, Telemetry, WorkloadGroup, ProxyConfig, EnvoyFilter,
           WasmPlugin, TrafficExtension, Gateway API Gateways).
   SLU0004 [Info] FieldNotEnforced: a field Istio accepts that sluice validates but does not act
-          on yet (DestinationRule localityLbSetting, warmup, …; Sidecar ingress; corsPolicy).
+          on yet (DestinationRule zoneAwareLbSetting, warmup, …; Sidecar ingress; corsPolicy).
 A resource defined twice gets IST0133 on the definitions not used (the first valid one is).
 
 Use --list-analyzers for every code, and for the checks Istio makes differently or not at all.";

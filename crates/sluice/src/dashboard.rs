@@ -351,8 +351,8 @@ impl Queries {
     pub fn new(window: &str) -> Queries {
         Queries {
             requests: format!(
-                "sum by ({IDENTITY_LABELS}, response_code, response_flags, connection_security_policy) \
-                 (rate(istio_requests_total[{window}]))"
+                "sum by ({IDENTITY_LABELS}, response_code, grpc_response_status, response_flags, \
+                 connection_security_policy) (rate(istio_requests_total[{window}]))"
             ),
             durations: format!(
                 "sum by ({IDENTITY_LABELS}, le) \
@@ -801,7 +801,11 @@ pub fn build_graph(inputs: &Inputs) -> Graph {
                         .unwrap_or("-");
                     *e.responses.entry(code.to_string()).or_default() += value;
                     *e.flags.entry(flags.to_string()).or_default() += value;
-                    if is_error(code, flags) {
+                    // A gRPC call fails with HTTP 200 and its status in grpc_response_status,
+                    // which Kiali counts as an error when it is not 0 (OK).
+                    let grpc = s.labels.get("grpc_response_status").map(String::as_str);
+                    let grpc_failed = grpc.is_some_and(|g| !g.is_empty() && g != "0");
+                    if is_error(code, flags) || grpc_failed {
                         e.error_rps += value;
                     }
                 }

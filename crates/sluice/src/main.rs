@@ -185,6 +185,11 @@ struct SidecarArgs {
     /// Labels of this workload, k=v,k=v (for sourceLabels, workloadSelector and telemetry).
     #[arg(long, value_delimiter = ',', value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// This workload's locality, region[/zone[/subzone]], for locality load balancing (sets the
+    /// topology.kubernetes.io/region|zone and topology.istio.io/subzone labels; default: from
+    /// --labels, else none).
+    #[arg(long)]
+    locality: Option<String>,
     /// Service account of this workload.
     #[arg(long)]
     service_account: Option<String>,
@@ -302,6 +307,10 @@ struct GatewayArgs {
         default_value = "istio=ingressgateway"
     )]
     labels: Vec<(String, String)>,
+    /// This gateway's locality, region[/zone[/subzone]], for locality load balancing (sets the
+    /// topology.kubernetes.io/region|zone and topology.istio.io/subzone labels).
+    #[arg(long)]
+    locality: Option<String>,
     /// Admin API port (127.0.0.1 only): /config_dump, /clusters, /listeners, /ready, /stats.
     #[arg(long, default_value_t = 15000)]
     admin_port: u16,
@@ -383,6 +392,28 @@ impl ConfigSourceArgs {
             },
         }
     }
+}
+
+/// `labels` plus the topology labels of `locality` (`region/zone/subzone`), which win.
+fn with_locality(
+    labels: Vec<(String, String)>,
+    locality: Option<&str>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut labels: std::collections::BTreeMap<String, String> = labels.into_iter().collect();
+    if let Some(l) = locality.filter(|l| !l.is_empty()) {
+        let l = sluice_model::policy::Locality::parse(l);
+        labels.remove(sluice_model::policy::LOCALITY_LABEL);
+        for (key, value) in [
+            (sluice_model::policy::REGION_LABEL, l.region),
+            (sluice_model::policy::ZONE_LABEL, l.zone),
+            (sluice_model::policy::SUBZONE_LABEL, l.subzone),
+        ] {
+            if !value.is_empty() {
+                labels.insert(key.to_string(), value);
+            }
+        }
+    }
+    labels
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -572,7 +603,7 @@ fn main() -> ExitCode {
             let opts = SidecarOptions {
                 config: args.source.source(),
                 namespace: args.namespace,
-                labels: args.labels.into_iter().collect(),
+                labels: with_locality(args.labels, args.locality.as_deref()),
                 service_account: args.service_account,
                 outbound_port: args.outbound_port,
                 inbound_port: (args.inbound_port != 0).then_some(args.inbound_port),
@@ -593,7 +624,7 @@ fn main() -> ExitCode {
             let opts = GatewayOptions {
                 config: args.source.source(),
                 namespace: args.namespace,
-                labels: args.labels.into_iter().collect(),
+                labels: with_locality(args.labels, args.locality.as_deref()),
                 admin_port: args.admin_port,
                 status_port: args.status_port,
                 stats_port: args.stats_port,

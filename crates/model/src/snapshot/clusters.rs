@@ -302,17 +302,32 @@ pub(super) fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                     PoolLimits::from_settings(policy.connection_pool, snap.mesh.connect_timeout);
                 let upstream_protocol =
                     UpstreamProtocol::for_port(port.protocol, &limits, snap.proxy.kind);
+                let outlier = policy.outlier_detection.map(OutlierPolicy::from_settings);
+                // `zoneAwareLbSetting` replaces locality load balancing in Istio; sluice does
+                // not implement it (SLU0004), so such a cluster keeps plain balancing.
+                let lb_settings = policy.load_balancer;
+                let plan = if lb_settings.is_some_and(|lb| lb.zone_aware_lb_setting.is_some()) {
+                    crate::policy::LocalityPlan::default()
+                } else {
+                    crate::policy::locality_plan(
+                        lb_settings.and_then(|lb| lb.locality_lb_setting.as_ref()),
+                        outlier.is_some(),
+                        &snap.proxy.labels,
+                        &endpoints,
+                    )
+                };
                 let cluster = Cluster {
                     name: name.clone(),
                     service: svc.clone(),
                     port: port.clone(),
                     subset: subset_name.map(Arc::from),
-                    endpoints: endpoints.clone(),
+                    endpoints: plan.endpoints.map_or_else(|| endpoints.clone(), Arc::from),
+                    priorities: plan.priorities.map(Arc::from),
                     tls,
                     connect_timeout: limits.connect_timeout,
                     lb: LbPolicy::from_settings(policy.load_balancer),
                     limits,
-                    outlier: policy.outlier_detection.map(OutlierPolicy::from_settings),
+                    outlier,
                     policy_source: policy_source.clone(),
                     upstream_protocol,
                 };

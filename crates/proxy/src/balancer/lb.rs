@@ -171,8 +171,13 @@ impl ClusterRuntime {
         let healthy = |i: usize| panic || !state.endpoints[i].ejected_at(now);
         let fresh =
             |i: usize| healthy(i) && !avoid.iter().any(|a| Arc::ptr_eq(a, &state.endpoints[i]));
-        let idx = self
-            .choose(&state, hash, &fresh)
+        // Locality failover: this request's priority first; any healthy endpoint if it has no
+        // fresh one left (retries that used it up).
+        let level = (state.levels > 1).then(|| priority_level(&state, &healthy));
+        let at_level = |i: usize| level.is_none_or(|l| state.priorities[i] == l);
+        let idx = level
+            .and_then(|_| self.choose(&state, hash, &|i| at_level(i) && fresh(i)))
+            .or_else(|| self.choose(&state, hash, &fresh))
             .or_else(|| (!avoid.is_empty()).then(|| self.choose(&state, hash, &healthy))?)?;
         let ep = state.endpoints[idx].clone();
         ep.rq_active.fetch_add(1, Ordering::Relaxed);
@@ -248,6 +253,54 @@ impl ClusterRuntime {
         current[b] -= total;
         Some(b)
     }
+}
+
+/// Envoy's overprovisioning factor (1.4, in percent): a priority takes all traffic while at
+/// least 1/1.4 ≈ 71% of its endpoints are healthy.
+const OVERPROVISIONING: u64 = 140;
+
+/// The priority one request goes to, as Envoy spreads load over priorities: each takes
+/// `min(100, healthy% × 1.4)` of what the better ones left; when all together take less than
+/// 100, their shares are scaled up to 100; when no endpoint is healthy anywhere, priority 0.
+fn priority_level(state: &ClusterState, healthy: &dyn Fn(usize) -> bool) -> u32 {
+    let levels = state.levels as usize;
+    let mut total = vec![0u64; levels];
+    let mut up = vec![0u64; levels];
+    for (i, &p) in state.priorities.iter().enumerate() {
+        total[p as usize] += 1;
+        if healthy(i) {
+            up[p as usize] += 1;
+        }
+    }
+    let health: Vec<u64> = (0..levels)
+        .map(|p| (up[p] * OVERPROVISIONING / total[p].max(1)).min(100))
+        .collect();
+    let sum: u64 = health.iter().sum();
+    if sum == 0 {
+        return 0;
+    }
+    let mut load = Vec::with_capacity(levels);
+    let mut left = 100u64;
+    for h in &health {
+        let l = if sum >= 100 {
+            (*h).min(left)
+        } else {
+            h * 100 / sum
+        };
+        left = left.saturating_sub(l);
+        load.push(l);
+    }
+    if load.iter().all(|l| *l == 0) {
+        return 0;
+    }
+    let mut point = rand::random::<u64>() % load.iter().sum::<u64>();
+    for (p, l) in load.iter().enumerate() {
+        if point < *l {
+            return p as u32;
+        }
+        point -= l;
+    }
+    0
 }
 
 fn random_below(n: usize) -> usize {

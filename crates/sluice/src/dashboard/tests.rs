@@ -961,3 +961,37 @@ fn prometheus_urls() {
     assert!(Prometheus::new("https://127.0.0.1:9090").is_err());
     assert!(Prometheus::new("127.0.0.1:9090").is_err());
 }
+
+/// A failed gRPC call is HTTP 200 with its status in `grpc_response_status`: an error unless the
+/// status is 0 (OK), as Kiali counts it; plain HTTP 200s (label empty) are not errors.
+#[test]
+fn grpc_calls_with_a_status_other_than_ok_are_errors() {
+    let client = src(T, "client", "v1");
+    let parts = [client, svc("grpc", T), dst(T, "grpc", "v1")];
+    let grpc = |status: &str, v: f64| {
+        series(
+            "source",
+            &parts,
+            &[
+                ("response_code", "200"),
+                ("grpc_response_status", status),
+                ("response_flags", "-"),
+                ("connection_security_policy", "unknown"),
+            ],
+            v,
+        )
+    };
+    let g = build_graph(&Inputs {
+        requests: vec![grpc("0", 6.0), grpc("14", 3.0), grpc("", 1.0)],
+        durations: Vec::new(),
+        tcp_bytes: Vec::new(),
+        tcp_connections: Vec::new(),
+        blocked: Vec::new(),
+    });
+    let e = edge(
+        &g,
+        "workload:tutorial/client-v1->service:grpc.tutorial.svc.cluster.local",
+    );
+    assert!(close(e.rps, 10.0), "{}", e.rps);
+    assert!(close(e.error_rps, 3.0), "{}", e.error_rps);
+}
