@@ -141,6 +141,32 @@ pub struct Finish {
     pub received: ByteCounter,
 }
 
+impl Finish {
+    /// Records the request: metrics, and the access log line with its bytes and duration.
+    /// `extra_received` counts request bytes beyond the body's (an upgraded tunnel's); a client
+    /// that left before the end turns empty flags into `DC`.
+    pub fn record(mut self, extra_received: u64, sent: u64, client_gone: bool) {
+        let received = self.received.get() + extra_received;
+        let duration = self.start.elapsed();
+        let client_left = client_gone && self.labels.response_flags == "-";
+        if client_left {
+            self.labels.response_flags = Cow::Borrowed("DC");
+        }
+        self.proxy
+            .metrics
+            .record_http(&self.labels, duration, received, sent);
+        if let Some(mut rec) = self.rec {
+            rec.bytes_sent = sent;
+            rec.bytes_received = received;
+            rec.duration = duration;
+            if client_left {
+                rec.response_flags = Cow::Borrowed("DC");
+            }
+            self.proxy.access_log.log(*rec);
+        }
+    }
+}
+
 /// A response body that writes the access log line and records metrics when it ends (or is dropped
 /// because the client went away).
 pub struct LoggedBody {
@@ -159,26 +185,8 @@ impl LoggedBody {
     }
 
     fn complete(&mut self, client_gone: bool) {
-        let Some(mut f) = self.finish.take() else {
-            return;
-        };
-        let received = f.received.get();
-        let duration = f.start.elapsed();
-        let client_left = client_gone && f.labels.response_flags == "-";
-        if client_left {
-            f.labels.response_flags = Cow::Borrowed("DC");
-        }
-        f.proxy
-            .metrics
-            .record_http(&f.labels, duration, received, self.sent);
-        if let Some(mut rec) = f.rec {
-            rec.bytes_sent = self.sent;
-            rec.bytes_received = received;
-            rec.duration = duration;
-            if client_left {
-                rec.response_flags = Cow::Borrowed("DC");
-            }
-            f.proxy.access_log.log(*rec);
+        if let Some(f) = self.finish.take() {
+            f.record(0, self.sent, client_gone);
         }
     }
 }

@@ -149,23 +149,8 @@ pub(crate) fn splice(downstream: OnUpgrade, tunnel: Tunnel, finish: Finish) {
             }
         };
         drop(held);
-        record(finish, received, sent);
+        finish.record(received, sent, false);
     });
-}
-
-/// The access log line and metrics of a finished tunnel.
-fn record(f: Finish, received: u64, sent: u64) {
-    let received = f.received.get() + received;
-    let duration = f.start.elapsed();
-    f.proxy
-        .metrics
-        .record_http(&f.labels, duration, received, sent);
-    if let Some(mut rec) = f.rec {
-        rec.bytes_sent = sent;
-        rec.bytes_received = received;
-        rec.duration = duration;
-        f.proxy.access_log.log(*rec);
-    }
 }
 
 /// The empty body of a 101 response (the tunnel carries the data).
