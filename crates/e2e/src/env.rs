@@ -67,6 +67,8 @@ impl Hosts {
 pub const HTTPBIN: &str = "httpbin.org";
 pub const GOOGLE: &str = "www.google.com";
 pub const CNN: &str = "edition.cnn.com";
+/// Seed 004's external API; served by the httpbin.org host (the guides' wrong-port story).
+pub const WORLDCLOCK: &str = "worldclockapi.com";
 
 /// What every environment starts from: a slot (with what dead tests left behind swept away), a
 /// short form of the test name for namespace names, and a world-readable temporary directory
@@ -263,7 +265,12 @@ impl TestEnv {
             &self.ext,
             h.dns,
             &self.dir_path,
-            &[(HTTPBIN, h.httpbin), (GOOGLE, h.google), (CNN, h.cnn)],
+            &[
+                (HTTPBIN, h.httpbin),
+                (GOOGLE, h.google),
+                (CNN, h.cnn),
+                (WORLDCLOCK, h.httpbin),
+            ],
         );
         let p = Proc::spawn(
             "dnsmasq",

@@ -47,6 +47,7 @@ pub mod env;
 pub mod fake_apiserver;
 pub mod gateway;
 pub mod gateway_config;
+pub mod guide;
 pub mod mesh;
 pub mod metrics;
 pub mod netns;
