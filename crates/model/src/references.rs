@@ -459,7 +459,7 @@ fn istio_mutual_extra_fields(tls: &ClientTlsSettings) -> Vec<&'static str> {
 /// Fields of Istio's API that sluice accepts (Istio does, so valid config must load) but does not
 /// act on, by kind and the end of their path without list indices. Each is said once per resource,
 /// so that no setting an operator relies on is silently ignored.
-const FIELDS_NOT_ACTED_ON: [(Kind, &str); 15] = [
+const FIELDS_NOT_ACTED_ON: [(Kind, &str); 14] = [
     (Kind::DestinationRule, "loadBalancer.zoneAwareLbSetting"),
     (Kind::DestinationRule, "loadBalancer.backendUtilization"),
     (Kind::DestinationRule, "loadBalancer.warmup"),
@@ -469,7 +469,6 @@ const FIELDS_NOT_ACTED_ON: [(Kind, &str); 15] = [
         Kind::DestinationRule,
         "outlierDetection.outlierDetectionHttpErrorCodes",
     ),
-    (Kind::DestinationRule, "trafficPolicy.tunnel"),
     (Kind::DestinationRule, "trafficPolicy.proxyProtocol"),
     (Kind::DestinationRule, "trafficPolicy.retryBudget"),
     (Kind::Gateway, "tls.ecdhCurves"),

@@ -688,3 +688,55 @@ spec:
         ]
     );
 }
+
+/// `tunnel` follows Istio's `tunnelingconfig.Apply`: the top level for the service's cluster, the
+/// subset's own (with no fallback to the top level) for a subset's; a POST tunnel is said to be
+/// carried with CONNECT.
+#[test]
+fn tunnel_settings_come_from_the_top_level_or_the_subset_alone() {
+    let snap = snapshot_in(
+        "default",
+        &[],
+        &with_reviews(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    tunnel: {targetHost: "2001:db8::1", targetPort: 443}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      tunnel: {protocol: POST, targetHost: example.com, targetPort: 8443}
+  - name: v2
+    labels: {version: v2}
+"#,
+        ),
+    );
+    let authority = |name: &str| {
+        cluster(&snap, name)
+            .tunnel
+            .as_ref()
+            .map(|t| t.authority.clone())
+    };
+    assert_eq!(
+        authority(DEFAULT_9080).as_deref(),
+        Some("[2001:db8::1]:443")
+    );
+    assert_eq!(authority(V1_9080).as_deref(), Some("example.com:8443"));
+    assert_eq!(
+        authority(V2_9080),
+        None,
+        "a subset without a tunnel has none"
+    );
+    assert!(
+        snap.diagnostics
+            .iter()
+            .any(|d| d.message.contains("tunnel protocol `POST`")),
+        "{:?}",
+        snap.diagnostics
+    );
+}

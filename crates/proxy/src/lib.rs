@@ -23,6 +23,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod tls_server;
 pub mod trace;
+pub mod tunnel;
 pub mod upstream;
 pub mod upstream_h1;
 pub mod upstream_h2;

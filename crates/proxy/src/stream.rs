@@ -493,6 +493,27 @@ async fn carry_out<S>(
         }
         (tcp, _) => tcp.map(StreamUpstream::Plain),
     };
+    // DestinationRule `tunnel`: the stream rides in a CONNECT through the endpoint (an HTTP
+    // proxy), over whatever the connection to it is (plaintext or the mesh's mTLS).
+    let tunnel = cluster.as_ref().and_then(|c| c.tunnel.clone());
+    let upstream = match (upstream, tunnel) {
+        (Some(mut up), Some(tunnel)) => {
+            match crate::tunnel::open(&mut up, &tunnel.authority, connect_timeout).await {
+                Ok(()) => Some(up),
+                Err(e) => {
+                    tracing::debug!(
+                        "{cluster_name}: CONNECT {} through the endpoint failed: {e:?}",
+                        tunnel.authority
+                    );
+                    rec.upstream_local_address = up.tcp().local_addr().ok();
+                    rec.upstream_transport_failure_reason = Some(Cow::Owned(e.reason()));
+                    flags = "UF";
+                    None
+                }
+            }
+        }
+        (up, _) => up,
+    };
     let Some(mut upstream) = upstream else {
         let mut labels = tcp_labels(&proxy, service, flags);
         apply_side_labels(&mut labels, &security);

@@ -278,6 +278,21 @@ pub(super) fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                     .clone()
             };
             let auto_mtls_ok = AutoMtls::of(auto_mtls, svc, &endpoints, &mut peer_auth);
+            let tunnel_settings = rule.tunnel_for_subset(subset);
+            if let (Some(t), Some(dr)) = (tunnel_settings, rule_resource) {
+                if t.protocol.as_deref() == Some("POST") {
+                    snap.diagnostics.push(Diagnostic::at(
+                        dr,
+                        Severity::Warning,
+                        "spec.trafficPolicy.tunnel.protocol",
+                        "SLU0004: tunnel protocol `POST` is valid Istio config, but sluice tunnels \
+                         with CONNECT only: streams to this host are sent in a CONNECT request"
+                            .to_string(),
+                    ));
+                }
+            }
+            let tunnel =
+                tunnel_settings.map(|t| Arc::new(crate::cluster::Tunnel::from_settings(t)));
             for port in &svc.ports {
                 let name: Arc<str> =
                     Cluster::name_for(port.number, subset_name, &svc.hostname).into();
@@ -330,6 +345,7 @@ pub(super) fn build_clusters(snap: &mut Snapshot, resources: &[Resource]) {
                     outlier,
                     policy_source: policy_source.clone(),
                     upstream_protocol,
+                    tunnel: tunnel.clone(),
                 };
                 // The oldest service wins a duplicate host:port, as in Istio's registry merge.
                 snap.clusters
