@@ -8,6 +8,10 @@
 //! copied as bytes. Upstream connections leave from `127.0.0.6`, which istio-iptables exempts from
 //! capture, so the application's answers are not redirected back to the sidecar (Istio ≥ 1.10).
 //!
+//! A `Sidecar` with `ingress` listeners replaces the ports: each listed port has its protocol and
+//! is delivered to its `defaultEndpoint` (another loopback or workload port, or a unix socket);
+//! `captureMode: NONE` ones are listeners of their own ([`serve_bound_inbound`]).
+//!
 //! Telemetry is the server side's: `reporter="destination"`, this workload as `destination_*`, the
 //! client's workload (when the registry knows its IP) as `source_*`.
 //!
