@@ -52,7 +52,8 @@ fn sidecar_listeners_with_iptables_capture() {
         "sidecar-recommendation.yaml",
         "apiVersion: networking.istio.io/v1
 kind: Sidecar
-metadata: {name: recommendation}
+metadata:
+  name: recommendation
 spec:
   workloadSelector:
     labels: {app: recommendation}
@@ -98,7 +99,8 @@ spec:
         format!(
             "apiVersion: networking.istio.io/v1
 kind: Sidecar
-metadata: {{name: client}}
+metadata:
+  name: client
 spec:
   workloadSelector:
     labels: {{app: client}}
