@@ -34,7 +34,9 @@ fn until(what: &str, probe: impl Fn() -> CurlResult, ok: impl Fn(&CurlResult) ->
 }
 
 fn is_recommendation(r: &CurlResult) -> bool {
-    r.status == 200 && r.body.starts_with("recommendation v1 from 'recommendation-v1'")
+    r.status == 200
+        && r.body
+            .starts_with("recommendation v1 from 'recommendation-v1'")
 }
 
 #[test]
@@ -74,8 +76,18 @@ spec:
     let e = rec.wait_for_log("inbound on 9080", |e| {
         e.upstream_cluster == "inbound|9080||" && e.response_code == 200
     });
-    assert_eq!(e.upstream_host, format!("127.0.0.1:{APP_PORT}"), "{}", e.raw);
-    assert_eq!(e.downstream_local_address, format!("{rec_ip}:9080"), "{}", e.raw);
+    assert_eq!(
+        e.upstream_host,
+        format!("127.0.0.1:{APP_PORT}"),
+        "{}",
+        e.raw
+    );
+    assert_eq!(
+        e.downstream_local_address,
+        format!("{rec_ip}:9080"),
+        "{}",
+        e.raw
+    );
     // The bound listener, reached from inside the pod (loopback is never captured).
     until(
         "recommendation's bound ingress listener 7070",
@@ -90,7 +102,12 @@ spec:
     // recommendation gets a second port (9080 → the app's 8080).
     mesh.apply(
         "service-recommendation.yaml",
-        &service_yaml("recommendation", mesh.service_ip("recommendation"), APP_PORT).replace(
+        &service_yaml(
+            "recommendation",
+            mesh.service_ip("recommendation"),
+            APP_PORT,
+        )
+        .replace(
             "  - name: http\n",
             "  - name: http-alt\n    port: 9080\n    targetPort: 8080\n  - name: http\n",
         ),
@@ -123,9 +140,15 @@ spec:
         |r| r.status == 502,
     );
     let r = client.get(&service_url("recommendation", 8080));
-    assert!(is_recommendation(&r), "recommendation is imported on 8080:\n{r}");
+    assert!(
+        is_recommendation(&r),
+        "recommendation is imported on 8080:\n{r}"
+    );
     let r = client.get(&service_url("recommendation", 9080));
-    assert_eq!(r.status, 502, "recommendation is not imported on 9080:\n{r}");
+    assert_eq!(
+        r.status, 502,
+        "recommendation is not imported on 9080:\n{r}"
+    );
 
     // === A bound egress listener: 127.0.0.1:8080, opened live, routing by Host ===
     let bound = format!(
@@ -166,7 +189,10 @@ spec:
     });
 
     // === A bad Sidecar (bound port 15001, the sidecar's own) is refused; the last good serves ===
-    let bad = with_bound.replace("number: 8080, protocol: HTTP, name: http-local", "number: 15001, protocol: HTTP, name: http-local");
+    let bad = with_bound.replace(
+        "number: 8080, protocol: HTTP, name: http-local",
+        "number: 15001, protocol: HTTP, name: http-local",
+    );
     mesh.apply("sidecar-client.yaml", &bad);
     let sidecar = client.sidecar();
     eventually("the refusal in the sidecar's log", CONFIG_POLL, || {
@@ -180,7 +206,10 @@ spec:
         hit.map(|_| ()).ok_or_else(|| log.clone())
     });
     let r = client.curl(local).header("Host: recommendation:8080").run();
-    assert!(is_recommendation(&r), "the last good Sidecar keeps serving:\n{r}");
+    assert!(
+        is_recommendation(&r),
+        "the last good Sidecar keeps serving:\n{r}"
+    );
 
     // === The listener closes when the Sidecar no longer declares it ===
     mesh.apply("sidecar-client.yaml", &client_sidecar(""));

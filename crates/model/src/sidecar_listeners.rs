@@ -197,8 +197,12 @@ pub(crate) fn build(
         if number == 0 || l.bind.as_deref().is_some_and(|b| b.starts_with("unix://")) {
             continue;
         }
-        let mut scoped =
-            crate::snapshot::compile_scoped(resources, proxy, generation, scope.only_listener(Some(i)));
+        let mut scoped = crate::snapshot::compile_scoped(
+            resources,
+            proxy,
+            generation,
+            scope.only_listener(Some(i)),
+        );
         let bind = bind_ip(l.bind.as_deref());
         if capture_none(l.capture_mode.as_deref()) {
             // The original destination is this listener: never pass through (a loop).

@@ -174,15 +174,19 @@ impl SidecarScope {
     /// service's host must fall within an imported name (`*.example.com` imports
     /// `a.example.com` and `*.a.example.com`, not `example.com`).
     pub fn imports_service(&self, svc: &Service) -> bool {
-        self.index.0.iter().zip(&self.port_match).any(|(hosts, port)| {
-            if port.is_some_and(|p| svc.port(p).is_none()) {
-                return false;
-            }
-            let candidates = hosts
-                .get(svc.namespace.as_ref())
-                .or_else(|| hosts.get(ANY_NAMESPACE));
-            candidates.is_some_and(|c| c.covers(&svc.hostname))
-        })
+        self.index
+            .0
+            .iter()
+            .zip(&self.port_match)
+            .any(|(hosts, port)| {
+                if port.is_some_and(|p| svc.port(p).is_none()) {
+                    return false;
+                }
+                let candidates = hosts
+                    .get(svc.namespace.as_ref())
+                    .or_else(|| hosts.get(ANY_NAMESPACE));
+                candidates.is_some_and(|c| c.covers(&svc.hostname))
+            })
     }
 
     /// True if some egress listener imports a VirtualService of namespace `vs_ns` with these

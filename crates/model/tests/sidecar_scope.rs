@@ -760,9 +760,15 @@ spec:
         Some("127.0.0.1:7070".parse().unwrap())
     );
     // Istio's default: a service port no ingress listener lists is passthrough.
-    assert_eq!(&*snap.inbound_port(9090).cluster_name, "InboundPassthroughClusterIpv4");
+    assert_eq!(
+        &*snap.inbound_port(9090).cluster_name,
+        "InboundPassthroughClusterIpv4"
+    );
     // captureMode NONE: a listener of its own, not a captured port.
-    assert_eq!(&*snap.inbound_port(8443).cluster_name, "InboundPassthroughClusterIpv4");
+    assert_eq!(
+        &*snap.inbound_port(8443).cluster_name,
+        "InboundPassthroughClusterIpv4"
+    );
     let bound = &snap.sidecar_listeners.bound_ingress;
     let p = &bound[&"127.0.0.1:8443".parse::<SocketAddr>().unwrap()];
     assert_eq!(&*p.cluster_name, "inbound|8443||");

@@ -342,7 +342,9 @@ async fn handle_connection(
         Some(listen) => match snap.sidecar_listeners.bound_ingress.get(&listen) {
             Some(port) => port.clone(),
             None => {
-                tracing::debug!("closing a connection from {remote}: listener {listen} was removed");
+                tracing::debug!(
+                    "closing a connection from {remote}: listener {listen} was removed"
+                );
                 return;
             }
         },

@@ -85,10 +85,7 @@ impl SidecarListenerSet {
             if let Some(mut open) = self.open.remove(&l) {
                 drop(open.stop.take());
                 let _ = (&mut open.task).await;
-                tracing::info!(
-                    "Sidecar listener {} closed (no longer declared)",
-                    open.addr
-                );
+                tracing::info!("Sidecar listener {} closed (no longer declared)", open.addr);
             }
         }
         let mut failed = Vec::new();
@@ -219,7 +216,12 @@ pub async fn serve_bound_outbound(
 
 /// Serves one connection of a bound egress listener: HTTP routed by Host with the listener's
 /// scope, anything else to the service the listener's scope gives its port.
-async fn dispatch_bound(proxy: Arc<Proxy>, mut stream: TcpStream, remote: SocketAddr, listen: SocketAddr) {
+async fn dispatch_bound(
+    proxy: Arc<Proxy>,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    listen: SocketAddr,
+) {
     let snap = proxy.snapshots.load_full();
     let Some((declared, scope)) = snap.sidecar_listeners.bound_egress.get(&listen).cloned() else {
         tracing::debug!("closing a connection from {remote}: listener {listen} was removed");

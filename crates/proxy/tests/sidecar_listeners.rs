@@ -14,7 +14,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use common::Telemetry;
 use http::{Request, Response};
@@ -42,7 +41,9 @@ fn compile(yaml: &str, generation: u64) -> Snapshot {
     );
     let identity = ProxyIdentity {
         namespace: "default".into(),
-        labels: [("app".to_string(), "web".to_string())].into_iter().collect(),
+        labels: [("app".to_string(), "web".to_string())]
+            .into_iter()
+            .collect(),
         service_account: None,
         kind: ProxyKind::Sidecar,
     };
@@ -175,7 +176,12 @@ spec:
     let http = inbound_listener(proxy.clone(), "127.0.0.1:9080".parse().unwrap()).await;
     let (code, body) = get(
         &format!("http://{http}/one"),
-        &["--next", "-w", "\n%{http_code}", &format!("http://{http}/two")],
+        &[
+            "--next",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{http}/two"),
+        ],
     )
     .await;
     assert_eq!(code, "200");
@@ -199,8 +205,14 @@ spec:
 
     let lines = telemetry.lines(3).await;
     // No TCP address for a unix socket: `%UPSTREAM_HOST%` is `-`.
-    assert!(lines.contains(&"inbound|9080|| - 200".to_string()), "{lines:?}");
-    assert!(lines.contains(&"inbound|9081|| - 0".to_string()), "{lines:?}");
+    assert!(
+        lines.contains(&"inbound|9080|| - 200".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"inbound|9081|| - 0".to_string()),
+        "{lines:?}"
+    );
 }
 
 #[tokio::test]
@@ -245,7 +257,11 @@ spec:
     // Without defaultEndpoint the original destination is the listener itself: refused, not
     // looped back into it.
     let (exit, _) = curl(&[&format!("http://127.0.0.1:{loop_port}/")]).await;
-    assert_eq!(exit, 52, "curl should see the connection closed without a reply");
+    // 52: closed before curl's request was read; 56: reset after it was (unread data).
+    assert!(
+        exit == 52 || exit == 56,
+        "curl should see the connection closed without a reply, got exit {exit}"
+    );
 }
 
 /// Two ServiceEntries on loopback apps, each with ports 9080 and 9081.
@@ -308,7 +324,10 @@ spec:
     let (code, body) = get("http://svc-b.test:9081/y", &["-x", &via]).await;
     assert_eq!((code.as_str(), body.as_str()), ("200", "b saw /y"));
     let (code, _) = get("http://svc-b.test:9080/y", &["-x", &via]).await;
-    assert_eq!(code, "502", "port 9080 has a listener of its own without svc-b");
+    assert_eq!(
+        code, "502",
+        "port 9080 has a listener of its own without svc-b"
+    );
 
     let lines = telemetry.lines(4).await;
     assert_eq!(lines[0], format!("outbound|9080||svc-a.test {a} 200"));
@@ -355,7 +374,10 @@ spec:
         services = two_services(a, b).replace("9080", &http_port.to_string()),
         tcp_app_port = tcp_app.port(),
     )
-    .replace("number: 9080, protocol: HTTP", &format!("number: {http_port}, protocol: HTTP"));
+    .replace(
+        "number: 9080, protocol: HTTP",
+        &format!("number: {http_port}, protocol: HTTP"),
+    );
     let telemetry = Telemetry::new(LOG_FORMAT);
     let proxy = Arc::new(telemetry.proxy(compile(&yaml, 1), "default", None));
     let mut listeners = SidecarListenerSet::new(proxy.clone());
@@ -425,15 +447,26 @@ spec:
     };
     assert!(eventually(first, true).await, "first listener never opened");
 
-    proxy.snapshots.store(Arc::new(compile(&sidecar(second), 2)));
-    assert!(eventually(second, true).await, "second listener never opened");
-    assert!(eventually(first, false).await, "first listener never closed");
+    proxy
+        .snapshots
+        .store(Arc::new(compile(&sidecar(second), 2)));
+    assert!(
+        eventually(second, true).await,
+        "second listener never opened"
+    );
+    assert!(
+        eventually(first, false).await,
+        "first listener never closed"
+    );
     let names: Vec<String> = status.load().bound.iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(names, vec![format!("127.0.0.1_{second}")]);
 
     // No Sidecar: nothing bound.
     proxy.snapshots.store(Arc::new(compile("", 3)));
-    assert!(eventually(second, false).await, "second listener never closed");
+    assert!(
+        eventually(second, false).await,
+        "second listener never closed"
+    );
     drop(stop);
     following.await.unwrap();
 }

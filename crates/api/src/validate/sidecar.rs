@@ -164,14 +164,24 @@ fn bound_listeners(r: &mut Report<'_>, sc: &Sidecar) {
     let ingress = sc.ingress.iter().enumerate().filter_map(|(i, l)| {
         let port = l.port.as_ref()?;
         none(l.capture_mode.as_deref()).then(|| {
-            let ip = l.bind.as_deref().unwrap_or("0.0.0.0").parse::<std::net::IpAddr>().ok();
+            let ip = l
+                .bind
+                .as_deref()
+                .unwrap_or("0.0.0.0")
+                .parse::<std::net::IpAddr>()
+                .ok();
             (format!("spec.ingress[{i}]"), ip, port.number)
         })
     });
     let egress = sc.egress.iter().enumerate().filter_map(|(i, l)| {
         let port = l.port.as_ref().filter(|p| p.number != 0)?;
         none(l.capture_mode.as_deref()).then(|| {
-            let ip = l.bind.as_deref().unwrap_or("127.0.0.1").parse::<std::net::IpAddr>().ok();
+            let ip = l
+                .bind
+                .as_deref()
+                .unwrap_or("127.0.0.1")
+                .parse::<std::net::IpAddr>()
+                .ok();
             (format!("spec.egress[{i}]"), ip, port.number)
         })
     });

@@ -378,8 +378,13 @@ impl Snapshot {
             return self.unknown_stream();
         };
         let rule = self.tcp_rules.iter().find(|rule| {
-            rule.vs_hosts.iter().any(|h| host::matches(h, &svc.hostname))
-                && rule.matches.iter().any(|m| m.port.is_none_or(|p| p == port))
+            rule.vs_hosts
+                .iter()
+                .any(|h| host::matches(h, &svc.hostname))
+                && rule
+                    .matches
+                    .iter()
+                    .any(|m| m.port.is_none_or(|p| p == port))
         });
         if let Some(rule) = rule {
             return StreamDecision::Rule(rule);
