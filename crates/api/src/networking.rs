@@ -1427,8 +1427,9 @@ pub struct TlsCertificate {
 
 // === Sidecar ===
 
-/// `Sidecar` spec. Enforced for sidecar proxies: `outboundTrafficPolicy` and `egress[].hosts` imports
-/// (see `sluice_model::sidecar_scope`); `ingress` listeners are decoded and validated only.
+/// `Sidecar` spec. Enforced for sidecar proxies: `outboundTrafficPolicy`, `egress[].hosts` imports
+/// (see `sluice_model::sidecar_scope`), egress and ingress listeners (`sluice_model::sidecar_listeners`);
+/// ingress `tls`/`connectionPool` and `inboundConnectionPool` are decoded and validated only.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sidecar {

@@ -398,6 +398,40 @@ fn sidecar_ingress_listeners() {
     );
 }
 
+/// sluice's own check (Istio skips such a listener at push time with a log line): a listener the
+/// sidecar binds itself cannot take one of the sidecar's own ports, nor another's.
+#[test]
+fn sidecar_bound_listener_ports() {
+    accepted(
+        SC,
+        "ingress:\n- port: {number: 9080, protocol: HTTP, name: http}\n  captureMode: NONE\n  defaultEndpoint: 127.0.0.1:8080\negress:\n- port: {number: 9081, protocol: HTTP, name: http}\n  captureMode: NONE\n  hosts: ['./*']\n",
+    );
+    // Captured (not bound) listeners may use any port.
+    accepted(
+        SC,
+        "egress:\n- port: {number: 15001, protocol: HTTP, name: http}\n  hosts: ['./*']\n",
+    );
+    refused(
+        SC,
+        "egress:\n- port: {number: 15001, protocol: HTTP, name: http}\n  captureMode: NONE\n  hosts: ['./*']\n",
+        "spec.egress[0].port.number",
+        "port 15001 is the sidecar's own captured outbound port",
+    );
+    refused(
+        SC,
+        "ingress:\n- port: {number: 15021, protocol: HTTP, name: http}\n  captureMode: NONE\n  defaultEndpoint: 127.0.0.1:8080\n",
+        "spec.ingress[0].port.number",
+        "port 15021 is the sidecar's own health port",
+    );
+    // The ingress listener binds 0.0.0.0:9080, which covers the egress one's 127.0.0.1:9080.
+    refused(
+        SC,
+        "ingress:\n- port: {number: 9080, protocol: HTTP, name: http}\n  captureMode: NONE\n  defaultEndpoint: 127.0.0.1:8080\negress:\n- port: {number: 9080, protocol: HTTP, name: http}\n  captureMode: NONE\n  hosts: ['./*']\n",
+        "spec.egress[0].port.number",
+        "already bound by the listener spec.ingress[0]",
+    );
+}
+
 #[test]
 fn sidecar_pools_capture_and_egress_proxy() {
     accepted(SC, "inboundConnectionPool:\n  tcp: {maxConnections: 100}\n");

@@ -426,6 +426,11 @@ impl Sidecar {
         self.proc.stdout_lines()
     }
 
+    /// What the sidecar wrote to stderr so far (its own log: config errors, listeners).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.proc.stderr_path()).unwrap_or_default()
+    }
+
     /// The TEXT access log lines written so far.
     pub fn access_log(&self) -> Vec<AccessLogEntry> {
         self.stdout_lines()

@@ -13,6 +13,7 @@ pub mod references;
 pub mod registry;
 pub mod route;
 pub mod security;
+pub mod sidecar_listeners;
 pub mod sidecar_scope;
 pub mod snapshot;
 

@@ -459,7 +459,7 @@ fn istio_mutual_extra_fields(tls: &ClientTlsSettings) -> Vec<&'static str> {
 /// Fields of Istio's API that sluice accepts (Istio does, so valid config must load) but does not
 /// act on, by kind and the end of their path without list indices. Each is said once per resource,
 /// so that no setting an operator relies on is silently ignored.
-const FIELDS_NOT_ACTED_ON: [(Kind, &str); 14] = [
+const FIELDS_NOT_ACTED_ON: &[(Kind, &str)] = &[
     (Kind::DestinationRule, "loadBalancer.zoneAwareLbSetting"),
     (Kind::DestinationRule, "loadBalancer.backendUtilization"),
     (Kind::DestinationRule, "loadBalancer.warmup"),
@@ -473,7 +473,9 @@ const FIELDS_NOT_ACTED_ON: [(Kind, &str); 14] = [
     (Kind::DestinationRule, "trafficPolicy.retryBudget"),
     (Kind::Gateway, "tls.ecdhCurves"),
     (Kind::Gateway, "tls.insecureSkipVerify"),
-    (Kind::Sidecar, "spec.ingress"),
+    // Istio itself applies ingress `tls` only with ENABLE_TLS_ON_SIDECAR_INGRESS (off by default).
+    (Kind::Sidecar, "ingress.tls"),
+    (Kind::Sidecar, "ingress.connectionPool"),
     (Kind::Sidecar, "spec.inboundConnectionPool"),
     (Kind::Sidecar, "outboundTrafficPolicy.egressProxy"),
     (Kind::VirtualService, "corsPolicy"),

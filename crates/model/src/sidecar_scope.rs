@@ -5,8 +5,11 @@
 //! Scoping is not blocking: a destination the Sidecar does not import is an unknown host, so it
 //! follows the outbound policy (ALLOW_ANY passthrough, REGISTRY_ONLY blocked), as in Istio.
 //!
-//! Not applied yet: an egress listener's `port` (its hosts are imported on every port, not only
-//! on that one), `bind` and `captureMode`; `ingress` listeners; `inboundConnectionPool`;
+//! An egress listener with a `port` imports only services that declare that port, and applies
+//! only to traffic to that port; its `bind`/`captureMode` and the `ingress` listeners are turned
+//! into listeners by [`crate::sidecar_listeners`].
+//!
+//! Not applied yet: `inboundConnectionPool`, ingress `tls` and `connectionPool`,
 //! `outboundTrafficPolicy.egressProxy`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -27,7 +30,7 @@ const ANY_NAMESPACE: &str = "*";
 const OWN_NAMESPACE: &str = ".";
 
 /// The Sidecar that applies to one proxy, ready for import checks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SidecarScope {
     /// `Sidecar ns/name`.
     pub source: Arc<str>,
@@ -36,6 +39,15 @@ pub struct SidecarScope {
     /// One map per egress listener: namespace (`.` resolved to the proxy's, `*` for any, `~` for
     /// none) → lower-cased DNS names. A Sidecar without egress listeners imports `*/*`.
     listeners: Vec<BTreeMap<String, Vec<String>>>,
+    /// Per egress listener (same order): the port a service must declare to be imported by
+    /// it (Istio's `needsPortMatch`: the listener's port, unless it is `HTTP_PROXY`).
+    port_match: Vec<Option<u16>>,
+    /// The egress listeners as written (same order), for [`crate::sidecar_listeners`].
+    #[serde(skip)]
+    pub(crate) egress: Vec<networking::IstioEgressListener>,
+    /// The ingress listeners as written.
+    #[serde(skip)]
+    pub(crate) ingress: Vec<networking::IstioIngressListener>,
     #[serde(skip)]
     index: ImportIndex,
 }
@@ -120,17 +132,40 @@ impl SidecarScope {
                 hosts
             })
             .collect();
+        let mut port_match: Vec<Option<u16>> = sc.egress.iter().map(port_to_match).collect();
         if listeners.is_empty() {
             listeners.push(BTreeMap::from([(
                 ANY_NAMESPACE.to_string(),
                 vec!["*".to_string()],
             )]));
+            port_match.push(None);
         }
         SidecarScope {
             source: format!("Sidecar {}", res.key()).into(),
             outbound_policy,
             index: ImportIndex::new(&listeners),
             listeners,
+            port_match,
+            egress: sc.egress.clone(),
+            ingress: sc.ingress.clone(),
+        }
+    }
+
+    /// The scope of egress listener `i` alone (Istio builds each listener from its own
+    /// services and VirtualServices); `None` for no listener, which imports nothing.
+    pub(crate) fn only_listener(&self, i: Option<usize>) -> SidecarScope {
+        fn pick<T: Clone>(v: &[T], i: Option<usize>) -> Vec<T> {
+            i.and_then(|i| v.get(i)).cloned().into_iter().collect()
+        }
+        let listeners: Vec<BTreeMap<String, Vec<String>>> = pick(&self.listeners, i);
+        SidecarScope {
+            source: self.source.clone(),
+            outbound_policy: self.outbound_policy,
+            index: ImportIndex::new(&listeners),
+            port_match: pick(&self.port_match, i),
+            listeners,
+            egress: pick(&self.egress, i),
+            ingress: Vec::new(),
         }
     }
 
@@ -139,12 +174,19 @@ impl SidecarScope {
     /// service's host must fall within an imported name (`*.example.com` imports
     /// `a.example.com` and `*.a.example.com`, not `example.com`).
     pub fn imports_service(&self, svc: &Service) -> bool {
-        self.index.0.iter().any(|hosts| {
-            let candidates = hosts
-                .get(svc.namespace.as_ref())
-                .or_else(|| hosts.get(ANY_NAMESPACE));
-            candidates.is_some_and(|c| c.covers(&svc.hostname))
-        })
+        self.index
+            .0
+            .iter()
+            .zip(&self.port_match)
+            .any(|(hosts, port)| {
+                if port.is_some_and(|p| svc.port(p).is_none()) {
+                    return false;
+                }
+                let candidates = hosts
+                    .get(svc.namespace.as_ref())
+                    .or_else(|| hosts.get(ANY_NAMESPACE));
+                candidates.is_some_and(|c| c.covers(&svc.hostname))
+            })
     }
 
     /// True if some egress listener imports a VirtualService of namespace `vs_ns` with these
@@ -158,6 +200,19 @@ impl SidecarScope {
                 .any(|index| vs_hosts.iter().any(|vh| index.any_intersecting(vh)))
         })
     }
+}
+
+/// The port a service must declare to be imported by egress listener `l`: its port, except
+/// for `HTTP_PROXY` listeners (a generic HTTP proxy port) and unix sockets (port 0).
+fn port_to_match(l: &networking::IstioEgressListener) -> Option<u16> {
+    let port = l.port.as_ref()?;
+    let http_proxy = port
+        .protocol
+        .as_deref()
+        .is_some_and(|p| p.eq_ignore_ascii_case("HTTP_PROXY"));
+    u16::try_from(port.number)
+        .ok()
+        .filter(|n| *n != 0 && !http_proxy)
 }
 
 /// The Sidecar that applies to `proxy`, with warnings about ambiguous ones. `resources` are in

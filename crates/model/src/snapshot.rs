@@ -119,6 +119,9 @@ pub struct InboundPort {
     /// The service whose port targets this one (`destination_service*` labels), if any.
     #[serde(skip)]
     pub service: Option<Arc<Service>>,
+    /// Where the traffic goes: the original destination, or a Sidecar ingress listener's
+    /// `defaultEndpoint`.
+    pub endpoint: crate::sidecar_listeners::InboundEndpoint,
 }
 
 /// Everything one proxy needs to route, compiled from one consistent set of resources.
@@ -161,6 +164,9 @@ pub struct Snapshot {
     gateway_routes: HashMap<u16, GatewayRoutes>,
     /// Sidecar proxies: the `Sidecar` resource that scopes this proxy, if any.
     pub sidecar_scope: Option<crate::sidecar_scope::SidecarScope>,
+    /// Sidecar proxies: the listeners the `Sidecar` resource declares (bound listeners and the
+    /// per-port egress scopes).
+    pub sidecar_listeners: crate::sidecar_listeners::SidecarListeners,
 }
 
 /// Creation order for resources of one kind: `creationTimestamp`, then the order the store first
@@ -175,6 +181,30 @@ pub struct Snapshot {
 /// the services and VirtualServices its egress hosts import are compiled in (DestinationRules
 /// follow the services they apply to).
 pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -> Snapshot {
+    let mut snap = compile_with(resources, proxy, generation, None);
+    crate::sidecar_listeners::build(&mut snap, resources, proxy, generation);
+    snap
+}
+
+/// [`compile`] under one egress listener's scope `scope` (no Sidecar selection, no diagnostics:
+/// the whole snapshot reports those).
+pub(crate) fn compile_scoped(
+    resources: &[Resource],
+    proxy: &ProxyIdentity,
+    generation: u64,
+    scope: crate::sidecar_scope::SidecarScope,
+) -> Snapshot {
+    let mut snap = compile_with(resources, proxy, generation, Some(scope));
+    snap.diagnostics.clear();
+    snap
+}
+
+fn compile_with(
+    resources: &[Resource],
+    proxy: &ProxyIdentity,
+    generation: u64,
+    scope: Option<crate::sidecar_scope::SidecarScope>,
+) -> Snapshot {
     let mesh = MeshSettings::from_resources(resources);
     let mut ingress_diagnostics = Vec::new();
     let with_ingress: Vec<Resource>;
@@ -200,8 +230,10 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
         diagnostics: ingress_diagnostics,
         ..Snapshot::default()
     };
-    let (sidecar_scope, sidecar_diagnostics) =
-        crate::sidecar_scope::select(resources, proxy, &snap.mesh.root_namespace);
+    let (sidecar_scope, sidecar_diagnostics) = match scope {
+        Some(scope) => (Some(scope), Vec::new()),
+        None => crate::sidecar_scope::select(resources, proxy, &snap.mesh.root_namespace),
+    };
     snap.diagnostics.extend(sidecar_diagnostics);
     if let Some(policy) = sidecar_scope.as_ref().and_then(|sc| sc.outbound_policy) {
         snap.mesh.outbound_policy = policy;

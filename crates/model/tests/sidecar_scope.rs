@@ -638,3 +638,145 @@ fn sidecar_without_egress_imports_everything() {
     assert_eq!(http(&snap, "b.example.com"), "route b.example.com");
     assert_eq!(http(&snap, "httpbin.org"), "blocked");
 }
+
+// === Listeners: per-port egress scopes, ingress ports ===
+
+const TWO_PORT_SERVICES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a, namespace: app}
+spec:
+  hosts: [a.example.com]
+  resolution: DNS
+  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9081, name: http-2, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b, namespace: app}
+spec:
+  hosts: [b.example.com]
+  resolution: DNS
+  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9081, name: http-2, protocol: HTTP}]
+"#;
+
+fn http_on(snap: &Snapshot, authority: &str, port: u16) -> String {
+    let dst = SocketAddr::from(([10, 0, 0, 1], port));
+    let scoped = snap.outbound_scope(dst).map_or(snap, |s| &**s);
+    let headers = HeaderMap::new();
+    match scoped.route_http(&HttpRequestFacts {
+        method: "GET",
+        scheme: "http",
+        authority,
+        path_and_query: "/",
+        headers: &headers,
+        port,
+    }) {
+        HttpDecision::Route { vhost, .. } => format!("route {vhost}"),
+        HttpDecision::NoRoute { vhost } => format!("noroute {vhost}"),
+        HttpDecision::Passthrough => "passthrough".into(),
+        HttpDecision::Blocked => "blocked".into(),
+    }
+}
+
+#[test]
+fn an_egress_listener_with_a_port_imports_on_that_port_only() {
+    let yaml = format!(
+        "{TWO_PORT_SERVICES}---{}",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: app}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+  egress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    hosts: [./a.example.com]
+  - hosts: [./b.example.com]
+"#
+    );
+    let snap = sidecar("app", &[], &yaml);
+    assert_eq!(http_on(&snap, "a.example.com", 9080), "route a.example.com");
+    assert_eq!(http_on(&snap, "a.example.com", 9081), "blocked");
+    assert_eq!(http_on(&snap, "b.example.com", 9081), "route b.example.com");
+    // The catch-all listener does not apply to a port that has its own listener.
+    assert_eq!(http_on(&snap, "b.example.com", 9080), "blocked");
+    // The whole proxy still imports both (its clusters, the config dump).
+    assert_eq!(hosts(&snap), vec!["app/a.example.com", "app/b.example.com"]);
+}
+
+#[test]
+fn without_a_catch_all_listener_other_ports_import_nothing() {
+    let yaml = format!(
+        "{TWO_PORT_SERVICES}---{}",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: app}
+spec:
+  egress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    hosts: [./*]
+"#
+    );
+    let snap = sidecar("app", &[], &yaml);
+    assert_eq!(http_on(&snap, "a.example.com", 9080), "route a.example.com");
+    // ALLOW_ANY: an unimported host passes through, as any unknown host does.
+    assert_eq!(http_on(&snap, "a.example.com", 9081), "passthrough");
+}
+
+#[test]
+fn ingress_listeners_replace_the_workload_ports() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: app}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080, name: http}, {port: 90, targetPort: 9090, name: tcp-x}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: app}
+spec:
+  ingress:
+  - port: {number: 8080, protocol: TCP, name: tcp}
+    defaultEndpoint: 127.0.0.1:7070
+  - port: {number: 8443, protocol: HTTPS, name: https}
+    captureMode: NONE
+    bind: 127.0.0.1
+    defaultEndpoint: unix:///run/web.sock
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+"#;
+    let snap = sidecar("app", &[("app", "web")], yaml);
+    let p = snap.inbound_port(8080);
+    assert_eq!(&*p.cluster_name, "inbound|8080||");
+    assert_eq!(p.protocol, sluice_model::Protocol::Tcp);
+    assert_eq!(
+        p.service.as_ref().map(|s| &*s.hostname),
+        Some("web.app.svc.cluster.local")
+    );
+    assert_eq!(
+        p.endpoint.tcp_addr("10.0.0.5:8080".parse().unwrap()),
+        Some("127.0.0.1:7070".parse().unwrap())
+    );
+    // Istio's default: a service port no ingress listener lists is passthrough.
+    assert_eq!(
+        &*snap.inbound_port(9090).cluster_name,
+        "InboundPassthroughClusterIpv4"
+    );
+    // captureMode NONE: a listener of its own, not a captured port.
+    assert_eq!(
+        &*snap.inbound_port(8443).cluster_name,
+        "InboundPassthroughClusterIpv4"
+    );
+    let bound = &snap.sidecar_listeners.bound_ingress;
+    let p = &bound[&"127.0.0.1:8443".parse::<SocketAddr>().unwrap()];
+    assert_eq!(&*p.cluster_name, "inbound|8443||");
+
+    // Only what sluice does not do is said (SLU0004): ingress tls.
+    let said: Vec<String> = sluice_model::references::fields_not_acted_on(&sorted(yaml))
+        .into_iter()
+        .map(|d| d.field)
+        .collect();
+    assert_eq!(said, vec!["spec.ingress[1].tls"]);
+}

@@ -64,6 +64,9 @@ pub(crate) struct Routed {
     downstream: Arc<Downstream>,
     /// Set on gateway listeners: route by the listener's port and its Gateway servers.
     gateway: Option<Arc<GatewayConn>>,
+    /// Set on a Sidecar egress listener the sidecar bound itself: its address, which names its
+    /// scope in the snapshot.
+    bound_egress: Option<SocketAddr>,
 }
 
 impl HttpSide for Routed {
@@ -118,6 +121,30 @@ impl HttpSide for Routed {
         } = call;
         let mut ctx = RequestCtx::new(self, &parts, authority, body.error());
         ctx.upgrade = upgrade;
+        // A Sidecar that scopes egress per port (or a bound egress listener): route with the
+        // scope of the listener this request arrived on.
+        let scoped = match (&self.gateway, self.bound_egress) {
+            (Some(_), _) => None,
+            (None, Some(listen)) => match snap.sidecar_listeners.bound_egress.get(&listen) {
+                Some((_, scope)) => Some(scope.clone()),
+                // The listener was removed from the configuration while this connection lived.
+                None => {
+                    return ctx.direct(
+                        &LocalReply::direct(StatusCode::BAD_GATEWAY),
+                        Some(BLOCK_ALL_ROUTE.clone()),
+                    )
+                }
+            },
+            (None, None) => {
+                let ip = self
+                    .downstream
+                    .target
+                    .as_ref()
+                    .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |t| t.addr.ip());
+                snap.outbound_scope(SocketAddr::new(ip, ctx.port)).cloned()
+            }
+        };
+        let snap = scoped.as_ref().unwrap_or(snap);
         let mut delayed = false;
         let (response, mut outcome) =
             route_and_forward(&self.proxy, snap, &ctx, parts, body, &mut delayed).await;
@@ -253,6 +280,24 @@ pub async fn handle(
         proxy,
         downstream,
         gateway: None,
+        bound_egress: None,
+    };
+    crate::http_manager::serve(side, req).await
+}
+
+/// Handles one request arriving on the Sidecar egress listener the sidecar bound at `listen`
+/// (`captureMode: NONE`): routed by Host among that listener's hosts.
+pub async fn handle_bound_egress(
+    proxy: Arc<Proxy>,
+    downstream: Arc<Downstream>,
+    listen: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let side = Routed {
+        proxy,
+        downstream,
+        gateway: None,
+        bound_egress: Some(listen),
     };
     crate::http_manager::serve(side, req).await
 }
@@ -270,6 +315,7 @@ pub async fn handle_gateway(
         proxy,
         downstream,
         gateway: Some(gw),
+        bound_egress: None,
     };
     crate::http_manager::serve(side, req).await
 }

@@ -8,6 +8,10 @@
 //! copied as bytes. Upstream connections leave from `127.0.0.6`, which istio-iptables exempts from
 //! capture, so the application's answers are not redirected back to the sidecar (Istio ≥ 1.10).
 //!
+//! A `Sidecar` with `ingress` listeners replaces the ports: each listed port has its protocol and
+//! is delivered to its `defaultEndpoint` (another loopback or workload port, or a unix socket);
+//! `captureMode: NONE` ones are listeners of their own ([`serve_bound_inbound`]).
+//!
 //! Telemetry is the server side's: `reporter="destination"`, this workload as `destination_*`, the
 //! client's workload (when the registry knows its IP) as `source_*`.
 //!
@@ -49,6 +53,7 @@ use hyper::body::Incoming;
 use sluice_model::policy::PoolLimits;
 use sluice_model::registry::Protocol;
 use sluice_model::security::MtlsMode;
+use sluice_model::sidecar_listeners::InboundEndpoint;
 use sluice_model::{ProxyKind, Snapshot, UpstreamProtocol, INBOUND_PASSTHROUGH_CLUSTER};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -207,8 +212,64 @@ pub async fn serve_inbound<F>(
         let inbound = inbound.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            handle_connection(inbound, stream, remote, dst).await
+            handle_connection(inbound, stream, remote, dst, None).await
         });
+    }
+}
+
+/// Accepts connections on a Sidecar ingress listener the sidecar bound itself
+/// (`captureMode: NONE`) at `listen`, until `shutdown` resolves. Each connection is inbound
+/// traffic to that listener's port, handled as the current snapshot's listener at `listen` says
+/// (closed if the listener is gone from it).
+pub async fn serve_bound_inbound(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) {
+    let inbound = Arc::new(Inbound::new(proxy));
+    let what = format!("Sidecar ingress listener {listen}");
+    let mut acceptor = crate::downstream::Acceptor::new(listener, shutdown, what.as_str());
+    while let Some((stream, remote)) = acceptor.next().await {
+        let Some(guard) = inbound.proxy.lifecycle.admit() else {
+            crate::outbound::refuse_unready(remote, &what);
+            continue;
+        };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            handle_connection(inbound, stream, remote, local, Some(listen)).await
+        });
+    }
+}
+
+/// Where the sidecar delivers an inbound connection: a TCP address, or a unix socket
+/// (`defaultEndpoint: unix:///path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AppAddr {
+    Tcp(SocketAddr),
+    Unix(Arc<str>),
+}
+
+impl std::fmt::Display for AppAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppAddr::Tcp(a) => a.fmt(f),
+            AppAddr::Unix(p) => write!(f, "unix://{p}"),
+        }
+    }
+}
+
+impl AppAddr {
+    fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            AppAddr::Tcp(a) => Some(*a),
+            AppAddr::Unix(_) => None,
+        }
     }
 }
 
@@ -216,9 +277,11 @@ pub async fn serve_inbound<F>(
 struct ConnCtx {
     /// The client.
     remote: SocketAddr,
-    /// The original destination: the application's `ip:port` (`%DOWNSTREAM_LOCAL_ADDRESS%`, and
-    /// where we connect).
+    /// The original destination: the application's `ip:port` (`%DOWNSTREAM_LOCAL_ADDRESS%`).
     dst: SocketAddr,
+    /// Where we connect: the original destination, or the Sidecar ingress listener's
+    /// `defaultEndpoint`.
+    upstream: AppAddr,
     cluster: Arc<str>,
     /// `destination_service*`.
     service: Arc<ServiceLabels>,
@@ -271,9 +334,35 @@ async fn handle_connection(
     mut stream: TcpStream,
     remote: SocketAddr,
     dst: SocketAddr,
+    bound: Option<SocketAddr>,
 ) {
     let snap = inbound.proxy.snapshots.load_full();
-    let port = snap.inbound_port(dst.port());
+    let port = match bound {
+        None => snap.inbound_port(dst.port()),
+        Some(listen) => match snap.sidecar_listeners.bound_ingress.get(&listen) {
+            Some(port) => port.clone(),
+            None => {
+                tracing::debug!(
+                    "closing a connection from {remote}: listener {listen} was removed"
+                );
+                return;
+            }
+        },
+    };
+    let upstream = match &port.endpoint {
+        InboundEndpoint::Unix(path) => AppAddr::Unix(path.clone()),
+        // `tcp_addr` is `Some` for every other endpoint.
+        endpoint => AppAddr::Tcp(endpoint.tcp_addr(dst).unwrap_or(dst)),
+    };
+    if bound.is_some() && upstream == AppAddr::Tcp(dst) {
+        // A bound listener without `defaultEndpoint`: Envoy's ORIGINAL_DST is the listener
+        // itself, which would loop; refused instead.
+        tracing::warn!(
+            "closing a connection from {remote} to {dst}: the Sidecar ingress listener on {dst} \
+             has no defaultEndpoint, so its original destination is the listener itself"
+        );
+        return;
+    }
     let mode = snap.inbound_mtls(dst.port());
     let source = inbound.proxy.peer_at(&snap, remote.ip());
     let service = port.service.as_deref().map_or_else(
@@ -289,6 +378,7 @@ async fn handle_connection(
     let mut ctx = ConnCtx {
         remote,
         dst,
+        upstream,
         cluster,
         service,
         source,
@@ -472,13 +562,21 @@ where
         return;
     }
     rec.upstream_cluster = Some(ctx.cluster.clone());
-    rec.upstream_host = Some(ctx.dst);
-    let mut upstream = match connect_app(ctx.dst, ctx.connect_timeout).await {
+    rec.upstream_host = ctx.upstream.tcp();
+    let connected = match &ctx.upstream {
+        AppAddr::Tcp(addr) => connect_app(*addr, ctx.connect_timeout)
+            .await
+            .map(AppStream::Tcp),
+        AppAddr::Unix(path) => connect_unix(path, ctx.connect_timeout)
+            .await
+            .map(AppStream::Unix),
+    };
+    let mut upstream = match connected {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(
                 "inbound: cannot connect to the application at {}: {e}",
-                ctx.dst
+                ctx.upstream
             );
             let labels = ctx.tcp_labels("UF");
             proxy.metrics.tcp_opened(&labels);
@@ -489,12 +587,18 @@ where
             return;
         }
     };
-    rec.upstream_local_address = upstream.local_addr().ok();
+    if let AppStream::Tcp(tcp) = &upstream {
+        rec.upstream_local_address = tcp.local_addr().ok();
+    }
     let labels = ctx.tcp_labels("-");
     proxy.metrics.tcp_opened(&labels);
     let mut counted = CountingStream::new(&mut downstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await {
-        tracing::debug!("inbound stream to {} ended: {e}", ctx.dst);
+    let copied = match &mut upstream {
+        AppStream::Tcp(tcp) => tokio::io::copy_bidirectional(&mut counted, tcp).await,
+        AppStream::Unix(unix) => tokio::io::copy_bidirectional(&mut counted, unix).await,
+    };
+    if let Err(e) = copied {
+        tracing::debug!("inbound stream to {} ended: {e}", ctx.upstream);
     }
     let (received, sent) = (counted.read, counted.written);
     proxy.metrics.tcp_closed(&labels, sent, received);
@@ -505,6 +609,55 @@ where
 }
 
 // === Connecting to the application ===
+
+/// A connection to the application.
+enum AppStream {
+    Tcp(TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// Connects to the application's unix socket at `path`, with a deadline.
+async fn connect_unix(path: &str, timeout: Duration) -> io::Result<tokio::net::UnixStream> {
+    tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to unix://{path} timed out"),
+            )
+        })?
+}
+
+/// Sends one request to the application's unix socket on a connection of its own (the
+/// keep-alive pools are keyed by TCP address; a local socket is cheap to open), with upgrades
+/// allowed on it.
+async fn send_unix(
+    path: &str,
+    timeout: Duration,
+    mut req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, crate::upstream::ExchangeError> {
+    use crate::upstream::ExchangeError;
+    let stream = connect_unix(path, timeout)
+        .await
+        .map_err(ExchangeError::Connect)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                ExchangeError::Connect(io::Error::new(io::ErrorKind::ConnectionAborted, e))
+            })?;
+    let path = path.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("connection to unix://{path} ended: {e}");
+        }
+    });
+    *req.version_mut() = Version::HTTP_11;
+    sender
+        .send_request(req)
+        .await
+        .map_err(ExchangeError::Request)
+}
 
 static BIND_FAILURE_LOGGED: AtomicBool = AtomicBool::new(false);
 
@@ -634,6 +787,7 @@ async fn forward(
     // An upgrade goes over HTTP/1.1 on a connection of its own (a pooled one would be lost to
     // the tunnel).
     let h2 = upgrade.is_none()
+        && ctx.upstream.tcp().is_some()
         && UpstreamProtocol::for_port(ctx.declared, &PoolLimits::default(), ProxyKind::Sidecar)
             .is_http2(downstream_version == Version::HTTP_2);
     let path = parts
@@ -644,14 +798,18 @@ async fn forward(
     let route = || Some(ROUTE_NAME.clone());
     let fail = |err: ProxyError| {
         let (resp, outcome) = local_reply(SERVER_ISTIO_ENVOY.clone(), &err, route());
-        let mut outcome = outcome.tried(Some(ctx.dst));
+        let mut outcome = outcome.tried(ctx.upstream.tcp());
         outcome.cluster = Some(ctx.cluster.clone());
         (resp, outcome)
+    };
+    let app = match &ctx.upstream {
+        AppAddr::Tcp(addr) => *addr,
+        AppAddr::Unix(_) => ctx.dst,
     };
     // HTTP/1.1 writes the path as given on a connection to the application; HTTP/2 sends the
     // URI's authority as `:authority`.
     let uri: Uri = if h2 {
-        match format!("http://{}{path}", ctx.dst).parse() {
+        match format!("http://{app}{path}").parse() {
             Ok(u) => u,
             Err(_) => return fail(ProxyError::BadRequest),
         }
@@ -669,15 +827,18 @@ async fn forward(
     *req.headers_mut() = headers;
 
     let sent_at = Instant::now();
-    let sent = if upgrade.is_some() {
+    let sent = if let AppAddr::Unix(path) = &ctx.upstream {
+        let sent = send_unix(path, inbound.connect_timeout, req).await;
+        sent.map(|r| r.map(Either::Right))
+    } else if upgrade.is_some() {
         let connector = UpstreamConnector::to_application(inbound.connect_timeout);
-        let sent = upgrade::send(&connector, ctx.dst, req).await;
+        let sent = upgrade::send(&connector, app, req).await;
         sent.map(|r| r.map(Either::Right))
     } else if h2 {
-        let sent = inbound.http2_endpoint(ctx.dst).send(req, 0, None).await;
+        let sent = inbound.http2_endpoint(app).send(req, 0, None).await;
         sent.map(|r| r.map(Either::Right))
     } else {
-        let sent = inbound.http1.send(ctx.dst, req, 0, None).await;
+        let sent = inbound.http1.send(app, req, 0, None).await;
         sent.map(|r| r.map(Either::Left))
     };
     match sent {
@@ -695,7 +856,7 @@ async fn forward(
             );
             let mut outcome = Outcome::via_upstream(upstream, service_time);
             if outcome.upstream.is_none() {
-                outcome = outcome.tried(Some(ctx.dst));
+                outcome = outcome.tried(ctx.upstream.tcp());
             }
             outcome.route_name = route();
             outcome.cluster = Some(ctx.cluster.clone());
@@ -703,7 +864,7 @@ async fn forward(
             (Response::from_parts(head, body.boxed_unsync()), outcome)
         }
         Err(e) => {
-            tracing::debug!("inbound: the application at {} failed: {e}", ctx.dst);
+            tracing::debug!("inbound: the application at {} failed: {e}", ctx.upstream);
             fail(ProxyError::exchange(&e))
         }
     }

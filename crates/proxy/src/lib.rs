@@ -17,6 +17,7 @@ pub mod outbound;
 pub mod resolve;
 pub mod runtime;
 pub mod sidecar;
+pub mod sidecar_listeners;
 pub mod store;
 pub mod stream;
 pub mod telemetry;

@@ -75,6 +75,8 @@ pub async fn dispatch<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snap = proxy.snapshots.load_full();
+    // A Sidecar that splits egress by port: the listener of this port decides.
+    let snap = snap.outbound_scope(target.addr).cloned().unwrap_or(snap);
     // A port declared as opaque TCP is never sniffed: server-first protocols send nothing first.
     let declared = snap.declared_protocol(target.addr);
     let (prefix, detected) = match declared {

@@ -47,6 +47,8 @@ struct SidecarAdmin {
     snapshots: Arc<ArcSwap<Snapshot>>,
     status: Arc<ArcSwap<StoreStatus>>,
     listeners: Vec<(String, SocketAddr)>,
+    /// The listeners the Sidecar resource asks for (`captureMode: NONE`), as bound now.
+    bound: Arc<ArcSwap<crate::sidecar_listeners::BoundStatus>>,
     /// Runtime endpoint state (load, ejections) for `/clusters`.
     balancers: Arc<crate::balancer::Balancers>,
     /// The DNS cache, shown in `/config_dump`.
@@ -88,6 +90,7 @@ impl AdminSource for SidecarAdmin {
             "virtual_hosts": vhosts,
             "tls_routes": rules(&snap.tls_rules),
             "tcp_routes": rules(&snap.tcp_rules),
+            "sidecar_listeners": sidecar_listeners_dump(&snap),
             "config": &**status,
             "dns": self.resolver.dump(),
         })
@@ -102,7 +105,14 @@ impl AdminSource for SidecarAdmin {
     }
 
     fn listeners_text(&self) -> String {
-        crate::admin::listeners_text(&self.listeners)
+        let bound = self.bound.load();
+        let all: Vec<(String, SocketAddr)> = self
+            .listeners
+            .iter()
+            .cloned()
+            .chain(bound.bound.iter().cloned())
+            .collect();
+        crate::admin::listeners_text(&all)
     }
 
     fn is_ready(&self) -> bool {
@@ -112,6 +122,32 @@ impl AdminSource for SidecarAdmin {
     fn not_ready_reason(&self) -> String {
         crate::admin::config_not_ready_reason(&self.status.load())
     }
+}
+
+/// The Sidecar resource's listeners for the config dump: the bound ones (by Envoy-style name)
+/// and the ports whose egress has a scope of its own.
+fn sidecar_listeners_dump(snap: &Snapshot) -> serde_json::Value {
+    let listeners = &snap.sidecar_listeners;
+    let ingress = listeners.bound_ingress.iter().map(|(addr, port)| {
+        serde_json::json!({
+            "name": format!("{}_{}", addr.ip(), addr.port()),
+            "direction": "inbound",
+            "address": addr.to_string(),
+            "protocol": port.protocol,
+            "cluster": port.cluster_name.as_ref(),
+            "endpoint": port.endpoint,
+        })
+    });
+    let egress = listeners.bound_egress.iter().map(|(addr, (protocol, scope))| {
+        serde_json::json!({
+            "name": format!("{}_{}", addr.ip(), addr.port()),
+            "direction": "outbound",
+            "address": addr.to_string(),
+            "protocol": protocol,
+            "hosts": scope.services.iter().filter(|s| s.port(addr.port()).is_some()).map(|s| s.hostname.as_ref()).collect::<Vec<_>>(),
+        })
+    });
+    serde_json::Value::Array(ingress.chain(egress).collect())
 }
 
 /// Runs the sidecar until Ctrl-C, SIGTERM or `POST /quitquitquit`, without a mesh identity.
@@ -184,9 +220,12 @@ pub async fn run_with_identity(
         operator.stats_addr,
     );
 
+    let mut sidecar_listeners = crate::sidecar_listeners::SidecarListenerSet::new(proxy.clone());
+    sidecar_listeners.reconcile(&snapshots.load_full()).await;
     let admin: Arc<dyn AdminSource> = Arc::new(SidecarAdmin {
         snapshots: snapshots.clone(),
         status: rt.status.clone(),
+        bound: sidecar_listeners.status(),
         balancers: proxy.balancers.clone(),
         resolver: proxy.resolver.clone(),
         listeners: [
@@ -215,6 +254,7 @@ pub async fn run_with_identity(
             rt.listeners_stopped(),
         ));
     }
+    tokio::spawn(sidecar_listeners.follow(snapshots.clone(), rt.listeners_stopped()));
     tokio::spawn(serve_forward_proxy(
         forward,
         proxy.clone(),

@@ -290,6 +290,27 @@ pub async fn proxy_stream<S>(
     carry_out(proxy, snap, downstream, conn, plan, start, side).await;
 }
 
+/// Proxies a connection accepted on a Sidecar egress listener the sidecar bound itself
+/// (`conn.target` is the listener's own address), routed by `snap`, that listener's scope.
+pub async fn proxy_bound_stream<S>(
+    proxy: Arc<Proxy>,
+    snap: Arc<Snapshot>,
+    downstream: S,
+    conn: StreamConn,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let port = conn.target.addr.port();
+    let decision = snap.route_bound_stream(conn.sni.as_deref(), port);
+    let plan = plan_decision(&proxy, decision, port);
+    let side = Side {
+        gateway_port: None,
+        peer: None,
+    };
+    carry_out(proxy, snap, downstream, conn, plan, start, side).await;
+}
+
 /// Proxies a connection accepted on gateway listener `port` (PASSTHROUGH / AUTO_PASSTHROUGH TLS
 /// servers, or TCP servers); `conn.target` is the listener's own address. Any peeked bytes must
 /// already be replayed by `downstream`.

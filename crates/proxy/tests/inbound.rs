@@ -278,6 +278,7 @@ fn snapshot_with_service(port: u16, protocol: Protocol) -> Snapshot {
             cluster_name: Arc::from(format!("inbound|{port}||")),
             protocol,
             service: Some(service()),
+            endpoint: Default::default(),
         },
     );
     snap.workloads.insert(

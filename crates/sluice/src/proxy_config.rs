@@ -439,12 +439,45 @@ pub fn listener_table(dump: &Value, listeners_text: &str) -> String {
             "virtualInbound" => "InboundPassthroughCluster".to_string(),
             "explicitProxy" => "Explicit proxy (HTTP absolute-URI, CONNECT)".to_string(),
             _ if gateway => format!("Route: http.{port}"),
-            other => other.to_string(),
+            other => sidecar_listener_destination(dump, other).unwrap_or_else(|| other.to_string()),
         };
         rows.push(vec![ip, port, "ALL".into(), destination]);
     }
     rows.sort_by_key(|r| (r[1].parse::<u32>().unwrap_or(u32::MAX), r[0].clone()));
     table(&["ADDRESSES", "PORT", "MATCH", "DESTINATION"], &rows)
+}
+
+/// What a listener the Sidecar resource had the proxy bind (`captureMode: NONE`) leads to, from
+/// the dump's `sidecar_listeners`: egress ones route among their hosts, ingress ones deliver to
+/// their `inbound|PORT||` cluster.
+fn sidecar_listener_destination(dump: &Value, name: &str) -> Option<String> {
+    let listener = dump
+        .get("sidecar_listeners")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|l| str_of(l, "name") == name)?;
+    let port = name.rsplit('_').next().unwrap_or("");
+    if str_of(listener, "direction") == "inbound" {
+        return Some(format!(
+            "Sidecar ingress, Cluster: {}",
+            str_of(listener, "cluster")
+        ));
+    }
+    let hosts: Vec<&str> = listener
+        .get("hosts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    Some(format!(
+        "Sidecar egress, Route: {port} ({})",
+        if hosts.is_empty() {
+            "no hosts".to_string()
+        } else {
+            hosts.join(", ")
+        }
+    ))
 }
 
 /// `NAME  VHOST NAME  DOMAINS  MATCH  VIRTUAL SERVICE`: one row per route match of each
@@ -790,6 +823,29 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("httpbin.org                   443      -          outbound      STRICT_DNS       -"), "{out}");
+    }
+
+    #[test]
+    fn sidecar_bound_listeners_show_where_they_lead() {
+        let mut dump = dump();
+        dump["sidecar_listeners"] = serde_json::json!([
+            {"name": "127.0.0.1_9080", "direction": "outbound", "address": "127.0.0.1:9080",
+             "protocol": "Http", "hosts": ["httpbin.default.svc.cluster.local"]},
+            {"name": "0.0.0.0_8443", "direction": "inbound", "address": "0.0.0.0:8443",
+             "protocol": "Tcp", "cluster": "inbound|8443||"}
+        ]);
+        let out = listener_table(
+            &dump,
+            "virtualOutbound::0.0.0.0:15001\n127.0.0.1_9080::127.0.0.1:9080\n0.0.0.0_8443::0.0.0.0:8443\n",
+        );
+        assert!(
+            out.contains("Sidecar egress, Route: 9080 (httpbin.default.svc.cluster.local)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Sidecar ingress, Cluster: inbound|8443||"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -72,7 +72,14 @@ pub(super) fn check(r: &mut Report<'_>, sc: &Sidecar) {
                 }
                 if port.number == 0 {
                     match bind.strip_prefix("unix://") {
-                        Some(uds) => r.check(format!("{base}.bind"), names::unix_address(uds)),
+                        Some(uds) => {
+                            r.check(format!("{base}.bind"), names::unix_address(uds));
+                            r.warn(
+                                format!("{base}.bind"),
+                                "sluice does not open egress listeners on unix domain sockets; \
+                                 this listener is ignored",
+                            );
+                        }
                         None => r.error(
                             format!("{path}.number"),
                             "sidecar: ports with 0 value must have a unix domain socket bind address",
@@ -108,6 +115,8 @@ pub(super) fn check(r: &mut Report<'_>, sc: &Sidecar) {
         }
     }
 
+    bound_listeners(r, sc);
+
     if let Some(policy) = &sc.outbound_traffic_policy {
         let mode = policy.mode.as_deref().unwrap_or("REGISTRY_ONLY");
         if mode != "REGISTRY_ONLY" && mode != "ALLOW_ANY" {
@@ -131,6 +140,79 @@ pub(super) fn check(r: &mut Report<'_>, sc: &Sidecar) {
                 super::virtual_service::destination(r, proxy, base);
             }
         }
+    }
+}
+
+/// Ports a sidecar listens on itself (its defaults, as Istio's): a listener bound on one of them
+/// could never open.
+const SIDECAR_OWN_PORTS: [(u32, &str); 7] = [
+    (15000, "admin"),
+    (15001, "captured outbound"),
+    (15006, "captured inbound"),
+    (15020, "merged metrics"),
+    (15021, "health"),
+    (15080, "explicit proxy"),
+    (15090, "Prometheus stats"),
+];
+
+/// Listeners the sidecar binds itself (`captureMode: NONE`): their ports must be free of the
+/// sidecar's own and of each other's (sluice refuses what Istio would skip with a log line at
+/// push time, so the author hears of it).
+fn bound_listeners(r: &mut Report<'_>, sc: &Sidecar) {
+    let none = |mode: Option<&str>| mode.is_some_and(|m| m == "NONE");
+    let mut bound: Vec<(String, Option<std::net::IpAddr>, u32)> = Vec::new();
+    let ingress = sc.ingress.iter().enumerate().filter_map(|(i, l)| {
+        let port = l.port.as_ref()?;
+        none(l.capture_mode.as_deref()).then(|| {
+            let ip = l
+                .bind
+                .as_deref()
+                .unwrap_or("0.0.0.0")
+                .parse::<std::net::IpAddr>()
+                .ok();
+            (format!("spec.ingress[{i}]"), ip, port.number)
+        })
+    });
+    let egress = sc.egress.iter().enumerate().filter_map(|(i, l)| {
+        let port = l.port.as_ref().filter(|p| p.number != 0)?;
+        none(l.capture_mode.as_deref()).then(|| {
+            let ip = l
+                .bind
+                .as_deref()
+                .unwrap_or("127.0.0.1")
+                .parse::<std::net::IpAddr>()
+                .ok();
+            (format!("spec.egress[{i}]"), ip, port.number)
+        })
+    });
+    for (base, ip, number) in ingress.chain(egress) {
+        let field = format!("{base}.port.number");
+        if let Some((_, what)) = SIDECAR_OWN_PORTS.iter().find(|(p, _)| *p == number) {
+            r.error(
+                field.clone(),
+                format!(
+                    "sidecar: port {number} is the sidecar's own {what} port; a listener with \
+                     captureMode NONE cannot bind it"
+                ),
+            );
+        }
+        let clash = bound.iter().find(|(_, other_ip, other_port)| {
+            *other_port == number
+                && match (ip, other_ip) {
+                    (Some(a), Some(b)) => a == *b || a.is_unspecified() || b.is_unspecified(),
+                    _ => false,
+                }
+        });
+        if let Some((other, _, _)) = clash {
+            r.error(
+                field,
+                format!(
+                    "sidecar: port {number} is already bound by the listener {other} \
+                     (both have captureMode NONE on overlapping addresses)"
+                ),
+            );
+        }
+        bound.push((base, ip, number));
     }
 }
 

@@ -350,7 +350,47 @@ impl Snapshot {
                 cluster_name: Arc::from(INBOUND_PASSTHROUGH_CLUSTER),
                 protocol: Protocol::Unknown,
                 service: None,
+                endpoint: Default::default(),
             })
+    }
+
+    /// Sidecar proxies: the snapshot that routes outbound traffic to `dst` (the egress
+    /// listener of its port when the Sidecar splits egress by port), else this one.
+    pub fn outbound_scope(&self, dst: SocketAddr) -> Option<&Arc<Snapshot>> {
+        self.sidecar_listeners.outbound_scope(dst)
+    }
+
+    /// Sidecar proxies: a TCP/TLS connection on a bound egress listener of `port` (the client
+    /// connected to the listener itself, so there is no destination address to route by). TLS
+    /// by SNI first; else, as Istio's listener whose services all have the same (empty) filter
+    /// chain match, the oldest imported service declaring the port (Istio keeps the first
+    /// chain and drops the others as conflicts), or a TCP route of a VirtualService for it.
+    pub fn route_bound_stream(&self, sni: Option<&str>, port: u16) -> StreamDecision<'_> {
+        let unspecified = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port);
+        if sni.is_some() {
+            if let d @ (StreamDecision::Rule(_) | StreamDecision::Cluster(_)) =
+                self.route_tls(sni, unspecified)
+            {
+                return d;
+            }
+        }
+        let Some(svc) = self.services.iter().find(|s| s.port(port).is_some()) else {
+            return self.unknown_stream();
+        };
+        let rule = self.tcp_rules.iter().find(|rule| {
+            rule.vs_hosts
+                .iter()
+                .any(|h| host::matches(h, &svc.hostname))
+                && rule
+                    .matches
+                    .iter()
+                    .any(|m| m.port.is_none_or(|p| p == port))
+        });
+        if let Some(rule) = rule {
+            return StreamDecision::Rule(rule);
+        }
+        self.cluster_of(svc, port)
+            .map_or_else(|| self.unknown_stream(), StreamDecision::Cluster)
     }
 
     /// All virtual hosts, for the config dump.

@@ -136,6 +136,7 @@ pub(super) fn build_inbound_ports(
                         cluster_name: format!("inbound|{target}||").into(),
                         protocol: port.protocol,
                         service: Some(svc.clone()),
+                        endpoint: Default::default(),
                     });
             }
         }
