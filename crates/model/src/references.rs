@@ -459,7 +459,7 @@ fn istio_mutual_extra_fields(tls: &ClientTlsSettings) -> Vec<&'static str> {
 /// Fields of Istio's API that sluice accepts (Istio does, so valid config must load) but does not
 /// act on, by kind and the end of their path without list indices. Each is said once per resource,
 /// so that no setting an operator relies on is silently ignored.
-const FIELDS_NOT_ACTED_ON: [(Kind, &str); 15] = [
+const FIELDS_NOT_ACTED_ON: [(Kind, &str); 16] = [
     (Kind::DestinationRule, "loadBalancer.zoneAwareLbSetting"),
     (Kind::DestinationRule, "loadBalancer.backendUtilization"),
     (Kind::DestinationRule, "loadBalancer.warmup"),
@@ -478,6 +478,8 @@ const FIELDS_NOT_ACTED_ON: [(Kind, &str); 15] = [
     (Kind::Sidecar, "spec.inboundConnectionPool"),
     (Kind::Sidecar, "outboundTrafficPolicy.egressProxy"),
     (Kind::VirtualService, "corsPolicy"),
+    // Prometheus is scraped: there is no reporting to pace (Istio uses it for push providers).
+    (Kind::Telemetry, "metrics.reportingInterval"),
 ];
 
 /// A warning (SLU0004) for each field of [`FIELDS_NOT_ACTED_ON`] a resource sets.

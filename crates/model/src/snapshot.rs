@@ -161,6 +161,8 @@ pub struct Snapshot {
     gateway_routes: HashMap<u16, GatewayRoutes>,
     /// Sidecar proxies: the `Sidecar` resource that scopes this proxy, if any.
     pub sidecar_scope: Option<crate::sidecar_scope::SidecarScope>,
+    /// The Telemetry API resolved for this proxy (access logging, metrics, tracing).
+    pub telemetry: Arc<crate::telemetry_policy::TelemetryPolicy>,
 }
 
 /// Creation order for resources of one kind: `creationTimestamp`, then the order the store first
@@ -281,6 +283,14 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
     build_workloads(&mut snap, resources);
     build_inbound_ports(&mut snap, resources, &all_services);
     build_security(&mut snap, resources);
+    let (telemetry, telemetry_diagnostics) = crate::telemetry_policy::TelemetryPolicy::compile(
+        resources,
+        &proxy.namespace,
+        &proxy.labels,
+        &snap.mesh.root_namespace,
+    );
+    snap.diagnostics.extend(telemetry_diagnostics);
+    snap.telemetry = Arc::new(telemetry);
     snap
 }
 

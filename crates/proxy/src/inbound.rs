@@ -30,6 +30,7 @@
 //! apply, are checked per HTTP request (403 `RBAC: access denied`) or per TCP connection (closed
 //! before connecting to the application).
 
+use sluice_model::telemetry_policy::WorkloadMode;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
@@ -468,7 +469,7 @@ where
     );
     if let Some(details) = denied {
         rec.duration = start.elapsed();
-        log_connection_denied(proxy, rec, details);
+        log_connection_denied(proxy, rec, details, WorkloadMode::Server);
         return;
     }
     rec.upstream_cluster = Some(ctx.cluster.clone());
@@ -485,7 +486,7 @@ where
             proxy.metrics.tcp_closed(&labels, 0, 0);
             rec.response_flags = Cow::Borrowed("UF");
             rec.duration = start.elapsed();
-            proxy.access_log.log(rec);
+            proxy.log_connection(rec, WorkloadMode::Server);
             return;
         }
     };
@@ -501,7 +502,7 @@ where
     rec.bytes_received = received;
     rec.bytes_sent = sent;
     rec.duration = start.elapsed();
-    proxy.access_log.log(rec);
+    proxy.log_connection(rec, WorkloadMode::Server);
 }
 
 // === Connecting to the application ===

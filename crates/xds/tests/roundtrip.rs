@@ -246,6 +246,7 @@ fn hand_written_cases_survive_the_wire() {
             ("PeerAuthentication", 1),
             ("ServiceEntry", 2),
             ("Sidecar", 2),
+            ("Telemetry", 1),
             ("VirtualService", 1),
             ("WorkloadEntry", 1),
         ])
