@@ -105,14 +105,28 @@ impl serde::Serialize for CelExpression {
     }
 }
 
-/// The parser's multi-line report (source excerpt and caret) as one diagnostic line.
+/// The parser's report (`ERROR: <input>:1:22: Syntax error: missing ')' at '<EOF>'`, then the
+/// source and a caret) as one diagnostic line: `column 22: syntax error: missing ')' at '<EOF>'`.
 fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    let first = message.lines().map(str::trim).find(|l| !l.is_empty());
+    let Some(first) = first else {
+        return "expression could not be parsed".into();
+    };
+    let located = first
+        .strip_prefix("ERROR: <input>:")
+        .and_then(|rest| rest.split_once(": "))
+        .and_then(|(position, what)| {
+            let (_, column) = position.split_once(':')?;
+            Some(format!("column {column}: {}", lower_first(what)))
+        });
+    located.unwrap_or_else(|| first.to_string())
+}
+
+fn lower_first(s: &str) -> String {
+    let mut chars = s.chars();
+    chars.next().map_or_else(String::new, |c| {
+        c.to_lowercase().chain(chars).collect::<String>()
+    })
 }
 
 #[cfg(test)]
@@ -138,6 +152,10 @@ mod tests {
         for bad in ["", "   ", "response.code >=", "request.headers['x'", "a ==== b"] {
             assert!(CelExpression::compile(bad).is_err(), "{bad:?} compiled");
         }
+        assert_eq!(
+            CelExpression::compile("response.code >= (400").unwrap_err(),
+            "column 22: syntax error: missing ')' at '<EOF>'"
+        );
         let long = "1 + ".repeat(2000) + "1";
         assert!(CelExpression::compile(&long).unwrap_err().contains("at most"));
     }

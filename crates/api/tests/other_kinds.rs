@@ -693,7 +693,7 @@ fn telemetry_rules() {
             severity: Error,
             field: "spec.accessLogging[0].filter.expression",
             line: 3,
-            message: "must be a valid CEL expression: unclosed '('",
+            message: "must be a valid CEL expression: column 22: syntax error: missing ')' at '<EOF>'",
             good: "accessLogging:\n- filter:\n    expression: 'response.code >= 400'\n",
         },
         Case {
@@ -702,7 +702,7 @@ fn telemetry_rules() {
             severity: Error,
             field: "spec.accessLogging[0].filter.expression",
             line: 3,
-            message: "must be a valid CEL expression: expression ends with '='",
+            message: "must be a valid CEL expression: column 17: syntax error: mismatched input '<EOF>' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}",
             good: "accessLogging:\n- filter:\n    expression: 'response.code >= 500'\n",
         },
     ]);

@@ -121,6 +121,9 @@ const ZERO_ENUMS: &[&str] = &[
     "NONE",
     "REGISTRY_ONLY",
     "TEXT",
+    // Telemetry: WorkloadMode, TagOverride.Operation.
+    "CLIENT_AND_SERVER",
+    "UPSERT",
 ];
 
 fn is_default(v: &Value) -> bool {
