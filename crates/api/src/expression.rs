@@ -149,7 +149,13 @@ mod tests {
 
     #[test]
     fn refuses_what_does_not_parse() {
-        for bad in ["", "   ", "response.code >=", "request.headers['x'", "a ==== b"] {
+        for bad in [
+            "",
+            "   ",
+            "response.code >=",
+            "request.headers['x'",
+            "a ==== b",
+        ] {
             assert!(CelExpression::compile(bad).is_err(), "{bad:?} compiled");
         }
         assert_eq!(
@@ -157,7 +163,9 @@ mod tests {
             "column 22: syntax error: missing ')' at '<EOF>'"
         );
         let long = "1 + ".repeat(2000) + "1";
-        assert!(CelExpression::compile(&long).unwrap_err().contains("at most"));
+        assert!(CelExpression::compile(&long)
+            .unwrap_err()
+            .contains("at most"));
     }
 
     #[test]

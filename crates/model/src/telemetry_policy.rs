@@ -338,9 +338,10 @@ impl TelemetryPolicy {
             })
             .collect();
         let namespace_wide = |ns: &str| {
-            telemetries.iter().copied().find(|(r, t)| {
-                r.meta.namespace == ns && !has_selector(t) && !has_target_refs(t)
-            })
+            telemetries
+                .iter()
+                .copied()
+                .find(|(r, t)| r.meta.namespace == ns && !has_selector(t) && !has_target_refs(t))
         };
         let mut chain: Vec<Applied<'_>> = Vec::new();
         chain.extend(namespace_wide(root_namespace));
@@ -386,7 +387,9 @@ impl TelemetryPolicy {
 }
 
 fn has_selector(t: &Telemetry) -> bool {
-    t.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty())
+    t.selector
+        .as_ref()
+        .is_some_and(|s| !s.match_labels.is_empty())
 }
 
 fn has_target_refs(t: &Telemetry) -> bool {
@@ -509,8 +512,7 @@ fn merge_metrics(chain: &[Applied<'_>]) -> ByMode<MetricsPolicy> {
             let selector = o.selector.as_ref();
             let modes = WorkloadMode::covered(selector.and_then(|s| s.mode.as_deref()));
             let is_all = selector.is_none_or(|s| {
-                s.custom_metric.is_none()
-                    && s.metric.as_deref().is_none_or(|m| m == "ALL_METRICS")
+                s.custom_metric.is_none() && s.metric.as_deref().is_none_or(|m| m == "ALL_METRICS")
             });
             if is_all && o.disabled == Some(true) {
                 for &mode in modes {

@@ -48,7 +48,14 @@ impl Httpbin {
             .port();
         let child = Command::new(gunicorn)
             .args(["--bind", &format!("127.0.0.1:{port}")])
-            .args(["--worker-class", "gthread", "--workers", "1", "--threads", "8"])
+            .args([
+                "--worker-class",
+                "gthread",
+                "--workers",
+                "1",
+                "--threads",
+                "8",
+            ])
             .arg("httpbin:app")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdout(Stdio::null())
@@ -57,7 +64,10 @@ impl Httpbin {
             .expect("start gunicorn");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "httpbin did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "httpbin did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Httpbin { child, port }
@@ -150,10 +160,18 @@ impl TestProxy {
     /// `curl` through the proxy to httpbin: the status code it got.
     async fn curl(&self, path: &str, headers: &[&str]) -> u16 {
         let mut cmd = tokio::process::Command::new("curl");
-        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
-            .arg("--proxy")
-            .arg(format!("http://{}", self.addr))
-            .arg(format!("http://httpbin.local{path}"));
+        cmd.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("--proxy")
+        .arg(format!("http://{}", self.addr))
+        .arg(format!("http://httpbin.local{path}"));
         for h in headers {
             cmd.args(["-H", h]);
         }
@@ -230,7 +248,8 @@ async fn access_log_off_mesh_wide_and_back_on_for_one_workload() {
     let logged = debug.lines();
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert!(
-        logged[0].contains("\"GET /status/418 HTTP/1.1\" 418 ") && logged[0].contains("httpbin.local"),
+        logged[0].contains("\"GET /status/418 HTTP/1.1\" 418 ")
+            && logged[0].contains("httpbin.local"),
         "{logged:?}"
     );
     assert_eq!(quiet.lines(), Vec::<String>::new(), "mesh-wide off");
@@ -267,8 +286,14 @@ async fn a_filter_logs_only_errors() {
     }
     let lines = proxy.lines();
     assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(lines[0].contains("/status/404 HTTP/1.1\" 404 "), "{lines:?}");
-    assert!(lines[1].contains("/status/503 HTTP/1.1\" 503 "), "{lines:?}");
+    assert!(
+        lines[0].contains("/status/404 HTTP/1.1\" 404 "),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("/status/503 HTTP/1.1\" 503 "),
+        "{lines:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,9 +354,14 @@ async fn metric_disabled_tag_removed_and_tag_from_a_request_header() {
     );
     let size = text
         .lines()
-        .find(|l| l.starts_with("istio_request_bytes_count{") && l.contains("response_code=\"201\""))
+        .find(|l| {
+            l.starts_with("istio_request_bytes_count{") && l.contains("response_code=\"201\"")
+        })
         .expect("request size still reported");
-    assert!(size.contains("request_protocol=\"http\"") && !size.contains("x_team"), "{size}");
+    assert!(
+        size.contains("request_protocol=\"http\"") && !size.contains("x_team"),
+        "{size}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +371,11 @@ async fn telemetry_edits_apply_live_and_a_bad_expression_keeps_the_last_good() {
     write(dir.path(), "se.yaml", &service_entry(httpbin.port));
     let proxy = TestProxy::start(dir.path(), "sleep").await;
     assert_eq!(proxy.curl("/status/200", &[]).await, 200);
-    assert_eq!(proxy.lines().len(), 1, "no Telemetry: the mesh's access log");
+    assert_eq!(
+        proxy.lines().len(),
+        1,
+        "no Telemetry: the mesh's access log"
+    );
 
     // Added while running: only 5xx from now on.
     let good = telemetry(
@@ -376,7 +410,10 @@ async fn telemetry_edits_apply_live_and_a_bad_expression_keeps_the_last_good() {
         {
             break d.clone();
         }
-        assert!(Instant::now() < deadline, "the bad expression was not reported");
+        assert!(
+            Instant::now() < deadline,
+            "the bad expression was not reported"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
@@ -396,7 +433,9 @@ async fn telemetry_edits_apply_live_and_a_bad_expression_keeps_the_last_good() {
     // Removed: back to the mesh's access log, every request.
     std::fs::remove_file(dir.path().join("telemetry.yaml")).unwrap();
     proxy
-        .until("the Telemetry's removal", |s| s.telemetry.applied.is_empty())
+        .until("the Telemetry's removal", |s| {
+            s.telemetry.applied.is_empty()
+        })
         .await;
     assert_eq!(proxy.curl("/status/200", &[]).await, 200);
     assert_eq!(proxy.lines().len(), 4);

@@ -1537,4 +1537,3 @@ mod jwks {
         Ok(private)
     }
 }
-

@@ -45,8 +45,14 @@ fn root_namespace_applies_mesh_wide_and_a_workload_one_turns_logging_back_on() {
         );
     let (other, _) = resolve(&yaml, "default", &[("app", "sleep")]);
     assert_eq!(other.applied, ["istio-system/mesh-default"]);
-    assert_eq!(other.access_logging.client.decision(), AccessLogDecision::Off);
-    assert_eq!(other.access_logging.server.decision(), AccessLogDecision::Off);
+    assert_eq!(
+        other.access_logging.client.decision(),
+        AccessLogDecision::Off
+    );
+    assert_eq!(
+        other.access_logging.server.decision(),
+        AccessLogDecision::Off
+    );
     let (httpbin, _) = resolve(&yaml, "default", &[("app", "httpbin"), ("v", "1")]);
     assert_eq!(
         httpbin.applied,
@@ -58,13 +64,20 @@ fn root_namespace_applies_mesh_wide_and_a_workload_one_turns_logging_back_on() {
     );
     // Another namespace's selector never applies.
     let (elsewhere, _) = resolve(&yaml, "other", &[("app", "httpbin")]);
-    assert_eq!(elsewhere.access_logging.server.decision(), AccessLogDecision::Off);
+    assert_eq!(
+        elsewhere.access_logging.server.decision(),
+        AccessLogDecision::Off
+    );
 }
 
 #[test]
 fn namespace_wide_overrides_root_and_only_the_first_selectorless_counts() {
     let yaml = telemetry("istio-system", "mesh", MESH_OFF)
-        + &telemetry("default", "a-ns", "  accessLogging:\n  - providers: [{name: envoy}]")
+        + &telemetry(
+            "default",
+            "a-ns",
+            "  accessLogging:\n  - providers: [{name: envoy}]",
+        )
         + &telemetry("default", "b-ns", MESH_OFF);
     let (p, _) = resolve(&yaml, "default", &[]);
     assert_eq!(p.applied, ["istio-system/mesh", "default/a-ns"]);
@@ -125,7 +138,10 @@ fn unknown_provider_is_warned_and_logs_nothing() {
     );
     let (p, d) = resolve(&yaml, "default", &[]);
     assert_eq!(p.access_logging.client.decision(), AccessLogDecision::Off);
-    assert!(d[0].message.contains("SLU0004") && d[0].field.contains("providers[0]"), "{d:?}");
+    assert!(
+        d[0].message.contains("SLU0004") && d[0].field.contains("providers[0]"),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -143,7 +159,9 @@ fn metrics_overrides_merge_deeply_per_metric_and_mode() {
     let client = &p.metrics.client;
     let count = client.tags(&MetricName::RequestCount).unwrap();
     assert_eq!(count["request_protocol"], TagEdit::Remove);
-    assert!(matches!(&count["x_team"], TagEdit::Upsert(e) if e.source() == "request.headers['x-team']"));
+    assert!(
+        matches!(&count["x_team"], TagEdit::Upsert(e) if e.source() == "request.headers['x-team']")
+    );
     let server = p.metrics.server.tags(&MetricName::RequestCount).unwrap();
     assert!(matches!(&server["request_protocol"], TagEdit::Upsert(_)));
     assert!(server.contains_key("x_team"), "kept from the root level");
@@ -156,7 +174,8 @@ fn metrics_overrides_merge_deeply_per_metric_and_mode() {
 
 #[test]
 fn all_metrics_disabled_until_a_more_specific_override_enables() {
-    let off = "  metrics:\n  - overrides:\n    - match: {metric: ALL_METRICS}\n      disabled: true";
+    let off =
+        "  metrics:\n  - overrides:\n    - match: {metric: ALL_METRICS}\n      disabled: true";
     let yaml = telemetry("istio-system", "mesh", off);
     let (p, _) = resolve(&yaml, "default", &[]);
     assert!(p.metrics.client.disabled && p.metrics.server.disabled);
@@ -203,13 +222,19 @@ fn tracing_merges_shallowly_per_field_and_mode() {
     assert_eq!(t.server.random_sampling_percentage, Some(100.0));
     assert!(t.server.disabled);
     // customTags replace, they do not merge (istiod's TODO says so).
-    assert!(t.server.custom_tags.contains_key("user") && !t.server.custom_tags.contains_key("team"));
+    assert!(
+        t.server.custom_tags.contains_key("user") && !t.server.custom_tags.contains_key("team")
+    );
     assert!(t.server.use_request_id_for_trace_sampling && t.server.enable_istio_tags);
 }
 
 #[test]
 fn tracing_without_provider_is_disabled() {
-    let yaml = telemetry("default", "t", "  tracing:\n  - randomSamplingPercentage: 50");
+    let yaml = telemetry(
+        "default",
+        "t",
+        "  tracing:\n  - randomSamplingPercentage: 50",
+    );
     let t = resolve(&yaml, "default", &[]).0.tracing.unwrap();
     assert!(t.client.disabled && t.server.disabled);
     assert_eq!(t.client.random_sampling_percentage, Some(50.0));

@@ -120,7 +120,10 @@ impl RequestTelemetry {
         else {
             return true;
         };
-        matches!(evaluate(filter, &self.request, response), Some(Value::Bool(true)))
+        matches!(
+            evaluate(filter, &self.request, response),
+            Some(Value::Bool(true))
+        )
     }
 
     /// The value of a tag's expression for this request (`unknown` when it fails).
@@ -200,7 +203,10 @@ fn headers_value(headers: &HeaderMap) -> Value {
             .filter_map(|v| v.to_str().ok())
             .collect::<Vec<_>>()
             .join(",");
-        map.insert(Key::String(Arc::new(name.as_str().to_string())), string(&joined));
+        map.insert(
+            Key::String(Arc::new(name.as_str().to_string())),
+            string(&joined),
+        );
     }
     Value::Map(Map { map: Arc::new(map) })
 }
@@ -318,7 +324,10 @@ mod tests {
         assert!(ok("response.code >= 400", 503));
         assert!(!ok("response.code >= 400", 200));
         assert!(ok("request.headers['x-team'] == 'core,edge'", 200));
-        assert!(ok("request.url_path == '/status/418' && request.method == 'GET'", 200));
+        assert!(ok(
+            "request.url_path == '/status/418' && request.method == 'GET'",
+            200
+        ));
         assert!(ok("request.host == 'httpbin.default:8000'", 200));
         assert!(ok("!connection.mtls && response.flags == 0u", 200));
         assert!(ok("response.duration < 1000", 200));
@@ -327,7 +336,10 @@ mod tests {
     #[test]
     fn failures_are_none_never_a_panic() {
         let req = facts(&[]);
-        assert_eq!(eval("request.headers['missing'] == 'x'", &req, &response(200)), None);
+        assert_eq!(
+            eval("request.headers['missing'] == 'x'", &req, &response(200)),
+            None
+        );
         assert_eq!(eval("respons.code == 200", &req, &response(200)), None);
         assert_eq!(eval("response.code + 'a'", &req, &response(200)), None);
     }

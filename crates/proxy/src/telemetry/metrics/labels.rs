@@ -404,12 +404,27 @@ impl CommonLabels<'_> {
         let (src, dst, svc, tags) = (self.src, self.dst, self.svc, self.tags);
         edited_label(enc, tags, "reporter", self.reporter.as_str())?;
         edited_label(enc, tags, "source_workload", &src.workload)?;
-        edited_label(enc, tags, "source_workload_namespace", &src.workload_namespace)?;
+        edited_label(
+            enc,
+            tags,
+            "source_workload_namespace",
+            &src.workload_namespace,
+        )?;
         edited_label(enc, tags, "source_principal", &src.principal)?;
         edited_label(enc, tags, "source_app", &src.app)?;
         edited_label(enc, tags, "source_version", &src.version)?;
-        edited_label(enc, tags, "source_canonical_service", &src.canonical_service)?;
-        edited_label(enc, tags, "source_canonical_revision", &src.canonical_revision)?;
+        edited_label(
+            enc,
+            tags,
+            "source_canonical_service",
+            &src.canonical_service,
+        )?;
+        edited_label(
+            enc,
+            tags,
+            "source_canonical_revision",
+            &src.canonical_revision,
+        )?;
         edited_label(enc, tags, "source_cluster", &src.cluster)?;
         edited_label(enc, tags, "destination_workload", &dst.workload)?;
         edited_label(
@@ -423,8 +438,18 @@ impl CommonLabels<'_> {
         edited_label(enc, tags, "destination_version", &dst.version)?;
         edited_label(enc, tags, "destination_service", &svc.service)?;
         edited_label(enc, tags, "destination_service_name", &svc.service_name)?;
-        edited_label(enc, tags, "destination_service_namespace", &svc.service_namespace)?;
-        edited_label(enc, tags, "destination_canonical_service", &dst.canonical_service)?;
+        edited_label(
+            enc,
+            tags,
+            "destination_service_namespace",
+            &svc.service_namespace,
+        )?;
+        edited_label(
+            enc,
+            tags,
+            "destination_canonical_service",
+            &dst.canonical_service,
+        )?;
         edited_label(
             enc,
             tags,
@@ -439,7 +464,12 @@ impl CommonLabels<'_> {
             self.flags
         };
         edited_label(enc, tags, "response_flags", flags)?;
-        edited_label(enc, tags, "connection_security_policy", self.policy.as_str())
+        edited_label(
+            enc,
+            tags,
+            "connection_security_policy",
+            self.policy.as_str(),
+        )
     }
 }
 
