@@ -5,7 +5,7 @@
 //! Access logging turned off mesh-wide and back on for one workload, a filter that logs only
 //! errors, a metric disabled, a tag removed, a tag valued from a request header, a Telemetry
 //! edit applied without a restart, and a bad CEL expression refused (file, line, field) while
-//! the last good Telemetry keeps acting.
+//! the last good Telemetry keeps acting; the same from a control plane's Telemetry collection.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -439,4 +439,51 @@ async fn telemetry_edits_apply_live_and_a_bad_expression_keeps_the_last_good() {
         .await;
     assert_eq!(proxy.curl("/status/200", &[]).await, 200);
     assert_eq!(proxy.lines().len(), 4);
+}
+
+/// From a control plane (`--xds`): the Telemetry collection istiod serves is applied as the
+/// folder's files are, and one with a bad expression is NACKed naming the field, its last good
+/// version still acting.
+#[test]
+fn a_telemetry_collection_from_a_control_plane_applies_and_a_bad_one_is_nacked() {
+    const COLLECTION: &str = "telemetry.istio.io/v1/Telemetry";
+    let list = |expression: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "List", "items": [{{
+  "apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+  "metadata": {{"name": "errors", "namespace": "istio-system"}},
+  "spec": {{"accessLogging": [{{"providers": [{{"name": "envoy"}}],
+    "filter": {{"expression": "{expression}"}}}}]}}
+}}]}}"#
+        )
+    };
+    let mut store = ConfigStore::new_xds(
+        "127.0.0.1:15010",
+        [COLLECTION.to_string()],
+        ProxyIdentity::default(),
+    );
+    store
+        .apply_collection(COLLECTION, &list("response.code >= 400"))
+        .unwrap();
+    let filter = |store: &ConfigStore| {
+        let snap = store.snapshot().load_full();
+        match snap.telemetry.access_logging.client.decision() {
+            sluice_model::telemetry_policy::AccessLogDecision::Envoy { filter: Some(f) } => {
+                f.source().to_string()
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(filter(&store), "response.code >= 400");
+    let nack = store
+        .apply_collection(COLLECTION, &list("response.code >="))
+        .unwrap_err();
+    assert!(
+        nack.starts_with(
+            "Telemetry istio-system/errors: spec.accessLogging[0].filter.expression: must be a \
+             valid CEL expression: column 17: syntax error"
+        ),
+        "{nack}"
+    );
+    assert_eq!(filter(&store), "response.code >= 400");
 }
