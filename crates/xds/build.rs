@@ -14,6 +14,7 @@ const FILES: &[&str] = &[
     "networking/v1alpha3/networking.proto",
     "security/v1beta1/security.proto",
     "mesh/v1alpha1/mesh.proto",
+    "telemetry/v1alpha1/telemetry.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -37,8 +37,8 @@ pub struct LoadResult {
     pub diagnostics: Vec<Diagnostic>,
     /// Valid documents of Istio kinds sluice validates but does not enforce (RequestAuthentication,
     /// WasmPlugin, …): they are not in `resources`, since nothing serves them. A valid Telemetry
-    /// is in `resources` instead, as [`Kind::Telemetry`](crate::Kind::Telemetry), which only
-    /// `sluice analyze` reads.
+    /// is in `resources` instead, as [`Kind::Telemetry`](crate::Kind::Telemetry), and not
+    /// counted here: proxies enforce it.
     pub unenforced: usize,
 }
 

@@ -5,6 +5,7 @@
 pub mod decode;
 pub mod diagnostics;
 pub mod duration;
+pub mod expression;
 pub mod kube;
 pub mod mesh;
 pub mod networking;

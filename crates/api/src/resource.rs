@@ -44,9 +44,9 @@ pub enum Kind {
     /// Istio's: read only by `sluice analyze`, for the VirtualServices that name it. Sluice does
     /// not serve the Gateway API.
     KubernetesGateway,
-    /// Istio's Telemetry: validated as the webhook does but not enforced (see
-    /// [`crate::unenforced`]); a valid one is read only by `sluice analyze`, for the workloads
-    /// its selector names.
+    /// Istio's Telemetry (access logging, metrics overrides, tracing): decoded and validated
+    /// with the kinds of [`crate::unenforced`], enforced by proxies (`sluice_model`'s
+    /// `telemetry_policy`) and read by `sluice analyze` for the workloads its selector names.
     Telemetry,
 }
 
@@ -137,15 +137,11 @@ impl Kind {
         }
     }
 
-    /// Kinds only `sluice analyze` reads (Pod, Namespace, the Gateway API's Gateway,
-    /// Telemetry): proxies and the control plane ignore them. A problem in a Pod, Namespace or
-    /// Gateway API Gateway is never an error that refuses its file; Telemetry is checked as
-    /// Istio's webhook does, and an invalid one is an error like any Istio kind.
+    /// Kinds only `sluice analyze` reads (Pod, Namespace, the Gateway API's Gateway):
+    /// proxies and the control plane ignore them. A problem in one is never an error that
+    /// refuses its file.
     pub fn is_analysis_only(self) -> bool {
-        matches!(
-            self,
-            Kind::Pod | Kind::Namespace | Kind::KubernetesGateway | Kind::Telemetry
-        )
+        matches!(self, Kind::Pod | Kind::Namespace | Kind::KubernetesGateway)
     }
 
     /// Parses a `kind:` string (Istio's kind where two API groups use the name).
@@ -484,10 +480,9 @@ impl Resource {
                 object.insert("data".to_string(), Value::Object(encoded));
                 Ok(Value::Object(object))
             }
+            Spec::Telemetry(t) => serde_json::to_value(t),
             // Read only by `sluice analyze`: never carried to a proxy.
-            Spec::Pod(_) | Spec::Namespace | Spec::KubernetesGateway(_) | Spec::Telemetry(_) => {
-                return None
-            }
+            Spec::Pod(_) | Spec::Namespace | Spec::KubernetesGateway(_) => return None,
         };
         value.ok()
     }

@@ -1,12 +1,13 @@
 //! Istio's kinds that sluice reads and validates but does not enforce: RequestAuthentication,
-//! Telemetry, WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin and TrafficExtension, as users
-//! write them.
+//! WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin and TrafficExtension, as users write
+//! them; and Telemetry, which shares their decoding and validation but is enforced.
 //!
 //! They are decoded and checked as Istio's admission webhook and CRD schemas do (see
 //! `validate::other_kinds`), so a file that Istio would refuse is refused here too; what they ask
 //! for does not happen, which a warning (SLU0003) says. They never become a
-//! [`Resource`](crate::Resource), except a valid Telemetry, which becomes an analysis-only one
-//! ([`Kind::Telemetry`](crate::Kind::Telemetry)) for `sluice analyze`'s selector checks.
+//! [`Resource`](crate::Resource), except a valid Telemetry, which becomes a
+//! [`Kind::Telemetry`](crate::Kind::Telemetry) resource that proxies enforce (access logging,
+//! metrics overrides, tracing) and `sluice analyze` checks.
 //!
 //! The conventions are those of [`crate::networking`]: camelCase field names with their protobuf
 //! snake_case spelling as an alias, unknown fields rejected, enums kept as strings and checked by

@@ -404,7 +404,6 @@ fn istio_kinds_sluice_does_not_enforce_are_valid_with_a_warning() {
     // a url).
     for (api_version, kind, spec) in [
         ("security.istio.io/v1", "RequestAuthentication", "{}"),
-        ("telemetry.istio.io/v1", "Telemetry", "{}"),
         ("networking.istio.io/v1", "WorkloadGroup", "{template: {}}"),
         ("networking.istio.io/v1beta1", "ProxyConfig", "{}"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter", "{}"),

@@ -1,8 +1,9 @@
-//! Istio's kinds that sluice validates but does not enforce (RequestAuthentication, Telemetry,
-//! WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin, TrafficExtension): for each rule of Istio's webhook or CRD
-//! schema, an input that breaks it (refused, with the message on the field's line) and the
-//! nearest input that passes (accepted with warning SLU0003 only). None becomes a resource but
-//! a valid Telemetry, which becomes one only `sluice analyze` reads.
+//! Istio's kinds that sluice validates but does not enforce (RequestAuthentication,
+//! WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin, TrafficExtension), and Telemetry, which
+//! shares their validation but is enforced: for each rule of Istio's webhook or CRD schema, an
+//! input that breaks it (refused, with the message on the field's line) and the nearest input
+//! that passes (accepted with warning SLU0003 only; a Telemetry without it). None becomes a
+//! resource but a valid Telemetry.
 
 mod common;
 
@@ -41,6 +42,11 @@ fn doc(kind: &str, spec: &str) -> String {
     out
 }
 
+/// Telemetry is validated with these kinds but enforced: no SLU0003 for it.
+fn enforced(kind: &str) -> bool {
+    kind == "Telemetry"
+}
+
 fn is_slu0003(d: &Diagnostic) -> bool {
     d.severity == Warning && d.field == "kind" && d.message.starts_with("SLU0003: ")
 }
@@ -60,15 +66,17 @@ fn accepted(text: &str) -> Vec<Diagnostic> {
         "refused:\n{}in:\n{text}",
         render(&errors)
     );
-    assert!(
+    let telemetry = text.contains("\nkind: Telemetry\n");
+    assert_eq!(
         out.diagnostics.iter().any(is_slu0003),
-        "no SLU0003 in:\n{}",
+        !telemetry,
+        "SLU0003 expected only for kinds sluice does not enforce:\n{}",
         render(&out.diagnostics)
     );
     assert!(
         out.resources
             .iter()
-            .all(|r| r.kind == Kind::Telemetry && r.kind.is_analysis_only()),
+            .all(|r| r.kind == Kind::Telemetry && !r.kind.is_analysis_only()),
         "became a resource:\n{text}"
     );
     out.diagnostics
@@ -118,7 +126,7 @@ fn run(cases: &[Case]) {
         let slu0003 = out.diagnostics.iter().any(is_slu0003);
         match c.severity {
             Error if slu0003 => failures.push(format!("{expected}\n  refused but still SLU0003")),
-            Warning if refused || !slu0003 => failures.push(format!(
+            Warning if refused || slu0003 == enforced(c.kind) => failures.push(format!(
                 "{expected}\n  a warning must leave the document valid:\n{}",
                 render(&out.diagnostics)
             )),
@@ -131,7 +139,7 @@ fn run(cases: &[Case]) {
             .filter(|d| d.is_error() || d.message == c.message)
             .cloned()
             .collect();
-        if !bad.is_empty() || !good.diagnostics.iter().any(is_slu0003) {
+        if !bad.is_empty() || good.diagnostics.iter().any(is_slu0003) == enforced(c.kind) {
             failures.push(format!(
                 "good input for `{}` is not accepted cleanly:\n{}",
                 c.message,
@@ -186,6 +194,10 @@ fn a_full_valid_document_of_each_kind_is_accepted_with_slu0003() {
     ];
     for (kind, spec) in docs {
         let diags = accepted(&doc(kind, spec));
+        if enforced(kind) {
+            assert!(diags.is_empty(), "{kind}: {}", render(&diags));
+            continue;
+        }
         assert_eq!(
             diags.len(),
             1,
@@ -681,7 +693,7 @@ fn telemetry_rules() {
             severity: Error,
             field: "spec.accessLogging[0].filter.expression",
             line: 3,
-            message: "must be a valid CEL expression: unclosed '('",
+            message: "must be a valid CEL expression: column 22: syntax error: missing ')' at '<EOF>'",
             good: "accessLogging:\n- filter:\n    expression: 'response.code >= 400'\n",
         },
         Case {
@@ -690,7 +702,7 @@ fn telemetry_rules() {
             severity: Error,
             field: "spec.accessLogging[0].filter.expression",
             line: 3,
-            message: "must be a valid CEL expression: expression ends with '='",
+            message: "must be a valid CEL expression: column 17: syntax error: mismatched input '<EOF>' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}",
             good: "accessLogging:\n- filter:\n    expression: 'response.code >= 500'\n",
         },
     ]);
@@ -1296,7 +1308,7 @@ fn traffic_extension_rules() {
 }
 
 #[test]
-fn a_valid_telemetry_becomes_a_resource_only_analyze_reads() {
+fn a_valid_telemetry_becomes_a_resource_that_travels_as_json() {
     let text = doc(
         "Telemetry",
         "selector:\n  matchLabels: {app: web}\naccessLogging:\n- providers: [{name: envoy}]\n",
@@ -1323,9 +1335,11 @@ fn a_valid_telemetry_becomes_a_resource_only_analyze_reads() {
         res.origin.line_of("spec.selector.matchLabels.app"),
         HEADER_LINES + 2
     );
-    // Checked while decoding; nothing to serve.
+    // Checked while decoding; served to proxies as the spec it was written as.
     assert!(sluice_api::validate(res).is_empty());
-    assert!(res.spec_json().is_none());
+    let json = res.spec_json().expect("served");
+    assert_eq!(json["selector"]["matchLabels"]["app"], "web");
+    assert_eq!(json["accessLogging"][0]["providers"][0]["name"], "envoy");
     // Counted once: as a resource, not also as a document sluice does not enforce.
     assert_eq!(out.unenforced, 0);
     // An invalid one is refused and does not become a resource; other kinds never do.

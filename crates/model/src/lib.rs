@@ -16,6 +16,7 @@ pub mod security;
 pub mod sidecar_listeners;
 pub mod sidecar_scope;
 pub mod snapshot;
+pub mod telemetry_policy;
 
 /// Counts `n` steps of config processing (see [`sluice_api::work`]).
 #[inline]

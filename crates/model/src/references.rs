@@ -479,6 +479,8 @@ const FIELDS_NOT_ACTED_ON: &[(Kind, &str)] = &[
     (Kind::Sidecar, "spec.inboundConnectionPool"),
     (Kind::Sidecar, "outboundTrafficPolicy.egressProxy"),
     (Kind::VirtualService, "corsPolicy"),
+    // Prometheus is scraped: there is no reporting to pace (Istio uses it for push providers).
+    (Kind::Telemetry, "metrics.reportingInterval"),
 ];
 
 /// A warning (SLU0004) for each field of [`FIELDS_NOT_ACTED_ON`] a resource sets.

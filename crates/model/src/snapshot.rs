@@ -167,6 +167,8 @@ pub struct Snapshot {
     /// Sidecar proxies: the listeners the `Sidecar` resource declares (bound listeners and the
     /// per-port egress scopes).
     pub sidecar_listeners: crate::sidecar_listeners::SidecarListeners,
+    /// The Telemetry API resolved for this proxy (access logging, metrics, tracing).
+    pub telemetry: Arc<crate::telemetry_policy::TelemetryPolicy>,
 }
 
 /// Creation order for resources of one kind: `creationTimestamp`, then the order the store first
@@ -313,6 +315,14 @@ fn compile_with(
     build_workloads(&mut snap, resources);
     build_inbound_ports(&mut snap, resources, &all_services);
     build_security(&mut snap, resources);
+    let (telemetry, telemetry_diagnostics) = crate::telemetry_policy::TelemetryPolicy::compile(
+        resources,
+        &proxy.namespace,
+        &proxy.labels,
+        &snap.mesh.root_namespace,
+    );
+    snap.diagnostics.extend(telemetry_diagnostics);
+    snap.telemetry = Arc::new(telemetry);
     snap
 }
 

@@ -139,6 +139,9 @@ pub struct Finish {
     pub labels: HttpLabels,
     pub start: Instant,
     pub received: ByteCounter,
+    /// The Telemetry API's access log filter and metric overrides for this request, with the
+    /// request facts they read; `None` when its side has neither.
+    pub telemetry_api: Option<Box<crate::telemetry::policy::RequestTelemetry>>,
 }
 
 impl Finish {
@@ -152,10 +155,48 @@ impl Finish {
         if client_left {
             self.labels.response_flags = Cow::Borrowed("DC");
         }
-        self.proxy
-            .metrics
-            .record_http(&self.labels, duration, received, sent);
-        if let Some(mut rec) = self.rec {
+        let Some(api) = self.telemetry_api else {
+            self.proxy
+                .metrics
+                .record_http(&self.labels, duration, received, sent);
+            if let Some(mut rec) = self.rec {
+                rec.bytes_sent = sent;
+                rec.bytes_received = received;
+                rec.duration = duration;
+                if client_left {
+                    rec.response_flags = Cow::Borrowed("DC");
+                }
+                self.proxy.access_log.log(*rec);
+            }
+            return;
+        };
+        let response = crate::telemetry::policy::ResponseFacts {
+            code: self.labels.response_code,
+            flags: &self.labels.response_flags,
+            details: self
+                .rec
+                .as_ref()
+                .and_then(|r| r.response_code_details.as_deref()),
+            bytes_sent: sent,
+            bytes_received: received,
+            duration,
+            mtls: self.labels.connection_security_policy
+                == crate::telemetry::SecurityPolicy::MutualTls,
+            requested_server_name: self
+                .rec
+                .as_ref()
+                .and_then(|r| r.requested_server_name.as_deref()),
+        };
+        self.proxy.metrics.record_http_with(
+            &self.labels,
+            api.metrics(),
+            |edits| api.tag_edits(edits, &response),
+            duration,
+            received,
+            sent,
+        );
+        let passes = api.log_passes(&response);
+        if let Some(mut rec) = self.rec.filter(|_| passes) {
             rec.bytes_sent = sent;
             rec.bytes_received = received;
             rec.duration = duration;

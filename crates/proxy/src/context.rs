@@ -108,6 +108,19 @@ impl Proxy {
         }
     }
 
+    /// Writes a TCP/TLS connection's access log line unless the Telemetry API turned the
+    /// access log of that side (`mode`) off. (HTTP lines go through `body::Finish`, which also
+    /// applies the filter.)
+    pub fn log_connection(
+        &self,
+        rec: crate::telemetry::accesslog::AccessLogRecord,
+        mode: sluice_model::telemetry_policy::WorkloadMode,
+    ) {
+        if crate::telemetry::policy::logs(&self.snapshots.load().telemetry, mode) {
+            self.access_log.log(rec);
+        }
+    }
+
     /// The runtime state of `cluster`, reconciled with the current snapshot first.
     pub fn cluster_runtime(&self, cluster: &Arc<Cluster>) -> Arc<ClusterRuntime> {
         self.balancers.sync(&self.snapshots.load());

@@ -169,6 +169,7 @@ impl AdminSource for GatewayAdmin {
             "generation": snap.generation,
             "proxy": snap.proxy,
             "mesh": snap.mesh,
+            "telemetry": &*snap.telemetry,
             "gateway_ports": snap.gateway_ports(),
             "listeners": listeners.bound.iter().map(|(name, addr)| serde_json::json!({
                 "name": name,

@@ -197,7 +197,17 @@ pub(crate) async fn serve<S: HttpSide>(
 
     // The log line's record exists only when a log is written (metrics need none of it), and is
     // boxed: it is ~800 bytes that would otherwise be copied at every move of the response body.
-    let mut rec = proxy.access_log.is_enabled().then(|| {
+    // The Telemetry API of this side: whether a line is written at all, and the request facts
+    // its filter and metric overrides read (`None`, nothing captured, when it has neither).
+    let mode = crate::telemetry::policy::mode_of(S::REPORTER);
+    let telemetry_api = crate::telemetry::policy::RequestTelemetry::for_request(
+        &snap.telemetry,
+        mode,
+        &parts,
+        authority.as_ref(),
+    );
+    let logs = crate::telemetry::policy::logs(&snap.telemetry, mode);
+    let mut rec = (logs && proxy.access_log.is_enabled()).then(|| {
         let mut rec = Box::new(AccessLogRecord::new(SystemTime::now()));
         rec.set_request(&parts, proxy.access_log.needs_request_headers());
         rec.authority = authority.clone();
@@ -285,6 +295,7 @@ pub(crate) async fn serve<S: HttpSide>(
         // For gRPC: what the response head says (trailers-only, else the HTTP status), replaced
         // by the `grpc-status` trailer when one comes (`LoggedBody`).
         grpc_response_status: None,
+        tags: None,
     };
     let (parts, body) = response.into_parts();
     if grpc {
@@ -296,6 +307,7 @@ pub(crate) async fn serve<S: HttpSide>(
         labels,
         start,
         received,
+        telemetry_api,
     };
     if let (Some(tunnel), Some(downstream)) = (tunnel, downstream_upgrade) {
         if upgrade::accepted(parts.status) {

@@ -34,6 +34,7 @@
 //! apply, are checked per HTTP request (403 `RBAC: access denied`) or per TCP connection (closed
 //! before connecting to the application).
 
+use sluice_model::telemetry_policy::WorkloadMode;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
@@ -558,7 +559,7 @@ where
     );
     if let Some(details) = denied {
         rec.duration = start.elapsed();
-        log_connection_denied(proxy, rec, details);
+        log_connection_denied(proxy, rec, details, WorkloadMode::Server);
         return;
     }
     rec.upstream_cluster = Some(ctx.cluster.clone());
@@ -583,7 +584,7 @@ where
             proxy.metrics.tcp_closed(&labels, 0, 0);
             rec.response_flags = Cow::Borrowed("UF");
             rec.duration = start.elapsed();
-            proxy.access_log.log(rec);
+            proxy.log_connection(rec, WorkloadMode::Server);
             return;
         }
     };
@@ -605,7 +606,7 @@ where
     rec.bytes_received = received;
     rec.bytes_sent = sent;
     rec.duration = start.elapsed();
-    proxy.access_log.log(rec);
+    proxy.log_connection(rec, WorkloadMode::Server);
 }
 
 // === Connecting to the application ===

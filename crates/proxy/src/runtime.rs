@@ -31,8 +31,23 @@ use crate::store::{ConfigStore, StoreStatus};
 use crate::telemetry::accesslog::{AccessLogConfig, AccessLogEncoding, AccessLogger};
 use crate::telemetry::metrics::Metrics;
 
-/// The access log the mesh config of `snap` asks for.
+/// The access log the mesh config of `snap` asks for, or the Telemetry API's built-in `envoy`
+/// provider (Istio's default TEXT format on standard output) when a Telemetry resource
+/// configures this proxy's access logging through it. Whether and which lines are written is
+/// decided per request (`telemetry::policy`).
 pub fn access_log_config(snap: &Snapshot) -> AccessLogConfig {
+    use sluice_model::telemetry_policy::AccessLogDecision;
+    let logging = &snap.telemetry.access_logging;
+    let envoy = [&logging.client, &logging.server]
+        .iter()
+        .any(|p| matches!(p.decision(), AccessLogDecision::Envoy { .. }));
+    if envoy {
+        return AccessLogConfig {
+            path: Some(PathBuf::from("/dev/stdout")),
+            encoding: AccessLogEncoding::Text,
+            format: None,
+        };
+    }
     let s = &snap.mesh.access_log;
     AccessLogConfig {
         path: s.file.as_ref().map(PathBuf::from),

@@ -85,6 +85,7 @@ impl AdminSource for SidecarAdmin {
             "generation": snap.generation,
             "proxy": snap.proxy,
             "mesh": snap.mesh,
+            "telemetry": &*snap.telemetry,
             "services": snap.services,
             "clusters": snap.clusters.values().map(|c| crate::admin::cluster_config(c)).collect::<Vec<_>>(),
             "virtual_hosts": vhosts,

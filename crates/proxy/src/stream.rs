@@ -6,6 +6,7 @@
 //! a downstream connection ([`DownstreamPeer`]) and how an AuthorizationPolicy denial is named
 //! in the access log.
 
+use sluice_model::telemetry_policy::WorkloadMode;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,7 +125,12 @@ pub fn authorize_connection(
 
 /// Logs a connection closed by an AuthorizationPolicy: flag `-`, Envoy's network RBAC details
 /// in `%CONNECTION_TERMINATION_DETAILS%`.
-pub fn log_connection_denied(proxy: &Proxy, mut rec: AccessLogRecord, details: String) {
+pub fn log_connection_denied(
+    proxy: &Proxy,
+    mut rec: AccessLogRecord,
+    details: String,
+    mode: WorkloadMode,
+) {
     tracing::debug!(
         "connection from {} denied: {details}",
         rec.downstream_remote_address
@@ -132,7 +138,7 @@ pub fn log_connection_denied(proxy: &Proxy, mut rec: AccessLogRecord, details: S
     );
     rec.response_flags = Cow::Borrowed("-");
     rec.connection_termination_details = Some(Cow::Owned(details));
-    proxy.access_log.log(rec);
+    proxy.log_connection(rec, mode);
 }
 
 /// A connection to proxy as bytes.
@@ -397,7 +403,7 @@ async fn carry_out<S>(
             rec.response_flags = Cow::Borrowed("UH");
             rec.upstream_cluster = Some(Arc::from(BLACKHOLE_CLUSTER));
             rec.duration = start.elapsed();
-            proxy.access_log.log(rec);
+            proxy.log_connection(rec, WorkloadMode::Client);
             return;
         }
         Plan::NoFilterChain => {
@@ -419,7 +425,7 @@ async fn carry_out<S>(
             conn.sni.as_deref(),
         );
         if let Some(details) = denied {
-            log_connection_denied(&proxy, rec, details);
+            log_connection_denied(&proxy, rec, details, WorkloadMode::Client);
             return;
         }
     }
@@ -542,7 +548,7 @@ async fn carry_out<S>(
         proxy.metrics.tcp_closed(&labels, 0, 0);
         rec.response_flags = Cow::Borrowed(flags);
         rec.duration = start.elapsed();
-        proxy.access_log.log(rec);
+        proxy.log_connection(rec, WorkloadMode::Client);
         return;
     };
     rec.upstream_local_address = upstream.tcp().local_addr().ok();
@@ -562,7 +568,7 @@ async fn carry_out<S>(
     rec.bytes_received = received;
     rec.bytes_sent = sent;
     rec.duration = start.elapsed();
-    proxy.access_log.log(rec);
+    proxy.log_connection(rec, WorkloadMode::Client);
 }
 
 /// Counts a refused connection in `sluice_egress_blocked_total`: TLS by its SNI (the

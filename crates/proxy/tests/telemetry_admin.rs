@@ -109,6 +109,7 @@ fn labels() -> HttpLabels {
         connection_security_policy: SecurityPolicy::Unknown,
         response_code: 200,
         grpc_response_status: None,
+        tags: None,
     }
 }
 

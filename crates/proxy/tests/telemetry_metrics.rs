@@ -72,6 +72,7 @@ fn http_labels(code: u16) -> HttpLabels {
         connection_security_policy: SecurityPolicy::Unknown,
         response_code: code,
         grpc_response_status: None,
+        tags: None,
     }
 }
 

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::pb::istio::{mesh, networking, security};
+use crate::pb::istio::{mesh, networking, security, telemetry};
 use crate::schema::FieldError;
 
 /// A collection this crate can carry: istiod's type URL (what a `DiscoveryRequest` asks for and
@@ -140,6 +140,15 @@ pub const COLLECTIONS: &[Collection] = &[
         "AuthorizationPolicy",
         security::v1beta1::AuthorizationPolicy
     ),
+    Collection {
+        type_url: "telemetry.istio.io/v1/Telemetry",
+        kind: "Telemetry",
+        body_type_url: "type.googleapis.com/istio.telemetry.v1alpha1.Telemetry",
+        aliases: &["telemetry.istio.io/v1alpha1/Telemetry"],
+        mcp_envelope: true,
+        lenient: false,
+        codec: codec::<telemetry::v1alpha1::Telemetry>(".istio.telemetry.v1alpha1.Telemetry"),
+    },
     Collection {
         // istiod's GroupVersionKind for MeshConfig has no group; its String() writes the
         // empty group as "core".

@@ -35,4 +35,7 @@ pub mod istio {
     pub mod mesh {
         generated!(v1alpha1, "istio.mesh.v1alpha1");
     }
+    pub mod telemetry {
+        generated!(v1alpha1, "istio.telemetry.v1alpha1");
+    }
 }

@@ -121,6 +121,9 @@ const ZERO_ENUMS: &[&str] = &[
     "NONE",
     "REGISTRY_ONLY",
     "TEXT",
+    // Telemetry: WorkloadMode, TagOverride.Operation.
+    "CLIENT_AND_SERVER",
+    "UPSERT",
 ];
 
 fn is_default(v: &Value) -> bool {
@@ -246,6 +249,7 @@ fn hand_written_cases_survive_the_wire() {
             ("PeerAuthentication", 1),
             ("ServiceEntry", 2),
             ("Sidecar", 2),
+            ("Telemetry", 1),
             ("VirtualService", 1),
             ("WorkloadEntry", 1),
         ])

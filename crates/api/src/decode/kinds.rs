@@ -334,8 +334,9 @@ fn warn_unknown_top_level(root: &Map<String, Value>, d: &mut Doc) {
 /// One of Istio's kinds that sluice validates but does not enforce ([`UnenforcedKind`]):
 /// decoded and checked as Istio's webhook and CRD schema would, so a document Istio refuses is
 /// refused here too. A valid one gets a warning (SLU0003) that what it asks for does not
-/// happen. Only a valid Telemetry becomes a [`Resource`] ([`Kind::Telemetry`], which only
-/// `sluice analyze` reads); nothing downstream reads the others.
+/// happen. Telemetry is the exception: enforced by proxies, it shares only this decoding and
+/// validation, and a valid one becomes a [`Resource`] ([`Kind::Telemetry`]) without a warning;
+/// nothing downstream reads the others.
 fn decode_unenforced(
     kind: UnenforcedKind,
     api_version: &str,
@@ -405,16 +406,17 @@ fn decode_unenforced(
     if d.has_errors() {
         return None;
     }
-    d.warn(
-        "kind",
-        format!(
-            "SLU0003: {kind} ({group}) is valid Istio config, but sluice does not enforce \
-                 it: what it asks for does not happen",
-            kind = kind.as_str(),
-            group = kind.group()
-        ),
-    );
+    // Telemetry is enforced (it shares only this decoding and validation with the others).
     let UnenforcedSpec::Telemetry(telemetry) = spec else {
+        d.warn(
+            "kind",
+            format!(
+                "SLU0003: {kind} ({group}) is valid Istio config, but sluice does not enforce \
+                 it: what it asks for does not happen",
+                kind = kind.as_str(),
+                group = kind.group()
+            ),
+        );
         d.unenforced = true;
         return None;
     };

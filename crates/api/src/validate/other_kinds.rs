@@ -531,11 +531,7 @@ fn telemetry(out: &mut Out, t: &Telemetry) {
     for (i, l) in t.access_logging.iter().enumerate() {
         let path = format!("spec.accessLogging[{i}]");
         if let Some(f) = &l.filter {
-            out.check(
-                format!("{path}.filter.expression"),
-                cel::syntax(&f.expression)
-                    .map_err(|e| format!("must be a valid CEL expression: {e}")),
-            );
+            cel_expression(out, &format!("{path}.filter.expression"), &f.expression);
         }
         providers(out, &path, &l.providers);
         if let Some(s) = &l.selector {
@@ -545,6 +541,28 @@ fn telemetry(out: &mut Out, t: &Telemetry) {
                 s.mode.as_deref(),
                 &WORKLOAD_MODES,
             );
+        }
+    }
+}
+
+/// A CEL expression the proxy evaluates: one that does not compile is an error (the proxy
+/// could not act on it); one that reads no Envoy attribute only a warning (Envoy evaluates it
+/// to an error at run time, which sluice treats as Envoy does).
+fn cel_expression(out: &mut Out, field: &str, source: &str) {
+    match crate::expression::CelExpression::compile(source) {
+        Err(e) => out.error(field, format!("must be a valid CEL expression: {e}")),
+        Ok(expr) => {
+            let unknown = expr.unknown_roots();
+            if !unknown.is_empty() {
+                out.warn(
+                    field,
+                    format!(
+                        "`{}` is not an Envoy attribute (use {}); the expression fails when evaluated",
+                        unknown.join("`, `"),
+                        crate::expression::ENVOY_ATTRIBUTE_ROOTS.join(", ")
+                    ),
+                );
+            }
         }
     }
 }
@@ -588,6 +606,11 @@ fn telemetry_metrics(out: &mut Out, path: &str, m: &Metrics) {
                 "UPSERT" if to.value.as_deref().unwrap_or("").is_empty() => out.error(
                     format!("{field}.value"),
                     "tagOverrides.value must be set when operation is UPSERT",
+                ),
+                "UPSERT" => cel_expression(
+                    out,
+                    &format!("{field}.value"),
+                    to.value.as_deref().unwrap_or(""),
                 ),
                 "REMOVE" if to.value.is_some() => out.error(
                     format!("{field}.value"),
@@ -1512,61 +1535,5 @@ mod jwks {
             }
         }
         Ok(private)
-    }
-}
-
-/// Enough of CEL's grammar to refuse what cannot parse: an empty expression, an unterminated
-/// string, unbalanced brackets, or a dangling operator.
-mod cel {
-    pub(super) fn syntax(expr: &str) -> Result<(), String> {
-        if expr.trim().is_empty() {
-            return Err("expression is empty".into());
-        }
-        let mut stack = Vec::new();
-        let mut chars = expr.chars().peekable();
-        let mut last = ' ';
-        while let Some(c) = chars.next() {
-            match c {
-                '"' | '\'' => {
-                    let mut closed = false;
-                    while let Some(s) = chars.next() {
-                        if s == '\\' {
-                            chars.next();
-                        } else if s == c {
-                            closed = true;
-                            break;
-                        }
-                    }
-                    if !closed {
-                        return Err("unterminated string literal".into());
-                    }
-                }
-                '(' | '[' | '{' => stack.push(c),
-                ')' | ']' | '}' => {
-                    let open = match c {
-                        ')' => '(',
-                        ']' => '[',
-                        _ => '{',
-                    };
-                    if stack.pop() != Some(open) {
-                        return Err(format!("unbalanced {c:?}"));
-                    }
-                }
-                _ => {}
-            }
-            if !c.is_whitespace() {
-                last = c;
-            }
-        }
-        if let Some(open) = stack.pop() {
-            return Err(format!("unclosed {open:?}"));
-        }
-        if matches!(
-            last,
-            '&' | '|' | '=' | '!' | '<' | '>' | '+' | '-' | '*' | '/' | '%' | '?' | ':' | '.' | ','
-        ) {
-            return Err(format!("expression ends with {last:?}"));
-        }
-        Ok(())
     }
 }

@@ -3,8 +3,8 @@
 //! workload (IST0159), which Istio resolves in no defined order. Telemetries without a
 //! selector, or with one without labels, apply to the whole namespace and are not checked here.
 //!
-//! Sluice does not enforce Telemetry (SLU0003 says so), but the mistakes are the same ones
-//! Istio would act on. Workloads are matched as for Sidecars (see [`super::sidecars`]): the
+//! Proxies enforce Telemetry (`crate::telemetry_policy`) with the same selection, so these are
+//! the mistakes that change what a workload logs and reports. Workloads are matched as for Sidecars (see [`super::sidecars`]): the
 //! Pods and WorkloadEntries of the Telemetry's namespace (Istio's analyzer looks at Pods only),
 //! and without Pods in the input, a Service of the namespace that selects workloads with the
 //! selector's labels stands for them, for IST0101 only.

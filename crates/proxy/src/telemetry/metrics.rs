@@ -14,7 +14,7 @@ mod exposition;
 pub mod histogram;
 mod labels;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -29,8 +29,9 @@ use prometheus_client::registry::{Metric, Registry};
 pub use blocked::{BlockedLabels, BlockedProtocol, BLOCKED_OTHER_HOST, BLOCKED_SERIES_LIMIT};
 pub use labels::{
     service_labels, HttpLabels, PeerLabels, Reporter, RequestProtocol, SecurityPolicy,
-    ServiceLabels, TcpLabels,
+    ServiceLabels, TagValues, TcpLabels,
 };
+use sluice_model::telemetry_policy::{MetricName, MetricsPolicy, TagEdit};
 
 pub use exposition::openmetrics_to_prometheus;
 use histogram::EnvoyHistogram;
@@ -270,6 +271,56 @@ impl Metrics {
         );
     }
 
+    /// Records one finished HTTP request under the Telemetry API's metric overrides of its
+    /// side: a disabled metric is not recorded; a metric with tag overrides is recorded under
+    /// its own label set, `edits` giving the evaluated edits (label, `None` = removed); the
+    /// others share [`record_http`](Self::record_http)'s series.
+    pub fn record_http_with(
+        &self,
+        labels: &HttpLabels,
+        policy: &MetricsPolicy,
+        edits: impl Fn(&BTreeMap<String, TagEdit>) -> Vec<(Arc<str>, Option<String>)>,
+        duration: Duration,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        if policy.is_default() {
+            return self.record_http(labels, duration, request_bytes, response_bytes);
+        }
+        if policy.disabled {
+            return;
+        }
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let edited = |metric: &MetricName| -> Option<HttpLabels> {
+            let tags = policy.tags(metric)?;
+            Some(HttpLabels {
+                tags: Some(Arc::new(TagValues::new(edits(tags)))),
+                ..labels.clone()
+            })
+        };
+        let record = |metric: MetricName, f: &dyn Fn(&HttpLabels)| {
+            if !policy.reports(&metric) {
+                return;
+            }
+            match edited(&metric) {
+                Some(l) => f(&l),
+                None => f(labels),
+            }
+        };
+        record(MetricName::RequestCount, &|l| {
+            self.requests_total.get_or_create(l).inc();
+        });
+        record(MetricName::RequestDuration, &|l| {
+            self.request_duration.get_or_create(l).observe(ms);
+        });
+        record(MetricName::RequestSize, &|l| {
+            self.request_bytes.get_or_create(l).observe(request_bytes);
+        });
+        record(MetricName::ResponseSize, &|l| {
+            self.response_bytes.get_or_create(l).observe(response_bytes);
+        });
+    }
+
     /// Runs `f` on the cached TCP handles of `labels`.
     fn tcp_series<R>(&self, labels: &TcpLabels, f: impl FnOnce(&TcpSeries) -> R) -> R {
         self.tcp_series.with(labels, TcpSeries::default, f)
@@ -393,6 +444,7 @@ mod tests {
             connection_security_policy: SecurityPolicy::Unknown,
             response_code: code,
             grpc_response_status: None,
+            tags: None,
         }
     }
 

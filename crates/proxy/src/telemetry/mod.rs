@@ -10,6 +10,7 @@
 
 pub mod accesslog;
 pub mod metrics;
+pub mod policy;
 
 pub use accesslog::{
     protocol_name, AccessLogConfig, AccessLogEncoding, AccessLogError, AccessLogFormat,

@@ -202,7 +202,91 @@ pub struct HttpLabels {
     pub response_code: u16,
     /// `grpc_response_status`; `None` prints the empty string (non-gRPC).
     pub grpc_response_status: Option<u32>,
+    /// The Telemetry API's tag overrides of this series (labels removed, added or replaced);
+    /// `None` for Istio's standard label set.
+    pub tags: Option<Arc<TagValues>>,
 }
+
+/// Evaluated tag overrides of one series: a label with `None` is removed, one with a value is
+/// set (replacing a standard label's value in place, or added after the standard labels, in
+/// name order).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TagValues {
+    edits: Vec<(Arc<str>, Option<String>)>,
+}
+
+impl TagValues {
+    /// Edits in label-name order.
+    pub fn new(mut edits: Vec<(Arc<str>, Option<String>)>) -> TagValues {
+        edits.sort_by(|a, b| a.0.cmp(&b.0));
+        TagValues { edits }
+    }
+
+    fn edit(&self, name: &str) -> Option<&Option<String>> {
+        self.edits
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|i| &self.edits[i].1)
+    }
+}
+
+/// Writes one standard label through the series' tag overrides.
+fn edited_label(
+    enc: &mut LabelSetEncoder<'_>,
+    tags: Option<&TagValues>,
+    key: &str,
+    value: &str,
+) -> fmt::Result {
+    match tags.and_then(|t| t.edit(key)) {
+        None => label(enc, key, value),
+        Some(None) => Ok(()),
+        Some(Some(v)) => label(enc, key, v),
+    }
+}
+
+/// The labels a series' tag overrides add beyond the standard ones.
+fn added_labels(
+    enc: &mut LabelSetEncoder<'_>,
+    tags: Option<&TagValues>,
+    standard: &[&str],
+) -> fmt::Result {
+    let Some(tags) = tags else { return Ok(()) };
+    for (name, value) in &tags.edits {
+        if let Some(v) = value.as_deref().filter(|_| !standard.contains(&&**name)) {
+            label(enc, name, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// Istio's HTTP label names, in order.
+const HTTP_LABEL_NAMES: [&str; 25] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+    "response_code",
+    "grpc_response_status",
+];
 
 /// Labels of the TCP metrics (`istio_tcp_*`): the HTTP set without `response_code` and
 /// `grpc_response_status`; `request_protocol` is always `tcp`. `Hash` is partial, as for
@@ -258,6 +342,7 @@ impl Hash for HttpLabels {
             &self.destination_service,
             h,
         );
+        self.tags.hash(h);
     }
 }
 
@@ -310,48 +395,81 @@ struct CommonLabels<'a> {
     protocol: RequestProtocol,
     flags: &'a str,
     policy: SecurityPolicy,
+    tags: Option<&'a TagValues>,
 }
 
 impl CommonLabels<'_> {
     /// Writes the labels in Istio's order.
     fn encode(&self, enc: &mut LabelSetEncoder<'_>) -> fmt::Result {
-        let (src, dst, svc) = (self.src, self.dst, self.svc);
-        label(enc, "reporter", self.reporter.as_str())?;
-        label(enc, "source_workload", &src.workload)?;
-        label(enc, "source_workload_namespace", &src.workload_namespace)?;
-        label(enc, "source_principal", &src.principal)?;
-        label(enc, "source_app", &src.app)?;
-        label(enc, "source_version", &src.version)?;
-        label(enc, "source_canonical_service", &src.canonical_service)?;
-        label(enc, "source_canonical_revision", &src.canonical_revision)?;
-        label(enc, "source_cluster", &src.cluster)?;
-        label(enc, "destination_workload", &dst.workload)?;
-        label(
+        let (src, dst, svc, tags) = (self.src, self.dst, self.svc, self.tags);
+        edited_label(enc, tags, "reporter", self.reporter.as_str())?;
+        edited_label(enc, tags, "source_workload", &src.workload)?;
+        edited_label(
             enc,
+            tags,
+            "source_workload_namespace",
+            &src.workload_namespace,
+        )?;
+        edited_label(enc, tags, "source_principal", &src.principal)?;
+        edited_label(enc, tags, "source_app", &src.app)?;
+        edited_label(enc, tags, "source_version", &src.version)?;
+        edited_label(
+            enc,
+            tags,
+            "source_canonical_service",
+            &src.canonical_service,
+        )?;
+        edited_label(
+            enc,
+            tags,
+            "source_canonical_revision",
+            &src.canonical_revision,
+        )?;
+        edited_label(enc, tags, "source_cluster", &src.cluster)?;
+        edited_label(enc, tags, "destination_workload", &dst.workload)?;
+        edited_label(
+            enc,
+            tags,
             "destination_workload_namespace",
             &dst.workload_namespace,
         )?;
-        label(enc, "destination_principal", &dst.principal)?;
-        label(enc, "destination_app", &dst.app)?;
-        label(enc, "destination_version", &dst.version)?;
-        label(enc, "destination_service", &svc.service)?;
-        label(enc, "destination_service_name", &svc.service_name)?;
-        label(enc, "destination_service_namespace", &svc.service_namespace)?;
-        label(enc, "destination_canonical_service", &dst.canonical_service)?;
-        label(
+        edited_label(enc, tags, "destination_principal", &dst.principal)?;
+        edited_label(enc, tags, "destination_app", &dst.app)?;
+        edited_label(enc, tags, "destination_version", &dst.version)?;
+        edited_label(enc, tags, "destination_service", &svc.service)?;
+        edited_label(enc, tags, "destination_service_name", &svc.service_name)?;
+        edited_label(
             enc,
+            tags,
+            "destination_service_namespace",
+            &svc.service_namespace,
+        )?;
+        edited_label(
+            enc,
+            tags,
+            "destination_canonical_service",
+            &dst.canonical_service,
+        )?;
+        edited_label(
+            enc,
+            tags,
             "destination_canonical_revision",
             &dst.canonical_revision,
         )?;
-        label(enc, "destination_cluster", &dst.cluster)?;
-        label(enc, "request_protocol", self.protocol.as_str())?;
+        edited_label(enc, tags, "destination_cluster", &dst.cluster)?;
+        edited_label(enc, tags, "request_protocol", self.protocol.as_str())?;
         let flags = if self.flags.is_empty() {
             "-"
         } else {
             self.flags
         };
-        label(enc, "response_flags", flags)?;
-        label(enc, "connection_security_policy", self.policy.as_str())
+        edited_label(enc, tags, "response_flags", flags)?;
+        edited_label(
+            enc,
+            tags,
+            "connection_security_policy",
+            self.policy.as_str(),
+        )
     }
 }
 
@@ -365,17 +483,20 @@ impl EncodeLabelSet for HttpLabels {
             protocol: self.request_protocol,
             flags: &self.response_flags,
             policy: self.connection_security_policy,
+            tags: self.tags.as_deref(),
         }
         .encode(encoder)?;
+        let tags = self.tags.as_deref();
         let mut code = itoa_u32(u32::from(self.response_code));
-        label(encoder, "response_code", code.as_str())?;
+        edited_label(encoder, tags, "response_code", code.as_str())?;
         match self.grpc_response_status {
             Some(s) => {
                 code = itoa_u32(s);
-                label(encoder, "grpc_response_status", code.as_str())
+                edited_label(encoder, tags, "grpc_response_status", code.as_str())?;
             }
-            None => label(encoder, "grpc_response_status", ""),
+            None => edited_label(encoder, tags, "grpc_response_status", "")?,
         }
+        added_labels(encoder, tags, &HTTP_LABEL_NAMES)
     }
 }
 
@@ -389,6 +510,7 @@ impl EncodeLabelSet for TcpLabels {
             protocol: RequestProtocol::Tcp,
             flags: &self.response_flags,
             policy: self.connection_security_policy,
+            tags: None,
         }
         .encode(encoder)
     }
