@@ -60,7 +60,7 @@ fi
 # --- Python venv with httpbin and gunicorn --------------------------------------------------------
 req="$repo/scripts/requirements-test.txt"
 stamp="$venv/.requirements.sha256"
-venv_imports='import httpbin, gunicorn, grpc, grpc_tools.protoc, google.protobuf.json_format, envoy.service.discovery.v3.ads_pb2_grpc, kubernetes_validate, yaml, jsonpatch, websockets'
+venv_imports='import httpbin, gunicorn, grpc, grpc_tools.protoc, google.protobuf.json_format, envoy.service.discovery.v3.ads_pb2_grpc, kubernetes_validate, yaml, jsonpatch, websockets, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc'
 want=$(sha256sum "$req" | cut -d' ' -f1)
 if [ ! -x "$venv/bin/gunicorn" ] || [ ! -x "$venv/bin/kubectl" ] \
     || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \

@@ -15,6 +15,7 @@ pub mod route;
 pub mod security;
 pub mod sidecar_scope;
 pub mod snapshot;
+pub mod tracing;
 
 /// Counts `n` steps of config processing (see [`sluice_api::work`]).
 #[inline]

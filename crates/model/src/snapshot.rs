@@ -161,6 +161,8 @@ pub struct Snapshot {
     gateway_routes: HashMap<u16, GatewayRoutes>,
     /// Sidecar proxies: the `Sidecar` resource that scopes this proxy, if any.
     pub sidecar_scope: Option<crate::sidecar_scope::SidecarScope>,
+    /// Where this proxy reports spans ([`crate::tracing::settings_for_proxy`]); `None`: nowhere.
+    pub tracing: Option<Arc<crate::tracing::TracingSettings>>,
 }
 
 /// Creation order for resources of one kind: `creationTimestamp`, then the order the store first
@@ -198,6 +200,9 @@ pub fn compile(resources: &[Resource], proxy: &ProxyIdentity, generation: u64) -
         proxy: proxy.clone(),
         mesh,
         diagnostics: ingress_diagnostics,
+        tracing: crate::tracing::mesh_config(resources)
+            .and_then(|m| crate::tracing::settings_for_proxy(m, proxy))
+            .map(Arc::new),
         ..Snapshot::default()
     };
     let (sidecar_scope, sidecar_diagnostics) =

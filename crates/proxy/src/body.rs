@@ -139,6 +139,8 @@ pub struct Finish {
     pub labels: HttpLabels,
     pub start: Instant,
     pub received: ByteCounter,
+    /// This hop's span, when its trace is sampled and a tracing backend is configured.
+    pub span: Option<Box<crate::telemetry::spans::PendingSpan>>,
 }
 
 impl Finish {
@@ -155,6 +157,15 @@ impl Finish {
         self.proxy
             .metrics
             .record_http(&self.labels, duration, received, sent);
+        if let Some(span) = self.span {
+            span.finish(
+                &self.proxy,
+                &self.labels.response_flags,
+                received,
+                sent,
+                duration,
+            );
+        }
         if let Some(mut rec) = self.rec {
             rec.bytes_sent = sent;
             rec.bytes_received = received;
