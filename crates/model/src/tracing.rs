@@ -102,15 +102,24 @@ pub enum HeaderSource {
 pub enum CustomTagValue {
     Literal(String),
     /// The proxy's environment variable, else `default`.
-    Environment { name: String, default: String },
+    Environment {
+        name: String,
+        default: String,
+    },
     /// The request header, else `default`.
-    RequestHeader { name: String, default: String },
+    RequestHeader {
+        name: String,
+        default: String,
+    },
 }
 
 /// The tracing settings of `proxy` from the mesh config (see the module docs); `None` when
 /// the proxy reports no spans.
 pub fn settings_for_proxy(mesh: &MeshConfig, proxy: &ProxyIdentity) -> Option<TracingSettings> {
-    let proxy_tracing = mesh.default_config.as_ref().and_then(|d| d.tracing.as_ref());
+    let proxy_tracing = mesh
+        .default_config
+        .as_ref()
+        .and_then(|d| d.tracing.as_ref());
     let default_provider = mesh
         .default_providers
         .as_ref()
@@ -401,7 +410,10 @@ mod tests {
         let legacy = serde_json::json!({"tracing": {"zipkin": {"address": "zipkin.example:9411"}}});
         let m = mesh(serde_json::json!({"defaultConfig": legacy}));
         let s = settings_for_proxy(&m, &sidecar()).unwrap();
-        assert_eq!((&*s.provider.host, s.provider.port), ("zipkin.example", 9411));
+        assert_eq!(
+            (&*s.provider.host, s.provider.port),
+            ("zipkin.example", 9411)
+        );
         assert_eq!(s.sampling_percent, 1.0);
         let m = mesh(serde_json::json!({"enableTracing": false, "defaultConfig": legacy}));
         assert_eq!(settings_for_proxy(&m, &sidecar()), None);
@@ -477,10 +489,26 @@ mod tests {
                 "tenant"
             ]
         );
-        let get = |n: &str| s.custom_tags.iter().find(|(k, _)| &**k == n).unwrap().1.clone();
-        assert_eq!(get("istio.canonical_service"), CustomTagValue::Literal("cart".into()));
-        assert_eq!(get("istio.canonical_revision"), CustomTagValue::Literal("v2".into()));
-        assert_eq!(get("istio.mesh_id"), CustomTagValue::Literal("mesh1".into()));
+        let get = |n: &str| {
+            s.custom_tags
+                .iter()
+                .find(|(k, _)| &**k == n)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(
+            get("istio.canonical_service"),
+            CustomTagValue::Literal("cart".into())
+        );
+        assert_eq!(
+            get("istio.canonical_revision"),
+            CustomTagValue::Literal("v2".into())
+        );
+        assert_eq!(
+            get("istio.mesh_id"),
+            CustomTagValue::Literal("mesh1".into())
+        );
         assert_eq!(
             get("tenant"),
             CustomTagValue::RequestHeader {

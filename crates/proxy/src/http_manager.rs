@@ -35,10 +35,10 @@ use crate::context::Proxy;
 use crate::io::ByteCounter;
 use crate::stream::{rbac_denied_details, DownstreamPeer};
 use crate::telemetry::accesslog::AccessLogRecord;
-use crate::telemetry::spans::SpanSide;
 use crate::telemetry::metrics::{
     HttpLabels, PeerLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
 };
+use crate::telemetry::spans::SpanSide;
 use crate::upstream::UpstreamConnInfo;
 use crate::upstream::{tls_failure_reason, ExchangeError, ProxyBody, TlsSetupError};
 

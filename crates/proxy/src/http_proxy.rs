@@ -36,8 +36,8 @@ use crate::http_manager::{
     AuthzSubject, Call, HttpSide, LocalReply, Outcome, Peers, ProxyError,
 };
 use crate::telemetry::accesslog::AccessLogRecord;
-use crate::telemetry::spans::{HopShape, SpanSide};
 use crate::telemetry::metrics::{Reporter, SecurityPolicy};
+use crate::telemetry::spans::{HopShape, SpanSide};
 use crate::upstream::{
     cluster_security, security_for, BoxError, ProxyBody, UpstreamConnInfo, UpstreamConnector,
     UpstreamSecurity,

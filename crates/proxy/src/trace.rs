@@ -690,7 +690,10 @@ mod tests {
         let all = SamplingPolicy::from_percent(100.0, false);
         let none = SamplingPolicy::from_percent(0.004, false);
         assert_eq!(none.per_ten_thousand, 0);
-        assert_eq!(SamplingPolicy::from_percent(1.0, false).per_ten_thousand, 100);
+        assert_eq!(
+            SamplingPolicy::from_percent(1.0, false).per_ten_thousand,
+            100
+        );
         for _ in 0..200 {
             assert!(propagate_with(&mut HeaderMap::new(), &all).sampled);
             assert!(!propagate_with(&mut HeaderMap::new(), &none).sampled);

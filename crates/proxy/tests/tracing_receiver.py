@@ -27,8 +27,6 @@ def emit(span):
 
 
 def otlp_spans(req, meta):
-    from google.protobuf.json_format import MessageToDict  # noqa: F401 (import check)
-
     kinds = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
     for rs in req.resource_spans:
         service = ""
@@ -120,6 +118,15 @@ def serve_grpc():
     print(f"port {port}", flush=True)
     server.wait_for_termination()
 
+
+if mode.startswith("otlp"):
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    if not hasattr(trace_pb2, "ScopeSpans"):
+        sys.exit(
+            "opentelemetry.proto is an old copy (xds-protos bundles one): "
+            "run scripts/install-test-deps.sh, which reinstalls opentelemetry-proto last"
+        )
 
 if mode == "otlp-grpc":
     serve_grpc()

@@ -31,7 +31,11 @@ pub struct ZipkinProvider {
     pub service: String,
     #[serde(default)]
     pub port: u32,
-    #[serde(default, alias = "max_tag_length", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "max_tag_length",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_tag_length: Option<u32>,
     /// 64-bit trace ids for new traces (Istio's default is 128 bits).
     #[serde(
@@ -60,7 +64,11 @@ pub struct OpenTelemetryProvider {
     pub service: String,
     #[serde(default)]
     pub port: u32,
-    #[serde(default, alias = "max_tag_length", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "max_tag_length",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_tag_length: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<OtlpHttp>,
@@ -213,7 +221,11 @@ impl super::MeshConfig {
                 check_service(&mut problems, &at, "opentelemetry", &o.service, o.port);
             }
         }
-        if let Some(t) = self.default_config.as_ref().and_then(|d| d.tracing.as_ref()) {
+        if let Some(t) = self
+            .default_config
+            .as_ref()
+            .and_then(|d| d.tracing.as_ref())
+        {
             if let Some(s) = t.sampling {
                 if s < 0.0 || s.is_nan() {
                     problems.push(format!(
@@ -285,7 +297,9 @@ fn check_service(problems: &mut Vec<String>, at: &str, kind: &str, service: &str
     if service.trim().is_empty() {
         problems.push(format!("{at}.{kind}.service: service is required"));
     } else if service.contains(' ') || service.matches('/').count() > 1 {
-        problems.push(format!("{at}.{kind}.service: {service:?} is not a host name"));
+        problems.push(format!(
+            "{at}.{kind}.service: {service:?} is not a host name"
+        ));
     }
     if !(1..=65535).contains(&port) {
         problems.push(format!(

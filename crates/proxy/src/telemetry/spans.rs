@@ -33,7 +33,7 @@ use http::header::{self, HeaderMap};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use sluice_model::tracing::{CustomTagValue, ExportProtocol, TracingProvider, TracingSettings};
+use sluice_model::tracing::{CustomTagValue, ExportProtocol, TracingProvider};
 use sluice_model::Snapshot;
 use tokio::sync::mpsc;
 
@@ -101,7 +101,6 @@ impl FinishedSpan {
 
 /// A sampled hop's span while its request is in flight.
 pub struct PendingSpan {
-    settings: Arc<TracingSettings>,
     /// This hop's span (the gateway's SERVER span).
     hop: TraceContext,
     /// The gateway's upstream child span.
@@ -162,7 +161,10 @@ pub fn start_hop(
     truncate(&mut url, settings.max_path_tag_length);
     let mut tags: Vec<(Cow<'static, str>, String)> = vec![
         ("component".into(), "proxy".into()),
-        ("downstream_cluster".into(), get(&X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER)),
+        (
+            "downstream_cluster".into(),
+            get(&X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER),
+        ),
         ("guid:x-request-id".into(), get(&X_REQUEST_ID)),
         ("http.method".into(), parts.method.as_str().to_string()),
         ("http.protocol".into(), protocol_name(parts.version).into()),
@@ -187,7 +189,6 @@ pub fn start_hop(
         tags.push((Cow::Owned(name.to_string()), value));
     }
     Some(Box::new(PendingSpan {
-        settings: settings.clone(),
         hop,
         child,
         kind: match side.shape {
@@ -350,7 +351,6 @@ impl PendingSpan {
                 },
             );
         }
-        drop(p.settings);
     }
 }
 

@@ -13,7 +13,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
 use prost::Message;
 use sluice_model::tracing::TracingProvider;
 
@@ -25,7 +27,6 @@ fn string_attribute(key: &str, value: &str) -> KeyValue {
         value: Some(AnyValue {
             value: Some(any_value::Value::StringValue(value.to_string())),
         }),
-        ..Default::default()
     }
 }
 
@@ -58,11 +59,7 @@ pub fn request(spans: &[FinishedSpan], service_name: &str) -> ExportTraceService
                 start_time_unix_nano: start,
                 end_time_unix_nano: start
                     .saturating_add(s.duration.as_nanos().min(u128::from(u64::MAX)) as u64),
-                attributes: s
-                    .tags
-                    .iter()
-                    .map(|(k, v)| string_attribute(k, v))
-                    .collect(),
+                attributes: s.tags.iter().map(|(k, v)| string_attribute(k, v)).collect(),
                 status: Some(Status {
                     code: if error {
                         status::StatusCode::Error
@@ -103,6 +100,12 @@ pub fn encode(spans: &[FinishedSpan], service_name: &str) -> Bytes {
 /// Plain HTTP/1.1 POSTs to a collector (Zipkin, OTLP/HTTP), keeping connections between batches.
 pub struct HttpSender {
     client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpSender {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl HttpSender {
@@ -182,13 +185,11 @@ impl GrpcSender {
         };
         let mut req = tonic::Request::new(request);
         for (name, value) in super::provider_headers(provider).iter() {
-            if let (Ok(k), Ok(v)) = (
+            if let (Ok(k), Ok(Ok(v))) = (
                 tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
                 value.to_str().map(tonic::metadata::MetadataValue::try_from),
             ) {
-                if let Ok(v) = v {
-                    req.metadata_mut().insert(k, v);
-                }
+                req.metadata_mut().insert(k, v);
             }
         }
         let mut client = client;
@@ -232,7 +233,10 @@ mod tests {
         assert_eq!(hex(&span.span_id), "b7ad6b7169203331");
         assert!(span.parent_span_id.is_empty());
         assert_eq!(span.kind, span::SpanKind::Server as i32);
-        assert_eq!(span.end_time_unix_nano - span.start_time_unix_nano, 3_000_000);
+        assert_eq!(
+            span.end_time_unix_nano - span.start_time_unix_nano,
+            3_000_000
+        );
         assert_eq!(
             span.status.as_ref().unwrap().code,
             status::StatusCode::Error as i32
