@@ -3,9 +3,9 @@ the standard library's HTTP server for Zipkin JSON v2 (POST /api/v2/spans), and 
 project's generated OTLP messages and gRPC stubs (PyPI opentelemetry-proto, grpcio) for OTLP over
 gRPC (TraceService/Export) and OTLP/HTTP (POST /v1/traces, protobuf).
 
-    python tracing_receiver.py zipkin|otlp-grpc|otlp-http [--status CODE]
+    python tracing_receiver.py zipkin|otlp-grpc|otlp-http [--status CODE] [--bind IP] [--port N]
 
-Listens on 127.0.0.1 (a free port), prints `port <n>` on the first line, then one JSON line per
+Listens on --bind (default 127.0.0.1) and --port (default: a free one), prints `port <n>` on the first line, then one JSON line per
 span received, in one shape for the three protocols:
     {"traceId", "id", "parentId", "name", "kind", "serviceName", "tags": {...},
      "timestamp" (µs), "duration" (µs), "path", "contentType", "authority", "headers": {...}}
@@ -18,7 +18,15 @@ from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 mode = sys.argv[1]
-status = int(sys.argv[sys.argv.index("--status") + 1]) if "--status" in sys.argv else None
+
+
+def option(name, default=None):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+status = int(option("--status")) if option("--status") else None
+bind = option("--bind", "127.0.0.1")
+listen_port = int(option("--port", "0"))
 
 
 def emit(span):
@@ -90,7 +98,7 @@ class Http(BaseHTTPRequestHandler):
 
 
 def serve_http():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Http)
+    server = ThreadingHTTPServer((bind, listen_port), Http)
     print(f"port {server.server_address[1]}", flush=True)
     server.serve_forever()
 
@@ -113,7 +121,7 @@ def serve_grpc():
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"{bind}:{listen_port}")
     server.start()
     print(f"port {port}", flush=True)
     server.wait_for_termination()
