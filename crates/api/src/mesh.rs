@@ -86,10 +86,13 @@ pub struct MeshConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub enable_auto_mtls: Option<bool>,
-    /// `defaultConfig`: the proxies' defaults. sluice reads `proxyMetadata` only, for the
-    /// analyzers (DNS address auto-allocation); never serialized, since no proxy reads it (the
-    /// control plane's wire schema does not carry it).
-    #[serde(default, alias = "default_config", skip_serializing)]
+    /// `defaultConfig`: the proxies' defaults. sluice reads `proxyMetadata` (for the
+    /// analyzers: DNS address auto-allocation), `tracing` and `meshId`.
+    #[serde(
+        default,
+        alias = "default_config",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default_config: Option<ProxyDefaults>,
     /// `enableTracing` (default true): the legacy switch for `defaultConfig.tracing`.
     #[serde(
@@ -133,6 +136,24 @@ pub struct ProxyDefaults {
 }
 
 impl MeshConfig {
+    /// The mesh config as the control plane sends it: the same meaning in what proto3 can say.
+    /// `enableTracing: false` cannot be sent (false is proto3's default), so the legacy Zipkin
+    /// address it switches off is left out instead.
+    pub fn for_wire(&self) -> MeshConfig {
+        let mut mesh = self.clone();
+        if mesh.enable_tracing == Some(false) {
+            if let Some(t) = mesh
+                .default_config
+                .as_mut()
+                .and_then(|d| d.tracing.as_mut())
+            {
+                t.zipkin = None;
+            }
+            mesh.enable_tracing = None;
+        }
+        mesh
+    }
+
     /// Whether proxies allocate addresses to ServiceEntry hosts themselves (DNS capture with
     /// `ISTIO_META_DNS_AUTO_ALLOCATE` or `PILOT_ENABLE_IP_AUTOALLOCATE`), as Istio's
     /// ServiceEntry analyzer reads it.

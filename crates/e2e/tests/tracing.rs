@@ -27,7 +27,18 @@ fn spans(receiver: &Proc) -> Vec<Value> {
 
 #[test]
 fn two_sidecars_report_one_trace_to_zipkin() {
-    let mut mesh = MeshEnv::new("tracing_zipkin");
+    two_sidecars_one_trace("tracing_zipkin", false);
+}
+
+/// The same with the sidecars configured by `sluice control` over xDS: the tracing fields of
+/// the mesh config travel in its MeshConfig.
+#[test]
+fn two_sidecars_report_one_trace_with_config_from_the_control_plane() {
+    two_sidecars_one_trace("tracing_xds", true);
+}
+
+fn two_sidecars_one_trace(test: &str, via_control_plane: bool) {
+    let mut mesh = MeshEnv::new(test);
     let hub_ip = mesh.addrs.clock;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proxy/tests/tracing_receiver.py");
     let mut cmd = mesh.hub.cmd(tools().venv.join("bin/python"));
@@ -50,6 +61,9 @@ fn two_sidecars_report_one_trace_to_zipkin() {
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: zipkin\nspec:\n  hosts: [zipkin.istio-system.svc.cluster.local]\n  ports: [{{number: {ZIPKIN_PORT}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: {hub_ip}}}]\n"
         ),
     );
+    if via_control_plane {
+        mesh.start_control();
+    }
     mesh.add_pods(vec![
         PodSpec::client(),
         PodSpec::customer(),

@@ -380,6 +380,20 @@ mod tests {
             .contains("defaultProviders.tracing: provider \"missing\" is not defined"));
     }
 
+    /// proto3 cannot send `enableTracing: false`; the wire form drops what it switches off.
+    #[test]
+    fn enable_tracing_false_travels_as_no_legacy_address() {
+        let legacy =
+            serde_json::json!({"tracing": {"sampling": 5, "zipkin": {"address": "z:9411"}}});
+        let off = mesh(serde_json::json!({"enableTracing": false, "defaultConfig": legacy}));
+        let wire = off.for_wire();
+        assert_eq!(wire.enable_tracing, None);
+        let t = wire.default_config.unwrap().tracing.unwrap();
+        assert_eq!((t.zipkin, t.sampling), (None, Some(5.0)));
+        let on = mesh(serde_json::json!({"enableTracing": true, "defaultConfig": legacy}));
+        assert_eq!(on.for_wire(), on);
+    }
+
     #[test]
     fn host_port_split() {
         assert_eq!(split_host_port("zipkin:9411"), Some(("zipkin", 9411)));
