@@ -61,7 +61,7 @@ fi
 # --- Python venv with httpbin and gunicorn --------------------------------------------------------
 req="$repo/scripts/requirements-test.txt"
 stamp="$venv/.requirements.sha256"
-venv_imports='import httpbin, gunicorn, grpc, grpc_tools.protoc, google.protobuf.json_format, envoy.service.discovery.v3.ads_pb2_grpc, kubernetes_validate, yaml, jsonpatch, websockets'
+venv_imports='import httpbin, gunicorn, grpc, grpc_tools.protoc, google.protobuf.json_format, envoy.service.discovery.v3.ads_pb2_grpc, kubernetes_validate, yaml, jsonpatch, websockets, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc; from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans'
 want=$(sha256sum "$req" | cut -d' ' -f1)
 if [ ! -x "$venv/bin/gunicorn" ] || [ ! -x "$venv/bin/kubectl" ] \
     || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
@@ -70,6 +70,11 @@ if [ ! -x "$venv/bin/gunicorn" ] || [ ! -x "$venv/bin/kubectl" ] \
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q -r "$req"
+    # xds-protos bundles an old copy of the OpenTelemetry protos under the same module paths
+    # (opentelemetry/proto/...): whichever installs last wins. The span receivers need the
+    # OpenTelemetry project's own, current ones (ScopeSpans).
+    otel_proto=$(grep -E '^opentelemetry-proto==' "$req")
+    "$venv/bin/pip" install -q --force-reinstall --no-deps "$otel_proto"
     "$venv/bin/pip" check >&2
     "$venv/bin/python" -c "$venv_imports" >/dev/null
     echo "$want" > "$stamp"

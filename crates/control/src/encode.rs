@@ -60,7 +60,7 @@ pub fn mcp_object(res: &Resource) -> Option<(String, McpObject)> {
             if !is_mesh {
                 return None;
             }
-            let spec = serde_json::to_value(mesh).ok()?;
+            let spec = serde_json::to_value(mesh.for_wire()).ok()?;
             Some((
                 mesh_config_collection().to_string(),
                 object(String::new(), spec),

@@ -17,6 +17,7 @@ pub mod sidecar_listeners;
 pub mod sidecar_scope;
 pub mod snapshot;
 pub mod telemetry_policy;
+pub mod tracing;
 
 /// Counts `n` steps of config processing (see [`sluice_api::work`]).
 #[inline]

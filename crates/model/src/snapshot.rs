@@ -169,6 +169,8 @@ pub struct Snapshot {
     pub sidecar_listeners: crate::sidecar_listeners::SidecarListeners,
     /// The Telemetry API resolved for this proxy (access logging, metrics, tracing).
     pub telemetry: Arc<crate::telemetry_policy::TelemetryPolicy>,
+    /// Where this proxy reports spans ([`crate::tracing::settings_for_proxy`]); `None`: nowhere.
+    pub tracing: Option<Arc<crate::tracing::TracingSettings>>,
 }
 
 /// Creation order for resources of one kind: `creationTimestamp`, then the order the store first
@@ -230,6 +232,9 @@ fn compile_with(
         proxy: proxy.clone(),
         mesh,
         diagnostics: ingress_diagnostics,
+        tracing: crate::tracing::mesh_config(resources)
+            .and_then(|m| crate::tracing::settings_for_proxy(m, proxy))
+            .map(Arc::new),
         ..Snapshot::default()
     };
     let (sidecar_scope, sidecar_diagnostics) = match scope {

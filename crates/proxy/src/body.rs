@@ -142,6 +142,8 @@ pub struct Finish {
     /// The Telemetry API's access log filter and metric overrides for this request, with the
     /// request facts they read; `None` when its side has neither.
     pub telemetry_api: Option<Box<crate::telemetry::policy::RequestTelemetry>>,
+    /// This hop's span, when its trace is sampled and a tracing backend is configured.
+    pub span: Option<Box<crate::telemetry::spans::PendingSpan>>,
 }
 
 impl Finish {
@@ -154,6 +156,15 @@ impl Finish {
         let client_left = client_gone && self.labels.response_flags == "-";
         if client_left {
             self.labels.response_flags = Cow::Borrowed("DC");
+        }
+        if let Some(span) = self.span.take() {
+            span.finish(
+                &self.proxy,
+                &self.labels.response_flags,
+                received,
+                sent,
+                duration,
+            );
         }
         let Some(api) = self.telemetry_api else {
             self.proxy

@@ -29,6 +29,8 @@ pub struct Proxy {
     pub balancers: Arc<Balancers>,
     pub access_log: AccessLogger,
     pub metrics: Arc<Metrics>,
+    /// The span export queue and its counters.
+    pub spans: crate::telemetry::spans::SpanExporter,
     /// This workload's identity labels (`source_*` in metrics).
     pub workload: Arc<PeerLabels>,
     /// Labels for destinations sluice cannot identify.
@@ -75,6 +77,7 @@ impl Proxy {
             clients: HttpClients::default(),
             balancers: Arc::new(Balancers::default()),
             access_log,
+            spans: crate::telemetry::spans::SpanExporter::new(&metrics),
             metrics,
             workload: Arc::new(workload_labels(namespace, labels)),
             unknown_peer: Arc::new(PeerLabels::unknown()),

@@ -38,6 +38,7 @@ use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{
     HttpLabels, PeerLabels, Reporter, RequestProtocol, SecurityPolicy, ServiceLabels,
 };
+use crate::telemetry::spans::SpanSide;
 use crate::upstream::UpstreamConnInfo;
 use crate::upstream::{tls_failure_reason, ExchangeError, ProxyBody, TlsSetupError};
 
@@ -81,6 +82,9 @@ pub(crate) trait HttpSide: Send + Sync + 'static {
     /// `source_*`, `destination_*`, `destination_service*` and the connection's security policy
     /// for the metrics of a request that ended with `outcome`.
     fn peers(&self, snap: &Snapshot, outcome: &Outcome) -> Peers;
+
+    /// The span kind(s) of this side's hop and what it knows for the span's tags.
+    fn span_side(&self, snap: &Snapshot) -> SpanSide;
 }
 
 /// The downstream side of an authorization check.
@@ -129,6 +133,9 @@ pub(crate) struct Outcome {
     pub upstream_principal: Option<Arc<str>>,
     /// The upstream half of an accepted (101) upgrade.
     pub tunnel: Option<upgrade::Tunnel>,
+    /// The route's decorator (`<host>:<port>/*`), the span's name; set only when a tracing
+    /// backend is configured.
+    pub operation: Option<String>,
 }
 
 impl Outcome {
@@ -144,6 +151,7 @@ impl Outcome {
             upstream_service_time: None,
             upstream_principal: None,
             tunnel: None,
+            operation: None,
         }
     }
 
@@ -159,6 +167,7 @@ impl Outcome {
             upstream_service_time: Some(service_time),
             upstream_principal: None,
             tunnel: None,
+            operation: None,
         }
     }
 
@@ -191,8 +200,9 @@ pub(crate) async fn serve<S: HttpSide>(
     };
     side.on_request_head(&mut parts.headers);
     crate::trace::ensure_request_id(&mut parts.headers);
-    // Join the caller's trace (W3C / B3) with a new span for this hop, or start one.
-    crate::trace::propagate(&mut parts.headers);
+    // Join the caller's trace (W3C / B3) with a new span for this hop, or start one; a sampled
+    // hop with a tracing backend reports its span when the response ends.
+    let mut span = crate::telemetry::spans::start_hop(&snap, side.span_side(&snap), &mut parts);
     let authority = request_authority(&parts);
 
     // The log line's record exists only when a log is written (metrics need none of it), and is
@@ -265,6 +275,14 @@ pub(crate) async fn serve<S: HttpSide>(
 
     let tunnel = outcome.tunnel.take();
     let status = response.status().as_u16();
+    if let Some(span) = span.as_deref_mut() {
+        span.set_outcome(
+            outcome.operation.take(),
+            outcome.cluster.clone(),
+            outcome.upstream.map(|u| u.remote).filter(|a| a.port() != 0),
+            status,
+        );
+    }
     let peers = side.peers(&snap, &outcome);
     if let Some(rec) = rec.as_deref_mut() {
         rec.response_code = status;
@@ -308,6 +326,7 @@ pub(crate) async fn serve<S: HttpSide>(
         start,
         received,
         telemetry_api,
+        span,
     };
     if let (Some(tunnel), Some(downstream)) = (tunnel, downstream_upgrade) {
         if upgrade::accepted(parts.status) {

@@ -37,6 +37,7 @@ use crate::http_manager::{
 };
 use crate::telemetry::accesslog::AccessLogRecord;
 use crate::telemetry::metrics::{Reporter, SecurityPolicy};
+use crate::telemetry::spans::{HopShape, SpanSide};
 use crate::upstream::{
     cluster_security, security_for, BoxError, ProxyBody, UpstreamConnInfo, UpstreamConnector,
     UpstreamSecurity,
@@ -173,6 +174,20 @@ impl HttpSide for Routed {
                 .clone()
                 .unwrap_or_else(|| proxy.unknown_service.clone()),
             security: SecurityPolicy::Unknown,
+        }
+    }
+
+    /// A sidecar's outbound hop is Envoy's egress operation (CLIENT); a gateway listener has no
+    /// traffic direction, so Envoy traces it as ingress (SERVER) with a child for the upstream.
+    fn span_side(&self, _snap: &Snapshot) -> SpanSide {
+        SpanSide {
+            shape: if self.gateway.is_some() {
+                HopShape::ServerWithUpstreamChild
+            } else {
+                HopShape::Client
+            },
+            peer: Some(self.downstream.remote),
+            operation: None,
         }
     }
 }
@@ -457,7 +472,14 @@ async fn route_and_forward(
                         rule: Some(rule),
                         matched,
                     };
-                    forward(proxy, ctx, parts, body, fwd).await
+                    // The span's name; rendered only for a proxy that reports spans.
+                    let operation = snap
+                        .tracing
+                        .is_some()
+                        .then(|| rule.operation.render(ctx.port));
+                    let (resp, mut outcome) = forward(proxy, ctx, parts, body, fwd).await;
+                    outcome.operation = operation;
+                    (resp, outcome)
                 }
             }
         }

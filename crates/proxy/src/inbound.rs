@@ -35,6 +35,7 @@
 //! before connecting to the application).
 
 use sluice_model::telemetry_policy::WorkloadMode;
+use crate::telemetry::spans::{HopShape, SpanSide};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
@@ -764,6 +765,29 @@ impl HttpSide for InboundHttp {
             destination: conn.destination.clone(),
             service: conn.service.clone(),
             security: conn.security_policy(),
+        }
+    }
+
+    /// SERVER, named as Istio's inbound route decorator: `<service host>:<service port>/*` for
+    /// a port a service targets (else the request's authority).
+    fn span_side(&self, snap: &Snapshot) -> SpanSide {
+        let port = self.conn.dst.port();
+        let operation = snap
+            .inbound_ports
+            .get(&port)
+            .and_then(|p| p.service.as_ref())
+            .map(|svc| {
+                let service_port = svc
+                    .ports
+                    .iter()
+                    .find(|p| p.target_port.unwrap_or(p.number) == port)
+                    .map_or(port, |p| p.number);
+                format!("{}:{service_port}/*", svc.hostname)
+            });
+        SpanSide {
+            shape: HopShape::Server,
+            peer: Some(self.conn.remote),
+            operation,
         }
     }
 }

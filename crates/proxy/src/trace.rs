@@ -1,6 +1,7 @@
-//! Trace-context propagation, as Envoy does it for Istio: every HTTP hop (sidecar outbound,
-//! sidecar inbound, gateway) joins the caller's trace or starts one, and sends the next hop a
-//! context whose span is this hop's.
+//! Trace-context propagation and the sampling decision, as Envoy does it for Istio: every HTTP
+//! hop (sidecar outbound, sidecar inbound, gateway) joins the caller's trace or starts one, and
+//! sends the next hop a context whose span is this hop's. The spans themselves are reported by
+//! [`crate::telemetry::spans`].
 //!
 //! Two header formats are read and written, kept consistent with each other:
 //! - W3C Trace Context: `traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, and
@@ -14,15 +15,20 @@
 //!   ignored, and replaced on the way out.
 //! - With an incoming context, the trace id and the sampling decision are kept; this hop gets a new
 //!   random 64-bit span id whose parent is the incoming span id.
-//! - Without one, a trace starts: random 128-bit trace id, random 64-bit span id, no parent.
-//!   Sampling: sluice reports no spans to a tracing backend, so a new trace is sampled only when
-//!   the request carries `x-envoy-force-trace` (Envoy's way of forcing a trace); otherwise
-//!   `sampled=0`. Mesh `defaultConfig.tracing.sampling` is not read. An incoming context without
-//!   a sampling decision gets the same rule.
+//! - Without one, a trace starts: random 128-bit trace id (64-bit when the Zipkin provider sets
+//!   `enable64bitTraceId`), random 64-bit span id, no parent.
+//! - Sampling ([`SamplingPolicy`]): a trace this hop starts, or an incoming context without a
+//!   decision, is sampled when the request carries `x-envoy-force-trace`, else with the
+//!   configured percentage (`defaultConfig.tracing.sampling`, at Envoy's 0.01% resolution). An
+//!   incoming decision is always kept. Without a tracing backend configured the percentage is 0:
+//!   only forced traces are sampled, since no span would be reported anyway.
 //! - Outgoing: `traceparent` and the B3 multi headers are always set; `b3` is rewritten only when
 //!   the request had one (so a request never carries two B3 encodings the caller did not use).
 //!   A 64-bit B3 trace id keeps its width in B3 headers and is zero-padded to 128 bits in
 //!   `traceparent`.
+//! - A gateway makes two spans, as Envoy's router does with `start_child_span`: its own span,
+//!   then a child for the upstream call, whose id is the one sent upstream
+//!   ([`propagate_with`] called twice).
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -312,25 +318,71 @@ fn random_trace_id() -> u128 {
     }
 }
 
+/// How a hop decides for traces it starts (or that arrive without a decision).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SamplingPolicy {
+    /// Sampled out of 10,000 (Envoy's `random_sampling` resolution); 0: only forced traces.
+    pub per_ten_thousand: u32,
+    /// New traces get 64-bit ids (Zipkin `enable64bitTraceId`).
+    pub new_trace_64_bit: bool,
+}
+
+impl SamplingPolicy {
+    /// `percent` (0–100) as Envoy rounds it.
+    pub fn from_percent(percent: f64, new_trace_64_bit: bool) -> Self {
+        let per_ten_thousand = (percent.clamp(0.0, 100.0) * 100.0).round() as u32;
+        SamplingPolicy {
+            per_ten_thousand,
+            new_trace_64_bit,
+        }
+    }
+
+    /// The decision for a trace without one.
+    fn decide(&self, force_trace: bool) -> bool {
+        force_trace
+            || match self.per_ten_thousand {
+                0 => false,
+                n if n >= 10_000 => true,
+                n => rand::random_range(0..10_000u32) < n,
+            }
+    }
+}
+
 /// The context for this hop: a child span of the incoming one, or a new trace.
 pub fn next_hop(incoming: Option<&IncomingContext>, force_trace: bool) -> TraceContext {
+    next_hop_with(incoming, force_trace, &SamplingPolicy::default())
+}
+
+/// [`next_hop`] with the proxy's sampling policy.
+pub fn next_hop_with(
+    incoming: Option<&IncomingContext>,
+    force_trace: bool,
+    policy: &SamplingPolicy,
+) -> TraceContext {
     match incoming {
         Some(inc) => TraceContext {
             trace_id: inc.trace_id,
             trace_id_64: inc.trace_id_64,
             span_id: random_span_id(),
             parent_span_id: Some(inc.span_id),
-            sampled: inc.sampled.unwrap_or(force_trace),
+            sampled: inc.sampled.unwrap_or_else(|| policy.decide(force_trace)),
             debug: inc.debug,
         },
-        None => TraceContext {
-            trace_id: random_trace_id(),
-            trace_id_64: false,
-            span_id: random_span_id(),
-            parent_span_id: None,
-            sampled: force_trace,
-            debug: false,
-        },
+        None => {
+            let trace_id = random_trace_id();
+            TraceContext {
+                trace_id: if policy.new_trace_64_bit {
+                    u128::from(trace_id as u64).max(1)
+                } else {
+                    trace_id
+                },
+                trace_id_64: policy.new_trace_64_bit,
+                span_id: random_span_id(),
+                parent_span_id: None,
+                sampled: policy.decide(force_trace),
+                debug: false,
+            }
+        }
     }
 }
 
@@ -352,9 +404,14 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Joins or starts the trace of the request whose `headers` are given and rewrites its trace
 /// headers for the next hop (see the module docs). Returns the context sent upstream.
 pub fn propagate(headers: &mut HeaderMap) -> TraceContext {
+    propagate_with(headers, &SamplingPolicy::default())
+}
+
+/// [`propagate`] with the proxy's sampling policy.
+pub fn propagate_with(headers: &mut HeaderMap, policy: &SamplingPolicy) -> TraceContext {
     let incoming = extract(headers);
     let force = headers.contains_key(&X_ENVOY_FORCE_TRACE);
-    let ctx = next_hop(incoming.as_ref(), force);
+    let ctx = next_hop_with(incoming.as_ref(), force, policy);
     let had_b3_single = headers.contains_key(&B3);
     let keep_tracestate = incoming
         .as_ref()
@@ -626,6 +683,51 @@ mod tests {
         assert!(ctx.sampled);
         assert_eq!(get(&h, "x-b3-sampled"), "1");
         assert!(get(&h, "traceparent").ends_with("-01"));
+    }
+
+    #[test]
+    fn sampling_policy_decides_new_traces_only() {
+        let all = SamplingPolicy::from_percent(100.0, false);
+        let none = SamplingPolicy::from_percent(0.004, false);
+        assert_eq!(none.per_ten_thousand, 0);
+        assert_eq!(
+            SamplingPolicy::from_percent(1.0, false).per_ten_thousand,
+            100
+        );
+        for _ in 0..200 {
+            assert!(propagate_with(&mut HeaderMap::new(), &all).sampled);
+            assert!(!propagate_with(&mut HeaderMap::new(), &none).sampled);
+        }
+        // Forced, with no backend percentage.
+        let mut h = headers(&[("x-envoy-force-trace", "true")]);
+        assert!(propagate_with(&mut h, &none).sampled);
+        // An incoming decision is kept either way.
+        let mut h = headers(&[("traceparent", &format!("00-{TRACE}-{SPAN}-00"))]);
+        assert!(!propagate_with(&mut h, &all).sampled);
+        let mut h = headers(&[("traceparent", &format!("00-{TRACE}-{SPAN}-01"))]);
+        assert!(propagate_with(&mut h, &none).sampled);
+        // B3 without a decision gets the policy's.
+        let mut h = headers(&[("x-b3-traceid", TRACE), ("x-b3-spanid", SPAN)]);
+        assert!(propagate_with(&mut h, &all).sampled);
+        // About 1 in 2 at 50%.
+        let half = SamplingPolicy::from_percent(50.0, false);
+        let n = (0..2000)
+            .filter(|_| propagate_with(&mut HeaderMap::new(), &half).sampled)
+            .count();
+        assert!((800..1200).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn new_traces_can_be_64_bit_and_a_second_hop_is_a_child() {
+        let p = SamplingPolicy::from_percent(100.0, true);
+        let mut h = HeaderMap::new();
+        let first = propagate_with(&mut h, &p);
+        assert!(first.trace_id_64 && first.trace_id <= u128::from(u64::MAX));
+        assert_eq!(get(&h, "x-b3-traceid").len(), 16);
+        let second = propagate_with(&mut h, &p);
+        assert_eq!(second.trace_id, first.trace_id);
+        assert_eq!(second.parent_span_id, Some(first.span_id));
+        assert_eq!(get(&h, "x-b3-spanid"), format!("{:016x}", second.span_id));
     }
 
     #[test]

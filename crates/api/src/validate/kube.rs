@@ -147,4 +147,10 @@ pub(super) fn mesh_config(r: &mut Report<'_>, mesh: &MeshConfig) {
             );
         }
     }
+    for problem in mesh.tracing_problems() {
+        r.error("data.mesh", format!("invalid mesh config: {problem}"));
+    }
+    for warning in mesh.tracing_warnings() {
+        r.warn("data.mesh", warning);
+    }
 }

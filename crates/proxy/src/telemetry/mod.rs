@@ -5,12 +5,16 @@
 //! - [`metrics`]: Istio's standard Prometheus metrics (`istio_requests_total`, `istio_tcp_*`, …) with the
 //!   exact label set and order Istio's stats filter uses, exposed in Prometheus text format 0.0.4.
 //!
-//! Both are built so that the request path only fills a record / bumps a counter; formatting of
+//! - [`spans`]: one span per sampled HTTP hop, exported in batches to the mesh's tracing
+//!   backend (Zipkin JSON v2, OTLP over gRPC or HTTP).
+//!
+//! All are built so that the request path only fills a record / bumps a counter; formatting of
 //! exposition output happens on scrape, file I/O happens on a dedicated thread.
 
 pub mod accesslog;
 pub mod metrics;
 pub mod policy;
+pub mod spans;
 
 pub use accesslog::{
     protocol_name, AccessLogConfig, AccessLogEncoding, AccessLogError, AccessLogFormat,
