@@ -169,8 +169,12 @@ pub struct Snapshot {
     pub sidecar_listeners: crate::sidecar_listeners::SidecarListeners,
     /// The Telemetry API resolved for this proxy (access logging, metrics, tracing).
     pub telemetry: Arc<crate::telemetry_policy::TelemetryPolicy>,
-    /// Where this proxy reports spans ([`crate::tracing::settings_for_proxy`]); `None`: nowhere.
+    /// Where this proxy reports the spans of its outbound side and, for a gateway, of every hop
+    /// ([`crate::tracing::settings_for_proxy`], or a Telemetry's `CLIENT` tracing); `None`:
+    /// nowhere.
     pub tracing: Option<Arc<crate::tracing::TracingSettings>>,
+    /// The same for a sidecar's inbound side (a Telemetry's `SERVER` tracing).
+    pub tracing_inbound: Option<Arc<crate::tracing::TracingSettings>>,
 }
 
 /// Creation order for resources of one kind: `creationTimestamp`, then the order the store first
@@ -327,6 +331,21 @@ fn compile_with(
         &snap.mesh.root_namespace,
     );
     snap.diagnostics.extend(telemetry_diagnostics);
+    // A Telemetry tracing section replaces the mesh's tracing settings, side by side.
+    match (&telemetry.tracing, crate::tracing::mesh_config(resources)) {
+        (Some(by_mode), Some(mesh)) => {
+            let side = |mode| crate::tracing::with_telemetry(mesh, proxy, by_mode.get(mode));
+            snap.tracing = side(crate::telemetry_policy::WorkloadMode::Client).map(Arc::new);
+            snap.tracing_inbound =
+                side(crate::telemetry_policy::WorkloadMode::Server).map(Arc::new);
+        }
+        (Some(_), None) => {
+            // No mesh config: no extension providers for a Telemetry to name.
+            snap.tracing = None;
+            snap.tracing_inbound = None;
+        }
+        (None, _) => snap.tracing_inbound = snap.tracing.clone(),
+    }
     snap.telemetry = Arc::new(telemetry);
     snap
 }

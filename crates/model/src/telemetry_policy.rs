@@ -591,12 +591,8 @@ fn merge_tracing(chain: &[Applied<'_>]) -> Option<ByMode<TracingPolicy>> {
             }
         }
     }
-    for mode in [WorkloadMode::Client, WorkloadMode::Server] {
-        let spec = out.get_mut(mode);
-        if spec.provider.is_none() {
-            spec.disabled = true;
-        }
-    }
+    // No provider named anywhere: the mesh's `defaultProviders.tracing` applies (see
+    // `crate::tracing::with_telemetry`), or nothing when it has none.
     Some(out)
 }
 

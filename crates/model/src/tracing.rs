@@ -13,8 +13,11 @@
 //! 100 becomes 1.0. Custom tags are `defaultConfig.tracing.customTags` plus Istio's own
 //! `istio.*` tags.
 //!
-//! The Telemetry API's `tracing` section overrides provider, sampling, custom tags and
-//! reporting per workload: it is meant to be applied to the result of [`settings_for_proxy`].
+//! The Telemetry API's `tracing` section, when one applies to the proxy, replaces this per side
+//! ([`with_telemetry`]): its provider (else `defaultProviders.tracing`), its
+//! `randomSamplingPercentage` (else `defaultConfig.tracing.sampling`, else 1%), its custom tags
+//! (plus Istio's unless `enableIstioTags: false`) and `disableSpanReporting`, as istiod's
+//! `configureTracingFromTelemetry` does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,6 +190,78 @@ pub fn settings_for_proxy(mesh: &MeshConfig, proxy: &ProxyIdentity) -> Option<Tr
         disable_reporting: false,
         max_path_tag_length,
         service_name: Arc::from(service_cluster(proxy)),
+    })
+}
+
+/// The tracing settings of one side of `proxy` when a Telemetry `tracing` section applies to it
+/// (see the module docs); `None` when that side reports no spans (no provider, or one sluice does
+/// not report to).
+pub fn with_telemetry(
+    mesh: &MeshConfig,
+    proxy: &ProxyIdentity,
+    policy: &crate::telemetry_policy::TracingPolicy,
+) -> Option<TracingSettings> {
+    let name = policy.provider.as_deref().or_else(|| {
+        mesh.default_providers
+            .as_ref()
+            .and_then(|d| d.tracing.first())
+            .map(String::as_str)
+    })?;
+    let p = mesh.extension_providers.iter().find(|p| p.name == name)?;
+    let (provider, provider_max_tag) = from_extension_provider(p)?;
+    let proxy_tracing = mesh
+        .default_config
+        .as_ref()
+        .and_then(|d| d.tracing.as_ref());
+    let sampling_percent = match policy
+        .random_sampling_percentage
+        .or_else(|| proxy_tracing.and_then(|t| t.sampling).filter(|s| *s > 0.0))
+    {
+        Some(s) if (0.0..=100.0).contains(&s) => s,
+        _ => DEFAULT_SAMPLING_PERCENT,
+    };
+    let max_path_tag_length = match (
+        provider_max_tag,
+        proxy_tracing.and_then(|t| t.max_path_tag_length),
+    ) {
+        (n, _) if n > 0 => n as usize,
+        (_, Some(n)) if n > 0 => n as usize,
+        _ => DEFAULT_MAX_PATH_TAG_LENGTH,
+    };
+    let mut custom_tags: Vec<(Arc<str>, CustomTagValue)> = policy
+        .custom_tags
+        .iter()
+        .filter_map(|(name, tag)| Some((Arc::from(name.as_str()), telemetry_tag(tag)?)))
+        .collect();
+    if policy.enable_istio_tags {
+        custom_tags.extend(istio_service_tags(mesh, proxy));
+    }
+    custom_tags.sort_by(|a, b| a.0.cmp(&b.0));
+    custom_tags.dedup_by(|a, b| a.0 == b.0);
+    Some(TracingSettings {
+        provider,
+        sampling_percent,
+        custom_tags,
+        disable_reporting: policy.disabled,
+        max_path_tag_length,
+        service_name: Arc::from(service_cluster(proxy)),
+    })
+}
+
+/// A Telemetry `customTags` entry (`formatter` has no value sluice can compute: left out).
+fn telemetry_tag(tag: &sluice_api::unenforced::CustomTag) -> Option<CustomTagValue> {
+    if let Some(l) = &tag.literal {
+        return Some(CustomTagValue::Literal(l.value.clone()));
+    }
+    if let Some(e) = &tag.environment {
+        return Some(CustomTagValue::Environment {
+            name: e.name.clone(),
+            default: e.default_value.clone().unwrap_or_default(),
+        });
+    }
+    tag.header.as_ref().map(|h| CustomTagValue::RequestHeader {
+        name: h.name.to_ascii_lowercase(),
+        default: h.default_value.clone().unwrap_or_default(),
     })
 }
 

@@ -34,8 +34,8 @@
 //! apply, are checked per HTTP request (403 `RBAC: access denied`) or per TCP connection (closed
 //! before connecting to the application).
 
-use sluice_model::telemetry_policy::WorkloadMode;
 use crate::telemetry::spans::{HopShape, SpanSide};
+use sluice_model::telemetry_policy::WorkloadMode;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;

@@ -674,3 +674,40 @@ fn bad_provider_config_is_named() {
         assert!(e.contains(want), "{want} not in {e}");
     }
 }
+
+/// The Telemetry API's `tracing` replaces the mesh's settings, side by side: a mesh-wide
+/// `randomSamplingPercentage: 100` samples every trace although the mesh config says 0.001%,
+/// and `disableSpanReporting` for `SERVER` keeps the inbound side quiet while the outbound side
+/// still reports (the trace still propagates).
+#[tokio::test]
+async fn a_telemetry_tracing_section_overrides_sampling_and_reporting_per_side() {
+    let receiver = Receiver::start("zipkin", &[]);
+    let base = format!(
+        "{}{}",
+        tracing_mesh(&zipkin_provider("9411"), 0.001),
+        service_entry("zipkin", "zipkin.test", 9411, Some(receiver.port))
+    );
+    let everything = "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\nspec:\n  tracing:\n  - randomSamplingPercentage: 100\n";
+    let hops = two_hops(&format!("{base}{everything}")).await;
+    for _ in 0..3 {
+        assert_eq!(curl(hops.outbound, &[]).await.0, 200);
+    }
+    let spans = receiver.wait_for(6).await;
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    assert_eq!(spans.iter().filter(|s| s["kind"] == "SERVER").count(), 3);
+
+    let quiet_server = "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: quiet-inbound, namespace: default}\nspec:\n  tracing:\n  - match: {mode: SERVER}\n    disableSpanReporting: true\n";
+    let hops = two_hops(&format!("{base}{everything}{quiet_server}")).await;
+    for _ in 0..3 {
+        let (status, body) = curl(hops.outbound, &[]).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("traceparent=00-"), "{body}");
+    }
+    let spans = receiver.settled().await;
+    assert_eq!(spans.len(), 9, "{spans:#?}");
+    assert_eq!(
+        spans.iter().filter(|s| s["kind"] == "CLIENT").count(),
+        6,
+        "{spans:#?}"
+    );
+}

@@ -229,14 +229,18 @@ fn tracing_merges_shallowly_per_field_and_mode() {
 }
 
 #[test]
-fn tracing_without_provider_is_disabled() {
+fn tracing_without_provider_leaves_the_provider_to_the_mesh_default() {
     let yaml = telemetry(
         "default",
         "t",
         "  tracing:\n  - randomSamplingPercentage: 50",
     );
     let t = resolve(&yaml, "default", &[]).0.tracing.unwrap();
-    assert!(t.client.disabled && t.server.disabled);
+    assert!(!t.client.disabled && !t.server.disabled);
+    assert_eq!(
+        (t.client.provider.as_deref(), t.server.provider.as_deref()),
+        (None, None)
+    );
     assert_eq!(t.client.random_sampling_percentage, Some(50.0));
 }
 

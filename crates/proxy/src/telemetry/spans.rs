@@ -115,9 +115,21 @@ pub struct PendingSpan {
     status: u16,
 }
 
-/// The sampling policy of the snapshot's tracing settings (only forced traces without a backend).
-pub fn sampling_policy(snap: &Snapshot) -> SamplingPolicy {
-    match &snap.tracing {
+/// The tracing settings of a side: a sidecar's inbound side may have its own (a Telemetry's
+/// `SERVER` tracing); gateways and outbound sides share the proxy's.
+pub fn settings_for(
+    snap: &Snapshot,
+    shape: HopShape,
+) -> Option<&Arc<sluice_model::tracing::TracingSettings>> {
+    match shape {
+        HopShape::Server => snap.tracing_inbound.as_ref(),
+        HopShape::Client | HopShape::ServerWithUpstreamChild => snap.tracing.as_ref(),
+    }
+}
+
+/// The sampling policy of a side's tracing settings (only forced traces without a backend).
+pub fn sampling_policy(snap: &Snapshot, shape: HopShape) -> SamplingPolicy {
+    match settings_for(snap, shape) {
         Some(t) => SamplingPolicy::from_percent(
             t.sampling_percent,
             t.provider.protocol.new_traces_are_64_bit(),
@@ -134,11 +146,11 @@ pub fn start_hop(
     side: SpanSide,
     parts: &mut http::request::Parts,
 ) -> Option<Box<PendingSpan>> {
-    let policy = sampling_policy(snap);
+    let policy = sampling_policy(snap, side.shape);
     let hop = crate::trace::propagate_with(&mut parts.headers, &policy);
     let child = (side.shape == HopShape::ServerWithUpstreamChild)
         .then(|| crate::trace::propagate_with(&mut parts.headers, &policy));
-    let settings = snap.tracing.as_ref()?;
+    let settings = settings_for(snap, side.shape)?;
     if !hop.sampled || settings.disable_reporting {
         return None;
     }
@@ -247,6 +259,7 @@ fn node_id(snap: &Snapshot) -> String {
     let pod = if pod.is_empty() {
         snap.tracing
             .as_ref()
+            .or(snap.tracing_inbound.as_ref())
             .and_then(|t| t.service_name.split('.').next().map(str::to_string))
             .unwrap_or_else(|| "istio-proxy".into())
     } else {
@@ -502,7 +515,13 @@ async fn export(
     batch: Vec<FinishedSpan>,
 ) -> Result<(), DropReason> {
     let snap = proxy.snapshots.load_full();
-    let Some(settings) = snap.tracing.clone() else {
+    // One backend per proxy: the outbound side's, else the inbound side's (a Telemetry naming
+    // different providers for CLIENT and SERVER sends both sides' spans to the first).
+    let Some(settings) = snap
+        .tracing
+        .clone()
+        .or_else(|| snap.tracing_inbound.clone())
+    else {
         return Err(DropReason::NoBackend);
     };
     let provider = &settings.provider;
