@@ -1,6 +1,8 @@
-//! Istio's kinds that sluice reads and validates but does not enforce: RequestAuthentication,
-//! Telemetry, WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin and TrafficExtension, as users
-//! write them.
+//! Istio's kinds that sluice reads and validates but does not enforce: Telemetry,
+//! WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin and TrafficExtension, as users write them;
+//! and RequestAuthentication, which is decoded and checked the same way but enforced (it becomes
+//! a [`Kind::RequestAuthentication`](crate::Kind::RequestAuthentication) resource, which proxies
+//! compile into JWT validation).
 //!
 //! They are decoded and checked as Istio's admission webhook and CRD schemas do (see
 //! `validate::other_kinds`), so a file that Istio would refuse is refused here too; what they ask

@@ -1,8 +1,10 @@
-//! Istio's kinds that sluice validates but does not enforce (RequestAuthentication, Telemetry,
-//! WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin, TrafficExtension): for each rule of Istio's webhook or CRD
-//! schema, an input that breaks it (refused, with the message on the field's line) and the
-//! nearest input that passes (accepted with warning SLU0003 only). None becomes a resource but
-//! a valid Telemetry, which becomes one only `sluice analyze` reads.
+//! Istio's kinds that sluice validates with Istio's webhook rules (RequestAuthentication,
+//! Telemetry, WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin, TrafficExtension): for each
+//! rule of Istio's webhook or CRD schema, an input that breaks it (refused, with the message on
+//! the field's line) and the nearest input that passes (accepted with warning SLU0003 only, or
+//! with nothing for RequestAuthentication, which sluice enforces). None becomes a resource but a
+//! valid RequestAuthentication (which proxies enforce) and a valid Telemetry, which becomes one
+//! only `sluice analyze` reads.
 
 mod common;
 
@@ -45,6 +47,30 @@ fn is_slu0003(d: &Diagnostic) -> bool {
     d.severity == Warning && d.field == "kind" && d.message.starts_with("SLU0003: ")
 }
 
+/// Whether a valid document of `kind` is enforced: it becomes a resource, without SLU0003.
+fn enforced(kind: &str) -> bool {
+    kind == "RequestAuthentication"
+}
+
+/// What a valid document decodes to: SLU0003 and no resource (but Telemetry's analysis-only
+/// one), or, for RequestAuthentication, one resource and no SLU0003.
+fn valid_outcome(out: &sluice_api::LoadResult) -> bool {
+    let slu0003 = out.diagnostics.iter().any(is_slu0003);
+    let enforced_resource = out
+        .resources
+        .iter()
+        .any(|r| r.kind == Kind::RequestAuthentication);
+    if enforced_resource {
+        !slu0003 && out.resources.len() == 1
+    } else {
+        slu0003
+            && out
+                .resources
+                .iter()
+                .all(|r| r.kind == Kind::Telemetry && r.kind.is_analysis_only())
+    }
+}
+
 /// Decodes `text`; it must be accepted: no error, the SLU0003 warning, no resource (but the
 /// analysis-only one of a Telemetry).
 fn accepted(text: &str) -> Vec<Diagnostic> {
@@ -61,15 +87,9 @@ fn accepted(text: &str) -> Vec<Diagnostic> {
         render(&errors)
     );
     assert!(
-        out.diagnostics.iter().any(is_slu0003),
-        "no SLU0003 in:\n{}",
+        valid_outcome(&out),
+        "not SLU0003 without a resource, nor an enforced resource:\n{}in:\n{text}",
         render(&out.diagnostics)
-    );
-    assert!(
-        out.resources
-            .iter()
-            .all(|r| r.kind == Kind::Telemetry && r.kind.is_analysis_only()),
-        "became a resource:\n{text}"
     );
     out.diagnostics
 }
@@ -109,16 +129,22 @@ fn run(cases: &[Case]) {
                 render(&out.diagnostics)
             ));
         }
-        // Only a valid Telemetry becomes a resource (for `sluice analyze`).
+        // Only a valid Telemetry (for `sluice analyze`) or RequestAuthentication becomes a
+        // resource.
         let refused_kind_became_one = c.severity == Error && !out.resources.is_empty();
-        if refused_kind_became_one || out.resources.iter().any(|r| r.kind != Kind::Telemetry) {
+        if refused_kind_became_one
+            || out
+                .resources
+                .iter()
+                .any(|r| r.kind != Kind::Telemetry && r.kind != Kind::RequestAuthentication)
+        {
             failures.push(format!("{expected}\n  became a resource"));
         }
         let refused = out.diagnostics.iter().any(Diagnostic::is_error);
         let slu0003 = out.diagnostics.iter().any(is_slu0003);
         match c.severity {
             Error if slu0003 => failures.push(format!("{expected}\n  refused but still SLU0003")),
-            Warning if refused || !slu0003 => failures.push(format!(
+            Warning if refused || !valid_outcome(&out) => failures.push(format!(
                 "{expected}\n  a warning must leave the document valid:\n{}",
                 render(&out.diagnostics)
             )),
@@ -131,7 +157,7 @@ fn run(cases: &[Case]) {
             .filter(|d| d.is_error() || d.message == c.message)
             .cloned()
             .collect();
-        if !bad.is_empty() || !good.diagnostics.iter().any(is_slu0003) {
+        if !bad.is_empty() || !valid_outcome(&good) {
             failures.push(format!(
                 "good input for `{}` is not accepted cleanly:\n{}",
                 c.message,
@@ -186,6 +212,10 @@ fn a_full_valid_document_of_each_kind_is_accepted_with_slu0003() {
     ];
     for (kind, spec) in docs {
         let diags = accepted(&doc(kind, spec));
+        if enforced(kind) {
+            assert!(diags.is_empty(), "{kind}: no warning expected:\n{}", render(&diags));
+            continue;
+        }
         assert_eq!(
             diags.len(),
             1,

@@ -140,6 +140,10 @@ pub const COLLECTIONS: &[Collection] = &[
         "AuthorizationPolicy",
         security::v1beta1::AuthorizationPolicy
     ),
+    security!(
+        "RequestAuthentication",
+        security::v1beta1::RequestAuthentication
+    ),
     Collection {
         // istiod's GroupVersionKind for MeshConfig has no group; its String() writes the
         // empty group as "core".

@@ -334,8 +334,9 @@ fn warn_unknown_top_level(root: &Map<String, Value>, d: &mut Doc) {
 /// One of Istio's kinds that sluice validates but does not enforce ([`UnenforcedKind`]):
 /// decoded and checked as Istio's webhook and CRD schema would, so a document Istio refuses is
 /// refused here too. A valid one gets a warning (SLU0003) that what it asks for does not
-/// happen. Only a valid Telemetry becomes a [`Resource`] ([`Kind::Telemetry`], which only
-/// `sluice analyze` reads); nothing downstream reads the others.
+/// happen, except a RequestAuthentication, which proxies enforce ([`Kind::RequestAuthentication`]).
+/// A valid Telemetry becomes an analysis-only [`Resource`] ([`Kind::Telemetry`]); nothing
+/// downstream reads the others.
 fn decode_unenforced(
     kind: UnenforcedKind,
     api_version: &str,
@@ -405,6 +406,43 @@ fn decode_unenforced(
     if d.has_errors() {
         return None;
     }
+    // RequestAuthentication is enforced (JWT validation on the inbound and gateway sides); the
+    // others are not, which SLU0003 says.
+    let (resource_kind, resource_spec) = match spec {
+        UnenforcedSpec::RequestAuthentication(ra) => (
+            Kind::RequestAuthentication,
+            Spec::RequestAuthentication(Box::new(ra)),
+        ),
+        UnenforcedSpec::Telemetry(telemetry) => {
+            warn_not_enforced(kind, d);
+            (Kind::Telemetry, Spec::Telemetry(telemetry))
+        }
+        _ => {
+            warn_not_enforced(kind, d);
+            d.unenforced = true;
+            return None;
+        }
+    };
+    let api_version = resource_kind
+        .api_versions()
+        .iter()
+        .copied()
+        .find(|v| *v == api_version)?;
+    Some(Resource::new(ResourceFields {
+        kind: resource_kind,
+        api_version,
+        meta,
+        spec: resource_spec,
+        origin: Origin {
+            file: file.clone(),
+            line: d.line,
+            positions: FieldLines::from(std::mem::take(&mut d.positions)),
+        },
+    }))
+}
+
+/// SLU0003: valid Istio config whose effect does not happen with sluice.
+fn warn_not_enforced(kind: UnenforcedKind, d: &mut Doc) {
     d.warn(
         "kind",
         format!(
@@ -414,26 +452,6 @@ fn decode_unenforced(
             group = kind.group()
         ),
     );
-    let UnenforcedSpec::Telemetry(telemetry) = spec else {
-        d.unenforced = true;
-        return None;
-    };
-    let api_version = Kind::Telemetry
-        .api_versions()
-        .iter()
-        .copied()
-        .find(|v| *v == api_version)?;
-    Some(Resource::new(ResourceFields {
-        kind: Kind::Telemetry,
-        api_version,
-        meta,
-        spec: Spec::Telemetry(telemetry),
-        origin: Origin {
-            file: file.clone(),
-            line: d.line,
-            positions: FieldLines::from(std::mem::take(&mut d.positions)),
-        },
-    }))
 }
 
 /// `Kind ns/name` from untyped metadata (`Kind` alone when there is no name).
@@ -555,6 +573,10 @@ fn decode_spec(
         // `decode_unenforced` reads Telemetry documents, with Istio's checks; this is the same
         // typed decoding, for completeness.
         Kind::Telemetry => Spec::Telemetry(Box::new(d.typed(take_spec(root), "spec")?)),
+        // Read by `decode_unenforced` too, with Istio's checks.
+        Kind::RequestAuthentication => {
+            Spec::RequestAuthentication(Box::new(d.typed(take_spec(root), "spec")?))
+        }
     })
 }
 
