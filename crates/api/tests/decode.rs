@@ -412,7 +412,10 @@ fn a_request_authentication_is_a_resource_sluice_enforces() {
     let Spec::RequestAuthentication(ra) = &res.spec else {
         panic!("{:?}", res.spec);
     };
-    assert_eq!(ra.jwt_rules[0].issuer.as_deref(), Some("https://issuer.example"));
+    assert_eq!(
+        ra.jwt_rules[0].issuer.as_deref(),
+        Some("https://issuer.example")
+    );
     // What travels over xDS is the spec as written.
     assert_eq!(
         res.spec_json().unwrap()["jwtRules"][0]["jwksUri"],

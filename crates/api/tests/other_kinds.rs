@@ -213,7 +213,11 @@ fn a_full_valid_document_of_each_kind_is_accepted_with_slu0003() {
     for (kind, spec) in docs {
         let diags = accepted(&doc(kind, spec));
         if enforced(kind) {
-            assert!(diags.is_empty(), "{kind}: no warning expected:\n{}", render(&diags));
+            assert!(
+                diags.is_empty(),
+                "{kind}: no warning expected:\n{}",
+                render(&diags)
+            );
             continue;
         }
         assert_eq!(

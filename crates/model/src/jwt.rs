@@ -143,12 +143,17 @@ impl TokenLocation {
 /// `s` without `prefix`, compared without case (an HTTP auth scheme is case-insensitive).
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 impl JwtProvider {
     /// The first token found at this provider's locations.
-    pub fn token<'a>(&'a self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Found<'a>> {
+    pub fn token<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+        query: Option<&'a str>,
+    ) -> Option<Found<'a>> {
         self.locations.iter().find_map(|location| {
             location
                 .extract(headers, query)
@@ -242,8 +247,7 @@ fn provider(name: &str, rule: &JwtRule) -> JwtProvider {
         .collect();
     locations.extend(rule.from_params.iter().cloned().map(TokenLocation::Param));
     locations.extend(rule.from_cookies.iter().cloned().map(TokenLocation::Cookie));
-    if rule.from_headers.is_empty() && rule.from_params.is_empty() && rule.from_cookies.is_empty()
-    {
+    if rule.from_headers.is_empty() && rule.from_params.is_empty() && rule.from_cookies.is_empty() {
         locations = TokenLocation::defaults();
     }
     let jwks = match (&rule.jwks, &rule.jwks_uri) {
@@ -388,7 +392,10 @@ fn serialize_claim_headers<S: serde::Serializer>(
 }
 
 mod duration_seconds {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}s", d.as_secs_f64()))
     }
 }

@@ -654,9 +654,7 @@ fn pattern(attr: &Attr, v: &str, policy_ns: &str) -> Pattern {
         | Attr::RequestAudiences
         | Attr::RequestPresenter
         | Attr::RequestClaim(_)
-        | Attr::Metadata => {
-            Pattern::Str(StrPattern::new(v, false))
-        }
+        | Attr::Metadata => Pattern::Str(StrPattern::new(v, false)),
     }
 }
 

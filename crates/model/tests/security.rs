@@ -5,9 +5,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use serde_json::json;
 use sluice_api::Severity;
 use sluice_model::security::{AuthzDecision, AuthzRequest, MtlsMode};
-use serde_json::json;
 use sluice_model::{Cluster, Snapshot, UpstreamAddress};
 
 mod common;
@@ -903,7 +903,9 @@ fn request_principals_and_claims_match_the_verified_token() {
     );
     let snap = authz("foo", &[("app", "httpbin")], &yaml);
     assert!(
-        snap.diagnostics.iter().all(|d| !d.message.contains("cannot evaluate")),
+        snap.diagnostics
+            .iter()
+            .all(|d| !d.message.contains("cannot evaluate")),
         "{:?}",
         snap.diagnostics
     );
@@ -913,7 +915,10 @@ fn request_principals_and_claims_match_the_verified_token() {
         json!({"groups": ["dev", "ops-eu"], "org": {"team": "core"}, "scope": "read write",
                "roles": "viewer editor", "aud": ["api", "web"], "azp": "cli"}),
     );
-    let bob = token("bob", json!({"groups": "admin", "org": {"team": 5}, "aud": "api"}));
+    let bob = token(
+        "bob",
+        json!({"groups": "admin", "org": {"team": 5}, "aud": "api"}),
+    );
     let mallory = token("mallory", json!({"aud": "web", "azp": "cli"}));
     let at = |path: &'static str, auth: Option<&sluice_model::jwt::RequestAuth>| {
         let mut req = sleep_in("foo");
@@ -946,7 +951,12 @@ fn request_principals_and_claims_match_the_verified_token() {
         ("/not-admin", None, &allow),
         ("/not-admin", Some(&bob), &none()),
     ] {
-        assert_eq!(&at(path, who), want, "{path} as {:?}", who.map(|w| &w.principal));
+        assert_eq!(
+            &at(path, who),
+            want,
+            "{path} as {:?}",
+            who.map(|w| &w.principal)
+        );
     }
 }
 

@@ -25,8 +25,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use sluice_model::route::RetryOn;
 use sluice_model::jwt::RequestAuth;
+use sluice_model::route::RetryOn;
 use sluice_model::security::{AuthzDecision, AuthzRequest};
 use sluice_model::Snapshot;
 

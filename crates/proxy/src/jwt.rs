@@ -75,9 +75,7 @@ impl JwtFailure {
             JwtFailure::PayloadBadBase64 => "Jwt payload is an invalid Base64url encoded",
             JwtFailure::PayloadBadJson => "Jwt payload is an invalid JSON",
             JwtFailure::IssNotString => "Jwt payload [iss] field is not a string",
-            JwtFailure::AudNotString => {
-                "Jwt payload [aud] field is not a string or string list"
-            }
+            JwtFailure::AudNotString => "Jwt payload [aud] field is not a string or string list",
             JwtFailure::ExpNotInteger => "Jwt payload [exp] field is not a positive 64 bit integer",
             JwtFailure::NbfNotInteger => "Jwt payload [nbf] field is not a positive 64 bit integer",
             JwtFailure::SignatureBadBase64 => "Jwt signature is an invalid Base64url encoded",
@@ -220,7 +218,10 @@ fn check_claims(provider: &JwtProvider, jwt: &ParsedJwt<'_>, now: u64) -> Result
         };
         // Envoy compares audiences without a trailing slash or scheme differences mattering
         // only in its URL form; an exact match covers what Istio users write.
-        if !auds.iter().any(|a| provider.audiences.iter().any(|p| p == a)) {
+        if !auds
+            .iter()
+            .any(|a| provider.audiences.iter().any(|p| p == a))
+        {
             return Err(JwtFailure::AudienceNotAllowed);
         }
     }
@@ -368,7 +369,10 @@ mod tests {
             ("a.b.c.d".to_string(), JwtFailure::BadFormat),
             ("....".to_string(), JwtFailure::BadFormat),
             ("!!.e30.c2ln".to_string(), JwtFailure::HeaderBadBase64),
-            (format!("{}.e30.c2ln", b64_text("not json")), JwtFailure::HeaderBadJson),
+            (
+                format!("{}.e30.c2ln", b64_text("not json")),
+                JwtFailure::HeaderBadJson,
+            ),
             (
                 token(serde_json::json!({"alg": "none"}), serde_json::json!({})),
                 JwtFailure::AlgNotImplemented,

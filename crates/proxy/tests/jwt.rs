@@ -23,7 +23,8 @@ mod common;
 use common::Telemetry;
 
 const ISSUER: &str = "https://issuer.test";
-const LOG_FORMAT: &str = "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% path=%REQ(:PATH)%\n";
+const LOG_FORMAT: &str =
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% path=%REQ(:PATH)%\n";
 
 // === Fixtures ===
 
@@ -140,7 +141,14 @@ async fn httpbin() -> Server {
     let port = common::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut child = Command::new(venv().join("bin/gunicorn"))
-        .args(["--bind", &addr.to_string(), "--workers", "1", "--threads", "8"])
+        .args([
+            "--bind",
+            &addr.to_string(),
+            "--workers",
+            "1",
+            "--threads",
+            "8",
+        ])
         .args(["--worker-class", "gthread", "httpbin:app"])
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdout(Stdio::null())
@@ -161,7 +169,13 @@ async fn file_server(files: &[(&str, String)]) -> (Server, tempfile::TempDir) {
     let port = common::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut child = Command::new(venv().join("bin/python"))
-        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -362,7 +376,11 @@ spec:
 
     // Istio's example: no token → RBAC denies; a valid token passes; an invalid one is 401.
     let r = curl(&url("/headers"), &[]).await;
-    assert_eq!((r.status, r.body.as_str()), (403, "RBAC: access denied"), "{r}");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "RBAC: access denied"),
+        "{r}"
+    );
     let r = curl(&url("/headers"), &bearer(t.get("alice"))).await;
     assert_eq!(r.status, 200, "{r}");
     // forwardOriginalToken defaults to false: the application never sees the token.
@@ -372,30 +390,42 @@ spec:
         assert_eq!(r.status, 200, "{name}: {r}");
     }
     // The `access_token` query parameter is a default location too.
-    let r = curl(&url(&format!("/headers?access_token={}", t.get("alice"))), &[]).await;
+    let r = curl(
+        &url(&format!("/headers?access_token={}", t.get("alice"))),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 200, "{r}");
     // Within Envoy's 60 s of clock skew.
     let r = curl(&url("/headers"), &bearer(t.get("skewed"))).await;
     assert_eq!(r.status, 200, "{r}");
 
     // Every invalid token: 401 with Envoy's body and www-authenticate, whatever the path.
-    let realm = format!("Bearer realm=\"http://server/headers\", error=\"invalid_token\"");
+    let realm = "Bearer realm=\"http://server/headers\", error=\"invalid_token\"";
     for (name, body) in [
         ("expired", "Jwt is expired"),
         ("not-yet", "Jwt not yet valid"),
         ("wrong-aud", "Audiences in Jwt are not allowed"),
         ("wrong-iss", "Jwt issuer is not configured"),
         ("bad-sig", "Jwt verification fails"),
-        ("unknown-kid", "Jwks doesn't have key to match kid or alg from Jwt"),
+        (
+            "unknown-kid",
+            "Jwks doesn't have key to match kid or alg from Jwt",
+        ),
         ("alg-none", "Jwt header [alg] is not supported"),
         ("alg-confusion", "Jwt header [alg] is not supported"),
     ] {
         let r = curl(&url("/headers"), &bearer(t.get(name))).await;
         assert_eq!((r.status, r.body.as_str()), (401, body), "{name}: {r}");
-        assert_eq!(r.header("www-authenticate"), Some(realm.as_str()), "{r}");
+        assert_eq!(r.header("www-authenticate"), Some(realm), "{r}");
     }
     // Malformed and hostile tokens: 401, never a pass.
-    let huge = format!("{}.{}.{}", "a".repeat(30_000), "b".repeat(30_000), "c".repeat(10_000));
+    let huge = format!(
+        "{}.{}.{}",
+        "a".repeat(30_000),
+        "b".repeat(30_000),
+        "c".repeat(10_000)
+    );
     let alice = t.get("alice");
     let (h, rest) = alice.split_once('.').unwrap();
     let (p, s) = rest.split_once('.').unwrap();
@@ -480,8 +510,15 @@ async fn token_locations_and_outputs() {
     let r = curl(&url("/headers"), &[format!("x-jwt-assertion: {alice}")]).await;
     assert_eq!(r.status, 200, "{r}");
     let seen = r.upstream_headers();
-    assert_eq!(seen.get("x-jwt-payload").map(String::as_str), Some(payload), "{r}");
-    assert_eq!(seen.get("x-jwt-email").map(String::as_str), Some("alice@example.com"));
+    assert_eq!(
+        seen.get("x-jwt-payload").map(String::as_str),
+        Some(payload),
+        "{r}"
+    );
+    assert_eq!(
+        seen.get("x-jwt-email").map(String::as_str),
+        Some("alice@example.com")
+    );
     // forwardOriginalToken: true keeps it.
     assert_eq!(seen.get("x-jwt-assertion").map(String::as_str), Some(alice));
 
@@ -505,7 +542,10 @@ async fn token_locations_and_outputs() {
     let r = curl(&url("/headers"), &forged).await;
     assert_eq!(r.status, 200, "{r}");
     let seen = r.upstream_headers();
-    assert!(!seen.contains_key("x-jwt-payload") && !seen.contains_key("x-jwt-email"), "{r}");
+    assert!(
+        !seen.contains_key("x-jwt-payload") && !seen.contains_key("x-jwt-email"),
+        "{r}"
+    );
     let mut with_token = forged.clone();
     with_token.push(format!("x-jwt-assertion: {alice}"));
     let r = curl(&url("/headers"), &with_token).await;
@@ -623,7 +663,11 @@ spec:
     let url = format!("http://127.0.0.1:{port}/headers");
 
     let r = curl(&url, &[]).await;
-    assert_eq!((r.status, r.body.as_str()), (403, "RBAC: access denied"), "{r}");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "RBAC: access denied"),
+        "{r}"
+    );
     let r = curl(&url, &bearer(t.get("alice"))).await;
     assert_eq!(r.status, 200, "{r}");
     assert!(!r.upstream_headers().contains_key("authorization"), "{r}");

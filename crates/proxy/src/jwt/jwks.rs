@@ -212,22 +212,23 @@ impl JwksCache {
         }
         let keys = match &provider.jwks {
             JwksSource::Inline(text) => Ok(Arc::new(Jwks::parse(text.as_bytes()))),
-            JwksSource::Uri(uri) => match tokio::time::timeout(provider.timeout, fetch(uri)).await
-            {
-                Ok(Ok(body)) => Ok(Arc::new(Jwks::parse(&body))),
-                Ok(Err(e)) => {
-                    tracing::warn!("{}: jwksUri {uri}: {e}", provider.name);
-                    Err(())
+            JwksSource::Uri(uri) => {
+                match tokio::time::timeout(provider.timeout, fetch(uri)).await {
+                    Ok(Ok(body)) => Ok(Arc::new(Jwks::parse(&body))),
+                    Ok(Err(e)) => {
+                        tracing::warn!("{}: jwksUri {uri}: {e}", provider.name);
+                        Err(())
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "{}: jwksUri {uri}: no answer within {:?}",
+                            provider.name,
+                            provider.timeout
+                        );
+                        Err(())
+                    }
                 }
-                Err(_) => {
-                    tracing::warn!(
-                        "{}: jwksUri {uri}: no answer within {:?}",
-                        provider.name,
-                        provider.timeout
-                    );
-                    Err(())
-                }
-            },
+            }
         };
         *cached = Some(Cached {
             keys: keys.clone(),
@@ -247,7 +248,10 @@ async fn fetch(uri: &str) -> Result<Bytes, String> {
         other => return Err(format!("unsupported scheme {other:?}")),
     };
     let port = parsed.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let bare_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let tcp = tokio::net::TcpStream::connect((bare_host.as_str(), port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
