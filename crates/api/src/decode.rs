@@ -35,10 +35,11 @@ pub struct LoadResult {
     pub resources: Vec<Resource>,
     /// Errors and warnings, in the order they were found.
     pub diagnostics: Vec<Diagnostic>,
-    /// Valid documents of Istio kinds sluice validates but does not enforce (RequestAuthentication,
+    /// Valid documents of Istio kinds sluice validates but does not enforce (EnvoyFilter,
     /// WasmPlugin, …): they are not in `resources`, since nothing serves them. A valid Telemetry
-    /// is in `resources` instead, as [`Kind::Telemetry`](crate::Kind::Telemetry), and not
-    /// counted here: proxies enforce it.
+    /// is in `resources` instead, as [`Kind::Telemetry`](crate::Kind::Telemetry) or
+    /// [`Kind::RequestAuthentication`](crate::Kind::RequestAuthentication), and not counted here:
+    /// proxies enforce them.
     pub unenforced: usize,
 }
 

@@ -16,7 +16,7 @@ use crate::networking::{
     DestinationRule, Gateway, Labels, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 use crate::security::{AuthorizationPolicy, PeerAuthentication};
-use crate::unenforced::Telemetry;
+use crate::unenforced::{RequestAuthentication, Telemetry};
 
 /// The kinds sluice reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -48,13 +48,16 @@ pub enum Kind {
     /// with the kinds of [`crate::unenforced`], enforced by proxies (`sluice_model`'s
     /// `telemetry_policy`) and read by `sluice analyze` for the workloads its selector names.
     Telemetry,
+    /// Istio's RequestAuthentication (JWT validation), decoded and checked with the kinds of
+    /// [`crate::unenforced`] but enforced by proxies.
+    RequestAuthentication,
 }
 
 impl Kind {
     /// Every kind, for "did you mean" suggestions and help text.
     /// [`Kind::KubernetesGateway`] comes after [`Kind::Gateway`], so that [`Kind::parse`] of
     /// `Gateway` is Istio's.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -73,6 +76,7 @@ impl Kind {
         Kind::Namespace,
         Kind::KubernetesGateway,
         Kind::Telemetry,
+        Kind::RequestAuthentication,
     ];
 
     /// The `kind:` string.
@@ -96,6 +100,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::KubernetesGateway => "Gateway",
             Kind::Telemetry => "Telemetry",
+            Kind::RequestAuthentication => "RequestAuthentication",
         }
     }
 
@@ -125,7 +130,7 @@ impl Kind {
                 "extensions/v1beta1",
             ],
             Kind::IngressClass => &["networking.k8s.io/v1", "networking.k8s.io/v1beta1"],
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 &["security.istio.io/v1", "security.istio.io/v1beta1"]
             }
             Kind::KubernetesGateway => &[
@@ -375,6 +380,8 @@ pub enum Spec {
     KubernetesGateway(KubernetesGatewaySpec),
     /// A valid Telemetry (boxed: it is larger than most specs and rarely present).
     Telemetry(Box<Telemetry>),
+    /// A valid RequestAuthentication (boxed: rarely present).
+    RequestAuthentication(Box<RequestAuthentication>),
 }
 
 /// One decoded and typed resource. Cheap to clone: the config store hands every resource it
@@ -457,6 +464,7 @@ impl Resource {
             Spec::IngressClass(s) => serde_json::to_value(s),
             Spec::PeerAuthentication(s) => serde_json::to_value(s),
             Spec::AuthorizationPolicy(s) => serde_json::to_value(s),
+            Spec::RequestAuthentication(s) => serde_json::to_value(s),
             Spec::Endpoints(subsets) => {
                 serde_json::to_value(subsets).map(|s| json!({ "subsets": s }))
             }

@@ -1,6 +1,8 @@
-//! Istio's kinds that sluice reads and validates but does not enforce: RequestAuthentication,
-//! WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin and TrafficExtension, as users write
-//! them; and Telemetry, which shares their decoding and validation but is enforced.
+//! Istio's kinds that sluice reads and validates but does not enforce: WorkloadGroup,
+//! ProxyConfig, EnvoyFilter, WasmPlugin and TrafficExtension, as users write them; and Telemetry
+//! and RequestAuthentication, which share their decoding and validation but are enforced (they
+//! become [`Kind::Telemetry`](crate::Kind::Telemetry) and
+//! [`Kind::RequestAuthentication`](crate::Kind::RequestAuthentication) resources).
 //!
 //! They are decoded and checked as Istio's admission webhook and CRD schemas do (see
 //! `validate::other_kinds`), so a file that Istio would refuse is refused here too; what they ask

@@ -69,7 +69,9 @@ pub fn validate(res: &Resource) -> Vec<Diagnostic> {
         | Spec::Namespace
         | Spec::KubernetesGateway(_)
         // Checked while decoding, with the other kinds sluice does not enforce.
-        | Spec::Telemetry(_) => {}
+        | Spec::Telemetry(_)
+        // Checked by `validate::other_kinds` when decoded.
+        | Spec::RequestAuthentication(_) => {}
     }
     r.out
 }

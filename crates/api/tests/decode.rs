@@ -399,11 +399,35 @@ fn a_misspelled_kind_is_an_error_with_a_suggestion() {
 }
 
 #[test]
+fn a_request_authentication_is_a_resource_sluice_enforces() {
+    let out = decode_str(
+        Path::new("t.yaml"),
+        "apiVersion: security.istio.io/v1beta1\nkind: RequestAuthentication\nmetadata: {name: a, namespace: ns}\nspec:\n  jwtRules:\n  - issuer: https://issuer.example\n    jwksUri: https://issuer.example/keys\n",
+    );
+    assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+    assert_eq!(out.resources.len(), 1);
+    let res = &out.resources[0];
+    assert_eq!(res.kind, sluice_api::Kind::RequestAuthentication);
+    assert_eq!(res.api_version, "security.istio.io/v1beta1");
+    let Spec::RequestAuthentication(ra) = &res.spec else {
+        panic!("{:?}", res.spec);
+    };
+    assert_eq!(
+        ra.jwt_rules[0].issuer.as_deref(),
+        Some("https://issuer.example")
+    );
+    // What travels over xDS is the spec as written.
+    assert_eq!(
+        res.spec_json().unwrap()["jwtRules"][0]["jwksUri"],
+        "https://issuer.example/keys"
+    );
+}
+
+#[test]
 fn istio_kinds_sluice_does_not_enforce_are_valid_with_a_warning() {
     // The smallest spec Istio accepts for each (a WorkloadGroup needs a template, a WasmPlugin
     // a url).
     for (api_version, kind, spec) in [
-        ("security.istio.io/v1", "RequestAuthentication", "{}"),
         ("networking.istio.io/v1", "WorkloadGroup", "{template: {}}"),
         ("networking.istio.io/v1beta1", "ProxyConfig", "{}"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter", "{}"),

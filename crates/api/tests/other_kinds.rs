@@ -1,9 +1,9 @@
-//! Istio's kinds that sluice validates but does not enforce (RequestAuthentication,
-//! WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin, TrafficExtension), and Telemetry, which
-//! shares their validation but is enforced: for each rule of Istio's webhook or CRD schema, an
-//! input that breaks it (refused, with the message on the field's line) and the nearest input
-//! that passes (accepted with warning SLU0003 only; a Telemetry without it). None becomes a
-//! resource but a valid Telemetry.
+//! Istio's kinds that sluice validates with Istio's webhook rules (RequestAuthentication,
+//! Telemetry, WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin, TrafficExtension): for each
+//! rule of Istio's webhook or CRD schema, an input that breaks it (refused, with the message on
+//! the field's line) and the nearest input that passes (accepted with warning SLU0003 only, or
+//! with nothing for RequestAuthentication and Telemetry, which sluice enforces). None becomes a
+//! resource but a valid RequestAuthentication or Telemetry.
 
 mod common;
 
@@ -43,12 +43,28 @@ fn doc(kind: &str, spec: &str) -> String {
 }
 
 /// Telemetry is validated with these kinds but enforced: no SLU0003 for it.
-fn enforced(kind: &str) -> bool {
-    kind == "Telemetry"
-}
-
 fn is_slu0003(d: &Diagnostic) -> bool {
     d.severity == Warning && d.field == "kind" && d.message.starts_with("SLU0003: ")
+}
+
+/// Whether a valid document of `kind` is enforced: it becomes a resource, without SLU0003.
+fn enforced(kind: &str) -> bool {
+    kind == "RequestAuthentication" || kind == "Telemetry"
+}
+
+/// What a valid document decodes to: SLU0003 and no resource, or, for RequestAuthentication and
+/// Telemetry, one resource and no SLU0003.
+fn valid_outcome(out: &sluice_api::LoadResult) -> bool {
+    let slu0003 = out.diagnostics.iter().any(is_slu0003);
+    let enforced_resource = out
+        .resources
+        .iter()
+        .any(|r| matches!(r.kind, Kind::RequestAuthentication | Kind::Telemetry));
+    if enforced_resource {
+        !slu0003 && out.resources.len() == 1
+    } else {
+        slu0003 && out.resources.is_empty()
+    }
 }
 
 /// Decodes `text`; it must be accepted: no error, the SLU0003 warning, no resource (but the
@@ -66,18 +82,10 @@ fn accepted(text: &str) -> Vec<Diagnostic> {
         "refused:\n{}in:\n{text}",
         render(&errors)
     );
-    let telemetry = text.contains("\nkind: Telemetry\n");
-    assert_eq!(
-        out.diagnostics.iter().any(is_slu0003),
-        !telemetry,
-        "SLU0003 expected only for kinds sluice does not enforce:\n{}",
-        render(&out.diagnostics)
-    );
     assert!(
-        out.resources
-            .iter()
-            .all(|r| r.kind == Kind::Telemetry && !r.kind.is_analysis_only()),
-        "became a resource:\n{text}"
+        valid_outcome(&out),
+        "not SLU0003 without a resource, nor an enforced resource:\n{}in:\n{text}",
+        render(&out.diagnostics)
     );
     out.diagnostics
 }
@@ -117,16 +125,22 @@ fn run(cases: &[Case]) {
                 render(&out.diagnostics)
             ));
         }
-        // Only a valid Telemetry becomes a resource (for `sluice analyze`).
+        // Only a valid Telemetry (for `sluice analyze`) or RequestAuthentication becomes a
+        // resource.
         let refused_kind_became_one = c.severity == Error && !out.resources.is_empty();
-        if refused_kind_became_one || out.resources.iter().any(|r| r.kind != Kind::Telemetry) {
+        if refused_kind_became_one
+            || out
+                .resources
+                .iter()
+                .any(|r| r.kind != Kind::Telemetry && r.kind != Kind::RequestAuthentication)
+        {
             failures.push(format!("{expected}\n  became a resource"));
         }
         let refused = out.diagnostics.iter().any(Diagnostic::is_error);
         let slu0003 = out.diagnostics.iter().any(is_slu0003);
         match c.severity {
             Error if slu0003 => failures.push(format!("{expected}\n  refused but still SLU0003")),
-            Warning if refused || slu0003 == enforced(c.kind) => failures.push(format!(
+            Warning if refused || !valid_outcome(&out) => failures.push(format!(
                 "{expected}\n  a warning must leave the document valid:\n{}",
                 render(&out.diagnostics)
             )),
@@ -139,7 +153,7 @@ fn run(cases: &[Case]) {
             .filter(|d| d.is_error() || d.message == c.message)
             .cloned()
             .collect();
-        if !bad.is_empty() || good.diagnostics.iter().any(is_slu0003) == enforced(c.kind) {
+        if !bad.is_empty() || !valid_outcome(&good) {
             failures.push(format!(
                 "good input for `{}` is not accepted cleanly:\n{}",
                 c.message,
@@ -195,7 +209,11 @@ fn a_full_valid_document_of_each_kind_is_accepted_with_slu0003() {
     for (kind, spec) in docs {
         let diags = accepted(&doc(kind, spec));
         if enforced(kind) {
-            assert!(diags.is_empty(), "{kind}: {}", render(&diags));
+            assert!(
+                diags.is_empty(),
+                "{kind}: no warning expected:\n{}",
+                render(&diags)
+            );
             continue;
         }
         assert_eq!(

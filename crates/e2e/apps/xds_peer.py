@@ -15,7 +15,7 @@ same resources):
 
     networking.istio.io/v1/{ServiceEntry,VirtualService,DestinationRule,Gateway,Sidecar,
         WorkloadEntry}        body istio.networking.v1alpha3.<Kind>; aliases v1alpha3, v1beta1
-    security.istio.io/v1/{PeerAuthentication,AuthorizationPolicy}
+    security.istio.io/v1/{PeerAuthentication,AuthorizationPolicy,RequestAuthentication}
                               body istio.security.v1beta1.<Kind>; alias v1beta1
     core/v1alpha1/MeshConfig  bare istio.mesh.v1alpha1.MeshConfig; alias
                               mesh.istio.io/v1alpha1/MeshConfig
@@ -131,6 +131,7 @@ COLLECTIONS = [
     _networking("WorkloadEntry"),
     _security("PeerAuthentication"),
     _security("AuthorizationPolicy"),
+    _security("RequestAuthentication"),
     Collection(
         "core/v1alpha1/MeshConfig",
         "istio.mesh.v1alpha1.MeshConfig",

@@ -65,6 +65,11 @@ const KINDS: &[Kind] = &[
         "PeerAuthentication",
         "peerauthentications",
     ),
+    kind(
+        "security.istio.io/v1",
+        "RequestAuthentication",
+        "requestauthentications",
+    ),
 ];
 
 const fn kind(group_version: &'static str, kind: &'static str, plural: &'static str) -> Kind {

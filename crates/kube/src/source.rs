@@ -129,6 +129,13 @@ const WATCHED: &[Watched] = &[
         "PeerAuthentication",
         "peerauthentications",
     ),
+    watched(
+        "RequestAuthentication",
+        "security.istio.io",
+        "v1",
+        "RequestAuthentication",
+        "requestauthentications",
+    ),
     watched("Service", "", "v1", "Service", "services"),
     watched(
         "Endpoints",

@@ -217,13 +217,13 @@ pub const CERTIFICATE_FILE_UNUSABLE: Code = Code {
 };
 
 /// SLU0003: sluice's own. Valid Istio config of a kind sluice validates but does not enforce
-/// (RequestAuthentication, WorkloadGroup, …, Gateway API Gateways): nothing is wrong with it for
+/// (WorkloadGroup, …, Gateway API Gateways): nothing is wrong with it for
 /// Istio, so it is information, not a warning.
 pub const KIND_NOT_ENFORCED: Code = Code {
     code: "SLU0003",
     name: "KindNotEnforced",
     level: Level::Info,
-    description: "A resource of a kind Istio knows and sluice validates but does not enforce (RequestAuthentication, WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin, TrafficExtension, Gateway API Gateways): what it asks for does not happen with sluice.",
+    description: "A resource of a kind Istio knows and sluice validates but does not enforce (WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin, TrafficExtension, Gateway API Gateways): what it asks for does not happen with sluice.",
 };
 
 /// SLU0004: sluice's own, as SLU0003 for a field.
@@ -231,7 +231,7 @@ pub const FIELD_NOT_ENFORCED: Code = Code {
     code: "SLU0004",
     name: "FieldNotEnforced",
     level: Level::Info,
-    description: "A field Istio accepts and sluice validates but does not act on yet (e.g. DestinationRule zoneAwareLbSetting or warmup, Sidecar ingress, VirtualService corsPolicy): the proxy behaves as if it were not set.",
+    description: "A field Istio accepts and sluice validates but does not act on yet (e.g. DestinationRule zoneAwareLbSetting or warmup, Sidecar ingress tls, VirtualService corsPolicy): the proxy behaves as if it were not set.",
 };
 
 /// IST0110.

@@ -218,6 +218,8 @@ pub struct Explanation {
     pub route: Option<RouteExplanation>,
     pub targets: Vec<TargetExplanation>,
     pub authorization: Option<String>,
+    /// The JWT rules (RequestAuthentication) requests are checked against.
+    pub authentication: Option<String>,
     pub notes: Vec<String>,
 }
 
@@ -637,6 +639,7 @@ pub fn explain(snap: &Snapshot, probe: &Probe) -> Explanation {
         route: None,
         targets: Vec::new(),
         authorization: None,
+        authentication: None,
         notes: Vec::new(),
     };
     match snap.proxy.kind {
@@ -893,7 +896,18 @@ fn explain_gateway(snap: &Snapshot, probe: &Probe, e: &mut Explanation) {
             headers: &headers,
             port,
         };
+        if !snap.request_authentication.is_empty() {
+            e.authentication = Some(describe_request_authentication(
+                &snap.request_authentication,
+            ));
+        }
         if !snap.authorization.is_empty() {
+            if !snap.request_authentication.is_empty() {
+                e.notes.push(
+                    "authorization was evaluated without a JWT (no request principal or claims)"
+                        .into(),
+                );
+            }
             let path_only = path.split_once('?').map_or(path, |(p, _)| p);
             let req = AuthzRequest {
                 host: Some(host),
@@ -1017,6 +1031,9 @@ pub fn render(e: &Explanation) -> String {
             let _ = writeln!(s, "Rewrite:   {rw}");
         }
     }
+    if let Some(a) = &e.authentication {
+        let _ = writeln!(s, "AuthN:     {a}");
+    }
     if let Some(a) = &e.authorization {
         let _ = writeln!(s, "AuthZ:     {a}");
     }
@@ -1058,4 +1075,24 @@ pub fn render(e: &Explanation) -> String {
     }
     let _ = writeln!(s, "Decision:  {}", e.summary);
     s
+}
+
+/// One line for the JWT rules of a proxy: each rule's issuer and where its keys come from.
+fn describe_request_authentication(authn: &crate::jwt::RequestAuthentication) -> String {
+    let rules: Vec<String> = authn
+        .providers
+        .iter()
+        .map(|p| {
+            let keys = match &p.jwks {
+                crate::jwt::JwksSource::Inline(_) => "inline jwks".to_string(),
+                crate::jwt::JwksSource::Uri(u) => format!("jwksUri {u}"),
+            };
+            format!("{} (issuer {}, {keys})", p.name, p.issuer)
+        })
+        .collect();
+    format!(
+        "JWT rules: {}; a request with an invalid token gets 401, one without a token passes \
+         authentication",
+        rules.join(", ")
+    )
 }

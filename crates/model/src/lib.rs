@@ -7,6 +7,7 @@ pub mod explain;
 pub mod gateway;
 pub mod host;
 pub mod ingress;
+pub mod jwt;
 pub mod mesh;
 pub mod policy;
 pub mod references;

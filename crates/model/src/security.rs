@@ -7,6 +7,9 @@
 //! - DENY policies first: any matching rule denies; then, if any ALLOW policy applies to the
 //!   workload, one ALLOW rule must match; else the request is allowed. A policy without rules
 //!   never matches (so an ALLOW policy with `spec: {}` denies everything).
+//! - Request principals and `request.auth.*` come from the request's JWT, verified by the
+//!   RequestAuthentications that apply ([`crate::jwt`]); a request without one has none, so
+//!   `requestPrincipals: ["*"]` requires a valid token.
 //! - On a TCP connection, HTTP-only attributes (hosts, methods, paths, request principals,
 //!   `request.headers`, `request.auth.*`) cannot be evaluated: an ALLOW rule using any of them
 //!   is dropped (it never matches), while in a DENY rule those conditions are dropped and the
@@ -81,6 +84,9 @@ pub struct AuthzRequest<'a> {
     pub sni: Option<&'a str>,
     /// The request headers (`request.headers[…]`).
     pub headers: Option<&'a http::HeaderMap>,
+    /// What the request's verified JWT says (`requestPrincipals`, `request.auth.*`); `None`
+    /// without a token (or without a RequestAuthentication that verified it).
+    pub request_auth: Option<&'a crate::jwt::RequestAuth>,
 }
 
 impl AuthzRequest<'_> {
@@ -348,9 +354,14 @@ enum Attr {
     TrustDomain,
     SourceIp,
     RemoteIp,
+    /// `requestPrincipals`, `request.auth.principal`: the verified JWT's `iss/sub`.
     RequestPrincipal,
-    /// `request.auth.*` other than the principal: JWT claims sluice does not validate.
-    RequestAuth,
+    /// `request.auth.audiences`: the verified JWT's `aud`.
+    RequestAudiences,
+    /// `request.auth.presenter`: the verified JWT's `azp`.
+    RequestPresenter,
+    /// `request.auth.claims[a][b]`: a claim of the verified JWT, by path.
+    RequestClaim(Vec<String>),
     Host,
     Method,
     Path,
@@ -368,7 +379,9 @@ impl Attr {
         matches!(
             self,
             Attr::RequestPrincipal
-                | Attr::RequestAuth
+                | Attr::RequestAudiences
+                | Attr::RequestPresenter
+                | Attr::RequestClaim(_)
                 | Attr::Host
                 | Attr::Method
                 | Attr::Path
@@ -570,8 +583,21 @@ impl Cond {
                 // header with an empty value still satisfies `*`.
                 !values.is_empty() && (matches!(m, StrPattern::Any) || m.matches(&values.join(",")))
             }),
-            // Request principals and claims need RequestAuthentication (JWT), which sluice does
-            // not validate; destination IPs and Envoy metadata are not known here.
+            (Attr::RequestPrincipal, Pattern::Str(m)) => {
+                req.request_auth.is_some_and(|a| m.matches(&a.principal))
+            }
+            (Attr::RequestAudiences, Pattern::Str(m)) => req
+                .request_auth
+                .is_some_and(|a| a.audiences().into_iter().any(|v| m.matches(v))),
+            (Attr::RequestPresenter, Pattern::Str(m)) => req
+                .request_auth
+                .and_then(crate::jwt::RequestAuth::presenter)
+                .is_some_and(|v| m.matches(v)),
+            // A string claim, or any string of a list claim (Istio's metadata list matcher).
+            (Attr::RequestClaim(path), Pattern::Str(m)) => req
+                .request_auth
+                .is_some_and(|a| a.claim(path).into_iter().any(|v| m.matches(v))),
+            // Destination IPs and Envoy metadata are not known here.
             _ => false,
         }
     }
@@ -624,9 +650,11 @@ fn pattern(attr: &Attr, v: &str, policy_ns: &str) -> Pattern {
             None => Pattern::ServiceAccount(policy_ns.into(), v.into()),
         },
         Attr::TrustDomain => Pattern::TrustDomain(TrustDomainPattern::new(v)),
-        Attr::RequestPrincipal | Attr::RequestAuth | Attr::Metadata => {
-            Pattern::Str(StrPattern::new(v, false))
-        }
+        Attr::RequestPrincipal
+        | Attr::RequestAudiences
+        | Attr::RequestPresenter
+        | Attr::RequestClaim(_)
+        | Attr::Metadata => Pattern::Str(StrPattern::new(v, false)),
     }
 }
 
@@ -682,7 +710,11 @@ fn condition(c: &Condition, policy_ns: &str) -> Option<Cond> {
         "destination.ip" => Attr::DestinationIp,
         "destination.port" => Attr::Port,
         "connection.sni" => Attr::Sni,
-        _ if key.starts_with("request.auth.") => Attr::RequestAuth,
+        "request.auth.audiences" => Attr::RequestAudiences,
+        "request.auth.presenter" => Attr::RequestPresenter,
+        _ if key.starts_with("request.auth.claims") => {
+            Attr::RequestClaim(crate::jwt::claim_path(key)?)
+        }
         _ if key.starts_with("request.headers[") && key.ends_with(']') => {
             Attr::Header(key["request.headers[".len()..key.len() - 1].to_ascii_lowercase())
         }

@@ -156,6 +156,8 @@ pub struct Snapshot {
     pub gateway_ports: Vec<GatewayPort>,
     /// AuthorizationPolicies that apply to this proxy.
     pub authorization: crate::security::Authorization,
+    /// RequestAuthentications (JWT rules) that apply to this proxy.
+    pub request_authentication: crate::jwt::RequestAuthentication,
     /// PeerAuthentication for this workload: the mode for ports without a port-level setting.
     pub mtls_mode: crate::security::MtlsMode,
     /// PeerAuthentication `portLevelMtls`, by the workload's port.

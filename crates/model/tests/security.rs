@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use serde_json::json;
 use sluice_api::Severity;
 use sluice_model::security::{AuthzDecision, AuthzRequest, MtlsMode};
 use sluice_model::{Cluster, Snapshot, UpstreamAddress};
@@ -124,6 +125,7 @@ fn peer<'a>(ns: &'a str, principal: &'a str) -> AuthzRequest<'a> {
         path: Some("/status/200"),
         sni: None,
         headers: None,
+        request_auth: None,
     }
 }
 
@@ -855,4 +857,132 @@ fn when_trust_domain_and_service_account_keys() {
         AuthzDecision::Allow
     );
     assert_eq!(a.check(&peer("bar", "other.org/ns/bar/sa/api")), none());
+}
+
+// === Request principals and JWT claims (RequestAuthentication) ===
+
+/// What a verified token for `sub` with `claims` says, as the proxy hands it to authorization.
+fn token(sub: &str, claims: serde_json::Value) -> sluice_model::jwt::RequestAuth {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules:\n  - issuer: https://issuer.example\n    jwks: '{\"keys\": []}'\n    spaceDelimitedClaims: [roles]\n";
+    let snap = snapshot_in("foo", &[("app", "httpbin")], yaml);
+    let provider = &snap.request_authentication.providers[0];
+    let mut map = claims.as_object().expect("claims object").clone();
+    map.insert("iss".into(), "https://issuer.example".into());
+    map.insert("sub".into(), sub.into());
+    sluice_model::jwt::RequestAuth::new(provider, map)
+}
+
+#[test]
+fn request_principals_and_claims_match_the_verified_token() {
+    let yaml = policy(
+        "foo",
+        "jwt",
+        r#"rules:
+- from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]
+  to: [{operation: {paths: [/any]}}]
+- from: [{source: {requestPrincipals: ["*/alice"]}}]
+  to: [{operation: {paths: [/alice]}}]
+- from: [{source: {notRequestPrincipals: ["*"]}}]
+  to: [{operation: {paths: [/anonymous]}}]
+- to: [{operation: {paths: [/groups]}}]
+  when: [{key: "request.auth.claims[groups]", values: ["admin", "ops-*"]}]
+- to: [{operation: {paths: [/nested]}}]
+  when: [{key: "request.auth.claims[org][team]", values: [core]}]
+- to: [{operation: {paths: [/scope]}}]
+  when:
+  - {key: "request.auth.claims[scope]", values: [write]}
+  - {key: "request.auth.claims[roles]", values: [editor]}
+- to: [{operation: {paths: [/aud]}}]
+  when:
+  - {key: request.auth.audiences, values: [web]}
+  - {key: request.auth.presenter, values: [cli]}
+  - {key: request.auth.principal, notValues: ["*/mallory"]}
+- to: [{operation: {paths: [/not-admin]}}]
+  when: [{key: "request.auth.claims[groups]", notValues: [admin]}]
+"#,
+    );
+    let snap = authz("foo", &[("app", "httpbin")], &yaml);
+    assert!(
+        snap.diagnostics
+            .iter()
+            .all(|d| !d.message.contains("cannot evaluate")),
+        "{:?}",
+        snap.diagnostics
+    );
+    let a = &snap.authorization;
+    let alice = token(
+        "alice",
+        json!({"groups": ["dev", "ops-eu"], "org": {"team": "core"}, "scope": "read write",
+               "roles": "viewer editor", "aud": ["api", "web"], "azp": "cli"}),
+    );
+    let bob = token(
+        "bob",
+        json!({"groups": "admin", "org": {"team": 5}, "aud": "api"}),
+    );
+    let mallory = token("mallory", json!({"aud": "web", "azp": "cli"}));
+    let at = |path: &'static str, auth: Option<&sluice_model::jwt::RequestAuth>| {
+        let mut req = sleep_in("foo");
+        req.path = Some(path);
+        req.request_auth = auth;
+        a.check(&req)
+    };
+    let allow = AuthzDecision::Allow;
+    for (path, who, want) in [
+        ("/any", Some(&alice), &allow),
+        ("/any", None, &none()),
+        ("/alice", Some(&alice), &allow),
+        ("/alice", Some(&bob), &none()),
+        ("/anonymous", None, &allow),
+        ("/anonymous", Some(&bob), &none()),
+        // A string claim or any string of a list claim; `ops-*` is a prefix.
+        ("/groups", Some(&bob), &allow),
+        ("/groups", Some(&alice), &allow),
+        ("/groups", Some(&mallory), &none()),
+        ("/nested", Some(&alice), &allow),
+        // A number is not a string: no match.
+        ("/nested", Some(&bob), &none()),
+        // `scope` (Istio's default) and `roles` (spaceDelimitedClaims) are split at spaces.
+        ("/scope", Some(&alice), &allow),
+        ("/aud", Some(&alice), &allow),
+        ("/aud", Some(&bob), &none()),
+        ("/aud", Some(&mallory), &none()),
+        // notValues: a token without the claim, or no token at all, passes.
+        ("/not-admin", Some(&alice), &allow),
+        ("/not-admin", None, &allow),
+        ("/not-admin", Some(&bob), &none()),
+    ] {
+        assert_eq!(
+            &at(path, who),
+            want,
+            "{path} as {:?}",
+            who.map(|w| &w.principal)
+        );
+    }
+}
+
+#[test]
+fn request_authentication_is_selected_like_authorization_policies() {
+    let ra = |ns: &str, name: &str, selector: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{selector}  jwtRules:\n  - issuer: {name}\n    jwksUri: https://keys.example/{name}\n"
+        )
+    };
+    let yaml = [
+        ra("istio-system", "mesh", ""),
+        ra("foo", "namespace", ""),
+        ra("foo", "mine", "  selector: {matchLabels: {app: httpbin}}\n"),
+        ra("foo", "other", "  selector: {matchLabels: {app: other}}\n"),
+        ra("bar", "elsewhere", ""),
+    ]
+    .concat();
+    let snap = snapshot_in("foo", &[("app", "httpbin")], &yaml);
+    let issuers: Vec<&str> = snap
+        .request_authentication
+        .providers
+        .iter()
+        .map(|p| p.issuer.as_str())
+        .collect();
+    assert_eq!(issuers, ["mesh", "namespace", "mine"]);
+    let gw = gateway_snapshot("istio-system", &[("istio", "ingressgateway")], &yaml);
+    assert_eq!(gw.request_authentication.policies, ["istio-system/mesh"]);
 }

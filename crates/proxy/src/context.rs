@@ -46,6 +46,8 @@ pub struct Proxy {
     pub identity: Option<Arc<crate::identity::Identity>>,
     /// The config gate, drain and open-connection count every data listener consults.
     pub lifecycle: crate::downstream::Lifecycle,
+    /// JWT key sets of the RequestAuthentications, kept across reloads.
+    pub(crate) jwks: crate::jwt::JwksCache,
     /// Telemetry labels of the known workloads this proxy talks to, built once per snapshot
     /// and peer instead of for every request.
     peers: RwLock<PeerCache>,
@@ -87,6 +89,7 @@ impl Proxy {
             server_header: http::HeaderValue::from_static("envoy"),
             identity: None,
             lifecycle: crate::downstream::Lifecycle::default(),
+            jwks: crate::jwt::JwksCache::default(),
             peers: RwLock::default(),
         }
     }

@@ -25,6 +25,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use sluice_model::jwt::RequestAuth;
 use sluice_model::route::RetryOn;
 use sluice_model::security::{AuthzDecision, AuthzRequest};
 use sluice_model::Snapshot;
@@ -231,9 +232,23 @@ pub(crate) async fn serve<S: HttpSide>(
     let body_error = body.error();
     let refused = match request_head_problem(&parts) {
         Some(problem) => Some(ProxyError::Head(problem)),
-        None => side
-            .authz_subject()
-            .and_then(|who| authorize(&snap, &who, &parts, authority.as_ref())),
+        // Envoy's jwt_authn then RBAC filters, where there is an RBAC filter (not on the
+        // outbound side of a sidecar).
+        None if side.authz_subject().is_some() => {
+            match authenticate(&snap, &proxy, &mut parts, authority.as_ref()).await {
+                Err(err) => Some(err),
+                Ok(request_auth) => side.authz_subject().and_then(|who| {
+                    authorize(
+                        &snap,
+                        &who,
+                        &parts,
+                        authority.as_ref(),
+                        request_auth.as_ref(),
+                    )
+                }),
+            }
+        }
+        None => None,
     };
     let (refused, upgrade) = match (refused, upgrade) {
         (Some(err), _) => (Some(err), None),
@@ -348,6 +363,50 @@ fn request_authority(parts: &http::request::Parts) -> Option<HeaderValue> {
     }
 }
 
+/// Envoy's `jwt_authn` filter: the RequestAuthentications that apply, checked before
+/// authorization; a token no rule verifies is answered with 401 (see [`crate::jwt`]).
+async fn authenticate(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    parts: &mut http::request::Parts,
+    authority: Option<&HeaderValue>,
+) -> Result<Option<RequestAuth>, ProxyError> {
+    let authn = &snap.request_authentication;
+    if authn.is_empty() {
+        return Ok(None);
+    }
+    let query = parts.uri.query();
+    match crate::jwt::authenticate(authn, &proxy.jwks, &mut parts.headers, query).await {
+        Ok(auth) => Ok(auth),
+        Err(failure) => {
+            let scheme = parts
+                .headers
+                .get(&X_FORWARDED_PROTO)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(if parts.uri.scheme_str() == Some("https") {
+                    "https"
+                } else {
+                    "http"
+                });
+            let host = authority.and_then(|a| a.to_str().ok()).unwrap_or("");
+            tracing::debug!(
+                "request for {host}{} refused by RequestAuthentication: {}",
+                parts.uri.path(),
+                failure.message()
+            );
+            Err(ProxyError::JwtDenied {
+                www_authenticate: crate::jwt::www_authenticate(
+                    failure,
+                    scheme,
+                    host,
+                    parts.uri.path(),
+                ),
+                failure,
+            })
+        }
+    }
+}
+
 /// Envoy's HTTP RBAC filter: the AuthorizationPolicies that apply, checked before routing; a
 /// denial is answered with 403 `RBAC: access denied`.
 fn authorize(
@@ -355,6 +414,7 @@ fn authorize(
     who: &AuthzSubject<'_>,
     parts: &http::request::Parts,
     authority: Option<&HeaderValue>,
+    request_auth: Option<&RequestAuth>,
 ) -> Option<ProxyError> {
     if snap.authorization.is_empty() {
         return None;
@@ -373,6 +433,7 @@ fn authorize(
         path: Some(parts.uri.path()),
         sni: who.sni,
         headers: Some(&parts.headers),
+        request_auth,
     };
     let AuthzDecision::Deny { policy } = snap.authorization.check(&req) else {
         return None;
@@ -541,6 +602,12 @@ pub(crate) enum ProxyError {
     Head(HeadProblem),
     /// An AuthorizationPolicy denied the request (the policy's name).
     RbacDenied(Arc<str>),
+    /// A RequestAuthentication refused the request's JWT: 401 with Envoy's message and
+    /// `www-authenticate`.
+    JwtDenied {
+        failure: crate::jwt::JwtFailure,
+        www_authenticate: HeaderValue,
+    },
     /// No route matched the request's host and path.
     NoRoute,
     /// The route names a cluster that does not exist.
@@ -608,6 +675,7 @@ impl ProxyError {
         match self {
             ProxyError::Head(_) | ProxyError::Downstream(_) => Party::Downstream,
             ProxyError::RbacDenied(_)
+            | ProxyError::JwtDenied { .. }
             | ProxyError::NoRoute
             | ProxyError::NoCluster
             | ProxyError::Overflow
@@ -671,6 +739,16 @@ impl ProxyError {
             ProxyError::RbacDenied(policy) => {
                 let mut r = LocalReply::new(S::FORBIDDEN, "RBAC: access denied", "-", "");
                 r.details = Cow::Owned(rbac_denied_details(policy));
+                r
+            }
+            ProxyError::JwtDenied {
+                failure,
+                www_authenticate,
+            } => {
+                let mut r = LocalReply::new(S::UNAUTHORIZED, failure.message(), "-", "");
+                r.details = Cow::Owned(failure.details());
+                r.extra_headers
+                    .push((header::WWW_AUTHENTICATE, www_authenticate.clone()));
                 r
             }
             ProxyError::NoRoute => LocalReply::new(S::NOT_FOUND, "", "NR", "route_not_found"),

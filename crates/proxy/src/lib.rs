@@ -13,6 +13,7 @@ pub mod http_proxy;
 pub mod identity;
 pub mod inbound;
 pub mod io;
+pub(crate) mod jwt;
 pub mod outbound;
 pub mod resolve;
 pub mod runtime;

@@ -240,11 +240,13 @@ fn content_hash(bytes: &[u8]) -> u64 {
 }
 
 /// Kinds whose loss could leave the proxy more open than the operator wrote.
-const POLICY_KINDS: [&str; 6] = [
+const POLICY_KINDS: [&str; 7] = [
     "ConfigMap",
     "Sidecar",
     "AuthorizationPolicy",
     "PeerAuthentication",
+    // Its loss stops DENY rules on request principals and claims from matching.
+    "RequestAuthentication",
     "DestinationRule",
     // A List may hold any of them.
     "List",
@@ -1128,6 +1130,7 @@ mod tests {
     fn policy_kinds_are_recognised_in_broken_text() {
         assert!(may_hold_policy("kind: ConfigMap\nmetadata: {name: istio\n"));
         assert!(may_hold_policy("- kind: AuthorizationPolicy\n"));
+        assert!(may_hold_policy("kind: RequestAuthentication\nspec: [\n"));
         assert!(may_hold_policy("{\"kind\": \"Sidecar\", \"x\": [}"));
         assert!(may_hold_policy("\u{0}\u{1}garbage: ["));
         assert!(!may_hold_policy(

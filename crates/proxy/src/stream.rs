@@ -116,6 +116,7 @@ pub fn authorize_connection(
         path: None,
         sni,
         headers: None,
+        request_auth: None,
     };
     match snap.authorization.check(&req) {
         AuthzDecision::Allow => None,

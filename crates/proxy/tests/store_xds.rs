@@ -161,3 +161,57 @@ fn a_first_response_that_is_refused_keeps_the_proxy_closed() {
     store.apply_collection(VS_COLLECTION, EMPTY).unwrap();
     assert!(ready(&store));
 }
+
+const RA_COLLECTION: &str = "security.istio.io/v1/RequestAuthentication";
+
+fn request_authentication(jwks_fields: &str) -> String {
+    format!(
+        r#"{{"apiVersion": "v1", "kind": "List", "items": [{{
+  "apiVersion": "security.istio.io/v1",
+  "kind": "RequestAuthentication",
+  "metadata": {{"name": "mesh-jwt", "namespace": "istio-system"}},
+  "spec": {{"jwtRules": [{{"issuer": "https://issuer.example", {jwks_fields}}}]}}
+}}]}}"#
+    )
+}
+
+/// A RequestAuthentication from the control plane is compiled like one from a folder (so a
+/// proxy fed by `--xds` enforces it), and one Istio would refuse is NACKed naming the field.
+#[test]
+fn request_authentication_arrives_over_xds_and_is_enforced() {
+    assert!(
+        sluice_xds::collection(RA_COLLECTION).is_some(),
+        "the control plane serves RequestAuthentication"
+    );
+    let mut store = ConfigStore::new_xds(
+        "127.0.0.1:15010",
+        [RA_COLLECTION.to_string()],
+        ProxyIdentity::default(),
+    );
+    store
+        .apply_collection(
+            RA_COLLECTION,
+            &request_authentication(r#""jwksUri": "https://issuer.example/keys""#),
+        )
+        .unwrap();
+    assert!(ready(&store), "{}", reasons(&store));
+    let snap = store.snapshot().load_full();
+    let authn = &snap.request_authentication;
+    assert_eq!(authn.policies, ["istio-system/mesh-jwt"]);
+    assert_eq!(authn.providers[0].issuer, "https://issuer.example");
+
+    let nack = store
+        .apply_collection(
+            RA_COLLECTION,
+            &request_authentication(
+                r#""jwksUri": "https://issuer.example/keys", "jwks": "{\"keys\": []}""#,
+            ),
+        )
+        .unwrap_err();
+    assert!(
+        nack.starts_with("RequestAuthentication istio-system/mesh-jwt: spec.jwtRules[0]"),
+        "{nack}"
+    );
+    // The last good rules keep applying.
+    assert!(!store.snapshot().load().request_authentication.is_empty());
+}

@@ -77,10 +77,10 @@ Codes: Istio's IST codes, levels and message texts (istioctl analyze), plus slui
           file on the machine where the command runs (run it on the proxy's host): the gateway is
           not ready, or TLS origination fails, until the file can be read.
   SLU0003 [Info] KindNotEnforced: valid config of a kind sluice validates but does not enforce
-          (RequestAuthentication, WorkloadGroup, ProxyConfig, EnvoyFilter,
-          WasmPlugin, TrafficExtension, Gateway API Gateways).
+          (WorkloadGroup, ProxyConfig, EnvoyFilter, WasmPlugin, TrafficExtension,
+          Gateway API Gateways).
   SLU0004 [Info] FieldNotEnforced: a field Istio accepts that sluice validates but does not act
-          on yet (DestinationRule zoneAwareLbSetting, warmup, …; Sidecar ingress; corsPolicy).
+          on yet (DestinationRule zoneAwareLbSetting, warmup, …; Sidecar ingress tls; corsPolicy).
 A resource defined twice gets IST0133 on the definitions not used (the first valid one is).
 
 Use --list-analyzers for every code, and for the checks Istio makes differently or not at all.";

@@ -140,6 +140,10 @@ pub const COLLECTIONS: &[Collection] = &[
         "AuthorizationPolicy",
         security::v1beta1::AuthorizationPolicy
     ),
+    security!(
+        "RequestAuthentication",
+        security::v1beta1::RequestAuthentication
+    ),
     Collection {
         type_url: "telemetry.istio.io/v1/Telemetry",
         kind: "Telemetry",

@@ -1,6 +1,7 @@
 //! Bytes written by hand, field by field, with the field numbers and types of Istio's own
 //! protos (istio/api: networking/v1alpha3/virtual_service.proto, destination_rule.proto,
 //! security/v1beta1/peer_authentication.proto, authorization_policy.proto,
+//! request_authentication.proto,
 //! mesh/v1alpha1/config.proto, mcp/v1alpha1/resource.proto and metadata.proto), not with this
 //! crate's schema: a wrong field number, type or JSON name in the schema shows here.
 
@@ -246,6 +247,54 @@ fn security_policies_from_known_bytes() {
             }],
             "action": "DENY",
             "targetRef": {"kind": "Service", "name": "reviews"}
+        }),
+    );
+
+    // RequestAuthentication { selector = 1; jwt_rules = 2; }  JWTRule { issuer = 1;
+    // audiences = 2; jwks_uri = 3; from_headers = 6; from_params = 7;
+    // output_payload_to_header = 8; forward_original_token = 9; jwks = 10;
+    // output_claim_to_headers = 11; from_cookies = 12; timeout = 13;
+    // space_delimited_claims = 14; }  JWTHeader { name = 1; prefix = 2; }
+    // ClaimToHeader { header = 1; claim = 2; }
+    let rule = msg(
+        2,
+        &[
+            string(1, "https://issuer.example"),
+            string(2, "web"),
+            string(3, "https://issuer.example/keys"),
+            msg(6, &[string(1, "x-jwt"), string(2, "Bearer ")]),
+            string(7, "token"),
+            string(8, "x-payload"),
+            int(9, 1),
+            msg(11, &[string(1, "x-sub"), string(2, "sub")]),
+            string(12, "session"),
+            duration(13, 2, 0),
+            string(14, "roles"),
+        ],
+    );
+    let inline = msg(2, &[string(1, "other"), string(10, "{\"keys\": []}")]);
+    both_ways(
+        "security.istio.io/v1/RequestAuthentication",
+        "type.googleapis.com/istio.security.v1beta1.RequestAuthentication",
+        [msg(1, &[entry(1, "app", "r")]), rule, inline].concat(),
+        json!({
+            "selector": {"matchLabels": {"app": "r"}},
+            "jwtRules": [{
+                "issuer": "https://issuer.example",
+                "audiences": ["web"],
+                "jwksUri": "https://issuer.example/keys",
+                "fromHeaders": [{"name": "x-jwt", "prefix": "Bearer "}],
+                "fromParams": ["token"],
+                "outputPayloadToHeader": "x-payload",
+                "forwardOriginalToken": true,
+                "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}],
+                "fromCookies": ["session"],
+                "timeout": "2s",
+                "spaceDelimitedClaims": ["roles"]
+            }, {
+                "issuer": "other",
+                "jwks": "{\"keys\": []}"
+            }]
         }),
     );
 }

@@ -247,6 +247,7 @@ fn hand_written_cases_survive_the_wire() {
             ("DestinationRule", 1),
             ("Gateway", 1),
             ("PeerAuthentication", 1),
+            ("RequestAuthentication", 1),
             ("ServiceEntry", 2),
             ("Sidecar", 2),
             ("Telemetry", 1),
@@ -368,6 +369,15 @@ fn tricky_values_come_back_as_written() {
     assert_eq!(ap["targetRefs"][0]["kind"], json!("Gateway"));
     let ap = find(Kind::AuthorizationPolicy, "allow-reads");
     assert_eq!(ap["rules"][1], json!({}));
+
+    let ra = find(Kind::RequestAuthentication, "jwt");
+    assert_eq!(ra["jwtRules"][0]["timeout"], json!("2s"));
+    assert_eq!(ra["jwtRules"][0]["forwardOriginalToken"], json!(true));
+    assert_eq!(
+        ra["jwtRules"][0]["fromHeaders"][0],
+        json!({"name": "x-jwt", "prefix": "Bearer "})
+    );
+    assert_eq!(ra["jwtRules"][1]["jwks"], json!("{\"keys\": []}"));
 }
 
 /// MeshConfig goes bare, as istiod sends it, and only the fields sluice reads travel: the rest

@@ -334,9 +334,10 @@ fn warn_unknown_top_level(root: &Map<String, Value>, d: &mut Doc) {
 /// One of Istio's kinds that sluice validates but does not enforce ([`UnenforcedKind`]):
 /// decoded and checked as Istio's webhook and CRD schema would, so a document Istio refuses is
 /// refused here too. A valid one gets a warning (SLU0003) that what it asks for does not
-/// happen. Telemetry is the exception: enforced by proxies, it shares only this decoding and
-/// validation, and a valid one becomes a [`Resource`] ([`Kind::Telemetry`]) without a warning;
-/// nothing downstream reads the others.
+/// happen. Telemetry and RequestAuthentication are the exceptions: enforced by proxies, they
+/// share only this decoding and validation, and a valid one becomes a [`Resource`]
+/// ([`Kind::Telemetry`], [`Kind::RequestAuthentication`]) without a warning; nothing downstream
+/// reads the others.
 fn decode_unenforced(
     kind: UnenforcedKind,
     api_version: &str,
@@ -406,30 +407,38 @@ fn decode_unenforced(
     if d.has_errors() {
         return None;
     }
-    // Telemetry is enforced (it shares only this decoding and validation with the others).
-    let UnenforcedSpec::Telemetry(telemetry) = spec else {
-        d.warn(
-            "kind",
-            format!(
-                "SLU0003: {kind} ({group}) is valid Istio config, but sluice does not enforce \
-                 it: what it asks for does not happen",
-                kind = kind.as_str(),
-                group = kind.group()
-            ),
-        );
-        d.unenforced = true;
-        return None;
+    // Telemetry and RequestAuthentication are enforced (they share only this decoding and
+    // validation with the others); the others are not, which SLU0003 says.
+    let (resource_kind, resource_spec) = match spec {
+        UnenforcedSpec::RequestAuthentication(ra) => (
+            Kind::RequestAuthentication,
+            Spec::RequestAuthentication(Box::new(ra)),
+        ),
+        UnenforcedSpec::Telemetry(telemetry) => (Kind::Telemetry, Spec::Telemetry(telemetry)),
+        _ => {
+            d.warn(
+                "kind",
+                format!(
+                    "SLU0003: {kind} ({group}) is valid Istio config, but sluice does not enforce \
+                     it: what it asks for does not happen",
+                    kind = kind.as_str(),
+                    group = kind.group()
+                ),
+            );
+            d.unenforced = true;
+            return None;
+        }
     };
-    let api_version = Kind::Telemetry
+    let api_version = resource_kind
         .api_versions()
         .iter()
         .copied()
         .find(|v| *v == api_version)?;
     Some(Resource::new(ResourceFields {
-        kind: Kind::Telemetry,
+        kind: resource_kind,
         api_version,
         meta,
-        spec: Spec::Telemetry(telemetry),
+        spec: resource_spec,
         origin: Origin {
             file: file.clone(),
             line: d.line,
@@ -557,6 +566,10 @@ fn decode_spec(
         // `decode_unenforced` reads Telemetry documents, with Istio's checks; this is the same
         // typed decoding, for completeness.
         Kind::Telemetry => Spec::Telemetry(Box::new(d.typed(take_spec(root), "spec")?)),
+        // Read by `decode_unenforced` too, with Istio's checks.
+        Kind::RequestAuthentication => {
+            Spec::RequestAuthentication(Box::new(d.typed(take_spec(root), "spec")?))
+        }
     })
 }
 

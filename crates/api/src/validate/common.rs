@@ -253,14 +253,15 @@ pub(super) fn header_match_name(r: &mut Report<'_>, path: &str, name: &str) {
         return;
     }
     if is_jwt_claim_route(name) {
-        // Valid for Istio, which matches it against the request's validated JWT; sluice does not
-        // validate JWTs (RequestAuthentication), so the match never holds and its route is
-        // never taken (and `withoutHeaders` on it always holds).
+        // Valid for Istio, which matches it against the request's validated JWT; sluice
+        // validates JWTs (RequestAuthentication) but does not route on their claims, so the
+        // match never holds and its route is never taken (and `withoutHeaders` on it always
+        // holds).
         r.warn(
             path,
             format!(
-                "SLU0004: `{name}` is valid Istio config, but sluice does not validate JWTs \
-                 (RequestAuthentication), so this claim never matches"
+                "SLU0004: `{name}` is valid Istio config, but sluice does not route on JWT \
+                 claims, so this claim never matches"
             ),
         );
         return;

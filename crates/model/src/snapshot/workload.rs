@@ -3,8 +3,8 @@
 
 use super::*;
 
-/// AuthorizationPolicies for this proxy (sidecars and gateways alike: a gateway is a workload
-/// of its namespace), and PeerAuthentication for sidecars (Istio does not apply it to gateways,
+/// AuthorizationPolicies and RequestAuthentications for this proxy (sidecars and gateways alike:
+/// a gateway is a workload of its namespace), and PeerAuthentication for sidecars (Istio does not apply it to gateways,
 /// which stay PERMISSIVE).
 pub(super) fn build_security(snap: &mut Snapshot, resources: &[Resource]) {
     let root = snap.mesh.root_namespace.clone();
@@ -15,6 +15,14 @@ pub(super) fn build_security(snap: &mut Snapshot, resources: &[Resource]) {
         &root,
     );
     snap.authorization = authz;
+    snap.diagnostics.extend(diags);
+    let (authn, diags) = crate::jwt::RequestAuthentication::compile(
+        resources,
+        &snap.proxy.namespace,
+        &snap.proxy.labels,
+        &root,
+    );
+    snap.request_authentication = authn;
     snap.diagnostics.extend(diags);
     if snap.proxy.kind == ProxyKind::Sidecar {
         let (mode, ports) = crate::security::peer_authentication(
