@@ -44,10 +44,6 @@ const NOT_RUN: &[(&str, &str)] = &[
         "vm.md",
         "installs a systemd unit on the host (the unit is checked by systemd-analyze in the vm test)",
     ),
-    (
-        "security.md",
-        "a reference of fail-closed behaviours, each proved by its own test",
-    ),
 ];
 
 /// The guides that are run.
@@ -58,6 +54,8 @@ const RUN: &[&str] = &[
     "mesh-services.md",
     "control-plane.md",
     "service-graph.md",
+    "security.md",
+    "tracing.md",
 ];
 
 /// How long one guide may take in all.
@@ -211,4 +209,14 @@ fn guide_control_plane_runs_as_written() {
 #[test]
 fn guide_service_graph_runs_as_written() {
     run_guide("service-graph.md");
+}
+
+#[test]
+fn guide_security_runs_as_written() {
+    run_guide("security.md");
+}
+
+#[test]
+fn guide_tracing_runs_as_written() {
+    run_guide("tracing.md");
 }
