@@ -19,9 +19,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sluice_api::networking::Labels;
 use sluice_api::unenforced::JwtRule;
-use sluice_api::{Diagnostic, Resource, Severity, Spec};
-
-use crate::registry::labels_subset;
+use sluice_api::{Diagnostic, Resource, Spec};
 
 /// Istio's timeout for fetching a `jwksUri` when the rule sets none.
 pub const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -191,25 +189,13 @@ impl RequestAuthentication {
             let Spec::RequestAuthentication(ra) = &res.spec else {
                 continue;
             };
-            let ns = res.meta.namespace.as_str();
-            if ns != namespace && ns != root_namespace {
-                continue;
-            }
-            if ra.target_ref.is_some() || !ra.target_refs.is_empty() {
-                diags.push(Diagnostic::at(
-                    res,
-                    Severity::Warning,
-                    "spec.targetRefs",
-                    "policies attached with targetRef(s) apply to waypoints and Kubernetes \
-                     Gateway API gateways; sluice does not apply this policy",
-                ));
-                continue;
-            }
-            if !ra
-                .selector
-                .as_ref()
-                .is_none_or(|s| labels_subset(&s.match_labels, labels))
-            {
+            let attached = ra.target_ref.is_some() || !ra.target_refs.is_empty();
+            let scope = crate::security::WorkloadScope {
+                namespace,
+                labels,
+                root_namespace,
+            };
+            if !scope.selects(res, ra.selector.as_ref(), attached, &mut diags) {
                 continue;
             }
             out.policies.push(res.key());

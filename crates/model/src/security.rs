@@ -170,21 +170,13 @@ impl Authorization {
             let Spec::AuthorizationPolicy(ap) = &res.spec else {
                 continue;
             };
-            let ns = res.meta.namespace.as_str();
-            if ns != namespace && ns != root_namespace {
-                continue;
-            }
-            if ap.target_ref.is_some() || !ap.target_refs.is_empty() {
-                diags.push(Diagnostic::at(
-                    res,
-                    Severity::Warning,
-                    "spec.targetRefs",
-                    "policies attached with targetRef(s) apply to waypoints and Kubernetes \
-                     Gateway API gateways; sluice does not apply this policy",
-                ));
-                continue;
-            }
-            if !selects(ap.selector.as_ref(), labels) {
+            let attached = ap.target_ref.is_some() || !ap.target_refs.is_empty();
+            let scope = WorkloadScope {
+                namespace,
+                labels,
+                root_namespace,
+            };
+            if !scope.selects(res, ap.selector.as_ref(), attached, &mut diags) {
                 continue;
             }
             let action = ap.action();
@@ -226,6 +218,44 @@ impl Authorization {
 /// empty one, selects every workload of the namespace).
 fn selects(selector: Option<&PolicySelector>, labels: &Labels) -> bool {
     selector.is_none_or(|s| labels_subset(&s.match_labels, labels))
+}
+
+/// The workload a security policy may apply to: its namespace and labels, and the mesh's root
+/// namespace.
+pub(crate) struct WorkloadScope<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a Labels,
+    pub root_namespace: &'a str,
+}
+
+impl WorkloadScope<'_> {
+    /// Whether policy `res` (with `selector`; `attached` when it has `targetRef(s)`) applies to
+    /// this workload, as Istio selects AuthorizationPolicies and RequestAuthentications: those of
+    /// the root namespace and of its own namespace, without a selector or with one its labels
+    /// match. A policy attached with `targetRef(s)` is reported in `diags` and applies to none.
+    pub fn selects(
+        &self,
+        res: &Resource,
+        selector: Option<&PolicySelector>,
+        attached: bool,
+        diags: &mut Vec<Diagnostic>,
+    ) -> bool {
+        let ns = res.meta.namespace.as_str();
+        if ns != self.namespace && ns != self.root_namespace {
+            return false;
+        }
+        if attached {
+            diags.push(Diagnostic::at(
+                res,
+                Severity::Warning,
+                "spec.targetRefs",
+                "policies attached with targetRef(s) apply to waypoints and Kubernetes \
+                 Gateway API gateways; sluice does not apply this policy",
+            ));
+            return false;
+        }
+        selects(selector, self.labels)
+    }
 }
 
 fn compile_policy(
