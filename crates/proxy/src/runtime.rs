@@ -132,16 +132,21 @@ impl OperatorListeners {
     /// Binds the admin port on 127.0.0.1 and the health and stats ports on every address.
     pub async fn bind(ports: OperatorPorts) -> anyhow::Result<OperatorListeners> {
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-        let admin_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports.admin);
-        let status_addr = SocketAddr::new(any, ports.status);
-        let stats_addr = SocketAddr::new(any, ports.stats);
+        let admin = bind(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports.admin),
+            "admin",
+        )
+        .await?;
+        let status = bind(SocketAddr::new(any, ports.status), "health").await?;
+        let stats = bind(SocketAddr::new(any, ports.stats), "Prometheus stats").await?;
+        // Port 0 lets the OS choose: report the port it chose.
         Ok(OperatorListeners {
-            admin: bind(admin_addr, "admin").await?,
-            status: bind(status_addr, "health").await?,
-            stats: bind(stats_addr, "Prometheus stats").await?,
-            admin_addr,
-            status_addr,
-            stats_addr,
+            admin_addr: admin.local_addr()?,
+            status_addr: status.local_addr()?,
+            stats_addr: stats.local_addr()?,
+            admin,
+            status,
+            stats,
         })
     }
 }

@@ -191,9 +191,11 @@ pub async fn run_with_identity(
     let proxy = Arc::new(proxy);
 
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-    let outbound_addr = SocketAddr::new(any, opts.outbound_port);
-    let proxy_addr = SocketAddr::new(opts.proxy_bind, opts.proxy_port);
-    let outbound = bind(outbound_addr, "captured outbound traffic").await?;
+    let outbound = bind(
+        SocketAddr::new(any, opts.outbound_port),
+        "captured outbound traffic",
+    )
+    .await?;
     let outbound6 = bind_ipv6_twin(opts.outbound_port, "captured outbound traffic")?;
     let (inbound, inbound6) = match opts.inbound_port {
         Some(port) => {
@@ -203,12 +205,18 @@ pub async fn run_with_identity(
         }
         None => (None, None),
     };
-    // Port 0 lets the OS choose: show the real one in /listeners.
+    let forward = bind(
+        SocketAddr::new(opts.proxy_bind, opts.proxy_port),
+        "explicit proxy",
+    )
+    .await?;
+    // Port 0 lets the OS choose: show the real ones in /listeners and the ready line.
+    let outbound_addr = outbound.local_addr().context("outbound listener address")?;
     let inbound_addr = match &inbound {
         Some(l) => Some(l.local_addr().context("inbound listener address")?),
         None => None,
     };
-    let forward = bind(proxy_addr, "explicit proxy").await?;
+    let proxy_addr = forward.local_addr().context("explicit proxy address")?;
     let operator = OperatorListeners::bind(OperatorPorts {
         admin: opts.admin_port,
         status: opts.status_port,
