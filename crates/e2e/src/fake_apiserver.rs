@@ -19,7 +19,7 @@
 //! HTTP/1.1 by hand on std threads (one per connection, keep-alive; chunked watch bodies):
 //! the e2e crate stays free of an HTTP stack.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
@@ -70,6 +70,9 @@ const KINDS: &[Kind] = &[
         "RequestAuthentication",
         "requestauthentications",
     ),
+    kind("telemetry.istio.io/v1", "Telemetry", "telemetries"),
+    kind("networking.k8s.io/v1", "Ingress", "ingresses"),
+    kind("networking.k8s.io/v1", "IngressClass", "ingressclasses"),
 ];
 
 const fn kind(group_version: &'static str, kind: &'static str, plural: &'static str) -> Kind {
@@ -135,6 +138,8 @@ struct State {
     next_token: u64,
     /// Every request's method and target, in order.
     requests: Vec<String>,
+    /// Plurals answered 404, as for a CRD that is not installed.
+    uninstalled: HashSet<&'static str>,
 }
 
 struct Inner {
@@ -300,6 +305,20 @@ impl FakeApiServer {
         state.history.clear();
     }
 
+    /// Answers 404 for the kind with this plural until [`FakeApiServer::install`], as the API
+    /// server does for a custom resource whose CRD is not installed.
+    pub fn uninstall(&self, plural: &str) {
+        let kind = KINDS
+            .iter()
+            .find(|k| k.plural == plural)
+            .unwrap_or_else(|| panic!("the fake API server does not serve {plural}"));
+        self.lock().uninstalled.insert(kind.plural);
+    }
+
+    pub fn install(&self, plural: &str) {
+        self.lock().uninstalled.remove(plural);
+    }
+
     /// Every request so far (`GET /api/v1/services?limit=500`, …).
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
@@ -360,7 +379,10 @@ impl FakeApiServer {
         if let Some(control) = path.strip_prefix("/fake/") {
             return self.control(conn, method, control, body);
         }
-        let Some(target) = route(path) else {
+        let Some(target) = route(path).filter(|t| {
+            let uninstalled = self.lock().uninstalled.contains(t.kind.plural);
+            !uninstalled
+        }) else {
             return send(
                 conn,
                 404,

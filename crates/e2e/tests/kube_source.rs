@@ -3,8 +3,8 @@
 //! the pod's network namespace) and feeds a sidecar: the mesh config's REGISTRY_ONLY, a
 //! ServiceEntry and seed 001's timeout come from the API; changed there, they change in the
 //! sidecar; a deleted ServiceEntry closes its host; an object the validator refuses is
-//! refused alone while the rest keeps serving; analysis messages are written to the objects'
-//! `status.validationMessages`.
+//! refused alone while the rest keeps serving; a Telemetry from the API filters the access log;
+//! analysis messages are written to the objects' `status.validationMessages`.
 
 use std::time::{Duration, Instant};
 
@@ -118,6 +118,39 @@ fn sluice_control_reads_the_kubernetes_api_and_follows_its_changes() {
                 .ok_or(format!("{t:?}"))
         })
     });
+
+    // A Telemetry from the API (telemetry.istio.io, written as v1alpha1): from then on only
+    // failed requests are logged.
+    fake(
+        &env,
+        "apply",
+        &json!({"apiVersion": "telemetry.istio.io/v1alpha1", "kind": "Telemetry",
+            "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+            "spec": {"accessLogging": [{"providers": [{"name": "envoy"}],
+                                        "filter": {"expression": "response.code >= 400"}}]}}),
+    );
+    let mut probe = 0;
+    eventually(
+        "only failed requests logged (Telemetry from the API)",
+        Duration::from_secs(20),
+        || {
+            probe += 1;
+            let ok = format!("/get?probe={probe}");
+            let failed = format!("/status/418?probe={probe}");
+            env.curl(&format!("http://httpbin.org{ok}"))
+                .run()
+                .expect_status(200);
+            env.curl(&format!("http://httpbin.org{failed}"))
+                .run()
+                .expect_status(418);
+            let line = env.wait_for_log(&failed, |e| e.path == failed);
+            let log = env.access_log();
+            match log.iter().find(|e| e.path == ok) {
+                Some(e) => Err(format!("a 200 is still logged: {}", e.raw)),
+                None => Ok(line),
+            }
+        },
+    );
 
     // Analysis goes to the objects' status, as istiod writes it: a VirtualService bound to a
     // Gateway that does not exist gets IST0101; an object without problems is left alone.

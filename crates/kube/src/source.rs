@@ -5,12 +5,14 @@
 //! Watched with kube-rs's watcher, which follows the API's list/watch protocol (paginated
 //! lists, watches from the list's `resourceVersion`, bookmarks, and a new list when the watch
 //! expires with `410 Gone`):
-//! - the Istio kinds sluice serves (`networking.istio.io/v1`, `security.istio.io/v1`; the API
-//!   server converts objects written as `v1alpha3`/`v1beta1`);
+//! - the Istio kinds sluice serves (`networking.istio.io/v1`, `security.istio.io/v1`,
+//!   `telemetry.istio.io/v1`; the API server converts objects written in older versions);
 //! - Services, and EndpointSlices (`discovery.k8s.io/v1`), which become one `Endpoints` object
 //!   per Service (the form sluice's registry reads), with the ready endpoints only;
 //! - Pods that are running and ready, as WorkloadEntries (their IP, labels and service
 //!   account): what gives endpoints their labels for subsets, as istiod's pod cache does;
+//! - Ingresses and IngressClasses (`networking.k8s.io/v1`), which the ingress gateway serves
+//!   for the `istio` class;
 //! - the `istio` ConfigMap in the Istio namespace (the mesh config);
 //! - Secrets, of which only those a Gateway or DestinationRule names in `credentialName` are
 //!   passed on, as istiod's credential controller does.
@@ -136,6 +138,13 @@ const WATCHED: &[Watched] = &[
         "RequestAuthentication",
         "requestauthentications",
     ),
+    watched(
+        "Telemetry",
+        "telemetry.istio.io",
+        "v1",
+        "Telemetry",
+        "telemetries",
+    ),
     watched("Service", "", "v1", "Service", "services"),
     watched(
         "Endpoints",
@@ -145,6 +154,15 @@ const WATCHED: &[Watched] = &[
         "endpointslices",
     ),
     watched("Pod", "", "v1", "Pod", "pods"),
+    // Kubernetes Ingress, which Istio's ingress gateway serves for the `istio` class.
+    watched("Ingress", "networking.k8s.io", "v1", "Ingress", "ingresses"),
+    watched(
+        "IngressClass",
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        "ingressclasses",
+    ),
     watched("ConfigMap", "", "v1", "ConfigMap", "configmaps"),
     watched("Secret", "", "v1", "Secret", "secrets"),
 ];
@@ -281,6 +299,7 @@ async fn watch(
     seen: tokio::sync::mpsc::Sender<Seen>,
 ) {
     let mut buffer = Vec::new();
+    let mut listed = false;
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         let item = match event {
@@ -292,9 +311,27 @@ async fn watch(
                 buffer.push(obj);
                 continue;
             }
-            Ok(Event::InitDone) => Seen::Listed(w, namespace.clone(), std::mem::take(&mut buffer)),
+            Ok(Event::InitDone) => {
+                listed = true;
+                Seen::Listed(w, namespace.clone(), std::mem::take(&mut buffer))
+            }
             Ok(Event::Apply(obj)) => Seen::Applied(w, obj),
             Ok(Event::Delete(obj)) => Seen::Deleted(w, obj),
+            // The API server does not serve the kind (its CRD is not installed): as istiod's
+            // delayed informers, it counts as listed and empty, so the control plane becomes
+            // ready, and the watcher's retries pick the kind up once the CRD is installed.
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if status.code == 404 && !listed =>
+            {
+                listed = true;
+                tracing::warn!(
+                    "the Kubernetes API does not serve {}/{} (is its CRD installed?): none are \
+                     served until it does",
+                    w.api_version(),
+                    w.plural
+                );
+                Seen::Listed(w, namespace.clone(), Vec::new())
+            }
             Err(e) => {
                 // The watcher retries with backoff; the store keeps what it has.
                 tracing::warn!(kind = w.kind, "watching the Kubernetes API: {e}");

@@ -4,7 +4,8 @@
 //! happen; a cut watch resumes from where it was without listing again; after the history is
 //! compacted (410 Gone) the source lists again and what was deleted meanwhile goes away.
 //! EndpointSlices become one Endpoints per Service; ready pods become WorkloadEntries; only the
-//! Secrets a Gateway names are passed on; only the `istio` ConfigMap is read.
+//! Secrets a Gateway names are passed on; only the `istio` ConfigMap is read; Telemetry and
+//! Kubernetes Ingress are read as well.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -110,13 +111,23 @@ fn until(
     what: &str,
     check: impl Fn(&Held) -> bool,
 ) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    until_within(rx, held, what, Duration::from_secs(10), check)
+}
+
+fn until_within(
+    rx: &std::sync::mpsc::Receiver<SourceUpdate>,
+    held: &mut Held,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&Held) -> bool,
+) {
+    let deadline = std::time::Instant::now() + within;
     while !check(held) {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
             Ok(update) => held.take(update),
             Err(_) => panic!(
-                "{what}: not seen within 10 s; held {:#?}",
+                "{what}: not seen within {within:?}; held {:#?}",
                 held.objects.keys().collect::<Vec<_>>()
             ),
         }
@@ -161,6 +172,18 @@ async fn the_cluster_is_listed_then_followed_through_cuts_and_expiry() {
         "data": {"mesh": "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n"}}));
     server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "other", "namespace": "istio-system"}, "data": {"x": "y"}}));
+    server.apply(json!({"apiVersion": "telemetry.istio.io/v1alpha1", "kind": "Telemetry",
+        "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+        "spec": {"accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expression": "response.code >= 400"}}]}}));
+    server.apply(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": "istio"}, "spec": {"controller": "istio.io/ingress-controller"}}),
+    );
+    server.apply(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"ingressClassName": "istio", "rules": [{"host": "shop.example.com", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "svc-0000", "port": {"number": 80}}}}]}}]},
+        "status": {"loadBalancer": {}}}));
 
     let (tx, rx) = std::sync::mpsc::channel();
     let source = tokio::spawn(source::run(
@@ -228,6 +251,21 @@ async fn the_cluster_is_listed_then_followed_through_cuts_and_expiry() {
     assert!(held.get("kube:Secret/istio-system/unrelated").is_none());
     assert!(held.get("kube:ConfigMap/istio-system/istio").is_some());
     assert!(held.get("kube:ConfigMap/istio-system/other").is_none());
+    // Telemetry, Ingress and the cluster-scoped IngressClass.
+    let telemetry = held
+        .get("kube:Telemetry/istio-system/mesh-default")
+        .unwrap();
+    assert_eq!(telemetry["apiVersion"], "telemetry.istio.io/v1");
+    assert_eq!(
+        telemetry["spec"]["accessLogging"][0]["filter"]["expression"],
+        "response.code >= 400"
+    );
+    let ingress = held.get("kube:Ingress/shop/web").unwrap();
+    assert_eq!(ingress["spec"]["rules"][0]["host"], "shop.example.com");
+    assert!(ingress.get("status").is_none());
+    let class = held.get("kube:IngressClass//istio").unwrap();
+    assert_eq!(class["spec"]["controller"], "istio.io/ingress-controller");
+    assert!(class["metadata"].get("namespace").is_none());
 
     // Changes while watching.
     server.apply(virtual_service("shop", "httpbin", "1s"));
@@ -304,5 +342,53 @@ async fn the_cluster_is_listed_then_followed_through_cuts_and_expiry() {
         lists_after_expiry > lists_after,
         "410 Gone made the source list again"
     );
+    source.abort();
+}
+
+/// A kind whose CRD is not installed is served as empty, so the control plane becomes ready
+/// (istiod's delayed informers); once the CRD is installed its objects arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_without_its_crd_counts_as_empty_until_the_crd_is_installed() {
+    let server = FakeApiServer::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    server.uninstall("telemetries");
+    server.apply(virtual_service("shop", "httpbin", "3s"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let source = tokio::spawn(source::run(
+        client(&server).await,
+        KubeOptions::default(),
+        tx,
+    ));
+    let mut held = Held::default();
+    let prefixes = source::prefixes();
+    tokio::task::block_in_place(|| {
+        until(&rx, &mut held, "every kind listed", |h| {
+            prefixes.iter().all(|p| h.listed.contains(p))
+        })
+    });
+    assert!(held.get("kube:VirtualService/shop/httpbin").is_some());
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.contains("/apis/telemetry.istio.io/v1/telemetries")),
+        "the Telemetry list was asked for"
+    );
+
+    server.install("telemetries");
+    server.apply(
+        json!({"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+        "metadata": {"name": "logs", "namespace": "shop"},
+        "spec": {"accessLogging": [{"disabled": true}]}}),
+    );
+    // The watcher retries a failed list with backoff (0.8 s, doubling).
+    tokio::task::block_in_place(|| {
+        until_within(
+            &rx,
+            &mut held,
+            "the Telemetry after its CRD was installed",
+            Duration::from_secs(40),
+            |h| h.get("kube:Telemetry/shop/logs").is_some(),
+        )
+    });
     source.abort();
 }

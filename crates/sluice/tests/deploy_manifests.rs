@@ -431,6 +431,13 @@ fn crds_serve_istio_kinds_as_istio_does() {
         sec("AuthorizationPolicy", "authorizationpolicies", &["ap"]),
         sec("PeerAuthentication", "peerauthentications", &["pa"]),
         sec("RequestAuthentication", "requestauthentications", &["ra"]),
+        Crd {
+            group: "telemetry.istio.io",
+            kind: "Telemetry",
+            plural: "telemetries",
+            short: &["telemetry"],
+            versions: &["v1", "v1alpha1"],
+        },
     ];
     let crds: Vec<&Value> = of_kind(&objects, "CustomResourceDefinition").collect();
     assert_eq!(crds.len(), objects.len(), "deploy/crds holds only CRDs");
@@ -483,7 +490,13 @@ fn crds_serve_istio_kinds_as_istio_does() {
             served.push(version);
         }
         assert_eq!(served, *versions, "{plural} versions");
-        assert_eq!(storage, ["v1"], "{plural}: v1 is stored");
+        // Istio's stored versions: v1, except Telemetry's v1alpha1.
+        let stored = if kind_ == "Telemetry" {
+            "v1alpha1"
+        } else {
+            "v1"
+        };
+        assert_eq!(storage, [stored], "{plural}: {stored} is stored");
     }
 }
 
