@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sluice_api::mesh::tracing::{split_host_port, CustomTag, ProviderHeader};
+use sluice_api::mesh::tracing::{split_host_port, CustomTag, ProviderHeader, ProxyTracing};
 use sluice_api::mesh::{ExtensionProvider, MeshConfig};
 
 use crate::snapshot::{ProxyIdentity, ProxyKind};
@@ -162,15 +162,8 @@ pub fn settings_for_proxy(mesh: &MeshConfig, proxy: &ProxyIdentity) -> Option<Tr
         Some(s) if s > 0.0 => s,
         _ => DEFAULT_SAMPLING_PERCENT,
     };
-    let max_path_tag_length = match (
-        provider_max_tag,
-        proxy_tracing.and_then(|t| t.max_path_tag_length),
-    ) {
-        (n, _) if n > 0 => n as usize,
-        (_, Some(n)) if n > 0 => n as usize,
-        _ => DEFAULT_MAX_PATH_TAG_LENGTH,
-    };
-    let mut custom_tags: Vec<(Arc<str>, CustomTagValue)> = proxy_tracing
+    let max_path_tag_length = max_path_tag_length(provider_max_tag, proxy_tracing);
+    let custom_tags: Vec<(Arc<str>, CustomTagValue)> = proxy_tracing
         .map(|t| {
             t.custom_tags
                 .iter()
@@ -178,15 +171,10 @@ pub fn settings_for_proxy(mesh: &MeshConfig, proxy: &ProxyIdentity) -> Option<Tr
                 .collect()
         })
         .unwrap_or_default();
-    if istio_tags {
-        custom_tags.extend(istio_service_tags(mesh, proxy));
-    }
-    custom_tags.sort_by(|a, b| a.0.cmp(&b.0));
-    custom_tags.dedup_by(|a, b| a.0 == b.0);
     Some(TracingSettings {
         provider,
         sampling_percent,
-        custom_tags,
+        custom_tags: with_istio_tags(custom_tags, istio_tags, mesh, proxy),
         disable_reporting: false,
         max_path_tag_length,
         service_name: Arc::from(service_cluster(proxy)),
@@ -220,32 +208,49 @@ pub fn with_telemetry(
         Some(s) if (0.0..=100.0).contains(&s) => s,
         _ => DEFAULT_SAMPLING_PERCENT,
     };
-    let max_path_tag_length = match (
+    let max_path_tag_length = max_path_tag_length(provider_max_tag, proxy_tracing);
+    let custom_tags: Vec<(Arc<str>, CustomTagValue)> = policy
+        .custom_tags
+        .iter()
+        .filter_map(|(name, tag)| Some((Arc::from(name.as_str()), telemetry_tag(tag)?)))
+        .collect();
+    Some(TracingSettings {
+        provider,
+        sampling_percent,
+        custom_tags: with_istio_tags(custom_tags, policy.enable_istio_tags, mesh, proxy),
+        disable_reporting: policy.disabled,
+        max_path_tag_length,
+        service_name: Arc::from(service_cluster(proxy)),
+    })
+}
+
+/// The path tag's length limit: the provider's `maxTagLength`, else ProxyConfig's
+/// `maxPathTagLength`, else Envoy's default.
+fn max_path_tag_length(provider_max_tag: u32, proxy_tracing: Option<&ProxyTracing>) -> usize {
+    match (
         provider_max_tag,
         proxy_tracing.and_then(|t| t.max_path_tag_length),
     ) {
         (n, _) if n > 0 => n as usize,
         (_, Some(n)) if n > 0 => n as usize,
         _ => DEFAULT_MAX_PATH_TAG_LENGTH,
-    };
-    let mut custom_tags: Vec<(Arc<str>, CustomTagValue)> = policy
-        .custom_tags
-        .iter()
-        .filter_map(|(name, tag)| Some((Arc::from(name.as_str()), telemetry_tag(tag)?)))
-        .collect();
-    if policy.enable_istio_tags {
+    }
+}
+
+/// Custom tags sorted with one value per name (the first given), Istio's service tags added
+/// when `istio_tags`.
+fn with_istio_tags(
+    mut custom_tags: Vec<(Arc<str>, CustomTagValue)>,
+    istio_tags: bool,
+    mesh: &MeshConfig,
+    proxy: &ProxyIdentity,
+) -> Vec<(Arc<str>, CustomTagValue)> {
+    if istio_tags {
         custom_tags.extend(istio_service_tags(mesh, proxy));
     }
     custom_tags.sort_by(|a, b| a.0.cmp(&b.0));
     custom_tags.dedup_by(|a, b| a.0 == b.0);
-    Some(TracingSettings {
-        provider,
-        sampling_percent,
-        custom_tags,
-        disable_reporting: policy.disabled,
-        max_path_tag_length,
-        service_name: Arc::from(service_cluster(proxy)),
-    })
+    custom_tags
 }
 
 /// A Telemetry `customTags` entry (`formatter` has no value sluice can compute: left out).
