@@ -128,9 +128,17 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
     };
     // With the API as a source, each published config is analyzed and the messages written to
     // the objects' status.
+    // With several replicas, the one holding the lease writes.
     let analysis = kube_client.map(|client| {
         let (tx, rx) = watch::channel(Arc::new(Vec::new()));
-        tokio::spawn(sluice_kube::status::run(client, rx));
+        let (leading_tx, leading_rx) = watch::channel(false);
+        let lease = sluice_kube::leader::LeaseOptions::new(
+            &opts.istio_namespace,
+            sluice_kube::leader::STATUS_LEASE,
+            &sluice_kube::leader::default_identity(),
+        );
+        tokio::spawn(sluice_kube::leader::run(client.clone(), lease, leading_tx));
+        tokio::spawn(sluice_kube::status::run(client, rx, leading_rx));
         tx
     });
     let mut encoder = Encoder::default();

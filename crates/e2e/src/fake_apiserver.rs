@@ -71,6 +71,7 @@ const KINDS: &[Kind] = &[
         "requestauthentications",
     ),
     kind("telemetry.istio.io/v1", "Telemetry", "telemetries"),
+    kind("coordination.k8s.io/v1", "Lease", "leases"),
     kind("networking.k8s.io/v1", "Ingress", "ingresses"),
     kind("networking.k8s.io/v1", "IngressClass", "ingressclasses"),
 ];
@@ -193,7 +194,17 @@ impl FakeApiServer {
 
     /// Creates or replaces `object` (with `apiVersion`, `kind`, `metadata.name`), as
     /// `kubectl apply` would; returns its new `resourceVersion`.
-    pub fn apply(&self, mut object: Value) -> u64 {
+    pub fn apply(&self, object: Value) -> u64 {
+        let mut state = self.lock();
+        let (version, _) = Self::store(&mut state, object);
+        drop(state);
+        self.inner.changed.notify_all();
+        version
+    }
+
+    /// Stores `object` under `state`'s lock (so a check made under the same lock holds): its
+    /// new `resourceVersion` and the object as stored.
+    fn store(state: &mut State, mut object: Value) -> (u64, Value) {
         let api_version = object["apiVersion"].as_str().unwrap_or("").to_string();
         let kind_name = object["kind"].as_str().unwrap_or("").to_string();
         let kind = collection_of(&api_version, &kind_name).unwrap_or_else(|| {
@@ -207,7 +218,6 @@ impl FakeApiServer {
             .as_str()
             .expect("metadata.name")
             .to_string();
-        let mut state = self.lock();
         state.version += 1;
         let version = state.version;
         let existing = state
@@ -247,11 +257,9 @@ impl FakeApiServer {
             } else {
                 "ADDED"
             },
-            object,
+            object: object.clone(),
         });
-        drop(state);
-        self.inner.changed.notify_all();
-        version
+        (version, object)
     }
 
     /// Deletes an object; false if there was none.
@@ -392,6 +400,9 @@ impl FakeApiServer {
         if let Some(name) = &target.name {
             return self.object(conn, method, &target, name, body);
         }
+        if method == "POST" && target.kind.plural == "leases" {
+            return self.create(conn, &target, body);
+        }
         if method != "GET" {
             return send(
                 conn,
@@ -419,8 +430,40 @@ impl FakeApiServer {
         self.list(conn, kind, &query, &filter)
     }
 
-    /// One object: `GET` it, or `PATCH` its `status` with a JSON merge patch (the only write
-    /// the fake takes from clients, as sluice writes nothing else).
+    /// `POST` of a new Lease (the only kind sluice creates): 409 AlreadyExists if there is one.
+    fn create(&self, conn: &mut TcpStream, target: &Target, body: &[u8]) -> bool {
+        let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+            return send(conn, 400, &status_body(400, "BadRequest", "not JSON"));
+        };
+        object["apiVersion"] = json!(target.kind.group_version);
+        object["kind"] = json!(target.kind.kind);
+        object["metadata"]["namespace"] = json!(target.namespace.clone().unwrap_or_default());
+        let key = (
+            target.namespace.clone().unwrap_or_default(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
+        let mut state = self.lock();
+        if state
+            .objects
+            .get(target.kind.plural)
+            .is_some_and(|m| m.contains_key(&key))
+        {
+            drop(state);
+            let message = format!("{} {:?} already exists", target.kind.plural, key.1);
+            return send(conn, 409, &status_body(409, "AlreadyExists", &message));
+        }
+        let (_, stored) = Self::store(&mut state, object);
+        drop(state);
+        self.inner.changed.notify_all();
+        send(conn, 201, &stored)
+    }
+
+    /// One object: `GET` it, `PATCH` its `status` with a JSON merge patch, or `PUT` a Lease
+    /// (replaced only if the body's `resourceVersion` is the stored one, else 409 Conflict, as
+    /// the API server's optimistic concurrency).
     fn object(
         &self,
         conn: &mut TcpStream,
@@ -451,6 +494,29 @@ impl FakeApiServer {
             ("GET", _) => {
                 drop(state);
                 send(conn, 200, &object)
+            }
+            ("PUT", false) if target.kind.plural == "leases" => {
+                let Ok(mut replacement) = serde_json::from_slice::<Value>(body) else {
+                    drop(state);
+                    return send(conn, 400, &status_body(400, "BadRequest", "not JSON"));
+                };
+                if replacement["metadata"]["resourceVersion"]
+                    != object["metadata"]["resourceVersion"]
+                {
+                    drop(state);
+                    let message = format!(
+                        "Operation cannot be fulfilled on leases {name:?}: the object has been \
+                         modified; please apply your changes to the latest version and try again"
+                    );
+                    return send(conn, 409, &status_body(409, "Conflict", &message));
+                }
+                replacement["apiVersion"] = json!(target.kind.group_version);
+                replacement["kind"] = json!(target.kind.kind);
+                replacement["metadata"]["namespace"] = json!(key.0);
+                let (_, stored) = Self::store(&mut state, replacement);
+                drop(state);
+                self.inner.changed.notify_all();
+                send(conn, 200, &stored)
             }
             ("PATCH", true) => {
                 let Ok(patch) = serde_json::from_slice::<Value>(body) else {
@@ -819,9 +885,11 @@ fn send(conn: &mut TcpStream, code: u16, body: &Value) -> bool {
     let body = body.to_string();
     let reason = match code {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         410 => "Gone",
         _ => "Error",
     };

@@ -5,12 +5,14 @@
 //! - [`inject`]: sidecar injection into workload manifests (`sluice inject`, as
 //!   `istioctl kube-inject`), and the same as a mutating admission webhook ([`webhook`]).
 //! - [`status`]: analysis results written to the Istio resources' status, as istiod does.
+//! - [`leader`]: leader election over a Lease, so one replica of several writes status.
 //! - [`webhook`]: the admission webhooks `sluice control` serves: injection, and validation
 //!   that refuses what `sluice validate` refuses.
 
 pub use kube;
 
 pub mod inject;
+pub mod leader;
 pub mod source;
 pub mod status;
 pub mod webhook;

@@ -29,14 +29,29 @@ pub fn written_resources() -> Vec<(&'static str, String)> {
 }
 
 /// Analyzes every config `configs` publishes and writes each API object's messages to its
-/// status, until `configs` closes.
+/// status while `leading` says this replica leads (one writer per cluster, see
+/// [`crate::leader`]), until `configs` closes.
 pub async fn run(
     client: kube::Client,
     mut configs: tokio::sync::watch::Receiver<Arc<Vec<Resource>>>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
 ) {
     // path → the messages last written (what the object's status says now, as far as known).
     let mut written: HashMap<String, Value> = HashMap::new();
-    while configs.changed().await.is_ok() {
+    loop {
+        tokio::select! {
+            changed = configs.changed() => if changed.is_err() { return },
+            changed = leading.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Another replica wrote meanwhile: what this one remembers writing is stale.
+                written.clear();
+            }
+        }
+        if !*leading.borrow_and_update() {
+            continue;
+        }
         tokio::time::sleep(QUIET).await;
         let resources = configs.borrow_and_update().clone();
         let Ok(messages) = tokio::task::spawn_blocking(move || {

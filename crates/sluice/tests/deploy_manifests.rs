@@ -513,6 +513,7 @@ fn rbac_is_least_privilege() {
     // Every rule of every role: no wildcard, no non-resource URL, reads only, except patching the
     // status of Istio resources.
     let mut secret_roles = BTreeSet::new();
+    let mut lease_rules = BTreeSet::new();
     for role in of_kind(&objects, "ClusterRole").chain(of_kind(&objects, "Role")) {
         for rule in role["rules"].as_array().expect("rules") {
             let (groups, resources, verbs) = (
@@ -545,12 +546,29 @@ fn rbac_is_least_privilege() {
                 .iter()
                 .filter(|v| !READ.contains(&v.as_str()))
                 .collect();
-            if !writes.is_empty() {
+            if groups == ["coordination.k8s.io"] {
+                // Leader election: one Lease, in the control plane's namespace.
+                assert_eq!(kind(role), "Role", "Leases only through a Role: {rule}");
+                assert_eq!(role["metadata"]["namespace"], "istio-system", "{rule}");
+                assert_eq!(resources, ["leases"], "{rule}");
+                if verbs == ["create"] {
+                    lease_rules.insert("create");
+                } else {
+                    assert_eq!(verbs, ["get", "update"], "{rule}");
+                    assert_eq!(
+                        resource_names,
+                        [sluice_kube::leader::STATUS_LEASE],
+                        "only the status Lease is read and renewed: {rule}"
+                    );
+                    lease_rules.insert("get+update");
+                }
+            } else if !writes.is_empty() {
                 assert!(
                     writes.iter().all(|v| *v == "patch")
                         && groups.iter().all(|g| g.ends_with(".istio.io"))
                         && resources.iter().all(|r| r.ends_with("/status")),
-                    "{}: only the status of Istio resources may be written: {rule}",
+                    "{}: only the status of Istio resources (and the election Lease) may be \
+                     written: {rule}",
                     id(role)
                 );
             }
@@ -568,6 +586,12 @@ fn rbac_is_least_privilege() {
             }
         }
     }
+
+    assert_eq!(
+        lease_rules,
+        BTreeSet::from(["create", "get+update"]),
+        "the control plane can take and renew its Lease"
+    );
 
     // Secrets: one ClusterRole, granted by RoleBindings in the gateways' namespace only.
     assert_eq!(
