@@ -860,6 +860,21 @@ fn workloads_run_hardened_with_probes_resources_and_metrics() {
             "istio-egressgateway"
         ])
     );
+    // The control plane runs replicated, and a drain keeps one replica.
+    let control = find(&objects, "Deployment", "sluice-control");
+    assert!(
+        control["spec"]["replicas"].as_u64().unwrap_or(1) >= 2,
+        "{control}"
+    );
+    let budgets: Vec<&Value> = of_kind(&objects, "PodDisruptionBudget")
+        .filter(|b| b["spec"]["selector"] == control["spec"]["selector"])
+        .collect();
+    assert_eq!(
+        budgets.len(),
+        1,
+        "one PodDisruptionBudget for the control plane"
+    );
+    assert_eq!(budgets[0]["spec"]["minAvailable"], 1);
     for d in &deployments {
         let pod = &d["spec"]["template"];
         let spec = &pod["spec"];
