@@ -15,6 +15,7 @@ const FILES: &[&str] = &[
     "security/v1beta1/security.proto",
     "mesh/v1alpha1/mesh.proto",
     "telemetry/v1alpha1/telemetry.proto",
+    "security/v1alpha1/ca.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

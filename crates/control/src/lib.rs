@@ -10,6 +10,7 @@
 //! The store reads and validates on its own thread, and encoding happens there once per change;
 //! the ADS streams only select (scoping) and clone encoded bytes.
 
+pub mod ca_server;
 pub mod encode;
 pub mod metrics;
 pub mod mtls;
@@ -70,6 +71,38 @@ pub struct ControlTls {
     pub identity: sluice_proxy::identity::IdentityOptions,
 }
 
+/// The certificate service of the mutual-TLS port: served when the mesh root's key is at hand
+/// (`--mesh-ca` with `root-key.pem`) and the API server can vouch for service-account tokens
+/// (`--kube`), as istiod's CA.
+fn certificate_service(
+    tls: &ControlTls,
+    kube: Option<sluice_kube::kube::Client>,
+) -> anyhow::Result<Option<sluice_xds::ca::CaService>> {
+    let key = tls
+        .identity
+        .mesh_ca
+        .join(sluice_proxy::identity::ROOT_KEY_FILE);
+    let Some(client) = kube else {
+        return Ok(None);
+    };
+    if !key.exists() {
+        tracing::info!(
+            "no certificate service on {}: {} is missing",
+            tls.addr,
+            key.display()
+        );
+        return Ok(None);
+    }
+    let ca = sluice_proxy::identity::MeshCa::load(&tls.identity.mesh_ca)?;
+    let reviewer = Arc::new(ca_server::KubeTokenReviewer(client));
+    let ca = ca_server::WorkloadCa::new(ca, &tls.identity.trust_domain, reviewer);
+    tracing::info!(
+        "certificate service on {} (Kubernetes service-account tokens)",
+        tls.addr
+    );
+    Ok(Some(sluice_xds::ca::CaService::new(Arc::new(ca))))
+}
+
 /// Connects to the Kubernetes API (kubeconfig from `KUBECONFIG` or `~/.kube/config`, else the
 /// pod's service account) and starts watching it; the store waits for every kind's first list.
 async fn start_kube_source(
@@ -128,6 +161,7 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
     };
     // With the API as a source, each published config is analyzed and the messages written to
     // the objects' status.
+    let kube_client_for_ca = kube_client.clone();
     // With several replicas, the one holding the lease writes.
     let analysis = kube_client.map(|client| {
         let (tx, rx) = watch::channel(Arc::new(Vec::new()));
@@ -176,12 +210,17 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
             let listener = TcpListener::bind(tls.addr)
                 .await
                 .with_context(|| format!("cannot listen on {} (xDS, mutual TLS)", tls.addr))?;
-            let config = identity.server_config(&[b"h2"], false);
+            let ca = certificate_service(tls, kube_client_for_ca.clone())?;
+            // The certificate service's callers have no certificate yet: the port then takes
+            // clients without one too, which are served xDS as on the plaintext port (never
+            // Secrets).
+            let config = identity.server_config(&[b"h2"], ca.is_some());
             let incoming = mtls::incoming(listener, config);
+            let router = sluice_xds::tonic::transport::Server::builder()
+                .add_service(service.clone())
+                .add_optional_service(ca);
             Some(tokio::spawn(
-                sluice_xds::tonic::transport::Server::builder()
-                    .add_service(service.clone())
-                    .serve_with_incoming_shutdown(incoming, quitting(&quit_rx)),
+                router.serve_with_incoming_shutdown(incoming, quitting(&quit_rx)),
             ))
         }
     };

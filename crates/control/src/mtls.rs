@@ -95,14 +95,16 @@ pub fn incoming(
                             return;
                         }
                     };
-                let identity = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(sluice_proxy::identity::peer_spiffe_id);
-                let Some(identity) = identity else {
-                    tracing::warn!(peer = %remote, "xDS (mTLS) client certificate has no SPIFFE ID; closed");
-                    return;
+                let identity = match stream.get_ref().1.peer_certificates() {
+                    // No certificate: a proxy asking the certificate service for its first one.
+                    None => None,
+                    Some(certs) => match sluice_proxy::identity::peer_spiffe_id(certs) {
+                        Some(id) => Some(id),
+                        None => {
+                            tracing::warn!(peer = %remote, "xDS (mTLS) client certificate has no SPIFFE ID; closed");
+                            return;
+                        }
+                    },
                 };
                 let info = MtlsConnectInfo { remote, identity };
                 let _ = tx.send(MtlsConn { stream, info }).await;

@@ -72,6 +72,7 @@ const KINDS: &[Kind] = &[
     ),
     kind("telemetry.istio.io/v1", "Telemetry", "telemetries"),
     kind("coordination.k8s.io/v1", "Lease", "leases"),
+    kind("authentication.k8s.io/v1", "TokenReview", "tokenreviews"),
     kind("networking.k8s.io/v1", "Ingress", "ingresses"),
     kind("networking.k8s.io/v1", "IngressClass", "ingressclasses"),
 ];
@@ -141,6 +142,8 @@ struct State {
     requests: Vec<String>,
     /// Plurals answered 404, as for a CRD that is not installed.
     uninstalled: HashSet<&'static str>,
+    /// Service-account tokens the TokenReview API vouches for: token → (user name, audiences).
+    tokens: HashMap<String, (String, Vec<String>)>,
 }
 
 struct Inner {
@@ -327,6 +330,59 @@ impl FakeApiServer {
         self.lock().uninstalled.remove(plural);
     }
 
+    /// Makes `token` a valid service-account token of `namespace/service_account` for
+    /// `audiences`, as TokenReview will say.
+    pub fn add_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[&str],
+    ) {
+        self.lock().tokens.insert(
+            token.to_string(),
+            (
+                format!("system:serviceaccount:{namespace}:{service_account}"),
+                audiences.iter().map(|a| a.to_string()).collect(),
+            ),
+        );
+    }
+
+    /// A TokenReview's answer, as the API server's token authenticator gives it: unknown
+    /// tokens and tokens for none of the asked audiences are not authenticated.
+    fn token_review(&self, conn: &mut TcpStream, body: &[u8]) -> bool {
+        let Ok(mut review) = serde_json::from_slice::<Value>(body) else {
+            return send(conn, 400, &status_body(400, "BadRequest", "not JSON"));
+        };
+        let token = review["spec"]["token"].as_str().unwrap_or("").to_string();
+        let wanted: Vec<String> = review["spec"]["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let known = self.lock().tokens.get(&token).cloned();
+        review["status"] = match known {
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+            Some((username, audiences)) => {
+                let granted: Vec<&String> = audiences
+                    .iter()
+                    .filter(|a| wanted.is_empty() || wanted.contains(a))
+                    .collect();
+                if granted.is_empty() {
+                    json!({"authenticated": false, "error": format!(
+                        "token audiences {audiences:?} is invalid for the target audiences {wanted:?}")})
+                } else {
+                    json!({"authenticated": true, "audiences": granted,
+                           "user": {"username": username, "groups": ["system:serviceaccounts"]}})
+                }
+            }
+        };
+        send(conn, 201, &review)
+    }
+
     /// Every request so far (`GET /api/v1/services?limit=500`, …).
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
@@ -402,6 +458,9 @@ impl FakeApiServer {
         }
         if method == "POST" && target.kind.plural == "leases" {
             return self.create(conn, &target, body);
+        }
+        if method == "POST" && target.kind.plural == "tokenreviews" {
+            return self.token_review(conn, body);
         }
         if method != "GET" {
             return send(
@@ -726,6 +785,19 @@ impl FakeApiServer {
                     if deleted { 200 } else { 404 },
                     &json!({"deleted": deleted}),
                 )
+            }
+            "token" => {
+                let audiences: Vec<&str> = value["audiences"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                self.add_token(
+                    value["token"].as_str().unwrap_or(""),
+                    value["namespace"].as_str().unwrap_or(""),
+                    value["serviceAccount"].as_str().unwrap_or(""),
+                    &audiences,
+                );
+                send(conn, 200, &json!({}))
             }
             "cut" => {
                 self.cut_watches();

@@ -6,6 +6,8 @@
 //!   `istioctl kube-inject`), and the same as a mutating admission webhook ([`webhook`]).
 //! - [`status`]: analysis results written to the Istio resources' status, as istiod does.
 //! - [`leader`]: leader election over a Lease, so one replica of several writes status.
+//! - [`token_review`]: service-account tokens checked by the API server, for the certificate
+//!   service.
 //! - [`webhook`]: the admission webhooks `sluice control` serves: injection, and validation
 //!   that refuses what `sluice validate` refuses.
 
@@ -15,4 +17,5 @@ pub mod inject;
 pub mod leader;
 pub mod source;
 pub mod status;
+pub mod token_review;
 pub mod webhook;

@@ -40,7 +40,7 @@ use rustls::{ClientConfig, ServerConfig};
 
 use crate::tls::{apply_server_preferences, certified_key, provider, FileStamp, TlsSetupError};
 
-pub use ca::{create_root, issue_workload_cert, IssuedCert, MeshCa};
+pub use ca::{certificate_request, create_root, issue_workload_cert, IssuedCert, MeshCa};
 pub use describe::{describe_certs, describe_der, CertSummary};
 use files::{load_pair, load_roots};
 pub use files::{write_root_files, write_workload_files};
@@ -72,8 +72,26 @@ pub struct IdentityOptions {
     pub trust_domain: String,
     pub namespace: String,
     pub service_account: String,
-    /// Lifetime of self-issued certificates; rotated at half of it.
+    /// Lifetime of self-issued certificates, and the one asked of a certificate service;
+    /// rotated at half of it.
     pub cert_ttl: Duration,
+    /// A certificate service to have the workload certificate signed by (istiod's 15012, or
+    /// `sluice control`), used when `mesh_ca` has no root key and no identity directory is
+    /// given.
+    pub ca: Option<CaOptions>,
+}
+
+/// Where and how a proxy asks for its certificate, as istio-agent does (`CA_ADDR`, the
+/// projected service-account token).
+#[derive(Debug, Clone)]
+pub struct CaOptions {
+    /// `HOST:PORT` of the certificate service.
+    pub address: String,
+    /// The Kubernetes service-account token that authenticates the request (audience
+    /// `istio-ca`), read anew for every request since the kubelet rotates it.
+    pub token_file: PathBuf,
+    /// The SPIFFE ID the service's certificate must carry.
+    pub server_identity: String,
 }
 
 /// Why an identity, a mesh root or a certificate could not be loaded, issued or written. Each
@@ -142,9 +160,23 @@ impl fmt::Debug for Identity {
 
 #[derive(Debug)]
 enum Source {
-    SelfIssued { ttl: Duration },
-    Files { dir: PathBuf },
+    SelfIssued {
+        ttl: Duration,
+    },
+    Files {
+        dir: PathBuf,
+    },
+    /// Signed by a certificate service; renewed at half the lifetime it granted.
+    Service {
+        ca: CaOptions,
+        ttl: Duration,
+    },
 }
+
+/// How long a proxy waits before asking the certificate service again after a failure.
+const SERVICE_RETRY: Duration = Duration::from_secs(5);
+/// Longest a certificate request may take.
+const SERVICE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct WatchState {
     root_cert: Option<FileStamp>,
@@ -214,6 +246,21 @@ impl Identity {
                 opts.cert_ttl.mul_f64(RENEW_FRACTION)
             );
             (Source::SelfIssued { ttl: opts.cert_ttl }, certified)
+        } else if let (None, Some(ca)) = (&opts.identity_dir, &opts.ca) {
+            let (certified, not_after) =
+                request_certificate(ca, &spiffe_id, opts.cert_ttl, &trust, &provider)?;
+            watch.renew_at = Some(renew_before(not_after));
+            tracing::info!(
+                "mesh identity {spiffe_id}: signed by the certificate service at {}",
+                ca.address
+            );
+            (
+                Source::Service {
+                    ca: ca.clone(),
+                    ttl: opts.cert_ttl,
+                },
+                certified,
+            )
         } else {
             let Some(dir) = &opts.identity_dir else {
                 return Err(IdentityError::NoSource {
@@ -291,7 +338,8 @@ impl Identity {
         describe_der(leaf).ok().map(|s| s.not_after)
     }
 
-    /// Issues a new certificate now (self-issued identities; files are re-read instead). For
+    /// Issues a new certificate now (self-issued identities, or asks the certificate service;
+    /// files are re-read instead). For
     /// tests and operators; the rotation task does this on its own at half the lifetime.
     pub fn rotate_now(&self) -> Result<(), IdentityError> {
         let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
@@ -304,6 +352,13 @@ impl Identity {
                     &self.provider,
                 )?;
                 self.cert.current.store(Arc::new(certified));
+                Ok(())
+            }
+            Source::Service { ca, ttl } => {
+                let (certified, not_after) =
+                    request_certificate(ca, &self.spiffe_id, *ttl, &self.trust, &self.provider)?;
+                self.cert.current.store(Arc::new(certified));
+                watch.renew_at = Some(renew_before(not_after));
                 Ok(())
             }
         }
@@ -416,6 +471,33 @@ impl Identity {
                     .unwrap_or(FILE_CHECK_INTERVAL);
                 until_renewal.clamp(Duration::from_millis(10), FILE_CHECK_INTERVAL)
             }
+            Source::Service { ca, ttl } => {
+                let due = watch.renew_at.is_none_or(|at| Instant::now() >= at);
+                if root_changed || due {
+                    match request_certificate(
+                        ca,
+                        &self.spiffe_id,
+                        *ttl,
+                        &self.trust,
+                        &self.provider,
+                    ) {
+                        Ok((certified, not_after)) => {
+                            self.cert.current.store(Arc::new(certified));
+                            watch.renew_at = Some(renew_before(not_after));
+                            tracing::debug!("mesh certificate for {} renewed", self.spiffe_id);
+                        }
+                        Err(e) => {
+                            tracing::warn!("{}; retrying in {SERVICE_RETRY:?}", with_causes(&e));
+                            watch.renew_at = Some(Instant::now() + SERVICE_RETRY);
+                        }
+                    }
+                }
+                let until_renewal = watch
+                    .renew_at
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .unwrap_or(FILE_CHECK_INTERVAL);
+                until_renewal.clamp(Duration::from_millis(10), FILE_CHECK_INTERVAL)
+            }
             Source::Files { dir } => {
                 let chain_path = dir.join(CERT_CHAIN_FILE);
                 let key_path = dir.join(KEY_FILE);
@@ -467,6 +549,103 @@ impl Identity {
 
 fn renew_time(ttl: Duration) -> Instant {
     Instant::now() + ttl.mul_f64(RENEW_FRACTION)
+}
+
+/// When to renew a certificate that ends at `not_after`: half its remaining lifetime from now.
+fn renew_before(not_after: SystemTime) -> Instant {
+    let left = not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    renew_time(left)
+}
+
+/// Has the certificate service at `ca` sign a new key for `spiffe_id` (a request for `ttl`),
+/// verifying the service against the mesh root: the certificate to present and its end. Runs
+/// the call on a runtime of its own on a scoped thread, since it is called both from the
+/// identity thread and from startup inside the proxy's runtime.
+fn request_certificate(
+    ca: &CaOptions,
+    spiffe_id: &str,
+    ttl: Duration,
+    trust: &Arc<Trust>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(CertifiedKey, SystemTime), IdentityError> {
+    let fail = |message: String| IdentityError::Issue {
+        subject: spiffe_id.to_string(),
+        message: format!("certificate service {}: {message}", ca.address),
+    };
+    let token = std::fs::read_to_string(&ca.token_file).map_err(|source| IdentityError::Read {
+        what: "service account token",
+        path: ca.token_file.clone(),
+        source,
+    })?;
+    let (csr, key_pem) = certificate_request(spiffe_id)?;
+    let verifier = Arc::new(MeshServerVerifier {
+        trust: trust.clone(),
+        expected_sans: vec![ca.server_identity.clone()],
+        provider: provider.clone(),
+    });
+    let mut tls = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let request = sluice_xds::ca::IstioCertificateRequest {
+        csr,
+        validity_duration: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+        metadata: None,
+    };
+    let address = ca.address.clone();
+    let token = token.trim().to_string();
+    let chain = std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                runtime.block_on(sluice_xds::ca::create_certificate(
+                    &address,
+                    Arc::new(tls),
+                    Some(&token),
+                    request,
+                    SERVICE_TIMEOUT,
+                ))
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the request panicked".to_string()))
+    })
+    .map_err(fail)?;
+    // The leaf and any intermediates; the root, last, is the peers' trust anchor already.
+    let presented = match chain.len() {
+        0 => return Err(fail("an empty certificate chain".into())),
+        1 => chain.as_slice(),
+        n => &chain[..n - 1],
+    };
+    let chain_pem = presented.join("\n");
+    let certified = certified_key(
+        chain_pem.as_bytes(),
+        "signed certificate",
+        key_pem.as_bytes(),
+        "generated key",
+        provider,
+    )?;
+    let found = peer_spiffe_id(&certified.cert);
+    if found.as_deref() != Some(spiffe_id) {
+        return Err(fail(format!(
+            "the certificate is for {}, not {spiffe_id}",
+            found.as_deref().unwrap_or("no SPIFFE ID")
+        )));
+    }
+    let not_after = certified
+        .cert
+        .first()
+        .and_then(|leaf| describe_der(leaf).ok())
+        .map(|s| s.not_after)
+        .ok_or_else(|| fail("the certificate cannot be read".into()))?;
+    Ok((certified, not_after))
 }
 
 /// An error with its causes, `a: b: c`, for log lines (errors' own messages leave their

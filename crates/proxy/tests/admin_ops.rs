@@ -300,6 +300,7 @@ async fn certs_show_the_mesh_identity() {
         namespace: "default".into(),
         service_account: "sleep".into(),
         cert_ttl: Duration::from_secs(2 * 86_400 + 3600),
+        ca: None,
     })
     .unwrap();
 

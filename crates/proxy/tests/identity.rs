@@ -77,6 +77,7 @@ fn options(
         namespace: ns.into(),
         service_account: sa.into(),
         cert_ttl: ttl,
+        ca: None,
     }
 }
 

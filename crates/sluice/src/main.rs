@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use sluice::{analyze_cmd, ca, dashboard, demo, explain_cmd, init, suggest_cmd, validate_cmd};
 use sluice_proxy::gateway::{self, GatewayOptions};
-use sluice_proxy::identity::IdentityOptions;
+use sluice_proxy::identity::{CaOptions, IdentityOptions};
 use sluice_proxy::runtime::ConfigSource;
 use sluice_proxy::sidecar::{self, SidecarOptions};
 
@@ -272,9 +272,23 @@ struct MeshIdentityArgs {
     /// Trust domain of the SPIFFE identity (spiffe://TD/ns/NS/sa/SA).
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// Lifetime of self-issued workload certificates (renewed at half of it), e.g. 24h, 90m.
+    /// Lifetime of self-issued workload certificates, and the one asked of --ca-address
+    /// (renewed at half of it), e.g. 24h, 90m.
     #[arg(long, default_value = "24h")]
     cert_ttl: sluice_api::duration::Duration,
+    /// Have the workload certificate signed by this certificate service (istiod's or sluice
+    /// control's 15012, as istio-agent's CA_ADDR), authenticated by --ca-token; used when
+    /// --mesh-ca has no root-key.pem and no --identity-dir is given. Renewed at half its life.
+    #[arg(long, value_name = "HOST:PORT", requires_all = ["mesh_ca", "ca_token"])]
+    ca_address: Option<String>,
+    /// The Kubernetes service-account token (audience istio-ca) that authenticates certificate
+    /// requests, read anew for each (Istio mounts it at /var/run/secrets/tokens/istio-token).
+    #[arg(long, value_name = "FILE", requires = "ca_address")]
+    ca_token: Option<PathBuf>,
+    /// The SPIFFE ID the certificate service's own certificate must carry [default:
+    /// spiffe://TD/ns/istio-system/sa/istiod].
+    #[arg(long, value_name = "SPIFFE_ID", requires = "ca_address")]
+    ca_identity: Option<String>,
 }
 
 impl MeshIdentityArgs {
@@ -288,6 +302,13 @@ impl MeshIdentityArgs {
             namespace: namespace.to_string(),
             service_account: service_account.unwrap_or("default").to_string(),
             cert_ttl: self.cert_ttl.0,
+            ca: self.ca_address.clone().map(|address| CaOptions {
+                address,
+                token_file: self.ca_token.clone().unwrap_or_default(),
+                server_identity: self.ca_identity.clone().unwrap_or_else(|| {
+                    format!("spiffe://{}/ns/istio-system/sa/istiod", self.trust_domain)
+                }),
+            }),
         })
     }
 }

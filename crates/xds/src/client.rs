@@ -160,6 +160,19 @@ async fn connect(server: &str, config: &ClientConfig) -> Result<tonic::transport
     }
 }
 
+/// A gRPC channel to `server` over TLS with `tls` (the certificate service).
+pub(crate) async fn connect_tls(
+    server: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<tonic::transport::Channel, String> {
+    Endpoint::from_shared(format!("http://{server}"))
+        .map_err(|e| format!("bad address {server}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tls_connector(server, tls))
+        .await
+        .map_err(|e| format!("{server}: {e}: {}", error_chain(&e)))
+}
+
 async fn stream_once(
     server: &str,
     config: &ClientConfig,

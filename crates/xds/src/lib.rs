@@ -61,6 +61,7 @@
 //! `proto/` holds sluice's own schema of the Istio messages it carries, wire-compatible with
 //! Istio's API (see `proto/README.md`); `build.rs` compiles it without protoc.
 
+pub mod ca;
 mod collections;
 mod error;
 pub mod pb;

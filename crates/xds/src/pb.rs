@@ -38,4 +38,8 @@ pub mod istio {
     pub mod telemetry {
         generated!(v1alpha1, "istio.telemetry.v1alpha1");
     }
+    /// Istio's certificate service (`istio.v1.auth`).
+    pub mod v1 {
+        generated!(auth, "istio.v1.auth");
+    }
 }

@@ -187,8 +187,10 @@ impl ImportSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MtlsConnectInfo {
     pub remote: std::net::SocketAddr,
-    /// The SPIFFE ID of the client certificate.
-    pub identity: String,
+    /// The SPIFFE ID of the client certificate; `None` for a client without one (the port
+    /// also serves the certificate service, whose callers have no certificate yet: they are
+    /// served as on the plaintext port, and never receive Secrets).
+    pub identity: Option<String>,
 }
 
 /// Everything the control plane serves at one moment.
@@ -312,7 +314,7 @@ impl StreamPeer {
             peer,
             node_id: String::new(),
             scope: PeerScope {
-                authenticated: mtls.map(|m| m.identity),
+                authenticated: mtls.and_then(|m| m.identity),
                 ..PeerScope::default()
             },
             connected_at: SystemTime::now()

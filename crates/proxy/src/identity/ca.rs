@@ -113,31 +113,9 @@ impl MeshCa {
             subject: spiffe_id.to_string(),
             message,
         };
-        if !spiffe_id.starts_with("spiffe://") {
-            return Err(fail("a SPIFFE ID starts with spiffe://".into()));
-        }
-        let uri = rcgen::string::Ia5String::try_from(spiffe_id)
-            .map_err(|e| fail(format!("not an ASCII URI: {e}")))?;
+        let (params, not_after) = workload_params(spiffe_id, ttl)?;
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| fail(e.to_string()))?;
-        let now = SystemTime::now();
-        let not_after = now + ttl;
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
-        params.not_before = (now - BACKDATE).into();
-        params.not_after = not_after.into();
-        params.serial_number = Some(random_serial());
-        params.is_ca = rcgen::IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::DigitalSignature,
-            rcgen::KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| fail(e.to_string()))?;
@@ -147,6 +125,84 @@ impl MeshCa {
             not_after,
         })
     }
+
+    /// Signs a PEM certificate request (its signature checked: the caller holds the key) as a
+    /// workload certificate for `spiffe_id`, exactly as [`MeshCa::issue`] would make it: only
+    /// the request's public key is used, never the subject or SANs it asks for.
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &str,
+        ttl: Duration,
+    ) -> Result<String, IdentityError> {
+        let fail = |message: String| IdentityError::Issue {
+            subject: spiffe_id.to_string(),
+            message,
+        };
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| fail(format!("the certificate request: {e}")))?;
+        csr.params = workload_params(spiffe_id, ttl)?.0;
+        let cert = csr
+            .signed_by(&self.issuer)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(cert.pem())
+    }
+}
+
+/// The parameters of a workload certificate for `spiffe_id` valid for `ttl`, and its end.
+fn workload_params(
+    spiffe_id: &str,
+    ttl: Duration,
+) -> Result<(rcgen::CertificateParams, SystemTime), IdentityError> {
+    let fail = |message: String| IdentityError::Issue {
+        subject: spiffe_id.to_string(),
+        message,
+    };
+    if !spiffe_id.starts_with("spiffe://") {
+        return Err(fail("a SPIFFE ID starts with spiffe://".into()));
+    }
+    let uri = rcgen::string::Ia5String::try_from(spiffe_id)
+        .map_err(|e| fail(format!("not an ASCII URI: {e}")))?;
+    let now = SystemTime::now();
+    let not_after = now + ttl;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = not_after.into();
+    params.serial_number = Some(random_serial());
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    Ok((params, not_after))
+}
+
+/// A new key and a PEM certificate request for `spiffe_id` signed with it (what a proxy sends
+/// the certificate service): `(csr_pem, key_pem)`.
+pub fn certificate_request(spiffe_id: &str) -> Result<(String, String), IdentityError> {
+    let fail = |message: String| IdentityError::Issue {
+        subject: spiffe_id.to_string(),
+        message,
+    };
+    let uri = rcgen::string::Ia5String::try_from(spiffe_id)
+        .map_err(|e| fail(format!("not an ASCII URI: {e}")))?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((csr, key.serialize_pem()))
 }
 
 #[derive(PartialEq, Eq)]

@@ -44,6 +44,7 @@ impl MeshCa {
             namespace: namespace.into(),
             service_account: service_account.into(),
             cert_ttl: Duration::from_secs(3600),
+            ca: None,
         })
         .unwrap()
     }

@@ -1,0 +1,232 @@
+//! The certificate service on the mutual-TLS port, as a proxy uses it: the control plane's
+//! 15012 (its own certificate from the mesh root, clients without a certificate let in) serving
+//! `istio.v1.auth.IstioCertificateService`, service-account tokens checked by the in-test API
+//! server's TokenReview; the proxy side is the real `Identity` with `--ca-address`.
+//!
+//! A good token gets a certificate for the token's service account, whatever the proxy asks
+//! for; an unknown token, a token for another audience, and no token at all get nothing; the
+//! identity is renewed by asking again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_control::ca_server::{KubeTokenReviewer, WorkloadCa};
+use sluice_e2e::fake_apiserver::FakeApiServer;
+use sluice_proxy::identity::{
+    create_root, write_root_files, CaOptions, Identity, IdentityOptions, MeshCa, ROOT_CERT_FILE,
+};
+
+struct Mesh {
+    _dir: tempfile::TempDir,
+    /// The mesh root with its key (the control plane's).
+    ca_dir: PathBuf,
+    /// The root certificate alone (what a proxy holds).
+    root_dir: PathBuf,
+    tokens: PathBuf,
+}
+
+fn mesh() -> Mesh {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let root_dir = dir.path().join("root");
+    let tokens = dir.path().join("tokens");
+    for d in [&ca_dir, &root_dir, &tokens] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let (cert, key) = create_root("cluster.local", Duration::from_secs(3600)).unwrap();
+    write_root_files(&ca_dir, &cert, &key, false).unwrap();
+    std::fs::write(root_dir.join(ROOT_CERT_FILE), &cert).unwrap();
+    Mesh {
+        _dir: dir,
+        ca_dir,
+        root_dir,
+        tokens,
+    }
+}
+
+fn options(mesh_ca: &Path, ns: &str, sa: &str, ca: Option<CaOptions>) -> IdentityOptions {
+    IdentityOptions {
+        mesh_ca: mesh_ca.to_path_buf(),
+        identity_dir: None,
+        trust_domain: "cluster.local".into(),
+        namespace: ns.into(),
+        service_account: sa.into(),
+        cert_ttl: Duration::from_secs(3600),
+        ca,
+    }
+}
+
+async fn kube_client(server: &FakeApiServer) -> sluice_kube::kube::Client {
+    let kubeconfig =
+        sluice_kube::kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).unwrap();
+    let config = sluice_kube::kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    sluice_kube::kube::Client::try_from(config).unwrap()
+}
+
+/// The control plane's mutual-TLS port with the certificate service; its address.
+async fn serve_ca(mesh: &Mesh, api: &FakeApiServer) -> String {
+    let own = Identity::load(&options(&mesh.ca_dir, "istio-system", "istiod", None)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let incoming = sluice_control::mtls::incoming(listener, own.server_config(&[b"h2"], true));
+    let ca = WorkloadCa::new(
+        MeshCa::load(&mesh.ca_dir).unwrap(),
+        "cluster.local",
+        Arc::new(KubeTokenReviewer(kube_client(api).await)),
+    );
+    let service = sluice_xds::ca::CaService::new(Arc::new(ca));
+    tokio::spawn(
+        sluice_xds::tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+/// A proxy's identity for `ns/sa` with a certificate from the service at `addr`, presenting the
+/// token `token` (written to a file as the kubelet does). Loaded off the runtime, as a proxy's
+/// startup blocks on it.
+async fn load_from_service(
+    mesh: &Mesh,
+    addr: &str,
+    ns: &str,
+    sa: &str,
+    token: Option<&str>,
+) -> Result<Arc<Identity>, String> {
+    let token_file = mesh.tokens.join(format!("{ns}-{sa}"));
+    if let Some(token) = token {
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    }
+    let opts = options(
+        &mesh.root_dir,
+        ns,
+        sa,
+        Some(CaOptions {
+            address: addr.to_string(),
+            token_file,
+            server_identity: "spiffe://cluster.local/ns/istio-system/sa/istiod".into(),
+        }),
+    );
+    tokio::task::spawn_blocking(move || Identity::load(&opts).map_err(|e| error_chain(&e)))
+        .await
+        .unwrap()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+fn serial(identity: &Identity) -> Vec<u8> {
+    identity.certificate().cert[0].as_ref().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_token_gets_a_certificate_for_that_account_only() {
+    let mesh = mesh();
+    let api = FakeApiServer::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    api.add_token(
+        "gw-token",
+        "istio-system",
+        "istio-ingressgateway",
+        &["istio-ca"],
+    );
+    api.add_token(
+        "api-token",
+        "istio-system",
+        "istio-ingressgateway",
+        &["https://kubernetes.default.svc"],
+    );
+    let addr = serve_ca(&mesh, &api).await;
+
+    // The token's own account: a certificate from the mesh root, with that SPIFFE ID.
+    let identity = load_from_service(
+        &mesh,
+        &addr,
+        "istio-system",
+        "istio-ingressgateway",
+        Some("gw-token"),
+    )
+    .await
+    .expect("a certificate for the gateway's account");
+    assert_eq!(
+        identity.spiffe_id(),
+        "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"
+    );
+    let left = identity
+        .expires_at()
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(3000) && left <= Duration::from_secs(3600),
+        "the lifetime asked for (1 h): {left:?}"
+    );
+    assert!(
+        api.requests().iter().any(|r| r.contains("tokenreviews")),
+        "the token was reviewed by the API server"
+    );
+    // Renewal asks again: a new certificate.
+    let before = serial(&identity);
+    let renewing = identity.clone();
+    tokio::task::spawn_blocking(move || renewing.rotate_now())
+        .await
+        .unwrap()
+        .expect("renewed");
+    assert_ne!(serial(&identity), before, "a new certificate");
+
+    // The same token claimed for another account: the service signs for the token's account,
+    // which the proxy refuses to present as another.
+    let err = load_from_service(&mesh, &addr, "default", "httpbin", Some("gw-token"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains(
+            "the certificate is for spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_get_no_certificate() {
+    let mesh = mesh();
+    let api = FakeApiServer::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    api.add_token(
+        "api-token",
+        "default",
+        "httpbin",
+        &["https://kubernetes.default.svc"],
+    );
+    let addr = serve_ca(&mesh, &api).await;
+
+    for (token, why) in [
+        ("forged", "invalid bearer token"),
+        ("api-token", "invalid for the target audiences"),
+    ] {
+        let err = load_from_service(&mesh, &addr, "default", "httpbin", Some(token))
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("Unauthenticated") && err.contains(why),
+            "{token}: {err}"
+        );
+    }
+    // No token file: nothing is asked, and the error names the file.
+    let err = load_from_service(&mesh, &addr, "default", "nobody", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("service account token") && err.contains("default-nobody"),
+        "{err}"
+    );
+}
