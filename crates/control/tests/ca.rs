@@ -68,8 +68,16 @@ async fn kube_client(server: &FakeApiServer) -> sluice_kube::kube::Client {
 
 /// The control plane's mutual-TLS port with the certificate service; its address.
 async fn serve_ca(mesh: &Mesh, api: &FakeApiServer) -> String {
-    let own = Identity::load(&options(&mesh.ca_dir, "istio-system", "istiod", None)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_ca_on(listener, mesh, api).await
+}
+
+async fn serve_ca_on(
+    listener: tokio::net::TcpListener,
+    mesh: &Mesh,
+    api: &FakeApiServer,
+) -> String {
+    let own = Identity::load(&options(&mesh.ca_dir, "istio-system", "istiod", None)).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let incoming = sluice_control::mtls::incoming(listener, own.server_config(&[b"h2"], true));
     let ca = WorkloadCa::new(
@@ -229,4 +237,52 @@ async fn bad_tokens_get_no_certificate() {
         err.contains("service account token") && err.contains("default-nobody"),
         "{err}"
     );
+}
+
+/// A proxy may start before its control plane: it asks again until the service answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_before_the_service_waits_for_it() {
+    let mesh = mesh();
+    let api = FakeApiServer::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    api.add_token("t", "default", "httpbin", &["istio-ca"]);
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let started = std::time::Instant::now();
+    let waiting = {
+        let addr = addr.to_string();
+        let mesh_root = mesh.root_dir.clone();
+        let token_file = mesh.tokens.join("t");
+        std::fs::write(&token_file, "t").unwrap();
+        tokio::task::spawn_blocking(move || {
+            Identity::load(&options(
+                &mesh_root,
+                "default",
+                "httpbin",
+                Some(CaOptions {
+                    address: addr,
+                    token_file,
+                    server_identity: "spiffe://cluster.local/ns/istio-system/sa/istiod".into(),
+                }),
+            ))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!waiting.is_finished(), "gave up while the service was down");
+    serve_ca_on(
+        tokio::net::TcpListener::bind(addr).await.unwrap(),
+        &mesh,
+        &api,
+    )
+    .await;
+    let identity = waiting
+        .await
+        .unwrap()
+        .expect("a certificate once the service is up");
+    assert_eq!(
+        identity.spiffe_id(),
+        "spiffe://cluster.local/ns/default/sa/httpbin"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
 }

@@ -672,6 +672,24 @@ impl GatewayEnv {
         self.gateway.insert(gateway)
     }
 
+    /// Starts `sluice gateway` with `args` (after `sluice`; see [`GatewayEnv::gateway_args`]) and
+    /// waits for it to get ready.
+    pub fn start_gateway_with_args(&mut self, args: Vec<String>) -> &Gateway {
+        assert!(
+            self.gateway.is_none(),
+            "a gateway is already running in this environment"
+        );
+        let gateway = Gateway::launch(&self.gw, &self.dir_path, &self.logs, &mut self.starts, args);
+        self.gateway.insert(gateway)
+    }
+
+    /// Runs `cmd` (made with `self.gw.cmd(..)`, in the gateway's namespace) as a server of the
+    /// environment, stopped with it; its output is in the logs under `label`.
+    pub fn spawn_server(&mut self, label: &str, cmd: Command) {
+        let proc = Proc::spawn(label, cmd, &self.dir_path, &self.logs, None, libc::SIGTERM);
+        self.servers.push(proc);
+    }
+
     /// Starts `sluice gateway` (labels `istio=ingressgateway`) without waiting for it to get
     /// ready (to look at why it is not).
     pub fn start_gateway_unready(&mut self) -> &mut Gateway {

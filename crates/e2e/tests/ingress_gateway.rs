@@ -1561,3 +1561,142 @@ fn http2_request_for_another_servers_host_gets_421() {
         .run()
         .expect_status(200);
 }
+
+/// A gateway in a cluster, as Istio's gets its credentials: no identity of its own at start, a
+/// certificate from the control plane's certificate service for its service-account token
+/// (reviewed by the API server), then its `credentialName` Secret over mutual TLS on 15012 (the
+/// only way Secrets travel), and the HTTPS server it names serves.
+#[test]
+fn a_gateway_gets_its_identity_for_its_token_and_its_credentials_over_mutual_tls() {
+    let mut env = GatewayEnv::new("gateway_ca");
+    env.apply(
+        "secret.yaml",
+        &tls_secret_yaml(
+            "httpbin-credential",
+            GATEWAY_NAMESPACE,
+            &env.certs.server.cert,
+            &env.certs.server.key,
+        ),
+    );
+    env.apply(
+        "gateway.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: httpbin-gateway
+  namespace: {GATEWAY_NAMESPACE}
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 443
+      name: https
+      protocol: HTTPS
+    hosts:
+    - {HTTPBIN_HOST}
+    tls:
+      mode: SIMPLE
+      credentialName: httpbin-credential
+"
+        ),
+    );
+    env.apply(
+        "vs.yaml",
+        &vs_to_httpbin(
+            "httpbin",
+            &[HTTPBIN_HOST],
+            &format!("{GATEWAY_NAMESPACE}/httpbin-gateway"),
+        ),
+    );
+    // The mesh root with its key for the control plane; the root alone for the gateway.
+    let dir = env.dir().to_path_buf();
+    let ca = dir.join("mesh-ca");
+    let out = std::process::Command::new(sluice_e2e::prereq::sluice_bin())
+        .args(["ca", "init", "--dir", &ca.to_string_lossy()])
+        .output()
+        .expect("sluice ca init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root_only = dir.join("mesh-root");
+    std::fs::create_dir_all(&root_only).unwrap();
+    std::fs::copy(ca.join("root-cert.pem"), root_only.join("root-cert.pem")).unwrap();
+    let token = dir.join("istio-token");
+    std::fs::write(&token, "gateway-token\n").unwrap();
+
+    // The API server, which knows the gateway's token, and the control plane that asks it.
+    let api = "127.0.0.1:16443";
+    let mut apiserver = env.gw.cmd(env!("CARGO_BIN_EXE_fake-apiserver"));
+    apiserver.arg(api);
+    env.spawn_server("apiserver", apiserver);
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, sluice_e2e::fake_apiserver::kubeconfig(api)).unwrap();
+    eventually("the API server", Duration::from_secs(10), || {
+        let out = env
+            .gw
+            .cmd("curl")
+            .args(["-sS", "-f", "-X", "POST", "--data-binary"])
+            .arg(
+                serde_json::json!({"token": "gateway-token", "namespace": GATEWAY_NAMESPACE,
+                    "serviceAccount": "istio-ingressgateway-service-account",
+                    "audiences": ["istio-ca"]})
+                .to_string(),
+            )
+            .arg(format!("http://{api}/fake/token"))
+            .output()
+            .expect("curl");
+        out.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| String::from_utf8_lossy(&out.stderr).to_string())
+    });
+    let mut control = env.gw.cmd(sluice_e2e::prereq::sluice_bin());
+    control
+        .args(["control", "--bind", "127.0.0.1", "--kube", "--config"])
+        .arg(env.config.path())
+        .arg("--mesh-ca")
+        .arg(&ca)
+        .env("KUBECONFIG", &kubeconfig);
+    env.spawn_server("control", control);
+
+    let mut args = env.gateway_args(sluice_e2e::gateway::GATEWAY_LABELS);
+    let config_at = args.iter().position(|a| a == "--config").unwrap();
+    args.drain(config_at..config_at + 2);
+    args.extend(
+        [
+            "--xds",
+            "127.0.0.1:15012",
+            "--service-account",
+            "istio-ingressgateway-service-account",
+            "--mesh-ca",
+            &root_only.to_string_lossy(),
+            "--ca-address",
+            "127.0.0.1:15012",
+            "--ca-token",
+            &token.to_string_lossy(),
+        ]
+        .map(String::from),
+    );
+    env.start_gateway_with_args(args);
+
+    let r = env.wait_for(
+        "https through the credential the control plane sent",
+        LIVE,
+        || env.curl(&format!("https://{HTTPBIN_HOST}/status/200")),
+        |r| r.status == 200,
+    );
+    assert_from_upstream(&r);
+    let log = std::fs::read_to_string(dir.join("control.stderr.log")).unwrap_or_default()
+        + &std::fs::read_to_string(dir.join("control.stdout.log")).unwrap_or_default();
+    assert!(
+        log.contains("certificate signed")
+            && log.contains(
+                "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+            ),
+        "the control plane signed the gateway's certificate:\n{log}"
+    );
+}

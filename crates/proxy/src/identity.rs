@@ -248,7 +248,7 @@ impl Identity {
             (Source::SelfIssued { ttl: opts.cert_ttl }, certified)
         } else if let (None, Some(ca)) = (&opts.identity_dir, &opts.ca) {
             let (certified, not_after) =
-                request_certificate(ca, &spiffe_id, opts.cert_ttl, &trust, &provider)?;
+                first_certificate(ca, &spiffe_id, opts.cert_ttl, &trust, &provider)?;
             watch.renew_at = Some(renew_before(not_after));
             tracing::info!(
                 "mesh identity {spiffe_id}: signed by the certificate service at {}",
@@ -356,7 +356,8 @@ impl Identity {
             }
             Source::Service { ca, ttl } => {
                 let (certified, not_after) =
-                    request_certificate(ca, &self.spiffe_id, *ttl, &self.trust, &self.provider)?;
+                    request_certificate(ca, &self.spiffe_id, *ttl, &self.trust, &self.provider)
+                        .map_err(IdentityError::from)?;
                 self.cert.current.store(Arc::new(certified));
                 watch.renew_at = Some(renew_before(not_after));
                 Ok(())
@@ -487,6 +488,7 @@ impl Identity {
                             tracing::debug!("mesh certificate for {} renewed", self.spiffe_id);
                         }
                         Err(e) => {
+                            let e = IdentityError::from(e);
                             tracing::warn!("{}; retrying in {SERVICE_RETRY:?}", with_causes(&e));
                             watch.renew_at = Some(Instant::now() + SERVICE_RETRY);
                         }
@@ -559,6 +561,50 @@ fn renew_before(not_after: SystemTime) -> Instant {
     renew_time(left)
 }
 
+/// The first certificate from the service at `ca`: asked again (after 0.5 s, doubling up to
+/// [`SERVICE_RETRY`]) while the service cannot be reached, as a proxy may start before its
+/// control plane; a refusal (a bad token) ends the wait with its reason.
+fn first_certificate(
+    ca: &CaOptions,
+    spiffe_id: &str,
+    ttl: Duration,
+    trust: &Arc<Trust>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(CertifiedKey, SystemTime), IdentityError> {
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match request_certificate(ca, spiffe_id, ttl, trust, provider) {
+            Err(RequestError::Unreachable(e)) => {
+                tracing::warn!("{}; asking again in {wait:?}", with_causes(&e));
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(SERVICE_RETRY);
+            }
+            Err(RequestError::Final(e)) => return Err(e),
+            Ok(done) => return Ok(done),
+        }
+    }
+}
+
+/// A certificate request's failure: worth repeating or not.
+enum RequestError {
+    Unreachable(IdentityError),
+    Final(IdentityError),
+}
+
+impl From<IdentityError> for RequestError {
+    fn from(e: IdentityError) -> Self {
+        RequestError::Final(e)
+    }
+}
+
+impl From<RequestError> for IdentityError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Unreachable(e) | RequestError::Final(e) => e,
+        }
+    }
+}
+
 /// Has the certificate service at `ca` sign a new key for `spiffe_id` (a request for `ttl`),
 /// verifying the service against the mesh root: the certificate to present and its end. Runs
 /// the call on a runtime of its own on a scoped thread, since it is called both from the
@@ -569,7 +615,7 @@ fn request_certificate(
     ttl: Duration,
     trust: &Arc<Trust>,
     provider: &Arc<CryptoProvider>,
-) -> Result<(CertifiedKey, SystemTime), IdentityError> {
+) -> Result<(CertifiedKey, SystemTime), RequestError> {
     let fail = |message: String| IdentityError::Issue {
         subject: spiffe_id.to_string(),
         message: format!("certificate service {}: {message}", ca.address),
@@ -605,7 +651,7 @@ fn request_certificate(
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| sluice_xds::ca::CaError::Refused(e.to_string()))?;
                 runtime.block_on(sluice_xds::ca::create_certificate(
                     &address,
                     Arc::new(tls),
@@ -615,12 +661,19 @@ fn request_certificate(
                 ))
             })
             .join()
-            .unwrap_or_else(|_| Err("the request panicked".to_string()))
+            .unwrap_or_else(|_| {
+                Err(sluice_xds::ca::CaError::Refused(
+                    "the request panicked".to_string(),
+                ))
+            })
     })
-    .map_err(fail)?;
+    .map_err(|e| match e {
+        sluice_xds::ca::CaError::Unreachable(m) => RequestError::Unreachable(fail(m)),
+        sluice_xds::ca::CaError::Refused(m) => RequestError::Final(fail(m)),
+    })?;
     // The leaf and any intermediates; the root, last, is the peers' trust anchor already.
     let presented = match chain.len() {
-        0 => return Err(fail("an empty certificate chain".into())),
+        0 => return Err(fail("an empty certificate chain".into()).into()),
         1 => chain.as_slice(),
         n => &chain[..n - 1],
     };
@@ -631,13 +684,15 @@ fn request_certificate(
         key_pem.as_bytes(),
         "generated key",
         provider,
-    )?;
+    )
+    .map_err(IdentityError::from)?;
     let found = peer_spiffe_id(&certified.cert);
     if found.as_deref() != Some(spiffe_id) {
         return Err(fail(format!(
             "the certificate is for {}, not {spiffe_id}",
             found.as_deref().unwrap_or("no SPIFFE ID")
-        )));
+        ))
+        .into());
     }
     let not_after = certified
         .cert

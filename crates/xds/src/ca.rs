@@ -122,6 +122,24 @@ impl tower::Service<http::Request<tonic::body::Body>> for CaService {
     }
 }
 
+/// Why a certificate request got no certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaError {
+    /// The service could not be reached or did not answer in time: worth asking again.
+    Unreachable(String),
+    /// The service answered with a refusal (a bad token, a bad request): asking again the same
+    /// way gets the same answer.
+    Refused(String),
+}
+
+impl std::fmt::Display for CaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaError::Unreachable(m) | CaError::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Asks the CA at `server` (`HOST:PORT`, over TLS with `tls`) to sign `request`, authenticated
 /// by `bearer_token`; the chain it returns (PEM, workload first).
 pub async fn create_certificate(
@@ -130,26 +148,39 @@ pub async fn create_certificate(
     bearer_token: Option<&str>,
     request: IstioCertificateRequest,
     timeout: Duration,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, CaError> {
     let call = async {
-        let channel = crate::client::connect_tls(server, tls).await?;
+        let channel = crate::client::connect_tls(server, tls)
+            .await
+            .map_err(CaError::Unreachable)?;
         let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.map_err(|e| format!("{server}: {e}"))?;
+        grpc.ready()
+            .await
+            .map_err(|e| CaError::Unreachable(format!("{server}: {e}")))?;
         let mut request = tonic::Request::new(request);
         if let Some(token) = bearer_token {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| "the token is not a valid header value".to_string())?;
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                CaError::Refused("the token is not a valid header value".to_string())
+            })?;
             request.metadata_mut().insert("authorization", value);
         }
         let path = http::uri::PathAndQuery::from_static(CREATE_CERTIFICATE);
         let response: tonic::Response<IstioCertificateResponse> = grpc
             .unary(request, path, tonic_prost::ProstCodec::default())
             .await
-            .map_err(|s| format!("{server}: {:?}: {}", s.code(), s.message()))?;
+            .map_err(|s| {
+                let message = format!("{server}: {:?}: {}", s.code(), s.message());
+                match s.code() {
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+                    | tonic::Code::Internal => CaError::Unreachable(message),
+                    _ => CaError::Refused(message),
+                }
+            })?;
         Ok(response.into_inner().cert_chain)
     };
     tokio::time::timeout(timeout, call)
         .await
-        .map_err(|_| format!("{server}: no answer within {timeout:?}"))?
+        .map_err(|_| CaError::Unreachable(format!("{server}: no answer within {timeout:?}")))?
 }
