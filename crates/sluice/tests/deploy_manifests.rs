@@ -514,6 +514,7 @@ fn rbac_is_least_privilege() {
     // status of Istio resources.
     let mut secret_roles = BTreeSet::new();
     let mut lease_rules = BTreeSet::new();
+    let mut token_reviews = false;
     for role in of_kind(&objects, "ClusterRole").chain(of_kind(&objects, "Role")) {
         for rule in role["rules"].as_array().expect("rules") {
             let (groups, resources, verbs) = (
@@ -546,7 +547,13 @@ fn rbac_is_least_privilege() {
                 .iter()
                 .filter(|v| !READ.contains(&v.as_str()))
                 .collect();
-            if groups == ["coordination.k8s.io"] {
+            if groups == ["authentication.k8s.io"] {
+                // The certificate service asks the API server whose a token is.
+                assert_eq!(kind(role), "ClusterRole", "{rule}");
+                assert_eq!(resources, ["tokenreviews"], "{rule}");
+                assert_eq!(verbs, ["create"], "{rule}");
+                token_reviews = true;
+            } else if groups == ["coordination.k8s.io"] {
                 // Leader election: one Lease, in the control plane's namespace.
                 assert_eq!(kind(role), "Role", "Leases only through a Role: {rule}");
                 assert_eq!(role["metadata"]["namespace"], "istio-system", "{rule}");
@@ -587,6 +594,7 @@ fn rbac_is_least_privilege() {
         }
     }
 
+    assert!(token_reviews, "the certificate service can review tokens");
     assert_eq!(
         lease_rules,
         BTreeSet::from(["create", "get+update"]),
@@ -661,6 +669,14 @@ fn rbac_is_least_privilege() {
             .or_default()
             .insert("patch".to_string());
     }
+    // The certificate service's token reviews (sluice_kube::token_review).
+    expected
+        .entry((
+            "authentication.k8s.io".to_string(),
+            "tokenreviews".to_string(),
+        ))
+        .or_default()
+        .insert("create".to_string());
     assert_eq!(
         granted, expected,
         "the ClusterRole grants exactly what the control plane reads and writes"
@@ -991,7 +1007,7 @@ fn workloads_run_hardened_with_probes_resources_and_metrics() {
         );
     }
 
-    // Gateways: Istio's labels, config from the control plane's plaintext port.
+    // Gateways: Istio's labels, config and identity from the control plane's 15012.
     let control_svc = find(&objects, "Service", "sluice-control");
     for (gw, istio) in [
         ("istio-ingressgateway", "ingressgateway"),
@@ -1010,12 +1026,63 @@ fn workloads_run_hardened_with_probes_resources_and_metrics() {
                 .cloned()
                 .unwrap_or_else(|| panic!("{gw}: no {f} in {args:?}"))
         };
-        assert_eq!(flag("--xds"), "sluice-control.istio-system.svc:15010");
+        // Mutual TLS on 15012, with the identity the certificate service there signs for the
+        // gateway's token (audience istio-ca) and the root from istio-ca-root-cert.
+        assert_eq!(flag("--xds"), "sluice-control.istio-system.svc:15012");
+        assert_eq!(
+            flag("--ca-address"),
+            "sluice-control.istio-system.svc:15012"
+        );
         assert!(control_svc["spec"]["ports"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p["port"] == 15010));
+            .any(|p| p["port"] == 15012));
+        assert_eq!(
+            flag("--service-account"),
+            d["spec"]["template"]["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap()
+        );
+        let pod = &d["spec"]["template"]["spec"];
+        let volume = |name: &str| -> Value {
+            pod["volumes"]
+                .as_array()
+                .and_then(|v| v.iter().find(|v| v["name"] == name))
+                .cloned()
+                .unwrap_or_else(|| panic!("{gw}: no volume {name}"))
+        };
+        let mount = |name: &str| -> String {
+            containers(d)[0]["volumeMounts"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["name"] == name))
+                .and_then(|m| m["mountPath"].as_str())
+                .unwrap_or_else(|| panic!("{gw}: no mount of {name}"))
+                .to_string()
+        };
+        let token = &volume("istio-token")["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(
+            token["audience"], "istio-ca",
+            "{gw}: a token only the CA accepts"
+        );
+        assert_eq!(
+            flag("--ca-token"),
+            format!(
+                "{}/{}",
+                mount("istio-token"),
+                token["path"].as_str().unwrap()
+            )
+        );
+        let root = volume("istiod-ca-cert");
+        let root_map = root["configMap"]["name"].as_str().unwrap();
+        let generated = of_kind(&objects, "ConfigMap")
+            .find(|c| name(c) == root_map)
+            .unwrap_or_else(|| panic!("{gw}: ConfigMap {root_map} is not deployed"));
+        assert!(
+            generated["data"].get("root-cert.pem").is_some(),
+            "{generated}"
+        );
+        assert_eq!(flag("--mesh-ca"), mount("istiod-ca-cert"));
         let gateway_labels = flag("--labels");
         assert!(
             gateway_labels.contains(&format!("istio={istio}")),
