@@ -162,19 +162,38 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
     // With the API as a source, each published config is analyzed and the messages written to
     // the objects' status.
     let kube_client_for_ca = kube_client.clone();
-    // With several replicas, the one holding the lease writes.
-    let analysis = kube_client.map(|client| {
-        let (tx, rx) = watch::channel(Arc::new(Vec::new()));
-        let (leading_tx, leading_rx) = watch::channel(false);
-        let lease = sluice_kube::leader::LeaseOptions::new(
-            &opts.istio_namespace,
-            sluice_kube::leader::STATUS_LEASE,
-            &sluice_kube::leader::default_identity(),
-        );
-        tokio::spawn(sluice_kube::leader::run(client.clone(), lease, leading_tx));
-        tokio::spawn(sluice_kube::status::run(client, rx, leading_rx));
-        tx
-    });
+    let certificates = opts
+        .tls
+        .as_ref()
+        .filter(|_| opts.kube)
+        .map(|tls| tls.identity.mesh_ca.clone())
+        .filter(|dir| dir.join(sluice_proxy::identity::ROOT_KEY_FILE).exists());
+    // With several replicas, the one holding the lease writes status and publishes the root.
+    let analysis = match kube_client {
+        None => None,
+        Some(client) => {
+            let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+            let (leading_tx, leading_rx) = watch::channel(false);
+            if let Some(dir) = &certificates {
+                let root = sluice_proxy::identity::MeshCa::load(dir)?
+                    .root_pem()
+                    .to_string();
+                tokio::spawn(sluice_kube::root_cert::run(
+                    client.clone(),
+                    root,
+                    leading_tx.subscribe(),
+                ));
+            }
+            let lease = sluice_kube::leader::LeaseOptions::new(
+                &opts.istio_namespace,
+                sluice_kube::leader::STATUS_LEASE,
+                &sluice_kube::leader::default_identity(),
+            );
+            tokio::spawn(sluice_kube::leader::run(client.clone(), lease, leading_tx));
+            tokio::spawn(sluice_kube::status::run(client, rx, leading_rx));
+            Some(tx)
+        }
+    };
     let mut encoder = Encoder::default();
     store.publish_to(Box::new(move |generation, resources| {
         if let Some(analysis) = &analysis {

@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// The kinds clients may create and replace (what sluice writes): Leases and ConfigMaps.
+const WRITABLE: &[&str] = &["leases", "configmaps"];
+
 /// A kind the fake serves: its API group/version and its plural.
 struct Kind {
     group_version: &'static str,
@@ -456,7 +459,7 @@ impl FakeApiServer {
         if let Some(name) = &target.name {
             return self.object(conn, method, &target, name, body);
         }
-        if method == "POST" && target.kind.plural == "leases" {
+        if method == "POST" && WRITABLE.contains(&target.kind.plural) {
             return self.create(conn, &target, body);
         }
         if method == "POST" && target.kind.plural == "tokenreviews" {
@@ -489,7 +492,7 @@ impl FakeApiServer {
         self.list(conn, kind, &query, &filter)
     }
 
-    /// `POST` of a new Lease (the only kind sluice creates): 409 AlreadyExists if there is one.
+    /// `POST` of a new object of a [`WRITABLE`] kind: 409 AlreadyExists if there is one.
     fn create(&self, conn: &mut TcpStream, target: &Target, body: &[u8]) -> bool {
         let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
             return send(conn, 400, &status_body(400, "BadRequest", "not JSON"));
@@ -520,9 +523,9 @@ impl FakeApiServer {
         send(conn, 201, &stored)
     }
 
-    /// One object: `GET` it, `PATCH` its `status` with a JSON merge patch, or `PUT` a Lease
-    /// (replaced only if the body's `resourceVersion` is the stored one, else 409 Conflict, as
-    /// the API server's optimistic concurrency).
+    /// One object: `GET` it, `PATCH` its `status` with a JSON merge patch, or `PUT` one of a
+    /// [`WRITABLE`] kind (replaced only if the body's `resourceVersion` is the stored one, else
+    /// 409 Conflict, as the API server's optimistic concurrency).
     fn object(
         &self,
         conn: &mut TcpStream,
@@ -554,7 +557,7 @@ impl FakeApiServer {
                 drop(state);
                 send(conn, 200, &object)
             }
-            ("PUT", false) if target.kind.plural == "leases" => {
+            ("PUT", false) if WRITABLE.contains(&target.kind.plural) => {
                 let Ok(mut replacement) = serde_json::from_slice::<Value>(body) else {
                     drop(state);
                     return send(conn, 400, &status_body(400, "BadRequest", "not JSON"));
@@ -564,8 +567,9 @@ impl FakeApiServer {
                 {
                     drop(state);
                     let message = format!(
-                        "Operation cannot be fulfilled on leases {name:?}: the object has been \
-                         modified; please apply your changes to the latest version and try again"
+                        "Operation cannot be fulfilled on {} {name:?}: the object has been \
+                         modified; please apply your changes to the latest version and try again",
+                        target.kind.plural
                     );
                     return send(conn, 409, &status_body(409, "Conflict", &message));
                 }

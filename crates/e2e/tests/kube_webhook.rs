@@ -539,6 +539,40 @@ fn sluice_inject_output_is_valid_kubernetes_and_keeps_every_field() {
     }
     assert_eq!(count, 4);
 
+    // With the certificate service (the token and root volumes): still valid Kubernetes.
+    let input = golden.join("bookinfo.yaml");
+    let output = dir.path().join("bookinfo-ca.yaml");
+    let out = sluice(&[
+        "inject",
+        "-f",
+        &input.to_string_lossy(),
+        "--ca-address",
+        "sluice-control.istio-system.svc:15012",
+        "-o",
+        &output.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&output).unwrap();
+    assert!(
+        text.contains("audience: istio-ca") && text.contains("istio-ca-root-cert"),
+        "{text}"
+    );
+    let validate = Command::new(venv_dir().join("bin/kubernetes-validate"))
+        .args(["--strict", "--quiet", "--no-warn", "-k", KUBERNETES])
+        .arg(&output)
+        .output()
+        .expect("kubernetes-validate (scripts/install-test-deps.sh installs it)");
+    assert!(
+        validate.status.success(),
+        "kubernetes-validate refused the injected manifest with --ca-address:\n{}{}",
+        String::from_utf8_lossy(&validate.stdout),
+        String::from_utf8_lossy(&validate.stderr)
+    );
+
     // Bad input: the file, line, resource and field, exit 1.
     let bad = dir.path().join("bad.yaml");
     std::fs::write(

@@ -71,7 +71,19 @@ pub struct InjectOptions {
     pub default_proxy_config: Map<String, Value>,
     /// The revision recorded in `istio.io/rev` and the status annotation.
     pub revision: String,
+    /// HOST:PORT of the control plane's certificate service (its 15012): the sidecar gets a
+    /// mesh identity there for its service-account token and takes its config from that port
+    /// over mutual TLS, as Istio's sidecars do. `None`: plaintext `xds_address`, no identity.
+    pub ca_address: Option<String>,
 }
+
+/// Where an injected sidecar finds its token for the certificate service and the mesh root
+/// (Istio's paths and volume names).
+pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+pub const TOKEN_FILE: &str = "istio-token";
+pub const ROOT_DIR: &str = "/var/run/secrets/istio";
+pub const TOKEN_VOLUME: &str = "istio-token";
+pub const ROOT_VOLUME: &str = "istiod-ca-cert";
 
 impl Default for InjectOptions {
     fn default() -> Self {
@@ -80,6 +92,7 @@ impl Default for InjectOptions {
             xds_address: DEFAULT_XDS_ADDRESS.to_string(),
             default_proxy_config: Map::new(),
             revision: "default".to_string(),
+            ca_address: None,
         }
     }
 }

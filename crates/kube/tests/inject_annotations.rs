@@ -575,6 +575,71 @@ spec:
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
 
+/// With the control plane's certificate service, a sidecar gets its identity there as Istio's
+/// do: a projected token for audience istio-ca and the istio-ca-root-cert ConfigMap mounted,
+/// config over mutual TLS from the same port; injecting again adds nothing twice.
+#[test]
+fn with_a_certificate_service_the_sidecar_mounts_its_token_and_the_mesh_root() {
+    let opts = InjectOptions {
+        ca_address: Some("sluice-control.istio-system.svc:15012".to_string()),
+        ..InjectOptions::default()
+    };
+    let r = run_with(&deployment("{app: web}", "{}"), &opts);
+    let a = args(proxy(&r));
+    assert_eq!(
+        flag(&a, "--xds").as_deref(),
+        Some("sluice-control.istio-system.svc:15012")
+    );
+    assert_eq!(
+        flag(&a, "--ca-address").as_deref(),
+        Some("sluice-control.istio-system.svc:15012")
+    );
+    assert_eq!(
+        flag(&a, "--ca-token").as_deref(),
+        Some("/var/run/secrets/tokens/istio-token")
+    );
+    assert_eq!(
+        flag(&a, "--mesh-ca").as_deref(),
+        Some("/var/run/secrets/istio")
+    );
+    assert_eq!(
+        flag(&a, "--service-account").as_deref(),
+        Some("$(SERVICE_ACCOUNT)")
+    );
+    assert_eq!(
+        proxy(&r)["volumeMounts"],
+        json!([
+            {"name": "istio-token", "mountPath": "/var/run/secrets/tokens", "readOnly": true},
+            {"name": "istiod-ca-cert", "mountPath": "/var/run/secrets/istio", "readOnly": true},
+        ])
+    );
+    let volumes = r.template["spec"]["volumes"].as_array().unwrap();
+    assert_eq!(volumes.len(), 2, "{volumes:?}");
+    assert_eq!(
+        volumes[0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "istio-ca"
+    );
+    assert_eq!(volumes[1]["configMap"]["name"], "istio-ca-root-cert");
+    let status: Value = serde_json::from_str(
+        r.template["metadata"]["annotations"]["sidecar.istio.io/status"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["volumes"], json!(["istio-token", "istiod-ca-cert"]));
+    // Again: the same pod, not two of each volume.
+    let twice = run_with(&r.text, &opts);
+    assert_eq!(r.text, twice.text);
+    // And back to plaintext: the volumes go with the previous injection.
+    let plain = run_with(&r.text, &InjectOptions::default());
+    assert!(
+        plain.template["spec"].get("volumes").is_none(),
+        "{}",
+        plain.text
+    );
+    assert_eq!(flag(&args(proxy(&plain)), "--ca-address"), None);
+}
+
 #[test]
 fn every_workload_kind_and_lists() {
     let text = r#"

@@ -28,6 +28,12 @@ pub struct InjectArgs {
     /// plaintext xDS port (HOST:PORT).
     #[arg(long, default_value = inject::DEFAULT_XDS_ADDRESS, value_name = "HOST:PORT")]
     pub xds_address: String,
+    /// The control plane's certificate service (its 15012, e.g.
+    /// sluice-control.istio-system.svc:15012): the sidecars get a mesh identity there for their
+    /// service-account token and their config from that port over mutual TLS, as Istio's do
+    /// (a projected token and the istio-ca-root-cert ConfigMap are mounted).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub ca_address: Option<String>,
     /// The mesh config whose `defaultConfig` (ProxyConfig) every pod starts from, under its
     /// `proxy.istio.io/config` annotation: a MeshConfig YAML or the `istio` ConfigMap.
     #[arg(long, value_name = "FILE", alias = "meshConfigFile")]
@@ -54,6 +60,7 @@ fn inject_files(args: &InjectArgs) -> anyhow::Result<Vec<Diagnostic>> {
     let mut opts = InjectOptions {
         image: args.image.clone(),
         xds_address: args.xds_address.clone(),
+        ca_address: args.ca_address.clone(),
         ..InjectOptions::default()
     };
     let mut warnings = Vec::new();
@@ -190,11 +197,14 @@ pub struct WebhookArgs {
 
 impl WebhookArgs {
     /// The webhooks' options, or `None` (logged) when they are off or have no certificate.
+    /// `serves_certificates`: the control plane serves the certificate service (`--kube` with
+    /// the mesh root's key), so injected sidecars get their identity from it.
     pub fn options(
         &self,
         bind: std::net::IpAddr,
         namespace: &str,
         mesh_ca: Option<&Path>,
+        serves_certificates: bool,
     ) -> Option<sluice_control::webhook_server::WebhookOptions> {
         use sluice_control::webhook_server::{service_dns_names, WebhookCertificate};
         if self.webhook_port == 0 {
@@ -232,6 +242,8 @@ impl WebhookArgs {
             inject: InjectOptions {
                 image: self.inject_image.clone(),
                 xds_address,
+                ca_address: serves_certificates
+                    .then(|| format!("{}.{namespace}.svc:15012", self.webhook_service)),
                 ..InjectOptions::default()
             },
         })

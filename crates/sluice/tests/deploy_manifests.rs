@@ -515,6 +515,7 @@ fn rbac_is_least_privilege() {
     let mut secret_roles = BTreeSet::new();
     let mut lease_rules = BTreeSet::new();
     let mut token_reviews = false;
+    let mut root_rules = BTreeSet::new();
     for role in of_kind(&objects, "ClusterRole").chain(of_kind(&objects, "Role")) {
         for rule in role["rules"].as_array().expect("rules") {
             let (groups, resources, verbs) = (
@@ -569,6 +570,19 @@ fn rbac_is_least_privilege() {
                     );
                     lease_rules.insert("get+update");
                 }
+            } else if resources == ["configmaps"] && kind(role) == "ClusterRole" {
+                // The mesh root in every namespace: ConfigMaps of that one name, and create.
+                if verbs == ["create"] {
+                    root_rules.insert("create");
+                } else {
+                    assert_eq!(verbs, ["get", "list", "watch", "update"], "{rule}");
+                    assert_eq!(
+                        resource_names,
+                        [sluice_kube::root_cert::CONFIGMAP],
+                        "only the root's ConfigMaps are read and corrected: {rule}"
+                    );
+                    root_rules.insert("get+update");
+                }
             } else if !writes.is_empty() {
                 assert!(
                     writes.iter().all(|v| *v == "patch")
@@ -583,8 +597,7 @@ fn rbac_is_least_privilege() {
                 assert_eq!(resources, ["secrets"], "{}: {rule}", id(role));
                 secret_roles.insert(name(role).to_string());
             }
-            if resources.iter().any(|r| r == "configmaps") {
-                assert_eq!(kind(role), "Role", "ConfigMaps only through a Role: {rule}");
+            if resources.iter().any(|r| r == "configmaps") && kind(role) == "Role" {
                 assert_eq!(
                     strings(&rule["resourceNames"]),
                     ["istio"],
@@ -595,6 +608,11 @@ fn rbac_is_least_privilege() {
     }
 
     assert!(token_reviews, "the certificate service can review tokens");
+    assert_eq!(
+        root_rules,
+        BTreeSet::from(["create", "get+update"]),
+        "the control plane can publish the mesh root"
+    );
     assert_eq!(
         lease_rules,
         BTreeSet::from(["create", "get+update"]),
@@ -669,6 +687,15 @@ fn rbac_is_least_privilege() {
             .or_default()
             .insert("patch".to_string());
     }
+    // The mesh root's publisher (sluice_kube::root_cert): namespaces, and its ConfigMaps.
+    expected
+        .entry((String::new(), "namespaces".to_string()))
+        .or_default()
+        .extend(["list".to_string(), "watch".to_string()]);
+    expected
+        .entry((String::new(), "configmaps".to_string()))
+        .or_default()
+        .extend(["get", "list", "watch", "update", "create"].map(String::from));
     // The certificate service's token reviews (sluice_kube::token_review).
     expected
         .entry((

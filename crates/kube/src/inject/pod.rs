@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value};
 use super::settings::{self, names, Interception, Settings};
 use super::{
     InjectOptions, INBOUND_PORT, INIT_CONTAINER, OUTBOUND_PORT, PROXY_CONTAINER, PROXY_UID,
-    SLUICE_PATH, STATS_PORT, STATUS_PORT,
+    ROOT_DIR, ROOT_VOLUME, SLUICE_PATH, STATS_PORT, STATUS_PORT, TOKEN_DIR, TOKEN_FILE,
+    TOKEN_VOLUME,
 };
 
 /// Namespaces Istio never injects into (`IgnoredNamespaces`, `pkg/kube/inject/initializer.go`).
@@ -238,11 +239,15 @@ pub fn inject(
         Interception::Redirect => json!([INIT_CONTAINER]),
         Interception::None => Value::Null,
     };
+    let volumes = match &opts.ca_address {
+        Some(_) => json!([TOKEN_VOLUME, ROOT_VOLUME]),
+        None => Value::Null,
+    };
     // Istio's SidecarInjectionStatus, field for field.
     let status = json!({
         "initContainers": init_names,
         "containers": [PROXY_CONTAINER],
-        "volumes": null,
+        "volumes": volumes,
         "imagePullSecrets": null,
         "revision": opts.revision,
     });
@@ -260,7 +265,24 @@ pub fn inject(
             }
         }
     }
-    let proxy = proxy_container(&settings, &image, &opts.xds_address, &label_arg);
+    let mut proxy = proxy_container(&settings, &image, &opts.xds_address, &label_arg);
+    if let Some(ca) = &opts.ca_address {
+        with_certificate_service(&mut proxy, ca);
+        let added = [
+            // A token only the certificate service accepts (the API server refuses audience
+            // istio-ca), rotated by the kubelet; Istio's lifetime.
+            json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+                "audience": "istio-ca", "expirationSeconds": 43200, "path": TOKEN_FILE}}]}}),
+            // The mesh root, which the control plane publishes in every namespace.
+            json!({"name": ROOT_VOLUME, "configMap": {"name": crate::root_cert::CONFIGMAP}}),
+        ];
+        match spec.get_mut("volumes") {
+            Some(Value::Array(list)) => list.extend(added),
+            _ => {
+                spec.insert("volumes".to_string(), json!(added));
+            }
+        }
+    }
     match spec.get_mut("containers") {
         // Last, so `kubectl exec` and `logs` keep defaulting to the application; first when the
         // application must wait for the proxy (Istio's reorderPod).
@@ -566,6 +588,36 @@ fn init_container(settings: &Settings, image: &str) -> Value {
             "runAsUser": 0,
         },
     })
+}
+
+/// Points the proxy at the certificate service `ca` (its 15012, also its xDS port then) with
+/// the token and root volumes mounted.
+fn with_certificate_service(proxy: &mut Value, ca: &str) {
+    if let Some(Value::Array(args)) = proxy.get_mut("args") {
+        if let Some(i) = args.iter().position(|a| a == "--xds") {
+            args[i + 1] = json!(ca);
+        }
+        args.extend(
+            [
+                "--mesh-ca",
+                ROOT_DIR,
+                "--ca-address",
+                ca,
+                "--ca-token",
+                &format!("{TOKEN_DIR}/{TOKEN_FILE}"),
+            ]
+            .map(|a| json!(a)),
+        );
+    }
+    if let Value::Object(c) = proxy {
+        c.insert(
+            "volumeMounts".into(),
+            json!([
+                {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true},
+                {"name": ROOT_VOLUME, "mountPath": ROOT_DIR, "readOnly": true},
+            ]),
+        );
+    }
 }
 
 /// `istio-proxy`: `sluice sidecar` fed by the control plane, as uid/gid 1337.
