@@ -286,3 +286,119 @@ async fn a_proxy_started_before_the_service_waits_for_it() {
     );
     assert!(started.elapsed() >= Duration::from_millis(1500));
 }
+
+/// Accepts any server certificate: these requests test the service, not the client's checks.
+#[derive(Debug)]
+struct AnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Hostile requests with a good token: no certificate, and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused() {
+    use sluice_xds::ca::{create_certificate, CaError, IstioCertificateRequest};
+    let mesh = mesh();
+    let api = FakeApiServer::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    api.add_token("t", "default", "httpbin", &["istio-ca"]);
+    let addr = serve_ca(&mesh, &api).await;
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AnyServer))
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = Arc::new(tls);
+    let ask = |csr: String, token: Option<&'static str>| {
+        let (addr, tls) = (addr.clone(), tls.clone());
+        async move {
+            let request = IstioCertificateRequest {
+                csr,
+                validity_duration: 3600,
+                metadata: None,
+            };
+            create_certificate(&addr, tls, token, request, Duration::from_secs(5)).await
+        }
+    };
+    let (good_csr, _) =
+        sluice_proxy::identity::certificate_request("spiffe://cluster.local/ns/default/sa/httpbin")
+            .unwrap();
+    // The same request works, so what follows fails for its own reason.
+    assert!(ask(good_csr.clone(), Some("t")).await.is_ok());
+
+    // Not a CSR; a CSR whose signature does not match its key (tampered); a huge one.
+    let tampered = {
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(good_csr.as_bytes())
+            .map(|d: rustls::pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())
+            .unwrap();
+        let mut der = der;
+        let last = der.len() - 1;
+        der[last] ^= 0x55;
+        let body = base64_lines(&der);
+        format!("-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n")
+    };
+    for (what, csr) in [
+        ("garbage", "hello".to_string()),
+        ("tampered", tampered),
+        ("huge", "A".repeat(200 * 1024)),
+    ] {
+        match ask(csr, Some("t")).await {
+            Err(CaError::Refused(m)) => assert!(
+                m.contains("InvalidArgument")
+                    || m.contains("OutOfRange")
+                    || m.contains("ResourceExhausted"),
+                "{what}: {m}"
+            ),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // No token at all, on a connection without a client certificate.
+    match ask(good_csr, None).await {
+        Err(CaError::Refused(m)) => assert!(m.contains("Unauthenticated"), "{m}"),
+        other => panic!("no token: {other:?}"),
+    }
+}
+
+/// Standard base64 in 64-character lines, for a PEM body.
+fn base64_lines(bytes: &[u8]) -> String {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+    text.as_bytes()
+        .chunks(64)
+        .map(|l| format!("{}\n", String::from_utf8_lossy(l)))
+        .collect()
+}
