@@ -23,6 +23,9 @@ pub const KEY: &str = "root-cert.pem";
 /// Namespaces istiod does not publish to: those it never injects into.
 const IGNORED: [&str; 4] = crate::inject::pod::IGNORED_NAMESPACES;
 
+/// How soon a failed publication is tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the watches saw.
 enum Seen {
     Namespaces(Vec<String>),
@@ -39,8 +42,16 @@ pub async fn run(client: kube::Client, root_pem: String, mut leading: watch::Rec
     tokio::spawn(watch_namespaces(client.clone(), tx.clone()));
     tokio::spawn(watch_configmaps(client.clone(), tx));
     let mut namespaces: BTreeSet<String> = BTreeSet::new();
+    // Namespaces whose last attempt failed (the API server busy or away), tried again on a tick
+    // rather than waiting for an event that may never come.
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    let mut retry = tokio::time::interval(RETRY);
     loop {
         let todo: Vec<String> = tokio::select! {
+            _ = retry.tick() => std::mem::take(&mut failed)
+                .into_iter()
+                .filter(|ns| namespaces.contains(ns))
+                .collect(),
             changed = leading.changed() => {
                 if changed.is_err() {
                     return;
@@ -71,7 +82,8 @@ pub async fn run(client: kube::Client, root_pem: String, mut leading: watch::Rec
         }
         for ns in todo {
             if let Err(e) = publish(&client, &ns, &root_pem).await {
-                tracing::warn!(namespace = %ns, "cannot publish {CONFIGMAP}: {e}");
+                tracing::warn!(namespace = %ns, "cannot publish {CONFIGMAP} (retrying in {RETRY:?}): {e}");
+                failed.insert(ns);
             }
         }
     }

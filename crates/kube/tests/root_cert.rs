@@ -1,6 +1,6 @@
 //! The mesh root published in every namespace (ConfigMap istio-ca-root-cert), against the
 //! in-test API server: only while leading; not in Kubernetes' own namespaces; a new namespace
-//! gets it; an edited or deleted one is put back.
+//! gets it; an edited or deleted one is put back; a failed write is tried again.
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ async fn published(server: &FakeApiServer, ns: &str) -> Option<String> {
 }
 
 async fn wait_for(what: &str, server: &FakeApiServer, ns: &str, want: Option<&str>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let got = published(server, ns).await;
         if got.as_deref() == want {
@@ -87,5 +87,18 @@ async fn the_leader_publishes_the_root_in_every_namespace_and_keeps_it() {
     // Deleted: back again.
     assert!(server.delete("v1", "ConfigMap", "default", "istio-ca-root-cert"));
     wait_for("a deleted one recreated", &server, "default", Some(ROOT)).await;
+    // The API server refuses ConfigMaps for a while when a namespace appears: published once
+    // it takes them again, without another event.
+    server.uninstall("configmaps");
+    server.apply(namespace("late"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.install("configmaps");
+    wait_for(
+        "published after the API server recovered",
+        &server,
+        "late",
+        Some(ROOT),
+    )
+    .await;
     task.abort();
 }
