@@ -47,24 +47,29 @@ impl WorkloadCa {
         }
     }
 
-    /// The identity `caller` proves: its token's service account, else its client
-    /// certificate's SPIFFE ID (verified against the mesh root by the handshake).
+    /// The identity `caller` proves, trying each proof in turn as istiod's authenticators do:
+    /// its token's service account, else its client certificate's SPIFFE ID (verified against
+    /// the mesh root by the handshake; a renewal once the token has expired).
     async fn identity(&self, caller: Caller) -> Result<String, Status> {
-        if let Some(token) = caller.bearer_token {
-            return match self.reviewer.review(token).await {
-                Ok((namespace, service_account)) => Ok(spiffe_id_for(
-                    &self.trust_domain,
-                    &namespace,
-                    &service_account,
-                )),
-                Err(why) => Err(Status::unauthenticated(format!(
-                    "the bearer token is not accepted: {why}"
-                ))),
-            };
-        }
-        match caller.peer_identity {
-            Some(id) => Ok(id),
-            None => Err(Status::unauthenticated(
+        let token = match caller.bearer_token {
+            None => None,
+            Some(token) => match self.reviewer.review(token).await {
+                Ok((namespace, service_account)) => {
+                    return Ok(spiffe_id_for(
+                        &self.trust_domain,
+                        &namespace,
+                        &service_account,
+                    ))
+                }
+                Err(why) => Some(why),
+            },
+        };
+        match (caller.peer_identity, token) {
+            (Some(id), _) => Ok(id),
+            (None, Some(why)) => Err(Status::unauthenticated(format!(
+                "the bearer token is not accepted: {why}"
+            ))),
+            (None, None) => Err(Status::unauthenticated(
                 "no bearer token (a Kubernetes service-account token with audience istio-ca) \
                  and no client certificate",
             )),

@@ -191,6 +191,26 @@ async fn a_service_account_token_gets_a_certificate_for_that_account_only() {
         .unwrap()
         .expect("renewed");
     assert_ne!(serial(&identity), before, "a new certificate");
+    // Once the token has expired (a VM's bootstrap token), the certificate being renewed
+    // authenticates the renewal, for its own identity.
+    api.remove_token("gw-token");
+    let before = serial(&identity);
+    let renewing = identity.clone();
+    tokio::task::spawn_blocking(move || renewing.rotate_now())
+        .await
+        .unwrap()
+        .expect("renewed with the current certificate");
+    assert_ne!(serial(&identity), before, "a new certificate");
+    assert_eq!(
+        identity.spiffe_id(),
+        "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"
+    );
+    api.add_token(
+        "gw-token",
+        "istio-system",
+        "istio-ingressgateway",
+        &["istio-ca"],
+    );
 
     // The same token claimed for another account: the service signs for the token's account,
     // which the proxy refuses to present as another.

@@ -351,6 +351,11 @@ impl FakeApiServer {
         );
     }
 
+    /// Makes `token` invalid (expired), as TokenReview will say.
+    pub fn remove_token(&self, token: &str) {
+        self.lock().tokens.remove(token);
+    }
+
     /// A TokenReview's answer, as the API server's token authenticator gives it: unknown
     /// tokens and tokens for none of the asked audiences are not authenticated.
     fn token_review(&self, conn: &mut TcpStream, body: &[u8]) -> bool {

@@ -355,9 +355,15 @@ impl Identity {
                 Ok(())
             }
             Source::Service { ca, ttl } => {
-                let (certified, not_after) =
-                    request_certificate(ca, &self.spiffe_id, *ttl, &self.trust, &self.provider)
-                        .map_err(IdentityError::from)?;
+                let (certified, not_after) = request_certificate(
+                    ca,
+                    &self.spiffe_id,
+                    *ttl,
+                    &self.trust,
+                    &self.provider,
+                    Some(&self.cert),
+                )
+                .map_err(IdentityError::from)?;
                 self.cert.current.store(Arc::new(certified));
                 watch.renew_at = Some(renew_before(not_after));
                 Ok(())
@@ -481,6 +487,7 @@ impl Identity {
                         *ttl,
                         &self.trust,
                         &self.provider,
+                        Some(&self.cert),
                     ) {
                         Ok((certified, not_after)) => {
                             self.cert.current.store(Arc::new(certified));
@@ -573,7 +580,7 @@ fn first_certificate(
 ) -> Result<(CertifiedKey, SystemTime), IdentityError> {
     let mut wait = Duration::from_millis(500);
     loop {
-        match request_certificate(ca, spiffe_id, ttl, trust, provider) {
+        match request_certificate(ca, spiffe_id, ttl, trust, provider, None) {
             Err(RequestError::Unreachable(e)) => {
                 tracing::warn!("{}; asking again in {wait:?}", with_causes(&e));
                 std::thread::sleep(wait);
@@ -615,28 +622,42 @@ fn request_certificate(
     ttl: Duration,
     trust: &Arc<Trust>,
     provider: &Arc<CryptoProvider>,
+    current: Option<&Arc<CurrentCert>>,
 ) -> Result<(CertifiedKey, SystemTime), RequestError> {
     let fail = |message: String| IdentityError::Issue {
         subject: spiffe_id.to_string(),
         message: format!("certificate service {}: {message}", ca.address),
     };
-    let token = std::fs::read_to_string(&ca.token_file).map_err(|source| IdentityError::Read {
-        what: "service account token",
-        path: ca.token_file.clone(),
-        source,
-    })?;
+    let token = match std::fs::read_to_string(&ca.token_file) {
+        Ok(token) => Some(token.trim().to_string()),
+        // A renewal can do without: the current certificate authenticates it.
+        Err(_) if current.is_some() => None,
+        Err(source) => {
+            return Err(IdentityError::Read {
+                what: "service account token",
+                path: ca.token_file.clone(),
+                source,
+            }
+            .into())
+        }
+    };
     let (csr, key_pem) = certificate_request(spiffe_id)?;
     let verifier = Arc::new(MeshServerVerifier {
         trust: trust.clone(),
         expected_sans: vec![ca.server_identity.clone()],
         provider: provider.clone(),
     });
-    let mut tls = ClientConfig::builder_with_provider(provider.clone())
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports TLS 1.2 and 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    // A renewal presents the certificate it renews: once the token has expired (a VM's
+    // bootstrap token), that is what the service accepts, as istiod does.
+    let mut tls = match current {
+        Some(cert) => builder.with_client_cert_resolver(cert.clone()),
+        None => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let request = sluice_xds::ca::IstioCertificateRequest {
         csr,
@@ -644,7 +665,6 @@ fn request_certificate(
         metadata: None,
     };
     let address = ca.address.clone();
-    let token = token.trim().to_string();
     let chain = std::thread::scope(|scope| {
         scope
             .spawn(move || {
@@ -655,7 +675,7 @@ fn request_certificate(
                 runtime.block_on(sluice_xds::ca::create_certificate(
                     &address,
                     Arc::new(tls),
-                    Some(&token),
+                    token.as_deref(),
                     request,
                     SERVICE_TIMEOUT,
                 ))
