@@ -147,6 +147,9 @@ struct State {
     uninstalled: HashSet<&'static str>,
     /// Service-account tokens the TokenReview API vouches for: token → (user name, audiences).
     tokens: HashMap<String, (String, Vec<String>)>,
+    /// While set, every write to an object (status patches included) is answered with this
+    /// code, as an overloaded or failing API server would.
+    refused_writes: Option<u16>,
 }
 
 struct Inner {
@@ -351,6 +354,11 @@ impl FakeApiServer {
         );
     }
 
+    /// Answers every write to an object with `code` (e.g. 500) until called with `None`.
+    pub fn refuse_writes(&self, code: Option<u16>) {
+        self.lock().refused_writes = code;
+    }
+
     /// Makes `token` invalid (expired), as TokenReview will say.
     pub fn remove_token(&self, token: &str) {
         self.lock().tokens.remove(token);
@@ -544,6 +552,14 @@ impl FakeApiServer {
             name.to_string(),
         );
         let mut state = self.lock();
+        if let (Some(code), false) = (state.refused_writes, method == "GET") {
+            drop(state);
+            return send(
+                conn,
+                code,
+                &status_body(code, "InternalError", "writes are refused for now"),
+            );
+        }
         let Some(mut object) = state
             .objects
             .get(target.kind.plural)
@@ -972,6 +988,8 @@ fn send(conn: &mut TcpStream, code: u16, body: &Value) -> bool {
         405 => "Method Not Allowed",
         409 => "Conflict",
         410 => "Gone",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     let head = format!(

@@ -19,6 +19,8 @@ use sluice_model::analyze::{analyze, Level, Message};
 
 /// How long the config must be quiet before it is analyzed again.
 const QUIET: Duration = Duration::from_millis(500);
+/// How soon status writes that failed for a passing reason are tried again.
+const RETRY: Duration = Duration::from_secs(10);
 
 /// The status subresources written, as (API group, `plural/status`): what the RBAC must grant
 /// `patch` on.
@@ -38,9 +40,13 @@ pub async fn run(
 ) {
     // path → the messages last written (what the object's status says now, as far as known).
     let mut written: HashMap<String, Value> = HashMap::new();
+    // A write that failed for a passing reason (the API server busy or away, a conflict) is
+    // tried again after RETRY, not only at the next config change.
+    let mut retry = false;
     loop {
         tokio::select! {
             changed = configs.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RETRY), if retry => {}
             changed = leading.changed() => {
                 if changed.is_err() {
                     return;
@@ -50,6 +56,7 @@ pub async fn run(
             }
         }
         if !*leading.borrow_and_update() {
+            retry = false;
             continue;
         }
         tokio::time::sleep(QUIET).await;
@@ -62,6 +69,7 @@ pub async fn run(
         else {
             continue;
         };
+        retry = false;
         for (path, status) in &messages {
             if written.get(path) == Some(status) {
                 continue;
@@ -74,7 +82,12 @@ pub async fn run(
                 Ok(()) => {
                     written.insert(path.clone(), status.clone());
                 }
-                Err(e) => tracing::warn!(object = %path, "cannot write status: {e}"),
+                Err(e) => {
+                    let passing = !matches!(&e, kube::Error::Api(s)
+                        if (400..500).contains(&s.code) && s.code != 409 && s.code != 429);
+                    retry |= passing;
+                    tracing::warn!(object = %path, retrying = passing, "cannot write status: {e}");
+                }
             }
         }
         written.retain(|path, _| messages.contains_key(path));

@@ -2,7 +2,7 @@
 //! which refuses a replace carrying a stale `resourceVersion` with 409 as the API server does:
 //! of two replicas exactly one leads; a lease another holder renews is left alone; when the
 //! leader dies the other takes over once the lease has expired; and only the leader writes
-//! analysis to status.
+//! analysis to status, trying again when the API server refused a write.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +29,24 @@ fn lease(identity: &str) -> LeaseOptions {
         retry_period: Duration::from_millis(200),
         ..LeaseOptions::new("istio-system", "sluice-control-status", identity)
     }
+}
+
+/// The orphan VirtualService's status as the API server holds it.
+async fn vs_status(server: &FakeApiServer) -> Value {
+    let url = format!(
+        "http://{}/apis/networking.istio.io/v1/namespaces/default/virtualservices/orphan",
+        server.addr()
+    );
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", &url])
+            .output()
+            .expect("curl");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("a JSON object");
+        v["status"].clone()
+    })
+    .await
+    .unwrap()
 }
 
 /// The lease as the API server holds it.
@@ -167,10 +185,29 @@ async fn only_the_leader_writes_status() {
         "a replica that does not lead wrote status"
     );
 
+    // The API server refuses writes when this replica starts leading: the write is tried again
+    // once it takes them, with no config change in between.
+    // (500: the client itself retries 429, 503 and 504 a while, not this.)
+    server.refuse_writes(Some(500));
     leading_tx.send_replace(true);
-    wait_until("the leader writes IST0101", Duration::from_secs(5), || {
-        patches(&server) == 1
+    wait_until("a refused attempt", Duration::from_secs(5), || {
+        patches(&server) >= 1
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(vs_status(&server).await.is_null(), "written while refused");
+    server.refuse_writes(None);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = vs_status(&server).await;
+        if status["validationMessages"][0]["type"]["code"] == "IST0101" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status not written after the refusal: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     writer.abort();
 }
