@@ -71,36 +71,13 @@ pub struct ControlTls {
     pub identity: sluice_proxy::identity::IdentityOptions,
 }
 
-/// The certificate service of the mutual-TLS port: served when the mesh root's key is at hand
-/// (`--mesh-ca` with `root-key.pem`) and the API server can vouch for service-account tokens
-/// (`--kube`), as istiod's CA.
-fn certificate_service(
-    tls: &ControlTls,
-    kube: Option<sluice_kube::kube::Client>,
-) -> anyhow::Result<Option<sluice_xds::ca::CaService>> {
-    let key = tls
-        .identity
-        .mesh_ca
-        .join(sluice_proxy::identity::ROOT_KEY_FILE);
-    let Some(client) = kube else {
-        return Ok(None);
-    };
-    if !key.exists() {
-        tracing::info!(
-            "no certificate service on {}: {} is missing",
-            tls.addr,
-            key.display()
-        );
-        return Ok(None);
-    }
-    let ca = sluice_proxy::identity::MeshCa::load(&tls.identity.mesh_ca)?;
-    let reviewer = Arc::new(ca_server::KubeTokenReviewer(client));
-    let ca = ca_server::WorkloadCa::new(ca, &tls.identity.trust_domain, reviewer);
-    tracing::info!(
-        "certificate service on {} (Kubernetes service-account tokens)",
-        tls.addr
-    );
-    Ok(Some(sluice_xds::ca::CaService::new(Arc::new(ca))))
+/// Whether the control plane signs workload certificates, as istiod's CA: it holds the mesh
+/// root's key (`--mesh-ca` with `root-key.pem`) and the API server can vouch for
+/// service-account tokens (`--kube`). It then serves the certificate service on its mutual-TLS
+/// port and publishes the root in every namespace, and its injection webhook points sidecars at
+/// it.
+pub fn serves_certificates(kube: bool, mesh_ca: Option<&std::path::Path>) -> bool {
+    kube && mesh_ca.is_some_and(|dir| dir.join(sluice_proxy::identity::ROOT_KEY_FILE).exists())
 }
 
 /// Connects to the Kubernetes API (kubeconfig from `KUBECONFIG` or `~/.kube/config`, else the
@@ -161,23 +138,33 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
     };
     // With the API as a source, each published config is analyzed and the messages written to
     // the objects' status.
-    let kube_client_for_ca = kube_client.clone();
-    let certificates = opts
-        .tls
-        .as_ref()
-        .filter(|_| opts.kube)
-        .map(|tls| tls.identity.mesh_ca.clone())
-        .filter(|dir| dir.join(sluice_proxy::identity::ROOT_KEY_FILE).exists());
+    // The certificate service (on the mutual-TLS port, below) and the root it signs with.
+    let (certificate_service, published_root) = match (&opts.tls, &kube_client) {
+        (Some(tls), Some(client))
+            if serves_certificates(opts.kube, Some(&tls.identity.mesh_ca)) =>
+        {
+            let ca = sluice_proxy::identity::MeshCa::load(&tls.identity.mesh_ca)?;
+            let root = ca.root_pem().to_string();
+            let reviewer = Arc::new(ca_server::KubeTokenReviewer(client.clone()));
+            let ca = ca_server::WorkloadCa::new(ca, &tls.identity.trust_domain, reviewer);
+            tracing::info!(
+                "certificate service on {} (Kubernetes service-account tokens)",
+                tls.addr
+            );
+            (
+                Some(sluice_xds::ca::CaService::new(Arc::new(ca))),
+                Some(root),
+            )
+        }
+        _ => (None, None),
+    };
     // With several replicas, the one holding the lease writes status and publishes the root.
     let analysis = match kube_client {
         None => None,
         Some(client) => {
             let (tx, rx) = watch::channel(Arc::new(Vec::new()));
             let (leading_tx, leading_rx) = watch::channel(false);
-            if let Some(dir) = &certificates {
-                let root = sluice_proxy::identity::MeshCa::load(dir)?
-                    .root_pem()
-                    .to_string();
+            if let Some(root) = published_root {
                 tokio::spawn(sluice_kube::root_cert::run(
                     client.clone(),
                     root,
@@ -229,15 +216,14 @@ pub async fn run(opts: ControlOptions) -> anyhow::Result<()> {
             let listener = TcpListener::bind(tls.addr)
                 .await
                 .with_context(|| format!("cannot listen on {} (xDS, mutual TLS)", tls.addr))?;
-            let ca = certificate_service(tls, kube_client_for_ca.clone())?;
             // The certificate service's callers have no certificate yet: the port then takes
             // clients without one too, which are served xDS as on the plaintext port (never
             // Secrets).
-            let config = identity.server_config(&[b"h2"], ca.is_some());
+            let config = identity.server_config(&[b"h2"], certificate_service.is_some());
             let incoming = mtls::incoming(listener, config);
             let router = sluice_xds::tonic::transport::Server::builder()
                 .add_service(service.clone())
-                .add_optional_service(ca);
+                .add_optional_service(certificate_service);
             Some(tokio::spawn(
                 router.serve_with_incoming_shutdown(incoming, quitting(&quit_rx)),
             ))

@@ -118,20 +118,11 @@ async fn load_from_service(
             server_identity: "spiffe://cluster.local/ns/istio-system/sa/istiod".into(),
         }),
     );
-    tokio::task::spawn_blocking(move || Identity::load(&opts).map_err(|e| error_chain(&e)))
-        .await
-        .unwrap()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
+    tokio::task::spawn_blocking(move || {
+        Identity::load(&opts).map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+    })
+    .await
+    .unwrap()
 }
 
 fn serial(identity: &Identity) -> Vec<u8> {

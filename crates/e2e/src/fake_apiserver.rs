@@ -297,6 +297,17 @@ impl FakeApiServer {
         true
     }
 
+    /// The object as stored (what a `GET` answers), if there is one.
+    pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let kind = collection_of(api_version, kind)
+            .unwrap_or_else(|| panic!("the fake API server does not serve {api_version} {kind}"));
+        self.lock()
+            .objects
+            .get(kind.plural)
+            .and_then(|m| m.get(&(namespace.to_string(), name.to_string())))
+            .cloned()
+    }
+
     /// Ends every watch in progress, as a lost connection or an API server restart would.
     pub fn cut_watches(&self) {
         self.lock().cuts += 1;
@@ -507,12 +518,9 @@ impl FakeApiServer {
 
     /// `POST` of a new object of a [`WRITABLE`] kind: 409 AlreadyExists if there is one.
     fn create(&self, conn: &mut TcpStream, target: &Target, body: &[u8]) -> bool {
-        let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+        let Some(object) = written_object(target, body) else {
             return send(conn, 400, &status_body(400, "BadRequest", "not JSON"));
         };
-        object["apiVersion"] = json!(target.kind.group_version);
-        object["kind"] = json!(target.kind.kind);
-        object["metadata"]["namespace"] = json!(target.namespace.clone().unwrap_or_default());
         let key = (
             target.namespace.clone().unwrap_or_default(),
             object["metadata"]["name"]
@@ -579,7 +587,7 @@ impl FakeApiServer {
                 send(conn, 200, &object)
             }
             ("PUT", false) if WRITABLE.contains(&target.kind.plural) => {
-                let Ok(mut replacement) = serde_json::from_slice::<Value>(body) else {
+                let Some(replacement) = written_object(target, body) else {
                     drop(state);
                     return send(conn, 400, &status_body(400, "BadRequest", "not JSON"));
                 };
@@ -594,9 +602,6 @@ impl FakeApiServer {
                     );
                     return send(conn, 409, &status_body(409, "Conflict", &message));
                 }
-                replacement["apiVersion"] = json!(target.kind.group_version);
-                replacement["kind"] = json!(target.kind.kind);
-                replacement["metadata"]["namespace"] = json!(key.0);
                 let (_, stored) = Self::store(&mut state, replacement);
                 drop(state);
                 self.inner.changed.notify_all();
@@ -882,6 +887,16 @@ fn route(path: &str) -> Option<Target> {
         name,
         status,
     })
+}
+
+/// A client's object for `target` (a create or replace body), with the kind and namespace of
+/// the URL it was sent to; `None` if it is not JSON.
+fn written_object(target: &Target, body: &[u8]) -> Option<Value> {
+    let mut object = serde_json::from_slice::<Value>(body).ok()?;
+    object["apiVersion"] = json!(target.kind.group_version);
+    object["kind"] = json!(target.kind.kind);
+    object["metadata"]["namespace"] = json!(target.namespace.clone().unwrap_or_default());
+    Some(object)
 }
 
 /// The field selectors the fake understands: `field=value` and `field!=value`, comma-joined,

@@ -1359,27 +1359,25 @@ impl KeepAlive {
     }
 }
 
-/// A credentialName Secret edited in the config directory under load: no request fails and new
-/// handshakes get the new certificate.
-#[test]
-fn credential_secret_rotates_without_failed_requests() {
-    let mut env = GatewayEnv::new("secret_rotation");
-    let secret = |leaf: &Leaf| {
-        tls_secret_yaml(
+/// A Gateway `name` with one HTTPS server for httpbin.example.com (SIMPLE, the server
+/// certificate from the `httpbin-credential` Secret) and a VirtualService routing it to httpbin.
+fn https_to_httpbin(env: &GatewayEnv, name: &str) {
+    env.apply(
+        "secret.yaml",
+        &tls_secret_yaml(
             "httpbin-credential",
             GATEWAY_NAMESPACE,
-            &leaf.cert,
-            &leaf.key,
-        )
-    };
-    env.apply("secret.yaml", &secret(&env.certs.server));
+            &env.certs.server.cert,
+            &env.certs.server.key,
+        ),
+    );
     env.apply(
         "gateway.yaml",
         &format!(
             "apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata:
-  name: rotating
+  name: {name}
   namespace: {GATEWAY_NAMESPACE}
 spec:
   selector:
@@ -1402,9 +1400,25 @@ spec:
         &vs_to_httpbin(
             "httpbin",
             &[HTTPBIN_HOST],
-            &format!("{GATEWAY_NAMESPACE}/rotating"),
+            &format!("{GATEWAY_NAMESPACE}/{name}"),
         ),
     );
+}
+
+/// A credentialName Secret edited in the config directory under load: no request fails and new
+/// handshakes get the new certificate.
+#[test]
+fn credential_secret_rotates_without_failed_requests() {
+    let mut env = GatewayEnv::new("secret_rotation");
+    let secret = |leaf: &Leaf| {
+        tls_secret_yaml(
+            "httpbin-credential",
+            GATEWAY_NAMESPACE,
+            &leaf.cert,
+            &leaf.key,
+        )
+    };
+    https_to_httpbin(&env, "rotating");
     env.start_gateway();
     let url = format!("https://{HTTPBIN_HOST}/status/200");
     env.wait_for(
@@ -1569,47 +1583,7 @@ fn http2_request_for_another_servers_host_gets_421() {
 #[test]
 fn a_gateway_gets_its_identity_for_its_token_and_its_credentials_over_mutual_tls() {
     let mut env = GatewayEnv::new("gateway_ca");
-    env.apply(
-        "secret.yaml",
-        &tls_secret_yaml(
-            "httpbin-credential",
-            GATEWAY_NAMESPACE,
-            &env.certs.server.cert,
-            &env.certs.server.key,
-        ),
-    );
-    env.apply(
-        "gateway.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata:
-  name: httpbin-gateway
-  namespace: {GATEWAY_NAMESPACE}
-spec:
-  selector:
-    istio: ingressgateway
-  servers:
-  - port:
-      number: 443
-      name: https
-      protocol: HTTPS
-    hosts:
-    - {HTTPBIN_HOST}
-    tls:
-      mode: SIMPLE
-      credentialName: httpbin-credential
-"
-        ),
-    );
-    env.apply(
-        "vs.yaml",
-        &vs_to_httpbin(
-            "httpbin",
-            &[HTTPBIN_HOST],
-            &format!("{GATEWAY_NAMESPACE}/httpbin-gateway"),
-        ),
-    );
+    https_to_httpbin(&env, "httpbin-gateway");
     // The mesh root with its key for the control plane; the root alone for the gateway.
     let dir = env.dir().to_path_buf();
     let ca = dir.join("mesh-ca");

@@ -4,22 +4,17 @@
 //! leader dies the other takes over once the lease has expired; and only the leader writes
 //! analysis to status, trying again when the API server refused a write.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use common::client;
+use serde_json::json;
 use sluice_e2e::fake_apiserver::FakeApiServer;
 use sluice_kube::leader::{self, LeaseOptions};
 use tokio::sync::watch;
-
-async fn client(server: &FakeApiServer) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
 
 /// Short timings, so a takeover happens within the test.
 fn lease(identity: &str) -> LeaseOptions {
@@ -29,41 +24,6 @@ fn lease(identity: &str) -> LeaseOptions {
         retry_period: Duration::from_millis(200),
         ..LeaseOptions::new("istio-system", "sluice-control-status", identity)
     }
-}
-
-/// The orphan VirtualService's status as the API server holds it.
-async fn vs_status(server: &FakeApiServer) -> Value {
-    let url = format!(
-        "http://{}/apis/networking.istio.io/v1/namespaces/default/virtualservices/orphan",
-        server.addr()
-    );
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", &url])
-            .output()
-            .expect("curl");
-        let v: Value = serde_json::from_slice(&out.stdout).expect("a JSON object");
-        v["status"].clone()
-    })
-    .await
-    .unwrap()
-}
-
-/// The lease as the API server holds it.
-async fn lease_object(server: &FakeApiServer) -> Value {
-    let url = format!(
-        "http://{}/apis/coordination.k8s.io/v1/namespaces/istio-system/leases/sluice-control-status",
-        server.addr()
-    );
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", &url])
-            .output()
-            .expect("curl");
-        serde_json::from_slice(&out.stdout).expect("a JSON lease")
-    })
-    .await
-    .unwrap()
 }
 
 async fn wait_until(what: &str, within: Duration, check: impl Fn() -> bool) {
@@ -96,7 +56,14 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
     } else {
         (b_task, a.clone(), "replica-a")
     };
-    let held = lease_object(&server).await;
+    let held = server
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "istio-system",
+            "sluice-control-status",
+        )
+        .expect("the lease");
     let holder = held["spec"]["holderIdentity"].as_str().unwrap().to_string();
     assert_ne!(holder, follower_name, "{held}");
     assert_eq!(held["spec"]["leaseDurationSeconds"], 2, "{held}");
@@ -115,7 +82,14 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
         "taken over after {:?}, before the lease could expire",
         died.elapsed()
     );
-    let held = lease_object(&server).await;
+    let held = server
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "istio-system",
+            "sluice-control-status",
+        )
+        .expect("the lease");
     assert_eq!(held["spec"]["holderIdentity"], follower_name, "{held}");
     assert_eq!(held["spec"]["leaseTransitions"], 1, "{held}");
 }
@@ -195,11 +169,31 @@ async fn only_the_leader_writes_status() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(vs_status(&server).await.is_null(), "written while refused");
+    assert!(
+        server
+            .get(
+                "networking.istio.io/v1",
+                "VirtualService",
+                "default",
+                "orphan"
+            )
+            .expect("the VirtualService")["status"]
+            .clone()
+            .is_null(),
+        "written while refused"
+    );
     server.refuse_writes(None);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let status = vs_status(&server).await;
+        let status = server
+            .get(
+                "networking.istio.io/v1",
+                "VirtualService",
+                "default",
+                "orphan",
+            )
+            .expect("the VirtualService")["status"]
+            .clone();
         if status["validationMessages"][0]["type"]["code"] == "IST0101" {
             break;
         }

@@ -2,48 +2,31 @@
 //! in-test API server: only while leading; not in Kubernetes' own namespaces; a new namespace
 //! gets it; an edited or deleted one is put back; a failed write is tried again.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::client;
 use serde_json::{json, Value};
 use sluice_e2e::fake_apiserver::FakeApiServer;
 use tokio::sync::watch;
 
 const ROOT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
-async fn client(server: &FakeApiServer) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
 fn namespace(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 }
 
 /// The ConfigMap's `root-cert.pem` in `ns`, if there is one.
-async fn published(server: &FakeApiServer, ns: &str) -> Option<String> {
-    let url = format!(
-        "http://{}/api/v1/namespaces/{ns}/configmaps/istio-ca-root-cert",
-        server.addr()
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl")
-            .args(["-sS", &url])
-            .output()
-            .expect("curl")
-    })
-    .await
-    .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["data"]["root-cert.pem"].as_str().map(str::to_string)
+fn published(server: &FakeApiServer, ns: &str) -> Option<String> {
+    let cm = server.get("v1", "ConfigMap", ns, "istio-ca-root-cert")?;
+    cm["data"]["root-cert.pem"].as_str().map(str::to_string)
 }
 
 async fn wait_for(what: &str, server: &FakeApiServer, ns: &str, want: Option<&str>) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let got = published(server, ns).await;
+        let got = published(server, ns);
         if got.as_deref() == want {
             return;
         }
@@ -66,7 +49,7 @@ async fn the_leader_publishes_the_root_in_every_namespace_and_keeps_it() {
     ));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        published(&server, "default").await,
+        published(&server, "default"),
         None,
         "written while not leading"
     );
@@ -74,7 +57,7 @@ async fn the_leader_publishes_the_root_in_every_namespace_and_keeps_it() {
     leading_tx.send_replace(true);
     wait_for("published when leading", &server, "default", Some(ROOT)).await;
     wait_for("published when leading", &server, "shop", Some(ROOT)).await;
-    assert_eq!(published(&server, "kube-system").await, None);
+    assert_eq!(published(&server, "kube-system"), None);
 
     // A new namespace.
     server.apply(namespace("payments"));

@@ -7,9 +7,12 @@
 //! Secrets a Gateway names are passed on; only the `istio` ConfigMap is read; Telemetry and
 //! Kubernetes Ingress are read as well.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::client;
 use serde_json::{json, Value};
 use sluice_e2e::fake_apiserver::FakeApiServer;
 use sluice_kube::source::{self, KubeOptions};
@@ -94,14 +97,6 @@ fn virtual_service(ns: &str, name: &str, timeout: &str) -> Value {
     json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "VirtualService",
         "metadata": {"name": name, "namespace": ns},
         "spec": {"hosts": ["httpbin.org"], "http": [{"timeout": timeout, "route": [{"destination": {"host": "httpbin.org"}}]}]}})
-}
-
-async fn client(server: &FakeApiServer) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
 }
 
 /// Applies what arrives until `check` holds (10 s at most).

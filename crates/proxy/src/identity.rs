@@ -339,8 +339,8 @@ impl Identity {
     }
 
     /// Issues a new certificate now (self-issued identities, or asks the certificate service;
-    /// files are re-read instead). For
-    /// tests and operators; the rotation task does this on its own at half the lifetime.
+    /// files are re-read instead). For tests and operators; the rotation task does this on its
+    /// own at half the lifetime.
     pub fn rotate_now(&self) -> Result<(), IdentityError> {
         let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
         match &self.source {
@@ -354,20 +354,7 @@ impl Identity {
                 self.cert.current.store(Arc::new(certified));
                 Ok(())
             }
-            Source::Service { ca, ttl } => {
-                let (certified, not_after) = request_certificate(
-                    ca,
-                    &self.spiffe_id,
-                    *ttl,
-                    &self.trust,
-                    &self.provider,
-                    Some(&self.cert),
-                )
-                .map_err(IdentityError::from)?;
-                self.cert.current.store(Arc::new(certified));
-                watch.renew_at = Some(renew_before(not_after));
-                Ok(())
-            }
+            Source::Service { ca, ttl } => self.renew_from_service(&mut watch, ca, *ttl),
         }
     }
 
@@ -385,19 +372,13 @@ impl Identity {
             alpn.iter().map(|p| p.to_vec()).collect::<Vec<_>>(),
         );
         self.client_configs.get_or_build(key, |(sans, alpn)| {
-            let verifier = Arc::new(MeshServerVerifier {
-                trust: self.trust.clone(),
-                expected_sans: sans.clone(),
-                provider: self.provider.clone(),
-            });
-            let mut config = ClientConfig::builder_with_provider(self.provider.clone())
-                .with_safe_default_protocol_versions()
-                .expect("the ring provider supports TLS 1.2 and 1.3")
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_client_cert_resolver(self.cert.clone());
-            config.alpn_protocols = alpn.clone();
-            config
+            mesh_client_config(
+                &self.trust,
+                &self.provider,
+                sans.clone(),
+                alpn.clone(),
+                Some(&self.cert),
+            )
         })
     }
 
@@ -465,47 +446,22 @@ impl Identity {
                         }
                     }
                 }
-                let due = watch.renew_at.is_none_or(|at| Instant::now() >= at);
-                if force || due {
+                if force || watch.renewal_due() {
                     if let Err(e) = self.issue_into(&mut watch, *ttl) {
                         tracing::warn!("{}; retrying in {FILE_CHECK_INTERVAL:?}", with_causes(&e));
                         watch.renew_at = Some(Instant::now() + FILE_CHECK_INTERVAL);
                     }
                 }
-                let until_renewal = watch
-                    .renew_at
-                    .map(|at| at.saturating_duration_since(Instant::now()))
-                    .unwrap_or(FILE_CHECK_INTERVAL);
-                until_renewal.clamp(Duration::from_millis(10), FILE_CHECK_INTERVAL)
+                watch.until_renewal()
             }
             Source::Service { ca, ttl } => {
-                let due = watch.renew_at.is_none_or(|at| Instant::now() >= at);
-                if root_changed || due {
-                    match request_certificate(
-                        ca,
-                        &self.spiffe_id,
-                        *ttl,
-                        &self.trust,
-                        &self.provider,
-                        Some(&self.cert),
-                    ) {
-                        Ok((certified, not_after)) => {
-                            self.cert.current.store(Arc::new(certified));
-                            watch.renew_at = Some(renew_before(not_after));
-                            tracing::debug!("mesh certificate for {} renewed", self.spiffe_id);
-                        }
-                        Err(e) => {
-                            let e = IdentityError::from(e);
-                            tracing::warn!("{}; retrying in {SERVICE_RETRY:?}", with_causes(&e));
-                            watch.renew_at = Some(Instant::now() + SERVICE_RETRY);
-                        }
+                if root_changed || watch.renewal_due() {
+                    if let Err(e) = self.renew_from_service(&mut watch, ca, *ttl) {
+                        tracing::warn!("{}; retrying in {SERVICE_RETRY:?}", with_causes(&e));
+                        watch.renew_at = Some(Instant::now() + SERVICE_RETRY);
                     }
                 }
-                let until_renewal = watch
-                    .renew_at
-                    .map(|at| at.saturating_duration_since(Instant::now()))
-                    .unwrap_or(FILE_CHECK_INTERVAL);
-                until_renewal.clamp(Duration::from_millis(10), FILE_CHECK_INTERVAL)
+                watch.until_renewal()
             }
             Source::Files { dir } => {
                 let chain_path = dir.join(CERT_CHAIN_FILE);
@@ -554,6 +510,42 @@ impl Identity {
         tracing::debug!("mesh certificate for {} renewed", self.spiffe_id);
         Ok(())
     }
+
+    /// Asks the certificate service for a new certificate, presenting the current one.
+    fn renew_from_service(
+        &self,
+        watch: &mut WatchState,
+        ca: &CaOptions,
+        ttl: Duration,
+    ) -> Result<(), IdentityError> {
+        let (certified, not_after) = request_certificate(
+            ca,
+            &self.spiffe_id,
+            ttl,
+            &self.trust,
+            &self.provider,
+            Some(&self.cert),
+        )?;
+        self.cert.current.store(Arc::new(certified));
+        watch.renew_at = Some(renew_before(not_after));
+        tracing::debug!("mesh certificate for {} renewed", self.spiffe_id);
+        Ok(())
+    }
+}
+
+impl WatchState {
+    /// Whether an issued certificate is due for renewal (or none was issued yet).
+    fn renewal_due(&self) -> bool {
+        self.renew_at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// How long the rotation thread sleeps: until the renewal, checking files meanwhile.
+    fn until_renewal(&self) -> Duration {
+        self.renew_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .unwrap_or(FILE_CHECK_INTERVAL)
+            .clamp(Duration::from_millis(10), FILE_CHECK_INTERVAL)
+    }
 }
 
 fn renew_time(ttl: Duration) -> Instant {
@@ -566,6 +558,33 @@ fn renew_before(not_after: SystemTime) -> Instant {
         .duration_since(SystemTime::now())
         .unwrap_or_default();
     renew_time(left)
+}
+
+/// A client configuration that verifies the server against the mesh root and, when
+/// `expected_sans` is not empty, its URI SANs; it presents `cert` when given.
+fn mesh_client_config(
+    trust: &Arc<Trust>,
+    provider: &Arc<CryptoProvider>,
+    expected_sans: Vec<String>,
+    alpn: Vec<Vec<u8>>,
+    cert: Option<&Arc<CurrentCert>>,
+) -> ClientConfig {
+    let verifier = Arc::new(MeshServerVerifier {
+        trust: trust.clone(),
+        expected_sans,
+        provider: provider.clone(),
+    });
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match cert {
+        Some(cert) => builder.with_client_cert_resolver(cert.clone()),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn;
+    config
 }
 
 /// The first certificate from the service at `ca`: asked again (after 0.5 s, doubling up to
@@ -642,23 +661,15 @@ fn request_certificate(
         }
     };
     let (csr, key_pem) = certificate_request(spiffe_id)?;
-    let verifier = Arc::new(MeshServerVerifier {
-        trust: trust.clone(),
-        expected_sans: vec![ca.server_identity.clone()],
-        provider: provider.clone(),
-    });
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports TLS 1.2 and 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
     // A renewal presents the certificate it renews: once the token has expired (a VM's
     // bootstrap token), that is what the service accepts, as istiod does.
-    let mut tls = match current {
-        Some(cert) => builder.with_client_cert_resolver(cert.clone()),
-        None => builder.with_no_client_auth(),
-    };
-    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = mesh_client_config(
+        trust,
+        provider,
+        vec![ca.server_identity.clone()],
+        vec![b"h2".to_vec()],
+        current,
+    );
     let request = sluice_xds::ca::IstioCertificateRequest {
         csr,
         validity_duration: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),

@@ -150,17 +150,11 @@ impl ControlArgs {
                 addr: std::net::SocketAddr::new(self.bind, self.xds_tls_port),
                 identity,
             });
-        let serves_certificates = self.kube
-            && self
-                .mesh
-                .mesh_ca
-                .as_deref()
-                .is_some_and(|dir| dir.join(sluice_proxy::identity::ROOT_KEY_FILE).exists());
         let webhook = self.webhook.options(
             self.bind,
             &self.namespace,
             self.mesh.mesh_ca.as_deref(),
-            serves_certificates,
+            sluice_control::serves_certificates(self.kube, self.mesh.mesh_ca.as_deref()),
         );
         sluice_control::ControlOptions {
             webhook,

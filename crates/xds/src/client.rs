@@ -144,9 +144,7 @@ async fn next_response<T>(
 
 /// A gRPC channel to `server`, over mutual TLS when the config says so.
 async fn connect(server: &str, config: &ClientConfig) -> Result<tonic::transport::Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{server}"))
-        .map_err(|e| format!("bad address {server}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
+    let endpoint = endpoint(server)?
         .http2_keep_alive_interval(Duration::from_secs(30))
         // A control plane busy pushing to thousands of proxies may answer pings late; a short
         // timeout would drop a healthy stream and add a reconnect to its load.
@@ -160,14 +158,19 @@ async fn connect(server: &str, config: &ClientConfig) -> Result<tonic::transport
     }
 }
 
+/// The gRPC endpoint of the control plane at `server` (`HOST:PORT`).
+fn endpoint(server: &str) -> Result<Endpoint, String> {
+    Ok(Endpoint::from_shared(format!("http://{server}"))
+        .map_err(|e| format!("bad address {server}: {e}"))?
+        .connect_timeout(Duration::from_secs(5)))
+}
+
 /// A gRPC channel to `server` over TLS with `tls` (the certificate service).
 pub(crate) async fn connect_tls(
     server: &str,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<tonic::transport::Channel, String> {
-    Endpoint::from_shared(format!("http://{server}"))
-        .map_err(|e| format!("bad address {server}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
+    endpoint(server)?
         .connect_with_connector(tls_connector(server, tls))
         .await
         .map_err(|e| format!("{server}: {e}: {}", error_chain(&e)))

@@ -154,20 +154,9 @@ fn workload_params(
     spiffe_id: &str,
     ttl: Duration,
 ) -> Result<(rcgen::CertificateParams, SystemTime), IdentityError> {
-    let fail = |message: String| IdentityError::Issue {
-        subject: spiffe_id.to_string(),
-        message,
-    };
-    if !spiffe_id.starts_with("spiffe://") {
-        return Err(fail("a SPIFFE ID starts with spiffe://".into()));
-    }
-    let uri = rcgen::string::Ia5String::try_from(spiffe_id)
-        .map_err(|e| fail(format!("not an ASCII URI: {e}")))?;
     let now = SystemTime::now();
     let not_after = now + ttl;
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    let mut params = spiffe_params(spiffe_id)?;
     params.not_before = (now - BACKDATE).into();
     params.not_after = not_after.into();
     params.serial_number = Some(random_serial());
@@ -184,6 +173,24 @@ fn workload_params(
     Ok((params, not_after))
 }
 
+/// Parameters with an empty subject and `spiffe_id` as the only SAN, as Istio's workload
+/// certificates and certificate requests have.
+fn spiffe_params(spiffe_id: &str) -> Result<rcgen::CertificateParams, IdentityError> {
+    let fail = |message: String| IdentityError::Issue {
+        subject: spiffe_id.to_string(),
+        message,
+    };
+    if !spiffe_id.starts_with("spiffe://") {
+        return Err(fail("a SPIFFE ID starts with spiffe://".into()));
+    }
+    let uri = rcgen::string::Ia5String::try_from(spiffe_id)
+        .map_err(|e| fail(format!("not an ASCII URI: {e}")))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    Ok(params)
+}
+
 /// A new key and a PEM certificate request for `spiffe_id` signed with it (what a proxy sends
 /// the certificate service): `(csr_pem, key_pem)`.
 pub fn certificate_request(spiffe_id: &str) -> Result<(String, String), IdentityError> {
@@ -191,13 +198,9 @@ pub fn certificate_request(spiffe_id: &str) -> Result<(String, String), Identity
         subject: spiffe_id.to_string(),
         message,
     };
-    let uri = rcgen::string::Ia5String::try_from(spiffe_id)
-        .map_err(|e| fail(format!("not an ASCII URI: {e}")))?;
+    let params = spiffe_params(spiffe_id)?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| fail(e.to_string()))?;
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
     let csr = params
         .serialize_request(&key)
         .and_then(|r| r.pem())
